@@ -1,0 +1,118 @@
+"""hubvisor's supervision tree: specs, runtime, hub and events.
+
+The import name is ``supervisor`` (supervisord's package has the same name, so the two
+cannot share one environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._errors import (
+    ChildNotFound as ChildNotFound,
+    ControlError as ControlError,
+    HubvisorError as HubvisorError,
+    InvalidChildSpec as InvalidChildSpec,
+    InvalidPoolSpec as InvalidPoolSpec,
+    InvalidSpec as InvalidSpec,
+    InvalidSupervisorSpec as InvalidSupervisorSpec,
+    MaxAgentsExceeded as MaxAgentsExceeded,
+    SpawnError as SpawnError,
+    SupervisorEscalation as SupervisorEscalation,
+)
+from ._events import (
+    ChildBackingOff as ChildBackingOff,
+    ChildExited as ChildExited,
+    ChildOutput as ChildOutput,
+    ChildRestarting as ChildRestarting,
+    ChildRunning as ChildRunning,
+    ChildSpawnFailed as ChildSpawnFailed,
+    ChildStarting as ChildStarting,
+    ChildStopped as ChildStopped,
+    Event as Event,
+    EventBus as EventBus,
+    ExitStatus as ExitStatus,
+    SupervisorEscalated as SupervisorEscalated,
+    SupervisorStarted as SupervisorStarted,
+    SupervisorStopped as SupervisorStopped,
+)
+from ._hub import Hub as Hub, TreeRow as TreeRow
+from ._log import format_event as format_event
+from ._process import (
+    OSProcessBackend as OSProcessBackend,
+    ProcessBackend as ProcessBackend,
+    ProcessHandle as ProcessHandle,
+    SpawnRequest as SpawnRequest,
+)
+from ._runtime import (
+    ChildInfo as ChildInfo,
+    ChildState as ChildState,
+    RuntimeContext as RuntimeContext,
+    Supervisor as Supervisor,
+)
+from ._spec import (
+    BRUTAL_KILL as BRUTAL_KILL,
+    ChildSpec as ChildSpec,
+    OutputSpec as OutputSpec,
+    PoolSpec as PoolSpec,
+    RestartType as RestartType,
+    SupervisorSpec as SupervisorSpec,
+    check_specs as check_specs,
+)
+
+__all__ = [
+    "BRUTAL_KILL",
+    "ChildBackingOff",
+    "ChildExited",
+    "ChildInfo",
+    "ChildNotFound",
+    "ChildOutput",
+    "ChildRestarting",
+    "ChildRunning",
+    "ChildSpawnFailed",
+    "ChildSpec",
+    "ChildStarting",
+    "ChildState",
+    "ChildStopped",
+    "ControlError",
+    "Event",
+    "EventBus",
+    "ExitStatus",
+    "Hub",
+    "HubvisorError",
+    "InvalidChildSpec",
+    "InvalidPoolSpec",
+    "InvalidSpec",
+    "InvalidSupervisorSpec",
+    "MaxAgentsExceeded",
+    "OSProcessBackend",
+    "OutputSpec",
+    "PoolSpec",
+    "ProcessBackend",
+    "ProcessHandle",
+    "RestartType",
+    "RuntimeContext",
+    "SpawnError",
+    "SpawnRequest",
+    "Supervisor",
+    "SupervisorEscalated",
+    "SupervisorEscalation",
+    "SupervisorSpec",
+    "SupervisorStarted",
+    "SupervisorStopped",
+    "TreeRow",
+    "check_specs",
+    "format_event",
+]
+
+
+def _fixup_module_metadata() -> None:
+    # Show `supervisor.ChildSpec`, not `supervisor._spec.ChildSpec`, in reprs and docs.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("supervisor._"):
+            with contextlib.suppress(AttributeError, TypeError):  # e.g. a str constant
+                obj.__module__ = __name__
+
+
+_fixup_module_metadata()

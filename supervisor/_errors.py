@@ -1,0 +1,69 @@
+"""hubvisor's exception hierarchy: every error names the value and the fix."""
+
+from __future__ import annotations
+
+
+class HubvisorError(Exception):
+    """Base class of every error hubvisor raises on purpose."""
+
+
+class InvalidSpec(HubvisorError, ValueError):
+    """A supervision spec is invalid; raised when the spec is built, before anything runs."""
+
+
+class InvalidChildSpec(InvalidSpec):
+    """A :class:`~supervisor.ChildSpec` field has a bad value."""
+
+
+class InvalidSupervisorSpec(InvalidSpec):
+    """A :class:`~supervisor.SupervisorSpec` is inconsistent (e.g. duplicate child ids)."""
+
+
+class InvalidPoolSpec(InvalidSpec):
+    """A :class:`~supervisor.PoolSpec` is inconsistent (e.g. size larger than max_size)."""
+
+
+class SpawnError(HubvisorError):
+    """A child's process could not be started (missing executable, bad cwd, ...).
+
+    The supervisor treats it as a failed start: it goes through the restart policy like
+    any crash, so a transient problem heals and a permanent one escalates with this
+    message.
+    """
+
+
+class SupervisorEscalation(HubvisorError):
+    """A supervisor exhausted its restart intensity and gave up.
+
+    Attributes:
+        supervisor: path of the supervisor that gave up, e.g. ``"hub/worker-pool"``.
+        child_id: the child whose failure exceeded the limit.
+        limit: the limit in words, e.g. ``"3 restarts in 5s"``.
+        reason: what the child's last failure was, e.g. ``"exited with code 1"``.
+    """
+
+    def __init__(self, supervisor: str, child_id: str, limit: str, reason: str) -> None:
+        self.supervisor = supervisor
+        self.child_id = child_id
+        self.limit = limit
+        self.reason = reason
+        super().__init__(
+            f"supervisor {supervisor!r} gave up: child {child_id!r} ({reason}) exceeded "
+            f"the restart intensity of {limit}; fix the child or raise the supervisor's "
+            f"intensity"
+        )
+
+
+class ControlError(HubvisorError):
+    """A run-time control request cannot be carried out (unknown child, wrong state...)."""
+
+
+class ChildNotFound(ControlError, KeyError):
+    """No child with that id exists in the supervisor or tree."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "child not found"
+
+
+class MaxAgentsExceeded(ControlError):
+    """Starting one more child would exceed the hub's ``max_agents`` limit."""

@@ -1,0 +1,233 @@
+"""Typed lifecycle events and the in-order event bus that publishes them."""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+import trio
+
+__all__ = [
+    "ChildBackingOff",
+    "ChildExited",
+    "ChildOutput",
+    "ChildRestarting",
+    "ChildRunning",
+    "ChildSpawnFailed",
+    "ChildStarting",
+    "ChildStopped",
+    "Event",
+    "EventBus",
+    "ExitStatus",
+    "SupervisorEscalated",
+    "SupervisorStarted",
+    "SupervisorStopped",
+]
+
+
+@attrs.frozen
+class ExitStatus:
+    """How a process ended: an exit ``code``, or the ``signal`` that killed it."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        """Build from an ``os.waitpid`` status."""
+        import os
+
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        return cls(code=os.WEXITSTATUS(status))
+
+    @property
+    def normal(self) -> bool:
+        """Exit code 0."""
+        return self.code == 0
+
+    def describe(self) -> str:
+        """E.g. ``"exited with code 1"`` or ``"killed by SIGKILL"``."""
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}"
+        return f"exited with code {self.code}"
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base of all events.
+
+    Attributes:
+        at: ``trio.current_time()`` when it happened (virtual under ``MockClock``).
+        supervisor: path of the supervisor that owns the child, e.g. ``"hub/worker-pool"``.
+        child_id: the child (or nested supervisor) the event is about.
+    """
+
+    at: float
+    supervisor: str
+    child_id: str
+
+    kind: str = attrs.field(init=False, default="event")
+
+
+@attrs.frozen(kw_only=True)
+class ChildStarting(Event):
+    """A process was spawned; it is *starting* until it is running."""
+
+    pid: int
+    incarnation: int
+    agent_type: str | None = None
+    kind: str = attrs.field(init=False, default="starting")
+
+
+@attrs.frozen(kw_only=True)
+class ChildRunning(Event):
+    """The process outlived its start period (or said READY)."""
+
+    pid: int
+    kind: str = attrs.field(init=False, default="running")
+
+
+@attrs.frozen(kw_only=True)
+class ChildSpawnFailed(Event):
+    """The process could not be spawned at all; counts as a failed start."""
+
+    error: str
+    kind: str = attrs.field(init=False, default="spawn_failed")
+
+
+@attrs.frozen(kw_only=True)
+class ChildExited(Event):
+    """The process ended.
+
+    Attributes:
+        expected: the supervisor stopped it (stop, restart of a sibling, shutdown).
+        failed_start: it ended within its start period.
+    """
+
+    pid: int
+    status: ExitStatus
+    expected: bool
+    failed_start: bool
+    uptime: float
+    kind: str = attrs.field(init=False, default="exited")
+
+
+@attrs.frozen(kw_only=True)
+class ChildBackingOff(Event):
+    """The supervisor waits ``delay`` seconds before restarting ``restarting``."""
+
+    delay: float
+    attempt: int
+    restarting: tuple[str, ...]
+    kind: str = attrs.field(init=False, default="backing_off")
+
+
+@attrs.frozen(kw_only=True)
+class ChildRestarting(Event):
+    """The supervisor restarts ``child_id`` because ``cause`` failed."""
+
+    cause: str
+    kind: str = attrs.field(init=False, default="restarting")
+
+
+@attrs.frozen(kw_only=True)
+class ChildStopped(Event):
+    """The child is stopped and will not run again unless asked to (``reason`` says why)."""
+
+    reason: Literal["shutdown", "terminated", "removed", "exited"]
+    kind: str = attrs.field(init=False, default="stopped")
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorStarted(Event):
+    """A supervisor started all its children; ``child_id`` is the supervisor's name."""
+
+    kind: str = attrs.field(init=False, default="supervisor_started")
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorStopped(Event):
+    """A supervisor stopped all its children and ended."""
+
+    kind: str = attrs.field(init=False, default="supervisor_stopped")
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorEscalated(Event):
+    """A supervisor gave up: ``child_id`` exceeded ``limit``; it fails to its parent."""
+
+    limit: str
+    reason: str
+    kind: str = attrs.field(init=False, default="escalated")
+
+
+@attrs.frozen(kw_only=True)
+class ChildOutput(Event):
+    """One line the child wrote (without the newline; cut lines end with ``…``)."""
+
+    stream: Literal["stdout", "stderr"]
+    line: str
+    kind: str = attrs.field(init=False, default="output")
+
+
+@attrs.define
+class _Subscriber:
+    send: trio.MemorySendChannel[Event]
+    kinds: frozenset[str] | None
+    dropped: int = 0
+
+
+@attrs.define
+class EventBus:
+    """Publishes events to subscribers, each receiving them in the order they happened.
+
+    ``publish`` never blocks, so a slow subscriber cannot stall supervision. A subscriber
+    with a bounded buffer that falls behind loses events and the bus counts them in
+    ``dropped``; subscribers that must not lose any (the registry) use the default
+    unbounded buffer.
+    """
+
+    _subscribers: list[_Subscriber] = attrs.field(factory=list)
+
+    def subscribe(
+        self, kinds: Iterable[str] | None = None, max_buffer: float = math.inf
+    ) -> trio.MemoryReceiveChannel[Event]:
+        """Return a channel receiving every later event (of ``kinds`` only, if given)."""
+        send, receive = trio.open_memory_channel[Event](max_buffer)
+        self._subscribers.append(_Subscriber(send, frozenset(kinds) if kinds is not None else None))
+        return receive
+
+    @property
+    def dropped(self) -> int:
+        """Events lost by bounded subscribers that fell behind."""
+        return sum(s.dropped for s in self._subscribers)
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every interested subscriber without waiting."""
+        alive = []
+        for sub in self._subscribers:
+            if sub.kinds is not None and event.kind not in sub.kinds:
+                alive.append(sub)
+                continue
+            try:
+                sub.send.send_nowait(event)
+            except trio.WouldBlock:
+                sub.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # the subscriber closed its end: forget it
+            alive.append(sub)
+        self._subscribers = alive
+
+    def close(self) -> None:
+        """End every subscription (their channels raise ``EndOfChannel``)."""
+        for sub in self._subscribers:
+            sub.send.close()
+        self._subscribers = []

@@ -1,0 +1,87 @@
+"""Lifecycle events as readable log lines."""
+
+from __future__ import annotations
+
+import logging
+
+from ._events import (
+    ChildBackingOff,
+    ChildExited,
+    ChildOutput,
+    ChildRestarting,
+    ChildRunning,
+    ChildSpawnFailed,
+    ChildStarting,
+    ChildStopped,
+    Event,
+    EventBus,
+    SupervisorEscalated,
+    SupervisorStarted,
+    SupervisorStopped,
+)
+
+__all__ = ["LIFECYCLE_KINDS", "format_event", "log_events"]
+
+logger = logging.getLogger("hubvisor")
+
+LIFECYCLE_KINDS = frozenset(
+    {
+        "starting",
+        "running",
+        "spawn_failed",
+        "exited",
+        "backing_off",
+        "restarting",
+        "stopped",
+        "supervisor_started",
+        "supervisor_stopped",
+        "escalated",
+    }
+)
+
+
+def format_event(event: Event) -> str:
+    """One line for ``event``, e.g. ``hub/worker-pool/worker-agent-2 exited with code 1``."""
+    who = f"{event.supervisor}/{event.child_id}"
+    match event:
+        case ChildStarting(pid=pid, incarnation=n):
+            return f"{who} starting (pid {pid}, start #{n})"
+        case ChildRunning(pid=pid):
+            return f"{who} running (pid {pid})"
+        case ChildSpawnFailed(error=error):
+            return f"{who} failed to start: {error}"
+        case ChildExited(status=status, expected=expected, failed_start=failed, uptime=up):
+            what = "ended" if expected else ("failed to start" if failed else "crashed")
+            if not expected and status.normal:
+                what = "exited"
+            return f"{who} {what}: {status.describe()} after {up:.1f}s"
+        case ChildBackingOff(delay=delay, attempt=attempt, restarting=ids):
+            ids_text = ", ".join(ids)
+            return (
+                f"{who} backing off {delay:.2f}s (attempt {attempt}) before restarting {ids_text}"
+            )
+        case ChildRestarting(cause=cause):
+            because = "" if cause == event.child_id else f" because {cause} failed"
+            return f"{who} restarting{because}"
+        case ChildStopped(reason=reason):
+            return f"{who} stopped ({reason})"
+        case SupervisorStarted():
+            return f"{event.supervisor} started"
+        case SupervisorStopped():
+            return f"{event.supervisor} stopped"
+        case SupervisorEscalated(limit=limit, reason=reason):
+            return f"{event.supervisor} GAVE UP: {event.child_id} ({reason}) exceeded {limit}"
+        case ChildOutput(stream=stream, line=line):
+            return f"{who} {'!' if stream == 'stderr' else '|'} {line}"
+    return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
+
+
+async def log_events(bus: EventBus, *, output: bool = False) -> None:
+    """Log every lifecycle event (and child output lines if ``output``) until cancelled."""
+    kinds = LIFECYCLE_KINDS | ({"output"} if output else set())
+    async with bus.subscribe(kinds) as events:
+        async for event in events:
+            level = logging.WARNING if event.kind in ("escalated", "spawn_failed") else logging.INFO
+            if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
+                level = logging.WARNING
+            logger.log(level, "%s", format_event(event))
