@@ -1,0 +1,88 @@
+"""Shared fixtures: every test is checked for leaked processes and file descriptors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ci")
+
+# Every process a test starts inherits this marker, so leftovers can be found even after
+# they were reparented to init.
+MARKER = f"HUBVISOR_TEST_RUN={uuid.uuid4().hex}"
+os.environ["HUBVISOR_TEST_RUN"] = MARKER.split("=", 1)[1]
+
+PY = sys.executable
+
+
+def marked_processes() -> list[int]:
+    """Pids of live (non-zombie) processes that carry this test run's marker."""
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if MARKER.encode() not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def zombie_children() -> list[int]:
+    """Pids of this process's children that exited and were never reaped."""
+    zombies = []
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and fields[1] == me:
+            zombies.append(int(entry.name))
+    return zombies
+
+
+def wait_until(predicate: object, timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` (a callable) until true or ``timeout`` real seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():  # type: ignore[operator]
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After each test: no marked process alive, no zombie child, no new open fd."""
+    fds_before = set(os.listdir("/proc/self/fd"))
+    yield
+    # A group SIGKILL is asynchronous: give the kernel a moment to finish the kills.
+    assert wait_until(lambda: not marked_processes()), (
+        f"processes left behind: {marked_processes()}"
+    )
+    assert not zombie_children(), f"unreaped children: {zombie_children()}"
+    fds_after = set(os.listdir("/proc/self/fd"))
+    leaked = fds_after - fds_before
+    assert not leaked, f"file descriptors leaked: {sorted(leaked)}"
