@@ -1,0 +1,31 @@
+"""README.md's examples stay true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from supervisor import Hub, SupervisorSpec
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_tree_example_is_a_valid_spec() -> None:
+    """The tree.py example builds a valid spec the hub accepts."""
+    code = re.search(r"```python\n# tree\.py\n(.*?)```", README, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(code.group(1), namespace)
+    spec = namespace["spec"]
+
+    assert isinstance(spec, SupervisorSpec)
+    Hub(spec)
+
+
+def test_quick_start_test_command_is_what_ci_runs() -> None:
+    """.ci/run runs the test command README.md gives."""
+    command = ".venv/bin/python -m pytest"
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+
+    assert f"```sh\n{command}\n```" in README
+    assert ci.rstrip().endswith(command)
