@@ -18,7 +18,7 @@ import trio
 from ._demo import demo_spec
 from ._errors import InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
 from ._hub import Hub
-from ._log import LIFECYCLE_KINDS, format_event, logger
+from ._log import log_events, log_kinds, logger
 from ._spec import AnySpec, SupervisorSpec, check_specs
 
 __all__ = ["load_spec", "main", "run_hub"]
@@ -92,20 +92,9 @@ async def _watch_signals(hub: Hub, nursery: trio.Nursery, result: dict[str, int]
 
 async def _run(hub: Hub, duration: float | None, output: bool) -> int:
     result = {"code": 0}
-    kinds = LIFECYCLE_KINDS | ({"output"} if output else set())
-    events = hub.bus.subscribe(kinds)
-
-    async def log_all() -> None:
-        async for event in events:
-            bad = event.kind in ("escalated", "spawn_failed") or (
-                event.kind == "exited"
-                and not getattr(event, "expected", True)
-                and not getattr(getattr(event, "status", None), "normal", True)
-            )
-            logger.log(logging.WARNING if bad else logging.INFO, "%s", format_event(event))
-
+    events = hub.bus.subscribe(log_kinds(output))  # before serving: miss no event
     async with trio.open_nursery() as outer:
-        outer.start_soon(log_all)
+        outer.start_soon(log_events, events)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, hub, nursery, result)
             if duration is not None:

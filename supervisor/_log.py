@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from ._events import (
     ChildBackingOff,
     ChildExited,
@@ -14,13 +16,12 @@ from ._events import (
     ChildStarting,
     ChildStopped,
     Event,
-    EventBus,
     SupervisorEscalated,
     SupervisorStarted,
     SupervisorStopped,
 )
 
-__all__ = ["LIFECYCLE_KINDS", "format_event", "log_events"]
+__all__ = ["LIFECYCLE_KINDS", "event_level", "format_event", "log_events", "log_kinds"]
 
 logger = logging.getLogger("hubvisor")
 
@@ -76,12 +77,28 @@ def format_event(event: Event) -> str:
     return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
 
 
-async def log_events(bus: EventBus, *, output: bool = False) -> None:
-    """Log every lifecycle event (and child output lines if ``output``) until cancelled."""
-    kinds = LIFECYCLE_KINDS | ({"output"} if output else set())
-    async with bus.subscribe(kinds) as events:
+def log_kinds(output: bool = False) -> frozenset[str]:
+    """The event kinds the log shows: lifecycle, plus child output lines if ``output``."""
+    return LIFECYCLE_KINDS | ({"output"} if output else set())
+
+
+def event_level(event: Event) -> int:
+    """WARNING for failures (crashes, failed starts, escalations), INFO for the rest."""
+    if event.kind in ("escalated", "spawn_failed"):
+        return logging.WARNING
+    if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
+        return logging.WARNING
+    return logging.INFO
+
+
+async def log_events(events: trio.abc.ReceiveChannel[Event]) -> None:
+    """Log each event of ``events`` as one line until the channel ends.
+
+    Example::
+
+        events = hub.bus.subscribe(log_kinds(output=True))  # before hub.serve()
+        nursery.start_soon(log_events, events)
+    """
+    async with events:
         async for event in events:
-            level = logging.WARNING if event.kind in ("escalated", "spawn_failed") else logging.INFO
-            if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
-                level = logging.WARNING
-            logger.log(level, "%s", format_event(event))
+            logger.log(event_level(event), "%s", format_event(event))

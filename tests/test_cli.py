@@ -247,3 +247,36 @@ def test_children_env(tmp_path: Path) -> None:
     )
     assert 0 == result.returncode, result.stderr
     assert "qc-agent-1 qc hub/qc-pool hub" == out.read_text()
+
+
+async def test_run_in_process_logs_lifecycle_and_output(caplog: pytest.LogCaptureFixture) -> None:
+    """The CLI's runner logs lifecycle lines and, with --output, child output lines."""
+    import logging
+
+    from supervisor import ChildSpec, Hub
+    from supervisor._cli import _run
+
+    spec = SupervisorSpec(
+        name="hub",
+        children=[
+            ChildSpec(id="talk", argv=[sys.executable, "-c", "print('hello')"], restart="transient"),
+            ChildSpec(id="fail", argv=["no-such-program-xyz"], restart="temporary"),
+        ],
+    )
+    caplog.set_level(logging.INFO, logger="hubvisor")
+    code = await _run(Hub(spec), duration=1.0, output=True)
+    text = caplog.text
+
+    assert 0 == code
+    assert "hub/talk | hello" in text
+    assert "hub/fail failed to start: child 'fail': executable 'no-such-program-xyz'" in text
+    assert "hub/talk exited: exited with code 0" in text
+    assert "--duration 1s reached" in text
+
+
+def test_placeholder_agent_crashes_at_its_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's placeholder agent crashes with code 1 when its dice say so."""
+    from agents.placeholder import main as placeholder
+
+    assert 1 == placeholder(["--crash-rate", "1", "--interval", "0.001", "--seed", "3"])
+    assert "crashing on task 1" in capsys.readouterr().err
