@@ -1,9 +1,10 @@
-"""The ``hubvisor`` command line: ``run``, ``demo`` and ``check``."""
+"""The ``hubvisor`` command line: ``run``, ``demo``, ``check`` and ``ctl``."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -14,9 +15,13 @@ from typing import Any
 
 import click
 import trio
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
+from ._control import ControlClientError, default_socket_path, request, serve_control
 from ._demo import demo_spec
-from ._errors import InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
+from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
 from ._hub import Hub
 from ._log import log_events, log_kinds, logger
 from ._spec import AnySpec, SupervisorSpec, check_specs
@@ -90,13 +95,21 @@ async def _watch_signals(hub: Hub, nursery: trio.Nursery, result: dict[str, int]
                 hub.kill_all()
 
 
-async def _run(hub: Hub, duration: float | None, output: bool) -> int:
+async def _run(
+    hub: Hub,
+    duration: float | None = None,
+    output: bool = False,
+    control_socket: Path | None = None,
+) -> int:
     result = {"code": 0}
     events = hub.bus.subscribe(log_kinds(output))  # before serving: miss no event
     async with trio.open_nursery() as outer:
         outer.start_soon(log_events, events)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, hub, nursery, result)
+            if control_socket is not None:
+                path = await nursery.start(serve_control, hub, control_socket)
+                logger.info("control socket: %s (hubvisor ctl --socket %s list)", path, path)
             if duration is not None:
 
                 async def stop_later() -> None:
@@ -121,10 +134,25 @@ def run_hub(
     max_agents: int | None = None,
     duration: float | None = None,
     output: bool = False,
+    control_socket: str | None = "auto",
 ) -> int:
-    """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code."""
+    """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
+
+    ``control_socket``: ``"auto"`` serves :mod:`hubvisor ctl <supervisor._control>` requests
+    on the default path for the hub's id, a path serves them there, ``None`` disables it.
+    """
     hub = Hub(spec, max_agents=max_agents)
-    return trio.run(_run, hub, duration, output)
+    socket_path = (
+        None
+        if control_socket is None
+        else default_socket_path(hub.context.hub_id)
+        if control_socket == "auto"
+        else Path(control_socket)
+    )
+    try:
+        return trio.run(_run, hub, duration, output, socket_path)
+    except* ControlError as group:
+        raise group.exceptions[0] from None
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -152,6 +180,13 @@ _common = [
     click.option(
         "--output/--no-output", default=False, help="Also log every line the children write."
     ),
+    click.option(
+        "--control-socket",
+        default="auto",
+        show_default=True,
+        help="Unix socket for `hubvisor ctl` ('auto': $XDG_RUNTIME_DIR/hubvisor/<hub id>.sock "
+        "or /tmp/hubvisor-<uid>/<hub id>.sock; 'none': no control socket).",
+    ),
 ]
 
 
@@ -170,13 +205,18 @@ def main() -> None:
 @main.command()
 @click.argument("spec")
 @_with_common
-def run(spec: str, max_agents: int | None, duration: float | None, output: bool) -> None:
+def run(spec: str, **options: Any) -> None:
     """Run the supervision tree SPEC (path/to/file.py[:attr] or module[:attr])."""
     _setup_logging(False)
+    _run_or_explain(lambda: load_spec(spec), options)
+
+
+def _run_or_explain(tree: Any, options: dict[str, Any]) -> None:
+    if options.get("control_socket") == "none":
+        options["control_socket"] = None
     try:
-        tree = load_spec(spec)
-        code = run_hub(tree, max_agents=max_agents, duration=duration, output=output)
-    except (InvalidSpec, MaxAgentsExceeded) as exc:
+        code = run_hub(tree(), **options)
+    except (InvalidSpec, MaxAgentsExceeded, ControlError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
@@ -197,23 +237,10 @@ def run(spec: str, max_agents: int | None, duration: float | None, output: bool)
     help="Seconds per unit of work of the placeholder agents.",
 )
 @_with_common
-def demo(
-    crash_rate: float,
-    interval: float,
-    max_agents: int | None,
-    duration: float | None,
-    output: bool,
-) -> None:
+def demo(crash_rate: float, interval: float, **options: Any) -> None:
     """Run the example tree: a pool per agent type of placeholder agents that crash now and then."""
     _setup_logging(False)
-    sys.exit(
-        run_hub(
-            demo_spec(crash_rate=crash_rate, interval=interval),
-            max_agents=max_agents,
-            duration=duration,
-            output=output,
-        )
-    )
+    _run_or_explain(lambda: demo_spec(crash_rate=crash_rate, interval=interval), options)
 
 
 @main.command()
@@ -227,3 +254,103 @@ def check(spec: str) -> None:
     except InvalidSpec as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{spec}: OK")
+
+
+@main.group()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The hub's control socket (default: the default path for --hub-id).",
+)
+@click.option("--hub-id", default="hub", show_default=True, help="The id of the hub to control.")
+@click.pass_context
+def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
+    """Control a running hub: list, count, logs, terminate, restart, resize, stop."""
+    ctx.obj = socket_path or default_socket_path(hub_id)
+
+
+def _ask(ctx: click.Context, req: dict[str, Any]) -> Any:
+    try:
+        return request(ctx.obj, req)
+    except ControlClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@ctl.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.pass_context
+def ctl_list(ctx: click.Context, as_json: bool) -> None:
+    """List every child: supervisor, id, state, pid, restarts, uptime, last exit."""
+    rows = _ask(ctx, {"op": "list"})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("supervisor", "id", "state", "pid", "restarts", "uptime", "last exit"):
+        table.add_column(col, justify="right" if col in ("pid", "restarts", "uptime") else "left")
+    for r in rows:
+        table.add_row(
+            r["supervisor"],
+            r["id"],
+            r["state"],
+            str(r["pid"] or "-"),
+            str(r["restarts"]),
+            f"{r['uptime']:.1f}s" if r["uptime"] is not None else "-",
+            r["last_exit"] or "",
+        )
+    Console(width=200).print(table)
+
+
+@ctl.command("count")
+@click.pass_context
+def ctl_count(ctx: click.Context) -> None:
+    """Count children: specs, active, workers, supervisors."""
+    for key, value in _ask(ctx, {"op": "count"}).items():
+        click.echo(f"{key}: {value}")
+
+
+@ctl.command("logs")
+@click.argument("child_id")
+@click.option("-n", "lines", type=int, default=None, help="Only the last N lines.")
+@click.pass_context
+def ctl_logs(ctx: click.Context, child_id: str, lines: int | None) -> None:
+    """Print a child's recent output lines."""
+    for line in _ask(ctx, {"op": "logs", "id": child_id, "lines": lines}):
+        click.echo(line)
+
+
+@ctl.command("terminate")
+@click.argument("child_id")
+@click.pass_context
+def ctl_terminate(ctx: click.Context, child_id: str) -> None:
+    """Stop a child; it stays stopped until restarted."""
+    _ask(ctx, {"op": "terminate", "id": child_id})
+    click.echo(f"{child_id}: terminated")
+
+
+@ctl.command("restart")
+@click.argument("child_id")
+@click.pass_context
+def ctl_restart(ctx: click.Context, child_id: str) -> None:
+    """Start a stopped child, or stop and start a running one."""
+    _ask(ctx, {"op": "restart", "id": child_id})
+    click.echo(f"{child_id}: restarted")
+
+
+@ctl.command("resize")
+@click.argument("pool")
+@click.argument("size", type=click.IntRange(min=0))
+@click.pass_context
+def ctl_resize(ctx: click.Context, pool: str, size: int) -> None:
+    """Resize POOL (agent type, pool name or path) to SIZE members."""
+    _ask(ctx, {"op": "resize", "pool": pool, "size": size})
+    click.echo(f"{pool}: {size} members")
+
+
+@ctl.command("stop")
+@click.pass_context
+def ctl_stop(ctx: click.Context) -> None:
+    """Stop the whole tree gracefully (like SIGTERM to the hub)."""
+    click.echo(_ask(ctx, {"op": "stop"}))
