@@ -32,7 +32,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor import ChildSpec, Hub, PoolSpec  # noqa: E402
+from supervisor import ChildSpec, Hub, PoolSpec
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 SETPRIV = shutil.which("setpriv")
