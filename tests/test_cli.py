@@ -259,7 +259,9 @@ async def test_run_in_process_logs_lifecycle_and_output(caplog: pytest.LogCaptur
     spec = SupervisorSpec(
         name="hub",
         children=[
-            ChildSpec(id="talk", argv=[sys.executable, "-c", "print('hello')"], restart="transient"),
+            ChildSpec(
+                id="talk", argv=[sys.executable, "-c", "print('hello')"], restart="transient"
+            ),
             ChildSpec(id="fail", argv=["no-such-program-xyz"], restart="temporary"),
         ],
     )
