@@ -518,32 +518,26 @@ class Supervisor:
         self, m: _Member, spec: ChildSpec, stream: trio.abc.ReceiveStream, name: str
     ) -> None:
         limit = spec.output.max_line_bytes
-        buf = bytearray()
+        pending = b""
         skipping = False  # inside an over-long line whose head was already emitted
         prefix = "" if name == "stdout" else "[stderr] "
         try:
-            while True:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        if len(buf) > limit:
-                            if not skipping:
-                                self._emit_line(m, spec, name, prefix, bytes(buf[:limit]), True)
-                            skipping = True
-                            del buf[:]
-                        break
-                    line = bytes(buf[:nl])
-                    del buf[: nl + 1]
+            while chunk := await stream.receive_some(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
                     if skipping:
-                        skipping = False
+                        skipping = False  # the tail of a line already cut and emitted
                         continue
                     self._emit_line(m, spec, name, prefix, line[:limit], len(line) > limit)
-            if buf and not skipping:
-                self._emit_line(m, spec, name, prefix, bytes(buf[:limit]), len(buf) > limit)
+                if len(pending) > limit:
+                    # No newline for a long while: emit the head now, drop the rest of the
+                    # line, so a child writing without newlines cannot grow our memory.
+                    if not skipping:
+                        self._emit_line(m, spec, name, prefix, pending[:limit], True)
+                    skipping = True
+                    pending = b""
+            if pending and not skipping:
+                self._emit_line(m, spec, name, prefix, pending, False)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -672,21 +666,31 @@ class Supervisor:
             if restart is RestartType.TEMPORARY:
                 self._remove(m)
             return None
-        decision = self.spec.intensity.record(self._history, trio.current_time())
-        self._history = decision.history
-        if not decision.allowed:
-            return await self._escalate(m, msg.reason)
-        uptime = trio.current_time() - m.started_at if m.started_at is not None else 0.0
-        if self.spec.backoff.resets_after(uptime):
-            m.attempt = 0
-        m.attempt += 1
-        delay = self.spec.backoff.delay(m.attempt, self._ctx.rng)
-        order = [x.id for x in self._members]
-        ids = list(self.spec.strategy.to_restart(m.id, order))
-        if m.id not in ids:
-            raise RuntimeError(
-                f"restart strategy {self.spec.strategy!r} left out the failed child {m.id!r}; "
-                "a RestartStrategy must include it in its result"
+        try:
+            decision = self.spec.intensity.record(self._history, trio.current_time())
+            self._history = decision.history
+            if not decision.allowed:
+                return await self._escalate(m, msg.reason)
+            uptime = trio.current_time() - m.started_at if m.started_at is not None else 0.0
+            if self.spec.backoff.resets_after(uptime):
+                m.attempt = 0
+            m.attempt += 1
+            delay = float(self.spec.backoff.delay(m.attempt, self._ctx.rng))
+            if not delay >= 0:  # also catches NaN
+                raise ValueError(f"delay({m.attempt}) returned {delay!r}, not a number >= 0")
+            order = [x.id for x in self._members]
+            ids = list(self.spec.strategy.to_restart(m.id, order))
+            if m.id not in ids:
+                raise ValueError(
+                    f"to_restart({m.id!r}, ...) returned {ids!r} without the failed child"
+                )
+        except Exception as exc:
+            # A user-written policy that raises or answers nonsense must not crash the
+            # hub: the supervisor gives up in order, and its parent's policy decides.
+            return await self._escalate(
+                m,
+                f"{msg.reason}; then its supervisor's policy failed: "
+                f"{type(exc).__name__}: {exc} (fix the policy object)",
             )
         group: list[_Member] = []
         for x in self._members:
@@ -736,7 +740,10 @@ class Supervisor:
             await self._start_member(m)
 
     async def _escalate(self, m: _Member, reason: str) -> SupervisorEscalation:
-        limit = self.spec.intensity.describe()
+        try:
+            limit = str(self.spec.intensity.describe())
+        except Exception as exc:
+            limit = f"{self.spec.intensity!r} (whose describe() raised {exc!r})"
         await self._stop_members(list(self._members), reason="shutdown")
         self._publish(SupervisorEscalated, child_id=m.id, limit=limit, reason=reason)
         return SupervisorEscalation(self.path, m.id, limit, reason)

@@ -69,3 +69,55 @@ async def test_user_strategy_and_backoff(autojump_clock: trio.testing.MockClock)
 
     assert {"a": 0, "b": 2, "c": 2, "d": 0} == restarts
     assert [1.0, 2.0] == delays
+
+
+@attrs.frozen
+class Broken:
+    """A strategy with a bug: it forgets the failed child."""
+
+    def to_restart(self, failed: str, children: Sequence[str]) -> Sequence[str]:
+        return [c for c in children if c != failed]
+
+
+@attrs.frozen
+class Raises:
+    """A backoff with a bug: it raises."""
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        raise ZeroDivisionError("oops")
+
+    def resets_after(self, uptime: float) -> bool:
+        return True
+
+    def bounds(self, attempt: int) -> tuple[float, float]:
+        return (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("policy", "fragment"),
+    [
+        ({"strategy": Broken()}, "returned ['a'] without the failed child"),
+        ({"backoff": Raises()}, "ZeroDivisionError: oops"),
+    ],
+)
+async def test_buggy_policy_escalates_cleanly(
+    autojump_clock: trio.testing.MockClock, policy: dict[str, object], fragment: str
+) -> None:
+    """A policy that raises or leaves out the failed child makes its supervisor give up in
+    order, with a message naming the bug, instead of crashing the hub."""
+    from supervisor import SupervisorEscalation
+
+    backend = SimulatedProcessBackend({"b": [SimBehaviour(lifetime=1)]})
+    inner = SupervisorSpec(
+        name="inner",
+        children=[ChildSpec(id=x, argv=["sim"]) for x in "ab"],
+        **policy,  # type: ignore[arg-type]
+    )
+    spec = SupervisorSpec(name="root", intensity=Intensity(0, 1), children=[inner])
+    hub = Hub(spec, backend=backend)
+    with pytest.raises(SupervisorEscalation) as info:
+        await hub.serve()
+
+    assert "root/inner" in str(info.value) or "inner" == info.value.child_id
+    assert fragment in info.value.reason
+    assert [] == backend.live()
