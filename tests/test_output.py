@@ -26,8 +26,12 @@ async def test_lines_are_events_and_ring_is_bounded() -> None:
 
         assert [str(i) for i in range(50)] + ["end"] == out
         logs = hub.logs("p")
-        # The two pipes are read concurrently: their lines interleave in arrival order.
-        assert 10 == len(logs) and {"end", "[stderr] err"} <= set(logs)
+        errors = [e.line for e in seen if e.kind == "output" and e.stream == "stderr"]
+
+        # The two pipes are read concurrently, so where 'err' falls among the stdout lines
+        # depends on timing; the ring holds the last 10 of whatever arrived.
+        assert ["err"] == errors
+        assert 10 == len(logs) and "end" in logs
 
 
 async def test_long_lines_are_cut() -> None:
