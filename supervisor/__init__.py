@@ -23,11 +23,14 @@ from ._errors import (
 from ._events import (
     ChildBackingOff as ChildBackingOff,
     ChildExited as ChildExited,
+    ChildHeartbeat as ChildHeartbeat,
+    ChildHung as ChildHung,
     ChildOutput as ChildOutput,
     ChildRestarting as ChildRestarting,
     ChildRunning as ChildRunning,
     ChildSpawnFailed as ChildSpawnFailed,
     ChildStarting as ChildStarting,
+    ChildStatus as ChildStatus,
     ChildStopped as ChildStopped,
     Event as Event,
     EventBus as EventBus,
@@ -43,6 +46,13 @@ from ._process import (
     ProcessBackend as ProcessBackend,
     ProcessHandle as ProcessHandle,
     SpawnRequest as SpawnRequest,
+)
+from ._redis import RedisMirror as RedisMirror
+from ._registry import (
+    AgentRecord as AgentRecord,
+    Reclaimed as Reclaimed,
+    Registry as Registry,
+    RegistryMirror as RegistryMirror,
 )
 from ._runtime import (
     ChildInfo as ChildInfo,
@@ -62,8 +72,11 @@ from ._spec import (
 
 __all__ = [
     "BRUTAL_KILL",
+    "AgentRecord",
     "ChildBackingOff",
     "ChildExited",
+    "ChildHeartbeat",
+    "ChildHung",
     "ChildInfo",
     "ChildNotFound",
     "ChildOutput",
@@ -73,6 +86,7 @@ __all__ = [
     "ChildSpec",
     "ChildStarting",
     "ChildState",
+    "ChildStatus",
     "ChildStopped",
     "ControlError",
     "Event",
@@ -90,6 +104,10 @@ __all__ = [
     "PoolSpec",
     "ProcessBackend",
     "ProcessHandle",
+    "Reclaimed",
+    "RedisMirror",
+    "Registry",
+    "RegistryMirror",
     "RestartType",
     "RuntimeContext",
     "SpawnError",

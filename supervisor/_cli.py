@@ -24,6 +24,8 @@ from ._demo import demo_spec
 from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
 from ._hub import Hub
 from ._log import log_events, log_kinds, logger
+from ._redis import RedisMirror
+from ._registry import Registry
 from ._spec import AnySpec, SupervisorSpec, check_specs
 
 __all__ = ["load_spec", "main", "run_hub"]
@@ -135,13 +137,22 @@ def run_hub(
     duration: float | None = None,
     output: bool = False,
     control_socket: str | None = "auto",
+    redis: str | None = None,
+    redis_prefix: str = "hubvisor",
 ) -> int:
     """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
 
     ``control_socket``: ``"auto"`` serves :mod:`hubvisor ctl <supervisor._control>` requests
     on the default path for the hub's id, a path serves them there, ``None`` disables it.
+    ``redis``: mirror the agent registry to this Redis URL under ``redis_prefix`` (default:
+    the registry lives in memory only).
     """
-    hub = Hub(spec, max_agents=max_agents)
+    registry = None
+    if redis is not None:
+        mirror = RedisMirror(redis, prefix=redis_prefix)
+        logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
+        registry = Registry(mirror=mirror)
+    hub = Hub(spec, max_agents=max_agents, registry=registry)
     socket_path = (
         None
         if control_socket is None
@@ -187,7 +198,31 @@ _common = [
         help="Unix socket for `hubvisor ctl` ('auto': $XDG_RUNTIME_DIR/hubvisor/<hub id>.sock "
         "or /tmp/hubvisor-<uid>/<hub id>.sock; 'none': no control socket).",
     ),
+    click.option(
+        "--redis",
+        metavar="URL",
+        envvar="HUBVISOR_REDIS_URL",
+        default=None,
+        callback=lambda ctx, param, value: _check_redis_url(value),
+        help="Mirror the agent registry to Redis (redis://[:password@]host[:port][/db] or "
+        "rediss:// for TLS; also $HUBVISOR_REDIS_URL, which keeps the password out of ps).",
+    ),
+    click.option(
+        "--redis-prefix",
+        default="hubvisor",
+        show_default=True,
+        help="The first element of every Redis key the registry writes.",
+    ),
 ]
+
+
+def _check_redis_url(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            RedisMirror(value)
+        except ValueError as exc:  # the message never shows the password
+            raise click.BadParameter(str(exc), param_hint="--redis") from None
+    return value
 
 
 def _with_common(f: Any) -> Any:

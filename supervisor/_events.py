@@ -13,11 +13,14 @@ import trio
 __all__ = [
     "ChildBackingOff",
     "ChildExited",
+    "ChildHeartbeat",
+    "ChildHung",
     "ChildOutput",
     "ChildRestarting",
     "ChildRunning",
     "ChildSpawnFailed",
     "ChildStarting",
+    "ChildStatus",
     "ChildStopped",
     "Event",
     "EventBus",
@@ -140,9 +143,10 @@ class ChildRestarting(Event):
 
 @attrs.frozen(kw_only=True)
 class ChildStopped(Event):
-    """The child is stopped and will not run again unless asked to (``reason`` says why)."""
+    """The child is stopped (``reason``: ``"restarting"`` when a sibling's failure stopped it
+    and it is about to restart; otherwise it stays stopped unless asked to run again)."""
 
-    reason: Literal["shutdown", "terminated", "removed", "exited"]
+    reason: Literal["shutdown", "terminated", "removed", "exited", "restarting"]
     kind: str = attrs.field(init=False, default="stopped")
 
 
@@ -167,6 +171,36 @@ class SupervisorEscalated(Event):
     limit: str
     reason: str
     kind: str = attrs.field(init=False, default="escalated")
+
+
+@attrs.frozen(kw_only=True)
+class ChildHeartbeat(Event):
+    """The child said ``HEARTBEAT`` on its notify channel."""
+
+    pid: int
+    kind: str = attrs.field(init=False, default="heartbeat")
+
+
+@attrs.frozen(kw_only=True)
+class ChildStatus(Event):
+    """The child reported its ``status`` (e.g. ``"idle"``, ``"busy"``) on its notify channel."""
+
+    pid: int
+    status: str
+    kind: str = attrs.field(init=False, default="status")
+
+
+@attrs.frozen(kw_only=True)
+class ChildHung(Event):
+    """The child stayed silent past its heartbeat timeout; its supervisor kills it.
+
+    Attributes:
+        silence: seconds since its last notify message (or its spawn).
+    """
+
+    pid: int
+    silence: float
+    kind: str = attrs.field(init=False, default="hung")
 
 
 @attrs.frozen(kw_only=True)
@@ -202,8 +236,19 @@ class EventBus:
     ) -> trio.MemoryReceiveChannel[Event]:
         """Return a channel receiving every later event (of ``kinds`` only, if given)."""
         send, receive = trio.open_memory_channel[Event](max_buffer)
-        self._subscribers.append(_Subscriber(send, frozenset(kinds) if kinds is not None else None))
+        self.attach(send, kinds)
         return receive
+
+    def attach(
+        self, send: trio.MemorySendChannel[Event], kinds: Iterable[str] | None = None
+    ) -> None:
+        """Deliver every later event into ``send``, a channel the caller made.
+
+        For an actor whose inbox also receives other messages (the registry): events and
+        those messages then arrive in one channel, in the order they were sent. The bus
+        closes ``send`` on :meth:`close`, so pass a clone if you keep sending to it.
+        """
+        self._subscribers.append(_Subscriber(send, frozenset(kinds) if kinds is not None else None))
 
     @property
     def dropped(self) -> int:

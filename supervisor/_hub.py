@@ -14,6 +14,7 @@ from strategies import Intensity, OneForOne
 from ._errors import ChildNotFound, ControlError, MaxAgentsExceeded
 from ._events import EventBus
 from ._process import OSProcessBackend, ProcessBackend
+from ._registry import Registry
 from ._runtime import ChildInfo, RuntimeContext, Supervisor, _count_workers
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, check_specs
 
@@ -40,6 +41,8 @@ class Hub:
         seed: seeds the random source of backoff jitter.
         hub_id: identifies this hub to its children and the registry.
         env: extra environment variables for every child.
+        registry: the agent registry the hub feeds (default: an in-memory
+            :class:`Registry`; give ``Registry(mirror=RedisMirror(url))`` for Redis).
 
     Example::
 
@@ -60,6 +63,7 @@ class Hub:
         seed: int | None = None,
         hub_id: str | None = None,
         env: Mapping[str, str] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         if isinstance(spec, SupervisorSpec):
             root = spec
@@ -89,6 +93,8 @@ class Hub:
             env=dict(env or {}),
         )
         self.root = Supervisor(root, context=self.context)
+        self.registry = registry if registry is not None else Registry()
+        self.registry.hub_id = self.context.hub_id
 
     @property
     def bus(self) -> EventBus:
@@ -101,7 +107,13 @@ class Hub:
         Raises:
             SupervisorEscalation: the root gave up; every child has been stopped.
         """
-        outcome = await self.root._serve(task_status=_Relay(task_status, self))
+        async with trio.open_nursery() as nursery:
+            # The registry subscribes before the tree starts, so it sees every event.
+            await nursery.start(self.registry.run, self.bus)
+            try:
+                outcome = await self.root._serve(task_status=_Relay(task_status, self))
+            finally:
+                self.registry.stop()
         if outcome is not None:
             raise outcome
 
@@ -146,7 +158,8 @@ class Hub:
             if any(c.id == child_id for c in sup.which_children()):
                 return sup
         raise ChildNotFound(
-            f"no child {child_id!r} in the tree; `hubvisor` lists children with which_children()"
+            f"no child {child_id!r} in the tree; `hubvisor ctl list` or hub.which_children() "
+            "lists the children"
         )
 
     def which_children(self) -> list[TreeRow]:

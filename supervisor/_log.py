@@ -9,6 +9,7 @@ import trio
 from ._events import (
     ChildBackingOff,
     ChildExited,
+    ChildHung,
     ChildOutput,
     ChildRestarting,
     ChildRunning,
@@ -37,6 +38,7 @@ LIFECYCLE_KINDS = frozenset(
         "supervisor_started",
         "supervisor_stopped",
         "escalated",
+        "hung",
     }
 )
 
@@ -66,6 +68,8 @@ def format_event(event: Event) -> str:
             return f"{who} restarting{because}"
         case ChildStopped(reason=reason):
             return f"{who} stopped ({reason})"
+        case ChildHung(pid=pid, silence=silence):
+            return f"{who} HUNG: no heartbeat for {silence:.1f}s (pid {pid}); killing it"
         case SupervisorStarted():
             return f"{event.supervisor} started"
         case SupervisorStopped():
@@ -84,7 +88,7 @@ def log_kinds(output: bool = False) -> frozenset[str]:
 
 def event_level(event: Event) -> int:
     """WARNING for failures (crashes, failed starts, escalations), INFO for the rest."""
-    if event.kind in ("escalated", "spawn_failed"):
+    if event.kind in ("escalated", "spawn_failed", "hung"):
         return logging.WARNING
     if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
         return logging.WARNING

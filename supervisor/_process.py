@@ -39,6 +39,7 @@ import trio
 
 from ._errors import SpawnError
 from ._events import ExitStatus
+from ._notify import NOTIFY_FD_ENV, SocketNotifySource, close_fd, open_notify_pair
 
 __all__ = ["OSProcessBackend", "ProcessBackend", "ProcessHandle", "SpawnRequest"]
 
@@ -56,6 +57,9 @@ class SpawnRequest:
     cwd: str | None = None
     capture_output: bool = True
     pass_fds: Sequence[int] = ()
+    notify: bool = False
+    """Open a notify channel (see :mod:`supervisor._notify`): the child finds its end in
+    ``HUBVISOR_NOTIFY_FD`` and the handle offers the hub's end as ``notify``."""
 
 
 @runtime_checkable
@@ -113,6 +117,7 @@ class _OSProcess:
     stdout: trio.lowlevel.FdStream | None
     stderr: trio.lowlevel.FdStream | None
     _status: ExitStatus | None = None
+    notify: SocketNotifySource | None = None
 
     @property
     def pid(self) -> int:
@@ -205,8 +210,15 @@ class OSProcessBackend:
                 argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
             else:  # pragma: no cover - util-linux is always there on Debian
                 preexec = _pdeathsig_preexec
-        out_r = out_w = err_r = err_w = -1
+        out_r = out_w = err_r = err_w = child_fd = -1
+        env = dict(request.env)
+        pass_fds = tuple(request.pass_fds)
+        notify: SocketNotifySource | None = None
         try:
+            if request.notify:
+                notify, child_fd = open_notify_pair()
+                env[NOTIFY_FD_ENV] = str(child_fd)
+                pass_fds += (child_fd,)
             if request.capture_output:
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
@@ -217,10 +229,10 @@ class OSProcessBackend:
                     stdin=subprocess.DEVNULL,
                     stdout=out_w if request.capture_output else None,
                     stderr=err_w if request.capture_output else None,
-                    env=dict(request.env),
+                    env=env,
                     cwd=request.cwd,
                     process_group=0,
-                    pass_fds=tuple(request.pass_fds),
+                    pass_fds=pass_fds,
                     preexec_fn=preexec,
                     close_fds=True,
                 )
@@ -239,16 +251,19 @@ class OSProcessBackend:
             for fd in (out_r, err_r):
                 if fd >= 0:
                     os.close(fd)
+            if notify is not None:
+                notify.close()
             raise
         finally:
-            for fd in (out_w, err_w):
+            for fd in (out_w, err_w, child_fd):
                 if fd >= 0:
-                    os.close(fd)
+                    close_fd(fd)
         return _OSProcess(
             popen,
             pidfd,
             trio.lowlevel.FdStream(out_r) if out_r >= 0 else None,
             trio.lowlevel.FdStream(err_r) if err_r >= 0 else None,
+            notify=notify,
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 import os
 import random
@@ -32,11 +33,14 @@ from ._errors import (
 from ._events import (
     ChildBackingOff,
     ChildExited,
+    ChildHeartbeat,
+    ChildHung,
     ChildOutput,
     ChildRestarting,
     ChildRunning,
     ChildSpawnFailed,
     ChildStarting,
+    ChildStatus,
     ChildStopped,
     EventBus,
     ExitStatus,
@@ -44,12 +48,17 @@ from ._events import (
     SupervisorStarted,
     SupervisorStopped,
 )
+from ._notify import InvalidNotifyMessage, NotifySource, parse_notify
 from ._process import OSProcessBackend, ProcessBackend, ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 
 __all__ = ["ChildInfo", "ChildState", "RuntimeContext", "Supervisor"]
 
 _PUMP_GRACE = 1.0  # seconds to drain a child's pipes after it exited
+_BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
+_HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
+
+_log = logging.getLogger("hubvisor")
 
 
 class ChildState(enum.Enum):
@@ -98,6 +107,7 @@ class RuntimeContext:
     env: Mapping[str, str] = attrs.field(factory=dict)
     agents: int = 0
     handles: dict[int, ProcessHandle] = attrs.field(factory=dict)
+    notify_rejected: int = 0
 
     def claim_agents(self, n: int, what: str) -> None:
         """Count ``n`` more worker children, or raise :class:`MaxAgentsExceeded`."""
@@ -155,6 +165,7 @@ class _Member:
     done: trio.Event | None = None
     last_exit: str | None = None
     ring: deque[str] = attrs.field(factory=lambda: deque(maxlen=1000))
+    hung_incarnation: int | None = None
 
     @property
     def id(self) -> str:
@@ -425,6 +436,7 @@ class Supervisor:
             env=self._child_env(spec),
             cwd=spec.cwd,
             capture_output=spec.output.capture,
+            notify=spec.notify,
         )
         try:
             handle = self._ctx.backend.spawn(request)
@@ -457,17 +469,25 @@ class Supervisor:
         done = m.done
         started = trio.current_time()
         status: ExitStatus | None = None
+        source: NotifySource | None = getattr(handle, "notify", None)
         try:
             async with trio.open_nursery() as nursery:
                 for stream, name in ((handle.stdout, "stdout"), (handle.stderr, "stderr")):
                     if stream is not None:
                         nursery.start_soon(self._pump, m, spec, stream, name)
                 timer = trio.CancelScope()
-                nursery.start_soon(self._running_timer, m, spec, handle, incarnation, timer)
+                watch = trio.CancelScope()
+                if spec.ready == "start_period":
+                    nursery.start_soon(self._running_timer, m, spec, handle, incarnation, timer)
+                if source is not None:
+                    nursery.start_soon(
+                        self._notify_actor, m, spec, handle, source, incarnation, timer, watch
+                    )
                 try:
                     status = await handle.wait()
                 finally:
                     timer.cancel()
+                    watch.cancel()
                 # The group is dead; give the pipes a moment to drain, not forever (an
                 # escaped grandchild could hold them open).
                 nursery.cancel_scope.deadline = trio.current_time() + _PUMP_GRACE
@@ -478,15 +498,24 @@ class Supervisor:
                 await self._kill_process(spec, handle)
             raise
         finally:
+            if source is not None:
+                source.close()
             self._ctx.handles.pop(handle.pid, None)
             if m.incarnation == incarnation:
                 m.pid = None
                 m.handle = None
             done.set()
         uptime = trio.current_time() - started
-        failed_start = uptime < spec.start_period
+        if spec.ready == "notify":
+            failed_start = m.incarnation == incarnation and m.state is ChildState.STARTING
+        else:
+            failed_start = uptime < spec.start_period
         expected = m.stopping and m.incarnation == incarnation
-        m.last_exit = status.describe()
+        reason, normal = status.describe(), status.normal
+        if m.hung_incarnation == incarnation and not expected:
+            reason = f"hung (no heartbeat for {spec.heartbeat_timeout:g}s), then {reason}"
+            normal = False
+        m.last_exit = reason
         self._publish(
             ChildExited,
             child_id=spec.id,
@@ -498,7 +527,7 @@ class Supervisor:
         )
         if not expected and m.incarnation == incarnation:
             m.state = ChildState.STOPPED
-            self._send.send_nowait(_Exited(m.id, incarnation, status.describe(), status.normal))
+            self._send.send_nowait(_Exited(m.id, incarnation, reason, normal))
 
     async def _running_timer(
         self,
@@ -510,9 +539,88 @@ class Supervisor:
     ) -> None:
         with scope:
             await trio.sleep(spec.start_period)
-            if m.incarnation == incarnation and m.state is ChildState.STARTING:
-                m.state = ChildState.RUNNING
-                self._publish(ChildRunning, child_id=spec.id, pid=handle.pid)
+            self._set_running(m, spec, handle.pid, incarnation)
+
+    def _set_running(self, m: _Member, spec: ChildSpec, pid: int, incarnation: int) -> None:
+        if m.incarnation == incarnation and m.state is ChildState.STARTING:
+            m.state = ChildState.RUNNING
+            self._publish(ChildRunning, child_id=spec.id, pid=pid)
+
+    async def _notify_actor(
+        self,
+        m: _Member,
+        spec: ChildSpec,
+        handle: ProcessHandle,
+        source: NotifySource,
+        incarnation: int,
+        timer: trio.CancelScope,
+        scope: trio.CancelScope,
+    ) -> None:
+        """Read the child's notify messages and run its heartbeat watchdog.
+
+        Cancelled (through ``scope``) as soon as the process has exited.
+        """
+        timeout = spec.heartbeat_timeout
+        last = trio.current_time()
+        rejected = 0
+        logged_at = beat_at = -math.inf
+        with scope:
+            while True:
+                deadline = last + timeout if timeout is not None else math.inf
+                with trio.move_on_at(deadline):
+                    try:
+                        data = await source.receive()
+                    except (OSError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:  # every writer closed its end: no more heartbeats
+                        await trio.sleep_until(deadline)
+                    now = trio.current_time()
+                    try:
+                        msg = parse_notify(data)
+                    except InvalidNotifyMessage as exc:
+                        rejected += 1
+                        self._ctx.notify_rejected += 1
+                        if now - logged_at >= _BAD_NOTIFY_LOG_EVERY:
+                            logged_at = now
+                            _log.warning(
+                                "%s/%s (pid %d): dropped a notify message: %s (%d dropped so far)",
+                                self.path,
+                                spec.id,
+                                handle.pid,
+                                exc,
+                                rejected,
+                            )
+                        continue
+                    last = now
+                    if msg.kind == "ready":
+                        timer.cancel()
+                        self._set_running(m, spec, handle.pid, incarnation)
+                    elif msg.kind == "heartbeat":
+                        if now - beat_at >= _HEARTBEAT_EVENT_GAP:
+                            beat_at = now
+                            self._publish(ChildHeartbeat, child_id=spec.id, pid=handle.pid)
+                    else:
+                        self._publish(
+                            ChildStatus, child_id=spec.id, pid=handle.pid, status=msg.value
+                        )
+                    continue
+                break  # the watchdog fired
+            # Hung: kill its group like a stop (graceful, then SIGKILL) and let the exit go
+            # through the normal restart path. The process exiting cancels this scope.
+            assert timeout is not None
+            if m.incarnation != incarnation or m.stopping:
+                return
+            m.hung_incarnation = incarnation
+            self._publish(
+                ChildHung, child_id=spec.id, pid=handle.pid, silence=trio.current_time() - last
+            )
+            if spec.shutdown == BRUTAL_KILL:
+                handle.signal_group(signal.SIGKILL)
+            else:
+                handle.signal_group(spec.stop_signal)
+                await trio.sleep(spec.shutdown)
+                handle.signal_group(signal.SIGKILL)
+            await trio.sleep_forever()
 
     async def _pump(
         self, m: _Member, spec: ChildSpec, stream: trio.abc.ReceiveStream, name: str
@@ -655,8 +763,12 @@ class Supervisor:
             m = self._member(msg.member_id)
         except ChildNotFound:
             return None
-        if m.incarnation != msg.incarnation or m.stopping:
-            return None  # a stale report: that incarnation was already replaced or stopped
+        if m.incarnation != msg.incarnation or m.stopping or m.state is ChildState.BACKING_OFF:
+            # A stale report: that incarnation was already replaced or stopped, or it
+            # died while a sibling's restart was stopping it and that restart already
+            # covers it (OTP drops the EXIT of a child it is terminating; counting it
+            # would cost a second restart, but only when the restart has a backoff).
+            return None
         if self._stop_requested:
             self._publish(ChildStopped, child_id=m.id, reason="shutdown")
             return None

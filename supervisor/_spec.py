@@ -234,7 +234,14 @@ class ChildSpec:
         start_period: a child that exits sooner than this after it was spawned counts
             as a failed start; after it the child is *running*.
         heartbeat_timeout: for children that heartbeat over the notify channel: how long
-            silence may last before the child counts as hung (``None``: not watched).
+            silence may last before the child counts as hung (``None``: not watched). A
+            hung child is killed (``stop_signal``, then SIGKILL after ``shutdown``) and
+            restarted like a crashed one. The first message is due this long after spawn.
+        notify: give the child a notify channel (``HUBVISOR_NOTIFY_FD``) for ``READY``,
+            ``HEARTBEAT`` and ``STATUS=...`` messages (see ``docs/registry.md``).
+        ready: when the child counts as *running*: ``"start_period"`` (after
+            ``start_period`` seconds, or earlier if it says ``READY``) or ``"notify"``
+            (only when it says ``READY``).
         agent_type: the kind of agent (``"worker"``, ``"qc"``...), for the registry.
         output: capture of stdout and stderr (see :class:`OutputSpec`).
 
@@ -257,6 +264,28 @@ class ChildSpec:
     )
     agent_type: str | None = attrs.field(default=None)
     output: OutputSpec = attrs.field(factory=OutputSpec)
+    notify: bool = attrs.field(default=True)
+    ready: Literal["start_period", "notify"] = attrs.field(default="start_period")
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.notify, bool):
+            raise InvalidChildSpec(f"ChildSpec.notify must be True or False (got {self.notify!r})")
+        if self.ready not in ("start_period", "notify"):
+            raise InvalidChildSpec(
+                f"ChildSpec.ready must be 'start_period' or 'notify' (got {self.ready!r}); "
+                "'notify' waits for the child to send READY on its notify channel"
+            )
+        if not self.notify:
+            for field, on in (
+                ("ready", self.ready == "notify"),
+                ("heartbeat_timeout", self.heartbeat_timeout is not None),
+            ):
+                if on:
+                    raise InvalidChildSpec(
+                        f"ChildSpec {self.id!r}: {field}={getattr(self, field)!r} needs the "
+                        "notify channel, but notify=False; set notify=True or drop "
+                        f"{field}"
+                    )
 
     @id.validator
     def _check_id(self, attribute: attrs.Attribute[str], value: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import signal
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -20,7 +21,7 @@ from .._errors import SpawnError
 from .._events import ExitStatus
 from .._process import SpawnRequest
 
-__all__ = ["SimBehaviour", "SimulatedProcess", "SimulatedProcessBackend"]
+__all__ = ["SimBehaviour", "SimulatedNotify", "SimulatedProcess", "SimulatedProcessBackend"]
 
 
 @attrs.frozen(kw_only=True)
@@ -36,6 +37,12 @@ class SimBehaviour:
             (only SIGKILL ends it).
         stop_delay: seconds it takes to exit after the stop signal with ``"exit"``.
         spawn_error: if set, spawning fails with this message (like a missing executable).
+        ready_after: seconds after spawn at which it sends ``READY`` on its notify
+            channel (``None``: never).
+        heartbeat_interval: it sends ``HEARTBEAT`` every this many seconds after spawn
+            (``None``: never).
+        hang_at: seconds after spawn at which it stops sending anything while staying
+            alive, like a hung agent (``None``: never hangs).
     """
 
     lifetime: float = math.inf
@@ -44,6 +51,9 @@ class SimBehaviour:
     on_stop: Literal["exit", "die", "ignore"] = "exit"
     stop_delay: float = 0.0
     spawn_error: str | None = None
+    ready_after: float | None = None
+    heartbeat_interval: float | None = None
+    hang_at: float | None = None
 
 
 @attrs.define(eq=False)
@@ -60,6 +70,7 @@ class SimulatedProcess:
     _status: ExitStatus | None = None
     _pending: tuple[float, ExitStatus] | None = None
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    notify: SimulatedNotify | None = None
 
     def __attrs_post_init__(self) -> None:
         b = self.behaviour
@@ -115,6 +126,63 @@ class SimulatedProcess:
         return self._status
 
 
+@attrs.define(eq=False)
+class SimulatedNotify:
+    """The hub's end of a simulated process's notify channel.
+
+    It yields the messages its :class:`SimBehaviour` schedules (``READY`` once, then a
+    ``HEARTBEAT`` per ``heartbeat_interval`` until ``hang_at``) on the trio clock, and
+    whatever a test injects with :meth:`send`.
+    """
+
+    behaviour: SimBehaviour
+    spawned_at: float
+    sent: list[bytes] = attrs.field(factory=list)
+    _queue: deque[bytes] = attrs.field(factory=deque)
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+    _ready_sent: bool = False
+    _beats: int = 0
+    closed: bool = False
+
+    def send(self, data: bytes) -> None:
+        """Deliver ``data`` as a message from the process (e.g. ``b"STATUS=busy"``)."""
+        self._queue.append(data)
+        self._wake.set()
+
+    def _next(self) -> tuple[float, bytes]:
+        b = self.behaviour
+        hang = self.spawned_at + b.hang_at if b.hang_at is not None else math.inf
+        when, msg = math.inf, b""
+        if b.ready_after is not None and not self._ready_sent:
+            when, msg = self.spawned_at + b.ready_after, b"READY"
+        if b.heartbeat_interval is not None:
+            beat = self.spawned_at + (self._beats + 1) * b.heartbeat_interval
+            if beat < when:
+                when, msg = beat, b"HEARTBEAT"
+        return (when, msg) if when < hang else (math.inf, b"")
+
+    async def receive(self) -> bytes:
+        """The next message, sleeping on the trio clock until it is due."""
+        while not self._queue:
+            when, msg = self._next()
+            with trio.move_on_at(when):
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            if msg == b"READY":
+                self._ready_sent = True
+            else:
+                self._beats += 1
+            self._queue.append(msg)
+        data = self._queue.popleft()
+        self.sent.append(data)
+        return data
+
+    def close(self) -> None:
+        """Mark the channel closed (the runtime does this when the process ended)."""
+        self.closed = True
+
+
 Script = Callable[[SpawnRequest, int], SimBehaviour]
 
 
@@ -163,6 +231,8 @@ class SimulatedProcessBackend:
             behaviour=behaviour,
             spawned_at=trio.current_time(),
         )
+        if request.notify:
+            proc.notify = SimulatedNotify(behaviour, proc.spawned_at)
         self.processes.append(proc)
         return proc
 

@@ -1,0 +1,521 @@
+"""The Redis mirror of the registry: batched, pipelined, outage-proof.
+
+The registry actor only notes which agents changed (a set of ids, so repeated updates of
+one agent coalesce) and appends to a bounded event log. The mirror's writer task turns
+that into one pipelined batch per flush (every ``batch_max`` changes or ``batch_interval``
+seconds, whichever comes first) and runs it with redis-py's *sync* client in a worker
+thread (``trio.to_thread.run_sync``, one thread at a time), on one dedicated connection.
+Nothing here runs Redis I/O on the trio thread, and the supervisors never wait for it.
+
+When Redis is down or slow, each failed flush puts its agent ids back (the latest state
+is read from the registry at the next try, so memory stays one entry per agent), the
+writer retries with exponential backoff, and one warning is logged per outage. The first
+flush after an outage (and the first one after start) is a full resync in one
+``MULTI``/``EXEC``: every key of this hub is deleted and rewritten from the registry, so
+Redis converges to the truth and ghosts left by an earlier hub with the same id vanish.
+Every key of a hub carries a lease (a TTL the writer refreshes), so a hub that died
+without cleaning up disappears from Redis when its lease runs out.
+
+The key layout is in ``docs/registry.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import socket
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import redis
+import trio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._registry import AgentRecord
+
+if TYPE_CHECKING:
+    from ._registry import Registry
+
+__all__ = ["RedisMirror", "redact_url"]
+
+_log = logging.getLogger("hubvisor.registry")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@attrs.frozen
+class _Batch:
+    """What one flush writes; built on the trio thread, executed in a worker thread."""
+
+    full: bool
+    closing: bool
+    writes: tuple[tuple[str, dict[str, str], str | None, str | None, float | None], ...]
+    removes: tuple[tuple[str, str | None], ...]
+    events: tuple[dict[str, str], ...]
+
+
+class RedisMirror:
+    """Copies the registry to Redis under ``prefix`` (see ``docs/registry.md``).
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://...`` for TLS
+            (TLS options as query parameters, e.g. ``?ssl_ca_certs=/etc/ca.pem``). The
+            password never appears in logs or errors.
+        prefix: the first element of every key.
+        batch_interval: seconds a change may wait before it is written.
+        batch_max: flush as soon as this many changes are pending (``1``: unbatched).
+        lease: seconds this hub's keys live without a refresh (the writer refreshes them
+            every ``lease / 3``); a dead hub's keys vanish after this.
+        events_maxlen: the event stream is trimmed to this many entries.
+        max_pending_events: events kept while Redis is unreachable (the oldest are
+            dropped and counted in ``events_dropped``).
+        timeout: socket connect/read timeout in seconds; bounds how long one flush can
+            hang on a stalled server.
+        backoff_max: the longest wait between two retries during an outage.
+
+    Example::
+
+        registry = Registry(mirror=RedisMirror("redis://:secret@10.0.0.5:6379/0"))
+        hub = Hub(specs, registry=registry)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hubvisor",
+        batch_interval: float = 0.1,
+        batch_max: int = 500,
+        lease: float = 30.0,
+        events_maxlen: int = 10_000,
+        max_pending_events: int = 10_000,
+        timeout: float = 2.0,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            shown = redact_url(url) if isinstance(url, str) else repr(url)
+            raise ValueError(
+                f"Redis URL must start with redis://, rediss:// or unix:// (got {shown}); "
+                "e.g. redis://localhost:6379/0"
+            )
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ValueError(f"Redis prefix must be a non-empty word (got {prefix!r})")
+        for name, value in (
+            ("batch_interval", batch_interval),
+            ("lease", lease),
+            ("timeout", timeout),
+            ("backoff_max", backoff_max),
+        ):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"RedisMirror {name} must be a number > 0 (got {value!r})")
+        for name, ivalue in (
+            ("batch_max", batch_max),
+            ("events_maxlen", events_maxlen),
+            ("max_pending_events", max_pending_events),
+        ):
+            if not isinstance(ivalue, int) or ivalue < 1:
+                raise ValueError(f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})")
+        self._url = url
+        self.prefix = prefix
+        self.batch_interval = batch_interval
+        self.batch_max = batch_max
+        self.lease = lease
+        self.events_maxlen = events_maxlen
+        self.timeout = timeout
+        self.backoff_max = backoff_max
+        self._dirty: set[str] = set()
+        self._events: deque[dict[str, str]] = deque(maxlen=max_pending_events)
+        self._written: dict[str, str | None] = {}  # agent id -> type, as Redis has it
+        self._work = trio.Event()
+        self._full = trio.Event()
+        self._limiter = trio.CapacityLimiter(1)
+        self._registry: Registry | None = None
+        self._client: redis.Redis | None = None
+        self._offset = 0.0
+        self._need_resync = True
+        self._closing = False
+        self._outage_since: float | None = None
+        self._hub_id = "hub"
+        self.flushes = 0
+        """Batches written so far."""
+        self.failures = 0
+        """Flushes that failed (Redis down, slow or refusing)."""
+        self.outages = 0
+        """Times Redis became unreachable."""
+        self.events_dropped = 0
+        """Events lost because Redis was unreachable for too long."""
+        self.last_error: str | None = None
+        """The last error, password removed."""
+
+    def __repr__(self) -> str:
+        return f"<RedisMirror {redact_url(self._url)} prefix={self.prefix!r}>"
+
+    @property
+    def url(self) -> str:
+        """The Redis URL with the password replaced by ``***``."""
+        return redact_url(self._url)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last flush succeeded."""
+        return self._outage_since is None and self.flushes > 0
+
+    # ----------------------------------------------------------------------------------
+    # Keys
+
+    def hub_key(self, hub_id: str | None = None) -> str:
+        """``<prefix>:hub:<hub_id>``: the hub's hash (and the stem of its other keys)."""
+        return f"{self.prefix}:hub:{hub_id or self._hub_id}"
+
+    def agent_key(self, agent_id: str, hub_id: str | None = None) -> str:
+        """``<prefix>:hub:<hub_id>:agent:<agent_id>``: one agent's hash."""
+        return f"{self.hub_key(hub_id)}:agent:{agent_id}"
+
+    def agents_key(self, hub_id: str | None = None) -> str:
+        """``<prefix>:hub:<hub_id>:agents``: the set of the hub's live agent ids."""
+        return f"{self.hub_key(hub_id)}:agents"
+
+    def type_key(self, agent_type: str, hub_id: str | None = None) -> str:
+        """``<prefix>:hub:<hub_id>:type:<agent_type>``: live agent ids of one type."""
+        return f"{self.hub_key(hub_id)}:type:{agent_type}"
+
+    def heartbeats_key(self, hub_id: str | None = None) -> str:
+        """``<prefix>:hub:<hub_id>:heartbeats``: sorted set, agent id -> last heartbeat."""
+        return f"{self.hub_key(hub_id)}:heartbeats"
+
+    @property
+    def hubs_key(self) -> str:
+        """``<prefix>:hubs``: sorted set, hub id -> Unix time its lease ends."""
+        return f"{self.prefix}:hubs"
+
+    @property
+    def events_key(self) -> str:
+        """``<prefix>:events``: the capped event stream of every hub."""
+        return f"{self.prefix}:events"
+
+    # ----------------------------------------------------------------------------------
+    # Called by the registry actor: note only, never block
+
+    def changed(self, agent_id: str) -> None:
+        """Note that ``agent_id`` changed; the writer reads its latest state later."""
+        self._dirty.add(agent_id)
+        self._poke()
+
+    def record(self, kind: str, agent: AgentRecord, detail: str) -> None:
+        """Queue an event stream entry."""
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1
+        self._events.append(
+            {
+                "hub": self._hub_id,
+                "agent": agent.id,
+                "kind": kind,
+                "pid": str(agent.pid),
+                "type": agent.agent_type or "",
+                "detail": detail,
+                "at": f"{self._wall(trio.current_time()):.6f}",
+            }
+        )
+        self._poke()
+
+    def _poke(self) -> None:
+        self._work.set()
+        if len(self._dirty) + len(self._events) >= self.batch_max:
+            self._full.set()
+
+    # ----------------------------------------------------------------------------------
+    # The writer
+
+    def _wall(self, at: float) -> float:
+        return at + self._offset
+
+    def _make_client(self) -> redis.Redis:
+        try:
+            return redis.Redis.from_url(
+                self._url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                max_connections=1,  # one dedicated connection, opened in the worker thread
+                retry=Retry(NoBackoff(), 0),
+                client_name=f"hubvisor-{self._hub_id}",
+            )
+        except (ValueError, redis.RedisError) as exc:
+            raise ValueError(
+                f"bad Redis URL {self.url}: {self._clean(exc)}; e.g. redis://localhost:6379/0"
+            ) from None
+
+    async def run(
+        self, registry: Registry, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write changes out until cancelled (the registry runs this)."""
+        self._registry = registry
+        self._hub_id = registry.hub_id
+        self._offset = time.time() - trio.current_time()
+        self._client = self._make_client()
+        task_status.started()
+        refresh_every = self.lease / 3
+        next_refresh = trio.current_time() + refresh_every
+        backoff = 0.0
+        try:
+            while not self._closing:
+                with trio.move_on_at(next_refresh):
+                    await self._work.wait()
+                if trio.current_time() >= next_refresh:
+                    # Refresh the lease of every key: rewrite every live agent (a full
+                    # resync if there is none, which rewrites the hub's own keys).
+                    next_refresh = trio.current_time() + refresh_every
+                    self._dirty.update(registry.snapshot())
+                    self._need_resync = self._need_resync or not self._dirty
+                else:
+                    with trio.move_on_after(self.batch_interval):
+                        await self._full.wait()
+                if self._closing:
+                    break
+                ok = await self._flush_once()
+                if ok:
+                    backoff = 0.0
+                else:
+                    backoff = min(self.backoff_max, max(0.1, backoff * 2))
+                    await trio.sleep(backoff * (0.5 + random.random() / 2))
+        finally:
+            if self._closing is False:
+                self._close_client()
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):  # closing a broken connection
+                client.close()
+
+    async def drain(self) -> bool:
+        """Write everything pending now (tests, benchmarks); ``False`` if Redis failed."""
+        while self._dirty or self._events or self._need_resync:
+            if not await self._flush_once():
+                return False
+        async with self._limiter:  # and wait for a flush the writer has in flight
+            pass
+        return True
+
+    async def flush_final(self) -> None:
+        """Write what is pending, then remove this hub's keys (all its agents are gone)."""
+        self._closing = True
+        try:
+            while self._dirty or self._events or self._need_resync:
+                if not await self._flush_once(closing=False):
+                    return
+            await self._flush_once(closing=True)
+        finally:
+            self._close_client()
+
+    def _take(self, closing: bool) -> _Batch:
+        assert self._registry is not None
+        full = self._need_resync or closing
+        if full:
+            ids = sorted(self._registry.snapshot()) if not closing else []
+            self._dirty.clear()
+        else:
+            ids = []
+            while self._dirty and len(ids) < self.batch_max:
+                ids.append(self._dirty.pop())
+        writes = []
+        removes = []
+        for agent_id in ids:
+            rec = self._registry.get(agent_id)
+            if rec is None:
+                removes.append((agent_id, self._written.get(agent_id)))
+            else:
+                hb = self._wall(rec.last_heartbeat) if rec.last_heartbeat is not None else None
+                writes.append(
+                    (agent_id, self._fields(rec), rec.agent_type, self._written.get(agent_id), hb)
+                )
+        n = max(0, self.batch_max - len(ids)) if not full else len(self._events)
+        events = tuple(self._events.popleft() for _ in range(min(n, len(self._events))))
+        return _Batch(full, closing, tuple(writes), tuple(removes), events)
+
+    def _put_back(self, batch: _Batch) -> None:
+        if batch.full:
+            self._need_resync = True
+        for agent_id, *_ in batch.writes:
+            self._dirty.add(agent_id)
+        for agent_id, _ in batch.removes:
+            self._dirty.add(agent_id)
+        room = (self._events.maxlen or 0) - len(self._events)
+        keep = batch.events[-room:] if room > 0 else ()
+        self.events_dropped += len(batch.events) - len(keep)
+        self._events.extendleft(reversed(keep))
+
+    def _fields(self, rec: AgentRecord) -> dict[str, str]:
+        return {
+            "id": rec.id,
+            "type": rec.agent_type or "",
+            "status": rec.status,
+            "pid": str(rec.pid),
+            "hub": rec.hub_id,
+            "supervisor": rec.supervisor,
+            "spawned_at": f"{self._wall(rec.spawned_at):.6f}",
+            "last_heartbeat": (
+                f"{self._wall(rec.last_heartbeat):.6f}" if rec.last_heartbeat is not None else ""
+            ),
+            "assignment": rec.assignment or "",
+            "restarts": str(rec.restarts),
+            "last_exit": rec.last_exit or "",
+        }
+
+    async def _flush_once(self, closing: bool = False) -> bool:
+        """Write one batch; ``False`` (and everything put back) if Redis failed."""
+        if self._client is None:  # pragma: no cover - run() makes it first
+            return False
+        batch = self._take(closing)
+        if not (batch.full or batch.writes or batch.removes or batch.events):
+            return True
+        self._work = trio.Event()
+        self._full = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
+        except (redis.RedisError, OSError) as exc:
+            self._put_back(batch)
+            self._work.set()
+            self.failures += 1
+            self.last_error = self._clean(exc)
+            if self._outage_since is None:
+                self._outage_since = trio.current_time()
+                self.outages += 1
+                _log.warning(
+                    "registry: Redis at %s is unavailable (%s); keeping the latest state of "
+                    "each agent and retrying with backoff",
+                    self.url,
+                    self.last_error,
+                )
+            return False
+        self.flushes += 1
+        if batch.full:
+            self._need_resync = False
+            self._written = {}
+        for agent_id, _, agent_type, _, _ in batch.writes:
+            self._written[agent_id] = agent_type
+        for agent_id, _ in batch.removes:
+            self._written.pop(agent_id, None)
+        if self._outage_since is not None:
+            _log.warning(
+                "registry: Redis at %s is back after %.1fs; resynced %d agents",
+                self.url,
+                trio.current_time() - self._outage_since,
+                len(batch.writes),
+            )
+            self._outage_since = None
+        if self._dirty or self._events:
+            self._work.set()
+            if len(self._dirty) + len(self._events) >= self.batch_max:
+                self._full.set()
+        return True
+
+    def _clean(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        try:
+            password = urllib.parse.urlsplit(self._url).password
+        except ValueError:
+            password = None
+        if password:
+            text = text.replace(password, "***")
+            text = text.replace(urllib.parse.unquote(password), "***")
+        return text.replace(self._url, self.url)
+
+    # ----------------------------------------------------------------------------------
+    # In the worker thread
+
+    def _execute(self, batch: _Batch) -> None:
+        client = self._client
+        if client is None:  # pragma: no cover - closed while a flush was queued
+            raise redis.ConnectionError("the mirror is closed")
+        try:
+            self._write(client, batch)
+        except redis.TimeoutError:
+            raise  # a stalled server: retrying now would only stall again
+        except redis.ConnectionError:
+            # The connection may be stale (the server restarted while we were idle):
+            # one fresh connection before calling it an outage. A dead server refuses
+            # the new connection at once.
+            self._write(client, batch)
+
+    def _write(self, client: redis.Redis, batch: _Batch) -> None:
+        hub = self._hub_id
+        lease_ms = int(self.lease * 1000)
+        stale: Sequence[Any] = []
+        if batch.full:
+            stale = list(client.scan_iter(match=f"{self.hub_key(hub)}:*", count=1000))
+        pipe = client.pipeline(transaction=batch.full)
+        if batch.full:
+            pipe.delete(self.hub_key(hub), *stale)
+        types: set[str] = set()
+        for agent_id, agent_type in batch.removes:
+            pipe.delete(self.agent_key(agent_id, hub))
+            pipe.srem(self.agents_key(hub), agent_id)
+            pipe.zrem(self.heartbeats_key(hub), agent_id)
+            if agent_type is not None:
+                pipe.srem(self.type_key(agent_type, hub), agent_id)
+        for agent_id, fields, agent_type, old_type, hb in batch.writes:
+            key = self.agent_key(agent_id, hub)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, lease_ms)
+            pipe.sadd(self.agents_key(hub), agent_id)
+            if old_type is not None and old_type != agent_type and not batch.full:
+                pipe.srem(self.type_key(old_type, hub), agent_id)
+            if agent_type is not None:
+                pipe.sadd(self.type_key(agent_type, hub), agent_id)
+                types.add(agent_type)
+            if hb is not None:
+                pipe.zadd(self.heartbeats_key(hub), {agent_id: hb})
+        for fields in batch.events:
+            pipe.xadd(
+                self.events_key,
+                fields,  # type: ignore[arg-type]
+                maxlen=self.events_maxlen,
+                approximate=False,
+            )
+        now = time.time()
+        if batch.closing:
+            pipe.delete(self.hub_key(hub))
+            pipe.zrem(self.hubs_key, hub)
+        else:
+            pipe.hset(
+                self.hub_key(hub),
+                mapping={
+                    "hub": hub,
+                    "host": socket.gethostname(),
+                    "pid": str(os.getpid()),
+                    "lease_ms": str(lease_ms),
+                    "updated_at": f"{now:.6f}",
+                },
+            )
+            for key in (
+                self.hub_key(hub),
+                self.agents_key(hub),
+                self.heartbeats_key(hub),
+                *(self.type_key(t, hub) for t in types),
+            ):
+                pipe.pexpire(key, lease_ms)
+            pipe.zadd(self.hubs_key, {hub: now + self.lease})
+            pipe.zremrangebyscore(self.hubs_key, "-inf", now)
+        pipe.execute()
