@@ -29,8 +29,7 @@ from supervisor import (
     Registry,
     SupervisorSpec,
 )
-from supervisor.testing import SimBehaviour, SimulatedProcessBackend
-from supervisor.testing._sim import SimulatedNotify
+from supervisor.testing import SimBehaviour, SimulatedNotify, SimulatedProcessBackend
 
 
 def child(cid: str, **kw: Any) -> ChildSpec:

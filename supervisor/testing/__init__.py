@@ -1,16 +1,122 @@
-"""Deterministic testing of supervision trees: a simulated process backend.
+"""Deterministic property testing of supervision trees.
 
-Use :class:`SimulatedProcessBackend` in place of real processes, under trio's
-``MockClock(autojump_threshold=0)``: the runtime, strategies, backoff and intensity
-code are the production ones.
+* :class:`SimulatedProcessBackend`: fake processes on the trio clock, injected into the
+  real runtime (the strategies, backoff, intensity and event code are the production
+  ones).
+* :func:`run_schedule`: run a spec against a crash :class:`Schedule` under
+  ``MockClock(autojump_threshold=0)`` and get the ordered :class:`Trace`.
+* Hypothesis strategies: :func:`supervision_specs`, :func:`schedules`,
+  :func:`specs_and_schedules`...
+* Invariant checks on a trace: :func:`check_all` and the single checks it runs.
+
+This package needs Hypothesis (``pip install hubvisor[test]``); ``import supervisor``
+does not. See ``docs/property-testing.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+from ._invariants import (
+    STRATEGY_ORACLES as STRATEGY_ORACLES,
+    InvariantViolation as InvariantViolation,
+    StrategyOracle as StrategyOracle,
+    check_all as check_all,
+    check_backoff as check_backoff,
+    check_hangs as check_hangs,
+    check_intensity as check_intensity,
+    check_live_limits as check_live_limits,
+    check_registry as check_registry,
+    check_restart_types as check_restart_types,
+    check_shutdown as check_shutdown,
+    check_siblings as check_siblings,
+)
+from ._run import (
+    BackoffChosen as BackoffChosen,
+    CrashApplied as CrashApplied,
+    IntensityRecorded as IntensityRecorded,
+    Record as Record,
+    Snapshot as Snapshot,
+    StrategyChosen as StrategyChosen,
+    Trace as Trace,
+    run_schedule as run_schedule,
+)
+from ._schedule import (
+    Crash as Crash,
+    Exit as Exit,
+    Hang as Hang,
+    How as How,
+    Kill as Kill,
+    Schedule as Schedule,
+)
 from ._sim import (
     SimBehaviour as SimBehaviour,
+    SimulatedNotify as SimulatedNotify,
     SimulatedProcess as SimulatedProcess,
     SimulatedProcessBackend as SimulatedProcessBackend,
 )
+from ._strategies import (
+    backoff_policies as backoff_policies,
+    crash_schedules as crash_schedules,
+    crashes as crashes,
+    intensities as intensities,
+    restart_strategies as restart_strategies,
+    schedules as schedules,
+    specs_and_schedules as specs_and_schedules,
+    supervision_specs as supervision_specs,
+    worker_ids as worker_ids,
+)
 
-__all__ = ["SimBehaviour", "SimulatedProcess", "SimulatedProcessBackend"]
+__all__ = [
+    "STRATEGY_ORACLES",
+    "BackoffChosen",
+    "Crash",
+    "CrashApplied",
+    "Exit",
+    "Hang",
+    "How",
+    "IntensityRecorded",
+    "InvariantViolation",
+    "Kill",
+    "Record",
+    "Schedule",
+    "SimBehaviour",
+    "SimulatedNotify",
+    "SimulatedProcess",
+    "SimulatedProcessBackend",
+    "Snapshot",
+    "StrategyChosen",
+    "StrategyOracle",
+    "Trace",
+    "backoff_policies",
+    "check_all",
+    "check_backoff",
+    "check_hangs",
+    "check_intensity",
+    "check_live_limits",
+    "check_registry",
+    "check_restart_types",
+    "check_shutdown",
+    "check_siblings",
+    "crash_schedules",
+    "crashes",
+    "intensities",
+    "restart_strategies",
+    "run_schedule",
+    "schedules",
+    "specs_and_schedules",
+    "supervision_specs",
+    "worker_ids",
+]
+
+
+def _fixup_module_metadata() -> None:
+    # Show `supervisor.testing.Crash`, not `supervisor.testing._schedule.Crash`.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("supervisor.testing._"):
+            with contextlib.suppress(AttributeError, TypeError):
+                obj.__module__ = __name__
+
+
+_fixup_module_metadata()

@@ -1,0 +1,495 @@
+"""Run a supervision spec against a crash schedule on the simulated backend.
+
+Each run is one ``trio.run`` under ``MockClock(autojump_threshold=0)``: minutes of
+backoff pass in milliseconds, and the same spec, schedule and seed give the same trace.
+
+The production policy objects decide everything. The runner only wraps each of them in
+a transparent probe that notes the question asked and the answer given (the same
+object still answers), so invariant checks can see *when* a supervisor made a restart
+decision, which the event stream alone does not always show (a restart with no backoff
+publishes no ``backing_off`` event).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import attrs
+import trio
+import trio.testing
+
+from strategies import BackoffPolicy, IntensityDecision, IntensityPolicy, RestartStrategy
+
+from .._errors import SupervisorEscalation
+from .._events import Event, EventBus
+from .._hub import Hub
+from .._process import SpawnRequest
+from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
+from ._schedule import Crash, Exit, Hang, Kill, Schedule
+from ._sim import SimBehaviour, SimulatedProcessBackend
+
+__all__ = [
+    "BackoffChosen",
+    "CrashApplied",
+    "IntensityRecorded",
+    "Record",
+    "Snapshot",
+    "StrategyChosen",
+    "Trace",
+    "run_schedule",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Probe records: what the policy objects were asked, interleaved with the events
+
+
+@attrs.frozen(kw_only=True)
+class IntensityRecorded:
+    """Supervisor ``supervisor`` counted a restart at ``at``; ``allowed`` is the answer."""
+
+    at: float
+    supervisor: str
+    allowed: bool
+    kind: str = attrs.field(init=False, default="probe:intensity")
+
+
+@attrs.frozen(kw_only=True)
+class BackoffChosen:
+    """The backoff policy chose ``delay`` for restart number ``attempt``.
+
+    ``reset`` is the answer of ``resets_after(uptime)`` just before (``None`` if the
+    runtime did not ask).
+    """
+
+    at: float
+    supervisor: str
+    attempt: int
+    delay: float
+    uptime: float | None
+    reset: bool | None
+    kind: str = attrs.field(init=False, default="probe:backoff")
+
+
+@attrs.frozen(kw_only=True)
+class StrategyChosen:
+    """The restart strategy chose ``result`` when ``failed`` failed among ``children``."""
+
+    at: float
+    supervisor: str
+    failed: str
+    children: tuple[str, ...]
+    result: tuple[str, ...]
+    kind: str = attrs.field(init=False, default="probe:strategy")
+
+
+@attrs.frozen(kw_only=True)
+class CrashApplied:
+    """The runner applied (or, with ``pid=None``, could not apply) a scheduled crash."""
+
+    at: float
+    crash: Crash
+    pid: int | None
+    kind: str = attrs.field(init=False, default="crash")
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """The tree at a quiet moment (every task blocked) after a schedule step.
+
+    Attributes:
+        live: pids of simulated processes that have not ended.
+        tree: ``(supervisor, child id, state, pid)`` for every child of every supervisor.
+        registry: ``{agent id: pid}`` from the hub's registry, if the hub has one.
+    """
+
+    at: float
+    live: tuple[int, ...]
+    tree: tuple[tuple[str, str, str, int | None], ...]
+    registry: Mapping[str, int | None] | None
+    kind: str = attrs.field(init=False, default="snapshot")
+
+
+Record: TypeAlias = (
+    Event | IntensityRecorded | BackoffChosen | StrategyChosen | CrashApplied | Snapshot
+)
+
+
+@attrs.define(eq=False)
+class _Log:
+    records: list[Record] = attrs.field(factory=list)
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+
+
+@attrs.define(eq=False, repr=False)
+class _StrategyProbe:
+    inner: RestartStrategy
+    path: str
+    log: _Log
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def to_restart(self, failed: str, children: Sequence[str]) -> Sequence[str]:
+        result = self.inner.to_restart(failed, children)
+        self.log.add(
+            StrategyChosen(
+                at=trio.current_time(),
+                supervisor=self.path,
+                failed=failed,
+                children=tuple(children),
+                result=tuple(result),
+            )
+        )
+        return result
+
+
+@attrs.define(eq=False, repr=False)
+class _IntensityProbe:
+    inner: IntensityPolicy
+    path: str
+    log: _Log
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def record(self, history: Sequence[float], now: float) -> IntensityDecision:
+        decision = self.inner.record(history, now)
+        self.log.add(IntensityRecorded(at=now, supervisor=self.path, allowed=decision.allowed))
+        return decision
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+
+@attrs.define(eq=False, repr=False)
+class _BackoffProbe:
+    inner: BackoffPolicy
+    path: str
+    log: _Log
+    _last: tuple[float, bool] | None = None
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def resets_after(self, uptime: float) -> bool:
+        answer = self.inner.resets_after(uptime)
+        self._last = (uptime, answer)
+        return answer
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        delay = self.inner.delay(attempt, rng)
+        last, self._last = self._last, None
+        self.log.add(
+            BackoffChosen(
+                at=trio.current_time(),
+                supervisor=self.path,
+                attempt=attempt,
+                delay=delay,
+                uptime=last[0] if last else None,
+                reset=last[1] if last else None,
+            )
+        )
+        return delay
+
+    def bounds(self, attempt: int) -> tuple[float, float]:
+        return self.inner.bounds(attempt)
+
+
+def _probed(spec: AnySpec, parent: str, log: _Log) -> AnySpec:
+    if isinstance(spec, ChildSpec):
+        return spec
+    path = f"{parent}/{spec.name}" if parent else spec.name
+    probes: dict[str, Any] = {
+        "strategy": _StrategyProbe(spec.strategy, path, log),
+        "intensity": _IntensityProbe(spec.intensity, path, log),
+        "backoff": _BackoffProbe(spec.backoff, path, log),
+    }
+    if isinstance(spec, PoolSpec):
+        return attrs.evolve(spec, **probes)
+    children = [_probed(c, path, log) for c in spec.children]
+    return attrs.evolve(spec, children=children, **probes)
+
+
+@attrs.define(eq=False)
+class _RecordingBus(EventBus):
+    """Notes every event in the run's log the moment it is published."""
+
+    log: _Log = attrs.field(factory=_Log)
+
+    def publish(self, event: Event) -> None:
+        self.log.add(event)
+        super().publish(event)
+
+
+# --------------------------------------------------------------------------------------
+# The trace
+
+
+@attrs.frozen(kw_only=True)
+class Trace:
+    """What happened in one run, in order.
+
+    Attributes:
+        spec: the spec as given (with the user's policy objects).
+        schedule: the schedule that was applied.
+        seed: the seed of backoff jitter and of trio's scheduler.
+        max_agents: the hub's limit, if any.
+        log: every event, probe record, applied crash and snapshot, in the order they
+            happened.
+        outcome: the root's escalation, if the whole tree gave up.
+        leftover: pids of simulated processes still alive after the run (should be none).
+    """
+
+    spec: SupervisorSpec
+    schedule: Schedule
+    seed: int
+    max_agents: int | None
+    log: tuple[Record, ...]
+    outcome: SupervisorEscalation | None
+    leftover: tuple[int, ...]
+
+    @property
+    def events(self) -> list[Event]:
+        """The lifecycle events only, as a ``hub.bus.subscribe()`` subscriber saw them."""
+        return [r for r in self.log if isinstance(r, Event)]
+
+    def kinds(self) -> list[str]:
+        """The ``kind`` of every event, e.g. ``["starting", "supervisor_started", ...]``."""
+        return [e.kind for e in self.events]
+
+    def format(self, *, probes: bool = True) -> str:
+        """One line per record, for failure messages and debugging."""
+        lines = []
+        for r in self.log:
+            if not probes and not isinstance(r, Event):
+                continue
+            lines.append(f"{r.at:9.3f}  {_describe(r)}")
+        return "\n".join(lines)
+
+
+def _describe(r: Record) -> str:
+    if isinstance(r, CrashApplied):
+        applied = f"pid {r.pid}" if r.pid is not None else "no live process: skipped"
+        return f"crash      {r.crash.child_id} {r.crash.how!r} ({applied})"
+    if isinstance(r, Snapshot):
+        return f"snapshot   live={list(r.live)}"
+    fields = attrs.asdict(r, recurse=False)
+    kind = fields.pop("kind")
+    fields.pop("at")
+    sup = fields.pop("supervisor", "")
+    child = fields.pop("child_id", "")
+    rest = " ".join(f"{k}={v!r}" for k, v in fields.items() if v is not None)
+    return f"{kind:<10} {sup} {child} {rest}".rstrip()
+
+
+# --------------------------------------------------------------------------------------
+# Running
+
+
+def run_schedule(
+    spec: SupervisorSpec,
+    schedule: Schedule | Sequence[Crash] = (),
+    *,
+    seed: int = 0,
+    max_agents: int | None = None,
+    settle: float = 60.0,
+    behaviours: Mapping[str, SimBehaviour] | None = None,
+) -> Trace:
+    """Run ``spec`` on simulated processes, apply ``schedule``, stop the tree; return the trace.
+
+    Runs its own ``trio.run`` with ``MockClock(autojump_threshold=0)``, so call it from
+    synchronous code (a plain ``@given`` test). Every crash applies at its virtual time,
+    once every task has settled (so the tree's reaction to one crash is complete before
+    the next one lands, even at the same instant). The tree is stopped ``settle`` virtual
+    seconds after the last crash, unless the root escalated before.
+
+    Args:
+        spec: the tree to run (child ``argv`` is not executed).
+        schedule: a :class:`Schedule`, or just a list of :class:`Crash`.
+        seed: seeds backoff jitter and trio's task scheduler: same inputs, same trace.
+        max_agents: passed to the :class:`~supervisor.Hub`.
+        settle: virtual seconds to keep running after the last crash, so that pending
+            backoffs elapse and restarts show in the trace.
+        behaviours: the :class:`SimBehaviour` of every process of the named children
+            (default: run until stopped, exit 0 on the stop signal).
+
+    Returns:
+        The :class:`Trace`; check it with :func:`check_all`.
+
+    Example::
+
+        trace = run_schedule(spec, [Crash(at=1.0, child_id="a")])
+        check_all(trace)
+    """
+    if not isinstance(schedule, Schedule):
+        schedule = Schedule(crashes=tuple(schedule))
+    if not isinstance(spec, SupervisorSpec):
+        raise TypeError(f"run_schedule needs a SupervisorSpec as the root (got {spec!r})")
+    if not (isinstance(settle, int | float) and 0 <= settle < math.inf):
+        raise ValueError(
+            f"settle must be a finite number of virtual seconds >= 0 (got {settle!r}); "
+            "e.g. settle=60 lets pending backoffs elapse after the last crash"
+        )
+    # Under Hypothesis, trio's scheduler draws task order from a registered Random that
+    # Hypothesis seeds per example; seeding it here makes plain calls reproducible too.
+    scheduler_random = getattr(trio._core._run, "_r", None)
+    if isinstance(scheduler_random, random.Random):
+        scheduler_random.seed(seed)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    try:
+        return trio.run(
+            _run,
+            spec,
+            schedule,
+            seed,
+            max_agents,
+            settle,
+            dict(behaviours or {}),
+            clock=clock,
+        )
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def _run(
+    spec: SupervisorSpec,
+    schedule: Schedule,
+    seed: int,
+    max_agents: int | None,
+    settle: float,
+    behaviours: dict[str, SimBehaviour],
+) -> Trace:
+    log = _Log()
+
+    workers = _workers(spec)
+
+    def script(request: SpawnRequest, n: int) -> SimBehaviour:
+        base = behaviours.get(request.child_id)
+        if base is None:
+            base = SimBehaviour()
+            child = workers.get(request.child_id)
+            if child is not None and child.heartbeat_timeout is not None:
+                # A healthy agent: heartbeats well within its timeout.
+                base = SimBehaviour(heartbeat_interval=child.heartbeat_timeout / 3)
+        if request.child_id in schedule.stubborn:
+            return attrs.evolve(base, on_stop="ignore")
+        return base
+
+    backend = SimulatedProcessBackend(script)
+    probed = _probed(spec, "", log)
+    assert isinstance(probed, SupervisorSpec)
+    hub = Hub(probed, backend=backend, seed=seed, max_agents=max_agents)
+    hub.context.bus = _RecordingBus(log=log)
+    outcome: SupervisorEscalation | None = None
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal outcome
+        started = False
+
+        class _Status:
+            def started(self, value: object = None) -> None:
+                nonlocal started
+                started = True
+                task_status.started()
+
+        try:
+            await hub.serve(task_status=_Status())
+        except SupervisorEscalation as exc:
+            outcome = exc
+        if not started:
+            task_status.started()
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve)
+        t0 = trio.current_time()
+        for crash in schedule.crashes:
+            await trio.sleep_until(t0 + crash.at)
+            await trio.testing.wait_all_tasks_blocked()
+            log.add(_apply(backend, crash))
+            await trio.testing.wait_all_tasks_blocked()
+            log.add(_snapshot(hub, backend))
+        await trio.sleep_until(t0 + schedule.end + settle)
+        await trio.testing.wait_all_tasks_blocked()
+        log.add(_snapshot(hub, backend))
+        await hub.stop()
+    hub.bus.close()
+    return Trace(
+        spec=spec,
+        schedule=schedule,
+        seed=seed,
+        max_agents=max_agents,
+        log=tuple(log.records),
+        outcome=outcome,
+        leftover=tuple(p.pid for p in backend.live()),
+    )
+
+
+def _apply(backend: SimulatedProcessBackend, crash: Crash) -> CrashApplied:
+    now = trio.current_time()
+    try:
+        proc = backend.current(crash.child_id)
+    except KeyError:
+        return CrashApplied(at=now, crash=crash, pid=None)
+    if proc.status is not None:
+        return CrashApplied(at=now, crash=crash, pid=None)
+    how = crash.how
+    if isinstance(how, Exit):
+        proc.crash(code=how.code)
+    elif isinstance(how, Kill):
+        proc.crash(sig=how.signal)
+    elif isinstance(how, Hang):
+        notify = proc.notify
+        if notify is None:
+            # No notify channel, so no heartbeats to stop: it runs on unnoticed.
+            return CrashApplied(at=now, crash=crash, pid=proc.pid)
+        # Stop its messages from now on (a second hang changes nothing), and wake its
+        # sender so that a heartbeat it already waits to send is not sent.
+        hang_at = now - notify.spawned_at
+        if notify.behaviour.hang_at is None or hang_at < notify.behaviour.hang_at:
+            notify.behaviour = attrs.evolve(notify.behaviour, hang_at=hang_at)
+            notify._wake.set()
+    return CrashApplied(at=now, crash=crash, pid=proc.pid)
+
+
+def _workers(spec: SupervisorSpec | PoolSpec) -> dict[str, ChildSpec]:
+    if isinstance(spec, PoolSpec):
+        return {spec.member_id(n): spec.member(n) for n in range(1, spec.max_size + 1)}
+    found: dict[str, ChildSpec] = {}
+    for child in spec.children:
+        found.update({child.id: child} if isinstance(child, ChildSpec) else _workers(child))
+    return found
+
+
+def _snapshot(hub: Hub, backend: SimulatedProcessBackend) -> Snapshot:
+    tree = tuple(
+        (row.supervisor, row.info.id, row.info.state.value, row.info.pid)
+        for row in hub.which_children()
+    )
+    registry = getattr(hub, "registry", None)
+    agents: dict[str, int | None] | None = None
+    if registry is not None:
+        agents = {a.id: a.pid for a in registry.agents()}
+    return Snapshot(
+        at=trio.current_time(),
+        live=tuple(sorted(p.pid for p in backend.live())),
+        tree=tree,
+        registry=agents,
+    )

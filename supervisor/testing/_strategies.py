@@ -1,0 +1,301 @@
+"""Hypothesis strategies for supervision specs and crash schedules.
+
+Import them as ``from supervisor.testing import supervision_specs, schedules`` and
+Hypothesis itself as ``import hypothesis.strategies as st`` (hubvisor's own
+``strategies`` package holds restart policies). Everything shrinks towards small
+trees of permanent children under one-for-one, and towards few, early, simple crashes.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import hypothesis.strategies as st
+
+from strategies import (
+    BackoffPolicy,
+    ExponentialBackoff,
+    FixedBackoff,
+    Intensity,
+    IntensityPolicy,
+    NoBackoff,
+    OneForAll,
+    OneForOne,
+    RestartStrategy,
+    RestForOne,
+)
+
+from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
+from ._schedule import Crash, Exit, Hang, How, Kill, Schedule
+
+__all__ = [
+    "backoff_policies",
+    "crash_schedules",
+    "crashes",
+    "intensities",
+    "restart_strategies",
+    "schedules",
+    "specs_and_schedules",
+    "supervision_specs",
+    "worker_ids",
+]
+
+
+@functools.cache
+def _grid(lo: int, hi: int, step: float) -> st.SearchStrategy[float]:
+    # Times on a coarse grid collide often (several crashes at one instant, a crash
+    # exactly at a window's edge), which is where supervision bugs live.
+    return st.integers(lo, hi).map(lambda k: k * step)
+
+
+def restart_strategies() -> st.SearchStrategy[RestartStrategy]:
+    """One of the built-in strategies (shrinks to :class:`~strategies.OneForOne`)."""
+    return st.sampled_from([OneForOne(), RestForOne(), OneForAll()])
+
+
+def intensities(*, max_restarts: int = 5) -> st.SearchStrategy[IntensityPolicy]:
+    """:class:`~strategies.Intensity` limits with small windows and small maxima."""
+    return st.builds(
+        Intensity,
+        max_restarts=st.integers(0, max_restarts),
+        window=_grid(1, 40, 0.5),
+    )
+
+
+def backoff_policies() -> st.SearchStrategy[BackoffPolicy]:
+    """No backoff, fixed, or exponential with jitter (delays on a 0.25 s grid)."""
+    exponential = st.builds(
+        lambda initial, factor, extra, jitter, reset: ExponentialBackoff(
+            initial=initial, factor=factor, cap=initial + extra, jitter=jitter, reset_after=reset
+        ),
+        _grid(1, 8, 0.25),
+        st.sampled_from([1.0, 1.5, 2.0, 3.0]),
+        _grid(0, 20, 0.25),
+        st.sampled_from([0.0, 0.1, 0.5]),
+        _grid(1, 20, 1.0),
+    )
+    return st.one_of(st.just(NoBackoff()), st.builds(FixedBackoff, _grid(1, 12, 0.25)), exponential)
+
+
+# Strategies are built once: building (and validating) them inside every draw would
+# cost more than running the example.
+_RESTART_TYPES = st.sampled_from(
+    [RestartType.PERMANENT, RestartType.TRANSIENT, RestartType.TEMPORARY]
+)
+_SHUTDOWNS = st.sampled_from([1.0, 0.5, 5.0, BRUTAL_KILL])
+_HEARTBEAT_TIMEOUTS = st.sampled_from([None, 3.0, 1.5])
+_POOL_SIZES = st.integers(1, 3)
+
+
+@functools.cache
+def _integers(lo: int, hi: int) -> st.SearchStrategy[int]:
+    return st.integers(lo, hi)
+
+
+@functools.cache
+def _kinds(*kinds: str) -> st.SearchStrategy[str]:
+    return st.sampled_from(kinds)
+
+
+def _child(draw: st.DrawFn, cid: str, heartbeats: bool) -> ChildSpec:
+    timeout = draw(_HEARTBEAT_TIMEOUTS) if heartbeats else None
+    return ChildSpec(
+        id=cid,
+        argv=["simulated"],
+        restart=draw(_RESTART_TYPES),
+        shutdown=draw(_SHUTDOWNS),
+        notify=timeout is not None,
+        heartbeat_timeout=timeout,
+    )
+
+
+@st.composite
+def supervision_specs(
+    draw: st.DrawFn,
+    *,
+    max_depth: int = 2,
+    max_children: int = 4,
+    pools: bool = True,
+    heartbeats: bool = False,
+    strategies: st.SearchStrategy[RestartStrategy] | None = None,
+    intensity: st.SearchStrategy[IntensityPolicy] | None = None,
+    backoff: st.SearchStrategy[BackoffPolicy] | None = None,
+) -> SupervisorSpec:
+    """Trees of supervisors, pools and workers with random restart types and policies.
+
+    Ids are unique in the tree: workers ``c1``, ``c2``...; supervisors ``s1``...
+    (the root is ``root``); pools ``p1-pool`` with members ``p1-agent-1``...
+
+    Args:
+        max_depth: nesting levels below the root.
+        max_children: children per supervisor (at least one).
+        pools: include :class:`~supervisor.PoolSpec` children.
+        heartbeats: give some workers a ``heartbeat_timeout`` (the simulated processes
+            heartbeat three times per timeout until a :class:`Hang` crash stops them).
+        strategies: restart strategies to draw (default :func:`restart_strategies`),
+            e.g. ``st.just(MyStrategy())`` to test a custom one.
+        intensity: intensity policies to draw (default :func:`intensities`).
+        backoff: backoff policies to draw (default :func:`backoff_policies`).
+    """
+    strat = strategies if strategies is not None else _DEFAULT_STRATEGIES
+    inten = intensity if intensity is not None else _DEFAULT_INTENSITIES
+    back = backoff if backoff is not None else _DEFAULT_BACKOFFS
+    counters = {"c": 0, "s": 0, "p": 0}
+
+    def next_id(prefix: str) -> str:
+        counters[prefix] += 1
+        return f"{prefix}{counters[prefix]}"
+
+    def node(depth: int, name: str) -> SupervisorSpec:
+        kinds = ["worker"]
+        if depth < max_depth:
+            kinds.append("supervisor")
+            if pools:
+                kinds.append("pool")
+        n = draw(_integers(1, max_children))
+        children: list[AnySpec] = []
+        for _ in range(n):
+            kind = draw(_kinds(*kinds))
+            if kind == "worker":
+                children.append(_child(draw, next_id("c"), heartbeats))
+            elif kind == "supervisor":
+                sub = node(depth + 1, next_id("s"))
+                children.append(
+                    SupervisorSpec(
+                        name=sub.name,
+                        children=sub.children,
+                        strategy=sub.strategy,
+                        intensity=sub.intensity,
+                        backoff=sub.backoff,
+                        restart=draw(_RESTART_TYPES),
+                    )
+                )
+            else:
+                agent_type = next_id("p")
+                size = draw(_POOL_SIZES)
+                children.append(
+                    PoolSpec(
+                        agent_type=agent_type,
+                        template=_child(draw, "template", heartbeats),
+                        size=size,
+                        max_size=size,
+                        strategy=draw(strat),
+                        intensity=draw(inten),
+                        backoff=draw(back),
+                        restart=draw(_RESTART_TYPES),
+                    )
+                )
+        return SupervisorSpec(
+            name=name,
+            children=children,
+            strategy=draw(strat),
+            intensity=draw(inten),
+            backoff=draw(back),
+        )
+
+    return node(0, "root")
+
+
+_DEFAULT_STRATEGIES = restart_strategies()
+_DEFAULT_INTENSITIES = intensities()
+_DEFAULT_BACKOFFS = backoff_policies()
+
+
+def worker_ids(spec: SupervisorSpec | PoolSpec) -> list[str]:
+    """The ids of every worker the tree starts (pool members up to their size)."""
+    if isinstance(spec, PoolSpec):
+        return [spec.member_id(n) for n in range(1, spec.size + 1)]
+    ids: list[str] = []
+    for child in spec.children:
+        ids.extend([child.id] if isinstance(child, ChildSpec) else worker_ids(child))
+    return ids
+
+
+@functools.cache
+def _hows(hang: bool) -> st.SearchStrategy[How]:
+    simple: list[How] = [
+        Exit(1),
+        Exit(0),
+        Kill(int(signal.SIGKILL)),
+        Kill(int(signal.SIGSEGV)),
+        Kill(int(signal.SIGTERM)),
+    ]
+    options: list[st.SearchStrategy[How]] = [
+        st.sampled_from(simple),
+        st.builds(Exit, st.integers(2, 255)),
+    ]
+    if hang:
+        options.append(st.just(Hang()))
+    return st.one_of(*options)
+
+
+def crashes(
+    ids: Sequence[str], *, at: st.SearchStrategy[float] | None = None, hang: bool = False
+) -> st.SearchStrategy[Crash]:
+    """One crash of one of ``ids``: exit 1 or 0, other codes, or a signal (or a hang)."""
+    if not ids:
+        raise ValueError("crashes() needs at least one child id to crash")
+    return st.builds(
+        Crash,
+        at=at if at is not None else _grid(0, 120, 0.25),
+        child_id=st.sampled_from(list(ids)),
+        how=_hows(hang),
+    )
+
+
+@st.composite
+def crash_schedules(
+    draw: st.DrawFn,
+    spec: SupervisorSpec,
+    *,
+    max_crashes: int = 10,
+    step: float = 0.25,
+    max_gap: float = 10.0,
+    hang: bool = False,
+) -> tuple[Crash, ...]:
+    """Crashes of the tree's workers, in time order.
+
+    Gaps between successive crashes are drawn on a ``step`` grid up to ``max_gap``
+    (so crashes often coincide or fall exactly on an intensity window's edge); they
+    shrink to 0 and the list shrinks to fewer crashes.
+    """
+    ids = worker_ids(spec)
+    gaps = _grid(0, int(max_gap / step), step)
+    steps = draw(
+        st.lists(
+            st.tuples(gaps, st.sampled_from(ids), _hows(hang)), min_size=1, max_size=max_crashes
+        )
+    )
+    t = 0.0
+    out = []
+    for gap, cid, how in steps:
+        t += gap
+        out.append(Crash(at=t, child_id=cid, how=how))
+    return tuple(out)
+
+
+@st.composite
+def schedules(
+    draw: st.DrawFn, spec: SupervisorSpec, *, max_crashes: int = 10, hang: bool = False
+) -> Schedule:
+    """A :class:`Schedule`: :func:`crash_schedules` plus some children that ignore SIGTERM."""
+    ids = worker_ids(spec)
+    return Schedule(
+        crashes=draw(crash_schedules(spec, max_crashes=max_crashes, hang=hang)),
+        stubborn=draw(st.frozensets(st.sampled_from(ids), max_size=2)),
+    )
+
+
+def specs_and_schedules(
+    *, max_crashes: int = 10, hang: bool = False, **spec_options: Any
+) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
+    """A spec from :func:`supervision_specs` (``spec_options`` go there) and a schedule
+    for it; ``hang=True`` also gives workers heartbeats and schedules :class:`Hang`."""
+    if hang:
+        spec_options.setdefault("heartbeats", True)
+    return supervision_specs(**spec_options).flatmap(
+        lambda spec: st.tuples(st.just(spec), schedules(spec, max_crashes=max_crashes, hang=hang))
+    )
