@@ -165,7 +165,7 @@ class _Member:
     done: trio.Event | None = None
     last_exit: str | None = None
     ring: deque[str] = attrs.field(factory=lambda: deque(maxlen=1000))
-    hung_incarnation: int | None = None
+    unresponsive: tuple[int, str] | None = None  # (incarnation, why it was killed)
 
     @property
     def id(self) -> str:
@@ -477,8 +477,13 @@ class Supervisor:
                         nursery.start_soon(self._pump, m, spec, stream, name)
                 timer = trio.CancelScope()
                 watch = trio.CancelScope()
+                ready_watch = trio.CancelScope()  # a scope serves one `with` block only
                 if spec.ready == "start_period":
                     nursery.start_soon(self._running_timer, m, spec, handle, incarnation, timer)
+                elif spec.ready_timeout is not None:
+                    nursery.start_soon(
+                        self._ready_deadline, m, spec, handle, incarnation, timer, ready_watch
+                    )
                 if source is not None:
                     nursery.start_soon(
                         self._notify_actor, m, spec, handle, source, incarnation, timer, watch
@@ -488,6 +493,7 @@ class Supervisor:
                 finally:
                     timer.cancel()
                     watch.cancel()
+                    ready_watch.cancel()
                 # The group is dead; give the pipes a moment to drain, not forever (an
                 # escaped grandchild could hold them open).
                 nursery.cancel_scope.deadline = trio.current_time() + _PUMP_GRACE
@@ -512,8 +518,8 @@ class Supervisor:
             failed_start = uptime < spec.start_period
         expected = m.stopping and m.incarnation == incarnation
         reason, normal = status.describe(), status.normal
-        if m.hung_incarnation == incarnation and not expected:
-            reason = f"hung (no heartbeat for {spec.heartbeat_timeout:g}s), then {reason}"
+        if m.unresponsive is not None and m.unresponsive[0] == incarnation and not expected:
+            reason = f"{m.unresponsive[1]}, then {reason}"
             normal = False
         m.last_exit = reason
         self._publish(
@@ -540,6 +546,53 @@ class Supervisor:
         with scope:
             await trio.sleep(spec.start_period)
             self._set_running(m, spec, handle.pid, incarnation)
+
+    async def _ready_deadline(
+        self,
+        m: _Member,
+        spec: ChildSpec,
+        handle: ProcessHandle,
+        incarnation: int,
+        timer: trio.CancelScope,
+        watch: trio.CancelScope,
+    ) -> None:
+        assert spec.ready_timeout is not None
+        with timer:  # READY cancels it
+            await trio.sleep(spec.ready_timeout)
+        if timer.cancel_called:
+            return
+        with watch:  # the process exiting cancels it
+            await self._kill_unresponsive(
+                m,
+                spec,
+                handle,
+                incarnation,
+                f"not READY within {spec.ready_timeout:g}s",
+                spec.ready_timeout,
+            )
+
+    async def _kill_unresponsive(
+        self,
+        m: _Member,
+        spec: ChildSpec,
+        handle: ProcessHandle,
+        incarnation: int,
+        why: str,
+        silence: float,
+    ) -> None:
+        """Kill a child that stopped answering like a stop (graceful, then SIGKILL); its
+        exit then goes through the normal restart path. Returns only by cancellation."""
+        if m.incarnation != incarnation or m.stopping:
+            return
+        m.unresponsive = (incarnation, why)
+        self._publish(ChildHung, child_id=spec.id, pid=handle.pid, silence=silence)
+        if spec.shutdown == BRUTAL_KILL:
+            handle.signal_group(signal.SIGKILL)
+        else:
+            handle.signal_group(spec.stop_signal)
+            await trio.sleep(spec.shutdown)
+            handle.signal_group(signal.SIGKILL)
+        await trio.sleep_forever()
 
     def _set_running(self, m: _Member, spec: ChildSpec, pid: int, incarnation: int) -> None:
         if m.incarnation == incarnation and m.state is ChildState.STARTING:
@@ -605,22 +658,16 @@ class Supervisor:
                         )
                     continue
                 break  # the watchdog fired
-            # Hung: kill its group like a stop (graceful, then SIGKILL) and let the exit go
-            # through the normal restart path. The process exiting cancels this scope.
+            # Hung. The process exiting cancels this scope.
             assert timeout is not None
-            if m.incarnation != incarnation or m.stopping:
-                return
-            m.hung_incarnation = incarnation
-            self._publish(
-                ChildHung, child_id=spec.id, pid=handle.pid, silence=trio.current_time() - last
+            await self._kill_unresponsive(
+                m,
+                spec,
+                handle,
+                incarnation,
+                f"hung (no heartbeat for {timeout:g}s)",
+                trio.current_time() - last,
             )
-            if spec.shutdown == BRUTAL_KILL:
-                handle.signal_group(signal.SIGKILL)
-            else:
-                handle.signal_group(spec.stop_signal)
-                await trio.sleep(spec.shutdown)
-                handle.signal_group(signal.SIGKILL)
-            await trio.sleep_forever()
 
     async def _pump(
         self, m: _Member, spec: ChildSpec, stream: trio.abc.ReceiveStream, name: str

@@ -242,6 +242,9 @@ class ChildSpec:
         ready: when the child counts as *running*: ``"start_period"`` (after
             ``start_period`` seconds, or earlier if it says ``READY``) or ``"notify"``
             (only when it says ``READY``).
+        ready_timeout: with ``ready="notify"``: a child that has not said ``READY`` this
+            many seconds after spawn is killed like a hung one and restarted by policy
+            (``None``: wait for ever). Like systemd's ``TimeoutStartSec``.
         agent_type: the kind of agent (``"worker"``, ``"qc"``...), for the registry.
         output: capture of stdout and stderr (see :class:`OutputSpec`).
 
@@ -266,6 +269,9 @@ class ChildSpec:
     output: OutputSpec = attrs.field(factory=OutputSpec)
     notify: bool = attrs.field(default=True)
     ready: Literal["start_period", "notify"] = attrs.field(default="start_period")
+    ready_timeout: float | None = attrs.field(
+        default=None, validator=_check_optional_seconds("ready_timeout")
+    )
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.notify, bool):
@@ -274,6 +280,12 @@ class ChildSpec:
             raise InvalidChildSpec(
                 f"ChildSpec.ready must be 'start_period' or 'notify' (got {self.ready!r}); "
                 "'notify' waits for the child to send READY on its notify channel"
+            )
+        if self.ready_timeout is not None and self.ready != "notify":
+            raise InvalidChildSpec(
+                f"ChildSpec {self.id!r}: ready_timeout={self.ready_timeout!r} only applies to "
+                "ready='notify'; set ready='notify' or drop ready_timeout (start_period "
+                "already bounds ready='start_period')"
             )
         if not self.notify:
             for field, on in (

@@ -168,3 +168,54 @@ time.sleep(1000)  # hung: alive and silent
         assert rec is not None and rec.pid == second.pid  # type: ignore[attr-defined]
         assert rec.last_exit == "killed by SIGKILL" and rec.restarts == 1
         await hub.stop()
+
+
+async def test_ready_timeout_kills_and_restarts_a_child_that_never_says_ready(
+    autojump_clock: object,
+) -> None:
+    """With ready='notify' and ready_timeout, silence at start is a failed start: the child
+    is killed after the timeout and restarted by policy (simulated, on a MockClock)."""
+    from strategies import Intensity
+    from supervisor import ChildSpec, Hub, SupervisorEscalation, SupervisorSpec
+    from supervisor.testing import SimBehaviour, SimulatedProcessBackend
+
+    async def scenario() -> tuple[list[object], SupervisorEscalation]:
+        backend = SimulatedProcessBackend(
+            {"mute": [SimBehaviour(on_stop="ignore")], "ok": [SimBehaviour(ready_after=1.0)]}
+        )
+        spec = SupervisorSpec(
+            name="root",
+            intensity=Intensity(1, 100),
+            children=[
+                ChildSpec(id="ok", argv=["sim"], ready="notify", ready_timeout=5),
+                ChildSpec(id="mute", argv=["sim"], ready="notify", ready_timeout=5, shutdown=2),
+            ],
+        )
+        hub = Hub(spec, backend=backend)
+        events = hub.bus.subscribe()
+        try:
+            await hub.serve()
+        except SupervisorEscalation as exc:
+            hub.bus.close()
+            return [e async for e in events], exc
+        raise AssertionError("the mute child should exhaust the intensity")
+
+    t0 = trio.current_time()
+    seen, error = await scenario()
+    hung = [(e.at - t0, e.child_id) for e in seen if e.kind == "hung"]  # type: ignore[attr-defined]
+    running = [e.child_id for e in seen if e.kind == "running"]  # type: ignore[attr-defined]
+
+    # Spawned at 0, killed at 5 (SIGTERM ignored, SIGKILL at 7), respawned at 7, again at 12.
+    assert [(5.0, "mute"), (12.0, "mute")] == hung
+    assert ["ok"] == running
+    assert "not READY within 5s, then killed by SIGKILL" in error.reason
+
+
+def test_ready_timeout_needs_ready_notify() -> None:
+    """ready_timeout without ready='notify' is refused, naming the fix."""
+    import pytest
+
+    from supervisor import ChildSpec, InvalidChildSpec
+
+    with pytest.raises(InvalidChildSpec, match="set ready='notify' or drop ready_timeout"):
+        ChildSpec(id="a", argv=["x"], ready_timeout=3)
