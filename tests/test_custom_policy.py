@@ -13,15 +13,7 @@ import trio.testing
 from strategies import Intensity
 from supervisor import ChildSpec, Hub, SupervisorSpec
 from supervisor.testing import SimBehaviour, SimulatedProcessBackend
-
-
-@attrs.frozen
-class OneAndNext:
-    """Restart the failed child and the one started right after it."""
-
-    def to_restart(self, failed: str, children: Sequence[str]) -> Sequence[str]:
-        i = list(children).index(failed)
-        return list(children[i : i + 2])
+from tests.user_policies import OneAndNext
 
 
 @attrs.frozen

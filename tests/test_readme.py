@@ -29,3 +29,14 @@ def test_quick_start_test_command_is_what_ci_runs() -> None:
 
     assert f"```sh\n{command}\n```" in README
     assert ci.rstrip().endswith(command)
+
+
+def test_custom_policy_example_is_the_tested_one() -> None:
+    """The OneAndNext class in README.md is the one the tests run."""
+    block = re.search(
+        r"(@attrs\.frozen\nclass OneAndNext:.*?return list\(children\[i : i \+ 2\]\))", README, re.S
+    )
+    tested = (Path(__file__).resolve().parent / "user_policies.py").read_text()
+
+    assert block is not None
+    assert block.group(1) in tested

@@ -28,15 +28,7 @@ from supervisor.testing import (
     run_schedule,
     specs_and_schedules,
 )
-
-
-@attrs.frozen
-class OneAndNext:
-    """Restart the failed child and the one started right after it."""
-
-    def to_restart(self, failed: str, children: Sequence[str]) -> Sequence[str]:
-        i = list(children).index(failed)
-        return list(children[i : i + 2])
+from tests.user_policies import OneAndNext
 
 
 @attrs.frozen
