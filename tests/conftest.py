@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ settings.load_profile("ci")
 # they were reparented to init.
 MARKER = f"HUBVISOR_TEST_RUN={uuid.uuid4().hex}"
 os.environ["HUBVISOR_TEST_RUN"] = MARKER.split("=", 1)[1]
+# Hubs started by the tests put their control sockets here, not in the user's runtime
+# directory, so test runs never collide with each other or with a real hub.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="hubvisor-tests-")
 
 PY = sys.executable
 
