@@ -38,6 +38,7 @@ from ._events import (
     SupervisorEscalated as SupervisorEscalated,
     SupervisorStarted as SupervisorStarted,
     SupervisorStopped as SupervisorStopped,
+    SupervisorStopping as SupervisorStopping,
 )
 from ._hub import Hub as Hub, TreeRow as TreeRow
 from ._log import format_event as format_event
@@ -118,6 +119,7 @@ __all__ = [
     "SupervisorSpec",
     "SupervisorStarted",
     "SupervisorStopped",
+    "SupervisorStopping",
     "TreeRow",
     "check_specs",
     "format_event",

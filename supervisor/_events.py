@@ -28,6 +28,7 @@ __all__ = [
     "SupervisorEscalated",
     "SupervisorStarted",
     "SupervisorStopped",
+    "SupervisorStopping",
 ]
 
 
@@ -155,6 +156,14 @@ class SupervisorStarted(Event):
     """A supervisor started all its children; ``child_id`` is the supervisor's name."""
 
     kind: str = attrs.field(init=False, default="supervisor_started")
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorStopping(Event):
+    """A stop of this supervisor was asked for: from now on nothing in it restarts, and its
+    children stop in reverse start order (``child_id`` is the supervisor's name)."""
+
+    kind: str = attrs.field(init=False, default="supervisor_stopping")
 
 
 @attrs.frozen(kw_only=True)

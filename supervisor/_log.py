@@ -20,6 +20,7 @@ from ._events import (
     SupervisorEscalated,
     SupervisorStarted,
     SupervisorStopped,
+    SupervisorStopping,
 )
 
 __all__ = ["LIFECYCLE_KINDS", "event_level", "format_event", "log_events", "log_kinds"]
@@ -36,6 +37,7 @@ LIFECYCLE_KINDS = frozenset(
         "restarting",
         "stopped",
         "supervisor_started",
+        "supervisor_stopping",
         "supervisor_stopped",
         "escalated",
         "hung",
@@ -72,6 +74,8 @@ def format_event(event: Event) -> str:
             return f"{who} HUNG: no heartbeat for {silence:.1f}s (pid {pid}); killing it"
         case SupervisorStarted():
             return f"{event.supervisor} started"
+        case SupervisorStopping():
+            return f"{event.supervisor} stopping"
         case SupervisorStopped():
             return f"{event.supervisor} stopped"
         case SupervisorEscalated(limit=limit, reason=reason):

@@ -47,6 +47,7 @@ from ._events import (
     SupervisorEscalated,
     SupervisorStarted,
     SupervisorStopped,
+    SupervisorStopping,
 )
 from ._notify import InvalidNotifyMessage, NotifySource, parse_notify
 from ._process import OSProcessBackend, ProcessBackend, ProcessHandle, SpawnRequest
@@ -982,6 +983,8 @@ class Supervisor:
     def _drain(self) -> None:
         # From the moment a stop is asked for, nothing in this subtree restarts: a
         # backoff timer that fires while older siblings are still stopping is ignored.
+        if self._started and not self._stop_requested:
+            self._publish(SupervisorStopping, child_id=self.spec.name)
         self._stop_requested = True
         for sub in self.children_supervisors():
             sub._drain()

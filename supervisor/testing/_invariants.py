@@ -39,6 +39,7 @@ from .._events import (
     SupervisorEscalated,
     SupervisorStarted,
     SupervisorStopped,
+    SupervisorStopping,
 )
 from .._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 from ._run import (
@@ -305,6 +306,10 @@ def _on_event(
             states.setdefault(parent[0], {})[parent[1]] = (
                 "up" if isinstance(r, SupervisorStarted) else "down"
             )
+    elif isinstance(r, SupervisorStopping):
+        # From here on nothing in this supervisor restarts: pending backoffs are void.
+        for key in [k for k in pending if k[0] == sup]:
+            pending.pop(key).cancelled[key[1]] = r.at
     elif isinstance(r, ChildStopped):
         if r.reason != "restarting":
             close(sup, r.at if r.reason == "shutdown" else None)
