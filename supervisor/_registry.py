@@ -36,6 +36,7 @@ from ._events import (
     ChildStatus,
     Event,
     EventBus,
+    SupervisorStopping,
 )
 
 __all__ = [
@@ -55,6 +56,8 @@ IDLE = "idle"
 """Running and available; every agent is idle once running until it reports otherwise."""
 HUNG = "hung"
 """Silent past its heartbeat timeout; its supervisor is killing it."""
+STOPPING = "stopping"
+"""Its supervisor is stopping (``SupervisorStopping``): do not assign it work."""
 CRASHED = "crashed"
 """Ended without being asked to; the status of the record :class:`Reclaimed` hands back."""
 STOPPED = "stopped"
@@ -418,6 +421,10 @@ class Registry:
                     self._reclaim(rec, event)
             case ChildSpawnFailed():
                 self._history.setdefault(event.child_id, _History()).last_exit = event.error
+            case SupervisorStopping():
+                for rec in list(self._agents.values()):
+                    if rec.supervisor == event.supervisor and rec.status != HUNG:
+                        self._put(attrs.evolve(rec, status=STOPPING))
             case ChildRestarting():
                 hist = self._history.setdefault(event.child_id, _History())
                 hist.restarts += 1

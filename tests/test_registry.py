@@ -500,3 +500,33 @@ def test_registry_matches_the_tree_under_random_crashes(
             assert {} == live_in_registry(hub.registry)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_agents_of_a_stopping_supervisor_are_stopping(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Once a stop is asked for, the registry marks that supervisor's agents 'stopping', so
+    nobody assigns them work while they shut down."""
+    from supervisor import ChildSpec, Hub, SupervisorSpec
+
+    backend = SimulatedProcessBackend({"slow": [SimBehaviour(on_stop="ignore")]})
+    spec = SupervisorSpec(
+        name="root",
+        children=[
+            ChildSpec(id="slow", argv=["sim"], shutdown=10, notify=False),
+            ChildSpec(id="quick", argv=["sim"], notify=False),
+        ],
+    )
+    hub = Hub(spec, backend=backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await trio.sleep(2)
+        await hub.registry.sync()
+        assert [] == hub.registry.by_status("stopping")
+
+        nursery.start_soon(hub.stop)
+        await trio.sleep(1)  # 'quick' is gone; 'slow' ignores SIGTERM for 10 s
+        await hub.registry.sync()
+
+        assert ["slow"] == [r.id for r in hub.registry.by_status("stopping")]
+        assert hub.registry.get("quick") is None
