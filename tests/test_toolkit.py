@@ -363,6 +363,29 @@ class TestRegressions:
         assert stopping and max(stopping) < 0.25
         check_all(trace)
 
+    def test_restart_cut_short_by_a_stop_of_its_supervisor(self) -> None:
+        """A one-for-all restart still stopping a stubborn sibling when the root gives up
+        does not start anything again, and the checks accept that (found in a soak)."""
+        i0 = Intensity(0, 0.5)
+        s2 = SupervisorSpec(
+            name="s2",
+            strategy=OneForAll(),
+            intensity=Intensity(1, 0.5),
+            children=[
+                SupervisorSpec(name="s3", intensity=i0, children=[child("c5", shutdown=1.0)]),
+                SupervisorSpec(name="s4", intensity=i0, children=[child("c6", shutdown=1.0)]),
+            ],
+        )
+        s1 = SupervisorSpec(name="s1", intensity=i0, children=[child("c2"), child("c3")])
+        spec = SupervisorSpec(name="root", intensity=i0, children=[child("c1"), s1, s2])
+        sched = Schedule([Crash(0, "c6"), Crash(0, "c1")], stubborn={"c5"})
+
+        trace = run_schedule(spec, sched)
+
+        assert trace.outcome is not None and "c1" == trace.outcome.child_id
+        assert not any(e.kind == "restarting" for e in trace.events)
+        check_all(trace)
+
 
 # --------------------------------------------------------------------------------------
 # The checks catch broken runtimes and policies

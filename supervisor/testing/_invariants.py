@@ -307,7 +307,9 @@ def _on_event(
                 "up" if isinstance(r, SupervisorStarted) else "down"
             )
     elif isinstance(r, SupervisorStopping):
-        # From here on nothing in this supervisor restarts: pending backoffs are void.
+        # From here on nothing in this supervisor restarts: a decision being carried out
+        # is cut short (like a stop at this instant) and pending backoffs are void.
+        close(sup, r.at)
         for key in [k for k in pending if k[0] == sup]:
             pending.pop(key).cancelled[key[1]] = r.at
     elif isinstance(r, ChildStopped):
