@@ -861,6 +861,13 @@ class Supervisor:
             group.append(x)
         siblings = [x for x in group if x is not m]
         await self._stop_members(siblings, reason="restarting")
+        if self._stop_requested:
+            # A stop was asked for while the siblings were stopping: the restart is void,
+            # and every child of the group stays down.
+            for x in group:
+                x.restart_token = None
+                self._publish(ChildStopped, child_id=x.id, reason="shutdown")
+            return None
         for x in list(siblings):
             if x.spec.restart is RestartType.TEMPORARY:
                 # OTP: a temporary child is never restarted, not even for a sibling.
