@@ -25,26 +25,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     me = os.environ.get("HUBVISOR_AGENT_ID", "agent")
     rng = random.Random(args.seed)
-    stopping = False
+
+    class Stop(Exception):
+        pass
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        # Raise, rather than set a flag: time.sleep() resumes after a handler returns
+        # (PEP 475), which would delay a graceful stop by up to one interval.
+        raise Stop
 
     signal.signal(signal.SIGTERM, on_term)
     task = 0
     print(f"{me}: ready", flush=True)
-    while not stopping:
-        time.sleep(args.interval * (0.5 + rng.random()))
-        if stopping:
-            break
-        task += 1
-        if rng.random() < args.crash_rate:
-            print(f"{me}: crashing on task {task}", file=sys.stderr, flush=True)
-            return 1
-        print(f"{me}: finished task {task}", flush=True)
-    print(f"{me}: stopping after {task} tasks", flush=True)
-    return 0
+    try:
+        while True:
+            time.sleep(args.interval * (0.5 + rng.random()))
+            task += 1
+            if rng.random() < args.crash_rate:
+                print(f"{me}: crashing on task {task}", file=sys.stderr, flush=True)
+                return 1
+            print(f"{me}: finished task {task}", flush=True)
+    except Stop:
+        print(f"{me}: stopping after {task} tasks", flush=True)
+        return 0
 
 
 if __name__ == "__main__":

@@ -283,3 +283,21 @@ def test_placeholder_agent_crashes_at_its_rate(capsys: pytest.CaptureFixture[str
 
     assert 1 == placeholder(["--crash-rate", "1", "--interval", "0.001", "--seed", "3"])
     assert "crashing on task 1" in capsys.readouterr().err
+
+
+async def test_placeholder_stops_promptly_on_sigterm() -> None:
+    """The demo agent exits 0 right after SIGTERM, not after its current interval."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "agents.placeholder", "--interval", "100"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    with trio.fail_after(TIMEOUT):
+        assert b"ready" in await proc.stdout.receive_some(1024)
+        t0 = trio.current_time()
+        proc.send_signal(signal.SIGTERM)
+        code = await proc.wait()
+    await proc.stdout.aclose()
+
+    assert 0 == code
+    assert trio.current_time() - t0 < 10  # the interval is 50-150 s
