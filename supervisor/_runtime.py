@@ -587,12 +587,8 @@ class Supervisor:
             return
         m.unresponsive = (incarnation, why)
         self._publish(ChildHung, child_id=spec.id, pid=handle.pid, silence=silence)
-        if spec.shutdown == BRUTAL_KILL:
-            handle.signal_group(signal.SIGKILL)
-        else:
-            handle.signal_group(spec.stop_signal)
-            await trio.sleep(spec.shutdown)
-            handle.signal_group(signal.SIGKILL)
+        # Only the process exiting (which cancels the caller's scope) ends the wait.
+        await self._signal_then_kill(spec, handle, trio.sleep_forever)
         await trio.sleep_forever()
 
     def _set_running(self, m: _Member, spec: ChildSpec, pid: int, incarnation: int) -> None:
@@ -732,16 +728,39 @@ class Supervisor:
     # ----------------------------------------------------------------------------------
     # Stopping children
 
-    async def _kill_process(self, spec: ChildSpec, handle: ProcessHandle) -> None:
-        """Graceful stop of one process we still wait for ourselves."""
+    async def _signal_then_kill(
+        self,
+        spec: ChildSpec,
+        handle: ProcessHandle,
+        ended: Callable[[], Awaitable[object]],
+        *,
+        warn: bool = False,
+    ) -> None:
+        """The graceful-stop escalation, in one place: ``stop_signal`` to the group, up to
+        ``shutdown`` seconds for ``ended()`` to return, then SIGKILL to the group
+        (``BRUTAL_KILL``: SIGKILL at once). With ``warn``, say which pid ignored the
+        signal and which setting to raise."""
         if spec.shutdown == BRUTAL_KILL:
             handle.signal_group(signal.SIGKILL)
-        else:
-            handle.signal_group(spec.stop_signal)
-            with trio.move_on_after(spec.shutdown):
-                await handle.wait()
-                return
-            handle.signal_group(signal.SIGKILL)
+            return
+        handle.signal_group(spec.stop_signal)
+        with trio.move_on_after(spec.shutdown):
+            await ended()
+            return
+        if warn:
+            self._publish(
+                ChildOutput,
+                child_id=spec.id,
+                stream="stderr",
+                line=f"[hubvisor] pid {handle.pid} ignored {spec.stop_signal.name} for "
+                f"{spec.shutdown:g}s; sending SIGKILL to its group (raise ChildSpec.shutdown "
+                "if it needs longer to stop)",
+            )
+        handle.signal_group(signal.SIGKILL)
+
+    async def _kill_process(self, spec: ChildSpec, handle: ProcessHandle) -> None:
+        """Graceful stop of one process we still wait for ourselves."""
+        await self._signal_then_kill(spec, handle, handle.wait)
         await handle.wait()
 
     async def _stop_member(self, m: _Member, reason: str) -> None:
@@ -754,27 +773,7 @@ class Supervisor:
             if m.sub is not None:
                 await m.sub.stop()
             elif m.handle is not None and isinstance(m.spec, ChildSpec):
-                spec, handle = m.spec, m.handle
-                if spec.shutdown == BRUTAL_KILL:
-                    handle.signal_group(signal.SIGKILL)
-                else:
-                    handle.signal_group(spec.stop_signal)
-                    with trio.move_on_after(spec.shutdown):
-                        await m.done.wait()
-                    if not m.done.is_set():
-                        self._ctx.bus.publish(
-                            ChildOutput(
-                                at=trio.current_time(),
-                                supervisor=self.path,
-                                child_id=m.id,
-                                stream="stderr",
-                                line=f"[hubvisor] pid {handle.pid} ignored "
-                                f"{spec.stop_signal.name} for {spec.shutdown:g}s; sending "
-                                "SIGKILL to its group (raise ChildSpec.shutdown if it needs "
-                                "longer to stop)",
-                            )
-                        )
-                        handle.signal_group(signal.SIGKILL)
+                await self._signal_then_kill(m.spec, m.handle, m.done.wait, warn=True)
             await m.done.wait()
         m.state = ChildState.STOPPED
         m.started_at = None
