@@ -24,7 +24,6 @@ cannot be reused, which makes "kill the rest of the group, then reap" race-free.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -265,9 +264,3 @@ class OSProcessBackend:
             trio.lowlevel.FdStream(err_r) if err_r >= 0 else None,
             notify=notify,
         )
-
-
-def kill_group_now(pid: int) -> None:
-    """SIGKILL the process group ``pid``; for the hub's last-resort exit paths."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
