@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     task = 0
-    print(f"{me}: ready", flush=True)
-    try:
+    try:  # a SIGTERM may arrive as soon as "ready" is out, even inside print()
+        print(f"{me}: ready", flush=True)
         while True:
             time.sleep(args.interval * (0.5 + rng.random()))
             task += 1
