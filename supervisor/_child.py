@@ -1,0 +1,422 @@
+"""One incarnation of one worker child: spawn, watch, stop; it only sends messages.
+
+A :class:`ProcessActor` owns everything about one process: its handle, its output
+pumps, its readiness and heartbeat watchdogs, the graceful kill of its group, and its
+own phase (starting, running, exited). It publishes the child's events on the bus and,
+when the process has ended, reports the exit to its supervisor through a callback that
+puts a message in the supervisor's inbox. It never reads or writes the supervisor's
+records: what happens next is the supervisor's decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import signal
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ._errors import SpawnError
+from ._events import (
+    ChildExited,
+    ChildHeartbeat,
+    ChildHung,
+    ChildOutput,
+    ChildRunning,
+    ChildStarting,
+    ChildStatus,
+    EventBus,
+    ExitStatus,
+)
+from ._notify import InvalidNotifyMessage, NotifySource, parse_notify
+from ._process import ProcessBackend, ProcessHandle, SpawnRequest
+from ._spec import BRUTAL_KILL, ChildSpec
+
+__all__ = ["ChildExit", "ChildPhase", "ProcessActor", "spawn_actor"]
+
+_PUMP_GRACE = 1.0  # seconds to drain a child's pipes after it exited
+_BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
+_HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
+
+_log = logging.getLogger("hubvisor")
+
+
+class ChildPhase(enum.Enum):
+    """Where one process is, as its actor sees it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@attrs.frozen
+class ChildExit:
+    """The message an actor sends its supervisor when its process has ended.
+
+    Attributes:
+        member_id: the child's id.
+        incarnation: which start of the child this was (stale reports are dropped).
+        reason: the exit in words, e.g. ``"hung (no heartbeat for 5s), then killed by
+            SIGKILL"``.
+        normal: exit code 0 and not killed as hung.
+        expected: the supervisor had asked this process to stop.
+        uptime: seconds from spawn to exit.
+    """
+
+    member_id: str
+    incarnation: int
+    reason: str
+    normal: bool
+    expected: bool = False
+    uptime: float = 0.0
+
+
+@attrs.define(eq=False)
+class _Shared:
+    """What every actor of one hub shares: the bus, kill-all handles, counters."""
+
+    bus: EventBus
+    handles: dict[int, ProcessHandle]
+    counters: Any  # has ``notify_rejected: int``
+
+
+def child_env(
+    spec: ChildSpec, *, path: str, hub_id: str, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment of a worker child: inherited, the hub's, the spec's, HUBVISOR_*."""
+    env = dict(os.environ) if spec.inherit_env else {}
+    env.update(extra)
+    env.update(spec.env)
+    env["HUBVISOR_AGENT_ID"] = spec.id
+    env["HUBVISOR_SUPERVISOR"] = path
+    env["HUBVISOR_HUB_ID"] = hub_id
+    if spec.agent_type is not None:
+        env["HUBVISOR_AGENT_TYPE"] = spec.agent_type
+    return env
+
+
+def spawn_actor(
+    spec: ChildSpec,
+    *,
+    backend: ProcessBackend,
+    env: Mapping[str, str],
+    incarnation: int,
+    path: str,
+    bus: EventBus,
+    handles: dict[int, ProcessHandle],
+    counters: Any,
+    ring: deque[str],
+    report: Callable[[ChildExit], None],
+) -> ProcessActor:
+    """Start the process of ``spec`` and return its actor (not yet running).
+
+    Raises:
+        SpawnError: for any failure to start, with the cause in words; a backend that
+            raises anything else is reported the same way, never as a crash.
+    """
+    request = SpawnRequest(
+        child_id=spec.id,
+        argv=spec.argv,
+        env=env,
+        cwd=spec.cwd,
+        capture_output=spec.output.capture,
+        notify=spec.notify,
+    )
+    try:
+        handle = backend.spawn(request)
+    except SpawnError:
+        raise
+    except Exception as exc:
+        raise SpawnError(
+            f"child {spec.id!r}: the process backend failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return ProcessActor(
+        spec,
+        handle,
+        incarnation,
+        path=path,
+        shared=_Shared(bus, handles, counters),
+        ring=ring,
+        report=report,
+    )
+
+
+class ProcessActor:
+    """The actor of one process; run :meth:`run` in a task, :meth:`stop` to stop it."""
+
+    def __init__(
+        self,
+        spec: ChildSpec,
+        handle: ProcessHandle,
+        incarnation: int,
+        *,
+        path: str,
+        shared: _Shared,
+        ring: deque[str],
+        report: Callable[[ChildExit], None],
+    ) -> None:
+        self.spec = spec
+        self.handle = handle
+        self.incarnation = incarnation
+        self.path = path
+        self._shared = shared
+        self._ring = ring
+        self._report = report
+        self.phase = ChildPhase.STARTING
+        self.exit_reason: str | None = None
+        self._stop_asked = False
+        self._hung: str | None = None
+        self._done = trio.Event()
+        self._ready = trio.Event()
+        shared.handles[handle.pid] = handle
+        self._publish(
+            ChildStarting,
+            pid=handle.pid,
+            incarnation=incarnation,
+            agent_type=spec.agent_type,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The process id (also its process group id)."""
+        return self.handle.pid
+
+    @property
+    def done(self) -> bool:
+        """Whether the process has ended and been reaped."""
+        return self._done.is_set()
+
+    def _publish(self, cls: Any, **fields: Any) -> None:
+        self._shared.bus.publish(
+            cls(at=trio.current_time(), supervisor=self.path, child_id=self.spec.id, **fields)
+        )
+
+    # ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch the process until it ends, then report the exit. Never leaves it behind."""
+        spec, handle = self.spec, self.handle
+        started = trio.current_time()
+        status: ExitStatus | None = None
+        source: NotifySource | None = getattr(handle, "notify", None)
+        try:
+            async with trio.open_nursery() as nursery:
+                for stream, name in ((handle.stdout, "stdout"), (handle.stderr, "stderr")):
+                    if stream is not None:
+                        nursery.start_soon(self._pump, stream, name)
+                watchers = trio.CancelScope()
+                nursery.start_soon(self._watch, source, watchers)
+                try:
+                    status = await handle.wait()
+                finally:
+                    watchers.cancel()
+                # The group is dead; give the pipes a moment to drain, not forever (an
+                # escaped grandchild could hold them open).
+                nursery.cancel_scope.deadline = trio.current_time() + _PUMP_GRACE
+        except BaseException:
+            # Cancelled from outside (the hub is going down abruptly): never leave the
+            # process behind.
+            with trio.CancelScope(shield=True):
+                await self._signal_then_kill(handle.wait)
+                await handle.wait()
+            raise
+        finally:
+            if source is not None:
+                source.close()
+            self._shared.handles.pop(handle.pid, None)
+            was_starting = self.phase is ChildPhase.STARTING
+            self.phase = ChildPhase.EXITED
+            self._done.set()
+        uptime = trio.current_time() - started
+        if spec.ready == "notify":
+            failed_start = was_starting and not self._stop_asked
+        else:
+            failed_start = uptime < spec.start_period
+        expected = self._stop_asked
+        reason, normal = status.describe(), status.normal
+        if self._hung is not None and not expected:
+            reason, normal = f"{self._hung}, then {reason}", False
+        self.exit_reason = reason
+        self._publish(
+            ChildExited,
+            pid=handle.pid,
+            status=status,
+            expected=expected,
+            failed_start=failed_start,
+            uptime=uptime,
+        )
+        self._report(
+            ChildExit(spec.id, self.incarnation, reason, normal, expected=expected, uptime=uptime)
+        )
+
+    async def stop(self) -> None:
+        """Stop the process gracefully (stop signal, ``shutdown``, SIGKILL of the group)
+        and return once it has ended. Its exit is then reported as expected."""
+        self._stop_asked = True
+        if not self.done:
+            await self._signal_then_kill(self._done.wait, warn=True)
+            await self._done.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the process group now (the second Ctrl-C)."""
+        self.handle.signal_group(signal.SIGKILL)
+
+    # ----------------------------------------------------------------------------------
+    # Readiness and heartbeats
+
+    def _set_running(self) -> None:
+        if self.phase is ChildPhase.STARTING:
+            self.phase = ChildPhase.RUNNING
+            self._publish(ChildRunning, pid=self.pid)
+
+    async def _watch(self, source: NotifySource | None, scope: trio.CancelScope) -> None:
+        """Readiness and the heartbeat watchdog; cancelled when the process exits."""
+        spec = self.spec
+        with scope:
+            async with trio.open_nursery() as nursery:
+                if spec.ready == "start_period":
+                    nursery.start_soon(self._start_period)
+                elif spec.ready_timeout is not None:
+                    nursery.start_soon(self._ready_deadline, spec.ready_timeout)
+                if source is not None:
+                    nursery.start_soon(self._notify, source)
+
+    async def _start_period(self) -> None:
+        await trio.sleep(self.spec.start_period)
+        self._set_running()
+
+    async def _ready_deadline(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._ready.wait()
+            return
+        await self._kill_unresponsive(f"not READY within {timeout:g}s", timeout)
+
+    async def _notify(self, source: NotifySource) -> None:
+        """Read the child's notify messages; kill it when it falls silent too long."""
+        spec, pid = self.spec, self.pid
+        timeout = spec.heartbeat_timeout
+        last = trio.current_time()
+        rejected = 0
+        logged_at = beat_at = -math.inf
+        while True:
+            deadline = last + timeout if timeout is not None else math.inf
+            with trio.move_on_at(deadline):
+                try:
+                    data: bytes | None = await source.receive()
+                except (OSError, trio.ClosedResourceError):
+                    data = None
+                if data is None:  # every writer closed its end: no more heartbeats
+                    await trio.sleep_until(deadline)
+                    continue
+                now = trio.current_time()
+                try:
+                    msg = parse_notify(data)
+                except InvalidNotifyMessage as exc:
+                    rejected += 1
+                    self._shared.counters.notify_rejected += 1
+                    if now - logged_at >= _BAD_NOTIFY_LOG_EVERY:
+                        logged_at = now
+                        _log.warning(
+                            "%s/%s (pid %d): dropped a notify message: %s (%d dropped so far)",
+                            self.path,
+                            spec.id,
+                            pid,
+                            exc,
+                            rejected,
+                        )
+                    continue
+                last = now
+                if msg.kind == "ready":
+                    self._ready.set()
+                    self._set_running()
+                elif msg.kind == "heartbeat":
+                    if now - beat_at >= _HEARTBEAT_EVENT_GAP:
+                        beat_at = now
+                        self._publish(ChildHeartbeat, pid=pid)
+                else:
+                    self._publish(ChildStatus, pid=pid, status=msg.value)
+                continue
+            break  # the watchdog fired
+        assert timeout is not None
+        await self._kill_unresponsive(
+            f"hung (no heartbeat for {timeout:g}s)", trio.current_time() - last
+        )
+
+    async def _kill_unresponsive(self, why: str, silence: float) -> None:
+        """Kill a child that stopped answering like a stop (graceful, then SIGKILL); its
+        exit then goes through the normal restart path. Returns only by cancellation."""
+        if self._stop_asked:
+            await trio.sleep_forever()
+        self._hung = why
+        self._publish(ChildHung, pid=self.pid, silence=silence)
+        await self._signal_then_kill(trio.sleep_forever)
+        await trio.sleep_forever()
+
+    # ----------------------------------------------------------------------------------
+    # Stopping
+
+    async def _signal_then_kill(
+        self, ended: Callable[[], Awaitable[object]], *, warn: bool = False
+    ) -> None:
+        """The graceful-stop escalation, in one place: ``stop_signal`` to the group, up to
+        ``shutdown`` seconds for ``ended()`` to return, then SIGKILL to the group
+        (``BRUTAL_KILL``: SIGKILL at once). With ``warn``, say which pid ignored the
+        signal and which setting to raise."""
+        spec, handle = self.spec, self.handle
+        if spec.shutdown == BRUTAL_KILL:
+            handle.signal_group(signal.SIGKILL)
+            return
+        handle.signal_group(spec.stop_signal)
+        with trio.move_on_after(spec.shutdown):
+            await ended()
+            return
+        if warn:
+            self._publish(
+                ChildOutput,
+                stream="stderr",
+                line=f"[hubvisor] pid {handle.pid} ignored {spec.stop_signal.name} for "
+                f"{spec.shutdown:g}s; sending SIGKILL to its group (raise ChildSpec.shutdown "
+                "if it needs longer to stop)",
+            )
+        handle.signal_group(signal.SIGKILL)
+
+    # ----------------------------------------------------------------------------------
+    # Output
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
+        limit = self.spec.output.max_line_bytes
+        pending = b""
+        skipping = False  # inside an over-long line whose head was already emitted
+        prefix = "" if name == "stdout" else "[stderr] "
+        try:
+            while chunk := await stream.receive_some(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if skipping:
+                        skipping = False  # the tail of a line already cut and emitted
+                        continue
+                    self._emit_line(name, prefix, line[:limit], len(line) > limit)
+                if len(pending) > limit:
+                    # No newline for a long while: emit the head now, drop the rest of the
+                    # line, so a child writing without newlines cannot grow our memory.
+                    if not skipping:
+                        self._emit_line(name, prefix, pending[:limit], True)
+                    skipping = True
+                    pending = b""
+            if pending and not skipping:
+                self._emit_line(name, prefix, pending, False)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def _emit_line(self, name: str, prefix: str, raw: bytes, cut: bool) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
+        self._ring.append(prefix + text)
+        if self.spec.output.events:
+            self._publish(ChildOutput, stream=name, line=text)
