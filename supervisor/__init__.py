@@ -10,6 +10,7 @@ import contextlib
 
 from ._errors import (
     ChildNotFound as ChildNotFound,
+    ConfigError as ConfigError,
     ControlError as ControlError,
     HubvisorError as HubvisorError,
     InvalidChildSpec as InvalidChildSpec,
@@ -40,7 +41,7 @@ from ._events import (
     SupervisorStopped as SupervisorStopped,
     SupervisorStopping as SupervisorStopping,
 )
-from ._hub import Hub as Hub, TreeRow as TreeRow
+from ._hub import Hub as Hub, Service as Service, TreeRow as TreeRow
 from ._log import format_event as format_event
 from ._process import (
     OSProcessBackend as OSProcessBackend,
@@ -63,6 +64,7 @@ from ._runtime import (
 )
 from ._spec import (
     BRUTAL_KILL as BRUTAL_KILL,
+    INFINITY as INFINITY,
     ChildSpec as ChildSpec,
     OutputSpec as OutputSpec,
     PoolSpec as PoolSpec,
@@ -73,6 +75,7 @@ from ._spec import (
 
 __all__ = [
     "BRUTAL_KILL",
+    "INFINITY",
     "AgentRecord",
     "ChildBackingOff",
     "ChildExited",
@@ -89,6 +92,7 @@ __all__ = [
     "ChildState",
     "ChildStatus",
     "ChildStopped",
+    "ConfigError",
     "ControlError",
     "Event",
     "EventBus",
@@ -111,6 +115,7 @@ __all__ = [
     "RegistryMirror",
     "RestartType",
     "RuntimeContext",
+    "Service",
     "SpawnError",
     "SpawnRequest",
     "Supervisor",

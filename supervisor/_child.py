@@ -42,6 +42,7 @@ __all__ = ["ChildExit", "ChildPhase", "ProcessActor", "spawn_actor"]
 
 _PUMP_GRACE = 1.0  # seconds to drain a child's pipes after it exited
 _BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
+_CANCEL_PATIENCE = 5.0  # seconds an INFINITY-shutdown child gets when the hub is cancelled
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
 _log = logging.getLogger("hubvisor")
@@ -223,7 +224,7 @@ class ProcessActor:
             # Cancelled from outside (the hub is going down abruptly): never leave the
             # process behind.
             with trio.CancelScope(shield=True):
-                await self._signal_then_kill(handle.wait)
+                await self._signal_then_kill(handle.wait, patience=_CANCEL_PATIENCE)
                 await handle.wait()
             raise
         finally:
@@ -355,25 +356,35 @@ class ProcessActor:
             await trio.sleep_forever()
         self._hung = why
         self._publish(ChildHung, pid=self.pid, silence=silence)
-        await self._signal_then_kill(trio.sleep_forever)
+        # A child that no longer answers gets at most `silence` to stop, even when its
+        # shutdown is INFINITY: that one is for a live agent finishing its task.
+        await self._signal_then_kill(trio.sleep_forever, patience=silence)
         await trio.sleep_forever()
 
     # ----------------------------------------------------------------------------------
     # Stopping
 
     async def _signal_then_kill(
-        self, ended: Callable[[], Awaitable[object]], *, warn: bool = False
+        self,
+        ended: Callable[[], Awaitable[object]],
+        *,
+        warn: bool = False,
+        patience: float | None = None,
     ) -> None:
         """The graceful-stop escalation, in one place: ``stop_signal`` to the group, up to
         ``shutdown`` seconds for ``ended()`` to return, then SIGKILL to the group
-        (``BRUTAL_KILL``: SIGKILL at once). With ``warn``, say which pid ignored the
-        signal and which setting to raise."""
+        (``BRUTAL_KILL``: SIGKILL at once). ``patience`` replaces an infinite
+        ``shutdown``. With ``warn``, say which pid ignored the signal and which setting
+        to raise."""
         spec, handle = self.spec, self.handle
         if spec.shutdown == BRUTAL_KILL:
             handle.signal_group(signal.SIGKILL)
             return
+        timeout = spec.shutdown
+        if math.isinf(timeout) and patience is not None:
+            timeout = patience
         handle.signal_group(spec.stop_signal)
-        with trio.move_on_after(spec.shutdown):
+        with trio.move_on_after(timeout):
             await ended()
             return
         if warn:
@@ -381,7 +392,7 @@ class ProcessActor:
                 ChildOutput,
                 stream="stderr",
                 line=f"[hubvisor] pid {handle.pid} ignored {spec.stop_signal.name} for "
-                f"{spec.shutdown:g}s; sending SIGKILL to its group (raise ChildSpec.shutdown "
+                f"{timeout:g}s; sending SIGKILL to its group (raise ChildSpec.shutdown "
                 "if it needs longer to stop)",
             )
         handle.signal_group(signal.SIGKILL)

@@ -23,6 +23,10 @@ class InvalidPoolSpec(InvalidSpec):
     """A :class:`~supervisor.PoolSpec` is inconsistent (e.g. size larger than max_size)."""
 
 
+class ConfigError(HubvisorError, ValueError):
+    """A setting of the hub or of one of its parts (not a spec) has a bad value."""
+
+
 class SpawnError(HubvisorError):
     """A child's process could not be started (missing executable, bad cwd, ...).
 
@@ -67,3 +71,12 @@ class ChildNotFound(ControlError, KeyError):
 
 class MaxAgentsExceeded(ControlError):
     """Starting one more child would exceed the hub's ``max_agents`` limit."""
+
+
+class UnknownEventKind(HubvisorError, ValueError):
+    """``EventBus.subscribe(kinds=...)`` named a kind that no event has (a typo would
+    otherwise deliver nothing, silently)."""
+
+
+class InvalidMirrorConfig(HubvisorError, ValueError):
+    """A registry mirror (e.g. :class:`~supervisor.RedisMirror`) got a bad URL or option."""

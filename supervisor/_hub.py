@@ -2,23 +2,63 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import attrs
 import trio
 
 from strategies import Intensity, OneForOne
 
-from ._errors import ChildNotFound, ControlError, MaxAgentsExceeded
+from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded
 from ._events import EventBus
 from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
-from ._runtime import ChildInfo, RuntimeContext, Supervisor, _count_workers
-from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, check_specs
+from ._runtime import ChildInfo, RuntimeContext, Supervisor, _check_spec_type, _count_workers
+from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
 
-__all__ = ["Hub", "TreeRow"]
+__all__ = ["Hub", "Service", "TreeRow"]
+
+_log = logging.getLogger("hubvisor")
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A sidecar actor of the hub: work queues, a metrics endpoint, your own.
+
+    The hub starts its services beside the registry, before the tree (so they see every
+    event), and stops them after the tree has stopped, by cancelling them. A service
+    reaches the hub's parts through ``hub``: ``hub.bus`` (subscribe to events),
+    ``hub.registry`` (agents), and the tree's control API (``hub.which_children()``,
+    ``hub.restart_child(...)``...). It calls ``task_status.started()`` once it is ready;
+    the tree starts after every service has. A service that raises is logged and left
+    out; supervision goes on without it.
+
+    Example::
+
+        @attrs.define
+        class CountRestarts:
+            name: str = "count-restarts"
+            restarts: int = 0
+
+            async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
+                with hub.bus.subscribe(kinds=["restarting"]) as events:
+                    task_status.started()
+                    async for _ in events:
+                        self.restarts += 1
+    """
+
+    @property
+    def name(self) -> str:
+        """A short name for logs and errors."""
+        ...
+
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run until cancelled (or return early, when there is nothing more to do)."""
+        ...
 
 
 @attrs.frozen
@@ -43,6 +83,8 @@ class Hub:
         env: extra environment variables for every child.
         registry: the agent registry the hub feeds (default: an in-memory
             :class:`Registry`; give ``Registry(mirror=RedisMirror(url))`` for Redis).
+        services: sidecar actors started before the tree and stopped after it (see
+            :class:`Service`).
 
     Example::
 
@@ -64,6 +106,7 @@ class Hub:
         hub_id: str | None = None,
         env: Mapping[str, str] | None = None,
         registry: Registry | None = None,
+        services: Sequence[Service] = (),
     ) -> None:
         if isinstance(spec, SupervisorSpec):
             root = spec
@@ -76,7 +119,10 @@ class Hub:
         check_specs(root)
         if max_agents is not None:
             if not isinstance(max_agents, int) or isinstance(max_agents, bool) or max_agents < 0:
-                raise ValueError(f"max_agents must be an int >= 0 or None (got {max_agents!r})")
+                raise ConfigError(
+                    f"Hub(max_agents=...) must be an int >= 0 or None (got {max_agents!r}); "
+                    "e.g. max_agents=50"
+                )
             wanted = _count_workers(root)
             if wanted > max_agents:
                 raise MaxAgentsExceeded(
@@ -95,6 +141,16 @@ class Hub:
         self.root = Supervisor(root, context=self.context)
         self.registry = registry if registry is not None else Registry()
         self.registry.hub_id = self.context.hub_id
+        for svc in services:
+            if not callable(getattr(svc, "run", None)):
+                raise ConfigError(
+                    f"Hub(services=...): {svc!r} is not a service; give objects with an "
+                    "async run(hub, *, task_status) method (see supervisor.Service)"
+                )
+        self.services = tuple(services)
+        self.failed_services: list[str] = []
+        """Names of the services that raised (each was logged); supervision went on."""
+        self._start_lock = trio.Lock()
 
     @property
     def bus(self) -> EventBus:
@@ -108,14 +164,36 @@ class Hub:
             SupervisorEscalation: the root gave up; every child has been stopped.
         """
         async with trio.open_nursery() as nursery:
-            # The registry subscribes before the tree starts, so it sees every event.
+            # The registry and the services start before the tree, so they see every
+            # event; they stop after it.
             await nursery.start(self.registry.run, self.bus)
+            services = trio.CancelScope()
+            for svc in self.services:
+                await nursery.start(self._run_service, svc, services)
             try:
                 outcome = await self.root._serve(task_status=_Relay(task_status, self))
             finally:
                 self.registry.stop()
+                services.cancel()
         if outcome is not None:
             raise outcome
+
+    async def _run_service(
+        self,
+        svc: Service,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        ready = _Once(task_status)
+        name = str(getattr(svc, "name", type(svc).__name__))
+        with scope:
+            try:
+                await svc.run(self, task_status=ready)
+            except Exception:
+                _log.exception("service %r failed; supervision goes on without it", name)
+                self.failed_services.append(name)
+        ready.started()  # one that failed or returned before it was ready
 
     async def stop(self) -> None:
         """Stop the whole tree in reverse start order and wait until it has ended."""
@@ -187,16 +265,48 @@ class Hub:
         await self.owner(child_id).restart_child(child_id)
 
     async def start_child(self, supervisor: str, spec: AnySpec) -> None:
-        """Add and start ``spec`` under the supervisor named ``supervisor``."""
-        for s in self.supervisors():
-            ids = {c.id for c in s.which_children()}
-            if spec.id in ids:
-                raise ControlError(f"child id {spec.id!r} already exists under {s.path!r}")
-        await self.supervisor(supervisor).start_child(spec)
+        """Add and start ``spec`` under the supervisor named ``supervisor``.
+
+        Agent ids are unique in the whole tree, counting every member a pool may grow
+        to: a started child can never share an id with a later pool member.
+        """
+        _check_spec_type(spec)
+        async with self._start_lock:  # no other start between the check and the start
+            taken = self._agent_ids()
+            for child_id in agent_ids(spec):
+                if child_id in taken:
+                    raise ControlError(
+                        f"child id {child_id!r} already exists in the tree (under "
+                        f"{taken[child_id]!r}); ids name agents in the registry and must "
+                        "be unique: pick another id"
+                    )
+            await self.supervisor(supervisor).start_child(spec)
+
+    def _agent_ids(self) -> dict[str, str]:
+        """Every agent id the running tree holds or may grow into, with its supervisor."""
+        return {
+            child_id: sup.path
+            for sup in self.supervisors()
+            for spec in sup.child_specs()
+            for child_id in agent_ids(spec)
+        }
 
     async def resize(self, pool: str, size: int) -> None:
         """Resize the pool named ``pool`` (its name, path or agent type)."""
         await self.supervisor(pool).resize(size)
+
+
+@attrs.define
+class _Once:
+    """A task status whose ``started`` may be called more than once (the first counts)."""
+
+    inner: trio.TaskStatus[None]
+    done: bool = False
+
+    def started(self, value: object = None) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started()
 
 
 @attrs.define

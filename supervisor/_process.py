@@ -24,6 +24,7 @@ cannot be reused, which makes "kill the rest of the group, then reap" race-free.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -189,6 +190,26 @@ def _resolve(request: SpawnRequest) -> str:
     return found
 
 
+def _os_error_message(child_id: str, step: str, exc: OSError) -> str:
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    fix = (
+        "; free some file descriptors or raise the limit (ulimit -n)"
+        if exc.errno in (errno.EMFILE, errno.ENFILE)
+        else ""
+    )
+    return f"child {child_id!r}: cannot {step}: {why}{fix}"
+
+
+def _kill_unwatched(popen: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a child we could not start watching: it must not be left behind."""
+    with contextlib.suppress(OSError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        popen.kill()
+    with contextlib.suppress(ChildProcessError):
+        popen.wait()
+
+
 @attrs.define
 class OSProcessBackend:
     """Starts real processes: own process group, parent-death signal, captured output.
@@ -213,45 +234,43 @@ class OSProcessBackend:
         env = dict(request.env)
         pass_fds = tuple(request.pass_fds)
         notify: SocketNotifySource | None = None
+        popen: subprocess.Popen[bytes] | None = None
+        step = "open its notify channel"
         try:
             if request.notify:
                 notify, child_fd = open_notify_pair()
                 env[NOTIFY_FD_ENV] = str(child_fd)
                 pass_fds += (child_fd,)
+            step = "open its output pipes"
             if request.capture_output:
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
-            try:
-                popen = subprocess.Popen(
-                    argv,
-                    executable=argv[0],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_w if request.capture_output else None,
-                    stderr=err_w if request.capture_output else None,
-                    env=env,
-                    cwd=request.cwd,
-                    process_group=0,
-                    pass_fds=pass_fds,
-                    preexec_fn=preexec,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise SpawnError(
-                    f"child {request.child_id!r}: cannot start {request.argv[0]!r}: "
-                    f"{os.strerror(exc.errno) if exc.errno else exc}"
-                    + (
-                        "; free some file descriptors or raise ulimit -n"
-                        if exc.errno in (errno.EMFILE, errno.ENFILE)
-                        else ""
-                    )
-                ) from exc
+            step = f"start {request.argv[0]!r}"
+            popen = subprocess.Popen(
+                argv,
+                executable=argv[0],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w if request.capture_output else None,
+                stderr=err_w if request.capture_output else None,
+                env=env,
+                cwd=request.cwd,
+                process_group=0,
+                pass_fds=pass_fds,
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+            step = "watch it (pidfd_open)"
             pidfd = os.pidfd_open(popen.pid)
-        except BaseException:
+        except BaseException as exc:
             for fd in (out_r, err_r):
                 if fd >= 0:
-                    os.close(fd)
+                    close_fd(fd)
             if notify is not None:
                 notify.close()
+            if popen is not None:
+                _kill_unwatched(popen)
+            if isinstance(exc, OSError):
+                raise SpawnError(_os_error_message(request.child_id, step, exc)) from exc
             raise
         finally:
             for fd in (out_w, err_w, child_fd):

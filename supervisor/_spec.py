@@ -26,11 +26,13 @@ from ._errors import InvalidChildSpec, InvalidPoolSpec, InvalidSupervisorSpec
 
 __all__ = [
     "BRUTAL_KILL",
+    "INFINITY",
     "ChildSpec",
     "OutputSpec",
     "PoolSpec",
     "RestartType",
     "SupervisorSpec",
+    "agent_ids",
     "check_specs",
 ]
 
@@ -53,6 +55,10 @@ class RestartType(enum.Enum):
 
 BRUTAL_KILL: Literal["brutal_kill"] = "brutal_kill"
 """``shutdown=BRUTAL_KILL`` stops a child with SIGKILL at once, without a graceful signal."""
+
+INFINITY: float = math.inf
+"""``shutdown=INFINITY`` (OTP's ``infinity``) waits for the child to stop however long it
+takes after the stop signal, never sending SIGKILL; a second Ctrl-C still kills it."""
 
 Shutdown: TypeAlias = float | Literal["brutal_kill"]
 
@@ -167,6 +173,8 @@ def _to_signal(value: object) -> signal.Signals:
 def _to_shutdown(value: object) -> Shutdown:
     if value == BRUTAL_KILL:
         return BRUTAL_KILL
+    if value == INFINITY or value == "infinity":
+        return INFINITY
     _check_seconds(InvalidChildSpec, "ChildSpec", "shutdown", value)
     if isinstance(value, str):  # pragma: no cover - _check_seconds already refused it
         raise AssertionError
@@ -229,7 +237,9 @@ class ChildSpec:
         restart: ``"permanent"``, ``"transient"`` or ``"temporary"`` (see :class:`RestartType`).
         shutdown: graceful stop timeout in seconds: send ``stop_signal`` to the child's
             process group, wait this long, then SIGKILL the group. ``BRUTAL_KILL``
-            sends SIGKILL at once.
+            sends SIGKILL at once; ``INFINITY`` (or ``"infinity"``) waits as long as the
+            child takes (for an agent that must finish its task), so the hub's own stop
+            waits for it too, until a second Ctrl-C kills it.
         stop_signal: the graceful stop signal (default SIGTERM).
         start_period: a child that exits sooner than this after it was spawned counts
             as a failed start; after it the child is *running*.
@@ -502,6 +512,16 @@ class PoolSpec:
 AnySpec: TypeAlias = ChildSpec | SupervisorSpec | PoolSpec
 
 
+def agent_ids(spec: AnySpec) -> list[str]:
+    """Every agent id ``spec``'s subtree may use: its workers' ids, and for a pool the
+    ids of every member up to ``max_size`` (a pool may grow)."""
+    if isinstance(spec, ChildSpec):
+        return [spec.id]
+    if isinstance(spec, PoolSpec):
+        return [spec.member_id(n) for n in range(1, spec.max_size + 1)]
+    return [i for child in spec.children for i in agent_ids(child)]
+
+
 def check_specs(root: SupervisorSpec | Sequence[AnySpec]) -> None:
     """Check a whole tree before starting it: every child id unique in the tree.
 
@@ -523,11 +543,10 @@ def check_specs(root: SupervisorSpec | Sequence[AnySpec]) -> None:
         owners[child_id] = where
 
     def walk(spec: AnySpec, path: str) -> None:
-        if isinstance(spec, ChildSpec):
-            claim(spec.id, path)
-        elif isinstance(spec, PoolSpec):
-            for n in range(1, spec.max_size + 1):
-                claim(spec.member_id(n), f"{path}/{spec.name}")
+        if isinstance(spec, ChildSpec | PoolSpec):
+            where = path if isinstance(spec, ChildSpec) else f"{path}/{spec.name}"
+            for child_id in agent_ids(spec):
+                claim(child_id, where)
         else:
             for child in spec.children:
                 walk(child, f"{path}/{spec.name}")
