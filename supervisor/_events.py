@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import signal
 from collections.abc import Iterable
 from typing import Literal
@@ -10,7 +9,10 @@ from typing import Literal
 import attrs
 import trio
 
+from ._errors import UnknownEventKind
+
 __all__ = [
+    "DEFAULT_BUFFER",
     "ChildBackingOff",
     "ChildExited",
     "ChildHeartbeat",
@@ -25,10 +27,12 @@ __all__ = [
     "Event",
     "EventBus",
     "ExitStatus",
+    "Subscription",
     "SupervisorEscalated",
     "SupervisorStarted",
     "SupervisorStopped",
     "SupervisorStopping",
+    "known_kinds",
 ]
 
 
@@ -221,10 +225,64 @@ class ChildOutput(Event):
     kind: str = attrs.field(init=False, default="output")
 
 
-@attrs.define
-class _Subscriber:
-    send: trio.MemorySendChannel[Event]
+DEFAULT_BUFFER = 10_000
+"""Events a :meth:`EventBus.subscribe` channel holds before it drops (and counts) more.
+
+About a few MB per subscriber at most; a subscriber that reads its channel never comes
+near it, and one that stops reading cannot grow the hub's memory without bound.
+"""
+
+
+def known_kinds() -> frozenset[str]:
+    """Every event ``kind`` a subscription may name: those of :class:`Event` and of all
+    its subclasses defined so far (your own event classes included)."""
+    kinds: set[str] = set()
+    todo: list[type[Event]] = [Event]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        default = attrs.fields(cls).kind.default
+        if isinstance(default, str):
+            kinds.add(default)
+    return frozenset(kinds)
+
+
+def check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    """``kinds`` as a frozenset, or raise :class:`UnknownEventKind` naming the unknown ones."""
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        raise UnknownEventKind(
+            f"kinds must be a collection of event kinds, not the string {kinds!r}; "
+            f"e.g. kinds=[{kinds!r}]"
+        )
+    wanted = frozenset(kinds)
+    known = known_kinds()
+    unknown = wanted - known
+    if unknown:
+        raise UnknownEventKind(
+            f"unknown event kind(s) {sorted(unknown)!r}: a subscription to them would never "
+            f"receive anything; known kinds are {sorted(known)!r}"
+        )
+    return wanted
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """One subscriber of an :class:`EventBus` and how it fares.
+
+    Attributes:
+        kinds: the event kinds it receives (``None``: all).
+        max_buffer: how many undelivered events its channel holds.
+        delivered: events put into its channel so far.
+        dropped: events it lost because its channel was full (it read too slowly).
+    """
+
+    send: trio.MemorySendChannel[Event] = attrs.field(repr=False)
     kinds: frozenset[str] | None
+    max_buffer: float
+    receive: trio.MemoryReceiveChannel[Event] | None = attrs.field(default=None, repr=False)
+    delivered: int = 0
     dropped: int = 0
 
 
@@ -232,37 +290,74 @@ class _Subscriber:
 class EventBus:
     """Publishes events to subscribers, each receiving them in the order they happened.
 
-    ``publish`` never blocks, so a slow subscriber cannot stall supervision. A subscriber
-    with a bounded buffer that falls behind loses events and the bus counts them in
-    ``dropped``; subscribers that must not lose any (the registry) use the default
-    unbounded buffer.
+    ``publish`` never blocks, so a slow subscriber cannot stall supervision. Every
+    subscription is bounded (:data:`DEFAULT_BUFFER` events unless you ask otherwise): a
+    subscriber that falls behind loses the events that do not fit, and the bus counts
+    them, per subscription (:meth:`subscription`) and in total (:attr:`dropped`).
+    A consumer that must not lose events (the registry) attaches a channel of its own
+    with :meth:`attach` and only the kinds it needs.
     """
 
-    _subscribers: list[_Subscriber] = attrs.field(factory=list)
+    _subscribers: list[Subscription] = attrs.field(factory=list)
+    _dropped: int = 0
 
     def subscribe(
-        self, kinds: Iterable[str] | None = None, max_buffer: float = math.inf
+        self, kinds: Iterable[str] | None = None, max_buffer: float = DEFAULT_BUFFER
     ) -> trio.MemoryReceiveChannel[Event]:
-        """Return a channel receiving every later event (of ``kinds`` only, if given)."""
+        """Return a channel receiving every later event (of ``kinds`` only, if given).
+
+        Args:
+            kinds: event kinds, e.g. ``["starting", "exited"]`` (``None``: all).
+            max_buffer: events held for the reader; more are dropped and counted
+                (``math.inf``: unbounded, at your own risk).
+
+        Raises:
+            UnknownEventKind: a kind that no event has (e.g. a typo).
+        """
+        wanted = check_kinds(kinds)
         send, receive = trio.open_memory_channel[Event](max_buffer)
-        self.attach(send, kinds)
+        self._subscribers.append(Subscription(send, wanted, max_buffer, receive))
         return receive
 
     def attach(
         self, send: trio.MemorySendChannel[Event], kinds: Iterable[str] | None = None
-    ) -> None:
+    ) -> Subscription:
         """Deliver every later event into ``send``, a channel the caller made.
 
         For an actor whose inbox also receives other messages (the registry): events and
         those messages then arrive in one channel, in the order they were sent. The bus
         closes ``send`` on :meth:`close`, so pass a clone if you keep sending to it.
+        The channel's own buffer size applies (events that do not fit are dropped and
+        counted).
+
+        Raises:
+            UnknownEventKind: a kind that no event has.
         """
-        self._subscribers.append(_Subscriber(send, frozenset(kinds) if kinds is not None else None))
+        wanted = check_kinds(kinds)
+        sub = Subscription(send, wanted, send.statistics().max_buffer_size)
+        self._subscribers.append(sub)
+        return sub
+
+    def subscription(self, channel: trio.MemoryReceiveChannel[Event]) -> Subscription:
+        """The :class:`Subscription` behind a channel :meth:`subscribe` returned.
+
+        Raises:
+            KeyError: the channel is not (or no longer) subscribed to this bus.
+        """
+        for sub in self._subscribers:
+            if sub.receive is channel:
+                return sub
+        raise KeyError("that channel is not a live subscription of this bus")
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """The live subscriptions, oldest first."""
+        return tuple(self._subscribers)
 
     @property
     def dropped(self) -> int:
-        """Events lost by bounded subscribers that fell behind."""
-        return sum(s.dropped for s in self._subscribers)
+        """Events lost so far by subscribers that fell behind (ended ones included)."""
+        return self._dropped
 
     def publish(self, event: Event) -> None:
         """Deliver ``event`` to every interested subscriber without waiting."""
@@ -275,8 +370,11 @@ class EventBus:
                 sub.send.send_nowait(event)
             except trio.WouldBlock:
                 sub.dropped += 1
+                self._dropped += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # the subscriber closed its end: forget it
+            else:
+                sub.delivered += 1
             alive.append(sub)
         self._subscribers = alive
 
