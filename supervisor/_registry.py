@@ -17,6 +17,8 @@ holds up the actor, and so never a restart.
 
 from __future__ import annotations
 
+import enum
+import logging
 import math
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -36,6 +38,8 @@ from ._events import (
     ChildStatus,
     Event,
     EventBus,
+    Subscription,
+    SupervisorStopped,
     SupervisorStopping,
 )
 
@@ -43,25 +47,85 @@ __all__ = [
     "CRASHED",
     "HUNG",
     "IDLE",
+    "REGISTRY_KINDS",
+    "RESERVED_STATUSES",
     "STARTING",
+    "STOPPED",
+    "STOPPING",
     "AgentRecord",
+    "AgentStatus",
     "Reclaimed",
     "Registry",
     "RegistryMirror",
 ]
 
-STARTING = "starting"
-"""Spawned, not yet running (no READY, start period not over)."""
-IDLE = "idle"
-"""Running and available; every agent is idle once running until it reports otherwise."""
-HUNG = "hung"
-"""Silent past its heartbeat timeout; its supervisor is killing it."""
-STOPPING = "stopping"
-"""Its supervisor is stopping (``SupervisorStopping``): do not assign it work."""
-CRASHED = "crashed"
-"""Ended without being asked to; the status of the record :class:`Reclaimed` hands back."""
-STOPPED = "stopped"
-"""Ended because its supervisor stopped it; likewise only seen in :class:`Reclaimed`."""
+
+class AgentStatus(enum.StrEnum):
+    """The statuses of :attr:`AgentRecord.status` the registry knows.
+
+    The hub owns the lifecycle ones (:attr:`reserved`): an agent cannot claim them with
+    ``STATUS=`` (the notify channel refuses and counts such a message). An agent reports
+    any other word, :attr:`IDLE` and :attr:`BUSY` by convention; only an ``idle`` agent
+    that holds no assignment is :meth:`Registry.available`. Members are strings, so
+    ``record.status == "idle"`` works.
+    """
+
+    STARTING = "starting"
+    """Spawned, not yet running (no READY, start period not over). Hub-owned."""
+    IDLE = "idle"
+    """Running and available; every agent is idle once running until it reports otherwise."""
+    BUSY = "busy"
+    """What an agent conventionally reports while it works (``STATUS=busy``)."""
+    HUNG = "hung"
+    """Silent past its heartbeat timeout; its supervisor is killing it. Hub-owned."""
+    STOPPING = "stopping"
+    """Its supervisor is stopping (``SupervisorStopping``): never offered, whatever the
+    agent says from then on. Hub-owned."""
+    STOPPED = "stopped"
+    """Ended because its supervisor stopped it; only seen in :class:`Reclaimed`. Hub-owned."""
+    CRASHED = "crashed"
+    """Ended without being asked to (a hang included); only seen in :class:`Reclaimed`.
+    Hub-owned."""
+
+    @property
+    def reserved(self) -> bool:
+        """Whether only the hub sets this status (an agent's ``STATUS=`` cannot)."""
+        return self in RESERVED_STATUSES
+
+
+RESERVED_STATUSES: frozenset[AgentStatus] = frozenset(
+    {
+        AgentStatus.STARTING,
+        AgentStatus.HUNG,
+        AgentStatus.STOPPING,
+        AgentStatus.STOPPED,
+        AgentStatus.CRASHED,
+    }
+)
+"""The statuses the hub owns; an agent's ``STATUS=`` message cannot set them."""
+
+STARTING = AgentStatus.STARTING
+IDLE = AgentStatus.IDLE
+HUNG = AgentStatus.HUNG
+STOPPING = AgentStatus.STOPPING
+CRASHED = AgentStatus.CRASHED
+STOPPED = AgentStatus.STOPPED
+
+REGISTRY_KINDS = frozenset(
+    {
+        "starting",
+        "running",
+        "heartbeat",
+        "status",
+        "hung",
+        "exited",
+        "spawn_failed",
+        "restarting",
+        "supervisor_stopping",
+        "supervisor_stopped",
+    }
+)
+"""The event kinds the registry folds (it never sees output lines, for one)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -74,8 +138,8 @@ class AgentRecord:
     Attributes:
         id: the child id, unique in the hub.
         agent_type: its :attr:`ChildSpec.agent_type <supervisor.ChildSpec.agent_type>`.
-        status: ``"starting"``, ``"idle"``, ``"hung"`` or what the agent reported with
-            ``STATUS=`` (``"busy"``, ``"stopping"``...).
+        status: an :class:`AgentStatus` (``"starting"``, ``"idle"``, ``"hung"``,
+            ``"stopping"``) or the word the agent reported with ``STATUS=`` (``"busy"``...).
         pid: its process id (and process group id).
         hub_id: the hub that runs it.
         supervisor: path of the supervisor that owns it.
@@ -110,6 +174,9 @@ class Reclaimed:
     agent: AgentRecord
     reason: str
     at: float
+
+
+_log = logging.getLogger("hubvisor.registry")
 
 
 class RegistryMirror(Protocol):
@@ -200,8 +267,13 @@ class Registry:
         self._reclaim_subs: list[trio.MemorySendChannel[Reclaimed]] = []
         self._running = False
         self._stopped = False  # stop() was called or the actor ended
+        self._stopping: set[str] = set()  # paths of supervisors that are stopping
         self.updates = 0
         """How many updates the actor applied so far."""
+        self.statuses_refused = 0
+        """Status reports refused because they claimed a status the hub owns."""
+        self.subscription: Subscription | None = None
+        """The registry's subscription to the hub's bus (kinds :data:`REGISTRY_KINDS`)."""
 
     def __repr__(self) -> str:
         return f"<Registry hub_id={self.hub_id!r} agents={len(self._agents)}>"
@@ -230,12 +302,25 @@ class Registry:
         return [a for a in self.agents() if a.status == status]
 
     def available(self, agent_type: str) -> list[AgentRecord]:
-        """Idle agents of ``agent_type`` that hold no assignment, sorted by id."""
+        """Idle agents of ``agent_type`` that hold no assignment, sorted by id.
+
+        An agent whose supervisor (or an ancestor of it) is stopping is never available,
+        whatever it reports.
+        """
         return [
             a
             for a in self.agents()
-            if a.agent_type == agent_type and a.status == IDLE and a.assignment is None
+            if a.agent_type == agent_type
+            and a.status == IDLE
+            and a.assignment is None
+            and not self.is_stopping(a.supervisor)
         ]
+
+    def is_stopping(self, supervisor: str) -> bool:
+        """Whether the supervisor at path ``supervisor`` or one above it is stopping."""
+        return any(
+            supervisor == path or supervisor.startswith(path + "/") for path in self._stopping
+        )
 
     def counts(self) -> dict[str, int]:
         """How many live agents have each status, plus ``"total"``."""
@@ -316,7 +401,8 @@ class Registry:
             raise RuntimeError(f"{self!r} is already running; a Registry runs once")
         self._running = True
         if bus is not None:
-            bus.attach(self._send.clone())
+            # Only the kinds it folds: output lines (OutputSpec.events) never reach it.
+            self.subscription = bus.attach(self._send.clone(), REGISTRY_KINDS)
         try:
             async with trio.open_nursery() as nursery:
                 if self.mirror is not None:
@@ -398,15 +484,20 @@ class Registry:
             case ChildRunning():
                 rec = self._live(event)
                 if rec is not None and rec.status == STARTING:
-                    self._put(attrs.evolve(rec, status=IDLE))
+                    status = STOPPING if self.is_stopping(rec.supervisor) else IDLE
+                    self._put(attrs.evolve(rec, status=status))
             case ChildHeartbeat():
                 rec = self._live(event)
                 if rec is not None:
                     self._put(attrs.evolve(rec, last_heartbeat=event.at))
             case ChildStatus():
                 rec = self._live(event)
-                if rec is not None and rec.status != HUNG:
-                    self._put(attrs.evolve(rec, status=event.status, last_heartbeat=event.at))
+                if rec is not None and rec.status != HUNG:  # hung: being killed, ignore
+                    self._put(
+                        attrs.evolve(
+                            rec, status=self._reported(rec, event), last_heartbeat=event.at
+                        )
+                    )
             case ChildHung():
                 rec = self._live(event)
                 if rec is not None:
@@ -422,9 +513,21 @@ class Registry:
             case ChildSpawnFailed():
                 self._history.setdefault(event.child_id, _History()).last_exit = event.error
             case SupervisorStopping():
+                self._stopping.add(event.supervisor)
                 for rec in list(self._agents.values()):
-                    if rec.supervisor == event.supervisor and rec.status != HUNG:
+                    if (
+                        self.is_stopping(rec.supervisor)
+                        and rec.status != HUNG
+                        and rec.status != STOPPING
+                    ):
                         self._put(attrs.evolve(rec, status=STOPPING))
+            case SupervisorStopped():
+                # Every agent under it has ended; a later start is a new incarnation.
+                self._stopping = {
+                    p
+                    for p in self._stopping
+                    if p != event.supervisor and not p.startswith(event.supervisor + "/")
+                }
             case ChildRestarting():
                 hist = self._history.setdefault(event.child_id, _History())
                 hist.restarts += 1
@@ -433,6 +536,31 @@ class Registry:
                     self._put(attrs.evolve(rec, restarts=hist.restarts))
             case _:
                 pass
+
+    def _reported(self, rec: AgentRecord, event: ChildStatus) -> str:
+        """The status ``rec`` gets from the agent's report: the hub's own statuses win."""
+        if rec.status == STOPPING and self.is_stopping(rec.supervisor):
+            return rec.status  # being stopped: never idle again, whatever it says
+        try:
+            status = AgentStatus(event.status)
+        except ValueError:
+            return event.status
+        if status.reserved and status is not STOPPING:
+            # Only the hub sets these (the notify channel already refuses them from an
+            # agent); an agent that says it is stopping merely withdraws itself.
+            self.statuses_refused += 1
+            _log.warning(
+                "registry: %s/%s (pid %d) claimed status %r, which only the hub sets; "
+                "kept %r (%d refused so far)",
+                event.supervisor,
+                event.child_id,
+                event.pid,
+                str(status),
+                str(rec.status),
+                self.statuses_refused,
+            )
+            return rec.status
+        return status
 
     def _reclaim(self, rec: AgentRecord, event: ChildExited) -> None:
         status = STOPPED if event.expected else CRASHED
