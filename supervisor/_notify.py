@@ -1,21 +1,32 @@
-"""The agent-to-hub notify channel: readiness, heartbeats and status from a child.
+"""The agent channel: readiness, heartbeats and status from a child, messages to it.
 
 In the spirit of systemd's ``NOTIFY_SOCKET``, every child whose spec has
 ``notify=True`` (the default) inherits one end of a ``socketpair(AF_UNIX,
 SOCK_SEQPACKET)``; its descriptor number is in the child's environment as
 ``HUBVISOR_NOTIFY_FD``. Each ``write()``/``send()`` on it is one message (a record
-boundary is kept, so a message never arrives torn or glued to the next one):
+boundary is kept, so a message never arrives torn or glued to the next one). The channel
+is two-way; every kind of message, in either direction, is one entry of
+:data:`MESSAGE_KINDS`, and :class:`MessageTable` parses, validates and encodes them all.
+
+From the agent to the hub:
 
 * ``READY`` (or systemd's ``READY=1``): the child is up; it is *running* from now on.
 * ``HEARTBEAT`` (or ``WATCHDOG=1``): the child is alive. Every valid message counts as
   a sign of life for the ``heartbeat_timeout`` watchdog.
 * ``STATUS=<word>``: what the child is doing, e.g. ``STATUS=idle``, ``STATUS=busy``;
   ``<word>`` is 1-32 characters of ``a-z``, ``0-9``, ``_`` or ``-`` starting with a
-  letter. The registry's own states ``starting``, ``hung`` and ``crashed`` are refused.
+  letter. The statuses the hub owns (:data:`~supervisor.RESERVED_STATUSES`:
+  ``starting``, ``hung``, ``stopping``, ``stopped``, ``crashed``) are refused.
+
+From the hub to the agent:
+
+* ``PING``: the hub asks for a sign of life; answer with ``HEARTBEAT``. (The runtime does
+  not send it yet; it is the template for the hub-to-agent messages to come.)
 
 A message is at most :data:`MAX_MESSAGE` bytes of UTF-8 without control characters; one
 trailing newline is ignored (so ``echo HEARTBEAT >&$HUBVISOR_NOTIFY_FD`` works from a
-shell). Anything else is dropped and counted; it never disturbs the hub.
+shell). Anything else, an empty record included, is dropped and counted; it never
+disturbs the hub and never ends the channel: only the close of every writer's end does.
 
 Python children use :mod:`agents.notify`.
 """
@@ -23,22 +34,33 @@ Python children use :mod:`agents.notify`.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import re
 import socket
-from typing import Literal, Protocol, runtime_checkable
+import struct
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 import trio
 
 __all__ = [
     "MAX_MESSAGE",
+    "MESSAGES",
+    "MESSAGE_KINDS",
     "NOTIFY_FD_ENV",
+    "AgentChannel",
+    "Direction",
     "InvalidNotifyMessage",
+    "MessageKind",
+    "MessageTable",
     "NotifyMessage",
     "NotifySource",
     "SocketNotifySource",
+    "encode",
     "open_notify_pair",
+    "parse_from_hub",
     "parse_notify",
 ]
 
@@ -48,69 +70,277 @@ NOTIFY_FD_ENV = "HUBVISOR_NOTIFY_FD"
 MAX_MESSAGE = 4096
 """The largest notify message, in bytes; longer ones are dropped."""
 
-RESERVED_STATUSES = frozenset({"starting", "hung", "crashed"})
-
 _STATUS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_ALIASES = {
-    "READY": "ready",
-    "READY=1": "ready",
-    "HEARTBEAT": "heartbeat",
-    "WATCHDOG=1": "heartbeat",
-}
 
 
 class InvalidNotifyMessage(ValueError):
-    """A notify message the hub drops; the text says what is wrong with it."""
+    """A notify message the receiver drops; the text says what is wrong with it."""
+
+
+class Direction(enum.Enum):
+    """Which way a kind of message travels on the agent channel."""
+
+    TO_HUB = "agent->hub"
+    TO_AGENT = "hub->agent"
+
+
+PayloadCheck: TypeAlias = Callable[[str], str]
+"""Validates a message's payload: returns it (normalised) or raises InvalidNotifyMessage."""
+
+
+@attrs.frozen
+class MessageKind:
+    """One kind of message on the agent channel: one entry of :data:`MESSAGE_KINDS`.
+
+    Attributes:
+        name: the :attr:`NotifyMessage.kind`, e.g. ``"status"``.
+        direction: who sends it.
+        word: its keyword on the wire, e.g. ``"STATUS"``.
+        payload: ``None``: the message is just ``WORD``; otherwise it is
+            ``WORD=<payload>`` and this checks the payload.
+        aliases: other exact spellings of a message without payload (systemd's
+            ``READY=1``).
+        doc: one line for humans (error messages, docs).
+    """
+
+    name: str
+    direction: Direction
+    word: str
+    payload: PayloadCheck | None = None
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def usage(self) -> str:
+        """How to write it, e.g. ``"STATUS=<word>"``."""
+        return self.word if self.payload is None else f"{self.word}=<{self.name}>"
 
 
 @attrs.frozen
 class NotifyMessage:
-    """One valid message: ``kind`` and, for ``"status"``, its ``value``."""
+    """One valid message: its ``kind`` (a :attr:`MessageKind.name`) and, for a kind with
+    a payload, its ``value``."""
 
-    kind: Literal["ready", "heartbeat", "status"]
+    kind: str
     value: str | None = None
 
 
-def parse_notify(data: bytes) -> NotifyMessage:
-    """Validate one raw message.
+def _status_payload(value: str) -> str:
+    from ._registry import RESERVED_STATUSES  # the registry owns the statuses
+
+    if not _STATUS_RE.match(value) or value in RESERVED_STATUSES:
+        raise InvalidNotifyMessage(
+            f"bad status {value[:64]!r}: use 1-32 of a-z, 0-9, '_', '-' starting with a "
+            f"letter, not one of {sorted(str(s) for s in RESERVED_STATUSES)!r} (the hub "
+            f"sets those); e.g. STATUS=busy"
+        )
+    return value
+
+
+MESSAGE_KINDS: tuple[MessageKind, ...] = (
+    MessageKind("ready", Direction.TO_HUB, "READY", aliases=("READY=1",), doc="the agent is up"),
+    MessageKind(
+        "heartbeat",
+        Direction.TO_HUB,
+        "HEARTBEAT",
+        aliases=("WATCHDOG=1",),
+        doc="the agent is alive",
+    ),
+    MessageKind(
+        "status",
+        Direction.TO_HUB,
+        "STATUS",
+        payload=_status_payload,
+        doc="what the agent is doing, e.g. STATUS=busy",
+    ),
+    MessageKind("ping", Direction.TO_AGENT, "PING", doc="answer with HEARTBEAT"),
+)
+"""Every kind of message on the agent channel, both ways. Add a kind here (with its
+payload check) and :func:`parse_notify`, :func:`parse_from_hub` and :func:`encode` know
+it; the runtime dispatches on :attr:`NotifyMessage.kind`."""
+
+
+class MessageTable:
+    """Parses, validates and encodes the messages of a set of :class:`MessageKind`.
 
     Raises:
-        InvalidNotifyMessage: too long, not UTF-8, control characters, unknown or bad.
+        ValueError: two kinds share a name, a word or an alias.
     """
-    if len(data) > MAX_MESSAGE:
-        raise InvalidNotifyMessage(f"message of {len(data)} bytes is over {MAX_MESSAGE} bytes")
-    if data.endswith(b"\n"):
-        data = data[:-1]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidNotifyMessage(f"message is not UTF-8: {data[:64]!r}") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise InvalidNotifyMessage(f"message has control characters: {text[:64]!r}")
-    kind = _ALIASES.get(text)
-    if kind == "ready":
-        return NotifyMessage("ready")
-    if kind == "heartbeat":
-        return NotifyMessage("heartbeat")
-    if text.startswith("STATUS="):
-        value = text[len("STATUS=") :]
-        if not _STATUS_RE.match(value) or value in RESERVED_STATUSES:
-            raise InvalidNotifyMessage(
-                f"bad status {value[:64]!r}: use 1-32 of a-z, 0-9, '_', '-' starting with a "
-                f"letter, not one of {sorted(RESERVED_STATUSES)!r}; e.g. STATUS=busy"
+
+    def __init__(self, kinds: Iterable[MessageKind]) -> None:
+        self.kinds: tuple[MessageKind, ...] = tuple(kinds)
+        self._by_name: dict[str, MessageKind] = {}
+        self._exact: dict[str, MessageKind] = {}  # whole text -> kind without payload
+        self._keyed: dict[str, MessageKind] = {}  # WORD (before "=") -> kind with payload
+        for kind in self.kinds:
+            spellings = [kind.word, *kind.aliases] if kind.payload is None else []
+            clash = (
+                kind.name in self._by_name
+                or kind.word in self._keyed
+                or any(t in self._exact for t in spellings)
+                or (kind.payload is not None and kind.word in self._exact)
             )
-        return NotifyMessage("status", value)
-    raise InvalidNotifyMessage(
-        f"unknown message {text[:64]!r}; send READY, HEARTBEAT or STATUS=<word>"
-    )
+            if clash or not kind.word or "=" in kind.word:
+                raise ValueError(f"message kind {kind!r} clashes with another or has a bad word")
+            self._by_name[kind.name] = kind
+            if kind.payload is None:
+                for text in spellings:
+                    self._exact[text] = kind
+            else:
+                self._keyed[kind.word] = kind
+
+    def kind(self, name: str) -> MessageKind:
+        """The kind named ``name``; KeyError if there is none."""
+        return self._by_name[name]
+
+    def usage(self, direction: Direction) -> str:
+        """E.g. ``"READY, HEARTBEAT or STATUS=<status>"``."""
+        words = [k.usage for k in self.kinds if k.direction is direction]
+        if not words:
+            return "nothing"
+        return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+    def parse(self, data: bytes, direction: Direction = Direction.TO_HUB) -> NotifyMessage:
+        """Validate one raw record travelling ``direction``.
+
+        Raises:
+            InvalidNotifyMessage: empty, too long, not UTF-8, control characters, a kind
+                that is unknown or travels the other way, or a bad payload. Never
+                anything else, whatever ``data`` is.
+        """
+        if len(data) > MAX_MESSAGE:
+            raise InvalidNotifyMessage(f"message of {len(data)} bytes is over {MAX_MESSAGE} bytes")
+        if data.endswith(b"\n"):
+            data = data[:-1]
+        if not data:
+            raise InvalidNotifyMessage(
+                f"empty message; send {self.usage(direction)} (an empty record does not "
+                "end the channel)"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidNotifyMessage(f"message is not UTF-8: {data[:64]!r}") from None
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise InvalidNotifyMessage(f"message has control characters: {text[:64]!r}")
+        kind = self._exact.get(text)
+        value: str | None = None
+        if kind is None:
+            word, eq, rest = text.partition("=")
+            kind = self._keyed.get(word) if eq else None
+            if kind is not None and kind.direction is direction:
+                assert kind.payload is not None
+                value = _check_payload(kind, rest)
+        sender = "an agent" if direction is Direction.TO_HUB else "the hub"
+        if kind is None or kind.direction is not direction:
+            other = f" ({kind.word} goes the other way)" if kind is not None else ""
+            raise InvalidNotifyMessage(
+                f"unknown message {text[:64]!r} from {sender}{other}; send {self.usage(direction)}"
+            )
+        return NotifyMessage(kind.name, value)
+
+    def encode(self, message: NotifyMessage, direction: Direction = Direction.TO_AGENT) -> bytes:
+        """The record for ``message`` travelling ``direction``; ``parse`` reads it back.
+
+        Raises:
+            InvalidNotifyMessage: an unknown kind, one that travels the other way, or a
+                missing, extra or bad value.
+        """
+        kind = self._by_name.get(message.kind)
+        if kind is None or kind.direction is not direction:
+            raise InvalidNotifyMessage(
+                f"cannot send {message.kind!r} {direction.value}; kinds are {self.usage(direction)}"
+            )
+        if kind.payload is None:
+            if message.value is not None:
+                raise InvalidNotifyMessage(f"{kind.word} takes no value: {message.value!r}")
+            text = kind.word
+        else:
+            if message.value is None:
+                raise InvalidNotifyMessage(f"{kind.word} needs a value: {kind.usage}")
+            text = f"{kind.word}={_check_payload(kind, message.value)}"
+        data = text.encode("utf-8")
+        self.parse(data, direction)  # what goes out must parse; raises with the reason
+        return data
+
+
+def _check_payload(kind: MessageKind, value: str) -> str:
+    assert kind.payload is not None
+    try:
+        return kind.payload(value)
+    except InvalidNotifyMessage:
+        raise
+    except ValueError as exc:  # a payload check that raised the plain kind
+        raise InvalidNotifyMessage(f"bad {kind.word} value {value[:64]!r}: {exc}") from None
+
+
+MESSAGES = MessageTable(MESSAGE_KINDS)
+"""The table of :data:`MESSAGE_KINDS` the hub and :mod:`agents.notify` use."""
+
+
+def parse_notify(data: bytes) -> NotifyMessage:
+    """Validate one raw message from an agent (see :meth:`MessageTable.parse`).
+
+    Raises:
+        InvalidNotifyMessage: empty, too long, not UTF-8, control characters, unknown or bad.
+    """
+    return MESSAGES.parse(data, Direction.TO_HUB)
+
+
+def parse_from_hub(data: bytes) -> NotifyMessage:
+    """Validate one raw message from the hub, on the agent's side.
+
+    Raises:
+        InvalidNotifyMessage: as :func:`parse_notify`.
+    """
+    return MESSAGES.parse(data, Direction.TO_AGENT)
+
+
+def encode(message: NotifyMessage) -> bytes:
+    """The record for a hub-to-agent ``message``, e.g. ``encode(NotifyMessage("ping"))``.
+
+    Raises:
+        InvalidNotifyMessage: not a valid hub-to-agent message.
+    """
+    return MESSAGES.encode(message, Direction.TO_AGENT)
+
+
+# --------------------------------------------------------------------------------------
+# The socket
+
+
+_CREDS_SPACE = socket.CMSG_SPACE(struct.calcsize("3i"))  # exactly one struct ucred
+
+
+def record_or_eof(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> bytes | None:
+    """Tell a record from end-of-channel after ``recvmsg`` on a ``SO_PASSCRED`` socket.
+
+    ``recv`` returns ``b""`` both for a zero-length record and at end-of-channel. With
+    ``SO_PASSCRED`` set on the receiving end, Linux attaches the sender's credentials to
+    every record, empty ones included, and nothing at end-of-channel. (``poll`` cannot
+    tell them apart: an empty record queued before the writer's close looks like EOF.)
+    """
+    if data or ancdata or flags & socket.MSG_CTRUNC:
+        return data
+    return None
+
+
+def enable_credentials(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Set ``SO_PASSCRED`` so :func:`record_or_eof` can see end-of-channel."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
 
 @runtime_checkable
 class NotifySource(Protocol):
     """The hub's end of one child's notify channel, as a process handle offers it."""
 
-    async def receive(self) -> bytes:
-        """The next raw message; ``b""`` once every writer has closed its end."""
+    async def receive(self) -> bytes | None:
+        """The next raw record, or ``None`` at end-of-channel.
+
+        ``None`` means every writer has closed its end: no record will ever come again.
+        ``b""`` is an empty record (an invalid message, to be dropped and counted); it
+        does not end the channel.
+        """
         ...
 
     def close(self) -> None:
@@ -118,20 +348,64 @@ class NotifySource(Protocol):
         ...
 
 
+@runtime_checkable
+class AgentChannel(NotifySource, Protocol):
+    """A notify channel the hub can also send on (both ends of a real socketpair)."""
+
+    async def send_to_agent(self, message: NotifyMessage) -> None:
+        """Send a hub-to-agent ``message`` (see :func:`encode`)."""
+        ...
+
+
 @attrs.define(eq=False)
 class SocketNotifySource:
-    """The hub's end of a ``SOCK_SEQPACKET`` socketpair."""
+    """The hub's end of a ``SOCK_SEQPACKET`` socketpair (an :class:`AgentChannel`)."""
 
     _sock: trio.socket.SocketType
+    _eof: bool = False
+    _closed: bool = False
 
-    async def receive(self) -> bytes:
-        """Receive one record; records over :data:`MAX_MESSAGE` come back truncated+1."""
-        # One byte more than allowed: a longer record is cut by the kernel and then
-        # refused by parse_notify for its length.
-        return await self._sock.recv(MAX_MESSAGE + 1)
+    def __attrs_post_init__(self) -> None:
+        with contextlib.suppress(OSError):  # already closed: receive() fails anyway
+            enable_credentials(self._sock)
+
+    async def receive(self) -> bytes | None:
+        """Receive one record, or ``None`` at end-of-channel (see :class:`NotifySource`).
+
+        A record over :data:`MAX_MESSAGE` comes back truncated to one byte more, which
+        :func:`parse_notify` refuses for its length. Descriptors an agent passes along
+        (``SCM_RIGHTS``) are discarded by the kernel, never installed in the hub.
+        """
+        if self._eof:
+            return None
+        data, ancdata, flags, _ = await self._sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE)
+        got = record_or_eof(data, ancdata, flags)
+        if got is None:
+            self._eof = True
+        return got
+
+    async def send_to_agent(self, message: NotifyMessage) -> None:
+        """Send a hub-to-agent ``message``; waits while the agent's queue is full (bound
+        it with a timeout).
+
+        Raises:
+            InvalidNotifyMessage: not a valid hub-to-agent message.
+            trio.BrokenResourceError: the agent's end is closed (it exited).
+            trio.ClosedResourceError: the hub's end was closed.
+        """
+        data = encode(message)
+        if self._closed:
+            raise trio.ClosedResourceError("the notify channel is closed")
+        try:
+            await self._sock.send(data)
+        except OSError as exc:
+            if self._closed:
+                raise trio.ClosedResourceError("the notify channel is closed") from exc
+            raise trio.BrokenResourceError(f"the agent's end is gone: {exc}") from exc
 
     def close(self) -> None:
         """Close the hub's end; a task blocked in :meth:`receive` gets ClosedResourceError."""
+        self._closed = True
         self._sock.close()
 
 
@@ -143,9 +417,10 @@ def open_notify_pair() -> tuple[SocketNotifySource, int]:
     """
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
+        enable_credentials(parent)
         fd = child.detach()
         return SocketNotifySource(trio.socket.from_stdlib_socket(parent)), fd
-    except BaseException:  # pragma: no cover - detach/from_stdlib_socket do not fail
+    except BaseException:  # pragma: no cover - setsockopt/detach do not fail
         parent.close()
         child.close()
         raise
