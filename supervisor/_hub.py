@@ -260,6 +260,11 @@ class Hub:
         """Stop a child wherever it is in the tree; it stays stopped."""
         await self.owner(child_id).terminate_child(child_id)
 
+    async def delete_child(self, child_id: str) -> None:
+        """Stop a child if it runs and forget its spec (a nested supervisor or pool:
+        its whole subtree)."""
+        await self.owner(child_id).delete_child(child_id)
+
     async def restart_child(self, child_id: str) -> None:
         """Start a stopped child, or stop and start a running one."""
         await self.owner(child_id).restart_child(child_id)
