@@ -168,8 +168,7 @@ class Hub:
             # event; they stop after it.
             await nursery.start(self.registry.run, self.bus)
             services = trio.CancelScope()
-            for svc in self.services:
-                await nursery.start(self._run_service, svc, services)
+            await nursery.start(self._run_services, services)
             try:
                 outcome = await self.root._serve(task_status=_Relay(task_status, self))
             finally:
@@ -178,21 +177,28 @@ class Hub:
         if outcome is not None:
             raise outcome
 
-    async def _run_service(
+    async def _run_services(
         self,
-        svc: Service,
         scope: trio.CancelScope,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for svc in self.services:
+                    await nursery.start(self._run_service, svc)
+                task_status.started()
+
+    async def _run_service(
+        self, svc: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         ready = _Once(task_status)
         name = str(getattr(svc, "name", type(svc).__name__))
-        with scope:
-            try:
-                await svc.run(self, task_status=ready)
-            except Exception:
-                _log.exception("service %r failed; supervision goes on without it", name)
-                self.failed_services.append(name)
+        try:
+            await svc.run(self, task_status=ready)
+        except Exception:
+            _log.exception("service %r failed; supervision goes on without it", name)
+            self.failed_services.append(name)
         ready.started()  # one that failed or returned before it was ready
 
     async def stop(self) -> None:
