@@ -18,6 +18,7 @@ from ._backoff import (
     FixedBackoff as FixedBackoff,
     NoBackoff as NoBackoff,
 )
+from ._errors import HubvisorError as HubvisorError, InvalidPolicy as InvalidPolicy
 from ._intensity import (
     Intensity as Intensity,
     IntensityDecision as IntensityDecision,
@@ -34,9 +35,11 @@ __all__ = [
     "BackoffPolicy",
     "ExponentialBackoff",
     "FixedBackoff",
+    "HubvisorError",
     "Intensity",
     "IntensityDecision",
     "IntensityPolicy",
+    "InvalidPolicy",
     "NoBackoff",
     "OneForAll",
     "OneForOne",

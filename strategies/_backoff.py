@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._errors import InvalidPolicy
+
 
 @runtime_checkable
 class BackoffPolicy(Protocol):
@@ -36,12 +38,12 @@ class BackoffPolicy(Protocol):
 
 def _check_non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(
+        raise InvalidPolicy(
             f"{type(instance).__name__}.{attribute.name} must be a finite number of seconds "
             f"(got {value!r}); pass e.g. {attribute.name}=1.0"
         )
     if value < 0:
-        raise ValueError(
+        raise InvalidPolicy(
             f"{type(instance).__name__}.{attribute.name} must be >= 0 (got {value!r}); "
             f"a delay cannot be negative, use 0 for none"
         )
@@ -110,24 +112,24 @@ class ExponentialBackoff:
 
     def __attrs_post_init__(self) -> None:
         if self.factor < 1:
-            raise ValueError(
+            raise InvalidPolicy(
                 f"ExponentialBackoff.factor must be >= 1 (got {self.factor!r}); "
                 "a factor below 1 would shrink the delay on every failure"
             )
         if self.jitter > 1:
-            raise ValueError(
+            raise InvalidPolicy(
                 f"ExponentialBackoff.jitter must be in [0, 1] (got {self.jitter!r}); "
                 "it is the fraction of the delay that is randomised, e.g. jitter=0.2"
             )
         if self.cap < self.initial:
-            raise ValueError(
+            raise InvalidPolicy(
                 f"ExponentialBackoff.cap ({self.cap!r}) must be >= initial ({self.initial!r}); "
                 "raise cap or lower initial"
             )
 
     def _capped(self, attempt: int) -> float:
         if attempt < 1:
-            raise ValueError(f"attempt must be >= 1 (got {attempt!r})")
+            raise InvalidPolicy(f"attempt must be >= 1 (got {attempt!r})")
         # Compare exponents instead of computing factor ** n, which overflows for long
         # crash loops.
         if self.initial == 0:

@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._errors import InvalidPolicy
+
 
 @attrs.frozen
 class IntensityDecision:
@@ -55,7 +57,7 @@ class Intensity:
     @max_restarts.validator
     def _check_max(self, attribute: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(
+            raise InvalidPolicy(
                 f"Intensity.max_restarts must be an int >= 0 (got {value!r}); "
                 "e.g. Intensity(max_restarts=3, window=5)"
             )
@@ -68,7 +70,7 @@ class Intensity:
             or not math.isfinite(value)
             or value <= 0
         ):
-            raise ValueError(
+            raise InvalidPolicy(
                 f"Intensity.window must be a positive number of seconds (got {value!r}); "
                 "e.g. Intensity(max_restarts=3, window=5)"
             )

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._errors import InvalidPolicy
+
 
 @runtime_checkable
 class RestartStrategy(Protocol):
@@ -36,7 +38,7 @@ def _index(failed: str, children: Sequence[str]) -> int:
     try:
         return list(children).index(failed)
     except ValueError:
-        raise ValueError(
+        raise InvalidPolicy(
             f"failed child {failed!r} is not among the children {list(children)!r}"
         ) from None
 

@@ -14,12 +14,15 @@ from ._errors import (
     ControlError as ControlError,
     HubvisorError as HubvisorError,
     InvalidChildSpec as InvalidChildSpec,
+    InvalidMirrorConfig as InvalidMirrorConfig,
+    InvalidPolicy as InvalidPolicy,
     InvalidPoolSpec as InvalidPoolSpec,
     InvalidSpec as InvalidSpec,
     InvalidSupervisorSpec as InvalidSupervisorSpec,
     MaxAgentsExceeded as MaxAgentsExceeded,
     SpawnError as SpawnError,
     SupervisorEscalation as SupervisorEscalation,
+    UnknownEventKind as UnknownEventKind,
 )
 from ._events import (
     ChildBackingOff as ChildBackingOff,
@@ -100,6 +103,8 @@ __all__ = [
     "Hub",
     "HubvisorError",
     "InvalidChildSpec",
+    "InvalidMirrorConfig",
+    "InvalidPolicy",
     "InvalidPoolSpec",
     "InvalidSpec",
     "InvalidSupervisorSpec",
@@ -126,6 +131,7 @@ __all__ = [
     "SupervisorStopped",
     "SupervisorStopping",
     "TreeRow",
+    "UnknownEventKind",
     "check_specs",
     "format_event",
 ]

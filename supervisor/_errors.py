@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from strategies._errors import HubvisorError, InvalidPolicy
 
-class HubvisorError(Exception):
-    """Base class of every error hubvisor raises on purpose."""
+__all__ = [
+    "ChildNotFound",
+    "ConfigError",
+    "ControlError",
+    "HubvisorError",
+    "InvalidChildSpec",
+    "InvalidMirrorConfig",
+    "InvalidPolicy",
+    "InvalidPoolSpec",
+    "InvalidSpec",
+    "InvalidSupervisorSpec",
+    "MaxAgentsExceeded",
+    "SpawnError",
+    "SupervisorEscalation",
+    "UnknownEventKind",
+]
 
 
 class InvalidSpec(HubvisorError, ValueError):
