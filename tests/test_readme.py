@@ -23,12 +23,16 @@ def test_tree_example_is_a_valid_spec() -> None:
 
 
 def test_quick_start_test_command_is_what_ci_runs() -> None:
-    """.ci/run runs the test command README.md gives."""
+    """.ci/run runs README's quick-start test command, and that runs the manual one."""
     command = ".venv/bin/python -m pytest"
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    root = Path(__file__).resolve().parent.parent
+    ci = (root / ".ci" / "run").read_text()
+    make_test = re.search(r"^test:.*\n\t(.*)$", (root / "Makefile").read_text(), re.M)
 
+    assert "\nmake test " in README
     assert f"```sh\n{command}\n```" in README
-    assert ci.rstrip().endswith(command)
+    assert ci.rstrip().endswith("exec make test")
+    assert make_test is not None and make_test.group(1).startswith(command)
 
 
 def test_custom_policy_example_is_the_tested_one() -> None:
