@@ -16,6 +16,18 @@ Redis converges to the truth and ghosts left by an earlier hub with the same id 
 Every key of a hub carries a lease (a TTL the writer refreshes), so a hub that died
 without cleaning up disappears from Redis when its lease runs out.
 
+A retried flush never writes an event twice, even when the failed try was partly (or
+wholly) executed by Redis and only its reply was lost: every event carries a sequence
+number of this mirror, and one Lua script (atomic in Redis) appends only the events past
+the highest number Redis has seen from this mirror (kept in
+``<prefix>:events:seq:<hub_id>:<writer>``, under the hub's lease like its other keys;
+only a retry that comes after a network partition longer than the lease could repeat
+one batch). The agent writes are idempotent by nature.
+
+The final flush, when the hub stops, is bounded for real: its worker-thread calls are
+abandoned when the registry's ``final_flush_timeout`` runs out, and the connection is
+shut down under them so the thread ends at once instead of waiting for a stalled server.
+
 The key layout is in ``docs/registry.md``.
 """
 
@@ -26,6 +38,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import socket
 import time
 import urllib.parse
@@ -39,6 +52,7 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ._errors import InvalidMirrorConfig
 from ._registry import AgentRecord
 
 if TYPE_CHECKING:
@@ -47,6 +61,34 @@ if TYPE_CHECKING:
 __all__ = ["RedisMirror", "redact_url"]
 
 _log = logging.getLogger("hubvisor.registry")
+
+# KEYS[1]: the stream, KEYS[2]: this mirror's last written event number.
+# ARGV: lease in ms, maxlen, then per event: number, field count n, n field/value pairs.
+# Appends only the events past the last number, atomically, and returns how many.
+_XADD_ONCE = """
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local top = last
+local added = 0
+local i = 3
+while i <= #ARGV do
+  local seq = tonumber(ARGV[i])
+  local n = tonumber(ARGV[i + 1])
+  if seq > last then
+    local args = {'XADD', KEYS[1], 'MAXLEN', ARGV[2], '*'}
+    for j = 1, 2 * n do
+      args[#args + 1] = ARGV[i + 1 + j]
+    end
+    redis.call(unpack(args))
+    added = added + 1
+    if seq > top then
+      top = seq
+    end
+  end
+  i = i + 2 + 2 * n
+end
+redis.call('SET', KEYS[2], top, 'PX', ARGV[1])
+return added
+"""
 
 
 def redact_url(url: str) -> str:
@@ -73,7 +115,7 @@ class _Batch:
     closing: bool
     writes: tuple[tuple[str, dict[str, str], str | None, str | None, float | None], ...]
     removes: tuple[tuple[str, str | None], ...]
-    events: tuple[dict[str, str], ...]
+    events: tuple[tuple[int, dict[str, str]], ...]  # (sequence number, fields)
 
 
 class RedisMirror:
@@ -116,12 +158,12 @@ class RedisMirror:
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             shown = redact_url(url) if isinstance(url, str) else repr(url)
-            raise ValueError(
+            raise InvalidMirrorConfig(
                 f"Redis URL must start with redis://, rediss:// or unix:// (got {shown}); "
                 "e.g. redis://localhost:6379/0"
             )
         if not prefix or any(c.isspace() for c in prefix):
-            raise ValueError(f"Redis prefix must be a non-empty word (got {prefix!r})")
+            raise InvalidMirrorConfig(f"Redis prefix must be a non-empty word (got {prefix!r})")
         for name, value in (
             ("batch_interval", batch_interval),
             ("lease", lease),
@@ -129,14 +171,18 @@ class RedisMirror:
             ("backoff_max", backoff_max),
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"RedisMirror {name} must be a number > 0 (got {value!r})")
+                raise InvalidMirrorConfig(
+                    f"RedisMirror {name} must be a number > 0 (got {value!r})"
+                )
         for name, ivalue in (
             ("batch_max", batch_max),
             ("events_maxlen", events_maxlen),
             ("max_pending_events", max_pending_events),
         ):
             if not isinstance(ivalue, int) or ivalue < 1:
-                raise ValueError(f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})")
+                raise InvalidMirrorConfig(
+                    f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})"
+                )
         self._url = url
         self.prefix = prefix
         self.batch_interval = batch_interval
@@ -146,7 +192,9 @@ class RedisMirror:
         self.timeout = timeout
         self.backoff_max = backoff_max
         self._dirty: set[str] = set()
-        self._events: deque[dict[str, str]] = deque(maxlen=max_pending_events)
+        self._events: deque[tuple[int, dict[str, str]]] = deque(maxlen=max_pending_events)
+        self._seq = 0  # number of the last event recorded
+        self._writer = secrets.token_hex(6)  # this mirror, in its event-number key
         self._written: dict[str, str | None] = {}  # agent id -> type, as Redis has it
         self._work = trio.Event()
         self._full = trio.Event()
@@ -168,6 +216,8 @@ class RedisMirror:
         """Events lost because Redis was unreachable for too long."""
         self.last_error: str | None = None
         """The last error, password removed."""
+        self.final_flush_cut = False
+        """Whether the final flush was cut short (``final_flush_timeout``)."""
 
     def __repr__(self) -> str:
         return f"<RedisMirror {redact_url(self._url)} prefix={self.prefix!r}>"
@@ -215,6 +265,11 @@ class RedisMirror:
         """``<prefix>:events``: the capped event stream of every hub."""
         return f"{self.prefix}:events"
 
+    def events_seq_key(self, hub_id: str | None = None) -> str:
+        """``<prefix>:events:seq:<hub_id>:<writer>``: the number of the last event this
+        mirror appended (so a retried flush never appends one twice)."""
+        return f"{self.events_key}:seq:{hub_id or self._hub_id}:{self._writer}"
+
     # ----------------------------------------------------------------------------------
     # Called by the registry actor: note only, never block
 
@@ -227,16 +282,20 @@ class RedisMirror:
         """Queue an event stream entry."""
         if len(self._events) == self._events.maxlen:
             self.events_dropped += 1
+        self._seq += 1
         self._events.append(
-            {
-                "hub": self._hub_id,
-                "agent": agent.id,
-                "kind": kind,
-                "pid": str(agent.pid),
-                "type": agent.agent_type or "",
-                "detail": detail,
-                "at": f"{self._wall(trio.current_time()):.6f}",
-            }
+            (
+                self._seq,
+                {
+                    "hub": self._hub_id,
+                    "agent": agent.id,
+                    "kind": kind,
+                    "pid": str(agent.pid),
+                    "type": agent.agent_type or "",
+                    "detail": detail,
+                    "at": f"{self._wall(trio.current_time()):.6f}",
+                },
+            )
         )
         self._poke()
 
@@ -262,7 +321,7 @@ class RedisMirror:
                 client_name=f"hubvisor-{self._hub_id}",
             )
         except (ValueError, redis.RedisError) as exc:
-            raise ValueError(
+            raise InvalidMirrorConfig(
                 f"bad Redis URL {self.url}: {self._clean(exc)}; e.g. redis://localhost:6379/0"
             ) from None
 
@@ -319,13 +378,28 @@ class RedisMirror:
         return True
 
     async def flush_final(self) -> None:
-        """Write what is pending, then remove this hub's keys (all its agents are gone)."""
+        """Write what is pending, then remove this hub's keys (all its agents are gone).
+
+        Cancel it to cut it short (the registry does after ``final_flush_timeout``): it
+        returns at once, shutting the connection down under a worker thread that is
+        still waiting for Redis, and logs what was not written.
+        """
         self._closing = True
         try:
             while self._dirty or self._events or self._need_resync:
                 if not await self._flush_once(closing=False):
                     return
             await self._flush_once(closing=True)
+        except trio.Cancelled:
+            self.final_flush_cut = True
+            _log.warning(
+                "registry: the final flush to Redis at %s was cut short; %d agent "
+                "changes and %d events not written (the hub's keys expire with its lease)",
+                self.url,
+                len(self._dirty),
+                len(self._events),
+            )
+            raise
         finally:
             self._close_client()
 
@@ -384,8 +458,17 @@ class RedisMirror:
         }
 
     async def _flush_once(self, closing: bool = False) -> bool:
-        """Write one batch; ``False`` (and everything put back) if Redis failed."""
-        if self._client is None:  # pragma: no cover - run() makes it first
+        """Write one batch; ``False`` (and everything put back) if Redis failed.
+
+        Flushes run one at a time, each taking from the front of what is pending and
+        putting a failed batch back there, so events reach Redis in their order (which
+        the append-once script relies on).
+        """
+        async with self._limiter:
+            return await self._flush_locked(closing)
+
+    async def _flush_locked(self, closing: bool) -> bool:
+        if self._client is None:  # closed (final flush cut short) or not yet running
             return False
         batch = self._take(closing)
         if not (batch.full or batch.writes or batch.removes or batch.events):
@@ -393,7 +476,12 @@ class RedisMirror:
         self._work = trio.Event()
         self._full = trio.Event()
         try:
-            await trio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
+            # Abandonable: a cancel (the end of final_flush_timeout) returns at once;
+            # flush_final then shuts the connection down under the thread.
+            await trio.to_thread.run_sync(self._execute, batch, abandon_on_cancel=True)
+        except trio.Cancelled:
+            self._put_back(batch)  # maybe written anyway: a retry would not duplicate it
+            raise
         except (redis.RedisError, OSError) as exc:
             self._put_back(batch)
             self._work.set()
@@ -447,16 +535,19 @@ class RedisMirror:
 
     def _execute(self, batch: _Batch) -> None:
         client = self._client
-        if client is None:  # pragma: no cover - closed while a flush was queued
+        if client is None:  # closed while a flush was queued
             raise redis.ConnectionError("the mirror is closed")
         try:
             self._write(client, batch)
         except redis.TimeoutError:
             raise  # a stalled server: retrying now would only stall again
         except redis.ConnectionError:
+            if self._client is not client:
+                raise  # closed under us (final flush cut short): do not reconnect
             # The connection may be stale (the server restarted while we were idle):
             # one fresh connection before calling it an outage. A dead server refuses
-            # the new connection at once.
+            # the new connection at once. Retrying is safe: the agent writes are
+            # idempotent and the events are appended once (see _XADD_ONCE).
             self._write(client, batch)
 
     def _write(self, client: redis.Redis, batch: _Batch) -> None:
@@ -487,17 +578,18 @@ class RedisMirror:
                 types.add(agent_type)
             if hb is not None:
                 pipe.zadd(self.heartbeats_key(hub), {agent_id: hb})
-        for fields in batch.events:
-            pipe.xadd(
-                self.events_key,
-                fields,  # type: ignore[arg-type]
-                maxlen=self.events_maxlen,
-                approximate=False,
-            )
+        if batch.events:
+            args: list[str | int] = [lease_ms, self.events_maxlen]
+            for seq, fields in batch.events:
+                args += [seq, len(fields)]
+                for name, value in fields.items():
+                    args += [name, value]
+            pipe.eval(_XADD_ONCE, 2, self.events_key, self.events_seq_key(hub), *args)
         now = time.time()
         if batch.closing:
             pipe.delete(self.hub_key(hub))
             pipe.zrem(self.hubs_key, hub)
+            pipe.delete(self.events_seq_key(hub))
         else:
             pipe.hset(
                 self.hub_key(hub),
@@ -513,6 +605,7 @@ class RedisMirror:
                 self.hub_key(hub),
                 self.agents_key(hub),
                 self.heartbeats_key(hub),
+                self.events_seq_key(hub),
                 *(self.type_key(t, hub) for t in types),
             ):
                 pipe.pexpire(key, lease_ms)
