@@ -15,15 +15,26 @@ From a shell, every ``printf`` to the descriptor is one message::
 or, from any language, ``python -m agents.notify READY STATUS=idle``.
 Outside hubvisor (no ``HUBVISOR_NOTIFY_FD``) every call does nothing and returns
 ``False``, so agents run standalone too.
+
+The channel is two-way: :func:`receive` returns the next message the hub sent (e.g. a
+``PING``, to be answered with ``HEARTBEAT``), parsed and validated by the same table as
+the hub's side (:data:`supervisor._notify.MESSAGE_KINDS`). It imports the ``supervisor``
+package on first use (a few tenths of a second); sending never does.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
+import time
+from typing import TYPE_CHECKING
 
-__all__ = ["heartbeat", "notify", "ready", "status"]
+if TYPE_CHECKING:
+    from supervisor._notify import NotifyMessage
+
+__all__ = ["fileno", "heartbeat", "notify", "ready", "receive", "status"]
 
 _ENV = "HUBVISOR_NOTIFY_FD"
 _sock: socket.socket | None = None
@@ -59,6 +70,61 @@ def notify(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def fileno() -> int | None:
+    """The descriptor to wait on (``select``/``poll``/an event loop) for messages from
+    the hub, or ``None`` outside hubvisor."""
+    sock = _socket()
+    return None if sock is None else sock.fileno()
+
+
+def receive(timeout: float | None = None) -> NotifyMessage | None:
+    """The next message from the hub, waiting up to ``timeout`` seconds (``None``: until
+    one comes, ``0``: only if one is there already).
+
+    Returns ``None`` when the time is up, outside hubvisor, or once the hub has closed
+    its end (it is stopping). An empty record from the hub is skipped.
+
+    Raises:
+        supervisor._notify.InvalidNotifyMessage: the hub sent something this version
+            does not understand (skip it and call again).
+    """
+    from supervisor._notify import (
+        _CREDS_SPACE,
+        MAX_MESSAGE,
+        enable_credentials,
+        parse_from_hub,
+        record_or_eof,
+    )
+
+    sock = _socket()
+    if sock is None:
+        return None
+    try:
+        enable_credentials(sock)  # so an empty record is told apart from end-of-channel
+    except OSError:
+        return None
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        if not poller.poll(wait_ms):
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            continue
+        try:
+            data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return None
+        record = record_or_eof(data, anc, flags)
+        if record is None:
+            return None  # the hub closed its end
+        if record:
+            return parse_from_hub(record)
 
 
 def ready() -> bool:
