@@ -25,6 +25,7 @@ from ._errors import (
     UnknownEventKind as UnknownEventKind,
 )
 from ._events import (
+    SUBSCRIPTION_BUFFER as SUBSCRIPTION_BUFFER,
     ChildBackingOff as ChildBackingOff,
     ChildExited as ChildExited,
     ChildHeartbeat as ChildHeartbeat,
@@ -39,10 +40,12 @@ from ._events import (
     Event as Event,
     EventBus as EventBus,
     ExitStatus as ExitStatus,
+    Subscription as Subscription,
     SupervisorEscalated as SupervisorEscalated,
     SupervisorStarted as SupervisorStarted,
     SupervisorStopped as SupervisorStopped,
     SupervisorStopping as SupervisorStopping,
+    event_kinds as event_kinds,
 )
 from ._hub import Hub as Hub, Service as Service, TreeRow as TreeRow
 from ._log import format_event as format_event
@@ -54,7 +57,10 @@ from ._process import (
 )
 from ._redis import RedisMirror as RedisMirror
 from ._registry import (
+    REGISTRY_KINDS as REGISTRY_KINDS,
+    RESERVED_STATUSES as RESERVED_STATUSES,
     AgentRecord as AgentRecord,
+    AgentStatus as AgentStatus,
     Reclaimed as Reclaimed,
     Registry as Registry,
     RegistryMirror as RegistryMirror,
@@ -79,7 +85,11 @@ from ._spec import (
 __all__ = [
     "BRUTAL_KILL",
     "INFINITY",
+    "REGISTRY_KINDS",
+    "RESERVED_STATUSES",
+    "SUBSCRIPTION_BUFFER",
     "AgentRecord",
+    "AgentStatus",
     "ChildBackingOff",
     "ChildExited",
     "ChildHeartbeat",
@@ -123,6 +133,7 @@ __all__ = [
     "Service",
     "SpawnError",
     "SpawnRequest",
+    "Subscription",
     "Supervisor",
     "SupervisorEscalated",
     "SupervisorEscalation",
@@ -133,6 +144,7 @@ __all__ = [
     "TreeRow",
     "UnknownEventKind",
     "check_specs",
+    "event_kinds",
     "format_event",
 ]
 

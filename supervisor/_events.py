@@ -12,7 +12,7 @@ import trio
 from ._errors import UnknownEventKind
 
 __all__ = [
-    "DEFAULT_BUFFER",
+    "SUBSCRIPTION_BUFFER",
     "ChildBackingOff",
     "ChildExited",
     "ChildHeartbeat",
@@ -32,7 +32,7 @@ __all__ = [
     "SupervisorStarted",
     "SupervisorStopped",
     "SupervisorStopping",
-    "known_kinds",
+    "event_kinds",
 ]
 
 
@@ -225,7 +225,7 @@ class ChildOutput(Event):
     kind: str = attrs.field(init=False, default="output")
 
 
-DEFAULT_BUFFER = 10_000
+SUBSCRIPTION_BUFFER = 10_000
 """Events a :meth:`EventBus.subscribe` channel holds before it drops (and counts) more.
 
 About a few MB per subscriber at most; a subscriber that reads its channel never comes
@@ -233,7 +233,7 @@ near it, and one that stops reading cannot grow the hub's memory without bound.
 """
 
 
-def known_kinds() -> frozenset[str]:
+def event_kinds() -> frozenset[str]:
     """Every event ``kind`` a subscription may name: those of :class:`Event` and of all
     its subclasses defined so far (your own event classes included)."""
     kinds: set[str] = set()
@@ -257,7 +257,7 @@ def check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
             f"e.g. kinds=[{kinds!r}]"
         )
     wanted = frozenset(kinds)
-    known = known_kinds()
+    known = event_kinds()
     unknown = wanted - known
     if unknown:
         raise UnknownEventKind(
@@ -291,7 +291,7 @@ class EventBus:
     """Publishes events to subscribers, each receiving them in the order they happened.
 
     ``publish`` never blocks, so a slow subscriber cannot stall supervision. Every
-    subscription is bounded (:data:`DEFAULT_BUFFER` events unless you ask otherwise): a
+    subscription is bounded (:data:`SUBSCRIPTION_BUFFER` events unless you ask otherwise): a
     subscriber that falls behind loses the events that do not fit, and the bus counts
     them, per subscription (:meth:`subscription`) and in total (:attr:`dropped`).
     A consumer that must not lose events (the registry) attaches a channel of its own
@@ -302,7 +302,7 @@ class EventBus:
     _dropped: int = 0
 
     def subscribe(
-        self, kinds: Iterable[str] | None = None, max_buffer: float = DEFAULT_BUFFER
+        self, kinds: Iterable[str] | None = None, max_buffer: float = SUBSCRIPTION_BUFFER
     ) -> trio.MemoryReceiveChannel[Event]:
         """Return a channel receiving every later event (of ``kinds`` only, if given).
 

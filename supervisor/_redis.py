@@ -58,7 +58,7 @@ from ._registry import AgentRecord
 if TYPE_CHECKING:
     from ._registry import Registry
 
-__all__ = ["RedisMirror", "redact_url"]
+__all__ = ["RedisMirror"]  # redact_url is for the CLI, not the API
 
 _log = logging.getLogger("hubvisor.registry")
 

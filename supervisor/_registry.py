@@ -44,14 +44,8 @@ from ._events import (
 )
 
 __all__ = [
-    "CRASHED",
-    "HUNG",
-    "IDLE",
     "REGISTRY_KINDS",
     "RESERVED_STATUSES",
-    "STARTING",
-    "STOPPED",
-    "STOPPING",
     "AgentRecord",
     "AgentStatus",
     "Reclaimed",
@@ -104,6 +98,7 @@ RESERVED_STATUSES: frozenset[AgentStatus] = frozenset(
 )
 """The statuses the hub owns; an agent's ``STATUS=`` message cannot set them."""
 
+# The statuses as the module constants they used to be (use AgentStatus).
 STARTING = AgentStatus.STARTING
 IDLE = AgentStatus.IDLE
 HUNG = AgentStatus.HUNG
