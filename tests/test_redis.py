@@ -342,3 +342,91 @@ async def test_tls_with_password(redis_server_factory: type[RedisServer]) -> Non
         await hub.stop()
     assert 0 == mirror.failures
     assert "tls-pw-42" not in repr(mirror)
+
+
+# --------------------------------------------------------------------------------------
+# Fault 12: retries never duplicate events; the final flush is bounded
+
+
+def _starting(i: int) -> ChildStarting:
+    return ChildStarting(
+        at=float(i), supervisor="root", child_id=f"a{i}", pid=1000 + i, incarnation=1
+    )
+
+
+@pytest.mark.parametrize("executed", ["all-but-last", "all"])
+async def test_fault12_retry_after_partial_pipeline_writes_each_event_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, executed: str
+) -> None:
+    """A flush whose pipeline Redis executed partly (or wholly) before the connection
+    broke is retried; every event-stream entry is still there exactly once."""
+    import redis as redis_lib
+
+    mirror = RedisMirror(redis_server.url, batch_interval=0.05)
+    reg = Registry(hub_id="dup", mirror=mirror)
+    original = redis_lib.client.Pipeline._execute_pipeline
+    armed = []
+
+    def broken(self: Any, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        if not armed or armed.pop():
+            return original(self, connection, commands, raise_on_error)
+        sent = commands[:-1] if executed == "all-but-last" else commands
+        connection.send_packed_command(connection.pack_commands([a for a, _ in sent]))
+        for _ in sent:
+            connection.read_response()  # Redis executed them...
+        connection.disconnect()  # ...and then the connection broke
+        raise redis_lib.ConnectionError("connection lost mid-pipeline (test)")
+
+    monkeypatch.setattr(redis_lib.client.Pipeline, "_execute_pipeline", broken)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reg.run)
+        assert await mirror.drain()  # the first (full, MULTI/EXEC) flush
+        armed.append(False)  # break the next plain pipeline once
+        for i in range(5):
+            reg.submit(_starting(i))
+        await reg.sync()
+        with trio.fail_after(TIMEOUT):
+            while not await mirror.drain():
+                await trio.sleep(0.05)
+        assert not armed, "the fault was not injected"
+        reg.stop()
+    with redis_server.client() as c:
+        entries = [f for _, f in c.xrange("hubvisor:events") if f["hub"] == "dup"]
+    assert sorted(f"a{i}" for i in range(5)) == sorted(e["agent"] for e in entries)
+
+
+async def test_fault12_final_flush_is_bounded_against_a_stalled_redis(
+    redis_server: RedisServer,
+) -> None:
+    """With Redis stopped (SIGSTOP: connections open, nothing answered) the registry's
+    final flush returns within final_flush_timeout plus a little, although one Redis
+    call may block for the mirror's socket timeout (10 s here)."""
+    mirror = RedisMirror(redis_server.url, batch_interval=0.05, timeout=10.0)
+    reg = Registry(hub_id="stall", mirror=mirror, final_flush_timeout=0.5)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reg.run)
+            assert await mirror.drain()
+            redis_server.pause()
+            for i in range(3):
+                reg.submit(_starting(i))
+            await reg.sync()
+            await trio.sleep(0.2)  # the writer is now blocked in a flush
+            t0 = trio.current_time()
+            reg.stop()
+        took = trio.current_time() - t0
+    finally:
+        redis_server.resume()
+    assert took < 0.5 + 0.5, f"final flush took {took:.2f}s"
+    assert mirror.final_flush_cut
+
+
+def test_fault12_bad_options_raise_the_hierarchys_error() -> None:
+    """RedisMirror raises InvalidMirrorConfig (a HubvisorError and a ValueError)."""
+    from supervisor import HubvisorError, InvalidMirrorConfig
+
+    with pytest.raises(InvalidMirrorConfig) as err:
+        RedisMirror("http://h")
+    assert isinstance(err.value, HubvisorError) and isinstance(err.value, ValueError)
+    with pytest.raises(InvalidMirrorConfig, match="batch_max"):
+        RedisMirror("redis://h", batch_max=0)

@@ -13,6 +13,9 @@ from hypothesis import given, settings, strategies as st
 from strategies import FixedBackoff, Intensity
 from supervisor import (
     BRUTAL_KILL,
+    REGISTRY_KINDS,
+    RESERVED_STATUSES,
+    AgentStatus,
     ChildExited,
     ChildHeartbeat,
     ChildHung,
@@ -530,3 +533,77 @@ async def test_agents_of_a_stopping_supervisor_are_stopping(
 
         assert ["slow"] == [r.id for r in hub.registry.by_status("stopping")]
         assert hub.registry.get("quick") is None
+
+
+# --------------------------------------------------------------------------------------
+# Fault 7: the hub's own statuses cannot be claimed, and stopping agents are never offered
+
+
+async def test_fault7_status_idle_after_supervisor_stopping_is_not_offered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An agent that says STATUS=idle while its supervisor stops it stays 'stopping'
+    and is never offered as available."""
+    backend = SimulatedProcessBackend({"slow": [SimBehaviour(on_stop="ignore")]})
+    spec = SupervisorSpec(
+        name="root",
+        children=[child("slow", shutdown=10, agent_type="worker")],
+    )
+    hub = Hub(spec, backend=backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await trio.sleep(2)
+        await hub.registry.sync()
+        assert ["slow"] == [a.id for a in hub.registry.available("worker")]
+        notify = backend.current("slow").notify
+        assert notify is not None
+
+        nursery.start_soon(hub.stop)
+        await trio.sleep(1)  # 'slow' ignores SIGTERM for 10 s
+        notify.send(b"STATUS=idle")
+        await trio.sleep(0.1)
+        await hub.registry.sync()
+        rec = hub.registry.get("slow")
+        assert rec is not None and rec.last_heartbeat is not None
+        assert AgentStatus.STOPPING == rec.status
+        assert [] == hub.registry.available("worker")
+        assert hub.registry.is_stopping("root")
+
+
+async def test_fault7_agent_cannot_claim_the_hubs_statuses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """STATUS=stopping, stopped, starting, hung and crashed are refused and counted on
+    the channel; the registry too refuses a status report claiming them (stopping
+    aside, which only withdraws the agent)."""
+    backend = SimulatedProcessBackend()
+    hub = Hub([child("a", agent_type="worker")], backend=backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await trio.sleep(2)
+        notify = backend.current("a").notify
+        assert notify is not None
+        for status in ("stopping", "stopped", "starting", "hung", "crashed"):
+            notify.send(f"STATUS={status}".encode())
+        await trio.sleep(0.1)
+        await hub.registry.sync()
+        assert 5 == hub.context.notify_rejected
+        assert ["a"] == [r.id for r in hub.registry.available("worker")]
+
+        pid = backend.current("a").pid
+        for status in ("crashed", "starting", "stopped"):
+            hub.registry.submit(
+                ChildStatus(at=3.0, supervisor="root", child_id="a", pid=pid, status=status)
+            )
+        await hub.registry.sync()
+        assert 3 == hub.registry.statuses_refused
+        assert "idle" == hub.registry.get("a").status  # type: ignore[union-attr]
+        await hub.stop()
+
+
+def test_statuses_are_an_exported_enum() -> None:
+    """AgentStatus lists the registry's statuses; the hub-owned ones are reserved."""
+    assert "idle" == AgentStatus.IDLE
+    assert {"starting", "hung", "stopping", "stopped", "crashed"} == set(RESERVED_STATUSES)
+    assert AgentStatus.STOPPING.reserved and not AgentStatus.BUSY.reserved
+    assert "output" not in REGISTRY_KINDS
