@@ -392,13 +392,14 @@ class RedisMirror:
             await self._flush_once(closing=True)
         except trio.Cancelled:
             self.final_flush_cut = True
-            _log.warning(
-                "registry: the final flush to Redis at %s was cut short; %d agent "
-                "changes and %d events not written (the hub's keys expire with its lease)",
-                self.url,
-                len(self._dirty),
-                len(self._events),
-            )
+            if self._dirty or self._events:  # else only the goodbye (key deletion) is lost
+                _log.warning(
+                    "registry: the final flush to Redis at %s was cut short; %d agent "
+                    "changes and %d events not written (the hub's keys expire with its lease)",
+                    self.url,
+                    len(self._dirty),
+                    len(self._events),
+                )
             raise
         finally:
             self._close_client()
