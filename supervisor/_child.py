@@ -340,7 +340,7 @@ class ProcessActor:
                     if now - beat_at >= _HEARTBEAT_EVENT_GAP:
                         beat_at = now
                         self._publish(ChildHeartbeat, pid=pid)
-                else:
+                elif msg.kind == "status":
                     self._publish(ChildStatus, pid=pid, status=msg.value)
                 continue
             break  # the watchdog fired
