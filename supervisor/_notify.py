@@ -18,10 +18,11 @@ From the agent to the hub:
   letter. The statuses the hub owns (:data:`~supervisor.RESERVED_STATUSES`:
   ``starting``, ``hung``, ``stopping``, ``stopped``, ``crashed``) are refused.
 
-From the hub to the agent:
-
-* ``PING``: the hub asks for a sign of life; answer with ``HEARTBEAT``. (The runtime does
-  not send it yet; it is the template for the hub-to-agent messages to come.)
+Agents that take work (protocol version :data:`PROTOCOL_VERSION`) also send ``HELLO=<n>``
+first, then ``PROGRESS=``, ``RESULT=``, ``FAIL=``, ``HANDBACK=`` (each a JSON object
+fenced by ``item`` and ``attempt``) and ``SUBMIT=`` (new work); the hub sends them
+``ASSIGN=``, ``ACK=``, ``STOP`` and ``PING``. ``docs/agent-protocol.md`` is the
+reference; :data:`MESSAGE_KINDS` is the one table both sides are checked against.
 
 A message is at most :data:`MAX_MESSAGE` bytes of UTF-8 without control characters; one
 trailing newline is ignored (so ``echo HEARTBEAT >&$HUBVISOR_NOTIFY_FD`` works from a
@@ -50,6 +51,7 @@ __all__ = [
     "MESSAGES",
     "MESSAGE_KINDS",
     "NOTIFY_FD_ENV",
+    "PROTOCOL_VERSION",
     "AgentChannel",
     "Direction",
     "InvalidNotifyMessage",
@@ -67,8 +69,8 @@ __all__ = [
 NOTIFY_FD_ENV = "HUBVISOR_NOTIFY_FD"
 """The environment variable naming the child's end of its notify channel."""
 
-MAX_MESSAGE = 4096
-"""The largest notify message, in bytes; longer ones are dropped."""
+MAX_MESSAGE = 65536
+"""The largest message on the agent channel, in bytes; longer ones are dropped."""
 
 _STATUS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -137,6 +139,78 @@ def _status_payload(value: str) -> str:
     return value
 
 
+PROTOCOL_VERSION = 1
+"""The agent protocol version this hub speaks; an agent says its own in ``HELLO=<n>``."""
+
+_ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def _hello_payload(value: str) -> str:
+    if not value.isdigit() or len(value) > 6:
+        raise InvalidNotifyMessage(
+            f"bad HELLO value {value[:64]!r}: the protocol version, e.g. HELLO={PROTOCOL_VERSION}"
+        )
+    return value
+
+
+def _json_object(word: str, value: str, required: dict[str, type | tuple[type, ...]]) -> str:
+    import json
+
+    try:
+        obj = json.loads(value)
+    except (ValueError, RecursionError):
+        raise InvalidNotifyMessage(f"{word} needs a JSON object, got {value[:64]!r}") from None
+    if not isinstance(obj, dict):
+        raise InvalidNotifyMessage(f"{word} needs a JSON object, got {value[:64]!r}")
+    for key, types in required.items():
+        got = obj.get(key)
+        if (
+            key not in obj
+            or not isinstance(got, types)
+            or isinstance(got, bool) is not (types is bool)
+        ):
+            raise InvalidNotifyMessage(
+                f"{word}: field {key!r} is missing or not {_type_name(types)} "
+                f"(got {got!r:.64}); e.g. {word}={_example(word)}"
+            )
+    if "item" in required and not _ITEM_ID_RE.match(obj["item"]):
+        raise InvalidNotifyMessage(f"{word}: bad item id {obj['item']!r:.64}")
+    if "attempt" in required and obj["attempt"] < 1:
+        raise InvalidNotifyMessage(f"{word}: attempt must be >= 1 (got {obj['attempt']!r})")
+    if "type" in required and not _TYPE_RE.match(obj["type"]):
+        raise InvalidNotifyMessage(f"{word}: bad agent type {obj['type']!r:.64}")
+    return value
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(
+        {"str": "a string", "int": "an integer", "bool": "true/false"}.get(t.__name__, t.__name__)
+        for t in ts
+    )
+
+
+_EXAMPLES = {
+    "RESULT": '{"item":"w-1","attempt":1,"result":{"ok":true}}',
+    "FAIL": '{"item":"w-1","attempt":1,"error":"bad input","retry":false}',
+    "HANDBACK": '{"item":"w-1","attempt":1}',
+    "PROGRESS": '{"item":"w-1","attempt":1,"progress":0.5,"checkpoint":{"done":10}}',
+    "SUBMIT": '{"type":"worker","payload":{"n":1}}',
+    "ASSIGN": '{"item":"w-1","attempt":1,"type":"worker","payload":{},"checkpoint":null}',
+    "ACK": '{"item":"w-1","attempt":1,"accepted":true}',
+}
+
+
+def _example(word: str) -> str:
+    return _EXAMPLES.get(word, "{...}")
+
+
+def _fenced(word: str, **extra: type | tuple[type, ...]) -> PayloadCheck:
+    required: dict[str, type | tuple[type, ...]] = {"item": str, "attempt": int, **extra}
+    return lambda value: _json_object(word, value, required)
+
+
 MESSAGE_KINDS: tuple[MessageKind, ...] = (
     MessageKind("ready", Direction.TO_HUB, "READY", aliases=("READY=1",), doc="the agent is up"),
     MessageKind(
@@ -153,7 +227,69 @@ MESSAGE_KINDS: tuple[MessageKind, ...] = (
         payload=_status_payload,
         doc="what the agent is doing, e.g. STATUS=busy",
     ),
+    MessageKind(
+        "hello",
+        Direction.TO_HUB,
+        "HELLO",
+        payload=_hello_payload,
+        doc="a work-taking agent's first message: the protocol version it speaks",
+    ),
+    MessageKind(
+        "progress",
+        Direction.TO_HUB,
+        "PROGRESS",
+        payload=_fenced("PROGRESS"),
+        doc="progress of the held item, and a checkpoint its next attempt receives",
+    ),
+    MessageKind(
+        "result",
+        Direction.TO_HUB,
+        "RESULT",
+        payload=_fenced("RESULT"),
+        doc="the held item is done; its result (any JSON)",
+    ),
+    MessageKind(
+        "fail",
+        Direction.TO_HUB,
+        "FAIL",
+        payload=_fenced("FAIL", error=str),
+        doc="the held item failed; retry=false makes the failure final",
+    ),
+    MessageKind(
+        "handback",
+        Direction.TO_HUB,
+        "HANDBACK",
+        payload=_fenced("HANDBACK"),
+        doc="the agent gives the held item back unfinished (no attempt spent)",
+    ),
+    MessageKind(
+        "submit",
+        Direction.TO_HUB,
+        "SUBMIT",
+        payload=lambda v: _json_object("SUBMIT", v, {"type": str}),
+        doc="new work for agents of a type (a planner splitting a task, say)",
+    ),
     MessageKind("ping", Direction.TO_AGENT, "PING", doc="answer with HEARTBEAT"),
+    MessageKind(
+        "assign",
+        Direction.TO_AGENT,
+        "ASSIGN",
+        payload=_fenced("ASSIGN", type=str),
+        doc="an item for the agent: id, attempt, type, payload, last checkpoint",
+    ),
+    MessageKind(
+        "ack",
+        Direction.TO_AGENT,
+        "ACK",
+        payload=_fenced("ACK", accepted=bool),
+        doc="whether the hub took the agent's RESULT/FAIL/HANDBACK (a stale one is refused)",
+    ),
+    MessageKind(
+        "stop",
+        Direction.TO_AGENT,
+        "STOP",
+        doc="finish the held item within the shutdown timeout or hand it back, then exit",
+    ),
 )
 """Every kind of message on the agent channel, both ways. Add a kind here (with its
 payload check) and :func:`parse_notify`, :func:`parse_from_hub` and :func:`encode` know

@@ -167,15 +167,15 @@ def test_a_new_kind_is_one_table_entry() -> None:
         return value
 
     table = MessageTable(
-        [*MESSAGE_KINDS, MessageKind("assign", Direction.TO_AGENT, "ASSIGN", payload=task_id)]
+        [*MESSAGE_KINDS, MessageKind("task", Direction.TO_AGENT, "TASK", payload=task_id)]
     )
-    record = table.encode(NotifyMessage("assign", "t17"))
-    assert b"ASSIGN=t17" == record
-    assert NotifyMessage("assign", "t17") == table.parse(record, Direction.TO_AGENT)
+    record = table.encode(NotifyMessage("task", "t17"))
+    assert b"TASK=t17" == record
+    assert NotifyMessage("task", "t17") == table.parse(record, Direction.TO_AGENT)
     with pytest.raises(InvalidNotifyMessage, match="letters and digits"):
-        table.parse(b"ASSIGN=t 17", Direction.TO_AGENT)
+        table.parse(b"TASK=t 17", Direction.TO_AGENT)
     with pytest.raises(InvalidNotifyMessage, match="needs a value"):
-        table.encode(NotifyMessage("assign"))
+        table.encode(NotifyMessage("task"))
     with pytest.raises(ValueError, match="clashes"):
         MessageTable([*MESSAGE_KINDS, MessageKind("again", Direction.TO_HUB, "READY")])
 

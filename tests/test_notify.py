@@ -36,7 +36,7 @@ class TestParse:
     @pytest.mark.parametrize(
         ("data", "match"),
         [
-            (b"x" * (MAX_MESSAGE + 1), "over 4096 bytes"),
+            (b"x" * (MAX_MESSAGE + 1), f"over {MAX_MESSAGE} bytes"),
             (b"\xc3\x28", "not UTF-8"),
             (b"READY\n\n", "control characters"),
             (b"STATUS=hung", "bad status"),
