@@ -15,11 +15,16 @@ from typing import Any
 
 import click
 import trio
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
-from ._control import ControlClientError, default_socket_path, request, serve_control
+from ._control import (
+    FAST_TIMEOUT,
+    OPS,
+    ControlClientError,
+    Op,
+    default_socket_path,
+    request,
+    serve_control,
+)
 from ._demo import demo_spec
 from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
 from ._hub import Hub
@@ -163,7 +168,13 @@ def run_hub(
     try:
         return trio.run(_run, hub, duration, output, socket_path)
     except* ControlError as group:
-        raise group.exceptions[0] from None
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[ControlError]) -> ControlError:
+    """The first exception in ``group``, however deeply the nurseries nested it."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -302,90 +313,58 @@ def check(spec: str) -> None:
 @click.option("--hub-id", default="hub", show_default=True, help="The id of the hub to control.")
 @click.pass_context
 def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
-    """Control a running hub: list, count, logs, terminate, restart, resize, stop."""
+    """Control a running hub."""
     ctx.obj = socket_path or default_socket_path(hub_id)
 
 
-def _ask(ctx: click.Context, req: dict[str, Any]) -> Any:
-    try:
-        return request(ctx.obj, req)
-    except ControlClientError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-@ctl.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-@click.pass_context
-def ctl_list(ctx: click.Context, as_json: bool) -> None:
-    """List every child: supervisor, id, state, pid, restarts, uptime, last exit."""
-    rows = _ask(ctx, {"op": "list"})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("supervisor", "id", "state", "pid", "restarts", "uptime", "last exit"):
-        table.add_column(col, justify="right" if col in ("pid", "restarts", "uptime") else "left")
-    for r in rows:
-        table.add_row(
-            r["supervisor"],
-            r["id"],
-            r["state"],
-            str(r["pid"] or "-"),
-            str(r["restarts"]),
-            f"{r['uptime']:.1f}s" if r["uptime"] is not None else "-",
-            r["last_exit"] or "",
+def _ctl_command(op: Op) -> click.Command:
+    """The ``hubvisor ctl`` subcommand of one entry of the control table."""
+    params: list[click.Parameter] = []
+    arguments = []
+    for f in op.fields:
+        kind: Any = click.IntRange(min=f.minimum) if f.minimum is not None else f.kind
+        if f.flag is None:
+            params.append(click.Argument([f.name], type=kind, metavar=f.metavar))
+            arguments.append(f"{f.metavar or f.name.upper()}: {f.help}.")
+        else:
+            params.append(
+                click.Option(
+                    [f.flag, f"--{f.name}", f.name],
+                    type=kind,
+                    default=None,
+                    required=f.required,
+                    help=f"{f.help[0].upper()}{f.help[1:]}.",
+                )
+            )
+    params.append(
+        click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON.")
+    )
+    params.append(
+        click.Option(
+            ["--timeout"],
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help=f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}"
+            + (", plus the longest the hub may need for it)" if op.budget else ")"),
         )
-    Console(width=200).print(table)
+    )
+
+    def callback(as_json: bool, timeout: float | None, **values: Any) -> None:
+        args = {k: v for k, v in values.items() if v is not None}
+        try:
+            result = request(click.get_current_context().obj, {"op": op.name, **args}, timeout)
+        except ControlClientError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            op.show(result, args)
+
+    help_text = op.help + ("\n\n" + "\n\n".join(arguments) if arguments else "")
+    return click.Command(op.name, callback=callback, params=params, help=help_text)
 
 
-@ctl.command("count")
-@click.pass_context
-def ctl_count(ctx: click.Context) -> None:
-    """Count children: specs, active, workers, supervisors."""
-    for key, value in _ask(ctx, {"op": "count"}).items():
-        click.echo(f"{key}: {value}")
-
-
-@ctl.command("logs")
-@click.argument("child_id")
-@click.option("-n", "lines", type=int, default=None, help="Only the last N lines.")
-@click.pass_context
-def ctl_logs(ctx: click.Context, child_id: str, lines: int | None) -> None:
-    """Print a child's recent output lines."""
-    for line in _ask(ctx, {"op": "logs", "id": child_id, "lines": lines}):
-        click.echo(line)
-
-
-@ctl.command("terminate")
-@click.argument("child_id")
-@click.pass_context
-def ctl_terminate(ctx: click.Context, child_id: str) -> None:
-    """Stop a child; it stays stopped until restarted."""
-    _ask(ctx, {"op": "terminate", "id": child_id})
-    click.echo(f"{child_id}: terminated")
-
-
-@ctl.command("restart")
-@click.argument("child_id")
-@click.pass_context
-def ctl_restart(ctx: click.Context, child_id: str) -> None:
-    """Start a stopped child, or stop and start a running one."""
-    _ask(ctx, {"op": "restart", "id": child_id})
-    click.echo(f"{child_id}: restarted")
-
-
-@ctl.command("resize")
-@click.argument("pool")
-@click.argument("size", type=click.IntRange(min=0))
-@click.pass_context
-def ctl_resize(ctx: click.Context, pool: str, size: int) -> None:
-    """Resize POOL (agent type, pool name or path) to SIZE members."""
-    _ask(ctx, {"op": "resize", "pool": pool, "size": size})
-    click.echo(f"{pool}: {size} members")
-
-
-@ctl.command("stop")
-@click.pass_context
-def ctl_stop(ctx: click.Context) -> None:
-    """Stop the whole tree gracefully (like SIGTERM to the hub)."""
-    click.echo(_ask(ctx, {"op": "stop"}))
+for _op in OPS.values():
+    if _op.command:
+        ctl.add_command(_ctl_command(_op))
+ctl.help = f"Control a running hub: {', '.join(ctl.commands)}."
