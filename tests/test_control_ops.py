@@ -1,0 +1,112 @@
+"""The table of control operations: one entry gives the socket op and the ctl subcommand."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import trio
+from click.testing import CliRunner
+
+from supervisor import ControlError, Hub, SupervisorSpec
+from supervisor._cli import _ctl_command, ctl
+from supervisor._control import OPS, Field, Op, parse_request, request, serve_control
+from tests.helpers import running, sleeper
+
+DOCS = (Path(__file__).resolve().parent.parent / "docs" / "control.md").read_text()
+
+
+def test_ctl_subcommands_are_the_table() -> None:
+    """Every op the table offers to ctl is a subcommand with the op's help, and no other."""
+    assert {n for n, op in OPS.items() if op.command} == set(ctl.commands)
+    for name, command in ctl.commands.items():
+        assert command.help is not None and command.help.startswith(OPS[name].help)
+
+
+def test_docs_list_every_op() -> None:
+    """docs/control.md has a row for every op."""
+    documented = set(re.findall(r"^\| `(\w+)` \|", DOCS, re.M))
+
+    assert set(OPS) == documented
+
+
+@pytest.mark.parametrize(
+    ("req", "fragments"),
+    [
+        (
+            {"op": "terminate"},
+            ["needs 'id'", "a string", '{"op": "terminate", "id": "worker-agent-1"}'],
+        ),
+        (
+            {"op": "resize", "pool": "w", "size": -2},
+            ["'size' must be an int >= 0", "(got -2)", '"size": 4'],
+        ),
+        ({"op": "resize", "pool": 7, "size": 1}, ["'pool' must be a string", "(got 7)"]),
+        ({"op": "logs", "id": "a", "lines": True}, ["'lines' must be an int >= 0", "(got True)"]),
+        ({"op": "logs", "id": "a", "lines": 2.5}, ["(got 2.5)"]),
+        ({"op": "terminate", "id": "x" * 500}, []),  # any string: the hub says if it exists
+        ({"op": "count", "id": "a"}, ["request 'count' has no field 'id'", "no other field"]),
+        ({"op": "logs", "id": "a", "line": 3}, ["no field 'line'", "'id', 'lines'"]),
+        ({"op": "dance"}, ["unknown op 'dance'", "list, count, logs"]),
+        ({"op": "d" * 1000}, ["..."]),
+        ({"id": "a"}, ["a request is a JSON object", "got a JSON object"]),
+        ("list", ["a request is a JSON object", "(got 'list')"]),
+    ],
+)
+def test_arguments_are_validated_in_one_place(req: Any, fragments: list[str]) -> None:
+    """Errors name the field, the value and the fix (an example request), and stay short."""
+    if not fragments:
+        op, args = parse_request(req)
+        assert ("terminate", {"id": "x" * 500}) == (op.name, args)
+        return
+    with pytest.raises(ControlError) as err:
+        parse_request(req)
+    message = str(err.value)
+
+    for fragment in fragments:
+        assert fragment in message
+    assert len(message) < 300
+
+
+async def test_one_entry_adds_an_op_to_the_socket_and_to_ctl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An op added to OPS is dispatched by the socket and becomes a ctl subcommand."""
+
+    async def echo(hub: Hub, args: Any, background: trio.Nursery) -> Any:
+        return {"said": args["text"] * args.get("times", 1), "hub": hub.context.hub_id}
+
+    op = Op(
+        "echo",
+        "Say TEXT back.",
+        echo,
+        fields=(
+            Field("text", str, "what to say", "hi", metavar="TEXT"),
+            Field("times", int, "how often", 2, required=False, minimum=1, flag="-t"),
+        ),
+        show=lambda result, args: click.echo(result["said"]),
+    )
+    monkeypatch.setitem(OPS, "echo", op)
+    group = click.Group("ctl", commands=[_ctl_command(op)])
+    path = tmp_path / "hub.sock"
+    spec = SupervisorSpec(name="hub", children=[sleeper("solo")])
+    async with running(spec) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+
+        def invoke(*args: str) -> tuple[int, str]:
+            result = CliRunner().invoke(group, list(args), obj=path)
+            return result.exit_code, result.output
+
+        assert {"said": "hi", "hub": "hub"} == await trio.to_thread.run_sync(
+            request, path, {"op": "echo", "text": "hi"}
+        )
+        assert (0, "abab\n") == await trio.to_thread.run_sync(invoke, "echo", "ab", "-t", "2")
+        code, out = await trio.to_thread.run_sync(invoke, "echo", "ab", "--times", "2", "--json")
+        assert 0 == code and {"said": "abab", "hub": "hub"} == json.loads(out)
+        code, out = await trio.to_thread.run_sync(invoke, "echo", "ab", "-t", "0")
+        assert 2 == code and "0 is not in the range x>=1" in out
+        nursery.cancel_scope.cancel()
