@@ -10,6 +10,7 @@ alone against a model of OTP's rules.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -122,8 +123,8 @@ def plan(
             return Plan(PlanKind.ESCALATE, history=tuple(decision.history), reason=reason)
         attempt = 1 if backoff.resets_after(uptime) else attempt + 1
         delay = float(backoff.delay(attempt, rng))
-        if not delay >= 0:  # also catches NaN
-            raise ValueError(f"delay({attempt}) returned {delay!r}, not a number >= 0")
+        if not 0 <= delay < math.inf:  # also catches NaN
+            raise ValueError(f"delay({attempt}) returned {delay!r}, not a finite number >= 0")
         ids = set(strategy.to_restart(failed, [m.id for m in members]))
         if failed not in ids:
             raise ValueError(
