@@ -34,15 +34,22 @@ from ._events import (
     EventBus,
     ExitStatus,
 )
-from ._notify import InvalidNotifyMessage, NotifySource, parse_notify
+from ._notify import (
+    PROTOCOL_VERSION,
+    InvalidNotifyMessage,
+    NotifyMessage,
+    NotifySource,
+    parse_notify,
+)
 from ._process import ProcessBackend, ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, ChildSpec
 
-__all__ = ["ChildExit", "ChildPhase", "ProcessActor", "spawn_actor"]
+__all__ = ["WORK_KINDS", "AgentMessage", "ChildExit", "ChildPhase", "ProcessActor", "spawn_actor"]
 
 _PUMP_GRACE = 1.0  # seconds to drain a child's pipes after it exited
 _BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
 _CANCEL_PATIENCE = 5.0  # seconds an INFINITY-shutdown child gets when the hub is cancelled
+_SEND_TIMEOUT = 1.0  # seconds a hub-to-agent message may wait for room in the agent's queue
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
 _log = logging.getLogger("hubvisor")
@@ -78,13 +85,31 @@ class ChildExit:
     uptime: float = 0.0
 
 
+@attrs.frozen
+class AgentMessage:
+    """A work-protocol message from an agent, as the runtime hands it to the hub's work
+    service (``RuntimeContext.agent_sink``), in the order the agent sent it."""
+
+    agent_id: str
+    agent_type: str | None
+    supervisor: str
+    pid: int
+    incarnation: int
+    kind: str
+    value: str | None
+
+
+WORK_KINDS = frozenset({"hello", "progress", "result", "fail", "handback", "submit"})
+"""Agent-to-hub kinds that go to the work service rather than to the bus."""
+
+
 @attrs.define(eq=False)
 class _Shared:
     """What every actor of one hub shares: the bus, kill-all handles, counters."""
 
     bus: EventBus
     handles: dict[int, ProcessHandle]
-    counters: Any  # has ``notify_rejected: int``
+    counters: Any  # has ``notify_rejected: int``, ``agent_sink`` and ``actors``
 
 
 def child_env(
@@ -99,6 +124,10 @@ def child_env(
     env["HUBVISOR_HUB_ID"] = hub_id
     if spec.agent_type is not None:
         env["HUBVISOR_AGENT_TYPE"] = spec.agent_type
+    if spec.heartbeat_timeout is not None:
+        env["HUBVISOR_HEARTBEAT_INTERVAL"] = f"{spec.heartbeat_timeout / 3:g}"
+    if isinstance(spec.shutdown, float) and math.isfinite(spec.shutdown):
+        env["HUBVISOR_SHUTDOWN"] = f"{spec.shutdown:g}"
     return env
 
 
@@ -176,6 +205,7 @@ class ProcessActor:
         self._done = trio.Event()
         self._ready = trio.Event()
         shared.handles[handle.pid] = handle
+        shared.counters.actors[spec.id] = self
         self._publish(
             ChildStarting,
             pid=handle.pid,
@@ -231,6 +261,8 @@ class ProcessActor:
             if source is not None:
                 source.close()
             self._shared.handles.pop(handle.pid, None)
+            if self._shared.counters.actors.get(spec.id) is self:
+                del self._shared.counters.actors[spec.id]
             was_starting = self.phase is ChildPhase.STARTING
             self.phase = ChildPhase.EXITED
             self._done.set()
@@ -263,6 +295,20 @@ class ProcessActor:
         if not self.done:
             await self._signal_then_kill(self._done.wait, warn=True)
             await self._done.wait()
+
+    async def send(self, message: NotifyMessage, timeout: float = _SEND_TIMEOUT) -> bool:
+        """Send a hub-to-agent message; ``False`` if the agent cannot take it (no channel,
+        gone, or its queue stayed full for ``timeout`` seconds)."""
+        channel = getattr(self.handle, "notify", None)
+        if channel is None or self.done or not hasattr(channel, "send_to_agent"):
+            return False
+        with trio.move_on_after(timeout):
+            try:
+                await channel.send_to_agent(message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+            return True
+        return False
 
     def kill(self) -> None:
         """SIGKILL the process group now (the second Ctrl-C)."""
@@ -342,6 +388,15 @@ class ProcessActor:
                         self._publish(ChildHeartbeat, pid=pid)
                 elif msg.kind == "status":
                     self._publish(ChildStatus, pid=pid, status=msg.value)
+                elif msg.kind == "hello" and msg.value != str(PROTOCOL_VERSION):
+                    await self._kill_unresponsive(
+                        f"speaks agent protocol {msg.value}, this hub speaks "
+                        f"{PROTOCOL_VERSION} (upgrade the agent or the hub)",
+                        0.0,
+                        hung=False,
+                    )
+                elif msg.kind in WORK_KINDS:
+                    self._to_work(msg)
                 continue
             break  # the watchdog fired
         assert timeout is not None
@@ -349,13 +404,33 @@ class ProcessActor:
             f"hung (no heartbeat for {timeout:g}s)", trio.current_time() - last
         )
 
-    async def _kill_unresponsive(self, why: str, silence: float) -> None:
-        """Kill a child that stopped answering like a stop (graceful, then SIGKILL); its
-        exit then goes through the normal restart path. Returns only by cancellation."""
+    def _to_work(self, msg: NotifyMessage) -> None:
+        sink = self._shared.counters.agent_sink
+        if sink is not None:
+            spec = self.spec
+            sink(
+                AgentMessage(
+                    spec.id,
+                    spec.agent_type,
+                    self.path,
+                    self.pid,
+                    self.incarnation,
+                    msg.kind,
+                    msg.value,
+                )
+            )
+
+    async def _kill_unresponsive(self, why: str, silence: float, *, hung: bool = True) -> None:
+        """Kill a child that stopped answering (or broke the protocol) like a stop
+        (graceful, then SIGKILL); its exit then goes through the normal restart path,
+        with ``why`` in its reason. Returns only by cancellation."""
         if self._stop_asked:
             await trio.sleep_forever()
         self._hung = why
-        self._publish(ChildHung, pid=self.pid, silence=silence)
+        if hung:
+            self._publish(ChildHung, pid=self.pid, silence=silence)
+        else:
+            _log.error("%s/%s (pid %d): %s; stopping it", self.path, self.spec.id, self.pid, why)
         # A child that no longer answers gets at most `silence` to stop, even when its
         # shutdown is INFINITY: that one is for a live agent finishing its task.
         await self._signal_then_kill(trio.sleep_forever, patience=silence)

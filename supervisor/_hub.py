@@ -19,6 +19,7 @@ from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
 from ._runtime import ChildInfo, RuntimeContext, Supervisor, _check_spec_type, _count_workers
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
+from ._work import WorkService
 
 __all__ = ["Hub", "Service", "TreeRow"]
 
@@ -85,6 +86,8 @@ class Hub:
             :class:`Registry`; give ``Registry(mirror=RedisMirror(url))`` for Redis).
         services: sidecar actors started before the tree and stopped after it (see
             :class:`Service`).
+        work: the work service (default: a :class:`WorkService` on the in-memory queue);
+            ``hub.work.submit(agent_type, payload)`` hands work to the agents.
 
     Example::
 
@@ -107,6 +110,7 @@ class Hub:
         env: Mapping[str, str] | None = None,
         registry: Registry | None = None,
         services: Sequence[Service] = (),
+        work: WorkService | None = None,
     ) -> None:
         if isinstance(spec, SupervisorSpec):
             root = spec
@@ -147,7 +151,9 @@ class Hub:
                     f"Hub(services=...): {svc!r} is not a service; give objects with an "
                     "async run(hub, *, task_status) method (see supervisor.Service)"
                 )
-        self.services = tuple(services)
+        self.work = work if work is not None else WorkService()
+        """The work service: queues per agent type, fenced at-least-once delivery."""
+        self.services = (self.work, *services)
         self.failed_services: list[str] = []
         """Names of the services that raised (each was logged); supervision went on."""
         self._start_lock = trio.Lock()

@@ -17,6 +17,7 @@ holds up the actor, and so never a restart.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -360,6 +361,13 @@ class Registry:
         self._send.send_nowait(msg)
         await msg.done.wait()
         return msg.ok
+
+    def note_assignment(self, agent_id: str, assignment: str | None) -> None:
+        """Like :meth:`assign` without waiting: the record changes in order with the
+        events already sent (the work service shows each agent's item this way)."""
+        if self._running and not self._stopped:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                self._send.send_nowait(_Assign(agent_id, assignment))
 
     def reclaimed(self) -> trio.MemoryReceiveChannel[Reclaimed]:
         """A channel receiving a :class:`Reclaimed` for every agent that ends from now on."""

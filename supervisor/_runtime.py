@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import trio
 
-from ._child import ChildExit, ChildPhase, ProcessActor, child_env, spawn_actor
+from ._child import AgentMessage, ChildExit, ChildPhase, ProcessActor, child_env, spawn_actor
 from ._errors import (
     ChildNotFound,
     ControlError,
@@ -100,6 +100,10 @@ class RuntimeContext:
     agents: int = 0
     handles: dict[int, ProcessHandle] = attrs.field(factory=dict)
     notify_rejected: int = 0
+    agent_sink: Callable[[AgentMessage], None] | None = None
+    """Where agents' work-protocol messages go (the work service sets it)."""
+    actors: dict[str, ProcessActor] = attrs.field(factory=dict)
+    """The live process actor of each worker child, by id (to send it messages)."""
 
     def check_agents(self, n: int, what: str) -> None:
         """Raise :class:`MaxAgentsExceeded` if ``n`` more workers would pass the limit."""

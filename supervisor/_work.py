@@ -1,0 +1,873 @@
+"""Work for agents: per-type queues with fenced at-least-once delivery, as a hub service.
+
+Two layers, so the decisions can be tested alone:
+
+* :class:`MemoryWorkQueue` (behind the :class:`WorkQueue` protocol) holds the items and
+  makes every decision synchronously: submit, assign, complete, fail, hand back,
+  reclaim, dead-letter, retry. Every answer from an agent is *fenced*: it names the item
+  and the attempt it was given, and anything but the current attempt of an item assigned
+  to that agent is refused, so a late result from a reclaimed attempt never lands.
+* :class:`WorkService` is the hub service (an actor) that feeds it: it learns from the
+  bus which agents run, spoke ``HELLO`` and are idle, takes the agents' messages from the
+  runtime, hands an item to an idle agent of its type (one at a time, no prefetch) and
+  reclaims it the moment the agent exits or is found hung — liveness comes from the
+  hub being the agents' parent, never from a timer counted from delivery.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+import trio
+
+from ._child import AgentMessage
+from ._errors import ConfigError, ControlError
+from ._events import (
+    ChildExited,
+    ChildHung,
+    ChildRunning,
+    ChildStarting,
+    Event,
+    SupervisorStopping,
+)
+from ._notify import MAX_MESSAGE, NotifyMessage
+
+__all__ = [
+    "ItemStatus",
+    "MemoryWorkQueue",
+    "Verdict",
+    "WorkAssigned",
+    "WorkCompleted",
+    "WorkDeadLettered",
+    "WorkFailed",
+    "WorkItem",
+    "WorkQueue",
+    "WorkReclaimed",
+    "WorkRefused",
+    "WorkService",
+    "WorkSubmitted",
+]
+
+_log = logging.getLogger("hubvisor")
+
+DEFAULT_MAX_DELIVERIES = 3
+MAX_PAYLOAD = MAX_MESSAGE // 2  # bytes of JSON; an ASSIGN must fit in one record
+_HISTORY = 20  # attempts kept per item
+
+
+class ItemStatus(enum.StrEnum):
+    """Where a work item is."""
+
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    COMPLETED = "completed"
+    FAILED = "failed"  # the agent said so, with retry=false: final
+    DEAD = "dead"  # used up max_deliveries: in the dead-letter list
+
+
+@attrs.frozen
+class AttemptRecord:
+    """How one attempt of an item ended."""
+
+    attempt: int
+    agent: str
+    outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop
+    reason: str
+    at: float
+
+
+@attrs.define
+class WorkItem:
+    """One piece of work and everything that happened to it.
+
+    ``attempt`` is the fence: it grows with every assignment, and only the agent holding
+    the current attempt may answer. ``deliveries`` counts the attempts that count
+    against ``max_deliveries`` (a hand-back on a graceful stop does not; a crash does).
+    """
+
+    id: str
+    agent_type: str
+    payload: Any
+    max_deliveries: int
+    created_at: float
+    source: str = "api"
+    status: ItemStatus = ItemStatus.QUEUED
+    attempt: int = 0
+    deliveries: int = 0
+    agent: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    progress: Any = None
+    checkpoint: Any = None
+    history: list[AttemptRecord] = attrs.field(factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the control socket and ``--json``)."""
+        return {
+            "id": self.id,
+            "type": self.agent_type,
+            "status": str(self.status),
+            "attempt": self.attempt,
+            "deliveries": self.deliveries,
+            "max_deliveries": self.max_deliveries,
+            "agent": self.agent,
+            "payload": self.payload,
+            "result": self.result,
+            "error": self.error,
+            "progress": self.progress,
+            "source": self.source,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "history": [attrs.asdict(h) for h in self.history],
+        }
+
+
+@attrs.frozen
+class Verdict:
+    """The queue's answer to an agent's message: taken, or refused and why."""
+
+    accepted: bool
+    reason: str = ""
+    item: WorkItem | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Events
+
+
+@attrs.frozen(kw_only=True)
+class WorkSubmitted(Event):
+    """A work item was queued (``child_id``: the submitting agent, or ``""``)."""
+
+    item_id: str
+    agent_type: str
+    kind: str = attrs.field(init=False, default="work_submitted")
+
+
+@attrs.frozen(kw_only=True)
+class WorkAssigned(Event):
+    """An item was handed to agent ``child_id`` (attempt ``attempt``)."""
+
+    item_id: str
+    attempt: int
+    kind: str = attrs.field(init=False, default="work_assigned")
+
+
+@attrs.frozen(kw_only=True)
+class WorkCompleted(Event):
+    """Agent ``child_id`` completed an item."""
+
+    item_id: str
+    attempt: int
+    kind: str = attrs.field(init=False, default="work_completed")
+
+
+@attrs.frozen(kw_only=True)
+class WorkFailed(Event):
+    """Agent ``child_id`` reported a failure; ``final``: no retry (status failed)."""
+
+    item_id: str
+    attempt: int
+    error: str
+    final: bool
+    kind: str = attrs.field(init=False, default="work_failed")
+
+
+@attrs.frozen(kw_only=True)
+class WorkReclaimed(Event):
+    """An item went back to the queue: its agent exited, hung, was stopped, or handed it
+    back (``reason``: ``exit``, ``hang``, ``stop``, ``handback``, ``unreachable``)."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_reclaimed")
+
+
+@attrs.frozen(kw_only=True)
+class WorkDeadLettered(Event):
+    """An item used up its deliveries and moved to the dead-letter list."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_dead")
+
+
+@attrs.frozen(kw_only=True)
+class WorkRefused(Event):
+    """An agent's answer was refused (a stale attempt, or an item it does not hold)."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_refused")
+
+
+# --------------------------------------------------------------------------------------
+# The queue
+
+
+@runtime_checkable
+class WorkQueue(Protocol):
+    """Holds work items and decides every transition; the service only feeds it.
+
+    Every method is synchronous and decides from its arguments and the queue's state
+    alone (``now`` is passed in), so a backend can be property-tested without a hub.
+    """
+
+    def submit(
+        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+    ) -> WorkItem:
+        """Queue a new item and return it."""
+        ...
+
+    def has_work(self, agent_type: str) -> bool:
+        """Whether an item of ``agent_type`` is queued."""
+        ...
+
+    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
+        """Give the oldest queued item of ``agent_type`` to ``agent`` (a new attempt)."""
+        ...
+
+    def complete(self, item_id: str, attempt: int, agent: str, result: Any, now: float) -> Verdict:
+        """The agent finished the item."""
+        ...
+
+    def fail(
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+    ) -> Verdict:
+        """The agent failed the item; with ``retry`` it is queued again while deliveries
+        remain, else it is final."""
+        ...
+
+    def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
+        """The agent gives the item back unfinished; no delivery is spent."""
+        ...
+
+    def progress(
+        self, item_id: str, attempt: int, agent: str, progress: Any, checkpoint: Any
+    ) -> Verdict:
+        """The agent reports progress and a checkpoint for the next attempt."""
+        ...
+
+    def reclaim(
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+    ) -> Verdict:
+        """The agent is gone (or being killed): its item goes back, or dead-letters."""
+        ...
+
+    def retry(self, item_id: str, now: float) -> WorkItem:
+        """Queue a dead or failed item again with fresh deliveries."""
+        ...
+
+    def get(self, item_id: str) -> WorkItem:
+        """The item, or :class:`ControlError` naming the unknown id."""
+        ...
+
+    def items(self) -> Iterable[WorkItem]:
+        """Every item, oldest first."""
+        ...
+
+    def held_by(self, agent: str) -> WorkItem | None:
+        """The item ``agent`` holds, if any."""
+        ...
+
+
+class MemoryWorkQueue:
+    """The in-memory :class:`WorkQueue` (the embedded default): lost with the hub.
+
+    Args:
+        keep_finished: how many completed/failed/dead items to keep for inspection
+            (the oldest are forgotten beyond that; queued and assigned ones never are).
+    """
+
+    def __init__(self, *, keep_finished: int = 10_000) -> None:
+        self._items: dict[str, WorkItem] = {}
+        self._queues: dict[str, deque[str]] = {}
+        self._held: dict[str, str] = {}  # agent -> item id
+        self._finished: deque[str] = deque()
+        self._keep = keep_finished
+        self._ids = itertools.count(1)
+
+    # reading
+
+    def get(self, item_id: str) -> WorkItem:
+        """The item with ``item_id``."""
+        try:
+            return self._items[item_id]
+        except KeyError:
+            raise ControlError(
+                f"no work item {item_id!r}; `hubvisor work list` lists them"
+            ) from None
+
+    def items(self) -> Iterable[WorkItem]:
+        """Every item kept, oldest first."""
+        return list(self._items.values())
+
+    def held_by(self, agent: str) -> WorkItem | None:
+        """The item ``agent`` holds, if any."""
+        item_id = self._held.get(agent)
+        return self._items[item_id] if item_id is not None else None
+
+    def has_work(self, agent_type: str) -> bool:
+        """Whether an item of ``agent_type`` is queued."""
+        return bool(self._queues.get(agent_type))
+
+    def depth(self, agent_type: str) -> int:
+        """How many items of ``agent_type`` are queued."""
+        return len(self._queues.get(agent_type, ()))
+
+    # transitions
+
+    def submit(
+        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+    ) -> WorkItem:
+        """Queue a new item; its id is ``<type>-<n>``."""
+        item = WorkItem(
+            id=f"{agent_type}-{next(self._ids)}",
+            agent_type=agent_type,
+            payload=payload,
+            max_deliveries=max_deliveries,
+            created_at=now,
+            source=source,
+        )
+        self._items[item.id] = item
+        self._queues.setdefault(agent_type, deque()).append(item.id)
+        return item
+
+    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
+        """Give the oldest queued item of ``agent_type`` to ``agent``."""
+        if agent in self._held:
+            raise ControlError(f"agent {agent!r} already holds {self._held[agent]!r}")
+        queue = self._queues.get(agent_type)
+        if not queue:
+            return None
+        item = self._items[queue.popleft()]
+        item.status = ItemStatus.ASSIGNED
+        item.attempt += 1
+        item.deliveries += 1
+        item.agent = agent
+        item.started_at = now
+        self._held[agent] = item.id
+        return item
+
+    def _fence(self, item_id: str, attempt: int, agent: str) -> WorkItem | str:
+        item = self._items.get(item_id)
+        if item is None:
+            return f"no item {item_id!r}"
+        if item.status is not ItemStatus.ASSIGNED or item.attempt != attempt:
+            return (
+                f"stale: {item_id!r} attempt {attempt} is not the current one "
+                f"(status {item.status}, attempt {item.attempt})"
+            )
+        if item.agent != agent:
+            return f"{item_id!r} attempt {attempt} is held by {item.agent!r}, not {agent!r}"
+        return item
+
+    def _release(self, item: WorkItem, agent: str, outcome: str, reason: str, now: float) -> None:
+        item.history.append(AttemptRecord(item.attempt, agent, outcome, reason, now))
+        del item.history[:-_HISTORY]
+        self._held.pop(agent, None)
+        item.agent = None
+
+    def _finish(self, item: WorkItem, status: ItemStatus, now: float) -> None:
+        item.status = status
+        item.finished_at = now
+        self._finished.append(item.id)
+        while len(self._finished) > self._keep:
+            old = self._finished.popleft()
+            if self._items.get(old) is not None and self._items[old].status in (
+                ItemStatus.COMPLETED,
+                ItemStatus.FAILED,
+                ItemStatus.DEAD,
+            ):
+                del self._items[old]
+
+    def _requeue(self, item: WorkItem, *, front: bool) -> None:
+        item.status = ItemStatus.QUEUED
+        queue = self._queues.setdefault(item.agent_type, deque())
+        if front:  # it waited its turn once already
+            queue.appendleft(item.id)
+        else:
+            queue.append(item.id)
+
+    def complete(self, item_id: str, attempt: int, agent: str, result: Any, now: float) -> Verdict:
+        """Mark the item completed with ``result`` (fenced)."""
+        item = self._fence(item_id, attempt, agent)
+        if isinstance(item, str):
+            return Verdict(False, item)
+        self._release(item, agent, "completed", "", now)
+        item.result = result
+        self._finish(item, ItemStatus.COMPLETED, now)
+        return Verdict(True, item=item)
+
+    def fail(
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+    ) -> Verdict:
+        """Record a failure; queue again while deliveries remain, else dead-letter."""
+        item = self._fence(item_id, attempt, agent)
+        if isinstance(item, str):
+            return Verdict(False, item)
+        self._release(item, agent, "failed", error, now)
+        item.error = error
+        if not retry:
+            self._finish(item, ItemStatus.FAILED, now)
+        elif item.deliveries >= item.max_deliveries:
+            self._finish(item, ItemStatus.DEAD, now)
+        else:
+            self._requeue(item, front=True)
+        return Verdict(True, item=item)
+
+    def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
+        """Queue the item again at the front; the delivery is not spent."""
+        item = self._fence(item_id, attempt, agent)
+        if isinstance(item, str):
+            return Verdict(False, item)
+        self._release(item, agent, "handed_back", "", now)
+        item.deliveries -= 1
+        self._requeue(item, front=True)
+        return Verdict(True, item=item)
+
+    def progress(
+        self, item_id: str, attempt: int, agent: str, progress: Any, checkpoint: Any
+    ) -> Verdict:
+        """Keep the progress and the checkpoint (fenced)."""
+        item = self._fence(item_id, attempt, agent)
+        if isinstance(item, str):
+            return Verdict(False, item)
+        item.progress = progress
+        if checkpoint is not None:
+            item.checkpoint = checkpoint
+        return Verdict(True, item=item)
+
+    def reclaim(
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+    ) -> Verdict:
+        """Take back what ``agent`` holds: a stop refunds the delivery, an exit or hang
+        spends it, and an item with no deliveries left is dead-lettered."""
+        item = self.held_by(agent)
+        if item is None:
+            return Verdict(False, f"{agent!r} holds nothing")
+        self._release(item, agent, f"reclaimed:{reason}", reason, now)
+        if reason in ("stop", "unreachable"):
+            item.deliveries -= 1
+        if item.deliveries >= item.max_deliveries:
+            item.error = f"agent {reason} on each of {item.deliveries} deliveries"
+            self._finish(item, ItemStatus.DEAD, now)
+        else:
+            self._requeue(item, front=True)
+        return Verdict(True, item=item)
+
+    def retry(self, item_id: str, now: float) -> WorkItem:
+        """Queue a dead or failed item again, with its deliveries reset."""
+        item = self.get(item_id)
+        if item.status not in (ItemStatus.DEAD, ItemStatus.FAILED):
+            raise ControlError(
+                f"work item {item_id!r} is {item.status}; only dead or failed items can be retried"
+            )
+        with_finished = [i for i in self._finished if i != item_id]
+        self._finished = deque(with_finished)
+        item.deliveries = 0
+        item.error = None
+        item.finished_at = None
+        self._requeue(item, front=False)
+        return item
+
+
+# --------------------------------------------------------------------------------------
+# The service
+
+
+@attrs.define
+class _Agent:
+    """What the service knows of one live agent incarnation."""
+
+    agent_type: str | None
+    supervisor: str
+    pid: int
+    hello: bool = False
+    running: bool = False
+    gone: bool = False  # hung or being stopped: gets nothing new
+
+    @property
+    def idle(self) -> bool:
+        return self.hello and self.running and not self.gone
+
+
+_SERVICE_KINDS = (
+    "starting",
+    "running",
+    "hung",
+    "exited",
+    "supervisor_stopping",
+    "supervisor_stopped",
+)
+
+
+class WorkService:
+    """The hub service that hands work to agents and never loses it.
+
+    Args:
+        queue: the backend (default :class:`MemoryWorkQueue`).
+        max_deliveries: deliveries an item gets by default before it is dead-lettered
+            (crash- and hang-caused deliveries count; a hand-back does not).
+
+    Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
+    """
+
+    name = "work"
+
+    def __init__(
+        self, queue: WorkQueue | None = None, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    ) -> None:
+        if (
+            not isinstance(max_deliveries, int)
+            or isinstance(max_deliveries, bool)
+            or (max_deliveries < 1)
+        ):
+            raise ConfigError(
+                f"WorkService(max_deliveries=...) must be an int >= 1 (got {max_deliveries!r})"
+            )
+        self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
+        self.max_deliveries = max_deliveries
+        self.refused = 0
+        """Agent answers refused (stale attempts, items not held, bad payloads)."""
+        self._agents: dict[str, _Agent] = {}
+        self._idle: dict[str, dict[str, None]] = {}  # type -> idle agents, oldest first
+        self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
+        self._hub: Any = None
+        self._wake = trio.Event()
+
+    # ----------------------------------------------------------------------------------
+    # API (any task)
+
+    def submit(
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int | None = None,
+        source: str = "api",
+    ) -> WorkItem:
+        """Queue an item for agents of ``agent_type``; returns it (``.id``).
+
+        Raises:
+            ControlError: a bad type, a payload that is not JSON or is over
+                :data:`MAX_PAYLOAD` bytes, or a bad ``max_deliveries``.
+        """
+        if not isinstance(agent_type, str) or not agent_type:
+            raise ControlError(f"work needs an agent type, e.g. 'worker' (got {agent_type!r})")
+        try:
+            size = len(json.dumps(payload, separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            raise ControlError(f"the payload must be JSON ({exc}); got {payload!r:.80}") from None
+        if size > MAX_PAYLOAD:
+            raise ControlError(
+                f"the payload is {size} bytes of JSON, over {MAX_PAYLOAD}; put large inputs "
+                "in a file or store and pass their name"
+            )
+        deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
+        if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
+            raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+        item = self.queue.submit(
+            agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
+        )
+        self._publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
+        self._poke()
+        return item
+
+    def retry(self, item_id: str) -> WorkItem:
+        """Queue a dead or failed item again (``hubvisor work retry ID``)."""
+        item = self.queue.retry(item_id, _now())
+        self._poke()
+        return item
+
+    def get(self, item_id: str) -> WorkItem:
+        """The item with ``item_id``."""
+        return self.queue.get(item_id)
+
+    def items(self, status: str | None = None) -> list[WorkItem]:
+        """Every item kept (of ``status`` only, if given), oldest first."""
+        return [i for i in self.queue.items() if status is None or i.status == status]
+
+    def assignment(self, agent_id: str) -> str | None:
+        """The id of the item ``agent_id`` holds, if any."""
+        item = self.queue.held_by(agent_id)
+        return item.id if item is not None else None
+
+    # ----------------------------------------------------------------------------------
+    # The actor
+
+    async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
+        """Serve as a hub service (see :class:`~supervisor.Service`)."""
+        self._hub = hub
+        hub.bus.attach(self._send.clone(), _SERVICE_KINDS)
+        hub.context.agent_sink = self._send.send_nowait
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dispatcher)
+                async for msg in self._inbox:
+                    if isinstance(msg, AgentMessage):
+                        await self._on_message(msg)
+                    elif msg is not None:
+                        self._on_event(msg)
+                    self._poke()
+        finally:
+            hub.context.agent_sink = None
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    async def _dispatcher(self) -> None:
+        """Hand queued items to idle agents whenever either may have changed."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            for agent_type, idle in list(self._idle.items()):
+                while idle and self.queue.has_work(agent_type):
+                    agent_id = next(iter(idle))
+                    del idle[agent_id]
+                    await self._assign(agent_type, agent_id)
+
+    async def _assign(self, agent_type: str, agent_id: str) -> None:
+        now = _now()
+        item = self.queue.assign(agent_type, agent_id, now)
+        if item is None:
+            return
+        actor = self._hub.context.actors.get(agent_id)
+        message = NotifyMessage(
+            "assign",
+            json.dumps(
+                {
+                    "item": item.id,
+                    "attempt": item.attempt,
+                    "type": item.agent_type,
+                    "payload": item.payload,
+                    "checkpoint": item.checkpoint,
+                },
+                separators=(",", ":"),
+            ),
+        )
+        agent = self._agents.get(agent_id)
+        self._publish(WorkAssigned, agent_id, agent=agent, item_id=item.id, attempt=item.attempt)
+        self._hub.registry.note_assignment(agent_id, item.id)
+        if actor is None or not await actor.send(message):
+            # It could not take it (gone, or its queue stayed full): the item goes back
+            # without spending a delivery, and the agent gets nothing more.
+            if agent is not None:
+                agent.gone = True
+            self._reclaim(agent_id, "unreachable")
+
+    def _reclaim(
+        self, agent_id: str, reason: Literal["exit", "hang", "stop", "unreachable"]
+    ) -> None:
+        held = self.queue.held_by(agent_id)
+        if held is None:
+            return
+        attempt = held.attempt
+        verdict = self.queue.reclaim(agent_id, reason, _now())
+        if not verdict.accepted or verdict.item is None:  # pragma: no cover - held above
+            return
+        item = verdict.item
+        agent = self._agents.get(agent_id)
+        self._hub.registry.note_assignment(agent_id, None)
+        if item.status is ItemStatus.DEAD:
+            self._publish(
+                WorkDeadLettered,
+                agent_id,
+                agent=agent,
+                item_id=item.id,
+                attempt=attempt,
+                reason=item.error or reason,
+            )
+            _log.warning("work %s dead-lettered: %s", item.id, item.error)
+        else:
+            self._publish(
+                WorkReclaimed,
+                agent_id,
+                agent=agent,
+                item_id=item.id,
+                attempt=attempt,
+                reason=reason,
+            )
+
+    def _set_idle(self, agent_id: str) -> None:
+        agent = self._agents.get(agent_id)
+        if agent is None or not agent.idle or agent.agent_type is None:
+            return
+        if self.queue.held_by(agent_id) is None:
+            self._idle.setdefault(agent.agent_type, {})[agent_id] = None
+
+    def _not_idle(self, agent_id: str, agent: _Agent | None) -> None:
+        if agent is not None and agent.agent_type is not None:
+            self._idle.get(agent.agent_type, {}).pop(agent_id, None)
+
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case ChildStarting():
+                old = self._agents.get(event.child_id)
+                self._not_idle(event.child_id, old)
+                self._agents[event.child_id] = _Agent(event.agent_type, event.supervisor, event.pid)
+            case ChildRunning():
+                agent = self._live(event.child_id, event.pid)
+                if agent is not None:
+                    agent.running = True
+                    self._set_idle(event.child_id)
+            case ChildHung():
+                agent = self._live(event.child_id, event.pid)
+                if agent is not None:
+                    agent.gone = True
+                    self._not_idle(event.child_id, agent)
+                    self._reclaim(event.child_id, "hang")
+            case ChildExited():
+                agent = self._live(event.child_id, event.pid)
+                if agent is not None:
+                    self._not_idle(event.child_id, agent)
+                    del self._agents[event.child_id]
+                    self._reclaim(event.child_id, "stop" if event.expected else "exit")
+            case SupervisorStopping():
+                for agent_id, agent in self._agents.items():
+                    if _under(agent.supervisor, event.supervisor):
+                        agent.gone = True
+                        self._not_idle(agent_id, agent)
+            case _:
+                pass
+
+    def _live(self, agent_id: str, pid: int) -> _Agent | None:
+        agent = self._agents.get(agent_id)
+        return agent if agent is not None and agent.pid == pid else None
+
+    async def _on_message(self, msg: AgentMessage) -> None:
+        agent = self._live(msg.agent_id, msg.pid)
+        if agent is None:
+            return  # an incarnation already gone: whatever it held was reclaimed
+        if msg.kind == "hello":
+            agent.hello = True
+            self._set_idle(msg.agent_id)
+            return
+        body = json.loads(msg.value or "{}")  # validated by the message table
+        if msg.kind == "submit":
+            self._agent_submit(msg, body)
+            return
+        item_id, attempt, now = body["item"], body["attempt"], _now()
+        if msg.kind == "progress":
+            verdict = self.queue.progress(
+                item_id, attempt, msg.agent_id, body.get("progress"), body.get("checkpoint")
+            )
+            if not verdict.accepted:
+                self._refuse(msg, item_id, attempt, verdict.reason)
+            return
+        if msg.kind == "result":
+            verdict = self.queue.complete(item_id, attempt, msg.agent_id, body.get("result"), now)
+        elif msg.kind == "fail":
+            retry = body.get("retry", True) is not False
+            verdict = self.queue.fail(item_id, attempt, msg.agent_id, body["error"], retry, now)
+        else:  # handback
+            verdict = self.queue.hand_back(item_id, attempt, msg.agent_id, now)
+        if verdict.accepted and verdict.item is not None:
+            self._answered(msg, verdict.item, attempt)
+        else:
+            self._refuse(msg, item_id, attempt, verdict.reason)
+        await self._ack(msg.agent_id, item_id, attempt, verdict)
+        self._set_idle(msg.agent_id)
+
+    def _answered(self, msg: AgentMessage, item: WorkItem, attempt: int) -> None:
+        self._hub.registry.note_assignment(msg.agent_id, None)
+        agent = self._agents.get(msg.agent_id)
+        if msg.kind == "result":
+            self._publish(
+                WorkCompleted, msg.agent_id, agent=agent, item_id=item.id, attempt=attempt
+            )
+        elif msg.kind == "handback":
+            self._publish(
+                WorkReclaimed,
+                msg.agent_id,
+                agent=agent,
+                item_id=item.id,
+                attempt=attempt,
+                reason="handback",
+            )
+        elif item.status is ItemStatus.DEAD:
+            self._publish(
+                WorkDeadLettered,
+                msg.agent_id,
+                agent=agent,
+                item_id=item.id,
+                attempt=attempt,
+                reason=item.error or "failed",
+            )
+        else:
+            self._publish(
+                WorkFailed,
+                msg.agent_id,
+                agent=agent,
+                item_id=item.id,
+                attempt=attempt,
+                error=item.error or "",
+                final=item.status is ItemStatus.FAILED,
+            )
+
+    def _refuse(self, msg: AgentMessage, item_id: str, attempt: int, reason: str) -> None:
+        self.refused += 1
+        self._publish(
+            WorkRefused,
+            msg.agent_id,
+            agent=self._agents.get(msg.agent_id),
+            item_id=item_id,
+            attempt=attempt,
+            reason=reason,
+        )
+        _log.warning("%s: refused %s for %s: %s", msg.agent_id, msg.kind.upper(), item_id, reason)
+
+    async def _ack(self, agent_id: str, item_id: str, attempt: int, verdict: Verdict) -> None:
+        actor = self._hub.context.actors.get(agent_id)
+        if actor is None:
+            return
+        body = {"item": item_id, "attempt": attempt, "accepted": verdict.accepted}
+        if verdict.reason:
+            body["reason"] = verdict.reason[:200]
+        await actor.send(NotifyMessage("ack", json.dumps(body, separators=(",", ":"))))
+
+    def _agent_submit(self, msg: AgentMessage, body: Mapping[str, Any]) -> None:
+        try:
+            self.submit(
+                body["type"],
+                body.get("payload"),
+                max_deliveries=body.get("max_deliveries"),
+                source=f"agent:{msg.agent_id}",
+            )
+        except ControlError as exc:
+            self.refused += 1
+            _log.warning("%s: refused SUBMIT: %s", msg.agent_id, exc)
+
+    def _publish(
+        self, cls: Any, child_id: str, *, agent: _Agent | None = None, **fields: Any
+    ) -> None:
+        if self._hub is None:
+            return
+        supervisor = agent.supervisor if agent is not None else ""
+        self._hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
+
+
+def _under(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor + "/")
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # outside trio (a test of the queue alone)
+        return 0.0

@@ -1,0 +1,181 @@
+"""The work service with real agent processes: dispatch, fencing, reclaim, dead letters.
+
+The agents here are tiny scripts that speak the protocol on the raw socket (what any
+language can do); tests/test_agents.py covers agents.BaseAgent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from strategies import Intensity
+from supervisor import ChildSpec, Hub, ItemStatus, SupervisorSpec, WorkItem
+
+from .helpers import PY, TIMEOUT, is_, running, wait_event
+
+# An agent that answers each ASSIGN according to its payload:
+#   {"n": 3}            -> RESULT {"double": 6}
+#   {"crash": true}     -> exits with code 3 while holding the item (first attempt only)
+#   {"hang": true}      -> stops heartbeating and blocks (first attempt only)
+#   {"fail": "why"}     -> FAIL retry=false
+#   {"stale": true}     -> sends a RESULT for attempt+1 first (refused), then the real one
+AGENT = r"""
+import json, os, socket, sys, threading, time
+fd = int(os.environ["HUBVISOR_NOTIFY_FD"])
+s = socket.socket(fileno=fd)
+lock = threading.Lock()
+beating = True
+def send(text):
+    with lock:
+        s.send(text.encode())
+def beat():
+    while True:
+        time.sleep(0.1)
+        if beating:
+            send("HEARTBEAT")
+threading.Thread(target=beat, daemon=True).start()
+send("HELLO=1")
+send("READY")
+while True:
+    data = s.recv(65536)
+    if not data:
+        sys.exit(0)
+    word, _, rest = data.decode().partition("=")
+    if word == "STOP":
+        sys.exit(0)
+    if word != "ASSIGN":
+        continue
+    a = json.loads(rest)
+    p, item, attempt = a["payload"], a["item"], a["attempt"]
+    if p.get("crash") and attempt == 1:
+        os._exit(3)
+    if p.get("hang") and attempt == 1:
+        beating = False
+        time.sleep(1000)
+    if p.get("submit"):
+        send("SUBMIT=" + json.dumps({"type": p["submit"], "payload": {"n": p.get("n", 0)}}))
+    if "fail" in p:
+        send("FAIL=" + json.dumps({"item": item, "attempt": attempt, "error": p["fail"], "retry": False}))
+        continue
+    if p.get("stale"):
+        send("RESULT=" + json.dumps({"item": item, "attempt": attempt + 1, "result": "forged"}))
+    send("RESULT=" + json.dumps({"item": item, "attempt": attempt, "result": {"double": 2 * p.get("n", 0), "by": os.environ["HUBVISOR_AGENT_ID"]}}))
+"""
+
+
+def agent(cid: str, agent_type: str = "w", **kw: Any) -> ChildSpec:
+    kw.setdefault("shutdown", 2.0)
+    kw.setdefault("heartbeat_timeout", 1.0)
+    return ChildSpec(id=cid, argv=[PY, "-c", AGENT], agent_type=agent_type, **kw)
+
+
+async def finished(hub: Hub, item: WorkItem, events: Any) -> WorkItem:
+    """Wait until ``item`` is completed, failed or dead; return it."""
+    final = {ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD}
+    with trio.fail_after(TIMEOUT):
+        while hub.work.get(item.id).status not in final:
+            await wait_event(events, lambda e: e.kind.startswith("work_"))
+    return hub.work.get(item.id)
+
+
+async def test_an_item_goes_to_an_idle_agent_and_completes() -> None:
+    async with running([agent("a1")]) as (hub, events):
+        item = hub.work.submit("w", {"n": 21})
+        done = await finished(hub, item, events)
+        assert {"double": 42, "by": "a1"} == done.result
+        assert (1, 1, None) == (done.attempt, done.deliveries, done.agent)
+        assert hub.work.assignment("a1") is None
+
+
+async def test_an_agent_killed_mid_item_is_reclaimed_at_once_and_done_elsewhere() -> None:
+    """The holder exits: the item goes back the moment the hub sees the exit and is
+    completed with attempt 2 (by the restarted agent or the other one)."""
+    async with running([agent("a1"), agent("a2")]) as (hub, events):
+        await wait_event(events, is_("running", "a2"))
+        item = hub.work.submit("w", {"n": 1, "crash": True})
+        reclaimed = await wait_event(events, is_("work_reclaimed"))
+        assert "exit" == reclaimed.reason  # type: ignore[attr-defined]
+        done = await finished(hub, item, events)
+        assert ItemStatus.COMPLETED == done.status
+        assert 2 == done.attempt
+        assert ["reclaimed:exit", "completed"] == [h.outcome for h in done.history]
+
+
+async def test_a_hung_agents_item_is_reclaimed_within_the_heartbeat_timeout() -> None:
+    async with running([agent("a1"), agent("a2")]) as (hub, events):
+        await wait_event(events, is_("running", "a2"))
+        item = hub.work.submit("w", {"n": 5, "hang": True})
+        hung = await wait_event(events, is_("work_reclaimed"))
+        assert "hang" == hung.reason  # type: ignore[attr-defined]
+        done = await finished(hub, item, events)
+        assert {"double": 10} == {"double": done.result["double"]}
+        assert 2 == done.attempt
+
+
+async def test_a_stale_result_is_refused_and_the_real_one_counts() -> None:
+    async with running([agent("a1")]) as (hub, events):
+        item = hub.work.submit("w", {"n": 2, "stale": True})
+        done = await finished(hub, item, events)
+        assert {"double": 4, "by": "a1"} == done.result
+        assert 1 == hub.work.refused
+
+
+async def test_an_item_that_always_crashes_its_agent_is_dead_lettered() -> None:
+    script = AGENT.replace('if p.get("crash") and attempt == 1:', 'if p.get("crash"):')
+    child = ChildSpec(id="a1", argv=[PY, "-c", script], agent_type="w", shutdown=2.0)
+    spec = SupervisorSpec(name="hub", children=[child], intensity=Intensity(10, 10))
+    async with running(spec) as (hub, events):
+        item = hub.work.submit("w", {"crash": True}, max_deliveries=2)
+        done = await finished(hub, item, events)
+        assert ItemStatus.DEAD == done.status
+        assert ["reclaimed:exit", "reclaimed:exit"] == [h.outcome for h in done.history]
+        again = hub.work.retry(item.id)
+        assert (ItemStatus.QUEUED, 0) == (again.status, again.deliveries)
+        assert ItemStatus.DEAD == (await finished(hub, again, events)).status
+
+
+async def test_fail_without_retry_is_final_and_agents_submit_work() -> None:
+    async with running([agent("a1"), agent("q1", agent_type="q")]) as (hub, events):
+        bad = hub.work.submit("w", {"fail": "bad input"})
+        done = await finished(hub, bad, events)
+        assert (ItemStatus.FAILED, "bad input") == (done.status, done.error)
+        parent = hub.work.submit("w", {"n": 4, "submit": "q"})
+        await finished(hub, parent, events)
+        (child,) = [i for i in hub.work.items() if i.agent_type == "q"]
+        assert "agent:a1" == child.source
+        assert {"double": 8, "by": "q1"} == (await finished(hub, child, events)).result
+
+
+async def test_stopping_the_hub_hands_held_items_back_without_spending_them() -> None:
+    async with running([agent("a1")]) as (hub, events):
+        item = hub.work.submit("w", {"n": 1, "hang": True})
+        await wait_event(events, is_("work_assigned"))
+    held = hub.work.get(item.id)
+    assert ItemStatus.QUEUED == held.status
+    assert 0 == held.deliveries
+
+
+async def test_a_protocol_version_mismatch_is_a_clear_failed_start() -> None:
+    script = AGENT.replace('send("HELLO=1")', 'send("HELLO=7")')
+    spec = ChildSpec(id="a1", argv=[PY, "-c", script], agent_type="w", shutdown=1.0)
+    async with running([spec]) as (hub, events):
+        exited = await wait_event(events, is_("exited", "a1"))
+        assert not exited.expected  # type: ignore[attr-defined]
+        (row,) = hub.which_children()
+        await wait_event(events, is_("starting", "a1"))
+        assert "speaks agent protocol 7, this hub speaks 1" in (row.info.last_exit or "")
+
+
+def test_submit_refuses_bad_payloads() -> None:
+    hub = Hub([agent("a1")])
+    from supervisor import ControlError
+
+    with pytest.raises(ControlError, match="must be JSON"):
+        hub.work.submit("w", {1, 2})
+    with pytest.raises(ControlError, match="over"):
+        hub.work.submit("w", "x" * 40_000)
+    with pytest.raises(ControlError, match="max_deliveries"):
+        hub.work.submit("w", {}, max_deliveries=0)
