@@ -164,8 +164,8 @@ async def test_a_protocol_version_mismatch_is_a_clear_failed_start() -> None:
     async with running([spec]) as (hub, events):
         exited = await wait_event(events, is_("exited", "a1"))
         assert not exited.expected  # type: ignore[attr-defined]
+        await wait_event(events, is_("starting", "a1"))  # restarted: the exit was handled
         (row,) = hub.which_children()
-        await wait_event(events, is_("starting", "a1"))
         assert "speaks agent protocol 7, this hub speaks 1" in (row.info.last_exit or "")
 
 
