@@ -21,6 +21,7 @@ import errno
 import json
 import math
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -183,7 +184,7 @@ class Field:
         return value
 
 
-def _no_output(result: Any, args: Args) -> None:
+def _echo_result(result: Any, args: Args) -> None:
     click.echo(result)
 
 
@@ -208,7 +209,7 @@ class Op:
     help: str
     run: Callable[[Hub, Args, trio.Nursery], Awaitable[Any]]
     fields: tuple[Field, ...] = ()
-    show: Callable[[Any, Args], None] = _no_output
+    show: Callable[[Any, Args], None] = _echo_result
     budget: Callable[[Hub, Args], float] | None = None
     command: bool = True
 
@@ -458,19 +459,46 @@ OPS: dict[str, Op] = {
 # The hub's side
 
 
+_MAX_DEPTH = 32
+"""The deepest nesting of arrays and objects a request (or an answer) may have."""
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[][{}]")
+
+
+def _too_deep(line: bytes) -> bool:
+    """Whether ``line`` nests arrays or objects more than :data:`_MAX_DEPTH` deep.
+
+    Checked before decoding: the JSON decoder recurses per level, and a RecursionError
+    near the stack limit also breaks whatever finalizer the garbage collector runs there.
+    Brackets inside strings do not count; an unterminated string may count its brackets,
+    which only makes a line that is not JSON anyway read as too deep.
+    """
+    if line.count(b"[") + line.count(b"{") <= _MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKET.finditer(_STRING.sub(b'""', line)):
+        if bracket[0] in (b"[", b"{"):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return True
+        else:
+            depth = max(0, depth - 1)
+    return False
+
+
 def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 
 
 async def _answer(hub: Hub, line: bytes, background: trio.Nursery) -> dict[str, Any]:
     """The answer to one request line; never raises (but for cancellation)."""
+    if _too_deep(line):
+        return _error(
+            f"request is nested more than {_MAX_DEPTH} levels deep; a request is a flat JSON "
+            'object like {"op": "list"}'
+        )
     try:
         req = json.loads(line)
-    except RecursionError:
-        return _error(
-            "request is nested too deeply to decode; a request is a flat JSON object like "
-            '{"op": "list"}'
-        )
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         return _error(
             f'request is not a JSON object on one line ({exc}); send e.g. {{"op": "list"}}'
@@ -537,8 +565,15 @@ def _claim(path: Path) -> None:
         ) from None
     if path.parent == _default_base():
         _check_private_dir(path.parent, ControlError, "--control-socket")
-    if not os.path.lexists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(
+            f"{path} exists and is not a socket; hubvisor will not replace it: remove it if "
+            "it is a leftover, or pass --control-socket PATH"
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
@@ -655,8 +690,8 @@ class _Client:
             ) from None
         line, self.buf = self.buf.split(b"\n", 1)
         try:
-            answer = json.loads(line)
-        except (ValueError, RecursionError):
+            answer = None if _too_deep(line) else json.loads(line)
+        except ValueError:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
             raise ControlClientError(

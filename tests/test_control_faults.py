@@ -75,7 +75,7 @@ async def test_fault5_deeply_nested_control_line_leaves_hub_running(tmp_path: Pa
             exchange, path, b"[" * 60_000 + b"\n" + b'{"op": "count"}\n'
         )
 
-        assert not nested["ok"] and "nested too deeply" in nested["error"]
+        assert not nested["ok"] and "nested more than 32 levels deep" in nested["error"]
         assert {"ok": True, "result": hub.count_children()} == after
         assert 3 == (await trio.to_thread.run_sync(request, path, {"op": "count"}))["workers"]
         nursery.cancel_scope.cancel()
@@ -87,7 +87,8 @@ async def test_fault5_deeply_nested_control_line_leaves_hub_running(tmp_path: Pa
         (b"\xff\xfe\x00garbage", "not a JSON object"),
         (b'{"op": "list"', "not a JSON object"),
         (b'{"op": "count", "x": ' + b"9" * 5000 + b"}", "not a JSON object"),
-        (b"[" * 900 + b"]" * 900, "a request is a JSON object"),
+        (b"[" * 900 + b"]" * 900, "nested more than 32 levels deep"),
+        (b"[" * 30 + b"]" * 30, "a request is a JSON object"),
         (b'{"op": "logs", "id": "solo", "lines": NaN}', "'lines' must be an int >= 0 (got nan)"),
         (b'{"op": "logs", "id": "solo", "lines": -1}', "'lines' must be an int >= 0 (got -1)"),
         (b'{"op": "resize", "pool": "w", "size": true}', "'size' must be an int >= 0"),
@@ -353,3 +354,17 @@ async def test_fresh_default_directory_is_made_private(tmp_default_dir: Path) ->
         assert 0o700 == stat.S_IMODE(os.lstat(tmp_default_dir).st_mode)
         assert (0, "specs: 4\nactive: 4\nworkers: 3\nsupervisors: 1\n") == await ctl("count")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_file_that_is_not_a_socket_is_never_replaced(tmp_path: Path) -> None:
+    """A hub given the path of an ordinary file (or a link) refuses it instead of deleting it."""
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    link = tmp_path / "link.sock"
+    link.symlink_to(path)
+
+    for taken in (path, link):
+        with pytest.raises(ControlError, match="exists and is not a socket"):
+            await serve_control(Hub(tree()), taken)
+
+    assert "keep me" == path.read_text() and link.is_symlink()
