@@ -14,7 +14,15 @@ from click.testing import CliRunner
 
 from supervisor import ControlError, Hub, SupervisorSpec
 from supervisor._cli import _ctl_command, ctl
-from supervisor._control import OPS, Field, Op, parse_request, request, serve_control
+from supervisor._control import (
+    OPS,
+    ControlClientError,
+    Field,
+    Op,
+    parse_request,
+    request,
+    serve_control,
+)
 from tests.helpers import running, sleeper
 
 DOCS = (Path(__file__).resolve().parent.parent / "docs" / "control.md").read_text()
@@ -110,3 +118,65 @@ async def test_one_entry_adds_an_op_to_the_socket_and_to_ctl(
         code, out = await trio.to_thread.run_sync(invoke, "echo", "ab", "-t", "0")
         assert 2 == code and "0 is not in the range x>=1" in out
         nursery.cancel_scope.cancel()
+
+
+async def test_budgets_bound_how_long_an_op_may_take() -> None:
+    """terminate/restart: the child's shutdown (a supervisor's children's in sequence); resize:
+    the pool template's (members stop together); children started later: the whole tree's."""
+    from supervisor import BRUTAL_KILL, PoolSpec
+
+    spec = SupervisorSpec(
+        name="hub",
+        children=[
+            sleeper("quick", shutdown=BRUTAL_KILL),
+            SupervisorSpec(
+                name="team", children=[sleeper("a", shutdown=1), sleeper("b", shutdown=2)]
+            ),
+            PoolSpec(agent_type="w", template=sleeper("t", shutdown=4), size=2),
+        ],
+    )
+    async with running(spec) as (hub, _):
+        await hub.start_child("hub", sleeper("late", shutdown=0.5))
+
+        def budget(req: dict[str, Any]) -> float:
+            op, args = parse_request(req)
+            assert op.budget is not None
+            return op.budget(hub, args)
+
+        assert 0.0 == budget({"op": "terminate", "id": "quick"})
+        assert 3.0 == budget({"op": "restart", "id": "team"})
+        assert 2.0 == budget({"op": "terminate", "id": "b"})
+        assert 4.0 == budget({"op": "terminate", "id": "w-agent-2"})
+        assert 4.0 == budget({"op": "resize", "pool": "w", "size": 0})
+        assert 0.0 == budget({"op": "resize", "pool": "team", "size": 0})
+        assert 7.0 == budget({"op": "terminate", "id": "late"})
+        with pytest.raises(ControlError, match="no child 'ghost'"):
+            budget({"op": "terminate", "id": "ghost"})
+
+
+async def test_a_handler_that_fails_unexpectedly_is_an_error_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An op that raises anything but ControlError is answered with the error and logged."""
+
+    async def broken(hub: Hub, args: Any, background: trio.Nursery) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(OPS, "broken", Op("broken", "Fail.", broken))
+    path = tmp_path / "hub.sock"
+    solo = SupervisorSpec(name="hub", children=[sleeper("solo")])
+    async with running(solo) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+
+        with pytest.raises(ControlClientError, match="broken failed inside the hub: "):
+            await trio.to_thread.run_sync(request, path, {"op": "broken"})
+        assert 1 == len(await trio.to_thread.run_sync(request, path, {"op": "list"}))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
+    """AF_UNIX paths are short; a long one names the path and the fix."""
+    path = tmp_path / ("x" * 120) / "hub.sock"
+
+    with pytest.raises(ControlError, match="cannot listen on .*--control-socket PATH"):
+        await serve_control(Hub(SupervisorSpec(name="hub", children=[sleeper("s")])), path)
