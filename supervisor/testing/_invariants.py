@@ -173,6 +173,25 @@ class _Decision:
     stopped: bool = False  # the supervisor was stopped before the group was known
     restarted: dict[str, ChildRestarting] = attrs.field(factory=dict)
     cancelled: dict[str, float] = attrs.field(factory=dict)  # stopped or rescheduled: when
+    # siblings the decision stopped first (``stopped`` reason ``restarting``): when
+    sibling_stops: dict[str, float] = attrs.field(factory=dict)
+
+    def restarts_due(self) -> float | None:
+        """When the group's restarts without backoff began or were due: the instant its
+        last running sibling was stopped (the decision's own instant if there was none);
+        ``None`` while a sibling is still being stopped."""
+        if self.restarted:
+            return min(r.at for r in self.restarted.values())
+        if self.strategy is None:
+            return None
+        siblings = [
+            x
+            for x in self.strategy.result
+            if x != self.failed and self.states.get(x) in ("up", "pending")
+        ]
+        if any(x not in self.sibling_stops for x in siblings):
+            return None
+        return max([self.at, *(self.sibling_stops[x] for x in siblings)])
 
 
 @attrs.define(eq=False)
@@ -230,13 +249,18 @@ def _analyse(trace: Trace) -> _Analysis:
         if d is not None and d.collecting:
             d.collecting = False
             d.stopped = stop_at is not None
-            # Restarts without backoff all happen at the decision's instant; a stop of
-            # the supervisor at that same instant may have cut them short, so the group
-            # is only known if the stop (if any) came later. With a backoff the group is
-            # what `backing_off` announced; if a stop came first, it is unknown.
+            # Restarts without backoff all happen at one instant: once the running
+            # siblings are stopped (at the decision's instant if none takes time to
+            # stop). A stop of the supervisor before or at that instant may have cut them
+            # short (a stubborn sibling can take its whole shutdown time, during which
+            # the parent may stop this supervisor), so the group is only known if the
+            # stop (if any) came later. With a backoff the group is what `backing_off`
+            # announced; if a stop came first, it is unknown.
             no_delay = d.backoff is not None and d.backoff.delay == 0
-            if d.group is None and no_delay and stop_at != d.at:
-                d.group = list(d.restarted)
+            if d.group is None and no_delay:
+                due = d.restarts_due()
+                if stop_at is None or (due is not None and stop_at > due + _EPS):
+                    d.group = list(d.restarted)
         if d is not None and (d.strategy is not None or d.escalated is not None):
             del open_[sup]
 
@@ -313,6 +337,8 @@ def _on_event(
         for key in [k for k in pending if k[0] == sup]:
             pending.pop(key).cancelled[key[1]] = r.at
     elif isinstance(r, ChildStopped):
+        if r.reason == "restarting" and d is not None and d.collecting:
+            d.sibling_stops[r.child_id] = r.at
         if r.reason != "restarting":
             close(sup, r.at if r.reason == "shutdown" else None)
         st[r.child_id] = "down"
