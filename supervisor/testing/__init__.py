@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ._errors import InvalidSchedule as InvalidSchedule
 from ._invariants import (
     STRATEGY_ORACLES as STRATEGY_ORACLES,
     InvariantViolation as InvariantViolation,
@@ -76,6 +77,7 @@ __all__ = [
     "Hang",
     "How",
     "IntensityRecorded",
+    "InvalidSchedule",
     "InvariantViolation",
     "Kill",
     "Record",

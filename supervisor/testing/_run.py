@@ -23,11 +23,12 @@ import trio.testing
 
 from strategies import BackoffPolicy, IntensityDecision, IntensityPolicy, RestartStrategy
 
-from .._errors import SupervisorEscalation
+from .._errors import InvalidSupervisorSpec, SupervisorEscalation
 from .._events import Event, EventBus
 from .._hub import Hub
 from .._process import SpawnRequest
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
+from ._errors import InvalidSchedule
 from ._schedule import Crash, Exit, Hang, Kill, Schedule
 from ._sim import SimBehaviour, SimulatedProcessBackend
 
@@ -330,17 +331,15 @@ def run_schedule(
     if not isinstance(schedule, Schedule):
         schedule = Schedule(crashes=tuple(schedule))
     if not isinstance(spec, SupervisorSpec):
-        raise TypeError(f"run_schedule needs a SupervisorSpec as the root (got {spec!r})")
+        raise InvalidSupervisorSpec(
+            f"run_schedule needs a SupervisorSpec as the root (got {spec!r})"
+        )
     if not (isinstance(settle, int | float) and 0 <= settle < math.inf):
-        raise ValueError(
+        raise InvalidSchedule(
             f"settle must be a finite number of virtual seconds >= 0 (got {settle!r}); "
             "e.g. settle=60 lets pending backoffs elapse after the last crash"
         )
-    # Under Hypothesis, trio's scheduler draws task order from a registered Random that
-    # Hypothesis seeds per example; seeding it here makes plain calls reproducible too.
-    scheduler_random = getattr(trio._core._run, "_r", None)
-    if isinstance(scheduler_random, random.Random):
-        scheduler_random.seed(seed)
+    _deterministic_scheduling(seed)
     clock = trio.testing.MockClock(autojump_threshold=0)
     try:
         return trio.run(
@@ -358,6 +357,29 @@ def run_schedule(
         if len(leaves) == 1:
             raise leaves[0] from group
         raise
+
+
+def _deterministic_scheduling(seed: int) -> None:
+    """Make trio's task order a function of ``seed`` alone.
+
+    trio shuffles each batch of runnable tasks. Only in its deterministic mode, which its
+    Hypothesis plugin switches on, does it first sort the batch by task creation order;
+    otherwise the order depends on how tasks were queued, which depends on memory
+    addresses (trio breaks ties between equal deadlines by ``id()``), so the same inputs
+    can give different traces. That plugin is not loaded under
+    ``HYPOTHESIS_NO_PLUGINS=1`` or when entry points are unavailable: switch the mode on
+    here (what the plugin does), then seed the scheduler's random source.
+    """
+    core = trio._core._run
+    if not getattr(core, "_ALLOW_DETERMINISTIC_SCHEDULING", True):
+        setup = getattr(core, "_hypothesis_plugin_setup", None)
+        if callable(setup):
+            setup()  # also registers the source with Hypothesis, as the plugin does
+        else:  # pragma: no cover - a trio without the plugin hook
+            setattr(core, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010
+    scheduler_random = getattr(core, "_r", None)
+    if isinstance(scheduler_random, random.Random):
+        scheduler_random.seed(seed)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

@@ -9,6 +9,8 @@ from typing import Any, TypeAlias
 
 import attrs
 
+from ._errors import InvalidSchedule
+
 __all__ = ["Crash", "Exit", "Hang", "How", "Kill", "Schedule"]
 
 
@@ -41,7 +43,7 @@ def _check_at(instance: object, attribute: attrs.Attribute[float], value: float)
         or not math.isfinite(value)
         or value < 0
     ):
-        raise ValueError(
+        raise InvalidSchedule(
             f"Crash.at must be a finite number of virtual seconds >= 0 after the tree "
             f"started (got {value!r}); e.g. Crash(at=1.5, child_id='worker-1')"
         )
@@ -49,7 +51,7 @@ def _check_at(instance: object, attribute: attrs.Attribute[float], value: float)
 
 def _check_how(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, Exit | Kill | Hang):
-        raise TypeError(
+        raise InvalidSchedule(
             f"Crash.how must be Exit(code), Kill(signal) or Hang() (got {value!r}); "
             "e.g. Crash(at=1.0, child_id='a', how=Exit(1))"
         )
@@ -74,18 +76,31 @@ class Crash:
 
 
 def _to_crashes(value: Iterable[Crash]) -> tuple[Crash, ...]:
-    crashes = tuple(value)
+    try:
+        crashes = tuple(value)
+    except TypeError:
+        crashes = (value,)  # type: ignore[assignment]  # reported just below
     for c in crashes:
         if not isinstance(c, Crash):
-            raise TypeError(f"Schedule.crashes must hold Crash objects (got {c!r})")
+            raise InvalidSchedule(
+                f"Schedule.crashes must hold Crash objects (got {c!r}); "
+                "e.g. Schedule([Crash(at=1.0, child_id='a')])"
+            )
     # Stable: crashes at the same time apply in the order given.
     return tuple(sorted(crashes, key=lambda c: c.at))
 
 
 def _to_ids(value: Iterable[str]) -> frozenset[str]:
-    if isinstance(value, str):
-        raise TypeError(f"Schedule.stubborn must be a set of child ids (got {value!r})")
-    return frozenset(value)
+    try:
+        ids = frozenset(value) if not isinstance(value, str) else None
+    except TypeError:
+        ids = None
+    if ids is None or not all(isinstance(i, str) for i in ids):
+        raise InvalidSchedule(
+            f"Schedule.stubborn must be a set of child ids (got {value!r}); "
+            "e.g. stubborn={'worker-1'}"
+        )
+    return ids
 
 
 @attrs.frozen

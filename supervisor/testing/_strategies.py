@@ -29,6 +29,7 @@ from strategies import (
 )
 
 from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
+from ._errors import InvalidSchedule
 from ._schedule import Crash, Exit, Hang, How, Kill, Schedule
 
 __all__ = [
@@ -237,7 +238,10 @@ def crashes(
 ) -> st.SearchStrategy[Crash]:
     """One crash of one of ``ids``: exit 1 or 0, other codes, or a signal (or a hang)."""
     if not ids:
-        raise ValueError("crashes() needs at least one child id to crash")
+        raise InvalidSchedule(
+            "crashes() needs at least one child id to crash (got an empty list); pass e.g. "
+            "worker_ids(spec)"
+        )
     return st.builds(
         Crash,
         at=at if at is not None else _grid(0, 120, 0.25),
