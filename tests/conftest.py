@@ -24,6 +24,46 @@ settings.register_profile(
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+EXPLORE_EXAMPLES = "HUBVISOR_EXPLORE_EXAMPLES"
+"""Set (to a number of examples) by ``--explore``; property tests with their own
+``max_examples`` read it through ``explore_examples`` in tests/test_toolkit.py."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hubvisor")
+    group.addoption(
+        "--explore",
+        action="store_true",
+        default=False,
+        help="property tests look for new counterexamples: fresh random examples on every "
+        "run (not derandomized, even with CI=1) and many of them (see --explore-examples "
+        "and docs/property-testing.md)",
+    )
+    group.addoption(
+        "--explore-examples",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="examples per property test with --explore (default: 2000)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("--explore"):
+        os.environ.pop(EXPLORE_EXAMPLES, None)
+        return
+    n = config.getoption("--explore-examples")
+    os.environ[EXPLORE_EXAMPLES] = str(n)
+    settings.register_profile(
+        "explore",
+        parent=settings.get_profile("dev"),
+        derandomize=False,
+        max_examples=n,
+        print_blob=True,  # a failure prints the @reproduce_failure line to replay it
+    )
+    settings.load_profile("explore")
+
+
 # Every process a test starts inherits this marker, so leftovers can be found even after
 # they were reparented to init.
 MARKER = f"HUBVISOR_TEST_RUN={uuid.uuid4().hex}"
