@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -44,11 +45,20 @@ from ._notify import (
 from ._process import ProcessBackend, ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, ChildSpec
 
-__all__ = ["WORK_KINDS", "AgentMessage", "ChildExit", "ChildPhase", "ProcessActor", "spawn_actor"]
+__all__ = [
+    "WORK_KINDS",
+    "AgentMessage",
+    "ChildExit",
+    "ChildPhase",
+    "OutputLine",
+    "ProcessActor",
+    "spawn_actor",
+]
 
 _PUMP_GRACE = 1.0  # seconds to drain a child's pipes after it exited
 _BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
 _CANCEL_PATIENCE = 5.0  # seconds an INFINITY-shutdown child gets when the hub is cancelled
+_DRAIN_LIMIT = 1000  # records read after the exit, at most (a flood must not stall us)
 _SEND_TIMEOUT = 1.0  # seconds a hub-to-agent message may wait for room in the agent's queue
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
@@ -99,6 +109,25 @@ class AgentMessage:
     value: str | None
 
 
+@attrs.frozen
+class OutputLine:
+    """One line a child wrote, for output taps (``hubvisor logs -f``).
+
+    Attributes:
+        at: wall-clock time (``time.time()``) when the hub read it.
+        child_id: the child.
+        supervisor: its supervisor's path.
+        stream: ``"stdout"`` or ``"stderr"``.
+        line: the text, without the newline (cut lines end with ``…``).
+    """
+
+    at: float
+    child_id: str
+    supervisor: str
+    stream: str
+    line: str
+
+
 WORK_KINDS = frozenset({"hello", "progress", "result", "fail", "handback", "submit"})
 """Agent-to-hub kinds that go to the work service rather than to the bus."""
 
@@ -141,7 +170,7 @@ def spawn_actor(
     bus: EventBus,
     handles: dict[int, ProcessHandle],
     counters: Any,
-    ring: deque[str],
+    ring: deque[tuple[float, str]],
     report: Callable[[ChildExit], None],
 ) -> ProcessActor:
     """Start the process of ``spec`` and return its actor (not yet running).
@@ -188,7 +217,7 @@ class ProcessActor:
         *,
         path: str,
         shared: _Shared,
-        ring: deque[str],
+        ring: deque[tuple[float, str]],
         report: Callable[[ChildExit], None],
     ) -> None:
         self.spec = spec
@@ -204,6 +233,9 @@ class ProcessActor:
         self._hung: str | None = None
         self._done = trio.Event()
         self._ready = trio.Event()
+        self._rejected = 0
+        self._logged_at = self._beat_at = -math.inf
+        self._bad_version: str | None = None
         shared.handles[handle.pid] = handle
         shared.counters.actors[spec.id] = self
         self._publish(
@@ -247,6 +279,8 @@ class ProcessActor:
                     status = await handle.wait()
                 finally:
                     watchers.cancel()
+                if source is not None:
+                    self._drain(source)
                 # The group is dead; give the pipes a moment to drain, not forever (an
                 # escaped grandchild could hold them open).
                 nursery.cancel_scope.deadline = trio.current_time() + _PUMP_GRACE
@@ -346,11 +380,8 @@ class ProcessActor:
 
     async def _notify(self, source: NotifySource) -> None:
         """Read the child's notify messages; kill it when it falls silent too long."""
-        spec, pid = self.spec, self.pid
-        timeout = spec.heartbeat_timeout
+        timeout = self.spec.heartbeat_timeout
         last = trio.current_time()
-        rejected = 0
-        logged_at = beat_at = -math.inf
         while True:
             deadline = last + timeout if timeout is not None else math.inf
             with trio.move_on_at(deadline):
@@ -361,48 +392,68 @@ class ProcessActor:
                 if data is None:  # every writer closed its end: no more heartbeats
                     await trio.sleep_until(deadline)
                     continue
-                now = trio.current_time()
-                try:
-                    msg = parse_notify(data)
-                except InvalidNotifyMessage as exc:
-                    rejected += 1
-                    self._shared.counters.notify_rejected += 1
-                    if now - logged_at >= _BAD_NOTIFY_LOG_EVERY:
-                        logged_at = now
-                        _log.warning(
-                            "%s/%s (pid %d): dropped a notify message: %s (%d dropped so far)",
-                            self.path,
-                            spec.id,
-                            pid,
-                            exc,
-                            rejected,
-                        )
-                    continue
-                last = now
-                if msg.kind == "ready":
-                    self._ready.set()
-                    self._set_running()
-                elif msg.kind == "heartbeat":
-                    if now - beat_at >= _HEARTBEAT_EVENT_GAP:
-                        beat_at = now
-                        self._publish(ChildHeartbeat, pid=pid)
-                elif msg.kind == "status":
-                    self._publish(ChildStatus, pid=pid, status=msg.value)
-                elif msg.kind == "hello" and msg.value != str(PROTOCOL_VERSION):
-                    await self._kill_unresponsive(
-                        f"speaks agent protocol {msg.value}, this hub speaks "
-                        f"{PROTOCOL_VERSION} (upgrade the agent or the hub)",
-                        0.0,
-                        hung=False,
-                    )
-                elif msg.kind in WORK_KINDS:
-                    self._to_work(msg)
+                if self._on_record(data):
+                    last = trio.current_time()
+                if self._bad_version is not None:
+                    await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
                 continue
             break  # the watchdog fired
         assert timeout is not None
         await self._kill_unresponsive(
             f"hung (no heartbeat for {timeout:g}s)", trio.current_time() - last
         )
+
+    def _drain(self, source: NotifySource) -> None:
+        """Handle the records the child sent just before it exited (a RESULT, say)."""
+        receive_nowait = getattr(source, "receive_nowait", None)
+        if receive_nowait is None:
+            return
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                data = receive_nowait()
+            except (trio.WouldBlock, OSError, trio.ClosedResourceError):
+                return
+            if data is None:
+                return
+            self._on_record(data)
+
+    def _on_record(self, data: bytes) -> bool:
+        """Handle one record; whether it was a valid message (a sign of life)."""
+        spec, pid = self.spec, self.pid
+        now = trio.current_time()
+        try:
+            msg = parse_notify(data)
+        except InvalidNotifyMessage as exc:
+            self._rejected += 1
+            self._shared.counters.notify_rejected += 1
+            if now - self._logged_at >= _BAD_NOTIFY_LOG_EVERY:
+                self._logged_at = now
+                _log.warning(
+                    "%s/%s (pid %d): dropped a notify message: %s (%d dropped so far)",
+                    self.path,
+                    spec.id,
+                    pid,
+                    exc,
+                    self._rejected,
+                )
+            return False
+        if msg.kind == "ready":
+            self._ready.set()
+            self._set_running()
+        elif msg.kind == "heartbeat":
+            if now - self._beat_at >= _HEARTBEAT_EVENT_GAP:
+                self._beat_at = now
+                self._publish(ChildHeartbeat, pid=pid)
+        elif msg.kind == "status":
+            self._publish(ChildStatus, pid=pid, status=msg.value)
+        elif msg.kind == "hello" and msg.value != str(PROTOCOL_VERSION):
+            self._bad_version = (
+                f"speaks agent protocol {msg.value}, this hub speaks {PROTOCOL_VERSION} "
+                "(upgrade the agent or the hub)"
+            )
+        elif msg.kind in WORK_KINDS:
+            self._to_work(msg)
+        return True
 
     def _to_work(self, msg: NotifyMessage) -> None:
         sink = self._shared.counters.agent_sink
@@ -503,6 +554,9 @@ class ProcessActor:
 
     def _emit_line(self, name: str, prefix: str, raw: bytes, cut: bool) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
-        self._ring.append(prefix + text)
+        at = time.time()
+        self._ring.append((at, prefix + text))
+        for tap in self._shared.counters.output_taps:
+            tap(OutputLine(at, self.spec.id, self.path, name, text))
         if self.spec.output.events:
             self._publish(ChildOutput, stream=name, line=text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -13,6 +14,7 @@ import trio
 
 from strategies import Intensity, OneForOne
 
+from ._child import OutputLine
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded
 from ._events import EventBus
 from ._process import OSProcessBackend, ProcessBackend
@@ -157,6 +159,8 @@ class Hub:
         self.failed_services: list[str] = []
         """Names of the services that raised (each was logged); supervision went on."""
         self._start_lock = trio.Lock()
+        self.output_dropped = 0
+        """Output lines lost by :meth:`tap_output` readers that fell behind."""
 
     @property
     def bus(self) -> EventBus:
@@ -267,6 +271,35 @@ class Hub:
     def logs(self, child_id: str, lines: int | None = None) -> list[str]:
         """The last captured output lines of a child."""
         return self.owner(child_id).logs(child_id, lines)
+
+    def timed_logs(self, child_id: str, lines: int | None = None) -> list[tuple[float, str]]:
+        """Like :meth:`logs`, each line with the wall-clock time the hub read it."""
+        return self.owner(child_id).timed_logs(child_id, lines)
+
+    @contextlib.contextmanager
+    def tap_output(
+        self, max_buffer: int = 10_000
+    ) -> Iterator[trio.MemoryReceiveChannel[OutputLine]]:
+        """Receive every output line of every child (those started later too) while the
+        block runs; a reader that falls ``max_buffer`` lines behind loses lines, counted
+        in ``hub.output_dropped``, and never slows a child down."""
+        send, receive = trio.open_memory_channel[OutputLine](max_buffer)
+
+        def tap(line: OutputLine) -> None:
+            try:
+                send.send_nowait(line)
+            except trio.WouldBlock:
+                self.output_dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        self.context.output_taps.append(tap)
+        try:
+            with receive:
+                yield receive
+        finally:
+            self.context.output_taps.remove(tap)
+            send.close()
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child wherever it is in the tree; it stays stopped."""

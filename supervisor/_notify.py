@@ -73,6 +73,7 @@ MAX_MESSAGE = 65536
 """The largest message on the agent channel, in bytes; longer ones are dropped."""
 
 _STATUS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidNotifyMessage(ValueError):
@@ -357,7 +358,7 @@ class MessageTable:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidNotifyMessage(f"message is not UTF-8: {data[:64]!r}") from None
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        if _CONTROL_RE.search(text):
             raise InvalidNotifyMessage(f"message has control characters: {text[:64]!r}")
         kind = self._exact.get(text)
         value: str | None = None
@@ -498,6 +499,7 @@ class SocketNotifySource:
     """The hub's end of a ``SOCK_SEQPACKET`` socketpair (an :class:`AgentChannel`)."""
 
     _sock: trio.socket.SocketType
+    _raw: socket.socket | None = None  # the same socket, for receive_nowait
     _eof: bool = False
     _closed: bool = False
 
@@ -515,6 +517,28 @@ class SocketNotifySource:
         if self._eof:
             return None
         data, ancdata, flags, _ = await self._sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE)
+        got = record_or_eof(data, ancdata, flags)
+        if got is None:
+            self._eof = True
+        return got
+
+    def receive_nowait(self) -> bytes | None:
+        """A record already queued, or ``None`` at end-of-channel.
+
+        Raises:
+            trio.WouldBlock: no record is queued now (or this end cannot read without
+                waiting).
+        """
+        if self._eof:
+            return None
+        if self._raw is None or self._closed:
+            raise trio.WouldBlock
+        try:
+            data, ancdata, flags, _ = self._raw.recvmsg(
+                MAX_MESSAGE + 1, _CREDS_SPACE, socket.MSG_DONTWAIT
+            )
+        except BlockingIOError:
+            raise trio.WouldBlock from None
         got = record_or_eof(data, ancdata, flags)
         if got is None:
             self._eof = True
@@ -555,7 +579,7 @@ def open_notify_pair() -> tuple[SocketNotifySource, int]:
     try:
         enable_credentials(parent)
         fd = child.detach()
-        return SocketNotifySource(trio.socket.from_stdlib_socket(parent)), fd
+        return SocketNotifySource(trio.socket.from_stdlib_socket(parent), parent), fd
     except BaseException:  # pragma: no cover - setsockopt/detach do not fail
         parent.close()
         child.close()

@@ -22,7 +22,15 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import trio
 
-from ._child import AgentMessage, ChildExit, ChildPhase, ProcessActor, child_env, spawn_actor
+from ._child import (
+    AgentMessage,
+    ChildExit,
+    ChildPhase,
+    OutputLine,
+    ProcessActor,
+    child_env,
+    spawn_actor,
+)
 from ._errors import (
     ChildNotFound,
     ControlError,
@@ -102,6 +110,8 @@ class RuntimeContext:
     notify_rejected: int = 0
     agent_sink: Callable[[AgentMessage], None] | None = None
     """Where agents' work-protocol messages go (the work service sets it)."""
+    output_taps: list[Callable[[OutputLine], None]] = attrs.field(factory=list)
+    """Called with every output line of every child (see :meth:`Hub.tap_output`)."""
     actors: dict[str, ProcessActor] = attrs.field(factory=dict)
     """The live process actor of each worker child, by id (to send it messages)."""
 
@@ -167,7 +177,7 @@ class _Member:
     token: int | None = None  # which scheduled restart it waits for (BACKING_OFF only)
     restart_cause: str | None = None
     last_exit: str | None = None
-    ring: deque[str] = attrs.field(factory=lambda: deque(maxlen=1000))
+    ring: deque[tuple[float, str]] = attrs.field(factory=lambda: deque(maxlen=1000))
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.spec, ChildSpec):
@@ -299,6 +309,10 @@ class Supervisor:
 
     def logs(self, child_id: str, lines: int | None = None) -> list[str]:
         """The last ``lines`` captured output lines of a child (``[stderr]`` marks stderr)."""
+        return [text for _, text in self.timed_logs(child_id, lines)]
+
+    def timed_logs(self, child_id: str, lines: int | None = None) -> list[tuple[float, str]]:
+        """Like :meth:`logs`, each line with the wall-clock time the hub read it."""
         ring = list(self._member(child_id).ring)
         return ring if lines is None else ring[-lines:] if lines > 0 else []
 

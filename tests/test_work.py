@@ -22,6 +22,7 @@ from .helpers import PY, TIMEOUT, is_, running, wait_event
 #   {"hang": true}      -> stops heartbeating and blocks (first attempt only)
 #   {"fail": "why"}     -> FAIL retry=false
 #   {"stale": true}     -> sends a RESULT for attempt+1 first (refused), then the real one
+#   {"exit_after": true} -> exits right after sending its RESULT
 AGENT = r"""
 import json, os, socket, sys, threading, time
 fd = int(os.environ["HUBVISOR_NOTIFY_FD"])
@@ -63,6 +64,8 @@ while True:
     if p.get("stale"):
         send("RESULT=" + json.dumps({"item": item, "attempt": attempt + 1, "result": "forged"}))
     send("RESULT=" + json.dumps({"item": item, "attempt": attempt, "result": {"double": 2 * p.get("n", 0), "by": os.environ["HUBVISOR_AGENT_ID"]}}))
+    if p.get("exit_after"):
+        os._exit(0)
 """
 
 
@@ -179,3 +182,12 @@ def test_submit_refuses_bad_payloads() -> None:
         hub.work.submit("w", "x" * 40_000)
     with pytest.raises(ControlError, match="max_deliveries"):
         hub.work.submit("w", {}, max_deliveries=0)
+
+
+async def test_a_result_sent_just_before_exiting_counts() -> None:
+    """Records the agent sent before it exited are read before its exit is handled."""
+    async with running([agent("a1")]) as (hub, events):
+        for n in range(5):
+            item = hub.work.submit("w", {"n": n, "exit_after": True})
+            done = await finished(hub, item, events)
+            assert (ItemStatus.COMPLETED, 1) == (done.status, done.attempt)
