@@ -186,8 +186,10 @@ def test_submit_refuses_bad_payloads() -> None:
 
 async def test_a_result_sent_just_before_exiting_counts() -> None:
     """Records the agent sent before it exited are read before its exit is handled."""
-    async with running([agent("a1")]) as (hub, events):
+    spec = SupervisorSpec(name="hub", children=[agent("a1")], intensity=Intensity(10, 10))
+    async with running(spec) as (hub, events):
         for n in range(5):
+            await wait_event(events, is_("running", "a1"))  # (re)started, idle again
             item = hub.work.submit("w", {"n": n, "exit_after": True})
             done = await finished(hub, item, events)
             assert (ItemStatus.COMPLETED, 1) == (done.status, done.attempt)
