@@ -330,12 +330,22 @@ class ProcessActor:
             await self._signal_then_kill(self._done.wait, warn=True)
             await self._done.wait()
 
-    async def send(self, message: NotifyMessage, timeout: float = _SEND_TIMEOUT) -> bool:
+    async def send(
+        self, message: NotifyMessage, timeout: float = _SEND_TIMEOUT, *, verify: bool = True
+    ) -> bool:
         """Send a hub-to-agent message; ``False`` if the agent cannot take it (no channel,
-        gone, or its queue stayed full for ``timeout`` seconds)."""
+        gone, or its queue stayed full for ``timeout`` seconds). ``verify=False``: the
+        caller built it from checked values (see :func:`~supervisor._notify.encode`)."""
         channel = getattr(self.handle, "notify", None)
         if channel is None or self.done or not hasattr(channel, "send_to_agent"):
             return False
+        send_nowait = getattr(channel, "send_nowait", None)
+        if send_nowait is not None:  # the common case: room in the agent's queue
+            try:
+                if send_nowait(message, verify=verify):
+                    return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
         with trio.move_on_after(timeout):
             try:
                 await channel.send_to_agent(message)
@@ -352,7 +362,7 @@ class ProcessActor:
     # Readiness and heartbeats
 
     def _set_running(self) -> None:
-        if self.phase is ChildPhase.STARTING:
+        if self.phase is ChildPhase.STARTING and not self._stop_asked:
             self.phase = ChildPhase.RUNNING
             self._publish(ChildRunning, pid=self.pid)
 

@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 import re
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 import trio
@@ -55,6 +56,7 @@ __all__ = [
     "AgentChannel",
     "Direction",
     "InvalidNotifyMessage",
+    "JSONText",
     "MessageKind",
     "MessageTable",
     "NotifyMessage",
@@ -155,9 +157,15 @@ def _hello_payload(value: str) -> str:
     return value
 
 
-def _json_object(word: str, value: str, required: dict[str, type | tuple[type, ...]]) -> str:
-    import json
+class JSONText(str):
+    """A validated JSON payload: the text, with the decoded object in ``data`` (so the
+    receiver does not decode it twice)."""
 
+    __slots__ = ("data",)
+    data: Any
+
+
+def _json_object(word: str, value: str, required: dict[str, type | tuple[type, ...]]) -> str:
     try:
         obj = json.loads(value)
     except (ValueError, RecursionError):
@@ -181,7 +189,9 @@ def _json_object(word: str, value: str, required: dict[str, type | tuple[type, .
         raise InvalidNotifyMessage(f"{word}: attempt must be >= 1 (got {obj['attempt']!r})")
     if "type" in required and not _TYPE_RE.match(obj["type"]):
         raise InvalidNotifyMessage(f"{word}: bad agent type {obj['type']!r:.64}")
-    return value
+    text = JSONText(value)
+    text.data = obj
+    return text
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
@@ -376,7 +386,13 @@ class MessageTable:
             )
         return NotifyMessage(kind.name, value)
 
-    def encode(self, message: NotifyMessage, direction: Direction = Direction.TO_AGENT) -> bytes:
+    def encode(
+        self,
+        message: NotifyMessage,
+        direction: Direction = Direction.TO_AGENT,
+        *,
+        verify: bool = True,
+    ) -> bytes:
         """The record for ``message`` travelling ``direction``; ``parse`` reads it back.
 
         Raises:
@@ -395,9 +411,11 @@ class MessageTable:
         else:
             if message.value is None:
                 raise InvalidNotifyMessage(f"{kind.word} needs a value: {kind.usage}")
-            text = f"{kind.word}={_check_payload(kind, message.value)}"
+            value = _check_payload(kind, message.value) if verify else message.value
+            text = f"{kind.word}={value}"
         data = text.encode("utf-8")
-        self.parse(data, direction)  # what goes out must parse; raises with the reason
+        if verify:  # what goes out must parse; raises with the reason
+            self.parse(data, direction)
         return data
 
 
@@ -433,13 +451,16 @@ def parse_from_hub(data: bytes) -> NotifyMessage:
     return MESSAGES.parse(data, Direction.TO_AGENT)
 
 
-def encode(message: NotifyMessage) -> bytes:
+def encode(message: NotifyMessage, *, verify: bool = True) -> bytes:
     """The record for a hub-to-agent ``message``, e.g. ``encode(NotifyMessage("ping"))``.
+
+    ``verify=False`` skips re-validating a message the hub built from values it checked
+    already (the work service's ASSIGN); its kind and direction are still checked.
 
     Raises:
         InvalidNotifyMessage: not a valid hub-to-agent message.
     """
-    return MESSAGES.encode(message, Direction.TO_AGENT)
+    return MESSAGES.encode(message, Direction.TO_AGENT, verify=verify)
 
 
 # --------------------------------------------------------------------------------------
@@ -543,6 +564,26 @@ class SocketNotifySource:
         if got is None:
             self._eof = True
         return got
+
+    def send_nowait(self, message: NotifyMessage, *, verify: bool = True) -> bool:
+        """Send ``message`` if the agent's queue has room now; ``False`` if it has not.
+
+        Raises:
+            InvalidNotifyMessage, trio.BrokenResourceError, trio.ClosedResourceError:
+                as :meth:`send_to_agent`.
+        """
+        data = encode(message, verify=verify)
+        if self._closed:
+            raise trio.ClosedResourceError("the notify channel is closed")
+        if self._raw is None:
+            return False
+        try:
+            self._raw.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"the agent's end is gone: {exc}") from exc
+        return True
 
     async def send_to_agent(self, message: NotifyMessage) -> None:
         """Send a hub-to-agent ``message``; waits while the agent's queue is full (bound

@@ -209,6 +209,11 @@ class _Assign:
     ok: bool = False
 
 
+@attrs.frozen
+class _AssignMany:
+    assignments: dict[str, str | None]
+
+
 @attrs.define(eq=False)
 class _Barrier:
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -219,7 +224,7 @@ class _Stop:
     pass
 
 
-_Message: TypeAlias = Event | _Assign | _Barrier | _Stop
+_Message: TypeAlias = Event | _Assign | _AssignMany | _Barrier | _Stop
 
 
 @attrs.define
@@ -362,12 +367,13 @@ class Registry:
         await msg.done.wait()
         return msg.ok
 
-    def note_assignment(self, agent_id: str, assignment: str | None) -> None:
-        """Like :meth:`assign` without waiting: the record changes in order with the
-        events already sent (the work service shows each agent's item this way)."""
-        if self._running and not self._stopped:
+    def note_assignments(self, assignments: Mapping[str, str | None]) -> None:
+        """Like :meth:`assign` for several agents at once, without waiting: the records
+        change in order with the events already sent (the work service shows each
+        agent's item this way, one message per batch)."""
+        if assignments and self._running and not self._stopped:
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                self._send.send_nowait(_Assign(agent_id, assignment))
+                self._send.send_nowait(_AssignMany(dict(assignments)))
 
     def reclaimed(self) -> trio.MemoryReceiveChannel[Reclaimed]:
         """A channel receiving a :class:`Reclaimed` for every agent that ends from now on."""
@@ -443,6 +449,9 @@ class Registry:
             elif isinstance(msg, _Assign):
                 msg.ok = self._assign(msg.agent_id, msg.assignment)
                 msg.done.set()
+            elif isinstance(msg, _AssignMany):
+                for agent_id, assignment in msg.assignments.items():
+                    self._assign(agent_id, assignment)
             else:
                 self.apply(msg)
 

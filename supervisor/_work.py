@@ -549,6 +549,7 @@ class WorkService:
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Any = None
         self._wake = trio.Event()
+        self._notes: dict[str, str | None] = {}  # assignments the registry has yet to hear
 
     # ----------------------------------------------------------------------------------
     # API (any task)
@@ -641,6 +642,12 @@ class WorkService:
                     agent_id = next(iter(idle))
                     del idle[agent_id]
                     await self._assign(agent_type, agent_id)
+            self._tell_registry()
+
+    def _tell_registry(self) -> None:
+        if self._notes:
+            self._hub.registry.note_assignments(self._notes)
+            self._notes = {}
 
     async def _assign(self, agent_type: str, agent_id: str) -> None:
         now = _now()
@@ -663,8 +670,8 @@ class WorkService:
         )
         agent = self._agents.get(agent_id)
         self._publish(WorkAssigned, agent_id, agent=agent, item_id=item.id, attempt=item.attempt)
-        self._hub.registry.note_assignment(agent_id, item.id)
-        if actor is None or not await actor.send(message):
+        self._notes[agent_id] = item.id
+        if actor is None or not await actor.send(message, verify=False):
             # It could not take it (gone, or its queue stayed full): the item goes back
             # without spending a delivery, and the agent gets nothing more.
             if agent is not None:
@@ -683,7 +690,7 @@ class WorkService:
             return
         item = verdict.item
         agent = self._agents.get(agent_id)
-        self._hub.registry.note_assignment(agent_id, None)
+        self._notes[agent_id] = None
         if item.status is ItemStatus.DEAD:
             self._publish(
                 WorkDeadLettered,
@@ -758,7 +765,8 @@ class WorkService:
             agent.hello = True
             self._set_idle(msg.agent_id)
             return
-        body = json.loads(msg.value or "{}")  # validated by the message table
+        # Validated (and decoded) by the message table.
+        body = getattr(msg.value, "data", None) or json.loads(msg.value or "{}")
         if msg.kind == "submit":
             self._agent_submit(msg, body)
             return
@@ -781,11 +789,12 @@ class WorkService:
             self._answered(msg, verdict.item, attempt)
         else:
             self._refuse(msg, item_id, attempt, verdict.reason)
-        await self._ack(msg.agent_id, item_id, attempt, verdict)
+        if not verdict.accepted:  # an accepted answer needs no reply
+            await self._ack(msg.agent_id, item_id, attempt, verdict)
         self._set_idle(msg.agent_id)
 
     def _answered(self, msg: AgentMessage, item: WorkItem, attempt: int) -> None:
-        self._hub.registry.note_assignment(msg.agent_id, None)
+        self._notes[msg.agent_id] = None
         agent = self._agents.get(msg.agent_id)
         if msg.kind == "result":
             self._publish(

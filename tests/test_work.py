@@ -14,7 +14,7 @@ import trio
 from strategies import Intensity
 from supervisor import ChildSpec, Hub, ItemStatus, SupervisorSpec, WorkItem
 
-from .helpers import PY, TIMEOUT, is_, running, wait_event
+from .helpers import PY, TIMEOUT, is_, running, until, wait_event
 
 # An agent that answers each ASSIGN according to its payload:
 #   {"n": 3}            -> RESULT {"double": 6}
@@ -156,6 +156,7 @@ async def test_stopping_the_hub_hands_held_items_back_without_spending_them() ->
     async with running([agent("a1")]) as (hub, events):
         item = hub.work.submit("w", {"n": 1, "hang": True})
         await wait_event(events, is_("work_assigned"))
+        await until(lambda: getattr(hub.registry.get("a1"), "assignment", None) == item.id)
     held = hub.work.get(item.id)
     assert ItemStatus.QUEUED == held.status
     assert 0 == held.deliveries
