@@ -1,7 +1,15 @@
-"""The ``hubvisor`` command line: ``run``, ``demo``, ``check`` and ``ctl``."""
+"""The ``hubvisor`` command line: ``run``, ``demo``, ``check``, the commands that control a
+running hub (``status``, ``submit``, ``work``, ``scale``, ``restart``, ``stop``, ``logs``,
+``events``) and ``ctl`` (every control op by its name).
+
+The control commands are built from the table of control ops (:data:`OPS
+<supervisor._control.OPS>`): an op's ``cli`` names its top-level command, and every op is
+also ``hubvisor ctl NAME``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -20,10 +28,13 @@ from ._control import (
     FAST_TIMEOUT,
     OPS,
     ControlClientError,
+    Field,
+    NoHubRunning,
     Op,
     default_socket_path,
     request,
     serve_control,
+    stream,
 )
 from ._demo import demo_spec
 from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
@@ -165,6 +176,9 @@ def run_hub(
         if control_socket == "auto"
         else Path(control_socket)
     )
+    if socket_path is not None:
+        # Agents that run `hubvisor submit ...` themselves reach their own hub.
+        hub.context.env = {SOCKET_ENV: str(socket_path), **hub.context.env}
     try:
         return trio.run(_run, hub, duration, output, socket_path)
     except* ControlError as group:
@@ -204,10 +218,15 @@ _common = [
     ),
     click.option(
         "--control-socket",
+        "--socket",
+        "control_socket",
         default="auto",
+        envvar="HUBVISOR_SOCKET",
         show_default=True,
-        help="Unix socket for `hubvisor ctl` ('auto': $XDG_RUNTIME_DIR/hubvisor/<hub id>.sock "
-        "or /tmp/hubvisor-<uid>/<hub id>.sock; 'none': no control socket).",
+        help="Unix socket for `hubvisor status` and the other control commands ('auto': "
+        "$XDG_RUNTIME_DIR/hubvisor/<hub id>.sock or /tmp/hubvisor-<uid>/<hub id>.sock, the "
+        "hub id being the root spec's name; 'none': no control socket; also "
+        "$HUBVISOR_SOCKET).",
     ),
     click.option(
         "--redis",
@@ -302,13 +321,25 @@ def check(spec: str) -> None:
     click.echo(f"{spec}: OK")
 
 
+SOCKET_ENV = "HUBVISOR_SOCKET"
+"""The control socket every command uses when given no ``--socket``; ``run`` and ``demo``
+put it in their agents' environment."""
+
+
+def _default_socket() -> Path:
+    env = os.environ.get(SOCKET_ENV)
+    return Path(env) if env else default_socket_path("hub")
+
+
 @main.group()
 @click.option(
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False, path_type=Path),
+    envvar=SOCKET_ENV,
     default=None,
-    help="The hub's control socket (default: the default path for --hub-id).",
+    help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path for "
+    "--hub-id).",
 )
 @click.option("--hub-id", default="hub", show_default=True, help="The id of the hub to control.")
 @click.pass_context
@@ -317,27 +348,102 @@ def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
     ctx.obj = socket_path or default_socket_path(hub_id)
 
 
-def _ctl_command(op: Op) -> click.Command:
-    """The ``hubvisor ctl`` subcommand of one entry of the control table."""
+@main.group()
+def work() -> None:
+    """Work items: list them, show one, retry a dead one."""
+
+
+class _NoHub(click.ClickException):
+    """No hub listens at the socket: the message alone, exit status 3."""
+
+    exit_code = 3
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.message, err=True)
+
+
+class _JsonValue(click.ParamType[Any]):
+    """A JSON value from the command line, or from stdin for ``-``."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = sys.stdin.read() if value == "-" else value
+        where = "stdin" if value == "-" else repr(value if len(value) <= 40 else value[:37] + "...")
+        example = (
+            """give e.g. '{"n": 3}' (single quotes keep the shell off it), or - to read stdin"""
+        )
+        if not text.strip():
+            self.fail(f"{where} is empty; {example}", param, ctx)
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            self.fail(f"{where} is not JSON ({exc}); {example}", param, ctx)
+        if parsed is None:
+            self.fail(f"{where} is null; {example}", param, ctx)
+        return parsed
+
+
+def _param(f: Field) -> click.Parameter:
+    """The command-line argument or option of one field of an op."""
+    kind: Any = f.kind
+    if f.minimum is not None:
+        kind = click.IntRange(min=f.minimum)
+    elif f.choices is not None:
+        kind = click.Choice(f.choices)
+    elif f.kind in (object, dict):
+        kind = _JsonValue()
+    if f.flag is None:
+        return click.Argument([f.name], type=kind, metavar=f.metavar)
+    names = [f.flag, f.name] if f.flag.startswith("--") else [f.flag, f"--{f.name}", f.name]
+    text = f"{f.help[0].upper()}{f.help[1:]}."
+    if f.kind is bool:
+        return click.Option(names, is_flag=True, default=False, help=text)
+    if f.kind is list:
+        return click.Option(names, multiple=True, metavar="KIND", help=text)
+    return click.Option(names, type=kind, default=None, required=f.required, help=text)
+
+
+def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeout: Any) -> None:
+    args = {k: v for k, v in req.items() if k != "op"}
+    try:
+        for answer in stream(path, req, timeout):
+            if "dropped" in answer:
+                click.echo(
+                    f"hubvisor: the hub dropped {answer['dropped']} {op.name} items here: "
+                    "this client read too slowly",
+                    err=True,
+                )
+                continue
+            if as_json:
+                click.echo(json.dumps(answer["item"]))
+            else:
+                op.show(answer["item"], args)
+            sys.stdout.flush()  # a reader at the other end of a pipe sees each line now
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. `| head`: the reader is gone, and so is the need to print
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+def _ctl_command(op: Op, name: str | None = None) -> click.Command:
+    """The command of one entry of the control table (``hubvisor ctl NAME``, or ``name``)."""
     params: list[click.Parameter] = []
     arguments = []
     for f in op.fields:
-        kind: Any = click.IntRange(min=f.minimum) if f.minimum is not None else f.kind
+        params.append(_param(f))
         if f.flag is None:
-            params.append(click.Argument([f.name], type=kind, metavar=f.metavar))
             arguments.append(f"{f.metavar or f.name.upper()}: {f.help}.")
-        else:
-            params.append(
-                click.Option(
-                    [f.flag, f"--{f.name}", f.name],
-                    type=kind,
-                    default=None,
-                    required=f.required,
-                    help=f"{f.help[0].upper()}{f.help[1:]}.",
-                )
-            )
     params.append(
-        click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON.")
+        click.Option(
+            ["--json", "as_json"],
+            is_flag=True,
+            help="Print each item as a JSON line." if op.stream else "Print the result as JSON.",
+        )
     )
     params.append(
         click.Option(
@@ -348,11 +454,50 @@ def _ctl_command(op: Op) -> click.Command:
             + (", plus the longest the hub may need for it)" if op.budget else ")"),
         )
     )
+    params.append(
+        click.Option(
+            ["--socket", "socket_path"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
+            "for --hub-id).",
+        )
+    )
+    params.append(
+        click.Option(
+            ["--hub-id"],
+            default=None,
+            help="The id of the hub to control (its root spec's name; default: hub).",
+        )
+    )
 
-    def callback(as_json: bool, timeout: float | None, **values: Any) -> None:
-        args = {k: v for k, v in values.items() if v is not None}
+    def callback(
+        as_json: bool,
+        timeout: float | None,
+        socket_path: Path | None,
+        hub_id: str | None,
+        **values: Any,
+    ) -> None:
+        obj = click.get_current_context().obj
+        path = (
+            socket_path
+            or (default_socket_path(hub_id) if hub_id else None)
+            or (obj if isinstance(obj, Path) else None)
+            or _default_socket()
+        )
+        args = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in values.items()
+            if v is not None and v is not False and v != ()
+        }
+        req = {"op": op.name, **args}
         try:
-            result = request(click.get_current_context().obj, {"op": op.name, **args}, timeout)
+            if op.stream is not None:
+                _print_stream(op, path, req, as_json, timeout)
+                return
+            result = request(path, req, timeout)
+        except NoHubRunning as exc:
+            raise _NoHub(str(exc)) from exc
         except ControlClientError as exc:
             raise click.ClickException(str(exc)) from exc
         if as_json:
@@ -361,10 +506,18 @@ def _ctl_command(op: Op) -> click.Command:
             op.show(result, args)
 
     help_text = op.help + ("\n\n" + "\n\n".join(arguments) if arguments else "")
-    return click.Command(op.name, callback=callback, params=params, help=help_text)
+    return click.Command(name or op.name, callback=callback, params=params, help=help_text)
 
 
 for _op in OPS.values():
     if _op.command:
         ctl.add_command(_ctl_command(_op))
-ctl.help = f"Control a running hub: {', '.join(ctl.commands)}."
+    if _op.cli is not None:
+        *_groups, _name = _op.cli.split()
+        _parent: click.Group = main
+        for _group in _groups:
+            _sub = _parent.commands[_group]
+            assert isinstance(_sub, click.Group), _group
+            _parent = _sub
+        _parent.add_command(_ctl_command(_op, _name))
+ctl.help = f"Control a running hub: {', '.join(ctl.commands)} (each op of the control table)."

@@ -9,14 +9,19 @@ answer; the hub keeps running and the connection stays usable.
 
 The operations are one table, :data:`OPS`: each :class:`Op` names its fields (type,
 bounds, help), the :class:`~supervisor.Hub` call that carries it out, how long it may
-take, and how ``hubvisor ctl`` prints its result. The socket's dispatch and the ``ctl``
-subcommands are both built from it, so adding an operation is adding one entry. See
-``docs/control.md``.
+take, and how ``hubvisor ctl`` prints its result. The socket's dispatch, the ``ctl``
+subcommands and the top-level commands (``hubvisor status``, ``work list``...) are all
+built from it, so adding an operation is adding one entry. See ``docs/control.md``.
+
+A *streaming* op (``logs -f``, ``events -f``) answers with one ``{"ok": true, "item":
+...}`` line per item instead of one answer; see :class:`Stream`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import enum
 import errno
 import json
 import math
@@ -25,7 +30,10 @@ import re
 import socket
 import stat
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +43,27 @@ import trio
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ._errors import ControlError, HubvisorError
+from ._errors import ChildNotFound, ControlError, HubvisorError
+from ._events import Event, check_kinds
 from ._hub import Hub
 from ._log import logger
 from ._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
+from ._work import ItemStatus
 
 __all__ = [
     "OPS",
     "ControlClientError",
     "Field",
+    "NoHubRunning",
     "Op",
+    "Stream",
     "default_socket_path",
     "parse_request",
     "request",
     "serve_control",
+    "stream",
 ]
 
 _MAX_LINE = 64 * 1024
@@ -64,6 +78,10 @@ Args = Mapping[str, Any]
 
 class ControlClientError(HubvisorError):
     """The control socket could not be reached, or the hub refused the request."""
+
+
+class NoHubRunning(ControlClientError):
+    """Nothing listens at the control socket (no file there, or a dead hub's file)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -124,7 +142,14 @@ def _check_private_dir(directory: Path, error: type[Exception], option: str) -> 
 # The table of operations
 
 
-_KIND_NAMES: dict[type, str] = {int: "int", str: "string", dict: "object"}
+_KIND_NAMES: dict[type, str] = {
+    int: "int",
+    str: "string",
+    dict: "object",
+    bool: "boolean",
+    list: "list of strings",
+    object: "JSON value",
+}
 
 
 def _show_value(value: object) -> str:
@@ -143,13 +168,17 @@ class Field:
 
     Attributes:
         name: the JSON key, and the ``hubvisor ctl`` argument or option name.
-        kind: ``int``, ``str`` or ``dict`` (a JSON object); ``bool`` is never an ``int``.
+        kind: ``int``, ``str``, ``bool``, ``dict`` (a JSON object), ``list`` (of strings)
+            or ``object`` (any JSON value); ``bool`` is never an ``int``.
         help: what the field means (``ctl --help`` shows it).
         example: a valid value, shown in error messages as the fix.
         required: whether a request must carry it (``null`` counts as absent).
         minimum: the smallest value of an ``int`` field.
-        flag: the ``ctl`` option for it (e.g. ``"-n"``); without one it is an argument.
-        metavar: how ``ctl --help`` names the argument.
+        flag: the command's option for it (e.g. ``"-n"``, or ``"--kind"`` used alone);
+            without one it is an argument. A ``bool`` field is an on/off flag, a ``list``
+            field an option that may be repeated.
+        metavar: how ``--help`` names the argument.
+        choices: the values a ``str`` field may take (``None``: any).
     """
 
     name: str
@@ -160,6 +189,7 @@ class Field:
     minimum: int | None = None
     flag: str | None = None
     metavar: str | None = None
+    choices: tuple[str, ...] | None = None
 
     def describe(self) -> str:
         """E.g. ``an int >= 0``."""
@@ -167,15 +197,27 @@ class Field:
         text = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
         if self.minimum is not None:
             text += f" >= {self.minimum}"
+        if self.choices is not None:
+            text += f" (one of {', '.join(self.choices)})"
         return text
+
+    def _valid(self, value: object) -> bool:
+        if self.kind is object:
+            return True
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if self.kind is list:
+            return isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if not isinstance(value, self.kind) or isinstance(value, bool):
+            return False
+        if self.minimum is not None:
+            assert isinstance(value, int)
+            return value >= self.minimum
+        return self.choices is None or value in self.choices
 
     def check(self, op: Op, value: object) -> object:
         """``value`` if it is valid for this field, else a :class:`ControlError` saying so."""
-        ok = isinstance(value, self.kind) and not isinstance(value, bool)
-        if ok and self.minimum is not None:
-            assert isinstance(value, int)
-            ok = value >= self.minimum
-        if not ok:
+        if not self._valid(value):
             raise ControlError(
                 f"request {op.name!r}: {self.name!r} must be {self.describe()} (got "
                 f"{_show_value(value)}); send {self.name!r} as a {self.kind.__name__}, e.g. "
@@ -188,6 +230,47 @@ def _echo_result(result: Any, args: Args) -> None:
     click.echo(result)
 
 
+async def _streams_only(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    raise ControlError("this op streams; it has no single answer")  # pragma: no cover
+
+
+class Stream:
+    """Where a streaming op's handler puts its items: the hub writes each as one line.
+
+    Never blocks. :meth:`backlog` items (what the hub already keeps: the recent lines or
+    events a stream starts with) are always sent; :meth:`send` items (new ones, as they
+    happen) are dropped while ``limit`` items wait for a slow client, so a client that
+    reads slowly (or not at all) costs the hub at most ``limit`` items. The client learns
+    how many it lost, and where: ``{"ok": true, "dropped": N}`` comes before the first
+    item after the gap.
+    """
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self.dropped = 0
+        """New items lost so far because the client read too slowly."""
+        self._gap = 0
+        self._send, self._receive = trio.open_memory_channel[tuple[int, Any]](math.inf)
+
+    def backlog(self, item: Any) -> None:
+        """Queue an item the hub already holds (never dropped)."""
+        self._send.send_nowait((self._gap, item))
+        self._gap = 0
+
+    def send(self, item: Any) -> bool:
+        """Queue a new item, or drop it (and count it) if the client is ``limit`` behind."""
+        if self._send.statistics().current_buffer_used >= self.limit:
+            self._gap += 1
+            self.dropped += 1
+            return False
+        self.backlog(item)
+        return True
+
+
+Handler = Callable[[Hub, Args, trio.Nursery], Awaitable[Any]]
+StreamHandler = Callable[[Hub, Args, Stream], Awaitable[None]]
+
+
 @attrs.frozen
 class Op:
     """One control operation: its fields, its handler on the hub and its ``ctl`` output.
@@ -198,20 +281,30 @@ class Op:
         run: ``run(hub, args, background)`` carries the request out; ``args`` are the
             validated fields; ``background`` is a nursery for work that outlives the answer.
         fields: the request's fields; any other key is refused.
-        show: prints the result for ``hubvisor ctl`` (``--json`` prints it raw instead).
+        show: prints the result for ``hubvisor ctl`` (``--json`` prints it raw instead);
+            for a streaming op, each item.
         budget: ``budget(hub, args)``, the longest the op may take inside the hub (e.g. a
             child's shutdown time); the client waits that long on top of its own timeout.
             ``None``: the op answers at once.
         command: whether ``hubvisor ctl`` offers it.
+        stream: makes it a streaming op (instead of ``run``): ``stream(hub, args, out)``
+            puts items into ``out`` (a :class:`Stream`) and returns when the stream is
+            over; when ``args["follow"]`` is true it runs until the client closes the
+            connection (it is cancelled then). Raising :class:`ControlError` ends the
+            stream with that error.
+        cli: the top-level command that runs it too, e.g. ``"work list"``
+            (``hubvisor work list``); ``None``: only ``hubvisor ctl NAME``.
     """
 
     name: str
     help: str
-    run: Callable[[Hub, Args, trio.Nursery], Awaitable[Any]]
+    run: Handler = _streams_only
     fields: tuple[Field, ...] = ()
     show: Callable[[Any, Args], None] = _echo_result
     budget: Callable[[Hub, Args], float] | None = None
     command: bool = True
+    stream: StreamHandler | None = None
+    cli: str | None = None
 
     def example(self) -> str:
         """A valid request of this op, as JSON."""
@@ -285,18 +378,35 @@ async def _count(hub: Hub, args: Args, background: trio.Nursery) -> Any:
 
 
 async def _logs(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _owner(hub, args["id"])
     return hub.logs(args["id"], args.get("lines"))
 
 
 async def _terminate(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _owner(hub, args["id"])
     await hub.terminate_child(args["id"])
 
 
 async def _restart(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _owner(hub, args["id"])
     await hub.restart_child(args["id"])
 
 
+def _pool(hub: Hub, name: str) -> Any:
+    try:
+        return hub.supervisor(name)
+    except ChildNotFound as exc:
+        if not str(exc).startswith("no "):
+            raise  # more than one: its message lists them
+        types = ", ".join(sorted(_agent_types(hub))) or "(none)"
+        raise ControlError(
+            f"no pool {name!r} in the hub; give an agent type ({types}), or a pool's name "
+            "or path (`hubvisor ctl list`)"
+        ) from None
+
+
 async def _resize(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _pool(hub, args["pool"])
     await hub.resize(args["pool"], args["size"])
 
 
@@ -308,6 +418,189 @@ async def _stop(hub: Hub, args: Args, background: trio.Nursery) -> Any:
 async def _budget(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     op, op_args = parse_request(args["request"])
     return 0.0 if op.budget is None else op.budget(hub, op_args)
+
+
+def _owner(hub: Hub, child_id: str) -> Any:
+    """``hub.owner(child_id)``, with an error that says how to list the agents."""
+    try:
+        return hub.owner(child_id)
+    except ChildNotFound:
+        raise ControlError(
+            f"no child {child_id!r} in the hub; `hubvisor status` lists the agents "
+            "(`hubvisor ctl list` every child)"
+        ) from None
+
+
+SCHEMA_VERSION = 1
+"""The version of ``hubvisor status --json``; it grows when a field changes meaning."""
+
+
+async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    now = trio.current_time()
+    records = {r.id: r for r in hub.registry.agents()}
+    agents = []
+    for row in hub.which_children():
+        info = row.info
+        if info.kind != "worker":
+            continue
+        rec = records.get(info.id)
+        beat = None if rec is None or rec.last_heartbeat is None else now - rec.last_heartbeat
+        agents.append(
+            {
+                "id": info.id,
+                "type": info.agent_type,
+                "supervisor": row.supervisor,
+                "pid": info.pid,
+                "status": rec.status if rec is not None else info.state.value,
+                "uptime": info.uptime,
+                "restarts": info.restarts,
+                "heartbeat_age": None if beat is None else round(beat, 3),
+                "assignment": hub.work.assignment(info.id),
+                "last_exit": info.last_exit,
+            }
+        )
+    counts = Counter(str(item.status) for item in hub.work.items())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "hub": {
+            "id": hub.context.hub_id,
+            "pid": os.getpid(),
+            "agents": len(agents),
+            "work": {str(s): counts.get(str(s), 0) for s in ItemStatus},
+        },
+        "agents": agents,
+    }
+
+
+def _agent_types(hub: Hub) -> set[str]:
+    """Every agent type the tree runs or may grow (a pool resized to 0 counts)."""
+    types = {r.info.agent_type for r in hub.which_children() if r.info.agent_type}
+    for sup in hub.supervisors():
+        if isinstance(sup.spec, PoolSpec) and sup.spec.agent_type:
+            types.add(sup.spec.agent_type)
+    return {t for t in types if t}
+
+
+async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    types = _agent_types(hub)
+    if args["type"] not in types:
+        raise ControlError(
+            f"no agents of type {args['type']!r} in the hub, so the item would wait forever; "
+            f"the types are {', '.join(sorted(types)) or '(none)'} (`hubvisor status`)"
+        )
+    item = hub.work.submit(
+        args["type"], args["payload"], max_deliveries=args.get("max_deliveries"), source="cli"
+    )
+    return item.to_json()
+
+
+async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return [item.to_json() for item in hub.work.items(args.get("status"))]
+
+
+async def _work_show(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return hub.work.get(args["id"]).to_json()
+
+
+async def _work_retry(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return hub.work.retry(args["id"]).to_json()
+
+
+async def _tail(hub: Hub, args: Args, out: Stream) -> None:
+    child_id, lines = args["id"], args.get("lines")
+    _owner(hub, child_id)
+    if not args.get("follow"):
+        for at, line in hub.timed_logs(child_id, lines):
+            out.backlog({"at": at, "id": child_id, "line": line})
+        return
+    # The tap opens and the kept lines are read in one step: no line is missed or doubled.
+    with hub.tap_output() as tap:
+        for at, line in hub.timed_logs(child_id, lines):
+            out.backlog({"at": at, "id": child_id, "line": line})
+        async for new in tap:
+            if new.child_id == child_id:  # every incarnation of the agent: the same id
+                out.send({"at": new.at, "id": child_id, "line": new.line})
+
+
+async def _events(hub: Hub, args: Args, out: Stream) -> None:
+    ring = _rings.get(hub)
+    if ring is None:  # pragma: no cover - serve_control always starts one
+        raise ControlError("this hub keeps no events (its control server did not start)")
+    try:
+        kinds = check_kinds(args.get("kinds"))
+    except HubvisorError as exc:
+        raise ControlError(str(exc)) from None
+    kept = [e for e in ring.kept if kinds is None or e["kind"] in kinds]
+    lines = args.get("lines")
+    for event in kept if lines is None else kept[len(kept) - lines :] if lines else []:
+        out.backlog(event)
+    if args.get("follow"):
+        with ring.follow(out, kinds):
+            await trio.sleep_forever()
+
+
+NOISY_KINDS = frozenset({"output", "heartbeat"})
+"""Event kinds the event ring does not keep and ``events`` shows only when named."""
+EVENTS_KEPT = 1000
+"""How many recent events the control server keeps for ``hubvisor events``."""
+
+
+def _plain(inst: Any, field: Any, value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, bool | int | float | str | list | tuple | dict):
+        return value
+    return value if attrs.has(type(value)) else str(value)
+
+
+def event_json(event: Event, wall: float) -> dict[str, Any]:
+    """An event as a JSON-ready dict: ``kind``, ``time`` (Unix time), then its fields."""
+    fields = attrs.asdict(event, value_serializer=_plain)
+    return {"kind": event.kind, "time": round(wall, 6), **fields}
+
+
+class _EventRing:
+    """The last :data:`EVENTS_KEPT` events of a hub, and the ``events -f`` streams."""
+
+    def __init__(self, hub: Hub, keep: int = EVENTS_KEPT) -> None:
+        self.hub = hub
+        self.kept: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._followers: list[tuple[Stream, frozenset[str] | None]] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        events = self.hub.bus.subscribe()
+        task_status.started()
+        with events:
+            async for event in events:
+                self._add(event)
+
+    def _add(self, event: Event) -> None:
+        noisy = event.kind in NOISY_KINDS
+        wanted = [
+            out
+            for out, kinds in self._followers
+            if (kinds is None and not noisy) or (kinds is not None and event.kind in kinds)
+        ]
+        if noisy and not wanted:
+            return
+        wall = time.time() - max(0.0, trio.current_time() - event.at)
+        data = event_json(event, wall)
+        if not noisy:
+            self.kept.append(data)
+        for out in wanted:
+            out.send(data)
+
+    @contextlib.contextmanager
+    def follow(self, out: Stream, kinds: frozenset[str] | None) -> Iterator[None]:
+        entry = (out, kinds)
+        self._followers.append(entry)
+        try:
+            yield
+        finally:
+            self._followers.remove(entry)
+
+
+_rings: weakref.WeakKeyDictionary[Hub, _EventRing] = weakref.WeakKeyDictionary()
 
 
 # Budgets: how long an op may take inside the hub ----------------------------------------
@@ -323,7 +616,7 @@ def _stop_time(spec: AnySpec) -> float:
 
 
 def _child_stop_time(hub: Hub, args: Args) -> float:
-    owner = hub.owner(args["id"])
+    owner = _owner(hub, args["id"])
     spec = owner.spec
     if isinstance(spec, PoolSpec):
         return _stop_time(spec.template)
@@ -334,7 +627,7 @@ def _child_stop_time(hub: Hub, args: Args) -> float:
 
 
 def _pool_stop_time(hub: Hub, args: Args) -> float:
-    spec = hub.supervisor(args["pool"]).spec
+    spec = _pool(hub, args["pool"]).spec
     return _stop_time(spec.template) if isinstance(spec, PoolSpec) else 0.0
 
 
@@ -379,12 +672,131 @@ def _show_resize(result: Any, args: Args) -> None:
     click.echo(f"{args['pool']}: {args['size']} members")
 
 
+def _console() -> Console:
+    """Rich output: colour and the terminal's width on a terminal; plain and wide otherwise."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240, color_system=None)
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.0f}m"
+    return f"{value / 3600:.1f}h"
+
+
+_STATUS_STYLE = {
+    "idle": "green",
+    "busy": "cyan",
+    "starting": "yellow",
+    "stopping": "yellow",
+    "backing_off": "red",
+    "hung": "bold red",
+    "stopped": "dim",
+}
+
+
+def _show_status(result: Any, args: Args) -> None:
+    hub, agents = result["hub"], result["agents"]
+    console = _console()
+    work = ", ".join(f"{n} {status}" for status, n in hub["work"].items() if n) or "none"
+    console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
+    table = Table(box=box.SIMPLE_HEAD)
+    right = ("pid", "uptime", "restarts", "heartbeat")
+    for col in ("id", "type", "pid", "status", "uptime", "restarts", "heartbeat", "assignment"):
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
+    table.add_column("last exit")
+    for a in agents:
+        table.add_row(
+            Text(a["id"]),
+            Text(a["type"] or "-"),
+            str(a["pid"] or "-"),
+            Text(a["status"], style=_STATUS_STYLE.get(a["status"], "")),
+            _secs(a["uptime"]),
+            str(a["restarts"]),
+            _secs(a["heartbeat_age"]),
+            Text(a["assignment"] or "-"),
+            Text(a["last_exit"] or "", style="red" if a["last_exit"] else ""),
+        )
+    console.print(table)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else f"{text[: width - 1]}…"
+
+
+def _show_items(items: Any, args: Args) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("id", "type", "status", "attempt", "deliveries", "agent", "source", "outcome"):
+        table.add_column(col, justify="right" if col in ("attempt", "deliveries") else "left")
+    for i in items:
+        outcome = i["error"] if i["error"] is not None else i["result"]
+        table.add_row(
+            Text(i["id"]),
+            Text(i["type"]),
+            Text(i["status"], style=_ITEM_STYLE.get(i["status"], "")),
+            str(i["attempt"]),
+            f"{i['deliveries']}/{i['max_deliveries']}",
+            Text(i["agent"] or "-"),
+            Text(i["source"]),
+            Text("" if outcome is None else _short(outcome)),
+        )
+    _console().print(table)
+
+
+_ITEM_STYLE = {"completed": "green", "assigned": "cyan", "failed": "red", "dead": "bold red"}
+
+
+def _show_item(item: Any, args: Args) -> None:
+    for key in ("id", "type", "status", "attempt", "agent", "source"):
+        click.echo(f"{key}: {item[key] if item[key] is not None else '-'}")
+    click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
+    for key in ("payload", "progress", "result", "error"):
+        if item[key] is not None or key in ("payload", "result"):
+            click.echo(f"{key}: {json.dumps(item[key])}")
+    for h in item["history"]:
+        reason = f" ({h['reason']})" if h["reason"] else ""
+        click.echo(f"  attempt {h['attempt']} by {h['agent']}: {h['outcome']}{reason}")
+
+
+def _show_submitted(item: Any, args: Args) -> None:
+    click.echo(item["id"])
+
+
+def _show_retried(item: Any, args: Args) -> None:
+    click.echo(f"{item['id']}: queued again ({item['max_deliveries']} deliveries)")
+
+
+def _stamp(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _show_line(item: Any, args: Args) -> None:
+    click.echo(f"{_stamp(item['at'])}  {item['line']}")
+
+
+def _show_event(event: Any, args: Args) -> None:
+    click.echo(json.dumps(event))
+
+
 _CHILD_ID = Field(
     "id",
     str,
     "the child's id, as `hubvisor ctl list` shows it",
     "worker-agent-1",
     metavar="CHILD_ID",
+)
+
+_ITEM_ID = Field(
+    "id",
+    str,
+    "the work item's id, as `hubvisor work list` shows it",
+    "worker-1",
+    metavar="ITEM_ID",
 )
 
 OPS: dict[str, Op] = {
@@ -430,6 +842,7 @@ OPS: dict[str, Op] = {
             fields=(_CHILD_ID,),
             show=_said("restarted"),
             budget=_child_stop_time,
+            cli="restart",
         ),
         Op(
             "resize",
@@ -441,8 +854,149 @@ OPS: dict[str, Op] = {
             ),
             show=_show_resize,
             budget=_pool_stop_time,
+            cli="scale",
         ),
-        Op("stop", "Stop the whole tree gracefully (like SIGTERM to the hub).", _stop),
+        Op(
+            "stop",
+            "Stop the whole tree gracefully (like SIGTERM to the hub).",
+            _stop,
+            cli="stop",
+        ),
+        Op(
+            "status",
+            "One table of every agent: id, type, pid, status, uptime, restarts, heartbeat "
+            "age, assignment, last exit.\n\n"
+            "--json prints one object: schema_version, hub, and agents (id, type, "
+            "supervisor, pid, status, uptime, restarts, heartbeat_age, assignment, "
+            "last_exit).",
+            _status,
+            show=_show_status,
+            cli="status",
+        ),
+        Op(
+            "submit",
+            "Queue a work item for agents of TYPE and print its id.",
+            _submit,
+            fields=(
+                Field("type", str, "the agent type that does it", "worker", metavar="TYPE"),
+                Field(
+                    "payload",
+                    object,
+                    "the work, as JSON ('-': read it from stdin)",
+                    {"n": 3},
+                    metavar="PAYLOAD",
+                ),
+                Field(
+                    "max_deliveries",
+                    int,
+                    "deliveries before it is dead-lettered (default: the hub's, 3)",
+                    3,
+                    required=False,
+                    minimum=1,
+                    flag="--max-deliveries",
+                ),
+            ),
+            show=_show_submitted,
+            cli="submit",
+        ),
+        Op(
+            "work_list",
+            "List the work items: id, type, status, attempt, deliveries, agent, outcome.",
+            _work_list,
+            fields=(
+                Field(
+                    "status",
+                    str,
+                    "only items with this status",
+                    "dead",
+                    required=False,
+                    flag="--status",
+                    choices=tuple(str(s) for s in ItemStatus),
+                ),
+            ),
+            show=_show_items,
+            cli="work list",
+        ),
+        Op(
+            "work_show",
+            "Show one work item: payload, result or error, and every attempt.",
+            _work_show,
+            fields=(_ITEM_ID,),
+            show=_show_item,
+            cli="work show",
+        ),
+        Op(
+            "work_retry",
+            "Queue a dead or failed work item again, its deliveries reset.",
+            _work_retry,
+            fields=(_ITEM_ID,),
+            show=_show_retried,
+            cli="work retry",
+        ),
+        Op(
+            "tail",
+            "Print an agent's recent output lines with their times; -f keeps following "
+            "(its later incarnations too).",
+            fields=(
+                Field(
+                    "id",
+                    str,
+                    "the agent's id, as `hubvisor status` shows it",
+                    "worker-agent-1",
+                    metavar="AGENT",
+                ),
+                Field(
+                    "lines", int, "only the last N lines", 20, required=False, minimum=0, flag="-n"
+                ),
+                Field(
+                    "follow",
+                    bool,
+                    "keep printing new lines until interrupted",
+                    True,
+                    required=False,
+                    flag="-f",
+                ),
+            ),
+            show=_show_line,
+            stream=_tail,
+            cli="logs",
+        ),
+        Op(
+            "events",
+            f"Print the hub's recent events as JSON lines (it keeps the last {EVENTS_KEPT}); "
+            "-f keeps following.",
+            fields=(
+                Field(
+                    "kinds",
+                    list,
+                    "only events of this kind (repeat for more; 'output' and 'heartbeat' "
+                    "are shown only when named)",
+                    ["work_completed"],
+                    required=False,
+                    flag="--kind",
+                ),
+                Field(
+                    "lines",
+                    int,
+                    "only the last N kept events",
+                    20,
+                    required=False,
+                    minimum=0,
+                    flag="-n",
+                ),
+                Field(
+                    "follow",
+                    bool,
+                    "keep printing new events until interrupted",
+                    True,
+                    required=False,
+                    flag="-f",
+                ),
+            ),
+            show=_show_event,
+            stream=_events,
+            cli="events",
+        ),
         Op(
             "budget",
             "Seconds another request may take inside the hub (the client's timeout).",
@@ -490,8 +1044,8 @@ def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 
 
-async def _answer(hub: Hub, line: bytes, background: trio.Nursery) -> dict[str, Any]:
-    """The answer to one request line; never raises (but for cancellation)."""
+def _parse_line(line: bytes) -> tuple[Op, dict[str, Any]] | dict[str, Any]:
+    """The op and arguments of one request line, or the error answer to it."""
     if _too_deep(line):
         return _error(
             f"request is nested more than {_MAX_DEPTH} levels deep; a request is a flat JSON "
@@ -504,17 +1058,33 @@ async def _answer(hub: Hub, line: bytes, background: trio.Nursery) -> dict[str, 
             f'request is not a JSON object on one line ({exc}); send e.g. {{"op": "list"}}'
         )
     try:
-        op, args = parse_request(req)
+        return parse_request(req)
     except ControlError as exc:
         return _error(str(exc))
+
+
+def _failed(op: Op, exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, ControlError):
+        return _error(str(exc))
+    logger.exception("control request %r failed inside the hub", op.name)
+    return _error(f"{op.name} failed inside the hub: {type(exc).__name__}: {exc}")
+
+
+async def _carry_out(hub: Hub, op: Op, args: Args, background: trio.Nursery) -> dict[str, Any]:
+    """The answer to one valid request; never raises (but for cancellation)."""
     try:
         result = await op.run(hub, args, background)
-    except ControlError as exc:
-        return _error(str(exc))
     except Exception as exc:
-        logger.exception("control request %r failed inside the hub", op.name)
-        return _error(f"{op.name} failed inside the hub: {type(exc).__name__}: {exc}")
+        return _failed(op, exc)
     return {"ok": True, "result": result}
+
+
+async def _answer(hub: Hub, line: bytes, background: trio.Nursery) -> dict[str, Any]:
+    """The answer to one request line of a non-streaming op; never raises."""
+    parsed = _parse_line(line)
+    if isinstance(parsed, dict):
+        return parsed
+    return await _carry_out(hub, *parsed, background)
 
 
 def _encode(answer: dict[str, Any]) -> bytes:
@@ -522,6 +1092,56 @@ def _encode(answer: dict[str, Any]) -> bytes:
         return json.dumps(answer).encode() + b"\n"
     except (TypeError, ValueError) as exc:  # pragma: no cover - results are plain JSON
         return json.dumps(_error(f"the result cannot be sent as JSON: {exc}")).encode() + b"\n"
+
+
+async def _serve_stream(hub: Hub, op: Op, args: Args, sock: trio.SocketStream) -> bool:
+    """Run a streaming op on the connection; whether the connection may go on.
+
+    The items go out as ``{"ok": true, "item": ...}`` lines, a gap as ``{"ok": true,
+    "dropped": N}``, and the end as ``{"ok": true, "end": true}`` or an error answer. A
+    stream that follows (``args["follow"]``) takes the connection over: it ends when the
+    client closes the connection (whatever the client sends meanwhile is ignored).
+    """
+    assert op.stream is not None
+    handler = op.stream
+    follow = bool(args.get("follow"))
+    out = Stream()
+    final = {"ok": True, "end": True}
+    open_ = True
+
+    async def produce() -> None:
+        nonlocal final
+        try:
+            await handler(hub, args, out)
+        except Exception as exc:
+            final = _failed(op, exc)
+        finally:
+            out._send.close()
+
+    async def watch(scope: trio.CancelScope) -> None:
+        nonlocal open_
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await sock.receive_some(65536):
+                pass
+        open_ = False
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        if follow:
+            nursery.start_soon(watch, nursery.cancel_scope)
+        nursery.start_soon(produce)
+        try:
+            async for gap, item in out._receive:
+                if gap:
+                    await sock.send_all(_encode({"ok": True, "dropped": gap}))
+                await sock.send_all(_encode({"ok": True, "item": item}))
+            if out._gap:
+                await sock.send_all(_encode({"ok": True, "dropped": out._gap}))
+            await sock.send_all(_encode(final))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            open_ = False
+        nursery.cancel_scope.cancel()
+    return open_ and not follow
 
 
 async def _serve_connection(hub: Hub, stream: trio.SocketStream, background: trio.Nursery) -> None:
@@ -542,7 +1162,15 @@ async def _serve_connection(hub: Hub, stream: trio.SocketStream, background: tri
                     elif len(line) > _MAX_LINE:
                         await stream.send_all(_encode(too_long))
                     elif line.strip():
-                        await stream.send_all(_encode(await _answer(hub, line, background)))
+                        parsed = _parse_line(line)
+                        if isinstance(parsed, dict):
+                            await stream.send_all(_encode(parsed))
+                        elif parsed[0].stream is not None:
+                            if not await _serve_stream(hub, *parsed, stream):
+                                return
+                        else:
+                            answer = await _carry_out(hub, *parsed, background)
+                            await stream.send_all(_encode(answer))
                 if len(buf) > _MAX_LINE and not skipping:
                     skipping = True
                     await stream.send_all(_encode(too_long))
@@ -625,8 +1253,11 @@ async def serve_control(
         sock.close()
         raise
     listener = trio.SocketListener(sock)
+    ring = _EventRing(hub)
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(ring.run)
+            _rings.setdefault(hub, ring)
             task_status.started(path)
 
             async def handler(stream: trio.SocketStream) -> None:
@@ -634,6 +1265,8 @@ async def serve_control(
 
             await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
     finally:
+        if _rings.get(hub) is ring:
+            del _rings[hub]
         with contextlib.suppress(OSError):
             path.unlink()
         with trio.CancelScope(shield=True):
@@ -642,6 +1275,11 @@ async def serve_control(
 
 # --------------------------------------------------------------------------------------
 # The client's side
+
+
+def no_hub_message(path: Path) -> str:
+    """What every command says when no hub listens at ``path`` (it exits 3)."""
+    return f"no hub is running at {path}; start one with `hubvisor run SPEC`"
 
 
 class _Client:
@@ -657,16 +1295,32 @@ class _Client:
         try:
             self.sock.connect(str(self.path))
         except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                raise NoHubRunning(no_hub_message(self.path)) from None
             raise ControlClientError(
                 f"no hub is listening on {self.path} ({exc.strerror or exc}); is `hubvisor "
                 "run` running with that hub id, or pass --socket"
             ) from None
 
-    def ask(self, req: dict[str, Any], timeout: float) -> Any:
-        op = _show_value(req.get("op") if isinstance(req, dict) else req)
+    def send(self, req: dict[str, Any]) -> None:
+        line = json.dumps(req).encode() + b"\n"
+        if len(line) > _MAX_LINE:
+            raise ControlClientError(
+                f"the request is {len(line)} bytes, over the {_MAX_LINE} a control request may "
+                "have; put large inputs in a file or store and pass their name"
+            )
+        try:
+            self.sock.sendall(line)
+        except OSError as exc:
+            raise ControlClientError(
+                f"lost the connection to the hub at {self.path} ({exc.strerror or exc})"
+            ) from None
+
+    def read(self, op: str, timeout: float | None, ended: str | None = None) -> dict[str, Any]:
+        """The next answer line; an ``ok: false`` one raises; ``ended``: the error if the
+        hub closes the connection (default: it closed it before answering)."""
         self.sock.settimeout(timeout)
         try:
-            self.sock.sendall(json.dumps(req).encode() + b"\n")
             while b"\n" not in self.buf:
                 if len(self.buf) > _MAX_ANSWER:
                     raise ControlClientError(
@@ -675,7 +1329,8 @@ class _Client:
                 chunk = self.sock.recv(1 << 20)
                 if not chunk:
                     raise ControlClientError(
-                        f"the hub at {self.path} closed the connection before answering {op}"
+                        ended
+                        or f"the hub at {self.path} closed the connection before answering {op}"
                     )
                 self.buf += chunk
         except TimeoutError:
@@ -700,7 +1355,12 @@ class _Client:
             )
         if not answer["ok"]:
             raise ControlClientError(str(answer.get("error")))
-        return answer.get("result")
+        return answer
+
+    def ask(self, req: dict[str, Any], timeout: float) -> Any:
+        op = _show_value(req.get("op") if isinstance(req, dict) else req)
+        self.send(req)
+        return self.read(op, timeout).get("result")
 
     def close(self) -> None:
         self.sock.close()
@@ -716,28 +1376,80 @@ def _budget_of(client: _Client, req: dict[str, Any]) -> float:
     return max(0.0, float(wait))
 
 
+def _connect(path: Path, timeout: float) -> _Client:
+    if path.parent == _default_base():
+        _check_private_dir(path.parent, ControlClientError, "--socket")
+    client = _Client(path)
+    try:
+        client.connect(timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 def request(path: Path, req: dict[str, Any], timeout: float | None = None) -> Any:
     """Send one request to the hub at ``path`` and return its result (blocking client).
 
     ``timeout``: seconds to wait for the answer. ``None``: :data:`FAST_TIMEOUT`, plus,
     for an op that may take a while inside the hub (``terminate`` waits up to the
-    child's shutdown time), the time the hub says it may take.
+    child's shutdown time), the time the hub says it may take. A streaming op's result
+    is the list of its items (it must not follow: see :func:`stream`).
 
     Raises:
-        ControlClientError: no hub listens at ``path``, its directory is unsafe, the
-            hub refused the request, did not answer in time, or answered garbage.
+        NoHubRunning: nothing listens at ``path``.
+        ControlClientError: the socket's directory is unsafe, the hub refused the
+            request, did not answer in time, or answered garbage.
     """
-    if path.parent == _default_base():
-        _check_private_dir(path.parent, ControlClientError, "--socket")
-    client = _Client(path)
+    name = req.get("op") if isinstance(req, dict) else None
+    op = OPS.get(name) if isinstance(name, str) else None
+    if op is not None and op.stream is not None:
+        if req.get("follow"):
+            raise ControlClientError(f"{name} with follow never ends; read it with stream()")
+        found = stream(path, req, timeout)
+        return [answer["item"] for answer in found if "item" in answer]
+    client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
     try:
-        client.connect(FAST_TIMEOUT if timeout is None else timeout)
         if timeout is None:
             timeout = FAST_TIMEOUT
-            name = req.get("op") if isinstance(req, dict) else None
-            op = OPS.get(name) if isinstance(name, str) else None
             if op is not None and op.budget is not None:
                 timeout += _budget_of(client, req)
         return client.ask(req, timeout)
+    finally:
+        client.close()
+
+
+def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Iterator[Any]:
+    """Send a streaming request; yield its answers until the stream ends (blocking client).
+
+    Each answer is ``{"item": ...}`` or ``{"dropped": N}`` (N items the hub dropped
+    there because this client read too slowly). A request with ``follow`` goes on until
+    the caller stops iterating (closing the connection ends the stream in the hub).
+    ``timeout``: seconds to wait for each answer (default: :data:`FAST_TIMEOUT`, and for
+    ever while following).
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        ControlClientError: the hub refused the request, ended a following stream (it
+            stopped), did not answer in time, or answered garbage.
+    """
+    name = _show_value(req.get("op"))
+    follow = bool(req.get("follow"))
+    client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
+    try:
+        client.send(req)
+        wait = timeout if timeout is not None else None if follow else FAST_TIMEOUT
+        ended = f"the hub at {path} ended the stream: it stopped" if follow else None
+        while True:
+            answer = client.read(name, wait, ended)
+            if answer.get("end"):
+                return
+            if "item" in answer or "dropped" in answer:
+                yield {k: answer[k] for k in ("item", "dropped") if k in answer}
+            elif "result" in answer:
+                raise ControlClientError(
+                    f"{name} is not a streaming op of the hub at {path}; is it the same "
+                    "hubvisor version?"
+                )
     finally:
         client.close()

@@ -106,10 +106,10 @@ async def test_ctl_commands(tmp_path: Path) -> None:
 
 
 async def test_no_hub_listening(tmp_path: Path) -> None:
-    """A missing hub is a clear error naming the socket."""
+    """A missing hub is a clear error naming the socket, with exit status 3."""
     code, out = await ctl(tmp_path / "none.sock", "list")
 
-    assert 1 == code and "no hub is listening on" in out
+    assert 3 == code and f"no hub is running at {tmp_path / 'none.sock'}; start one" in out
 
 
 async def test_stale_socket_is_taken_over_and_live_one_refused(tmp_path: Path) -> None:
