@@ -36,9 +36,9 @@ from ._control import (
     serve_control,
     stream,
 )
-from ._demo import demo_spec
+from ._demo import DemoFeeder, demo_spec
 from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
-from ._hub import Hub
+from ._hub import Hub, Service
 from ._log import log_events, log_kinds, logger
 from ._redis import RedisMirror
 from ._registry import Registry
@@ -155,6 +155,7 @@ def run_hub(
     control_socket: str | None = "auto",
     redis: str | None = None,
     redis_prefix: str = "hubvisor",
+    services: Sequence[Service] = (),
 ) -> int:
     """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
 
@@ -168,7 +169,7 @@ def run_hub(
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
         registry = Registry(mirror=mirror)
-    hub = Hub(spec, max_agents=max_agents, registry=registry)
+    hub = Hub(spec, max_agents=max_agents, registry=registry, services=services)
     socket_path = (
         None
         if control_socket is None
@@ -276,11 +277,11 @@ def run(spec: str, **options: Any) -> None:
     _run_or_explain(lambda: load_spec(spec), options)
 
 
-def _run_or_explain(tree: Any, options: dict[str, Any]) -> None:
+def _run_or_explain(tree: Any, options: dict[str, Any], services: Sequence[Service] = ()) -> None:
     if options.get("control_socket") == "none":
         options["control_socket"] = None
     try:
-        code = run_hub(tree(), **options)
+        code = run_hub(tree(), services=services, **options)
     except (InvalidSpec, MaxAgentsExceeded, ControlError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
@@ -290,22 +291,34 @@ def _run_or_explain(tree: Any, options: dict[str, Any]) -> None:
 @click.option(
     "--crash-rate",
     type=click.FloatRange(0, 1),
-    default=0.15,
+    default=0.3,
     show_default=True,
-    help="Chance that a worker crashes per unit of work.",
+    help="Chance per item that the crashy worker crashes.",
 )
 @click.option(
-    "--interval",
-    type=click.FloatRange(min=0.01),
-    default=1.0,
+    "--hang-rate",
+    type=click.FloatRange(0, 1),
+    default=0.2,
     show_default=True,
-    help="Seconds per unit of work of the placeholder agents.",
+    help="Chance per item that the hangy worker hangs.",
+)
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.05),
+    default=4.0,
+    show_default=True,
+    help="Seconds between two tasks the demo submits.",
 )
 @_with_common
-def demo(crash_rate: float, interval: float, **options: Any) -> None:
-    """Run the example tree: a pool per agent type of placeholder agents that crash now and then."""
+def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> None:
+    """Run the demo: planning, worker, qc and review agents with work flowing through
+    them; one worker crashes now and then, one hangs. Watch it with `hubvisor status`."""
     _setup_logging(False)
-    _run_or_explain(lambda: demo_spec(crash_rate=crash_rate, interval=interval), options)
+    _run_or_explain(
+        lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate),
+        options,
+        services=[DemoFeeder(every=every)],
+    )
 
 
 @main.command()

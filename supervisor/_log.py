@@ -22,10 +22,31 @@ from ._events import (
     SupervisorStopped,
     SupervisorStopping,
 )
+from ._work import (
+    WorkAssigned,
+    WorkCompleted,
+    WorkDeadLettered,
+    WorkFailed,
+    WorkReclaimed,
+    WorkRefused,
+    WorkSubmitted,
+)
 
-__all__ = ["LIFECYCLE_KINDS", "event_level", "format_event", "log_events", "log_kinds"]
+__all__ = [
+    "LIFECYCLE_KINDS",
+    "WORK_LOG_KINDS",
+    "event_level",
+    "format_event",
+    "log_events",
+    "log_kinds",
+]
 
 logger = logging.getLogger("hubvisor")
+
+WORK_LOG_KINDS = frozenset(
+    {"work_completed", "work_failed", "work_reclaimed", "work_dead", "work_refused"}
+)
+"""The work events the log shows (submitted and assigned ones would drown the rest)."""
 
 LIFECYCLE_KINDS = frozenset(
     {
@@ -82,17 +103,48 @@ def format_event(event: Event) -> str:
             return f"{event.supervisor} GAVE UP: {event.child_id} ({reason}) exceeded {limit}"
         case ChildOutput(stream=stream, line=line):
             return f"{who} {'!' if stream == 'stderr' else '|'} {line}"
+        case WorkSubmitted(item_id=item, agent_type=agent_type):
+            return f"work {item} submitted for {agent_type}"
+        case WorkAssigned(item_id=item, attempt=attempt):
+            return f"work {item} assigned to {event.child_id} (attempt {attempt})"
+        case WorkCompleted(item_id=item, attempt=attempt):
+            return f"work {item} completed by {event.child_id} (attempt {attempt})"
+        case WorkFailed(item_id=item, attempt=attempt, error=error, final=final):
+            then = "for good" if final else "; it will be retried"
+            return f"work {item} failed on {event.child_id} (attempt {attempt}): {error} {then}"
+        case WorkReclaimed(item_id=item, attempt=attempt, reason=reason):
+            why = {
+                "exit": "its agent exited",
+                "hang": "its agent hung",
+                "stop": "its agent was stopped",
+                "handback": "its agent handed it back",
+                "unreachable": "its agent could not take it",
+            }.get(reason, reason)
+            return (
+                f"work {item} reclaimed from {event.child_id} (attempt {attempt}): {why}; "
+                "queued again"
+            )
+        case WorkDeadLettered(item_id=item, attempt=attempt, reason=reason):
+            return (
+                f"work {item} DEAD after attempt {attempt}: {reason} (hubvisor work retry {item})"
+            )
+        case WorkRefused(item_id=item, attempt=attempt, reason=reason):
+            return (
+                f"work {item}: refused an answer from {event.child_id} (attempt {attempt}): "
+                f"{reason}"
+            )
     return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
 
 
 def log_kinds(output: bool = False) -> frozenset[str]:
-    """The event kinds the log shows: lifecycle, plus child output lines if ``output``."""
-    return LIFECYCLE_KINDS | ({"output"} if output else set())
+    """The event kinds the log shows: lifecycle and work outcomes, plus child output
+    lines if ``output``."""
+    return LIFECYCLE_KINDS | WORK_LOG_KINDS | ({"output"} if output else set())
 
 
 def event_level(event: Event) -> int:
     """WARNING for failures (crashes, failed starts, escalations), INFO for the rest."""
-    if event.kind in ("escalated", "spawn_failed", "hung"):
+    if event.kind in ("escalated", "spawn_failed", "hung", "work_dead", "work_reclaimed"):
         return logging.WARNING
     if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
         return logging.WARNING

@@ -161,17 +161,24 @@ class TestSignals:
 
 class TestDemo:
     async def test_demo_runs_crashes_restarts_and_stops(self) -> None:
-        """The demo shows every agent type, a crash, a restart and a clean stop."""
+        """The demo shows every agent type doing work through the whole pipeline, a crash
+        whose item is reclaimed and finished elsewhere, a hang detected and killed, and a
+        clean stop."""
         hv = await start_hubvisor(
-            "demo", "--duration", "4", "--interval", "0.05", "--crash-rate", "0.5"
+            "demo", "--duration", "9", "--every", "0.5", "--crash-rate", "1", "--hang-rate", "1"
         )
         code, text = await finish(hv)
 
         assert 0 == code, text
         for kind in ("worker", "qc", "planning", "review"):
             assert f"{kind}-agent-1 starting" in text
-        # A crash within the 0.5 s start period reads "failed to start"; both are crashes.
-        assert re.search(r"(crashed|failed to start): exited with code 1", text)
+            assert re.search(rf"work {kind}-\d+ completed by", text), kind
+        crashed = re.search(r"work (worker-\d+) reclaimed from worker-crashy \(attempt 1\)", text)
+        assert crashed, text
+        assert re.search(rf"work {crashed.group(1)} completed by \S+ \(attempt 2\)", text)
+        assert "worker-crashy crashed: exited with code 1" in text
+        assert "worker-hangy HUNG" in text
+        assert re.search(r"reclaimed from worker-hangy \(attempt 1\): its agent hung", text)
         assert "restarting" in text
         assert text.rstrip().endswith("hub stopped")
 
