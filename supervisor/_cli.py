@@ -463,8 +463,12 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             ["--timeout"],
             type=click.FloatRange(min=0, min_open=True),
             default=None,
-            help=f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}"
-            + (", plus the longest the hub may need for it)" if op.budget else ")"),
+            help=(
+                f"Seconds to wait for each line (default: {FAST_TIMEOUT:g}; for ever with -f)"
+                if op.stream
+                else f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}"
+                + (", plus the longest the hub may need for it)" if op.budget else ")")
+            ),
         )
     )
     params.append(

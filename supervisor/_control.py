@@ -445,17 +445,21 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
             continue
         rec = records.get(info.id)
         beat = None if rec is None or rec.last_heartbeat is None else now - rec.last_heartbeat
+        assignment = hub.work.assignment(info.id)
+        status = rec.status if rec is not None else info.state.value
+        if assignment is not None and status == "idle":
+            status = "busy"  # the hub gave it work: whatever it last said, it is busy
         agents.append(
             {
                 "id": info.id,
                 "type": info.agent_type,
                 "supervisor": row.supervisor,
                 "pid": info.pid,
-                "status": rec.status if rec is not None else info.state.value,
+                "status": status,
                 "uptime": info.uptime,
                 "restarts": info.restarts,
                 "heartbeat_age": None if beat is None else round(beat, 3),
-                "assignment": hub.work.assignment(info.id),
+                "assignment": assignment,
                 "last_exit": info.last_exit,
             }
         )
