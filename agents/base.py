@@ -1,0 +1,462 @@
+"""``BaseAgent``: a trio program that takes work from its hub (agent protocol v1).
+
+A subclass overrides only the work::
+
+    class Doubler(BaseAgent):
+        agent_type = "doubler"
+
+        def validate_assignment(self, payload: JSON) -> None:
+            if not isinstance(payload, int):
+                raise ValueError("payload must be an integer")
+
+        async def do_work(self, assignment: Assignment) -> JSON:
+            await assignment.progress(0.5, checkpoint={"half": True})
+            return assignment.payload * 2
+
+    if __name__ == "__main__":
+        Doubler.main()
+
+The lifecycle (``docs/agent-protocol.md`` has the protocol itself):
+
+1. Open the channel the hub passed in ``HUBVISOR_NOTIFY_FD`` and send ``HELLO=1`` and
+   ``READY``.
+2. Heartbeat every ``HUBVISOR_HEARTBEAT_INTERVAL`` seconds (default 1) in a task of its
+   own, whatever ``do_work`` is doing, as long as it does not block the event loop: run
+   CPU-bound or blocking work with ``trio.to_thread.run_sync(..., abandon_on_cancel=True)``.
+   A ``PING`` is answered with ``HEARTBEAT`` at once.
+3. For each ``ASSIGN``: ``validate_assignment(payload)`` (an exception sends ``FAIL`` with
+   ``retry=false``), then ``await do_work(assignment)`` (an exception sends ``FAIL`` with
+   ``retry=true``; :class:`HandBack` hands the item back), then ``RESULT`` with what it
+   returned. ``assignment.progress(...)`` sends ``PROGRESS`` with a checkpoint that the
+   next attempt of the item receives in ``assignment.checkpoint``;
+   ``assignment.submit(type, payload)`` sends ``SUBMIT`` (new work), always before the
+   item's ``RESULT``.
+4. On ``STOP`` or SIGTERM (or SIGINT): finish the held item within the grace (the shutdown
+   timeout ``HUBVISOR_SHUTDOWN``, default 5 s, minus a margin) or hand it back, wait
+   briefly for the hub's ``ACK``, and exit 0. When the hub closes the channel the agent
+   exits 0 at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from typing import NoReturn
+
+import trio
+
+from . import _wire
+from ._wire import JSON
+
+__all__ = ["JSON", "Assignment", "BaseAgent", "HandBack"]
+
+# One struct ucred: with SO_PASSCRED the kernel attaches the sender's credentials to every
+# record, an empty one included, and nothing at end-of-channel, which tells them apart.
+_CREDS_SPACE = socket.CMSG_SPACE(12)
+_KEEP: JSON = object()
+
+
+class HandBack(Exception):
+    """Raise from ``do_work`` to give the item back unfinished (``HANDBACK``); the hub
+    offers it again without spending an attempt."""
+
+
+class Assignment:
+    """One item the hub assigned, as ``do_work`` sees it.
+
+    Attributes:
+        item: the item id.
+        attempt: which delivery of the item this is (1 for the first).
+        type: the agent type the item is for.
+        payload: the item's JSON payload.
+        checkpoint: the last checkpoint an earlier attempt of this item reported with
+            :meth:`progress` (``None`` on a first attempt or when there was none).
+    """
+
+    __slots__ = ("_agent", "_checkpoint_sent", "attempt", "checkpoint", "item", "payload", "type")
+
+    def __init__(self, agent: BaseAgent, assign: _wire.Assign) -> None:
+        self._agent = agent
+        self.item: str = assign.item
+        self.attempt: int = assign.attempt
+        self.type: str = assign.type
+        self.payload: JSON = assign.payload
+        self.checkpoint: JSON = assign.checkpoint
+        self._checkpoint_sent: JSON = assign.checkpoint
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the agent was asked to stop: finish soon, or raise :class:`HandBack`."""
+        return self._agent.stop_requested
+
+    async def progress(self, value: JSON = None, *, checkpoint: JSON = _KEEP) -> None:
+        """Report progress (any JSON, e.g. a fraction) and, if given, a new checkpoint.
+
+        ``PROGRESS`` always carries the latest checkpoint (the one given here, else the
+        last one sent, else the one this attempt received), so the hub never loses it.
+
+        Raises:
+            agents._wire.WireError: ``value`` or ``checkpoint`` is not JSON, or the
+                record is over 64 KiB (keep checkpoints small).
+        """
+        if checkpoint is not _KEEP:
+            self._checkpoint_sent = checkpoint
+        await self._agent._send(
+            _wire.progress(self.item, self.attempt, value, self._checkpoint_sent)
+        )
+
+    async def submit(self, agent_type: str, payload: JSON) -> None:
+        """Submit new work for agents of ``agent_type`` (``SUBMIT``).
+
+        Raises:
+            agents._wire.WireError: a bad type, a payload that is not JSON, or a record
+                over 64 KiB.
+        """
+        await self._agent._send(_wire.submit(agent_type, payload))
+
+    def __repr__(self) -> str:
+        return f"Assignment(item={self.item!r}, attempt={self.attempt}, type={self.type!r})"
+
+
+class _Channel:
+    """The agent's end of its SOCK_SEQPACKET channel: one ``send`` is one record."""
+
+    def __init__(self, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        try:
+            if sock.type != socket.SOCK_SEQPACKET:
+                raise OSError(f"descriptor {fd} is not a SOCK_SEQPACKET socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        except BaseException:
+            sock.detach()  # not ours to close
+            raise
+        self._raw = sock
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        self._lock = trio.Lock()
+        self.last_send = -math.inf
+        self.gone = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        """Send one record; on a closed channel set :attr:`gone` instead of raising."""
+        async with self._lock:
+            if self.gone.is_set():
+                return
+            try:
+                await self._sock.send(data)
+            except OSError:
+                self.gone.set()
+                return
+        self.last_send = trio.current_time()
+
+    async def receive(self) -> bytes | None:
+        """One record from the hub, or ``None`` once the hub closed its end."""
+        for _ in range(2):
+            try:
+                data, ancdata, flags, _ = await self._sock.recvmsg(
+                    _wire.MAX_MESSAGE + 1, _CREDS_SPACE
+                )
+            except ConnectionResetError:
+                # The hub closed its end with our records unread: Linux reports that
+                # once; what the hub sent before is still there to read.
+                continue
+            except OSError:
+                return None
+            if data or ancdata or flags & socket.MSG_CTRUNC:
+                return data
+            return None
+        return None
+
+    def close(self) -> None:
+        """Read what the hub sent and nobody took, then close: closing with records
+        unread would make the hub's next receive fail with ECONNRESET."""
+        for _ in range(1000):
+            try:
+                if not self._raw.recv(_wire.MAX_MESSAGE + 1, socket.MSG_DONTWAIT):
+                    break
+            except OSError:
+                break
+        self._sock.close()
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if value >= 0 and not math.isnan(value) else default
+
+
+class BaseAgent:
+    """A work-taking agent: subclass it and override :meth:`validate_assignment` and
+    :meth:`do_work` (and, optionally, :attr:`agent_type`); run it with :meth:`main`.
+
+    Configured from the environment the hub sets (``env`` replaces ``os.environ``):
+
+    * ``HUBVISOR_NOTIFY_FD``: the channel (required).
+    * ``HUBVISOR_AGENT_ID``, ``HUBVISOR_AGENT_TYPE``, ``HUBVISOR_HUB_ID``,
+      ``HUBVISOR_SUPERVISOR``, ``REDIS_URL``: kept as :attr:`agent_id`,
+      :attr:`agent_type`, :attr:`hub_id`, :attr:`supervisor`, :attr:`redis_url`.
+    * ``HUBVISOR_HEARTBEAT_INTERVAL``: seconds between heartbeats (default 1.0).
+    * ``HUBVISOR_SHUTDOWN``: the shutdown timeout in seconds (default 5.0); a stopping
+      agent gives its held item :attr:`grace` seconds (the timeout minus a margin).
+    """
+
+    agent_type: str = "agent"
+    """The agent type; ``HUBVISOR_AGENT_TYPE`` overrides it."""
+
+    report_status: bool = True
+    """Send ``STATUS=busy`` while holding an item and ``STATUS=idle`` after it."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.env: Mapping[str, str] = env
+        self.agent_type = env.get("HUBVISOR_AGENT_TYPE") or type(self).agent_type
+        self.agent_id: str = env.get("HUBVISOR_AGENT_ID") or self.agent_type
+        self.hub_id: str | None = env.get("HUBVISOR_HUB_ID")
+        self.supervisor: str | None = env.get("HUBVISOR_SUPERVISOR")
+        self.redis_url: str | None = env.get("REDIS_URL")
+        self.heartbeat_interval: float = max(
+            0.01, _seconds(env, "HUBVISOR_HEARTBEAT_INTERVAL", 1.0)
+        )
+        self.shutdown_timeout: float = _seconds(env, "HUBVISOR_SHUTDOWN", 5.0)
+        margin = min(1.0, max(0.05, 0.2 * self.shutdown_timeout))
+        self.grace: float = max(0.0, self.shutdown_timeout - margin)
+        """Seconds a stopping agent gives its held item before handing it back."""
+        self._margin = margin
+        self._fd = env.get(_wire.NOTIFY_FD_ENV)
+        self._chan: _Channel | None = None
+        self._stop_at: float | None = None
+        self._busy = False  # an ASSIGN was taken and not yet finished
+        self._idle_scope: trio.CancelScope | None = None
+        self._work_scope: trio.CancelScope | None = None
+        self._last_final: tuple[str, int] | None = None
+        self._last_final_acked = trio.Event()
+        self._assign_send, self._assign_recv = trio.open_memory_channel[_wire.Assign](math.inf)
+
+    # ----------------------------------------------------------------------------------
+    # What subclasses override
+
+    def validate_assignment(self, payload: JSON) -> None:
+        """Check an item's payload before any work; raise (any Exception) to refuse it.
+
+        A refusal is final: ``FAIL`` with ``retry=false`` and the exception's text.
+        """
+
+    async def do_work(self, assignment: Assignment) -> JSON:
+        """Do the work of ``assignment`` and return its result (JSON).
+
+        An exception sends ``FAIL`` with ``retry=true`` (the hub may deliver the item
+        again); :class:`HandBack` gives the item back. Do not block the event loop: run
+        blocking work in ``trio.to_thread.run_sync(..., abandon_on_cancel=True)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not override do_work")
+
+    # ----------------------------------------------------------------------------------
+    # Running
+
+    @classmethod
+    def main(cls) -> NoReturn:
+        """Run an agent of this class as the program and exit with its status."""
+        sys.exit(trio.run(cls().run))
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether ``STOP`` or SIGTERM arrived."""
+        return self._stop_at is not None
+
+    def log(self, message: str) -> None:
+        """Print one line, prefixed with the agent id, to standard error."""
+        print(f"{self.agent_id}: {message}", file=sys.stderr, flush=True)
+
+    def request_stop(self, why: str = "asked to stop") -> None:
+        """Stop: finish the held item within :attr:`grace` or hand it back, then exit 0."""
+        if self._stop_at is not None:
+            return
+        self._stop_at = trio.current_time()
+        self.log(f"stopping ({why})")
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+        if self._work_scope is not None:
+            self._work_scope.deadline = min(self._work_scope.deadline, self._stop_at + self.grace)
+
+    async def run(self) -> int:
+        """The agent's life, from ``HELLO`` to its exit status (0 after a stop or when
+        the hub goes away, 2 without a usable channel)."""
+        if self._fd is None or not self._fd.isdigit():
+            self.log(
+                f"no hub channel: {_wire.NOTIFY_FD_ENV} is {self._fd!r}; run me under hubvisor"
+            )
+            return 2
+        try:
+            chan = _Channel(int(self._fd))
+        except OSError as exc:
+            self.log(f"cannot use {_wire.NOTIFY_FD_ENV}={self._fd}: {exc}")
+            return 2
+        self._chan = chan
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_channel, nursery.cancel_scope)
+                await nursery.start(self._signals)
+                await chan.send(_wire.hello())
+                await chan.send(_wire.ready())
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._receive)
+                await self._work_loop()
+                await self._wait_final_ack()
+                nursery.cancel_scope.cancel()
+        finally:
+            chan.close()
+        return 0
+
+    async def _send(self, data: bytes) -> None:
+        assert self._chan is not None, "the agent is not running"
+        await self._chan.send(data)
+
+    async def _watch_channel(self, scope: trio.CancelScope) -> None:
+        assert self._chan is not None
+        await self._chan.gone.wait()
+        self.log("the hub closed the channel; exiting")
+        scope.cancel()
+
+    async def _signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.request_stop(signal.Signals(signum).name)
+
+    async def _heartbeats(self) -> None:
+        assert self._chan is not None
+        while True:
+            # Any record is a heartbeat: send one only when nothing went out for a while.
+            wait = self._chan.last_send + self.heartbeat_interval - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+            else:
+                await self._chan.send(_wire.heartbeat())
+
+    async def _receive(self) -> None:
+        assert self._chan is not None
+        while True:
+            data = await self._chan.receive()
+            if data is None:
+                self._chan.gone.set()
+                return
+            try:
+                message = _wire.decode(data)
+            except _wire.WireError as exc:
+                self.log(f"ignoring a record from the hub: {exc}")
+                continue
+            if isinstance(message, _wire.Ping):
+                await self._chan.send(_wire.heartbeat())
+            elif isinstance(message, _wire.Stop):
+                self.request_stop("STOP from the hub")
+            elif isinstance(message, _wire.Ack):
+                if not message.accepted:
+                    self.log(
+                        f"the hub refused item {message.item} attempt {message.attempt}: "
+                        f"{message.reason or 'no reason given'}"
+                    )
+                if self._last_final == (message.item, message.attempt):
+                    self._last_final_acked.set()
+            elif self._busy or self._stop_at is not None:
+                why = "stopping" if self._stop_at is not None else "already holding an item"
+                self.log(f"handing back item {message.item} attempt {message.attempt}: {why}")
+                await self._final(
+                    message.item, message.attempt, _wire.handback(message.item, message.attempt)
+                )
+            else:
+                self._busy = True
+                self._assign_send.send_nowait(message)
+
+    async def _work_loop(self) -> None:
+        while self._stop_at is None:
+            with trio.CancelScope() as scope:
+                self._idle_scope = scope
+                assign = await self._assign_recv.receive()
+            self._idle_scope = None
+            if scope.cancelled_caught:
+                break
+            await self._handle(assign)
+        while True:  # taken before the stop was seen: give them back
+            try:
+                assign = self._assign_recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            await self._final(
+                assign.item, assign.attempt, _wire.handback(assign.item, assign.attempt)
+            )
+
+    async def _final(self, item: str, attempt: int, record: bytes) -> None:
+        """Send the record that ends an attempt (RESULT, FAIL, HANDBACK)."""
+        self._last_final = (item, attempt)
+        self._last_final_acked = trio.Event()
+        await self._send(record)
+
+    async def _handle(self, assign: _wire.Assign) -> None:
+        assignment = Assignment(self, assign)
+        item, attempt = assign.item, assign.attempt
+        if self.report_status:
+            await self._send(_wire.status("busy"))
+        try:
+            self.validate_assignment(assign.payload)
+        except Exception as exc:
+            self.log(f"item {item} attempt {attempt} refused: {_describe(exc)}")
+            await self._finish(
+                item, attempt, _wire.fail(item, attempt, _describe(exc), retry=False)
+            )
+            return
+        failure: Exception | None = None
+        value: JSON = None
+        with trio.CancelScope() as scope:
+            self._work_scope = scope
+            if self._stop_at is not None:
+                scope.deadline = self._stop_at + self.grace
+            try:
+                value = await self.do_work(assignment)
+            except Exception as exc:
+                failure = exc
+        self._work_scope = None
+        if scope.cancelled_caught or isinstance(failure, HandBack):
+            self.log(f"item {item} attempt {attempt} handed back")
+            record = _wire.handback(item, attempt)
+        elif failure is not None:
+            self.log(f"item {item} attempt {attempt} failed: {_describe(failure)}")
+            record = _wire.fail(item, attempt, _describe(failure), retry=True)
+        else:
+            try:
+                record = _wire.result(item, attempt, value)
+            except _wire.WireError as exc:
+                self.log(f"item {item} attempt {attempt}: cannot send its result: {exc}")
+                record = _wire.fail(item, attempt, f"result not sendable: {exc}", retry=False)
+        await self._finish(item, attempt, record)
+
+    async def _finish(self, item: str, attempt: int, record: bytes) -> None:
+        """End the held item's attempt: the agent holds nothing from here on (the hub may
+        assign the next item as soon as it has the record)."""
+        if self.report_status and self._stop_at is None:
+            await self._send(_wire.status("idle"))
+        self._busy = False
+        await self._final(item, attempt, record)
+
+    async def _wait_final_ack(self) -> None:
+        """After a stop, give the hub a moment to take the last RESULT/FAIL/HANDBACK."""
+        if self._last_final is None or self._last_final_acked.is_set():
+            return
+        start = self._stop_at if self._stop_at is not None else trio.current_time()
+        deadline = min(start + self.grace + self._margin / 2, trio.current_time() + 2.0)
+        with trio.move_on_at(deadline):
+            await self._last_final_acked.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:2000]

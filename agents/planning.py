@@ -1,0 +1,36 @@
+"""The planning agent: splits a task into pieces for workers.
+
+Payload ``{"task": str, "seed": int, "pieces": K, "lines": L}``; submits K ``worker``
+items ``{"task", "piece", "seed", "lines"}`` (piece 0 to K-1) and returns
+``{"pieces": K}``. Run as ``python -m agents.planning`` under hubvisor.
+"""
+
+from __future__ import annotations
+
+from ._demo_work import require, simulate_work
+from .base import JSON, Assignment, BaseAgent
+
+__all__ = ["PlanningAgent"]
+
+
+class PlanningAgent(BaseAgent):
+    """Splits ``{"task", "seed", "pieces", "lines"}`` into ``pieces`` worker items."""
+
+    agent_type = "planning"
+
+    def validate_assignment(self, payload: JSON) -> None:
+        require(payload, task=str, seed=int, pieces=int, lines=int)
+
+    async def do_work(self, assignment: Assignment) -> JSON:
+        await simulate_work(assignment)
+        p = assignment.payload
+        for piece in range(p["pieces"]):
+            await assignment.submit(
+                "worker",
+                {"task": p["task"], "piece": piece, "seed": p["seed"], "lines": p["lines"]},
+            )
+        return {"pieces": p["pieces"]}
+
+
+if __name__ == "__main__":
+    PlanningAgent.main()
