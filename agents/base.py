@@ -32,9 +32,9 @@ The lifecycle (``docs/agent-protocol.md`` has the protocol itself):
    ``assignment.submit(type, payload)`` sends ``SUBMIT`` (new work), always before the
    item's ``RESULT``.
 4. On ``STOP`` or SIGTERM (or SIGINT): finish the held item within the grace (the shutdown
-   timeout ``HUBVISOR_SHUTDOWN``, default 5 s, minus a margin) or hand it back, wait
-   briefly for the hub's ``ACK``, and exit 0. When the hub closes the channel the agent
-   exits 0 at once.
+   timeout ``HUBVISOR_SHUTDOWN``, default 5 s, minus a margin) or hand it back, wait a
+   moment (at most 0.25 s) for the hub's ``ACK`` of it, and exit 0. When the hub closes
+   the channel the agent exits 0 at once.
 """
 
 from __future__ import annotations
@@ -238,6 +238,7 @@ class BaseAgent:
         self._work_scope: trio.CancelScope | None = None
         self._last_final: tuple[str, int] | None = None
         self._last_final_acked = trio.Event()
+        self._last_final_at = -math.inf
         self._assign_send, self._assign_recv = trio.open_memory_channel[_wire.Assign](math.inf)
 
     # ----------------------------------------------------------------------------------
@@ -400,6 +401,7 @@ class BaseAgent:
         self._last_final = (item, attempt)
         self._last_final_acked = trio.Event()
         await self._send(record)
+        self._last_final_at = trio.current_time()
 
     async def _handle(self, assign: _wire.Assign) -> None:
         assignment = Assignment(self, assign)
@@ -448,13 +450,21 @@ class BaseAgent:
         await self._final(item, attempt, record)
 
     async def _wait_final_ack(self) -> None:
-        """After a stop, give the hub a moment to take the last RESULT/FAIL/HANDBACK."""
+        """After a stop, give the hub a moment to answer a RESULT/FAIL/HANDBACK sent just
+        now (an ``ACK``; a hub may answer only refusals, so the wait is short)."""
         if self._last_final is None or self._last_final_acked.is_set():
             return
-        start = self._stop_at if self._stop_at is not None else trio.current_time()
-        deadline = min(start + self.grace + self._margin / 2, trio.current_time() + 2.0)
+        now = trio.current_time()
+        if now - self._last_final_at > _ACK_WAIT:
+            return
+        start = self._stop_at if self._stop_at is not None else now
+        deadline = min(start + self.grace + self._margin / 2, now + _ACK_WAIT)
         with trio.move_on_at(deadline):
             await self._last_final_acked.wait()
+
+
+_ACK_WAIT = 0.25
+"""Seconds a stopping agent waits for the ACK of its last RESULT/FAIL/HANDBACK."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -339,12 +339,10 @@ async def test_stop_while_busy_finishes_within_grace_or_hands_back(how: str, out
         else:
             assert ("handback", {"item": "w-1", "attempt": 1}) == (kind, value)
             assert 0.3 < took < 0.5 + 0.3, took
-        if outcome == "finishes":
-            await trio.sleep(0.1)
-            assert hub.proc.returncode is None  # waiting for the ACK
+        if outcome == "finishes":  # the ACK ends its short wait for one
             await hub.ack("w-1")
             assert 0 == await hub.exit_code(5)
-        else:  # no ACK: it still exits within the shutdown timeout
+        else:  # no ACK (a hub may answer only refusals): it still exits in time
             assert 0 == await hub.exit_code(5)
             assert trio.current_time() - stopped < 0.5 + 0.3
 
