@@ -483,6 +483,65 @@ async def test_bash_agent_speaks_the_protocol(end: str) -> None:
                 pass
 
 
+async def test_base_agent_in_process() -> None:
+    """BaseAgent.run in this process (so coverage sees it): a result with progress and
+    a submit, a refused ACK logged, a bad record from the hub ignored, STOP -> 0."""
+    from agents.base import Assignment, BaseAgent
+
+    class Adder(BaseAgent):
+        agent_type = "adder"
+        report_status = False
+
+        def validate_assignment(self, payload: Any) -> None:
+            if not isinstance(payload, list):
+                raise TypeError("a list please")
+
+        async def do_work(self, assignment: Assignment) -> Any:
+            assert assignment.checkpoint == {"seen": 1}
+            await assignment.progress(0.5)  # keeps the checkpoint it received
+            await assignment.submit("adder", [1])
+            return sum(assignment.payload)
+
+    chan, fd = open_notify_pair()
+    env = {"HUBVISOR_NOTIFY_FD": str(fd), "HUBVISOR_AGENT_ID": "a-1"}
+    hub = FakeHub(None, chan)  # type: ignore[arg-type]
+    codes = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                codes.append(await Adder(env).run())
+
+            nursery.start_soon(run)
+            await hub.start()
+            await chan._sock.send(b"BOGUS")
+            submits, final = await hub.work("a", [1, 2, 3], type="adder", checkpoint={"seen": 1})
+            assert [{"type": "adder", "payload": [1]}] == submits
+            assert ("result", {"item": "a", "attempt": 1, "result": 6}) == final
+            progress = [v for _, k, v in hub.log if k == "progress"]
+            assert [{"item": "a", "attempt": 1, "progress": 0.5, "checkpoint": {"seen": 1}}] == (
+                progress
+            )
+            await hub.ack("a", accepted=False)
+            _, final = await hub.work("b", "no", type="adder")
+            assert ("fail", "TypeError: a list please") == (final[0], final[1]["error"])
+            await hub.send("stop")
+    finally:
+        chan.close()
+    assert [0] == codes
+    assert 2 == await Adder({}).run()  # no channel
+
+
+def test_protocol_page_shows_the_bash_agent_as_it_is() -> None:
+    """docs/agent-protocol.md shows echo_agent.sh from `set -u` to the end, unchanged."""
+    page = (ROOT / "docs" / "agent-protocol.md").read_text()
+    script = ECHO_AGENT.read_text()
+    body = script[script.index("set -u") :]
+    block = page[page.index("#!/usr/bin/env bash\nset -u") :]
+    block = block[: block.index("```")]
+    assert body == block[block.index("set -u") :]
+
+
 # --------------------------------------------------------------------------------------
 # agents/_wire.py and supervisor/_notify.py cannot drift apart
 

@@ -13,7 +13,8 @@
 # - writing: `printf` is one write() only while the text fits bash's 4 KiB output
 #   buffer; longer records go through `dd bs=65536 count=1 iflag=fullblock` (one write).
 #
-# Usage in a spec: ChildSpec(id="echo", argv=["bash", "agents/examples/echo_agent.sh"]).
+# Usage in a spec:
+#   ChildSpec(id="echo", argv=["bash", "agents/examples/echo_agent.sh"], agent_type="echo")
 
 set -u
 
