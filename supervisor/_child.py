@@ -461,6 +461,14 @@ class ProcessActor:
                 f"speaks agent protocol {msg.value}, this hub speaks {PROTOCOL_VERSION} "
                 "(upgrade the agent or the hub)"
             )
+        elif msg.kind == "hello" and spec.heartbeat_timeout is None and self.incarnation == 1:
+            _log.warning(
+                "%s/%s takes work but has no heartbeat_timeout: if it hangs, its item waits "
+                "until it exits; set ChildSpec.heartbeat_timeout",
+                self.path,
+                spec.id,
+            )
+            self._to_work(msg)
         elif msg.kind in WORK_KINDS:
             self._to_work(msg)
         return True

@@ -356,6 +356,7 @@ class MemoryWorkQueue:
             return None
         item = self._items[queue.popleft()]
         item.status = ItemStatus.ASSIGNED
+        item.progress = None  # the new attempt reports its own (the checkpoint stays)
         item.attempt += 1
         item.deliveries += 1
         item.agent = agent
@@ -410,6 +411,7 @@ class MemoryWorkQueue:
             return Verdict(False, item)
         self._release(item, agent, "completed", "", now)
         item.result = result
+        item.error = None  # an earlier attempt's failure is history now
         self._finish(item, ItemStatus.COMPLETED, now)
         return Verdict(True, item=item)
 
@@ -425,6 +427,7 @@ class MemoryWorkQueue:
         if not retry:
             self._finish(item, ItemStatus.FAILED, now)
         elif item.deliveries >= item.max_deliveries:
+            item.error = _used_up(item)
             self._finish(item, ItemStatus.DEAD, now)
         else:
             self._requeue(item, front=True)
@@ -464,7 +467,7 @@ class MemoryWorkQueue:
         if reason in ("stop", "unreachable"):
             item.deliveries -= 1
         if item.deliveries >= item.max_deliveries:
-            item.error = f"agent {reason} on each of {item.deliveries} deliveries"
+            item.error = _used_up(item)
             self._finish(item, ItemStatus.DEAD, now)
         else:
             self._requeue(item, front=True)
@@ -869,6 +872,17 @@ class WorkService:
             return
         supervisor = agent.supervisor if agent is not None else ""
         self._hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
+
+
+def _used_up(item: WorkItem) -> str:
+    """Why an item is dead, from its history: e.g. ``used all 3 deliveries: failed (disk
+    full), hang, exit``."""
+    spent = [
+        f"failed ({h.reason})" if h.outcome == "failed" else h.reason
+        for h in item.history
+        if h.outcome == "failed" or h.outcome in ("reclaimed:exit", "reclaimed:hang")
+    ]
+    return f"used all {item.max_deliveries} deliveries: {', '.join(spent[-item.max_deliveries :])}"
 
 
 def _under(path: str, ancestor: str) -> bool:

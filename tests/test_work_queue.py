@@ -178,6 +178,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
         queue.pop(0)
         before = m.deliveries
         m.status, m.agent, m.started_at = ASSIGNED, agent, now
+        m.progress = None  # each attempt reports its own progress
         m.attempt += 1
         m.deliveries += 1
         m.holders[m.attempt] = agent
@@ -206,6 +207,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
             verdict = self.q.complete(m.id, attempt, agent, result, now)
             self.release(m, agent, "completed", "")
             m.result = result
+            m.error = None  # an earlier attempt's failure is history once it completes
             self.finish(m, COMPLETED, now)
             self.completed[m.id] = (attempt, result)
         elif kind == "fail":
@@ -217,6 +219,11 @@ class WorkQueueMachine(RuleBasedStateMachine):
                 self.finish(m, FAILED, now)
             elif m.deliveries >= m.max_deliveries:
                 self.finish(m, DEAD, now)
+                # dead: the error sums up every delivery spent, this failure last
+                m.error = self.q.get(m.id).error
+                assert m.error is not None
+                assert m.error.startswith(f"used all {m.max_deliveries} deliveries: ")
+                assert m.error.endswith(f"failed ({error})")
             else:
                 self.requeue_front(m)
         elif kind == "handback":
