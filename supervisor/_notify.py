@@ -537,7 +537,12 @@ class SocketNotifySource:
         """
         if self._eof:
             return None
-        data, ancdata, flags, _ = await self._sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE)
+        try:
+            data, ancdata, flags, _ = await self._sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE)
+        except ConnectionResetError:
+            # The agent exited with records of ours unread: Linux reports that once, and
+            # what the agent sent before it exited is still there to read.
+            data, ancdata, flags, _ = await self._sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE)
         got = record_or_eof(data, ancdata, flags)
         if got is None:
             self._eof = True
@@ -554,12 +559,18 @@ class SocketNotifySource:
             return None
         if self._raw is None or self._closed:
             raise trio.WouldBlock
-        try:
-            data, ancdata, flags, _ = self._raw.recvmsg(
-                MAX_MESSAGE + 1, _CREDS_SPACE, socket.MSG_DONTWAIT
-            )
-        except BlockingIOError:
-            raise trio.WouldBlock from None
+        for _ in range(2):  # a ConnectionResetError comes once (see receive)
+            try:
+                data, ancdata, flags, _ = self._raw.recvmsg(
+                    MAX_MESSAGE + 1, _CREDS_SPACE, socket.MSG_DONTWAIT
+                )
+                break
+            except BlockingIOError:
+                raise trio.WouldBlock from None
+            except ConnectionResetError:
+                continue
+        else:
+            return None
         got = record_or_eof(data, ancdata, flags)
         if got is None:
             self._eof = True

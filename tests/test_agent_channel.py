@@ -24,6 +24,7 @@ from supervisor._notify import (
     MessageTable,
     NotifyMessage,
     SocketNotifySource,
+    enable_credentials,
     encode,
     open_notify_pair,
     parse_from_hub,
@@ -324,3 +325,26 @@ async def test_socket_source_is_a_notify_source() -> None:
         assert isinstance(src, NotifySource) and isinstance(src, AgentChannel)
         src.close()
         src.close()
+
+
+@pytest.mark.parametrize("nowait", [False, True], ids=["receive", "receive_nowait"])
+async def test_records_sent_before_the_agent_closed_survive_unread_hub_messages(
+    nowait: bool,
+) -> None:
+    """An agent that exits with hub messages unread makes Linux report ECONNRESET once;
+    what it sent before (its last RESULT, say) must still be read, then end-of-channel."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    source = SocketNotifySource(trio.socket.from_stdlib_socket(parent), parent)
+    enable_credentials(parent)
+    await source.send_to_agent(NotifyMessage("ping"))  # never read by the agent
+    child.send(b"HEARTBEAT")
+    child.close()
+    try:
+        if nowait:
+            assert b"HEARTBEAT" == source.receive_nowait()
+            assert source.receive_nowait() is None
+        else:
+            assert b"HEARTBEAT" == await source.receive()
+            assert await source.receive() is None
+    finally:
+        source.close()
