@@ -8,6 +8,8 @@
 * Hypothesis strategies: :func:`supervision_specs`, :func:`schedules`,
   :func:`specs_and_schedules`...
 * Invariant checks on a trace: :func:`check_all` and the single checks it runs.
+* Work: simulated agents that take work (:class:`SimWork`), :class:`Submit` in a
+  schedule, :func:`specs_and_work_schedules`, and the work checks (:func:`check_work`).
 
 This package needs Hypothesis (``pip install hubvisor[test]``); ``import supervisor``
 does not. See ``docs/property-testing.md``.
@@ -31,15 +33,24 @@ from ._invariants import (
     check_restart_types as check_restart_types,
     check_shutdown as check_shutdown,
     check_siblings as check_siblings,
+    check_work as check_work,
+    check_work_completions as check_work_completions,
+    check_work_deliveries as check_work_deliveries,
+    check_work_holders as check_work_holders,
+    check_work_outcomes as check_work_outcomes,
+    check_work_reclaim as check_work_reclaim,
 )
 from ._run import (
     BackoffChosen as BackoffChosen,
     CrashApplied as CrashApplied,
     IntensityRecorded as IntensityRecorded,
+    ItemState as ItemState,
     Record as Record,
     Snapshot as Snapshot,
     StrategyChosen as StrategyChosen,
+    SubmitApplied as SubmitApplied,
     Trace as Trace,
+    WorkSnapshot as WorkSnapshot,
     run_schedule as run_schedule,
 )
 from ._schedule import (
@@ -49,14 +60,20 @@ from ._schedule import (
     How as How,
     Kill as Kill,
     Schedule as Schedule,
+    Submit as Submit,
 )
 from ._sim import (
     SimBehaviour as SimBehaviour,
     SimulatedNotify as SimulatedNotify,
     SimulatedProcess as SimulatedProcess,
     SimulatedProcessBackend as SimulatedProcessBackend,
+    SimWork as SimWork,
+    WireRecord as WireRecord,
+    sim_result as sim_result,
 )
 from ._strategies import (
+    agent_specs as agent_specs,
+    agent_types as agent_types,
     backoff_policies as backoff_policies,
     crash_schedules as crash_schedules,
     crashes as crashes,
@@ -64,7 +81,11 @@ from ._strategies import (
     restart_strategies as restart_strategies,
     schedules as schedules,
     specs_and_schedules as specs_and_schedules,
+    specs_and_work_schedules as specs_and_work_schedules,
+    submissions as submissions,
     supervision_specs as supervision_specs,
+    work_payloads as work_payloads,
+    work_schedules as work_schedules,
     worker_ids as worker_ids,
 )
 
@@ -79,17 +100,25 @@ __all__ = [
     "IntensityRecorded",
     "InvalidSchedule",
     "InvariantViolation",
+    "ItemState",
     "Kill",
     "Record",
     "Schedule",
     "SimBehaviour",
+    "SimWork",
     "SimulatedNotify",
     "SimulatedProcess",
     "SimulatedProcessBackend",
     "Snapshot",
     "StrategyChosen",
     "StrategyOracle",
+    "Submit",
+    "SubmitApplied",
     "Trace",
+    "WireRecord",
+    "WorkSnapshot",
+    "agent_specs",
+    "agent_types",
     "backoff_policies",
     "check_all",
     "check_backoff",
@@ -100,14 +129,25 @@ __all__ = [
     "check_restart_types",
     "check_shutdown",
     "check_siblings",
+    "check_work",
+    "check_work_completions",
+    "check_work_deliveries",
+    "check_work_holders",
+    "check_work_outcomes",
+    "check_work_reclaim",
     "crash_schedules",
     "crashes",
     "intensities",
     "restart_strategies",
     "run_schedule",
     "schedules",
+    "sim_result",
     "specs_and_schedules",
+    "specs_and_work_schedules",
+    "submissions",
     "supervision_specs",
+    "work_payloads",
+    "work_schedules",
     "worker_ids",
 ]
 

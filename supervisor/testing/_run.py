@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -28,18 +28,22 @@ from .._events import Event, EventBus
 from .._hub import Hub
 from .._process import SpawnRequest
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
+from .._work import WorkQueue, WorkService
 from ._errors import InvalidSchedule
-from ._schedule import Crash, Exit, Hang, Kill, Schedule
-from ._sim import SimBehaviour, SimulatedProcessBackend
+from ._schedule import Crash, Exit, Hang, Kill, Schedule, Submit
+from ._sim import SimBehaviour, SimulatedProcessBackend, SimWork, WireRecord
 
 __all__ = [
     "BackoffChosen",
     "CrashApplied",
     "IntensityRecorded",
+    "ItemState",
     "Record",
     "Snapshot",
     "StrategyChosen",
+    "SubmitApplied",
     "Trace",
+    "WorkSnapshot",
     "run_schedule",
 ]
 
@@ -114,8 +118,58 @@ class Snapshot:
     kind: str = attrs.field(init=False, default="snapshot")
 
 
+@attrs.frozen(kw_only=True)
+class SubmitApplied:
+    """The runner submitted ``submit``; the work service named the item ``item_id`` and
+    gave it ``max_deliveries`` (the service's default when the submission has none)."""
+
+    at: float
+    submit: Submit
+    item_id: str
+    max_deliveries: int
+    kind: str = attrs.field(init=False, default="submit")
+
+
+@attrs.frozen(kw_only=True)
+class ItemState:
+    """One work item as the work service's queue holds it (see :class:`WorkSnapshot`)."""
+
+    id: str
+    agent_type: str
+    status: str
+    attempt: int
+    deliveries: int
+    max_deliveries: int
+    agent: str | None
+    result: object = None
+
+
+@attrs.frozen(kw_only=True)
+class WorkSnapshot:
+    """Every work item in the queue at a quiet moment (runs with work only).
+
+    One is taken after each schedule step, one just before the tree is stopped
+    (``final=False``, ``quiesced=True``: the schedule has played out and the tree had
+    ``settle`` seconds) and one after it stopped (``final=True``).
+    """
+
+    at: float
+    items: tuple[ItemState, ...]
+    quiesced: bool = False
+    final: bool = False
+    kind: str = attrs.field(init=False, default="work")
+
+
 Record: TypeAlias = (
-    Event | IntensityRecorded | BackoffChosen | StrategyChosen | CrashApplied | Snapshot
+    Event
+    | IntensityRecorded
+    | BackoffChosen
+    | StrategyChosen
+    | CrashApplied
+    | Snapshot
+    | SubmitApplied
+    | WireRecord
+    | WorkSnapshot
 )
 
 
@@ -260,6 +314,13 @@ class Trace:
         """The lifecycle events only, as a ``hub.bus.subscribe()`` subscriber saw them."""
         return [r for r in self.log if isinstance(r, Event)]
 
+    @property
+    def has_work(self) -> bool:
+        """Whether work was submitted in this run."""
+        return any(isinstance(r, SubmitApplied) for r in self.log) or any(
+            e.kind == "work_submitted" for e in self.events
+        )
+
     def kinds(self) -> list[str]:
         """The ``kind`` of every event, e.g. ``["starting", "supervisor_started", ...]``."""
         return [e.kind for e in self.events]
@@ -280,6 +341,21 @@ def _describe(r: Record) -> str:
         return f"crash      {r.crash.child_id} {r.crash.how!r} ({applied})"
     if isinstance(r, Snapshot):
         return f"snapshot   live={list(r.live)}"
+    if isinstance(r, SubmitApplied):
+        return (
+            f"submit     {r.submit.agent_type} {r.item_id} payload={r.submit.payload!r} "
+            f"max_deliveries={r.max_deliveries}"
+        )
+    if isinstance(r, WireRecord):
+        arrow = "->" if r.sender == "agent" else "<-"
+        body = f" {r.body}" if r.body is not None else ""
+        return f"wire       {r.child_id} (pid {r.pid}) {arrow} {r.word}{body}"
+    if isinstance(r, WorkSnapshot):
+        when = "final " if r.final else "quiesced " if r.quiesced else ""
+        items = " ".join(
+            f"{i.id}:{i.status}@{i.attempt}" + (f"({i.agent})" if i.agent else "") for i in r.items
+        )
+        return f"work       {when}{items or '(no items)'}"
     fields = attrs.asdict(r, recurse=False)
     kind = fields.pop("kind")
     fields.pop("at")
@@ -301,6 +377,9 @@ def run_schedule(
     max_agents: int | None = None,
     settle: float = 60.0,
     behaviours: Mapping[str, SimBehaviour] | None = None,
+    work: Sequence[Submit] = (),
+    queue: Callable[[], WorkQueue] | None = None,
+    agent_work: SimWork | None = None,
 ) -> Trace:
     """Run ``spec`` on simulated processes, apply ``schedule``, stop the tree; return the trace.
 
@@ -319,6 +398,15 @@ def run_schedule(
             backoffs elapse and restarts show in the trace.
         behaviours: the :class:`SimBehaviour` of every process of the named children
             (default: run until stopped, exit 0 on the stop signal).
+        work: items to submit, added to ``schedule.work`` (see :class:`Submit`). In a
+            run with work, every child with an ``agent_type`` (pool members included)
+            not named in ``behaviours`` is a simulated agent that takes work
+            (``SimBehaviour(work=agent_work, ready_after=0)``, heartbeating if watched),
+            and the trace records the work events, every work-protocol message
+            (:class:`WireRecord`) and the queue's items (:class:`WorkSnapshot`).
+        queue: makes the work queue of the run (default: the hub's
+            :class:`~supervisor.MemoryWorkQueue`), to property-test your own backend.
+        agent_work: how the simulated agents work (default ``SimWork()``: 1 s an item).
 
     Returns:
         The :class:`Trace`; check it with :func:`check_all`.
@@ -330,6 +418,8 @@ def run_schedule(
     """
     if not isinstance(schedule, Schedule):
         schedule = Schedule(crashes=tuple(schedule))
+    if work:
+        schedule = attrs.evolve(schedule, work=(*schedule.work, *work))
     if not isinstance(spec, SupervisorSpec):
         raise InvalidSupervisorSpec(
             f"run_schedule needs a SupervisorSpec as the root (got {spec!r})"
@@ -350,6 +440,8 @@ def run_schedule(
             max_agents,
             settle,
             dict(behaviours or {}),
+            queue,
+            agent_work or SimWork(),
             clock=clock,
         )
     except BaseExceptionGroup as group:
@@ -397,10 +489,13 @@ async def _run(
     max_agents: int | None,
     settle: float,
     behaviours: dict[str, SimBehaviour],
+    queue: Callable[[], WorkQueue] | None,
+    agent_work: SimWork,
 ) -> Trace:
     log = _Log()
 
     workers = _workers(spec)
+    with_work = bool(schedule.work)
 
     def script(request: SpawnRequest, n: int) -> SimBehaviour:
         base = behaviours.get(request.child_id)
@@ -410,14 +505,17 @@ async def _run(
             if child is not None and child.heartbeat_timeout is not None:
                 # A healthy agent: heartbeats well within its timeout.
                 base = SimBehaviour(heartbeat_interval=child.heartbeat_timeout / 3)
+            if with_work and child is not None and child.agent_type is not None:
+                base = attrs.evolve(base, work=agent_work, ready_after=0.0)
         if request.child_id in schedule.stubborn:
             return attrs.evolve(base, on_stop="ignore")
         return base
 
-    backend = SimulatedProcessBackend(script)
+    backend = SimulatedProcessBackend(script, on_wire=log.add if with_work else None)
     probed = _probed(spec, "", log)
     assert isinstance(probed, SupervisorSpec)
-    hub = Hub(probed, backend=backend, seed=seed, max_agents=max_agents)
+    service = WorkService(queue()) if queue is not None else None
+    hub = Hub(probed, backend=backend, seed=seed, max_agents=max_agents, work=service)
     hub.context.bus = _RecordingBus(log=log)
     outcome: SupervisorEscalation | None = None
 
@@ -442,16 +540,31 @@ async def _run(
     async with trio.open_nursery() as nursery:
         await nursery.start(serve)
         t0 = trio.current_time()
-        for crash in schedule.crashes:
-            await trio.sleep_until(t0 + crash.at)
+        # Submissions first at one instant, so a crash then can hit an agent holding one.
+        steps: list[Submit | Crash] = sorted(
+            [*schedule.work, *schedule.crashes],
+            key=lambda s: (s.at, isinstance(s, Crash)),
+        )
+        for step in steps:
+            await trio.sleep_until(t0 + step.at)
             await trio.testing.wait_all_tasks_blocked()
-            log.add(_apply(backend, crash))
-            await trio.testing.wait_all_tasks_blocked()
-            log.add(_snapshot(hub, backend))
+            if isinstance(step, Submit):
+                log.add(_submit(hub, step))
+                await trio.testing.wait_all_tasks_blocked()
+            else:
+                log.add(_apply(backend, step))
+                await trio.testing.wait_all_tasks_blocked()
+                log.add(_snapshot(hub, backend))
+            if with_work:
+                log.add(_work_snapshot(hub))
         await trio.sleep_until(t0 + schedule.end + settle)
         await trio.testing.wait_all_tasks_blocked()
         log.add(_snapshot(hub, backend))
+        if with_work:
+            log.add(_work_snapshot(hub, quiesced=True))
         await hub.stop()
+    if with_work:
+        log.add(_work_snapshot(hub, final=True))
     hub.bus.close()
     return Trace(
         spec=spec,
@@ -489,6 +602,33 @@ def _apply(backend: SimulatedProcessBackend, crash: Crash) -> CrashApplied:
             notify.behaviour = attrs.evolve(notify.behaviour, hang_at=hang_at)
             notify._wake.set()
     return CrashApplied(at=now, crash=crash, pid=proc.pid)
+
+
+def _submit(hub: Hub, submit: Submit) -> SubmitApplied:
+    item = hub.work.submit(submit.agent_type, submit.payload, max_deliveries=submit.max_deliveries)
+    return SubmitApplied(
+        at=trio.current_time(),
+        submit=submit,
+        item_id=item.id,
+        max_deliveries=item.max_deliveries,
+    )
+
+
+def _work_snapshot(hub: Hub, *, quiesced: bool = False, final: bool = False) -> WorkSnapshot:
+    items = tuple(
+        ItemState(
+            id=i.id,
+            agent_type=i.agent_type,
+            status=str(i.status),
+            attempt=i.attempt,
+            deliveries=i.deliveries,
+            max_deliveries=i.max_deliveries,
+            agent=i.agent,
+            result=i.result,
+        )
+        for i in hub.work.items()
+    )
+    return WorkSnapshot(at=trio.current_time(), items=items, quiesced=quiesced, final=final)
 
 
 def _workers(spec: SupervisorSpec | PoolSpec) -> dict[str, ChildSpec]:

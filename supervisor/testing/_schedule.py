@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 from collections.abc import Iterable
@@ -11,7 +12,7 @@ import attrs
 
 from ._errors import InvalidSchedule
 
-__all__ = ["Crash", "Exit", "Hang", "How", "Kill", "Schedule"]
+__all__ = ["Crash", "Exit", "Hang", "How", "Kill", "Schedule", "Submit"]
 
 
 @attrs.frozen
@@ -75,6 +76,90 @@ class Crash:
     how: How = attrs.field(default=Exit(1), validator=_check_how)
 
 
+def _check_submit_at(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidSchedule(
+            f"Submit.at must be a finite number of virtual seconds >= 0 after the tree "
+            f"started (got {value!r}); e.g. Submit(at=1.0, agent_type='worker')"
+        )
+
+
+def _check_agent_type(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidSchedule(
+            f"Submit.agent_type must be a non-empty agent type (got {value!r}); "
+            "e.g. Submit(at=1.0, agent_type='worker')"
+        )
+
+
+def _check_payload(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSchedule(
+            f"Submit.payload must be JSON ({exc}); got {value!r:.80}, e.g. payload={{'n': 1}}"
+        ) from None
+
+
+def _check_max_deliveries(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InvalidSchedule(
+            f"Submit.max_deliveries must be an int >= 1 or None (got {value!r}); "
+            "e.g. Submit(at=1.0, agent_type='worker', max_deliveries=2)"
+        )
+
+
+@attrs.frozen(eq=False)
+class Submit:
+    """At ``at`` virtual seconds after the tree started, submit an item of work for agents
+    of ``agent_type`` (``hub.work.submit(agent_type, payload, max_deliveries=...)``).
+
+    ``max_deliveries=None`` takes the work service's default (3). The payload of an
+    item for a :class:`~supervisor.testing.SimWork` agent can steer its work (how long it
+    takes, a failure...): see :class:`~supervisor.testing.SimWork`.
+
+    Example::
+
+        Submit(at=1.0, agent_type="worker", payload={"n": 1, "seconds": 2.5})
+    """
+
+    at: float = attrs.field(validator=_check_submit_at)
+    agent_type: str = attrs.field(validator=_check_agent_type)
+    payload: Any = attrs.field(default=None, validator=_check_payload)
+    max_deliveries: int | None = attrs.field(default=None, validator=_check_max_deliveries)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Submit):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[float, str, str, int | None]:
+        payload = json.dumps(self.payload, sort_keys=True)
+        return (self.at, self.agent_type, payload, self.max_deliveries)
+
+
+def _to_work(value: Iterable[Submit]) -> tuple[Submit, ...]:
+    try:
+        work = tuple(value)
+    except TypeError:
+        work = (value,)  # type: ignore[assignment]  # reported just below
+    for w in work:
+        if not isinstance(w, Submit):
+            raise InvalidSchedule(
+                f"Schedule.work must hold Submit objects (got {w!r}); "
+                "e.g. Schedule(work=[Submit(at=1.0, agent_type='worker')])"
+            )
+    return tuple(sorted(work, key=lambda w: w.at))
+
+
 def _to_crashes(value: Iterable[Crash]) -> tuple[Crash, ...]:
     try:
         crashes = tuple(value)
@@ -111,12 +196,17 @@ class Schedule:
         crashes: what happens when; kept sorted by time (stable for equal times).
         stubborn: ids of children whose processes ignore their stop signal, so that only
             SIGKILL after the ``shutdown`` timeout ends them.
+        work: items to submit when (:class:`Submit`); kept sorted by time (stable). With
+            work, the children with an ``agent_type`` are simulated agents that take it
+            (:class:`~supervisor.testing.SimWork`).
     """
 
     crashes: tuple[Crash, ...] = attrs.field(default=(), converter=_to_crashes)
     stubborn: frozenset[str] = attrs.field(default=frozenset(), converter=_to_ids)
+    work: tuple[Submit, ...] = attrs.field(default=(), converter=_to_work, kw_only=True)
 
     @property
     def end(self) -> float:
-        """The time of the last crash (0 for an empty schedule)."""
-        return self.crashes[-1].at if self.crashes else 0.0
+        """The time of the last crash or submission (0 for an empty schedule)."""
+        last = self.crashes[-1].at if self.crashes else 0.0
+        return max(last, self.work[-1].at) if self.work else last

@@ -8,20 +8,101 @@ milliseconds and the same script gives the same trace.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import trio
 
 from .._errors import SpawnError
 from .._events import ExitStatus
+from .._notify import PROTOCOL_VERSION, NotifyMessage, encode, parse_from_hub
 from .._process import SpawnRequest
 
-__all__ = ["SimBehaviour", "SimulatedNotify", "SimulatedProcess", "SimulatedProcessBackend"]
+__all__ = [
+    "SimBehaviour",
+    "SimWork",
+    "SimulatedNotify",
+    "SimulatedProcess",
+    "SimulatedProcessBackend",
+    "WireRecord",
+    "sim_result",
+]
+
+
+def _check_duration(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        from ._errors import InvalidSchedule
+
+        raise InvalidSchedule(
+            f"SimWork.{attribute.name} must be a finite number of virtual seconds >= 0 "
+            f"(got {value!r}); e.g. SimWork(duration=1.5)"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class SimWork:
+    """How a simulated agent takes work (give it as ``SimBehaviour(work=SimWork())``).
+
+    The agent speaks the work protocol like :class:`agents.BaseAgent`: it says
+    ``HELLO=1`` at spawn, takes each ``ASSIGN`` in turn, "works" on it for a virtual
+    while, and answers with ``RESULT`` (its result is :func:`sim_result`) or ``FAIL``.
+    On its stop signal (with ``on_stop="exit"``) or a ``STOP`` message it hands the held
+    item back (``HANDBACK``) before it exits; a crash or a hang of its process (a
+    :class:`~supervisor.testing.Crash` in the schedule) cuts the item short, silently.
+
+    The payload of an item, if it is a JSON object, can steer the work:
+
+    * ``"seconds"``: how long this item takes (instead of ``duration``);
+    * ``"fail"``: ``"final"`` answers ``FAIL`` with ``retry=false``; ``"retry"`` answers
+      ``FAIL`` (retry) on every attempt; an integer ``k`` fails attempts ``1..k`` and
+      completes the next;
+    * ``"stale": true``: first sends a forged ``RESULT`` for the next attempt (the hub
+      must refuse it), then the real one;
+    * ``"twice": true``: sends its ``RESULT`` twice (the second must be refused).
+
+    Args:
+        duration: virtual seconds an item takes by default.
+    """
+
+    duration: float = attrs.field(default=1.0, validator=_check_duration)
+
+
+def sim_result(payload: Any, attempt: int, agent: str) -> dict[str, Any]:
+    """The result a :class:`SimWork` agent reports: derived from the item's payload, the
+    attempt and the agent's id, so a check can tell which attempt's answer was kept."""
+    return {"payload": payload, "attempt": attempt, "agent": agent}
+
+
+@attrs.frozen(kw_only=True)
+class WireRecord:
+    """A work-protocol message on a simulated agent's channel (heartbeats aside).
+
+    Attributes:
+        at: the virtual time.
+        child_id: the agent.
+        pid: the agent's process.
+        sender: ``"agent"`` (read by the hub) or ``"hub"`` (taken by the agent).
+        word: the message's keyword, e.g. ``"RESULT"``, ``"ASSIGN"``.
+        body: its decoded JSON object (``None`` for a message without one).
+    """
+
+    at: float
+    child_id: str
+    pid: int
+    sender: Literal["agent", "hub"]
+    word: str
+    body: Any = None
+    kind: str = attrs.field(init=False, default="wire")
 
 
 @attrs.frozen(kw_only=True)
@@ -43,6 +124,8 @@ class SimBehaviour:
             (``None``: never).
         hang_at: seconds after spawn at which it stops sending anything while staying
             alive, like a hung agent (``None``: never hangs).
+        work: if set, it is an agent that takes work (see :class:`SimWork`); it needs
+            the notify channel (``ChildSpec.notify``, the default).
     """
 
     lifetime: float = math.inf
@@ -54,6 +137,7 @@ class SimBehaviour:
     ready_after: float | None = None
     heartbeat_interval: float | None = None
     hang_at: float | None = None
+    work: SimWork | None = None
 
 
 @attrs.define(eq=False)
@@ -98,6 +182,8 @@ class SimulatedProcess:
             return
         self.signals.append(sig)
         now = trio.current_time()
+        if sig != signal.SIGKILL and self.behaviour.on_stop == "exit" and self.notify:
+            self.notify.stopping()
         if sig == signal.SIGKILL:
             self._schedule(now, ExitStatus(signal=signal.SIGKILL))
         elif self.behaviour.on_stop == "die":
@@ -111,6 +197,12 @@ class SimulatedProcess:
             status = ExitStatus(signal=sig) if sig is not None else ExitStatus(code=code)
             self._pending = (trio.current_time(), status)
             self._changed.set()
+
+    def ends_by(self, at: float) -> bool:
+        """Whether it has ended, or is due to end, at or before ``at``."""
+        if self._status is not None:
+            return True
+        return self._pending is not None and self._pending[0] <= at
 
     async def wait(self) -> ExitStatus:
         """Sleep on the trio clock until it ends."""
@@ -128,11 +220,13 @@ class SimulatedProcess:
 
 @attrs.define(eq=False)
 class SimulatedNotify:
-    """The hub's end of a simulated process's notify channel.
+    """The hub's end of a simulated process's notify channel, and the agent behind it.
 
     It yields the messages its :class:`SimBehaviour` schedules (``READY`` once, then a
     ``HEARTBEAT`` per ``heartbeat_interval`` until ``hang_at``) on the trio clock, and
-    whatever a test injects with :meth:`send`.
+    whatever a test injects with :meth:`send`. With ``SimBehaviour(work=SimWork())`` it
+    is also a work-taking agent: it says ``HELLO=1`` at spawn, and the hub's messages
+    (:meth:`send_nowait`, :meth:`send_to_agent`) drive its work (see :class:`SimWork`).
     """
 
     behaviour: SimBehaviour
@@ -143,44 +237,230 @@ class SimulatedNotify:
     _ready_sent: bool = False
     _beats: int = 0
     closed: bool = False
+    process: SimulatedProcess | None = attrs.field(default=None, kw_only=True)
+    """The process this channel belongs to (its end cuts the agent's work short)."""
+    on_wire: Callable[[WireRecord], None] | None = attrs.field(default=None, kw_only=True)
+    """Called with a :class:`WireRecord` for every work-protocol message either way."""
+    received: list[NotifyMessage] = attrs.field(factory=list, kw_only=True)
+    """Every message the hub sent to the agent, in order."""
+    holding: Mapping[str, Any] | None = attrs.field(default=None, init=False)
+    """The ``ASSIGN`` body of the item the agent works on now, if any."""
+    _inbox: deque[Mapping[str, Any]] = attrs.field(factory=deque, init=False)
+    _due: float = attrs.field(default=math.inf, init=False)
+    _hello_sent: bool = attrs.field(default=False, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
 
     def send(self, data: bytes) -> None:
         """Deliver ``data`` as a message from the process (e.g. ``b"STATUS=busy"``)."""
         self._queue.append(data)
         self._wake.set()
 
-    def _next(self) -> tuple[float, bytes]:
+    # ----------------------------------------------------------------------------------
+    # The agent's side
+
+    def _silent(self, at: float) -> bool:
+        """Whether the agent sends nothing at ``at``: hung, or its process has ended."""
         b = self.behaviour
-        hang = self.spawned_at + b.hang_at if b.hang_at is not None else math.inf
-        when, msg = math.inf, b""
+        if b.hang_at is not None and at >= self.spawned_at + b.hang_at:
+            return True
+        return b.work is not None and self.process is not None and self.process.ends_by(at)
+
+    def _next(self) -> tuple[float, str]:
+        b = self.behaviour
+        options: list[tuple[float, int, str]] = []
+        if b.work is not None and not self._hello_sent:
+            options.append((self.spawned_at, 0, "hello"))
         if b.ready_after is not None and not self._ready_sent:
-            when, msg = self.spawned_at + b.ready_after, b"READY"
+            options.append((self.spawned_at + b.ready_after, 1, "ready"))
+        if self.holding is not None:
+            options.append((self._due, 2, "answer"))
         if b.heartbeat_interval is not None:
             beat = self.spawned_at + (self._beats + 1) * b.heartbeat_interval
-            if beat < when:
-                when, msg = beat, b"HEARTBEAT"
-        return (when, msg) if when < hang else (math.inf, b"")
+            options.append((beat, 3, "heartbeat"))
+        if not options:
+            return math.inf, ""
+        when, _, what = min(options)
+        return (math.inf, "") if self._silent(when) else (when, what)
+
+    def _produce(self, what: str) -> None:
+        if what == "hello":
+            self._hello_sent = True
+            self._queue.append(f"HELLO={PROTOCOL_VERSION}".encode())
+        elif what == "ready":
+            self._ready_sent = True
+            self._queue.append(b"READY")
+        elif what == "answer":
+            self._answer()
+        else:
+            self._beats += 1
+            self._queue.append(b"HEARTBEAT")
+
+    def _say(self, word: str, body: Mapping[str, Any]) -> None:
+        self._queue.append(f"{word}={json.dumps(body, separators=(',', ':'))}".encode())
+        self._wake.set()
+
+    def _begin(self, body: Mapping[str, Any]) -> None:
+        assert self.behaviour.work is not None
+        self.holding = body
+        payload = body.get("payload")
+        seconds = payload.get("seconds") if isinstance(payload, dict) else None
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not 0 <= seconds < math.inf
+        ):
+            seconds = self.behaviour.work.duration
+        self._due = trio.current_time() + seconds
+        self._wake.set()
+
+    def _answer(self) -> None:
+        body, self.holding, self._due = self.holding, None, math.inf
+        assert body is not None
+        item, attempt, payload = body["item"], body["attempt"], body.get("payload")
+        steer = payload if isinstance(payload, dict) else {}
+        fail = steer.get("fail")
+        fenced = {"item": item, "attempt": attempt}
+        if fail == "final":
+            self._say("FAIL", {**fenced, "error": "final failure", "retry": False})
+        elif fail == "retry" or (
+            isinstance(fail, int) and not isinstance(fail, bool) and attempt <= fail
+        ):
+            self._say("FAIL", {**fenced, "error": f"failed attempt {attempt}", "retry": True})
+        else:
+            if steer.get("stale"):
+                self._say("RESULT", {"item": item, "attempt": attempt + 1, "result": "forged"})
+            agent = self.process.child_id if self.process is not None else ""
+            result = {**fenced, "result": sim_result(payload, attempt, agent)}
+            self._say("RESULT", result)
+            if steer.get("twice"):
+                self._say("RESULT", result)
+        if self._inbox:
+            self._begin(self._inbox.popleft())
+
+    def _hand_back_all(self) -> None:
+        held = [self.holding, *self._inbox] if self.holding is not None else [*self._inbox]
+        self.holding, self._due = None, math.inf
+        self._inbox.clear()
+        for body in held:
+            self._say("HANDBACK", {"item": body["item"], "attempt": body["attempt"]})
+
+    def stopping(self) -> None:
+        """The process got its stop signal and will exit: a work-taking agent that is not
+        hung hands back what it holds (and every item it is given from now on)."""
+        if self.behaviour.work is None:
+            return
+        self._stopping = True
+        if not self._silent(trio.current_time()):
+            self._hand_back_all()
+
+    def _on_hub(self, message: NotifyMessage) -> None:
+        now = trio.current_time()
+        body: dict[str, Any] = json.loads(message.value) if message.value is not None else {}
+        self._wire("hub", message.kind.upper(), body or None)
+        if self.behaviour.work is None or self._silent(now):
+            if message.kind == "assign" and self.behaviour.work is not None:
+                self._inbox.append(body)  # taken into its buffer, never answered
+            return
+        if message.kind == "assign":
+            if self._stopping:
+                self._say("HANDBACK", {"item": body["item"], "attempt": body["attempt"]})
+            elif self.holding is None:
+                self._begin(body)
+            else:
+                self._inbox.append(body)
+        elif message.kind == "stop":
+            self._stopping = True
+            self._hand_back_all()
+            if self.process is not None:
+                self.process._schedule(now + self.behaviour.stop_delay, ExitStatus(code=0))
+        elif message.kind == "ping":
+            self._queue.append(b"HEARTBEAT")
+            self._wake.set()
+
+    def _wire(self, sender: Literal["agent", "hub"], word: str, body: Any) -> None:
+        if self.on_wire is not None and self.process is not None:
+            self.on_wire(
+                WireRecord(
+                    at=trio.current_time(),
+                    child_id=self.process.child_id,
+                    pid=self.process.pid,
+                    sender=sender,
+                    word=word,
+                    body=body,
+                )
+            )
+
+    # ----------------------------------------------------------------------------------
+    # The hub's side
+
+    def _deliver(self) -> bytes:
+        data = self._queue.popleft()
+        self.sent.append(data)
+        if self.on_wire is not None:
+            word, eq, rest = data.decode("utf-8", "replace").partition("=")
+            if word in _WORK_WORDS:
+                body: Any = None
+                if eq and word != "HELLO":
+                    try:
+                        body = json.loads(rest)
+                    except ValueError:
+                        body = rest
+                self._wire("agent", word, body)
+        return data
 
     async def receive(self) -> bytes:
         """The next message, sleeping on the trio clock until it is due."""
         while not self._queue:
-            when, msg = self._next()
+            when, what = self._next()
             with trio.move_on_at(when):
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            if msg == b"READY":
-                self._ready_sent = True
-            else:
-                self._beats += 1
-            self._queue.append(msg)
-        data = self._queue.popleft()
-        self.sent.append(data)
-        return data
+            self._produce(what)
+        return self._deliver()
+
+    def receive_nowait(self) -> bytes | None:
+        """A message already sent (a last ``RESULT`` or ``HANDBACK`` before the exit);
+        ``None`` once the process has ended and none is left.
+
+        Raises:
+            trio.WouldBlock: none is waiting and the process runs.
+        """
+        if self._queue:
+            return self._deliver()
+        if self.process is not None and self.process.status is not None:
+            return None
+        raise trio.WouldBlock
+
+    def send_nowait(self, message: NotifyMessage, *, verify: bool = True) -> bool:
+        """The hub sends ``message`` to the agent (it always has room).
+
+        Raises:
+            InvalidNotifyMessage: not a valid hub-to-agent message.
+            trio.ClosedResourceError: the hub's end was closed.
+            trio.BrokenResourceError: the process has ended (or ends at this instant).
+        """
+        data = encode(message, verify=verify)
+        if self.closed:
+            raise trio.ClosedResourceError("the notify channel is closed")
+        if self.process is not None and self.process.ends_by(trio.current_time()):
+            raise trio.BrokenResourceError("the agent's end is gone: it exited")
+        parsed = parse_from_hub(data)  # what the agent reads, as a real one would
+        self.received.append(parsed)
+        self._on_hub(parsed)
+        return True
+
+    async def send_to_agent(self, message: NotifyMessage) -> None:
+        """As :meth:`send_nowait`, after a checkpoint."""
+        await trio.lowlevel.checkpoint()
+        self.send_nowait(message)
 
     def close(self) -> None:
         """Mark the channel closed (the runtime does this when the process ended)."""
         self.closed = True
+
+
+_WORK_WORDS = frozenset({"HELLO", "PROGRESS", "RESULT", "FAIL", "HANDBACK", "SUBMIT"})
 
 
 Script = Callable[[SpawnRequest, int], SimBehaviour]
@@ -195,6 +475,8 @@ class SimulatedProcessBackend:
             of its successive spawns (the last one repeats), or a function of the spawn
             request and the spawn number of that child (1-based).
         default: the behaviour of children the mapping does not name (runs forever).
+        on_wire: called with a :class:`WireRecord` for every work-protocol message of
+            every simulated agent (heartbeats aside).
 
     Example::
 
@@ -207,6 +489,8 @@ class SimulatedProcessBackend:
     processes: list[SimulatedProcess] = attrs.field(factory=list)
     _spawns: dict[str, int] = attrs.field(factory=dict)
     _next_pid: int = 10_000
+    on_wire: Callable[[WireRecord], None] | None = attrs.field(default=None, kw_only=True)
+    """Called with every work-protocol message of every process (see :class:`WireRecord`)."""
 
     def behaviour_for(self, request: SpawnRequest, n: int) -> SimBehaviour:
         """The behaviour of spawn number ``n`` of ``request.child_id``."""
@@ -232,7 +516,9 @@ class SimulatedProcessBackend:
             spawned_at=trio.current_time(),
         )
         if request.notify:
-            proc.notify = SimulatedNotify(behaviour, proc.spawned_at)
+            proc.notify = SimulatedNotify(
+                behaviour, proc.spawned_at, process=proc, on_wire=self.on_wire
+            )
         self.processes.append(proc)
         return proc
 

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import hypothesis.strategies as st
 
 from strategies import (
@@ -30,9 +31,11 @@ from strategies import (
 
 from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 from ._errors import InvalidSchedule
-from ._schedule import Crash, Exit, Hang, How, Kill, Schedule
+from ._schedule import Crash, Exit, Hang, How, Kill, Schedule, Submit
 
 __all__ = [
+    "agent_specs",
+    "agent_types",
     "backoff_policies",
     "crash_schedules",
     "crashes",
@@ -40,7 +43,11 @@ __all__ = [
     "restart_strategies",
     "schedules",
     "specs_and_schedules",
+    "specs_and_work_schedules",
+    "submissions",
     "supervision_specs",
+    "work_payloads",
+    "work_schedules",
     "worker_ids",
 ]
 
@@ -302,4 +309,143 @@ def specs_and_schedules(
         spec_options.setdefault("heartbeats", True)
     return supervision_specs(**spec_options).flatmap(
         lambda spec: st.tuples(st.just(spec), schedules(spec, max_crashes=max_crashes, hang=hang))
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Work
+
+
+def agent_types(spec: SupervisorSpec | PoolSpec) -> list[str]:
+    """The agent types of the tree's workers (pool members included), sorted."""
+    if isinstance(spec, PoolSpec):
+        return [spec.agent_type]
+    found: set[str] = set()
+    for child in spec.children:
+        if isinstance(child, ChildSpec):
+            if child.agent_type is not None:
+                found.add(child.agent_type)
+        else:
+            found.update(agent_types(child))
+    return sorted(found)
+
+
+def _as_agents(draw: st.DrawFn, spec: SupervisorSpec, types: list[str]) -> SupervisorSpec:
+    children: list[AnySpec] = []
+    for child in spec.children:
+        if isinstance(child, ChildSpec):
+            children.append(
+                attrs.evolve(child, agent_type=draw(st.sampled_from(types)), notify=True)
+            )
+        elif isinstance(child, PoolSpec):
+            children.append(attrs.evolve(child, template=attrs.evolve(child.template, notify=True)))
+        else:
+            children.append(_as_agents(draw, child, types))
+    return attrs.evolve(spec, children=children)
+
+
+def _pool_types(spec: SupervisorSpec) -> list[str]:
+    found: list[str] = []
+    for child in spec.children:
+        if isinstance(child, PoolSpec):
+            found.append(child.agent_type)
+        elif isinstance(child, SupervisorSpec):
+            found.extend(_pool_types(child))
+    return found
+
+
+@st.composite
+def agent_specs(draw: st.DrawFn, /, **spec_options: Any) -> SupervisorSpec:
+    """Trees from :func:`supervision_specs` (``spec_options`` go there) whose workers are
+    all agents that take work: every plain worker gets an agent type (``"w"`` or one of
+    the tree's pool types, so a type may have agents in a pool and elsewhere) and the
+    notify channel; pool members take their pool's type (``p1``...)."""
+    spec = draw(supervision_specs(**spec_options))
+    return _as_agents(draw, spec, ["w", *_pool_types(spec)])
+
+
+def work_payloads() -> st.SearchStrategy[dict[str, Any]]:
+    """Payloads that steer a :class:`~supervisor.testing.SimWork` agent: an ``n``, and
+    maybe ``seconds`` of work, a ``fail`` (``"final"``, ``"retry"``, or the number of
+    attempts that fail), a forged ``stale`` result first, a result sent ``twice``.
+    Shrinks to ``{"n": 0}``."""
+    return _PAYLOADS
+
+
+_PAYLOADS = st.fixed_dictionaries(
+    {"n": st.integers(0, 99)},
+    optional={
+        "seconds": _grid(0, 24, 0.25),
+        "fail": st.sampled_from([1, 2, "final", "retry"]),
+        "stale": st.just(True),
+        "twice": st.just(True),
+    },
+)
+_MAX_DELIVERIES = st.one_of(st.none(), st.integers(1, 4))
+
+
+@st.composite
+def submissions(
+    draw: st.DrawFn,
+    spec: SupervisorSpec,
+    *,
+    max_items: int = 6,
+    step: float = 0.25,
+    max_at: float = 20.0,
+) -> tuple[Submit, ...]:
+    """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
+    ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
+    with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default."""
+    types = agent_types(spec)
+    if not types:
+        raise InvalidSchedule(
+            "submissions() needs a tree with agents (children with an agent_type); "
+            "draw it from agent_specs()"
+        )
+    return tuple(
+        draw(
+            st.lists(
+                st.builds(
+                    Submit,
+                    at=_grid(0, int(max_at / step), step),
+                    agent_type=st.sampled_from(types),
+                    payload=_PAYLOADS,
+                    max_deliveries=_MAX_DELIVERIES,
+                ),
+                min_size=1,
+                max_size=max_items,
+            )
+        )
+    )
+
+
+@st.composite
+def work_schedules(
+    draw: st.DrawFn,
+    spec: SupervisorSpec,
+    *,
+    max_crashes: int = 8,
+    max_items: int = 6,
+    hang: bool = False,
+) -> Schedule:
+    """A :class:`Schedule` with work: :func:`submissions` plus crashes (and hangs, with
+    ``hang=True``) of the tree's agents in the same stretch of time, so agents often
+    crash or hang while they hold an item, and some children that ignore SIGTERM."""
+    base = draw(schedules(spec, max_crashes=max_crashes, hang=hang))
+    return attrs.evolve(base, work=draw(submissions(spec, max_items=max_items)))
+
+
+def specs_and_work_schedules(
+    *, max_crashes: int = 8, max_items: int = 6, hang: bool = False, **spec_options: Any
+) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
+    """A tree from :func:`agent_specs` (``spec_options`` go there) and a
+    :func:`work_schedules` for it; ``hang=True`` also gives agents heartbeats and
+    schedules :class:`Hang`."""
+    if hang:
+        spec_options.setdefault("heartbeats", True)
+    return agent_specs(**spec_options).flatmap(
+        lambda spec: st.tuples(
+            st.just(spec),
+            work_schedules(spec, max_crashes=max_crashes, max_items=max_items, hang=hang),
+        )
     )
