@@ -6,10 +6,14 @@ language can do); tests/test_agents.py covers agents.BaseAgent.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from strategies import Intensity
 from supervisor import ChildSpec, Hub, ItemStatus, SupervisorSpec, WorkItem
@@ -194,3 +198,86 @@ async def test_a_result_sent_just_before_exiting_counts() -> None:
             item = hub.work.submit("w", {"n": n, "exit_after": True})
             done = await finished(hub, item, events)
             assert (ItemStatus.COMPLETED, 1) == (done.status, done.attempt)
+
+
+async def test_an_agent_sigkilled_mid_item_is_restarted_and_its_item_completes_on_attempt_2() -> (
+    None
+):
+    async with running([agent("a1")]) as (hub, events):
+        item = hub.work.submit("w", {"n": 7, "hang": True})  # holds it until killed
+        await wait_event(events, is_("work_assigned", "a1"))
+        (row,) = hub.which_children()
+        assert row.info.pid is not None
+        os.kill(row.info.pid, signal.SIGKILL)
+        reclaimed = await wait_event(events, is_("work_reclaimed", "a1"))
+        assert "exit" == reclaimed.reason  # type: ignore[attr-defined]
+        done = await finished(hub, item, events)
+        assert (ItemStatus.COMPLETED, 2, {"double": 14, "by": "a1"}) == (
+            done.status,
+            done.attempt,
+            done.result,
+        )
+        assert ("reclaimed:exit", "exit") == (done.history[0].outcome, done.history[0].reason)
+
+
+# Records an agent sends before it behaves: anything at all, at any rate.
+NOISY = r"""
+import json, os, socket, sys
+s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
+for record in json.loads(os.environ["NOISE"]):
+    s.send(bytes.fromhex(record))
+"""
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    noise=st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            st.sampled_from(
+                [
+                    b"",
+                    b"HELLO=1",
+                    b"HELLO=99",
+                    b"READY",
+                    b'RESULT={"item":"w-1","attempt":1,"result":1}',
+                    b'RESULT={"item":"w-999","attempt":7,"result":1}',
+                    b'FAIL={"item":"w-1","attempt":2,"error":"x"}',
+                    b'HANDBACK={"item":"nope","attempt":1}',
+                    b'SUBMIT={"type":"w","payload":{"n":1}}',
+                    b'SUBMIT={"type":"BAD TYPE","payload":1}',
+                    b"PROGRESS={}",
+                    b"STATUS=stopping",
+                ]
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_any_records_from_an_agent_leave_the_hub_and_the_queue_consistent(
+    noise: list[bytes],
+) -> None:
+    """Whatever an agent sends (garbage, stale or forged answers, another protocol
+    version, submits), the hub keeps running, no item is held by two agents or
+    completed by a stale answer, and a well-behaved agent still completes real work."""
+    script = NOISY + AGENT.split("\n", 2)[2]  # the noise, then the normal agent
+    env = {"NOISE": json.dumps([r.hex() for r in noise])}
+
+    async def main() -> None:
+        noisy = ChildSpec(
+            id="noisy", argv=[PY, "-c", script], agent_type="w", env=env, shutdown=1.0
+        )
+        spec = SupervisorSpec(
+            name="hub", children=[noisy, agent("good")], intensity=Intensity(50, 1)
+        )
+        async with running(spec) as (hub, events):
+            items = [hub.work.submit("w", {"n": n}) for n in range(3)]
+            for item in items:
+                done = await finished(hub, item, events)
+                assert ItemStatus.COMPLETED == done.status
+                assert done.result["double"] == 2 * item.payload["n"]
+                assert len(done.history) >= 1 and done.history[-1].outcome == "completed"
+            held = [i for i in hub.work.items() if i.status == ItemStatus.ASSIGNED]
+            assert len({i.agent for i in held}) == len(held)  # one item per agent at most
+
+    trio.run(main)
