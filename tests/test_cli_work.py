@@ -580,3 +580,43 @@ def test_status_colours_only_on_a_terminal(
 
     out = capsys.readouterr().out
     assert "\x1b[" in out and "killed by SIGKILL" in out
+
+
+async def test_sigterm_to_the_hub_hands_every_held_item_back_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """End to end with real BaseAgent workers busy on long items: SIGTERM to `hubvisor
+    run` stops everything; each agent hands its item back within its shutdown time
+    (nothing spent), the hub exits 0 and no process is left (the conftest checks)."""
+    spec = tmp_path / "tree.py"
+    spec.write_text(
+        "import sys\n"
+        "from supervisor import ChildSpec, PoolSpec\n"
+        "t = ChildSpec(id='t', argv=[sys.executable, '-m', 'agents.worker'], shutdown=2.0,\n"
+        "              heartbeat_timeout=3.0, env={'HUBVISOR_DEMO_WORK_SECONDS': '600'})\n"
+        "spec = [PoolSpec(agent_type='worker', template=t, size=2)]\n"
+    )
+    path = tmp_path / "hub.sock"
+    hv = await start_hubvisor("run", str(spec), "--socket", str(path))
+    try:
+        await hv.wait_line("hub started")
+        payload = '{"task": "t", "piece": %d, "seed": 1, "lines": 10}'
+        ids = [(await cli(path, "submit", "worker", payload % n)).stdout.strip() for n in (0, 1)]
+        with trio.fail_after(TIMEOUT):
+            for item_id in ids:
+                while (await cli_json(path, "work", "show", item_id))["status"] != "assigned":
+                    await trio.sleep(0.05)
+        hv.proc.send_signal(signal.SIGTERM)
+        code, text = await finish(hv)
+    finally:
+        if hv.proc.returncode is None:
+            hv.proc.kill()
+            await finish(hv)
+    assert 0 == code, text
+    for item_id in ids:
+        assert re.search(
+            rf"work {item_id} reclaimed from worker-agent-\d \(attempt 1\): its agent handed "
+            "it back",
+            text,
+        ), text
+    assert "crashed" not in text and "SIGKILL" not in text
