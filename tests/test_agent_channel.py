@@ -262,7 +262,12 @@ WIRE_WORDS = st.sampled_from(
 )
 RECORDS = st.one_of(
     st.binary(max_size=64),
-    st.binary(min_size=MAX_MESSAGE - 2, max_size=MAX_MESSAGE + 40),
+    # Records about the size limit, built cheaply (Hypothesis draws at most a few KiB).
+    st.builds(
+        lambda n, b: b * n,
+        st.integers(MAX_MESSAGE - 2, MAX_MESSAGE + 40),
+        st.binary(min_size=1, max_size=1),
+    ),
     st.builds(lambda w, t: w.encode() + t, WIRE_WORDS, st.binary(max_size=8)),
     st.builds(lambda w, t: (w + t).encode(), WIRE_WORDS, st.text(max_size=40)),
 )
