@@ -63,6 +63,7 @@ _SEND_TIMEOUT = 1.0  # seconds a hub-to-agent message may wait for room in the a
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
 _log = logging.getLogger("hubvisor")
+_WARNED: set[str] = set()  # children already warned about (once per process each)
 
 
 class ChildPhase(enum.Enum):
@@ -249,6 +250,11 @@ class ProcessActor:
     def pid(self) -> int:
         """The process id (also its process group id)."""
         return self.handle.pid
+
+    @property
+    def stopping(self) -> bool:
+        """Whether its supervisor asked it to stop (it gets no new work from then on)."""
+        return self._stop_asked
 
     @property
     def done(self) -> bool:
@@ -461,7 +467,7 @@ class ProcessActor:
                 f"speaks agent protocol {msg.value}, this hub speaks {PROTOCOL_VERSION} "
                 "(upgrade the agent or the hub)"
             )
-        elif msg.kind == "hello" and spec.heartbeat_timeout is None and self.incarnation == 1:
+        elif msg.kind == "hello" and spec.heartbeat_timeout is None and self._warn_once():
             _log.warning(
                 "%s/%s takes work but has no heartbeat_timeout: if it hangs, its item waits "
                 "until it exits; set ChildSpec.heartbeat_timeout",
@@ -471,6 +477,13 @@ class ProcessActor:
             self._to_work(msg)
         elif msg.kind in WORK_KINDS:
             self._to_work(msg)
+        return True
+
+    def _warn_once(self) -> bool:
+        key = f"{self.path}/{self.spec.id}"
+        if key in _WARNED:
+            return False
+        _WARNED.add(key)
         return True
 
     def _to_work(self, msg: NotifyMessage) -> None:

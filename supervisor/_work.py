@@ -644,7 +644,8 @@ class WorkService:
                 while idle and self.queue.has_work(agent_type):
                     agent_id = next(iter(idle))
                     del idle[agent_id]
-                    await self._assign(agent_type, agent_id)
+                    if not self._stopping(agent_id):
+                        await self._assign(agent_type, agent_id)
             self._tell_registry()
 
     def _tell_registry(self) -> None:
@@ -718,8 +719,15 @@ class WorkService:
         agent = self._agents.get(agent_id)
         if agent is None or not agent.idle or agent.agent_type is None:
             return
+        if self._stopping(agent_id):
+            agent.gone = True  # its supervisor is stopping it alone (a sibling's restart...)
+            return
         if self.queue.held_by(agent_id) is None:
             self._idle.setdefault(agent.agent_type, {})[agent_id] = None
+
+    def _stopping(self, agent_id: str) -> bool:
+        actor = self._hub.context.actors.get(agent_id)
+        return actor is not None and actor.stopping
 
     def _not_idle(self, agent_id: str, agent: _Agent | None) -> None:
         if agent is not None and agent.agent_type is not None:

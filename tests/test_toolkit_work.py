@@ -509,21 +509,14 @@ class TestChecksCatchBrokenRuntimes:
 # Found by these tools
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WorkService keeps an agent that its supervisor is stopping (a sibling's "
-    "one-for-all/rest-for-one restart, terminate_child, restart) idle: the item it hands "
-    "back is assigned to it again at once, it hands it back again, and so on at one "
-    "instant until it exits (no event tells the service that one child is stopping)",
-)
 def test_an_agent_stopped_for_a_restart_is_not_given_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One-for-all: ``b`` crashes, so ``a`` (holding an item, taking 0.5 s to exit, like
     a BaseAgent finishing up) is stopped for the restart. It hands its item back, as a
     stopping BaseAgent does, and hands back any ASSIGN it gets while stopping. The hub
-    should not assign to it again; today it does, in a loop that never lets the virtual
-    clock advance (cut here after 20 rounds by making the channel look broken)."""
+    must not assign to it again (it did, in a loop that never let the virtual clock
+    advance; cut here after 20 rounds by making the channel look broken)."""
     import trio
 
     sent_while_stopping: list[str] = []
