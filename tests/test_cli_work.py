@@ -496,21 +496,28 @@ async def test_a_follower_that_does_not_read_costs_the_hub_a_bounded_buffer(
             spew = hub.work.submit("w", {"spew": 3000, "size": 2000})
             await until(lambda: hub.work.get(spew.id).status == "completed")
             await until(lambda: hub.logs("a1", 1) == ["spew done"])
-            # Read what the hub kept for us until it has nothing more to send...
-            backlog = await trio.to_thread.run_sync(answers.read, 1.0, None)
-            # ...then one more line: the count of the lines lost comes before it.
+            # Read what the hub kept for us until it has nothing more to send, then up to
+            # the line of one more item.
+            got = await trio.to_thread.run_sync(answers.read, 1.0, None)
             last = hub.work.submit("w", {"n": 1})
-            after = await trio.to_thread.run_sync(answers.read, TIMEOUT, 2)
+            with trio.fail_after(TIMEOUT):
+                while not got or got[-1].get("item", {}).get("line") != f"doing {last.id}":
+                    got += await trio.to_thread.run_sync(answers.read, TIMEOUT, 1)
 
-    # Lost lines are counted where they were lost, and the count comes before the next line.
-    assert ["dropped", "item"] == [next(k for k in a if k != "ok") for a in after]
-    assert f"doing {last.id}" == after[1]["item"]["line"]
-    items = [a for a in backlog if "item" in a]
-    dropped = sum(a.get("dropped", 0) for a in [*backlog, *after])
+    kinds = [next(k for k in a if k != "ok") for a in got]
+    # Lost lines are counted where they were lost: each count comes right before the next
+    # line that was kept.
+    assert all(kinds[i + 1] == "item" for i, k in enumerate(kinds) if k == "dropped")
+    items = kinds.count("item") - 1  # without the last item's line
+    dropped = sum(a.get("dropped", 0) for a in got)
     # "doing", 3000 lines and "spew done" were written while the client read nothing.
-    assert 3002 == len(items) + dropped
-    assert dropped > 1000
-    assert 1000 <= len(items) < 2000  # what the stream holds, plus the socket's buffers
+    assert 3002 == items + dropped
+    # The client read nothing while they were written: the hub kept what its stream holds
+    # (1,000) plus what the socket buffers and its output tap had not handed on yet, and
+    # dropped the rest. How much the tap still held when the client began reading depends
+    # on scheduling, so only the accounting is exact.
+    assert dropped > 0
+    assert items >= 1000
 
 
 class Answers:

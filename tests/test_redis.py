@@ -293,6 +293,10 @@ def test_cli_demo_mirrors_to_redis(redis_server: RedisServer) -> None:
             "demo",
             "--crash-rate",
             "0",
+            "--hang-rate",
+            "0",
+            "--every",
+            "1000",  # one task, at the start; then the agents go idle
             "--duration",
             "30",
             "--control-socket",
@@ -309,10 +313,10 @@ def test_cli_demo_mirrors_to_redis(redis_server: RedisServer) -> None:
         seen: dict[str, Any] = {}
         while time.monotonic() < deadline:
             seen = redis_view(redis_server, "hub", "clitest")
-            if len(seen) == 7 and all(v is not None and v[1] == "idle" for v in seen.values()):
+            if len(seen) == 8 and all(v is not None and v[1] == "idle" for v in seen.values()):
                 break
             time.sleep(0.05)
-        assert 7 == len(seen), seen
+        assert 8 == len(seen), seen
         for pid, _ in seen.values():
             os.kill(pid, 0)  # alive
     finally:
