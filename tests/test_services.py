@@ -34,6 +34,11 @@ class Recorder:
                 self.seen.append(event)
         finally:
             self.tree_ended_before_cancel = hub.root.ended
+            while True:  # what was published before the cancel, not yet read
+                try:
+                    self.seen.append(events.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
 
 @attrs.define
