@@ -336,6 +336,21 @@ class ProcessActor:
             await self._signal_then_kill(self._done.wait, warn=True)
             await self._done.wait()
 
+    def send_nowait(self, message: NotifyMessage, *, verify: bool = True) -> bool | None:
+        """Send a hub-to-agent message without waiting: ``True`` sent, ``False`` the agent
+        cannot take it now (gone, no channel, or its queue is full), ``None`` this
+        channel cannot send without waiting (use :meth:`send`)."""
+        channel = getattr(self.handle, "notify", None)
+        if channel is None or self.done or not hasattr(channel, "send_to_agent"):
+            return False
+        send_nowait = getattr(channel, "send_nowait", None)
+        if send_nowait is None:
+            return None
+        try:
+            return bool(send_nowait(message, verify=verify))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
     async def send(
         self, message: NotifyMessage, timeout: float = _SEND_TIMEOUT, *, verify: bool = True
     ) -> bool:

@@ -570,6 +570,7 @@ class SocketNotifySource:
             except ConnectionResetError:
                 continue
         else:
+            self._eof = True
             return None
         got = record_or_eof(data, ancdata, flags)
         if got is None:

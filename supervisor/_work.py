@@ -60,6 +60,7 @@ _log = logging.getLogger("hubvisor")
 
 DEFAULT_MAX_DELIVERIES = 3
 MAX_PAYLOAD = MAX_MESSAGE // 2  # bytes of JSON; an ASSIGN must fit in one record
+MAX_CHECKPOINT = MAX_MESSAGE // 4  # bytes of JSON; payload + checkpoint fit in one ASSIGN
 _HISTORY = 20  # attempts kept per item
 
 
@@ -547,10 +548,13 @@ class WorkService:
         self.max_deliveries = max_deliveries
         self.refused = 0
         """Agent answers refused (stale attempts, items not held, bad payloads)."""
+        self.acks_dropped = 0
+        """ACKs of refusals an agent had no room for (it does not read its channel)."""
         self._agents: dict[str, _Agent] = {}
         self._idle: dict[str, dict[str, None]] = {}  # type -> idle agents, oldest first
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Any = None
+        self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._notes: dict[str, str | None] = {}  # assignments the registry has yet to hear
 
@@ -575,8 +579,10 @@ class WorkService:
             raise ControlError(f"work needs an agent type, e.g. 'worker' (got {agent_type!r})")
         try:
             size = len(json.dumps(payload, separators=(",", ":")))
-        except (TypeError, ValueError) as exc:
-            raise ControlError(f"the payload must be JSON ({exc}); got {payload!r:.80}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ControlError(
+                f"the payload must be JSON ({type(exc).__name__}: {exc}); got {payload!r:.80}"
+            ) from None
         if size > MAX_PAYLOAD:
             raise ControlError(
                 f"the payload is {size} bytes of JSON, over {MAX_PAYLOAD}; put large inputs "
@@ -617,20 +623,23 @@ class WorkService:
     async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
         """Serve as a hub service (see :class:`~supervisor.Service`)."""
         self._hub = hub
-        hub.bus.attach(self._send.clone(), _SERVICE_KINDS)
+        feed = self._send.clone()
+        hub.bus.attach(feed, _SERVICE_KINDS)
         hub.context.agent_sink = self._send.send_nowait
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._dispatcher)
                 async for msg in self._inbox:
                     if isinstance(msg, AgentMessage):
-                        await self._on_message(msg)
+                        self._on_message(msg)
                     elif msg is not None:
                         self._on_event(msg)
                     self._poke()
         finally:
             hub.context.agent_sink = None
+            feed.close()  # the bus forgets a closed subscription: nothing piles up
 
     def _poke(self) -> None:
         self._wake.set()
@@ -644,8 +653,7 @@ class WorkService:
                 while idle and self.queue.has_work(agent_type):
                     agent_id = next(iter(idle))
                     del idle[agent_id]
-                    if not self._stopping(agent_id):
-                        await self._assign(agent_type, agent_id)
+                    self._assign(agent_type, agent_id)
             self._tell_registry()
 
     def _tell_registry(self) -> None:
@@ -653,34 +661,51 @@ class WorkService:
             self._hub.registry.note_assignments(self._notes)
             self._notes = {}
 
-    async def _assign(self, agent_type: str, agent_id: str) -> None:
-        now = _now()
-        item = self.queue.assign(agent_type, agent_id, now)
+    def _actor_of(self, agent_id: str) -> Any:
+        """The live actor of the incarnation the service knows as ``agent_id``, if it is
+        idle and not being stopped (an id is reused by the next incarnation)."""
+        agent = self._agents.get(agent_id)
+        actor = self._hub.context.actors.get(agent_id)
+        if agent is None or not agent.idle or actor is None or actor.pid != agent.pid:
+            return None
+        return None if actor.stopping else actor
+
+    def _assign(self, agent_type: str, agent_id: str) -> None:
+        actor = self._actor_of(agent_id)
+        if actor is None:
+            return  # exited, replaced or being stopped: its exit event will come
+        item = self.queue.assign(agent_type, agent_id, _now())
         if item is None:
             return
-        actor = self._hub.context.actors.get(agent_id)
-        message = NotifyMessage(
-            "assign",
-            json.dumps(
-                {
-                    "item": item.id,
-                    "attempt": item.attempt,
-                    "type": item.agent_type,
-                    "payload": item.payload,
-                    "checkpoint": item.checkpoint,
-                },
-                separators=(",", ":"),
-            ),
-        )
-        agent = self._agents.get(agent_id)
+        message = _assign_message(item)
+        if len(message.value or "") + 7 > MAX_MESSAGE and item.checkpoint is not None:
+            _log.warning("work %s: its checkpoint is too big to send; starting over", item.id)
+            item.checkpoint = None
+            message = _assign_message(item)
+        agent = self._agents[agent_id]
         self._publish(WorkAssigned, agent_id, agent=agent, item_id=item.id, attempt=item.attempt)
         self._notes[agent_id] = item.id
-        if actor is None or not await actor.send(message, verify=False):
-            # It could not take it (gone, or its queue stayed full): the item goes back
-            # without spending a delivery, and the agent gets nothing more.
-            if agent is not None:
-                agent.gone = True
-            self._reclaim(agent_id, "unreachable")
+        sent = actor.send_nowait(message, verify=False)
+        if sent is None and self._nursery is not None:  # a channel that can only wait
+            self._nursery.start_soon(self._send_slowly, actor, agent_id, item.attempt, message)
+        elif not sent:
+            self._unreachable(agent_id, agent)
+
+    async def _send_slowly(
+        self, actor: Any, agent_id: str, attempt: int, message: NotifyMessage
+    ) -> None:
+        if not await actor.send(message, verify=False):
+            held = self.queue.held_by(agent_id)
+            if held is not None and held.attempt == attempt:
+                self._unreachable(agent_id, self._agents.get(agent_id))
+                self._poke()
+
+    def _unreachable(self, agent_id: str, agent: _Agent | None) -> None:
+        # It could not take it (gone, or its queue is full: it does not read): the item
+        # goes back without spending a delivery, and this incarnation gets nothing more.
+        if agent is not None:
+            agent.gone = True
+        self._reclaim(agent_id, "unreachable")
 
     def _reclaim(
         self, agent_id: str, reason: Literal["exit", "hang", "stop", "unreachable"]
@@ -726,8 +751,9 @@ class WorkService:
             self._idle.setdefault(agent.agent_type, {})[agent_id] = None
 
     def _stopping(self, agent_id: str) -> bool:
+        agent = self._agents.get(agent_id)
         actor = self._hub.context.actors.get(agent_id)
-        return actor is not None and actor.stopping
+        return actor is not None and agent is not None and actor.pid == agent.pid and actor.stopping
 
     def _not_idle(self, agent_id: str, agent: _Agent | None) -> None:
         if agent is not None and agent.agent_type is not None:
@@ -768,7 +794,7 @@ class WorkService:
         agent = self._agents.get(agent_id)
         return agent if agent is not None and agent.pid == pid else None
 
-    async def _on_message(self, msg: AgentMessage) -> None:
+    def _on_message(self, msg: AgentMessage) -> None:
         agent = self._live(msg.agent_id, msg.pid)
         if agent is None:
             return  # an incarnation already gone: whatever it held was reclaimed
@@ -783,8 +809,17 @@ class WorkService:
             return
         item_id, attempt, now = body["item"], body["attempt"], _now()
         if msg.kind == "progress":
+            checkpoint = body.get("checkpoint")
+            if checkpoint is not None and len(json.dumps(checkpoint)) > MAX_CHECKPOINT:
+                _log.warning(
+                    "%s: checkpoint for %s over %d bytes of JSON, not kept",
+                    msg.agent_id,
+                    item_id,
+                    MAX_CHECKPOINT,
+                )
+                checkpoint = None
             verdict = self.queue.progress(
-                item_id, attempt, msg.agent_id, body.get("progress"), body.get("checkpoint")
+                item_id, attempt, msg.agent_id, body.get("progress"), checkpoint
             )
             if not verdict.accepted:
                 self._refuse(msg, item_id, attempt, verdict.reason)
@@ -801,8 +836,14 @@ class WorkService:
         else:
             self._refuse(msg, item_id, attempt, verdict.reason)
         if not verdict.accepted:  # an accepted answer needs no reply
-            await self._ack(msg.agent_id, item_id, attempt, verdict)
-        self._set_idle(msg.agent_id)
+            self._ack(msg.agent_id, item_id, attempt, verdict)
+        if msg.kind == "handback" and verdict.accepted:
+            # It gave work back (it is stopping, or cannot do it now): it gets no more,
+            # and the item goes to another agent instead of straight back to it.
+            agent.gone = True
+            self._not_idle(msg.agent_id, agent)
+        else:
+            self._set_idle(msg.agent_id)
 
     def _answered(self, msg: AgentMessage, item: WorkItem, attempt: int) -> None:
         self._notes[msg.agent_id] = None
@@ -852,14 +893,17 @@ class WorkService:
         )
         _log.warning("%s: refused %s for %s: %s", msg.agent_id, msg.kind.upper(), item_id, reason)
 
-    async def _ack(self, agent_id: str, item_id: str, attempt: int, verdict: Verdict) -> None:
+    def _ack(self, agent_id: str, item_id: str, attempt: int, verdict: Verdict) -> None:
         actor = self._hub.context.actors.get(agent_id)
         if actor is None:
             return
         body = {"item": item_id, "attempt": attempt, "accepted": verdict.accepted}
         if verdict.reason:
             body["reason"] = verdict.reason[:200]
-        await actor.send(NotifyMessage("ack", json.dumps(body, separators=(",", ":"))))
+        # Never waits: an agent that does not read its channel loses its ACKs (counted),
+        # it cannot stall the service for the others.
+        if not actor.send_nowait(NotifyMessage("ack", json.dumps(body, separators=(",", ":")))):
+            self.acks_dropped += 1
 
     def _agent_submit(self, msg: AgentMessage, body: Mapping[str, Any]) -> None:
         try:
@@ -880,6 +924,17 @@ class WorkService:
             return
         supervisor = agent.supervisor if agent is not None else ""
         self._hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
+
+
+def _assign_message(item: WorkItem) -> NotifyMessage:
+    body = {
+        "item": item.id,
+        "attempt": item.attempt,
+        "type": item.agent_type,
+        "payload": item.payload,
+        "checkpoint": item.checkpoint,
+    }
+    return NotifyMessage("assign", json.dumps(body, separators=(",", ":")))
 
 
 def _used_up(item: WorkItem) -> str:

@@ -27,6 +27,8 @@ from .helpers import PY, TIMEOUT, is_, running, until, wait_event
 #   {"fail": "why"}     -> FAIL retry=false
 #   {"stale": true}     -> sends a RESULT for attempt+1 first (refused), then the real one
 #   {"exit_after": true} -> exits right after sending its RESULT
+#   {"bigckpt": true}   -> reports a 50 KB checkpoint, then exits (first attempt only)
+#   {"handback_if": ID} -> the agent named ID hands the item back
 AGENT = r"""
 import json, os, socket, sys, threading, time
 fd = int(os.environ["HUBVISOR_NOTIFY_FD"])
@@ -60,6 +62,12 @@ while True:
     if p.get("hang") and attempt == 1:
         beating = False
         time.sleep(1000)
+    if p.get("bigckpt") and attempt == 1:
+        send("PROGRESS=" + json.dumps({"item": item, "attempt": attempt, "progress": 0.5, "checkpoint": "c" * 50000}))
+        os._exit(3)
+    if p.get("handback_if") == os.environ["HUBVISOR_AGENT_ID"]:
+        send("HANDBACK=" + json.dumps({"item": item, "attempt": attempt}))
+        continue
     if p.get("submit"):
         send("SUBMIT=" + json.dumps({"type": p["submit"], "payload": {"n": p.get("n", 0)}}))
     if "fail" in p:
@@ -281,3 +289,77 @@ def test_any_records_from_an_agent_leave_the_hub_and_the_queue_consistent(
             assert len({i.agent for i in held}) == len(held)  # one item per agent at most
 
     trio.run(main)
+
+
+async def test_items_queued_while_an_agent_exits_after_each_result_are_never_charged() -> None:
+    """An agent that exits right after each RESULT and is restarted at once: an item
+    queued meanwhile goes to the new incarnation only once that one is idle, never on the
+    strength of the old one's idle mark (it went to the new process before its HELLO,
+    then the old one's exit reclaimed it from under the new one, whose real result was
+    refused as stale). An item sent to the old process in its last moment comes back
+    (unreachable or exit) and is done again: no answer is ever refused."""
+    spec = SupervisorSpec(name="hub", children=[agent("a1")], intensity=Intensity(30, 10))
+    async with running(spec) as (hub, events):
+        items = [hub.work.submit("w", {"n": n, "exit_after": True}) for n in range(8)]
+        for item in items:
+            done = await finished(hub, item, events)
+            assert ItemStatus.COMPLETED == done.status
+            assert 2 * item.payload["n"] == done.result["double"]
+        assert 0 == hub.work.refused
+
+
+async def test_a_checkpoint_too_big_to_send_is_not_kept() -> None:
+    """A checkpoint that would make the next ASSIGN overflow a record is refused, so the
+    next attempt is delivered (it would be dropped by the agent, the item stuck)."""
+    spec = SupervisorSpec(name="hub", children=[agent("a1")], intensity=Intensity(20, 10))
+    async with running(spec) as (hub, events):
+        item = hub.work.submit("w", {"n": 3, "bigckpt": True, "pad": "p" * 20000})
+        done = await finished(hub, item, events)
+        assert (ItemStatus.COMPLETED, 2, None) == (done.status, done.attempt, done.checkpoint)
+
+
+FLOOD = r"""
+import json, os, socket, time
+s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
+s.send(b"HELLO=1"); s.send(b"READY")
+for _ in range(400):  # stale answers, each refused with an ACK it never reads
+    s.send(b'RESULT={"item":"w-999","attempt":9,"result":0}')
+time.sleep(1000)
+"""
+
+
+async def test_an_agent_that_never_reads_cannot_stall_the_others() -> None:
+    flood = ChildSpec(id="bad", argv=[PY, "-c", FLOOD], agent_type="x", shutdown=1.0)
+    async with running([flood, agent("a1")]) as (hub, events):
+        await until(lambda: hub.work.refused >= 400)
+        item = hub.work.submit("w", {"n": 5})
+        with trio.fail_after(5):  # before: ~1 s per refused answer once its queue was full
+            done = await finished(hub, item, events)
+        assert {"double": 10, "by": "a1"} == done.result
+        assert hub.work.acks_dropped > 0
+
+
+async def test_an_item_handed_back_goes_to_another_agent_not_back() -> None:
+    """An agent that hands an item back gets no more work (it is stopping or cannot do
+    it): the item waits for another agent instead of going straight back to it (a hot
+    loop of ASSIGN and HANDBACK before), with no attempt spent."""
+    async with running([agent("a1")]) as (hub, events):
+        await wait_event(events, is_("running", "a1"))
+        assigned: list[str] = []
+        item = hub.work.submit("w", {"n": 2, "handback_if": "a1"})
+        with trio.fail_after(TIMEOUT):
+            while True:
+                e = await wait_event(events, lambda e: e.kind.startswith("work_"))
+                if e.kind == "work_assigned":
+                    assigned.append(e.child_id)
+                if e.kind == "work_reclaimed":
+                    break
+        await hub.start_child("hub", agent("a2"))
+        with trio.fail_after(TIMEOUT):
+            while hub.work.get(item.id).status != ItemStatus.COMPLETED:
+                e = await wait_event(events, lambda e: e.kind.startswith("work_"))
+                if e.kind == "work_assigned":
+                    assigned.append(e.child_id)
+        done = hub.work.get(item.id)
+        assert ("a2", 1) == (done.result["by"], done.deliveries)
+        assert ["a1", "a2"] == assigned
