@@ -180,6 +180,10 @@ def run_hub(
     if socket_path is not None:
         # Agents that run `hubvisor submit ...` themselves reach their own hub.
         hub.context.env = {SOCKET_ENV: str(socket_path), **hub.context.env}
+    if redis is not None:
+        # Agents that keep their own state in Redis find the hub's (agents.BaseAgent reads
+        # it as redis_url).
+        hub.context.env = {"REDIS_URL": redis, **hub.context.env}
     try:
         return trio.run(_run, hub, duration, output, socket_path)
     except* ControlError as group:

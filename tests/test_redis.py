@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -319,6 +320,8 @@ def test_cli_demo_mirrors_to_redis(redis_server: RedisServer) -> None:
         assert 8 == len(seen), seen
         for pid, _ in seen.values():
             os.kill(pid, 0)  # alive
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"REDIS_URL={redis_server.url}".encode() in environ  # agents find it
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=TIMEOUT)
