@@ -210,7 +210,11 @@ class _Member:
         return ChildState.STOPPED  # failed to start; its supervisor will decide
 
     def view(self) -> MemberView:
-        return MemberView(self.id, self.spec.restart, up=self.state is not _Lifecycle.STOPPED)
+        # Up: running, or waiting to restart. A member whose process ended but whose exit
+        # its supervisor has not handled yet is down: a sibling's group restart leaves it
+        # to its own exit report, which then restarts it by policy (and counts).
+        up = self.state is _Lifecycle.BACKING_OFF or self.alive
+        return MemberView(self.id, self.spec.restart, up=up)
 
 
 _PHASE_STATE = {
