@@ -18,7 +18,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -32,7 +32,6 @@ from ._events import (
     ChildRunning,
     ChildStarting,
     ChildStatus,
-    EventBus,
     ExitStatus,
 )
 from ._notify import (
@@ -42,8 +41,11 @@ from ._notify import (
     NotifySource,
     parse_notify,
 )
-from ._process import ProcessBackend, ProcessHandle, SpawnRequest
+from ._process import ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, ChildSpec
+
+if TYPE_CHECKING:
+    from ._runtime import RuntimeContext
 
 __all__ = [
     "WORK_KINDS",
@@ -133,15 +135,6 @@ WORK_KINDS = frozenset({"hello", "progress", "result", "fail", "handback", "subm
 """Agent-to-hub kinds that go to the work service rather than to the bus."""
 
 
-@attrs.define(eq=False)
-class _Shared:
-    """What every actor of one hub shares: the bus, kill-all handles, counters."""
-
-    bus: EventBus
-    handles: dict[int, ProcessHandle]
-    counters: Any  # has ``notify_rejected: int``, ``agent_sink`` and ``actors``
-
-
 def child_env(
     spec: ChildSpec, *, path: str, hub_id: str, extra: Mapping[str, str]
 ) -> dict[str, str]:
@@ -164,17 +157,15 @@ def child_env(
 def spawn_actor(
     spec: ChildSpec,
     *,
-    backend: ProcessBackend,
     env: Mapping[str, str],
     incarnation: int,
     path: str,
-    bus: EventBus,
-    handles: dict[int, ProcessHandle],
-    counters: Any,
+    context: RuntimeContext,
     ring: deque[tuple[float, str]],
     report: Callable[[ChildExit], None],
 ) -> ProcessActor:
-    """Start the process of ``spec`` and return its actor (not yet running).
+    """Start the process of ``spec`` with ``context.backend`` and return its actor (not
+    yet running).
 
     Raises:
         SpawnError: for any failure to start, with the cause in words; a backend that
@@ -189,7 +180,7 @@ def spawn_actor(
         notify=spec.notify,
     )
     try:
-        handle = backend.spawn(request)
+        handle = context.backend.spawn(request)
     except SpawnError:
         raise
     except Exception as exc:
@@ -201,7 +192,7 @@ def spawn_actor(
         handle,
         incarnation,
         path=path,
-        shared=_Shared(bus, handles, counters),
+        context=context,
         ring=ring,
         report=report,
     )
@@ -217,7 +208,7 @@ class ProcessActor:
         incarnation: int,
         *,
         path: str,
-        shared: _Shared,
+        context: RuntimeContext,
         ring: deque[tuple[float, str]],
         report: Callable[[ChildExit], None],
     ) -> None:
@@ -225,7 +216,7 @@ class ProcessActor:
         self.handle = handle
         self.incarnation = incarnation
         self.path = path
-        self._shared = shared
+        self._ctx = context  # the hub's: bus, kill-all handles, counters, live actors
         self._ring = ring
         self._report = report
         self.phase = ChildPhase.STARTING
@@ -237,8 +228,8 @@ class ProcessActor:
         self._rejected = 0
         self._logged_at = self._beat_at = -math.inf
         self._bad_version: str | None = None
-        shared.handles[handle.pid] = handle
-        shared.counters.actors[spec.id] = self
+        context.handles[handle.pid] = handle
+        context.actors[spec.id] = self
         self._publish(
             ChildStarting,
             pid=handle.pid,
@@ -262,7 +253,7 @@ class ProcessActor:
         return self._done.is_set()
 
     def _publish(self, cls: Any, **fields: Any) -> None:
-        self._shared.bus.publish(
+        self._ctx.bus.publish(
             cls(at=trio.current_time(), supervisor=self.path, child_id=self.spec.id, **fields)
         )
 
@@ -300,9 +291,9 @@ class ProcessActor:
         finally:
             if source is not None:
                 source.close()
-            self._shared.handles.pop(handle.pid, None)
-            if self._shared.counters.actors.get(spec.id) is self:
-                del self._shared.counters.actors[spec.id]
+            self._ctx.handles.pop(handle.pid, None)
+            if self._ctx.actors.get(spec.id) is self:
+                del self._ctx.actors[spec.id]
             was_starting = self.phase is ChildPhase.STARTING
             self.phase = ChildPhase.EXITED
             self._done.set()
@@ -336,12 +327,19 @@ class ProcessActor:
             await self._signal_then_kill(self._done.wait, warn=True)
             await self._done.wait()
 
+    def _channel(self) -> Any:
+        """The hub's end of the agent channel, if it can carry a message to the agent."""
+        channel = getattr(self.handle, "notify", None)
+        if channel is None or self.done or not hasattr(channel, "send_to_agent"):
+            return None
+        return channel
+
     def send_nowait(self, message: NotifyMessage, *, verify: bool = True) -> bool | None:
         """Send a hub-to-agent message without waiting: ``True`` sent, ``False`` the agent
         cannot take it now (gone, no channel, or its queue is full), ``None`` this
         channel cannot send without waiting (use :meth:`send`)."""
-        channel = getattr(self.handle, "notify", None)
-        if channel is None or self.done or not hasattr(channel, "send_to_agent"):
+        channel = self._channel()
+        if channel is None:
             return False
         send_nowait = getattr(channel, "send_nowait", None)
         if send_nowait is None:
@@ -357,16 +355,10 @@ class ProcessActor:
         """Send a hub-to-agent message; ``False`` if the agent cannot take it (no channel,
         gone, or its queue stayed full for ``timeout`` seconds). ``verify=False``: the
         caller built it from checked values (see :func:`~supervisor._notify.encode`)."""
-        channel = getattr(self.handle, "notify", None)
-        if channel is None or self.done or not hasattr(channel, "send_to_agent"):
-            return False
-        send_nowait = getattr(channel, "send_nowait", None)
-        if send_nowait is not None:  # the common case: room in the agent's queue
-            try:
-                if send_nowait(message, verify=verify):
-                    return True
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
+        sent = self.send_nowait(message, verify=verify)  # the common case: room for it
+        channel = self._channel()
+        if sent or channel is None:
+            return bool(sent)
         with trio.move_on_after(timeout):
             try:
                 await channel.send_to_agent(message)
@@ -456,7 +448,7 @@ class ProcessActor:
             msg = parse_notify(data)
         except InvalidNotifyMessage as exc:
             self._rejected += 1
-            self._shared.counters.notify_rejected += 1
+            self._ctx.notify_rejected += 1
             if now - self._logged_at >= _BAD_NOTIFY_LOG_EVERY:
                 self._logged_at = now
                 _log.warning(
@@ -502,7 +494,7 @@ class ProcessActor:
         return True
 
     def _to_work(self, msg: NotifyMessage) -> None:
-        sink = self._shared.counters.agent_sink
+        sink = self._ctx.agent_sink
         if sink is not None:
             spec = self.spec
             sink(
@@ -602,7 +594,7 @@ class ProcessActor:
         text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
         at = time.time()
         self._ring.append((at, prefix + text))
-        for tap in self._shared.counters.output_taps:
+        for tap in self._ctx.output_taps:
             tap(OutputLine(at, self.spec.id, self.path, name, text))
         if self.spec.output.events:
             self._publish(ChildOutput, stream=name, line=text)

@@ -495,13 +495,10 @@ class Supervisor:
         try:
             m.proc = spawn_actor(
                 spec,
-                backend=self._ctx.backend,
                 env=env,
                 incarnation=m.incarnation,
                 path=self.path,
-                bus=self._ctx.bus,
-                handles=self._ctx.handles,
-                counters=self._ctx,
+                context=self._ctx,
                 ring=m.ring,
                 report=self._send.send_nowait,
             )
