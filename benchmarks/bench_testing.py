@@ -1,0 +1,109 @@
+"""``supervisor.testing`` throughput: schedule examples a second on the docs' example tree.
+
+Usage: python benchmarks/bench_testing.py [--examples 300] [--repeat 3] [--json FILE]
+
+Runs the property of ``docs/examples/test_my_tree.py`` (``run_schedule(TREE, schedule,
+max_agents=5)`` then ``check_all``) and reports, per repeat:
+
+* ``hypothesis``: ``--examples`` examples drawn by Hypothesis from ``schedules(TREE)``
+  (no database, no deadline, no shrinking needed: the property holds), examples/s as a
+  user's ``pytest`` run sees it, drawing included;
+* ``run+check``: the same number of schedules drawn first, then only ``run_schedule`` and
+  ``check_all`` timed: the simulator's own rate.
+
+The target (issue 10) is 300 examples/s for ``hypothesis``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,
+)
+
+from supervisor.testing import Schedule, check_all, run_schedule, schedules  # noqa: E402
+
+
+def _example_tree() -> object:
+    path = ROOT / "docs" / "examples" / "test_my_tree.py"
+    spec = importlib.util.spec_from_file_location("_docs_example_tree", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TREE
+
+
+def with_hypothesis(tree: object, n: int) -> float:
+    count = 0
+
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(schedules(tree))  # type: ignore[arg-type]
+    def prop(schedule: Schedule) -> None:
+        nonlocal count
+        count += 1
+        check_all(run_schedule(tree, schedule, max_agents=5))  # type: ignore[arg-type]
+
+    t0 = time.perf_counter()
+    prop()
+    return count / (time.perf_counter() - t0)
+
+
+def run_and_check(tree: object, n: int) -> float:
+    drawn: list[Schedule] = []
+
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def draw(data: st.DataObject) -> None:
+        drawn.append(data.draw(schedules(tree)))  # type: ignore[arg-type]
+
+    draw()
+    t0 = time.perf_counter()
+    for schedule in drawn:
+        check_all(run_schedule(tree, schedule, max_agents=5))  # type: ignore[arg-type]
+    return len(drawn) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    tree = _example_tree()
+    rows: dict[str, list[float]] = {"hypothesis": [], "run+check": []}
+    for _ in range(args.repeat):
+        rows["hypothesis"].append(with_hypothesis(tree, args.examples))
+        rows["run+check"].append(run_and_check(tree, args.examples))
+    print(f"supervisor.testing on docs/examples/test_my_tree.py, {args.examples} examples")
+    print(f"{'':12} {'median/s':>9}   runs")
+    for name, values in rows.items():
+        runs = ", ".join(f"{v:.0f}" for v in values)
+        print(f"{name:12} {statistics.median(values):9.0f}   {runs}")
+    rate = statistics.median(rows["hypothesis"])
+    print(f"target: 300 examples/s (hypothesis): {rate / 300:.2f}x of it")
+    if args.json:
+        summary = {k: {"median": statistics.median(v), "runs": v} for k, v in rows.items()}
+        args.json.write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
