@@ -43,6 +43,7 @@ from ._log import log_events, log_kinds, logger
 from ._redis import RedisMirror
 from ._registry import Registry
 from ._spec import AnySpec, SupervisorSpec, check_specs
+from ._work import WorkService
 
 __all__ = ["load_spec", "main", "run_hub"]
 
@@ -156,20 +157,40 @@ def run_hub(
     redis: str | None = None,
     redis_prefix: str = "hubvisor",
     services: Sequence[Service] = (),
+    hub_id: str | None = None,
+    lease: float = 10.0,
 ) -> int:
     """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
 
     ``control_socket``: ``"auto"`` serves :mod:`hubvisor ctl <supervisor._control>` requests
     on the default path for the hub's id, a path serves them there, ``None`` disables it.
-    ``redis``: mirror the agent registry to this Redis URL under ``redis_prefix`` (default:
-    the registry lives in memory only).
+    ``redis``: keep the work in durable queues on this Redis (shared by every hub that uses
+    it, each holding its items on a ``lease`` of seconds) and mirror the agent registry
+    there, under ``redis_prefix`` (default: both live in the hub's memory only).
+    ``hub_id``: the hub's id (default: the root spec's name); hubs sharing a Redis need
+    different ones.
     """
     registry = None
+    work = None
     if redis is not None:
+        from ._work_redis import RedisWorkQueue  # redis-py is imported only when used
+
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
         registry = Registry(mirror=mirror)
-    hub = Hub(spec, max_agents=max_agents, registry=registry, services=services)
+        work = WorkService(RedisWorkQueue(redis, prefix=redis_prefix, lease=lease))
+    hub = Hub(
+        spec,
+        max_agents=max_agents,
+        registry=registry,
+        services=services,
+        work=work,
+        hub_id=hub_id,
+    )
+    if work is not None:
+        store = work.queue
+        assert isinstance(store, RedisWorkQueue)
+        store.check_hub_id(hub.context.hub_id)
     socket_path = (
         None
         if control_socket is None
@@ -239,14 +260,30 @@ _common = [
         envvar="HUBVISOR_REDIS_URL",
         default=None,
         callback=lambda ctx, param, value: _check_redis_url(value),
-        help="Mirror the agent registry to Redis (redis://[:password@]host[:port][/db] or "
+        help="Keep the work in durable queues on Redis, shared with every hub that uses it, "
+        "and mirror the agent registry there (redis://[:password@]host[:port][/db] or "
         "rediss:// for TLS; also $HUBVISOR_REDIS_URL, which keeps the password out of ps).",
     ),
     click.option(
         "--redis-prefix",
         default="hubvisor",
         show_default=True,
-        help="The first element of every Redis key the registry writes.",
+        help="The first element of every Redis key the hub writes.",
+    ),
+    click.option(
+        "--lease",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="With --redis: seconds a dead hub's work stays leased to it before another "
+        "hub sharing the Redis takes it (a live hub renews its leases every third of that).",
+    ),
+    click.option(
+        "--hub-id",
+        envvar="HUBVISOR_HUB_ID",
+        default=None,
+        help="The hub's id (default: the root spec's name); hubs sharing a Redis need "
+        "different ones. Also $HUBVISOR_HUB_ID.",
     ),
 ]
 

@@ -464,7 +464,7 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
             }
         )
     counts = Counter(str(item.status) for item in hub.work.items())
-    return {
+    result = {
         "schema_version": SCHEMA_VERSION,
         "hub": {
             "id": hub.context.hub_id,
@@ -474,6 +474,9 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         },
         "agents": agents,
     }
+    if args.get("cluster"):
+        result["cluster"] = await hub.work.cluster()
+    return result
 
 
 def _agent_types(hub: Hub) -> set[str]:
@@ -495,7 +498,11 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     item = hub.work.submit(
         args["type"], args["payload"], max_deliveries=args.get("max_deliveries"), source="cli"
     )
-    return item.to_json()
+    # Durable before the answer when a store keeps the work (Redis): a "submitted" that
+    # only lived in the hub's memory could be lost with it. During a Redis outage the hub
+    # holds it and says so.
+    stored = await hub.work.stored(item.id)
+    return {**item.to_json(), "stored": stored}
 
 
 async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:
@@ -503,11 +510,11 @@ async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:
 
 
 async def _work_show(hub: Hub, args: Args, background: trio.Nursery) -> Any:
-    return hub.work.get(args["id"]).to_json()
+    return (await hub.work.fetch(args["id"])).to_json()
 
 
 async def _work_retry(hub: Hub, args: Args, background: trio.Nursery) -> Any:
-    return hub.work.retry(args["id"]).to_json()
+    return (await hub.work.retry_any(args["id"])).to_json()
 
 
 async def _tail(hub: Hub, args: Args, out: Stream) -> None:
@@ -726,6 +733,33 @@ def _show_status(result: Any, args: Args) -> None:
             Text(a["last_exit"] or "", style="red" if a["last_exit"] else ""),
         )
     console.print(table)
+    if "cluster" in result:
+        _show_cluster(console, result["cluster"])
+
+
+def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
+    hubs = Table(box=box.SIMPLE_HEAD, title=f"hubs sharing Redis (prefix {cluster['prefix']})")
+    for col in ("hub", "state", "host", "pid", "agents", "lease age", "holding"):
+        hubs.add_column(col, justify="right" if col in ("pid", "lease age") else "left")
+    for h in cluster["hubs"]:
+        agents = ", ".join(f"{n} {t}" for t, n in sorted(h["agents"].items())) or "-"
+        holding = ", ".join(f"{n} {t}" for t, n in sorted(h["holding"].items())) or "-"
+        hubs.add_row(
+            Text(h["id"]),
+            Text("alive" if h["alive"] else "dead", style="" if h["alive"] else "bold red"),
+            Text(h["host"] or "-"),
+            str(h["pid"] or "-"),
+            Text(agents),
+            _secs(h["lease_age"]),
+            Text(holding, style="" if h["alive"] or holding == "-" else "red"),
+        )
+    console.print(hubs)
+    queues = Table(box=box.SIMPLE_HEAD, title="durable queues")
+    for col in ("type", "waiting", "in flight", "dead"):
+        queues.add_column(col, justify="left" if col == "type" else "right")
+    for agent_type, q in sorted(cluster["queues"].items()):
+        queues.add_row(Text(agent_type), str(q["waiting"]), str(q["in_flight"]), str(q["dead"]))
+    console.print(queues)
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -769,6 +803,12 @@ def _show_item(item: Any, args: Args) -> None:
 
 def _show_submitted(item: Any, args: Args) -> None:
     click.echo(item["id"])
+    if item.get("stored") is False:
+        click.echo(
+            "warning: Redis did not answer in time; the hub holds the item and writes it "
+            "when Redis is back (it is lost if the hub dies first)",
+            err=True,
+        )
 
 
 def _show_retried(item: Any, args: Args) -> None:
@@ -872,8 +912,19 @@ OPS: dict[str, Op] = {
             "age, assignment, last exit.\n\n"
             "--json prints one object: schema_version, hub, and agents (id, type, "
             "supervisor, pid, status, uptime, restarts, heartbeat_age, assignment, "
-            "last_exit).",
+            "last_exit); with --cluster also cluster: hubs (id, alive, host, pid, agents, "
+            "lease_age, holding) and queues (waiting, in_flight, dead per type).",
             _status,
+            fields=(
+                Field(
+                    "cluster",
+                    bool,
+                    "also every hub sharing the hub's Redis and the durable queues per type",
+                    True,
+                    required=False,
+                    flag="--cluster",
+                ),
+            ),
             show=_show_status,
             cli="status",
         ),

@@ -53,6 +53,7 @@ __all__ = [
     "WorkReclaimed",
     "WorkRefused",
     "WorkService",
+    "WorkStore",
     "WorkSubmitted",
 ]
 
@@ -474,6 +475,23 @@ class MemoryWorkQueue:
             self._requeue(item, front=True)
         return Verdict(True, item=item)
 
+    def adopt(self, item: WorkItem) -> None:
+        """Hold ``item`` (taken from a shared store) and queue it behind the others."""
+        self._items[item.id] = item
+        self._requeue(item, front=False)
+
+    def forget(self, item_id: str) -> WorkItem | None:
+        """Drop the item (another hub took it): whoever holds it here is refused later."""
+        item = self._items.pop(item_id, None)
+        if item is None:
+            return None
+        queue = self._queues.get(item.agent_type)
+        if queue is not None and item_id in queue:
+            queue.remove(item_id)
+        if item.agent is not None and self._held.get(item.agent) == item_id:
+            del self._held[item.agent]
+        return item
+
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item again, with its deliveries reset."""
         item = self.get(item_id)
@@ -488,6 +506,36 @@ class MemoryWorkQueue:
         item.finished_at = None
         self._requeue(item, front=False)
         return item
+
+
+@runtime_checkable
+class WorkStore(Protocol):
+    """A :class:`WorkQueue` whose record lives in a shared store (Redis Streams): it runs
+    its own actor beside the service and answers the queries that need the store."""
+
+    async def run(self, service: WorkService, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep the store in step until cancelled."""
+        ...
+
+    def poke(self) -> None:
+        """Idle agents appeared: look for work soon."""
+        ...
+
+    async def stored(self, item_id: str, timeout: float) -> bool:
+        """Wait until a submitted item is durable (False after ``timeout``)."""
+        ...
+
+    async def fetch(self, item_id: str) -> WorkItem:
+        """The item, wherever it is."""
+        ...
+
+    async def retry_any(self, item_id: str) -> WorkItem:
+        """Queue a dead or failed item again, whichever hub held it."""
+        ...
+
+    async def cluster(self) -> dict[str, Any]:
+        """Every hub sharing the store, and the queues per type."""
+        ...
 
 
 # --------------------------------------------------------------------------------------
@@ -545,6 +593,7 @@ class WorkService:
                 f"WorkService(max_deliveries=...) must be an int >= 1 (got {max_deliveries!r})"
             )
         self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
+        self._store = self.queue if isinstance(self.queue, WorkStore) else None
         self.max_deliveries = max_deliveries
         self.refused = 0
         """Agent answers refused (stale attempts, items not held, bad payloads)."""
@@ -617,6 +666,84 @@ class WorkService:
         item = self.queue.held_by(agent_id)
         return item.id if item is not None else None
 
+    @property
+    def store(self) -> WorkStore | None:
+        """The shared store behind the queue (None for the in-memory queue)."""
+        return self._store
+
+    async def stored(self, item_id: str, timeout: float = 5.0) -> bool:
+        """Whether a submitted item is durable (at once for the in-memory queue)."""
+        return True if self.store is None else await self.store.stored(item_id, timeout)
+
+    async def fetch(self, item_id: str) -> WorkItem:
+        """The item with ``item_id``, from the shared store if this hub does not hold it."""
+        return self.get(item_id) if self.store is None else await self.store.fetch(item_id)
+
+    async def retry_any(self, item_id: str) -> WorkItem:
+        """:meth:`retry`, for an item any hub sharing the store held."""
+        if self.store is None:
+            return self.retry(item_id)
+        item = await self.store.retry_any(item_id)
+        self._poke()
+        return item
+
+    async def cluster(self) -> dict[str, Any]:
+        """Every hub sharing the store and the queues per type (``status --cluster``)."""
+        if self.store is None:
+            raise ControlError(
+                "this hub keeps its work in memory, alone; start it with --redis URL to "
+                "share durable queues with other hubs"
+            )
+        return await self.store.cluster()
+
+    # What a store asks of the service (called from the service's own tasks).
+
+    @property
+    def hub_id(self) -> str:
+        """The hub's id (the store's consumer name)."""
+        return str(self._hub.context.hub_id) if self._hub is not None else "hub"
+
+    def agent_types(self) -> set[str]:
+        """The agent types this hub runs now."""
+        return {a.agent_type for a in self._agents.values() if a.agent_type}
+
+    def agent_counts(self) -> dict[str, int]:
+        """Live agents per type."""
+        counts: dict[str, int] = {}
+        for agent in self._agents.values():
+            if agent.agent_type:
+                counts[agent.agent_type] = counts.get(agent.agent_type, 0) + 1
+        return counts
+
+    def idle_counts(self) -> dict[str, int]:
+        """Idle agents per type (what the store may take for)."""
+        return {t: len(idle) for t, idle in self._idle.items() if idle}
+
+    def poke(self) -> None:
+        """New items were taken from the store: dispatch."""
+        self._poke()
+
+    def lost(self, item: WorkItem, reason: str) -> None:
+        """The store gave ``item`` to another hub (this one's lease ran out)."""
+        agent_id = item.agent or ""
+        if agent_id:
+            self._notes[agent_id] = None
+        self._publish(
+            WorkRefused,
+            agent_id,
+            agent=self._agents.get(agent_id),
+            item_id=item.id,
+            attempt=item.attempt,
+            reason=reason,
+        )
+        self._poke()
+
+    def dead_elsewhere(self, item: WorkItem) -> None:
+        """Taking ``item`` from a hub that lost its lease used its last delivery."""
+        self._publish(
+            WorkDeadLettered, "", item_id=item.id, attempt=item.attempt, reason=item.error or ""
+        )
+
     # ----------------------------------------------------------------------------------
     # The actor
 
@@ -626,10 +753,12 @@ class WorkService:
         feed = self._send.clone()
         hub.bus.attach(feed, _SERVICE_KINDS)
         hub.context.agent_sink = self._send.send_nowait
-        task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.store is not None:
+                    await nursery.start(self.store.run, self)
+                task_status.started()
                 nursery.start_soon(self._dispatcher)
                 async for msg in self._inbox:
                     if isinstance(msg, AgentMessage):
@@ -748,7 +877,11 @@ class WorkService:
             agent.gone = True  # its supervisor is stopping it alone (a sibling's restart...)
             return
         if self.queue.held_by(agent_id) is None:
-            self._idle.setdefault(agent.agent_type, {})[agent_id] = None
+            idle = self._idle.setdefault(agent.agent_type, {})
+            if agent_id not in idle:
+                idle[agent_id] = None
+                if self.store is not None and not self.queue.has_work(agent.agent_type):
+                    self.store.poke()
 
     def _stopping(self, agent_id: str) -> bool:
         agent = self._agents.get(agent_id)

@@ -1,5 +1,9 @@
 """A private ``redis-server`` per test, on a free loopback port, stopped at teardown.
 
+Servers persist with ``appendonly yes`` / ``appendfsync everysec`` in a private directory
+(as hubvisor's durable work asks of a production Redis), so a killed and restarted server
+comes back with what it had written; ``appendfsync=None`` runs one that persists nothing.
+
 Import the fixtures into a test module with
 ``from .redis_server import redis_server, redis_server_factory``. The fixtures are
 function-scoped, so the leak check of ``conftest.py`` runs after the server is gone.
@@ -32,14 +36,19 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process that a test can stop, kill, pause and restart."""
 
-    def __init__(self, password: str | None = None, tls: bool = False) -> None:
+    def __init__(
+        self, password: str | None = None, tls: bool = False, appendfsync: str | None = "everysec"
+    ) -> None:
         if not os.path.exists(REDIS_SERVER):
             pytest.skip("redis-server is not installed (.ci/run installs it)")
         self.port = free_port()
         self.password = password
+        self.appendfsync = appendfsync  # None: no persistence at all
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.ca: str | None = None
+        # The append-only file lives here, so a restarted server has what was written.
+        self._data = tempfile.TemporaryDirectory(prefix="hubvisor-redis-data-")
         if tls:
             if shutil.which("openssl") is None:
                 pytest.skip("openssl is needed to make a TLS certificate")
@@ -91,8 +100,13 @@ class RedisServer:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            "--dir",
+            self._data.name,
+            *(
+                ["--appendonly", "no"]
+                if self.appendfsync is None
+                else ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+            ),
             "--daemonize",
             "no",
             "--loglevel",
@@ -151,6 +165,7 @@ class RedisServer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        self._data.cleanup()
 
 
 @pytest.fixture
@@ -159,8 +174,13 @@ def redis_server_factory() -> Iterator[type[RedisServer]]:
     started: list[RedisServer] = []
 
     class Factory(RedisServer):
-        def __init__(self, password: str | None = None, tls: bool = False) -> None:
-            super().__init__(password, tls)
+        def __init__(
+            self,
+            password: str | None = None,
+            tls: bool = False,
+            appendfsync: str | None = "everysec",
+        ) -> None:
+            super().__init__(password, tls, appendfsync)
             started.append(self)
             self.start()
 

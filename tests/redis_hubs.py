@@ -1,0 +1,172 @@
+"""Real ``hubvisor run`` processes sharing one real ``redis-server``, for the durable-work
+tests: start, SIGKILL, SIGSTOP/SIGCONT and stop hubs; submit through their control
+sockets; read the record (the per-type ``log`` stream) straight from Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from supervisor._control import request
+
+HUBVISOR = str(Path(sys.executable).with_name("hubvisor"))
+
+# An agent that sleeps payload["sleep"] seconds, then answers with who did it; it
+# heartbeats from a thread the whole time.
+AGENT = r"""
+import json, os, socket, sys, threading, time
+s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
+lock = threading.Lock()
+def send(text):
+    with lock:
+        s.send(text.encode())
+def beat():
+    while True:
+        time.sleep(0.1)
+        send("HEARTBEAT")
+threading.Thread(target=beat, daemon=True).start()
+send("HELLO=1")
+send("READY")
+me = os.environ["HUBVISOR_HUB_ID"] + "/" + os.environ["HUBVISOR_AGENT_ID"] + "/" + str(os.getpid())
+while True:
+    data = s.recv(65536)
+    if not data:
+        sys.exit(0)
+    word, _, rest = data.decode().partition("=")
+    if word == "STOP":
+        sys.exit(0)
+    if word != "ASSIGN":
+        continue
+    a = json.loads(rest)
+    time.sleep(a["payload"].get("sleep", 0))
+    send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": {"n": a["payload"].get("n"), "by": me}}))
+"""
+
+SPEC = f"""
+import sys
+from supervisor import ChildSpec, PoolSpec
+from strategies import Intensity
+AGENT = {AGENT!r}
+tree = [
+    PoolSpec(
+        agent_type="w",
+        size={{size}},
+        template=ChildSpec(
+            id="w", argv=[sys.executable, "-c", AGENT], agent_type="w",
+            heartbeat_timeout=2.0, shutdown=2.0,
+        ),
+        intensity=Intensity(max_restarts=1000, window=1.0),
+    )
+]
+"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+    """Poll ``predicate`` (OS or Redis state, which sends no events) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+class HubProc:
+    """One ``hubvisor run --redis`` process with its own control socket."""
+
+    def __init__(self, tmp: Path, hub_id: str, url: str, *, size: int = 2, lease: float = 1.5):
+        self.hub_id = hub_id
+        self.url = url
+        self.lease = lease
+        self.spec = tmp / f"spec-{size}.py"
+        self.spec.write_text(SPEC.replace("{size}", str(size)))
+        self.socket = tmp / f"{hub_id}.sock"
+        self.log = tmp / f"{hub_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> HubProc:
+        argv = [HUBVISOR, "run", str(self.spec), "--redis", self.url, "--hub-id", self.hub_id]
+        argv += ["--lease", str(self.lease), "--socket", str(self.socket)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+            )
+        wait_for(self._ready, 60, f"hub {self.hub_id} to serve with its agents running")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"hub {self.hub_id} exited:\n{self.log.read_text()[-3000:]}")
+        try:
+            status = self.call("status")
+        except Exception:
+            return False
+        return bool(status["agents"]) and all(a["status"] != "starting" for a in status["agents"])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def call(self, op: str, **args: Any) -> Any:
+        return request(self.socket, {"op": op, **args}, 10.0)
+
+    def submit(self, payload: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("submit", type="w", payload=payload)
+        return result
+
+    def agent_pids(self) -> list[int]:
+        return [a["pid"] for a in self.call("status")["agents"] if a["pid"]]
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def record(client: redis.Redis, agent_type: str = "w") -> list[dict[str, str]]:
+    """Every final outcome written for ``agent_type``, in order."""
+    rows = client.xrange(f"hubvisor:work:{{{agent_type}}}:log")
+    return [{str(k): str(v) for k, v in fields.items()} for _id, fields in rows]
+
+
+def outcomes(client: redis.Redis) -> Counter[str]:
+    """How many final outcomes each item has in the record (each must have exactly one)."""
+    return Counter(row["item"] for row in record(client))
+
+
+def item(client: redis.Redis, item_id: str) -> dict[str, Any]:
+    raw = client.hgetall(f"hubvisor:work:{{w}}:item:{item_id}")
+    fields: dict[str, Any] = {str(k): str(v) for k, v in raw.items()}
+    if fields.get("result"):
+        fields["result"] = json.loads(fields["result"])
+    return fields
