@@ -1,0 +1,673 @@
+"""Prometheus metrics of a hub, served over HTTP by a hub service.
+
+:class:`MetricsService` counts what happens from the event bus (restarts, exits, hangs,
+work submitted, completed, reclaimed...) and reads what *is* from the hub when scraped
+(agents by status, heartbeat ages, queue depth, CPU and memory of each agent's process
+group from ``/proc``). The exposition is ``prometheus_client``'s text format, from a
+registry of its own (never the process-global one), served by a small trio HTTP handler;
+the ``/proc`` reads run in a worker thread, so a scrape never blocks supervision.
+
+Every name starts with ``hubvisor_`` and is in base units (seconds, bytes). No label
+takes an unbounded value: item ids never appear; agent ids do, since the spec bounds
+them. ``docs/metrics.md`` lists every metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+from ._errors import ConfigError, HubvisorError
+from ._events import (
+    ChildExited,
+    ChildHung,
+    ChildRestarting,
+    ChildSpawnFailed,
+    ChildStarting,
+    Event,
+)
+from ._spec import AnySpec, SupervisorSpec
+from ._work import (
+    ItemStatus,
+    WorkAssigned,
+    WorkCompleted,
+    WorkDeadLettered,
+    WorkFailed,
+    WorkReclaimed,
+    WorkRefused,
+    WorkSubmitted,
+)
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["CONTENT_TYPE", "GroupUsage", "MetricsService", "parse_address", "sample_groups"]
+
+_log = logging.getLogger("hubvisor")
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+"""The content type of the exposition (Prometheus text format 0.0.4)."""
+
+_EVENT_KINDS: Final = (
+    "starting",
+    "spawn_failed",
+    "hung",
+    "exited",
+    "restarting",
+    "work_submitted",
+    "work_assigned",
+    "work_completed",
+    "work_failed",
+    "work_reclaimed",
+    "work_dead",
+    "work_refused",
+)
+_TIME_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+"""Histogram buckets in seconds: from a quick item (5 ms) to an agent's hour of work."""
+_MAX_TRACKED: Final = 100_000
+"""Open items whose times are kept; beyond that the oldest are forgotten (no timing)."""
+_MAX_HEAD: Final = 8192
+_REQUEST_TIMEOUT: Final = 10.0
+
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6) as ``(host, port)``; port 0: any free one.
+
+    Raises:
+        ConfigError: not ``HOST:PORT``, or the port is not 0..65535.
+    """
+    example = "write e.g. '127.0.0.1:9464' (port 0: any free port; 0.0.0.0: every interface)"
+    if not isinstance(address, str):
+        raise ConfigError(
+            f"the metrics address must be a string HOST:PORT (got {address!r}); {example}"
+        )
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"the metrics address {address!r} is not HOST:PORT; {example}")
+    number = int(port)
+    if number > 65535:
+        raise ConfigError(f"the metrics port {number} in {address!r} is over 65535; {example}")
+    return host, number
+
+
+# --------------------------------------------------------------------------------------
+# /proc
+
+
+@attrs.frozen
+class GroupUsage:
+    """What the live processes of one process group use.
+
+    Attributes:
+        cpu_seconds: user + system CPU time of the members, and of the children they
+            waited for (``cutime``/``cstime``).
+        resident_bytes: the members' resident set sizes, summed (shared pages count
+            once per process, as ``ps`` shows them).
+        processes: how many live processes the group has.
+    """
+
+    cpu_seconds: float = 0.0
+    resident_bytes: int = 0
+    processes: int = 0
+
+
+def sample_groups(pgids: Iterable[int], proc: str = "/proc") -> dict[int, GroupUsage]:
+    """CPU, resident memory and size of each process group in ``pgids``, from ``/proc``.
+
+    One pass over ``/proc/*/stat`` (a process's group is only found there), so the cost
+    grows with the processes on the host, not with the groups asked for. Groups with
+    no live process are left out. Blocking: call it from a worker thread.
+    """
+    wanted = set(pgids)
+    cpu: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    count: dict[int, int] = {}
+    if not wanted:
+        return {}
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # it ended meanwhile
+        # The command name may hold spaces and parentheses: split after the last ')'.
+        fields = data.rpartition(b")")[2].split()
+        try:
+            pgrp = int(fields[2])
+            if pgrp not in wanted or fields[0] == b"Z":
+                continue
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            pages = int(fields[21])
+        except (IndexError, ValueError):
+            continue
+        cpu[pgrp] = cpu.get(pgrp, 0) + ticks
+        rss[pgrp] = rss.get(pgrp, 0) + pages
+        count[pgrp] = count.get(pgrp, 0) + 1
+    return {g: GroupUsage(cpu[g] / _CLK_TCK, rss[g] * _PAGE_SIZE, count[g]) for g in count}
+
+
+# --------------------------------------------------------------------------------------
+# The service
+
+
+@attrs.define
+class _Open:
+    """Times of one work item that has not ended, for the wait and run histograms."""
+
+    agent_type: str
+    queued_at: float | None
+    assigned_at: float | None = None
+
+
+class MetricsService:
+    """A hub service serving Prometheus metrics over HTTP at ``http://ADDRESS/metrics``.
+
+    Args:
+        address: ``"HOST:PORT"`` to listen on; port 0 picks a free one (see
+            :attr:`port` once the service has started).
+
+    ``registry`` is its own ``CollectorRegistry``: render it yourself with
+    ``prometheus_client.generate_latest(service.registry)`` from the hub's trio thread,
+    or ``await service.scrape()`` (which samples ``/proc`` first, in a thread).
+
+    Example::
+
+        metrics = MetricsService("127.0.0.1:9464")
+        hub = Hub(spec, services=[metrics])
+        # curl -s http://127.0.0.1:9464/metrics | grep hubvisor_work
+
+    Raises:
+        ConfigError: ``address`` is not ``HOST:PORT``.
+    """
+
+    name = "metrics"
+
+    def __init__(self, address: str = "127.0.0.1:9464") -> None:
+        self.host, self.port = parse_address(address)
+        self.registry = CollectorRegistry()
+        """Every metric of this service (the event-fed ones and the hub's state)."""
+        self.last_sample_seconds = 0.0
+        """How long the last ``/proc`` sample took (wall-clock seconds)."""
+        self._hub: Hub | None = None
+        self._types: dict[str, str | None] = {}  # child id -> agent type
+        self._hung: set[tuple[str, int]] = set()  # (child id, pid) found hung
+        self._open: dict[str, _Open] = {}  # item id -> its times
+        self._usage: dict[int, GroupUsage] = {}  # pgid -> usage, from the last sample
+        self._sampling = trio.Lock()
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ("type",)) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry)
+
+        self.restarts = counter(
+            "hubvisor_restarts", "Restarts of children by their supervisors, by agent type."
+        )
+        self.exits = counter(
+            "hubvisor_exits",
+            "Processes that ended, by agent type and reason: stopped (asked to), hang, "
+            "exit_0, exit_nonzero, or the name of the signal that killed it (SIGKILL...).",
+            ("type", "reason"),
+        )
+        self.spawn_failures = counter(
+            "hubvisor_spawn_failures", "Children whose process could not be spawned at all."
+        )
+        self.failed_starts = counter(
+            "hubvisor_failed_starts",
+            "Processes that ended within their start period (or before READY).",
+        )
+        self.hangs = counter(
+            "hubvisor_hangs", "Children found silent past their heartbeat timeout."
+        )
+        self.submitted = counter("hubvisor_work_submitted", "Work items submitted, by type.")
+        self.assigned = counter(
+            "hubvisor_work_assigned", "Deliveries of work items to agents (attempts), by type."
+        )
+        self.completed = counter("hubvisor_work_completed", "Work items completed, by type.")
+        self.failed = counter(
+            "hubvisor_work_failed",
+            "Failures agents reported, by type; final=true: not retried (status failed).",
+            ("type", "final"),
+        )
+        self.reclaimed = counter(
+            "hubvisor_work_reclaimed",
+            "Items taken back from an agent and queued again, by type and reason "
+            "(exit, hang, stop, handback, unreachable).",
+            ("type", "reason"),
+        )
+        self.dead = counter(
+            "hubvisor_work_dead_lettered", "Items that used up their deliveries, by type."
+        )
+        self.refused = counter(
+            "hubvisor_work_refused",
+            "Agents' answers the queue refused (stale attempts, items not held), by the "
+            "agent's type.",
+        )
+        self.wait_time = Histogram(
+            "hubvisor_work_wait_seconds",
+            "Seconds an item waited in its queue before an agent got it (per delivery).",
+            ("type",),
+            buckets=_TIME_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_time = Histogram(
+            "hubvisor_work_run_seconds",
+            "Seconds from a delivery to its end, by type and outcome (completed, failed, "
+            "reclaimed, dead).",
+            ("type", "outcome"),
+            buckets=_TIME_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_HubCollector(self))
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT/metrics`` (the bound port once started)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
+        """Serve as a hub service (see :class:`~supervisor.Service`).
+
+        Raises:
+            ConfigError: the address cannot be listened on (in use, not local...).
+        """
+        self._hub = hub
+        for agent_type in _agent_types(hub):
+            for c in (
+                self.submitted,
+                self.completed,
+                self.dead,
+                self.restarts,
+                self.failed_starts,
+                self.hangs,
+                self.spawn_failures,
+            ):
+                c.labels(agent_type)  # a type with nothing yet shows 0, not nothing
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
+                "pick a free port (or 0: any) and an address of this host"
+            ) from None
+        self.port = listeners[0].socket.getsockname()[1]
+        with hub.bus.subscribe(kinds=_EVENT_KINDS) as events:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+                _log.info("metrics: %s", self.url)
+                task_status.started()
+                async for event in events:
+                    self.observe(event)
+
+    # ----------------------------------------------------------------------------------
+    # Events
+
+    def observe(self, event: Event) -> None:
+        """Count one event (the service calls it for every event it subscribed to)."""
+        match event:
+            case ChildStarting():
+                self._types[event.child_id] = event.agent_type
+            case ChildSpawnFailed():
+                self.spawn_failures.labels(self._type_of(event.child_id)).inc()
+            case ChildHung():
+                self._hung.add((event.child_id, event.pid))
+                self.hangs.labels(self._type_of(event.child_id)).inc()
+            case ChildExited():
+                hung = (event.child_id, event.pid) in self._hung
+                self._hung.discard((event.child_id, event.pid))
+                agent_type = self._type_of(event.child_id)
+                self.exits.labels(agent_type, _exit_reason(event, hung)).inc()
+                if event.failed_start:
+                    self.failed_starts.labels(agent_type).inc()
+            case ChildRestarting():
+                self.restarts.labels(self._type_of(event.child_id)).inc()
+            case WorkSubmitted():
+                self._track(event.item_id, _Open(event.agent_type, event.at))
+                self.submitted.labels(event.agent_type).inc()
+            case WorkAssigned():
+                item = self._item(event.item_id, event.child_id)
+                self.assigned.labels(item.agent_type).inc()
+                if item.queued_at is not None:
+                    self.wait_time.labels(item.agent_type).observe(event.at - item.queued_at)
+                item.queued_at, item.assigned_at = None, event.at
+            case WorkCompleted():
+                item = self._ended(event.item_id, event.child_id, "completed", event.at)
+                self.completed.labels(item.agent_type).inc()
+                self._open.pop(event.item_id, None)
+            case WorkFailed():
+                item = self._ended(event.item_id, event.child_id, "failed", event.at)
+                self.failed.labels(item.agent_type, "true" if event.final else "false").inc()
+                if event.final:
+                    self._open.pop(event.item_id, None)
+                else:
+                    item.queued_at = event.at
+            case WorkReclaimed():
+                item = self._ended(event.item_id, event.child_id, "reclaimed", event.at)
+                self.reclaimed.labels(item.agent_type, event.reason).inc()
+                item.queued_at = event.at
+            case WorkDeadLettered():
+                item = self._ended(event.item_id, event.child_id, "dead", event.at)
+                self.dead.labels(item.agent_type).inc()
+                self._open.pop(event.item_id, None)
+            case WorkRefused():
+                self.refused.labels(self._type_of(event.child_id)).inc()
+            case _:
+                pass
+
+    def _type_of(self, child_id: str) -> str:
+        if child_id in self._types:
+            return self._types[child_id] or ""
+        hub = self._hub
+        if hub is not None:  # never started (e.g. its first spawn failed): ask the tree
+            for row in hub.which_children():
+                if row.info.id == child_id:
+                    self._types[child_id] = row.info.agent_type
+                    return row.info.agent_type or ""
+        return ""
+
+    def _track(self, item_id: str, item: _Open) -> _Open:
+        self._open[item_id] = item
+        while len(self._open) > _MAX_TRACKED:
+            del self._open[next(iter(self._open))]
+        return item
+
+    def _item(self, item_id: str, agent_id: str) -> _Open:
+        """The times of an open item; one the service has not seen submitted (retried
+        from the dead letters, adopted from another hub) gets its type from the queue."""
+        item = self._open.get(item_id)
+        if item is not None:
+            return item
+        agent_type = None
+        if self._hub is not None:
+            with contextlib.suppress(HubvisorError):  # forgotten: the agent's type then
+                agent_type = self._hub.work.get(item_id).agent_type
+        return self._track(item_id, _Open(agent_type or self._type_of(agent_id), None))
+
+    def _ended(self, item_id: str, agent_id: str, outcome: str, at: float) -> _Open:
+        item = self._item(item_id, agent_id)
+        if item.assigned_at is not None:
+            self.run_time.labels(item.agent_type, outcome).observe(at - item.assigned_at)
+            item.assigned_at = None
+        return item
+
+    # ----------------------------------------------------------------------------------
+    # Scraping
+
+    async def scrape(self) -> bytes:
+        """Sample the agents' process groups (in a worker thread), then render every
+        metric in the Prometheus text format."""
+        async with self._sampling:
+            pgids = [pid for _, _, pid in self._agents()]
+            started = time.perf_counter()
+            self._usage = await trio.to_thread.run_sync(sample_groups, pgids)
+            self.last_sample_seconds = time.perf_counter() - started
+        # No checkpoint between here and the end: the hub's state is read in one step.
+        return generate_latest(self.registry)
+
+    def _agents(self) -> Iterator[tuple[str, str, int]]:
+        """``(agent id, type, pid)`` of every worker child with a live process."""
+        if self._hub is None:
+            return
+        for row in self._hub.which_children():
+            info = row.info
+            if info.kind == "worker" and info.pid is not None:
+                yield info.id, info.agent_type or "", info.pid
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        # The scraper may go away or stall at any point: nothing to tell it then.
+        with contextlib.suppress(
+            trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
+        ):
+            with trio.fail_after(_REQUEST_TIMEOUT):
+                status, kind, body, method = "200 OK", CONTENT_TYPE, b"", b"GET"
+                try:
+                    head = await _read_head(stream)
+                except _BadRequest as exc:
+                    status, kind, body = "400 Bad Request", "text/plain", f"{exc}\n".encode()
+                else:
+                    method, _, rest = head.partition(b" ")
+                    target = rest.partition(b" ")[0].partition(b"?")[0]
+                    if method not in (b"GET", b"HEAD"):
+                        status, kind, body = "405 Method Not Allowed", "text/plain", b"use GET\n"
+                    elif target != b"/metrics":
+                        status, kind = "404 Not Found", "text/plain"
+                        body = b"hubvisor serves its metrics at /metrics\n"
+                    else:
+                        body = await self.scrape()
+                header = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode()
+                await stream.send_all(header if method == b"HEAD" else header + body)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+async def _read_head(stream: trio.SocketStream) -> bytes:
+    """The request's head (request line and headers), up to the blank line."""
+    data = b""
+    while b"\r\n\r\n" not in data and b"\n\n" not in data:
+        if len(data) > _MAX_HEAD:
+            raise _BadRequest(f"request head over {_MAX_HEAD} bytes")
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise _BadRequest("the connection ended before the request did")
+        data += chunk
+    return data
+
+
+def _exit_reason(event: ChildExited, hung: bool) -> str:
+    """A bounded label for how a process ended."""
+    if event.expected:
+        return "stopped"
+    if hung:
+        return "hang"
+    if event.status.signal is not None:
+        return event.status.describe().removeprefix("killed by ").replace(" ", "_")
+    return "exit_0" if event.status.code == 0 else "exit_nonzero"
+
+
+def _agent_types(hub: Hub) -> set[str]:
+    """Every agent type the tree declares, runs or may grow into."""
+    types = {r.info.agent_type for r in hub.which_children() if r.info.agent_type}
+    todo: list[AnySpec] = [hub.spec]
+    for sup in hub.supervisors():  # children started at run time too
+        todo.extend(sup.child_specs())
+    while todo:
+        spec = todo.pop()
+        if isinstance(spec, SupervisorSpec):
+            todo.extend(spec.children)
+        elif spec.agent_type:
+            types.add(spec.agent_type)
+    return {t for t in types if t}
+
+
+class _HubCollector:
+    """The metrics read from the hub at scrape time (a custom ``prometheus_client``
+    collector; called on the hub's trio thread)."""
+
+    def __init__(self, service: MetricsService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.service._hub
+        if hub is None:
+            return
+        yield from self._agents(hub)
+        yield from self._work(hub)
+        yield from self._hub_counts(hub)
+        yield from self._mirror(hub)
+
+    def _agents(self, hub: Hub) -> Iterator[Metric]:
+        try:
+            now: float | None = trio.current_time()
+        except RuntimeError:  # rendered outside trio: no clock to age heartbeats with
+            now = None
+        records = {r.id: r for r in hub.registry.agents()}
+        statuses: Tally[tuple[str, str]] = Tally()
+        beat = GaugeMetricFamily(
+            "hubvisor_agent_heartbeat_age_seconds",
+            "Seconds since the agent's last heartbeat or status message.",
+            labels=("agent", "type"),
+        )
+        cpu = CounterMetricFamily(
+            "hubvisor_agent_cpu_seconds",
+            "CPU seconds used by the agent's process group (this incarnation; resets on restart).",
+            labels=("agent", "type"),
+        )
+        rss = GaugeMetricFamily(
+            "hubvisor_agent_resident_bytes",
+            "Resident memory of the agent's process group, summed over its processes.",
+            labels=("agent", "type"),
+        )
+        procs = GaugeMetricFamily(
+            "hubvisor_agent_processes",
+            "Live processes in the agent's process group.",
+            labels=("agent", "type"),
+        )
+        usage = self.service._usage
+        for row in hub.which_children():
+            info = row.info
+            if info.kind != "worker":
+                continue
+            agent_type = info.agent_type or ""
+            rec = records.get(info.id)
+            status = rec.status if rec is not None else info.state.value
+            if status == "idle" and hub.work.assignment(info.id) is not None:
+                status = "busy"
+            statuses[agent_type, str(status)] += 1
+            labels = (info.id, agent_type)
+            if now is not None and rec is not None and rec.last_heartbeat is not None:
+                beat.add_metric(labels, max(0.0, now - rec.last_heartbeat))
+            used = usage.get(info.pid) if info.pid is not None else None
+            if used is not None:
+                cpu.add_metric(labels, used.cpu_seconds)
+                rss.add_metric(labels, used.resident_bytes)
+                procs.add_metric(labels, used.processes)
+        agents = GaugeMetricFamily(
+            "hubvisor_agents", "Agents by type and status.", labels=("type", "status")
+        )
+        for (agent_type, status), n in sorted(statuses.items()):
+            agents.add_metric((agent_type, status), n)
+        yield agents
+        yield beat
+        yield cpu
+        yield rss
+        yield procs
+
+    def _work(self, hub: Hub) -> Iterator[Metric]:
+        counts: Tally[tuple[str, ItemStatus]] = Tally(
+            (i.agent_type, i.status) for i in hub.work.items()
+        )
+        types = _agent_types(hub) | {t for t, _ in counts}
+        depth = GaugeMetricFamily(
+            "hubvisor_work_queue_depth", "Work items waiting for an agent.", labels=("type",)
+        )
+        flight = GaugeMetricFamily(
+            "hubvisor_work_in_flight", "Work items an agent holds now.", labels=("type",)
+        )
+        for t in sorted(types):
+            depth.add_metric((t,), counts[t, ItemStatus.QUEUED])
+            flight.add_metric((t,), counts[t, ItemStatus.ASSIGNED])
+        yield depth
+        yield flight
+
+    def _hub_counts(self, hub: Hub) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "hubvisor_events_dropped",
+            "Events lost by bus subscribers that read too slowly.",
+            value=hub.bus.dropped,
+        )
+        yield CounterMetricFamily(
+            "hubvisor_output_dropped",
+            "Output lines lost by output readers that fell behind.",
+            value=hub.output_dropped,
+        )
+        yield CounterMetricFamily(
+            "hubvisor_notify_rejected",
+            "Notify messages from agents the hub rejected (malformed, reserved status...).",
+            value=hub.context.notify_rejected,
+        )
+        yield GaugeMetricFamily(
+            "hubvisor_services_failed",
+            "Hub services that raised and were left out.",
+            value=len(hub.failed_services),
+        )
+        if hub.context.max_agents is not None:
+            yield GaugeMetricFamily(
+                "hubvisor_max_agents",
+                "The most agents the hub may run at once.",
+                value=hub.context.max_agents,
+            )
+        yield GaugeMetricFamily(
+            "hubvisor_proc_sample_seconds",
+            "Wall-clock seconds the last /proc sample of the agents' groups took.",
+            value=self.service.last_sample_seconds,
+        )
+
+    def _mirror(self, hub: Hub) -> Iterator[Metric]:
+        mirror: Any = hub.registry.mirror
+        if mirror is None:
+            return
+        numbers: Mapping[str, tuple[str, str]] = {
+            "flushes": ("hubvisor_registry_mirror_flushes", "Batches the mirror wrote."),
+            "failures": ("hubvisor_registry_mirror_failures", "Batches that failed to write."),
+            "outages": ("hubvisor_registry_mirror_outages", "Outages of the mirror's store."),
+            "events_dropped": (
+                "hubvisor_registry_mirror_events_dropped",
+                "History events the mirror could not keep.",
+            ),
+        }
+        for attr, (name, doc) in numbers.items():
+            value = getattr(mirror, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                yield CounterMetricFamily(name, doc, value=value)
+        connected = getattr(mirror, "connected", None)
+        if isinstance(connected, bool):
+            yield GaugeMetricFamily(
+                "hubvisor_registry_mirror_up",
+                "1 if the mirror's last flush succeeded.",
+                value=int(connected),
+            )

@@ -1,0 +1,279 @@
+"""The metrics service with real agents: scraped over HTTP, parsed with prometheus_client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from supervisor import ChildSpec, ChildState, ConfigError, Hub, ItemStatus, PoolSpec
+from supervisor._metrics import MetricsService, parse_address, sample_groups
+
+from .helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
+
+# An agent that starts a `sleep` in its own process group (so the group has two
+# processes), heartbeats, and answers each ASSIGN with a RESULT; {"crash": true} makes it
+# exit with code 3 on the item's first attempt.
+AGENT = r"""
+import json, os, socket, subprocess, sys, threading, time
+subprocess.Popen(["sleep", "1000"])
+s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
+lock = threading.Lock()
+def send(text):
+    with lock:
+        s.send(text.encode())
+def beat():
+    while True:
+        time.sleep(0.1)
+        send("HEARTBEAT")
+threading.Thread(target=beat, daemon=True).start()
+send("HEARTBEAT")
+send("HELLO=1")
+send("READY")
+while True:
+    data = s.recv(65536)
+    if not data:
+        sys.exit(0)
+    word, _, rest = data.decode().partition("=")
+    if word == "STOP":
+        sys.exit(0)
+    if word != "ASSIGN":
+        continue
+    a = json.loads(rest)
+    if a["payload"].get("crash") and a["attempt"] == 1:
+        os._exit(3)
+    send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": 1}))
+"""
+
+
+def pool(size: int = 2) -> PoolSpec:
+    template = ChildSpec(
+        id="w",
+        argv=[PY, "-c", AGENT],
+        shutdown=2.0,
+        heartbeat_timeout=5.0,
+        ready="notify",
+    )
+    return PoolSpec(agent_type="w", template=template, size=size)
+
+
+def get(url: str) -> tuple[int, str, str]:
+    """GET ``url``: status, content type, body (errors included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(metrics: MetricsService) -> Samples:
+    """Scrape the endpoint over HTTP and parse it with prometheus_client's parser."""
+    status, kind, text = await trio.to_thread.run_sync(get, metrics.url)
+    assert 200 == status
+    assert kind.startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def scrape_until(metrics: MetricsService, ready: Callable[[Samples], bool]) -> Samples:
+    """Scrape until ``ready`` holds: the service reads the bus in its own task, so the
+    last events may reach it a moment after the test saw them."""
+    found: Samples = {}
+    with trio.move_on_after(TIMEOUT):
+        while True:
+            found = await scrape(metrics)
+            if ready(found):
+                return found
+            await trio.sleep(0.05)
+    raise AssertionError(f"the scrapes never got there; the last one: {found}")
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def labelled(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def running_agents(hub: Hub) -> set[str]:
+    rows = hub.which_children()
+    return {
+        r.info.id for r in rows if r.info.kind == "worker" and r.info.state is ChildState.RUNNING
+    }
+
+
+async def finish(hub: Hub, events: Any, n: int) -> None:
+    """Wait until ``n`` items are completed."""
+    with trio.fail_after(TIMEOUT):
+        while len(hub.work.items(ItemStatus.COMPLETED)) < n:
+            await wait_event(events, lambda e: e.kind.startswith("work_"))
+
+
+class TestScrape:
+    async def test_work_restarts_exits_and_agents_are_counted(self) -> None:
+        """Six items (one crashing its agent once) and one SIGKILL: the scrape counts 6
+        submitted and completed, 7 deliveries, one reclaim at exit, two restarts, one exit
+        with a non-zero code and one by SIGKILL; both agents idle with empty queues."""
+        metrics = MetricsService("127.0.0.1:0")
+        async with running([pool()], services=[metrics]) as (hub, events):
+            await wait_all(events, is_("running", "w-agent-1"), is_("running", "w-agent-2"))
+            for n in range(5):
+                hub.work.submit("w", {"n": n})
+            hub.work.submit("w", {"crash": True})
+            await finish(hub, events, 6)
+            await until(lambda: running_agents(hub) == {"w-agent-1", "w-agent-2"})
+            victim = hub.registry.get("w-agent-1")
+            assert victim is not None
+            os.killpg(victim.pid, signal.SIGKILL)
+            await wait_event(events, is_("exited", "w-agent-1", pid=victim.pid))
+            await wait_event(events, is_("running", "w-agent-1"))
+            await hub.registry.sync()
+
+            found = await scrape_until(
+                metrics,
+                lambda s: (
+                    value(s, "hubvisor_exits_total", type="w", reason="SIGKILL") == 1
+                    and value(s, "hubvisor_agents", type="w", status="idle") == 2
+                ),
+            )
+
+            assert 6 == value(found, "hubvisor_work_submitted_total", type="w")
+            assert 6 == value(found, "hubvisor_work_completed_total", type="w")
+            assert 7 == value(found, "hubvisor_work_assigned_total", type="w")
+            assert 1 == value(found, "hubvisor_work_reclaimed_total", type="w", reason="exit")
+            assert 0 == value(found, "hubvisor_work_dead_lettered_total", type="w")
+            assert 2 == value(found, "hubvisor_restarts_total", type="w")
+            assert 1 == value(found, "hubvisor_exits_total", type="w", reason="exit_nonzero")
+            assert 0 == value(found, "hubvisor_failed_starts_total", type="w")
+            assert 7 == value(found, "hubvisor_work_wait_seconds_count", type="w")
+            assert 6 == value(
+                found, "hubvisor_work_run_seconds_count", type="w", outcome="completed"
+            )
+            assert 1 == value(
+                found, "hubvisor_work_run_seconds_count", type="w", outcome="reclaimed"
+            )
+            assert 0 == value(found, "hubvisor_work_queue_depth", type="w")
+            assert 0 == value(found, "hubvisor_work_in_flight", type="w")
+            assert 0 == value(found, "hubvisor_events_dropped_total")
+            assert {"idle"} == {
+                dict(labels)["status"] for labels in labelled(found, "hubvisor_agents")
+            }
+            # Each agent's group is the python agent and its `sleep`: two processes,
+            # megabytes resident, some CPU, a heartbeat within the last seconds.
+            for agent in ("w-agent-1", "w-agent-2"):
+                assert 2 == value(found, "hubvisor_agent_processes", agent=agent, type="w")
+                rss = value(found, "hubvisor_agent_resident_bytes", agent=agent, type="w")
+                assert rss is not None and 4 << 20 < rss < 1 << 30
+                cpu = value(found, "hubvisor_agent_cpu_seconds_total", agent=agent, type="w")
+                assert cpu is not None and 0 < cpu < 60
+                age = value(found, "hubvisor_agent_heartbeat_age_seconds", agent=agent, type="w")
+                assert age is not None and 0 <= age < 5
+
+    async def test_queued_items_show_as_depth_and_no_item_id_is_a_label(self) -> None:
+        """Items of a type with no agent running wait: the depth gauge shows them, and no
+        label of any sample holds an item id."""
+        metrics = MetricsService("127.0.0.1:0")
+        async with running([pool(size=0)], services=[metrics]) as (hub, events):
+            ids = [hub.work.submit("w", {"n": n}).id for n in range(3)]
+            found = await scrape_until(
+                metrics, lambda s: value(s, "hubvisor_work_submitted_total", type="w") == 3
+            )
+            assert 3 == value(found, "hubvisor_work_queue_depth", type="w")
+            assert 0 == value(found, "hubvisor_work_in_flight", type="w")
+            assert 0 == value(found, "hubvisor_work_completed_total", type="w")
+            values = {v for _, labels in found for _, v in labels}
+            assert not values & set(ids)
+
+    async def test_other_paths_and_methods_are_refused(self) -> None:
+        """/ is 404 naming /metrics, POST is 405, a head that never ends is 400."""
+        metrics = MetricsService("127.0.0.1:0")
+        async with running([pool(size=0)], services=[metrics]):
+            status, _, body = await trio.to_thread.run_sync(get, metrics.url[: -len("metrics")])
+            assert (404, "hubvisor serves its metrics at /metrics\n") == (status, body)
+
+            def post() -> int:
+                req = urllib.request.Request(metrics.url, data=b"x", method="POST")
+                return get_request(req)
+
+            assert 405 == await trio.to_thread.run_sync(post)
+
+            def half_request() -> bytes:
+                with socket.create_connection(("127.0.0.1", metrics.port), timeout=TIMEOUT) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\n")
+                    s.shutdown(socket.SHUT_WR)
+                    return s.recv(1000)
+
+            assert (await trio.to_thread.run_sync(half_request)).startswith(b"HTTP/1.1 400 ")
+
+
+def get_request(req: urllib.request.Request) -> int:
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
+
+
+class TestConfig:
+    @pytest.mark.parametrize(
+        ("address", "words"),
+        [
+            ("9464", "is not HOST:PORT"),
+            (":9464", "is not HOST:PORT"),
+            ("localhost:http", "is not HOST:PORT"),
+            ("127.0.0.1:70000", "over 65535"),
+        ],
+    )
+    def test_a_bad_address_names_the_value_and_the_fix(self, address: str, words: str) -> None:
+        """The error quotes the address, says what is wrong and gives an example."""
+        with pytest.raises(ConfigError, match=words) as err:
+            MetricsService(address)
+        assert repr(address) in str(err.value)
+        assert "'127.0.0.1:9464'" in str(err.value)
+
+    def test_ipv6_hosts_are_bracketed(self) -> None:
+        """``[::1]:0`` is host ``::1``, port 0, and the URL brackets it again."""
+        assert ("::1", 0) == parse_address("[::1]:0")
+        assert "http://[::1]:0/metrics" == MetricsService("[::1]:0").url
+
+    async def test_a_port_in_use_fails_the_service_with_the_fix(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Another listener on the port: the service fails (logged, named in
+        hub.failed_services) and supervision goes on."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            metrics = MetricsService(f"127.0.0.1:{taken.getsockname()[1]}")
+            async with running([pool(size=0)], services=[metrics]) as (hub, _):
+                assert ["metrics"] == hub.failed_services
+            assert "pick a free port" in caplog.text
+
+
+class TestSampling:
+    def test_groups_of_live_processes_only(self) -> None:
+        """Our own group is found with at least this process in it; a group no process
+        has is left out."""
+        me = os.getpgrp()
+        found = sample_groups([me, 2**22 + 12345])
+        assert [me] == list(found)
+        assert found[me].processes >= 1
+        assert found[me].resident_bytes > 1 << 20
+        assert found[me].cpu_seconds > 0
