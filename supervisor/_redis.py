@@ -47,15 +47,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import redis
 import trio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ._errors import InvalidMirrorConfig
 from ._registry import AgentRecord
 
 if TYPE_CHECKING:
+    import redis
+
     from ._registry import Registry
 
 __all__ = ["RedisMirror"]  # redact_url is for the CLI, not the API
@@ -311,6 +310,10 @@ class RedisMirror:
         return at + self._offset
 
     def _make_client(self) -> redis.Redis:
+        import redis  # here, not at the top: a hub without --redis never pays its import
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         try:
             return redis.Redis.from_url(
                 self._url,
@@ -469,6 +472,8 @@ class RedisMirror:
             return await self._flush_locked(closing)
 
     async def _flush_locked(self, closing: bool) -> bool:
+        import redis
+
         if self._client is None:  # closed (final flush cut short) or not yet running
             return False
         batch = self._take(closing)
@@ -535,6 +540,8 @@ class RedisMirror:
     # In the worker thread
 
     def _execute(self, batch: _Batch) -> None:
+        import redis
+
         client = self._client
         if client is None:  # closed while a flush was queued
             raise redis.ConnectionError("the mirror is closed")
