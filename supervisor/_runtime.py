@@ -22,6 +22,8 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import trio
 
+from strategies import OneForOne
+
 from ._child import (
     AgentMessage,
     ChildExit,
@@ -249,6 +251,10 @@ class Supervisor:
             self._members = [_Member(spec.member(n), pool_index=n) for n in range(1, spec.size + 1)]
         else:
             self._members = [_Member(child) for child in spec.children]
+        # The members by id, kept beside the ordered list: an exit, a restart and a
+        # control request each find their member without a scan (a pool may hold 1,000).
+        self._index = {m.id: m for m in self._members}
+        self._due: dict[int, list[_Member]] = {}  # token -> the group waiting for it
         self._send, self._inbox = trio.open_memory_channel[_Message](math.inf)
         self._nursery: trio.Nursery | None = None
         self._history: tuple[float, ...] = ()
@@ -561,10 +567,11 @@ class Supervisor:
     # Carrying out restart plans
 
     def _find(self, child_id: str) -> _Member | None:
-        for m in self._members:
-            if m.id == child_id:
-                return m
-        return None
+        return self._index.get(child_id)
+
+    def _lookup(self, ids: Sequence[str]) -> list[_Member]:
+        """The members of ``ids``, in that order (a plan lists them in start order)."""
+        return [m for i in ids if (m := self._index.get(i)) is not None]
 
     def _member(self, child_id: str) -> _Member:
         m = self._find(child_id)
@@ -590,13 +597,20 @@ class Supervisor:
             m.state = _Lifecycle.STOPPED
             self._publish(ChildStopped, child_id=m.id, reason="shutdown")
             return None
+        if type(self.spec.strategy) is OneForOne:
+            # OneForOne restarts the failed member alone, whatever its siblings are: the
+            # plan is the same with the failed member only, and an exit in a pool of N
+            # costs no N views.
+            members = [m.view()]
+        else:
+            members = [x.view() for x in self._members]
         decision = plan(
             m.id,
             normal=msg.normal,
             reason=msg.reason,
             uptime=msg.uptime,
             attempt=m.attempt,
-            members=[x.view() for x in self._members],
+            members=members,
             strategy=self.spec.strategy,
             intensity=self.spec.intensity,
             backoff=self.spec.backoff,
@@ -618,18 +632,19 @@ class Supervisor:
                 self._remove(m)
             return None
         m.state = _Lifecycle.STOPPED
-        await self._stop_members([x for x in self._members if x.id in p.stop], "restarting")
-        group = [x for x in self._members if x.id in p.restart]
+        await self._stop_members(self._lookup(p.stop), "restarting")
+        group = self._lookup(p.restart)
         if self._stop_requested:
             # A stop was asked for while the siblings were stopping: the restart is void,
             # and every child of the group stays down.
             for x in group:
                 self._publish(ChildStopped, child_id=x.id, reason="shutdown")
             return None
-        for x in [x for x in self._members if x.id in p.remove]:
+        for x in self._lookup(p.remove):
             self._remove(x)
         self._next_token += 1
         token = self._next_token
+        self._due[token] = group
         for x in group:
             x.state = _Lifecycle.BACKING_OFF
             x.token = token
@@ -653,9 +668,9 @@ class Supervisor:
         self._send.send_nowait(_RestartDue(token))
 
     async def _on_restart_due(self, token: int) -> None:
-        for m in [m for m in self._members if m.token == token]:
-            if m.token != token or self._stop_requested:
-                continue  # stopped or re-scheduled while an earlier start ran
+        for m in self._due.pop(token, ()):
+            if m.token != token or self._stop_requested or self._index.get(m.id) is not m:
+                continue  # stopped, removed or re-scheduled since (or while an earlier start ran)
             m.restarts += 1
             self._publish(ChildRestarting, child_id=m.id, cause=m.restart_cause or m.id)
             await self._start_member(m)
@@ -671,6 +686,8 @@ class Supervisor:
 
     def _remove(self, m: _Member) -> None:
         self._members.remove(m)
+        if self._index.get(m.id) is m:
+            del self._index[m.id]
         if m.is_worker:
             self._ctx.agents -= 1
 
@@ -693,6 +710,7 @@ class Supervisor:
         if m.is_worker:
             self._ctx.agents += 1
         self._members.append(m)
+        self._index[m.id] = m
         await self._start_member(m)
 
     async def _stop_for_good(self, m: _Member, reason: str) -> None:
@@ -739,6 +757,7 @@ class Supervisor:
             free = (n for n in range(1, spec.max_size + 1) if n not in used)
             new = [_Member(spec.member(n), pool_index=n) for n in sorted(free)[: size - current]]
             self._members = sorted([*self._members, *new], key=lambda m: m.pool_index or 0)
+            self._index.update((m.id, m) for m in new)
             for m in new:
                 await self._start_member(m)
         elif size < current:
