@@ -1,0 +1,350 @@
+"""``hubvisor top``: a live view of a running hub, refreshed in place.
+
+It polls the hub over its control socket (the ``list``, ``status`` and ``work_list`` ops)
+and shows the tree with each agent's status, CPU, memory, restarts, heartbeat age,
+assignment and last exit, and the queues by agent type. CPU and memory are those of
+each agent's whole process group, read from ``/proc`` (the hub runs on this host; an
+agent whose pid is not visible here shows ``-``). ``q`` or Ctrl-C quits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ._control import ControlClientError, NoHubRunning, default_socket_path, request
+from ._metrics import GroupUsage, sample_groups
+
+__all__ = ["Snapshot", "poll", "render", "top"]
+
+_STATUS_STYLE = {
+    "idle": "green",
+    "busy": "cyan",
+    "running": "green",
+    "starting": "yellow",
+    "stopping": "yellow",
+    "backing_off": "red",
+    "hung": "bold red",
+    "stopped": "dim",
+}
+
+
+@attrs.frozen
+class Snapshot:
+    """What one poll of the hub returned.
+
+    Attributes:
+        rows: the ``list`` op's children (supervisors and workers), depth first.
+        status: the ``status`` op's result (``hub`` and ``agents``).
+        queued: ``(type, count)`` of the items waiting, by agent type.
+        assigned: the same for the items agents hold.
+        at: ``time.monotonic()`` when it was taken.
+    """
+
+    rows: Sequence[Mapping[str, Any]]
+    status: Mapping[str, Any]
+    queued: Mapping[str, int]
+    assigned: Mapping[str, int]
+    at: float
+
+
+def poll(path: Path, timeout: float = 5.0) -> Snapshot:
+    """Ask the hub at ``path`` for its tree, its agents and its queues.
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        ControlClientError: the hub refused or did not answer in time.
+    """
+    rows = request(path, {"op": "list"}, timeout)
+    status = request(path, {"op": "status"}, timeout)
+    counts: dict[str, Counter[str]] = {}
+    for state in ("queued", "assigned"):
+        items = request(path, {"op": "work_list", "status": state}, timeout)
+        counts[state] = Counter(str(i.get("type")) for i in items)
+    return Snapshot(rows, status, counts["queued"], counts["assigned"], time.monotonic())
+
+
+@attrs.define
+class _CPU:
+    """CPU use per process group between two samples, as a percentage of one core."""
+
+    last: dict[int, tuple[float, float]] = attrs.field(factory=dict)  # pgid -> (cpu s, at)
+
+    def update(self, usage: Mapping[int, GroupUsage], at: float) -> dict[int, float]:
+        percent = {}
+        for pgid, used in usage.items():
+            before = self.last.get(pgid)
+            if before is not None and at > before[1] and used.cpu_seconds >= before[0]:
+                percent[pgid] = 100.0 * (used.cpu_seconds - before[0]) / (at - before[1])
+        self.last = {pgid: (used.cpu_seconds, at) for pgid, used in usage.items()}
+        return percent
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.0f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value}B"
+    size = value / 1024
+    for unit in ("K", "M"):
+        if size < 1024:
+            return f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}G"
+
+
+def render(
+    snap: Snapshot,
+    usage: Mapping[int, GroupUsage],
+    cpu: Mapping[int, float],
+    *,
+    problem: str | None = None,
+    interval: float = 1.0,
+) -> RenderableType:
+    """One frame: a header, the tree with every agent, and the queues by type."""
+    hub = snap.status.get("hub", {})
+    agents = {a["id"]: a for a in snap.status.get("agents", [])}
+    work = ", ".join(f"{n} {s}" for s, n in hub.get("work", {}).items() if n) or "none"
+    header = Text.assemble(
+        ("hubvisor top", "bold"),
+        f"  hub {hub.get('id', '?')} (pid {hub.get('pid', '?')})  "
+        f"{hub.get('agents', len(agents))} agents  work: {work}  "
+        f"every {interval:g}s, q quits",
+    )
+    table = Table(box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
+    right = {"pid", "cpu", "mem", "restarts", "heartbeat"}
+    columns = ("agent", "type", "pid", "status", "cpu", "mem", "restarts", "heartbeat")
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
+    table.add_column("assignment", no_wrap=True)
+    table.add_column("last exit", overflow="fold")
+    for depth, row in _tree(snap.rows):
+        indent = "  " * depth
+        if row.get("kind") == "supervisor":
+            table.add_row(
+                Text(f"{indent}{row['id']}/", style="bold"),
+                "",
+                "",
+                Text(row["state"], style=_STATUS_STYLE.get(row["state"], "")),
+                "",
+                "",
+                str(row["restarts"]),
+                "",
+                "",
+                Text(row.get("last_exit") or "", style="red"),
+            )
+            continue
+        a = agents.get(row["id"], {})
+        status = str(a.get("status") or row["state"])
+        pid = row.get("pid")
+        used = usage.get(pid) if pid is not None else None
+        load = cpu.get(pid) if pid is not None else None
+        last_exit = a.get("last_exit", row.get("last_exit")) or ""
+        table.add_row(
+            Text(f"{indent}{row['id']}"),
+            Text(row.get("agent_type") or "-"),
+            str(pid or "-"),
+            Text(status, style=_STATUS_STYLE.get(status, "")),
+            "-" if load is None else f"{load:.0f}%",
+            _bytes(used.resident_bytes if used is not None else None),
+            str(row["restarts"]),
+            _secs(a.get("heartbeat_age")),
+            Text(a.get("assignment") or "-"),
+            Text(last_exit, style="red" if last_exit else ""),
+        )
+    queues = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="queues", title_justify="left")
+    for col in ("type", "waiting", "in flight", "agents", "idle"):
+        queues.add_column(col, justify="left" if col == "type" else "right")
+    by_type: dict[str, Counter[str]] = defaultdict(Counter)
+    for a in agents.values():
+        by_type[str(a.get("type") or "-")][str(a.get("status"))] += 1
+    for t in sorted(set(by_type) | set(snap.queued) | set(snap.assigned)):
+        queues.add_row(
+            Text(t),
+            str(snap.queued.get(t, 0)),
+            str(snap.assigned.get(t, 0)),
+            str(sum(by_type[t].values())),
+            str(by_type[t]["idle"]),
+        )
+    parts: list[RenderableType] = [header]
+    if problem:
+        parts.append(Text(problem, style="bold red"))
+    parts.extend([table, queues])
+    return Group(*parts)
+
+
+def _tree(rows: Sequence[Mapping[str, Any]]) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """The rows as a tree walk: ``(depth, row)``, each supervisor before its children."""
+    under: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        under[str(row["supervisor"])].append(row)
+    children = {f"{r['supervisor']}/{r['id']}" for r in rows if r.get("kind") == "supervisor"}
+    roots = [p for p in under if p not in children]
+
+    def walk(path: str, depth: int) -> Iterator[tuple[int, Mapping[str, Any]]]:
+        for row in under.get(path, []):
+            yield depth, row
+            if row.get("kind") == "supervisor":
+                yield from walk(f"{path}/{row['id']}", depth + 1)
+
+    for root in roots:
+        yield from walk(root, 0)
+
+
+class _Keys:
+    """Keys pressed on stdin, one at a time (cbreak mode on a terminal: no Enter needed,
+    no echo; Ctrl-C still interrupts). Anything else as stdin is read as it comes."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self._saved: Any = None
+
+    def __enter__(self) -> _Keys:
+        try:
+            fd = sys.stdin.fileno()
+        except (OSError, ValueError):
+            return self  # no stdin at all: only Ctrl-C quits
+        self.fd = fd
+        if os.isatty(fd):
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None and self.fd is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+    def wait(self, timeout: float) -> str:
+        """What was typed within ``timeout`` seconds (``""``: nothing)."""
+        if self.fd is None:
+            time.sleep(max(0.0, timeout))
+            return ""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return ""
+        data = os.read(self.fd, 64)
+        if not data:  # end of stdin (e.g. </dev/null): stop reading it
+            self.fd = None
+        return data.decode(errors="replace")
+
+
+def _socket(socket_path: Path | None, hub_id: str | None) -> Path:
+    if socket_path is not None:
+        return socket_path
+    if hub_id:
+        return default_socket_path(hub_id)
+    from ._cli import _default_socket  # here, not at the top: _cli imports this module
+
+    return _default_socket()
+
+
+@click.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path for "
+    "--hub-id).",
+)
+@click.option(
+    "--hub-id",
+    default=None,
+    help="The id of the hub to watch (its root spec's name; default: hub).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+def top(socket_path: Path | None, hub_id: str | None, interval: float, once: bool) -> None:
+    """Watch a running hub live: the tree with each agent's status, CPU, memory,
+    restarts, heartbeat age, assignment and last exit, and the queues by type.
+
+    Press q (or Ctrl-C) to quit.
+    """
+    from ._cli import _NoHub  # here, not at the top: _cli imports this module
+
+    path = _socket(socket_path, hub_id)
+    try:
+        snap = poll(path)
+    except NoHubRunning as exc:
+        raise _NoHub(str(exc)) from exc
+    except ControlClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cpu = _CPU()
+    usage = _sample(snap)
+    load = cpu.update(usage, time.monotonic())
+    if once:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a log: every column, no colour codes
+            console = Console(width=200, color_system=None)
+        console.print(render(snap, usage, load, interval=interval))
+        return
+    console = Console()
+    try:
+        with (
+            _Keys() as keys,
+            Live(
+                render(snap, usage, load, interval=interval),
+                console=console,
+                auto_refresh=False,
+                vertical_overflow="crop",
+            ) as live,
+        ):
+            while True:
+                deadline = time.monotonic() + interval
+                while (left := deadline - time.monotonic()) > 0:
+                    if "q" in keys.wait(left).lower():
+                        return
+                problem = None
+                try:
+                    snap = poll(path)
+                except (NoHubRunning, ControlClientError) as exc:
+                    problem = f"{exc} (retrying every {interval:g}s)"
+                usage = _sample(snap)
+                load = cpu.update(usage, time.monotonic())
+                frame = render(snap, usage, load, problem=problem, interval=interval)
+                live.update(frame, refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _sample(snap: Snapshot) -> dict[int, GroupUsage]:
+    pids = [r["pid"] for r in snap.rows if r.get("kind") == "worker" and r.get("pid")]
+    with contextlib.suppress(OSError):
+        return sample_groups(pids)
+    return {}  # pragma: no cover - sample_groups skips what it cannot read

@@ -1,0 +1,264 @@
+"""``hubvisor top`` as a person uses it: a real hub, top in a terminal (tmux), the screen read."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor._control import request
+from supervisor._metrics import GroupUsage
+from supervisor._top import Snapshot, render
+
+PY = sys.executable
+TIMEOUT = 30.0
+
+# Agents that take an item and hold it for payload["hold"] seconds before answering.
+SPEC = r'''
+import sys
+from supervisor import ChildSpec, PoolSpec, SupervisorSpec
+
+AGENT = """
+import json, os, socket, sys, threading, time
+s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
+lock = threading.Lock()
+def send(text):
+    with lock:
+        s.send(text.encode())
+def beat():
+    while True:
+        send("HEARTBEAT")
+        time.sleep(0.2)
+threading.Thread(target=beat, daemon=True).start()
+send("HELLO=1")
+send("READY")
+while True:
+    data = s.recv(65536)
+    if not data:
+        sys.exit(0)
+    word, _, rest = data.decode().partition("=")
+    if word == "STOP":
+        sys.exit(0)
+    if word == "ASSIGN":
+        a = json.loads(rest)
+        time.sleep(a["payload"]["hold"])
+        send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": 1}))
+"""
+
+spec = SupervisorSpec(
+    name="tophub",
+    children=[
+        PoolSpec(
+            agent_type="w",
+            template=ChildSpec(
+                id="w", argv=[sys.executable, "-c", AGENT], shutdown=1.0, ready="notify"
+            ),
+            size=2,
+        )
+    ],
+)
+'''
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = TIMEOUT) -> object:
+    """Poll ``check`` (real time: another process's state has no event here) until it
+    returns something true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Path]:
+    """A real hub (`hubvisor run` in a subprocess) with two agents; its socket path."""
+    spec = tmp_path / "tree.py"
+    spec.write_text(SPEC)
+    sock = tmp_path / "hub.sock"
+    log = (tmp_path / "hub.log").open("w")
+    proc = subprocess.Popen(
+        [PY, "-m", "supervisor", "run", str(spec), "--socket", str(sock)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def agents_idle() -> bool:
+            if not sock.exists():
+                return False
+            agents = request(sock, {"op": "status"})["agents"]
+            return [a["status"] for a in agents] == ["idle", "idle"]
+
+        wait_for("two idle agents", agents_idle)
+        yield sock
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hub that hangs on stop
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+class Tmux:
+    """A private tmux server (its own socket name) with one detached session."""
+
+    def __init__(self) -> None:
+        self.name = f"hubvisor-test-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=TIMEOUT
+        ).stdout
+
+    def start(self, command: str) -> None:
+        self.run("new-session", "-d", "-s", "top", "-x", "160", "-y", "50", command)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "top")
+
+    def wait_screen(self, what: str, ready: Callable[[str], bool]) -> str:
+        """Capture the screen until ``ready`` holds for it; fail showing the last one."""
+        deadline = time.monotonic() + TIMEOUT
+        while not ready(screen := self.screen()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never saw {what} on the screen; it shows:\n{screen}")
+            time.sleep(0.1)
+        return screen
+
+    def kill(self) -> None:
+        self.run("kill-server")
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed: `hubvisor top` is tested in a tmux terminal")
+    t = Tmux()
+    try:
+        yield t
+    finally:
+        t.kill()
+
+
+def top_command(sock: Path, rc: Path) -> str:
+    """A shell command running top on ``sock``, then writing its exit status to ``rc``."""
+    top = [PY, "-c", "from supervisor._top import top; top()", "--socket", str(sock)]
+    top += ["--interval", "0.2"]
+    # The terminal's own size, not one a test runner may have put in the environment.
+    top = ["env", "-u", "COLUMNS", "-u", "LINES", *top]
+    return f"cd {shlex.quote(os.getcwd())}; {shlex.join(top)}; echo $? > {shlex.quote(str(rc))}"
+
+
+class TestTop:
+    def test_top_shows_the_agents_and_the_queue_live_and_quits_on_q(
+        self, hub: Path, tmux: Tmux, tmp_path: Path
+    ) -> None:
+        """Five items for two agents that hold them: the screen shows both agents busy
+        with an item, the queue line `w  3 waiting  2 in flight  2 agents  0 idle`, and
+        CPU and memory read from /proc; q ends top with status 0."""
+        rc = tmp_path / "rc"
+        tmux.start(top_command(hub, rc))
+        for _ in range(5):
+            request(hub, {"op": "submit", "type": "w", "payload": {"hold": 60}})
+        queue = re.compile(r"^\s*w\s+3\s+2\s+2\s+0\s*$", re.M)
+        busy = re.compile(
+            r"^\s+(w-agent-[12])\s+w\s+\d+\s+busy\s+\d+%\s+[\d.]+M\s+0\s+[\d.]+s\s+w-\d",
+            re.M,
+        )
+        screen = tmux.wait_screen(
+            "the agents busy and the queue line",
+            lambda s: bool(queue.search(s)) and len(busy.findall(s)) == 2,
+        )
+        assert "hubvisor top  hub tophub" in screen
+        assert {"w-agent-1", "w-agent-2"} == {m for m in re.findall(r"w-agent-\d", screen)}
+        assert "pool/" in screen  # the pool's supervisor heads its agents
+        assert not rc.exists()  # still running
+
+        tmux.run("send-keys", "-t", "top", "q")
+        wait_for("top to exit after q", rc.exists)
+        assert "0" == rc.read_text().strip()
+
+    def test_top_says_when_the_hub_goes_away_and_ctrl_c_quits(
+        self, hub: Path, tmux: Tmux, tmp_path: Path
+    ) -> None:
+        """The hub stops while top runs: top keeps the last frame and says no hub is
+        running there; Ctrl-C ends it."""
+        rc = tmp_path / "rc"
+        tmux.start(top_command(hub, rc))
+        tmux.wait_screen("the agents", lambda s: "w-agent-2" in s)
+        request(hub, {"op": "stop"})
+        wait_for("the hub's socket to go", lambda: not hub.exists())
+        screen = tmux.wait_screen("top's notice", lambda s: "no hub is running at" in s)
+        assert "retrying every 0.2s" in screen
+        tmux.run("send-keys", "-t", "top", "C-c")
+        wait_for("top to exit after Ctrl-C", rc.exists)
+        assert "0" == rc.read_text().strip()
+
+    def test_no_hub_exits_3_with_the_message(self, tmp_path: Path) -> None:
+        """Like every command: no hub at the socket, exit status 3 and one line."""
+        sock = tmp_path / "none.sock"
+        done = subprocess.run(
+            [PY, "-c", "from supervisor._top import top; top()", "--socket", str(sock)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert 3 == done.returncode
+        assert f"no hub is running at {sock}" in done.stderr
+
+
+class TestFrame:
+    def test_the_tree_is_indented_and_cpu_and_memory_come_from_the_sample(self) -> None:
+        """A nested supervisor's agents are indented under it; CPU and memory are shown
+        for agents with a sample and '-' for the others."""
+        from rich.console import Console
+
+        rows = [
+            {"supervisor": "hub", "id": "outer", "kind": "supervisor", "state": "running",
+             "pid": None, "restarts": 0, "uptime": 1.0, "agent_type": None, "last_exit": None},
+            {"supervisor": "hub/outer", "id": "inner-agent", "kind": "worker",
+             "state": "running", "pid": 42, "restarts": 2, "uptime": 1.0, "agent_type": "w",
+             "last_exit": "killed by SIGKILL"},
+            {"supervisor": "hub", "id": "lonely", "kind": "worker", "state": "backing_off",
+             "pid": None, "restarts": 1, "uptime": None, "agent_type": "w", "last_exit": None},
+        ]  # fmt: skip
+        status = {
+            "hub": {"id": "hub", "pid": 1, "agents": 2, "work": {"queued": 4}},
+            "agents": [
+                {"id": "inner-agent", "type": "w", "status": "busy", "heartbeat_age": 0.5,
+                 "assignment": "w-7", "last_exit": "killed by SIGKILL"},
+                {"id": "lonely", "type": "w", "status": "backing_off", "heartbeat_age": None,
+                 "assignment": None, "last_exit": None},
+            ],
+        }  # fmt: skip
+        snap = Snapshot(rows, status, {"w": 4}, {"w": 1}, 0.0)
+        console = Console(width=160, record=True, color_system=None)
+        console.print(render(snap, {42: GroupUsage(1.0, 3 * 1024 * 1024, 2)}, {42: 12.4}))
+        text = console.export_text()
+        lines = {line.split()[0]: line for line in text.splitlines() if line.split()}
+        assert re.search(
+            r"^\s{3}inner-agent\s+w\s+42\s+busy\s+12%\s+3\.0M\s+2\s+0\.5s\s+w-7\s+killed by SIGKILL",
+            lines["inner-agent"],
+        )
+        assert re.search(r"^\s{1}lonely\s+w\s+-\s+backing_off\s+-\s+-\s+1\s+-\s+-", lines["lonely"])
+        assert re.search(r"^\s*w\s+4\s+1\s+2\s+0\s*$", lines["w"])
+        assert "work: 4 queued" in text
+        json.dumps(status)  # the frame needs nothing the control socket cannot send
