@@ -37,7 +37,7 @@ from ._events import (
     ChildStarting,
     Event,
 )
-from ._spec import AnySpec, SupervisorSpec
+from ._spec import AnySpec, PoolSpec, SupervisorSpec, agent_ids
 from ._work import (
     ItemStatus,
     WorkAssigned,
@@ -395,15 +395,16 @@ class MetricsService:
                 pass
 
     def _type_of(self, child_id: str) -> str:
-        if child_id in self._types:
-            return self._types[child_id] or ""
-        hub = self._hub
-        if hub is not None:  # never started (e.g. its first spawn failed): ask the tree
-            for row in hub.which_children():
+        if child_id not in self._types and self._hub is not None:
+            # Never started (its first spawn failed) or a supervisor: ask the tree.
+            for row in self._hub.which_children():
                 if row.info.id == child_id:
                     self._types[child_id] = row.info.agent_type
-                    return row.info.agent_type or ""
-        return ""
+            if child_id not in self._types:
+                declared = _declared(self._hub).get(child_id)
+                if declared is not None:
+                    self._types[child_id] = declared
+        return self._types.get(child_id) or ""
 
     def _track(self, item_id: str, item: _Open) -> _Open:
         self._open[item_id] = item
@@ -509,9 +510,10 @@ def _exit_reason(event: ChildExited, hung: bool) -> str:
     return "exit_0" if event.status.code == 0 else "exit_nonzero"
 
 
-def _agent_types(hub: Hub) -> set[str]:
-    """Every agent type the tree declares, runs or may grow into."""
-    types = {r.info.agent_type for r in hub.which_children() if r.info.agent_type}
+def _declared(hub: Hub) -> dict[str, str | None]:
+    """The agent type of every agent id the tree declares or may grow into (pool members
+    up to ``max_size``), started or not."""
+    types: dict[str, str | None] = {}
     todo: list[AnySpec] = [hub.spec]
     for sup in hub.supervisors():  # children started at run time too
         todo.extend(sup.child_specs())
@@ -519,8 +521,17 @@ def _agent_types(hub: Hub) -> set[str]:
         spec = todo.pop()
         if isinstance(spec, SupervisorSpec):
             todo.extend(spec.children)
-        elif spec.agent_type:
-            types.add(spec.agent_type)
+        elif isinstance(spec, PoolSpec):
+            types.update(dict.fromkeys(agent_ids(spec), spec.agent_type))
+        else:
+            types[spec.id] = spec.agent_type
+    return types
+
+
+def _agent_types(hub: Hub) -> set[str]:
+    """Every agent type the tree declares, runs or may grow into."""
+    types = {r.info.agent_type for r in hub.which_children()}
+    types.update(_declared(hub).values())
     return {t for t in types if t}
 
 

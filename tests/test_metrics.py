@@ -21,19 +21,21 @@ from .helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
 
 # An agent that starts a `sleep` in its own process group (so the group has two
 # processes), heartbeats, and answers each ASSIGN with a RESULT; {"crash": true} makes it
-# exit with code 3 on the item's first attempt.
+# exit with code 3 on the item's first attempt, {"hang": true} makes it go silent.
 AGENT = r"""
 import json, os, socket, subprocess, sys, threading, time
 subprocess.Popen(["sleep", "1000"])
 s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
 lock = threading.Lock()
+beating = True
 def send(text):
     with lock:
         s.send(text.encode())
 def beat():
     while True:
         time.sleep(0.1)
-        send("HEARTBEAT")
+        if beating:
+            send("HEARTBEAT")
 threading.Thread(target=beat, daemon=True).start()
 send("HEARTBEAT")
 send("HELLO=1")
@@ -50,6 +52,9 @@ while True:
     a = json.loads(rest)
     if a["payload"].get("crash") and a["attempt"] == 1:
         os._exit(3)
+    if a["payload"].get("hang") and a["attempt"] == 1:
+        beating = False
+        time.sleep(1000)
     send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": 1}))
 """
 
@@ -184,6 +189,36 @@ class TestScrape:
                 assert cpu is not None and 0 < cpu < 60
                 age = value(found, "hubvisor_agent_heartbeat_age_seconds", agent=agent, type="w")
                 assert age is not None and 0 <= age < 5
+
+    async def test_hangs_and_spawn_failures_are_counted_by_type(self) -> None:
+        """An agent that goes silent holding an item: one hang, one exit with reason
+        hang, the item reclaimed for hang and completed on attempt 2; a child whose
+        program does not exist: a spawn failure of its type."""
+        metrics = MetricsService("127.0.0.1:0")
+        hangy = ChildSpec(
+            id="hangy", argv=[PY, "-c", AGENT], agent_type="h", heartbeat_timeout=0.5,
+            shutdown=1.0, ready="notify",
+        )  # fmt: skip
+        ghost = ChildSpec(
+            id="ghost", argv=["/nonexistent/hubvisor-agent"], agent_type="g", restart="temporary"
+        )
+        async with running([hangy, ghost], services=[metrics]) as (hub, events):
+            await wait_event(events, is_("running", "hangy"))
+            item = hub.work.submit("h", {"hang": True})
+            await finish(hub, events, 1)
+            assert 2 == hub.work.get(item.id).attempt
+            found = await scrape_until(
+                metrics,
+                lambda s: (
+                    value(s, "hubvisor_work_completed_total", type="h") == 1
+                    and value(s, "hubvisor_spawn_failures_total", type="g") == 1
+                ),
+            )
+            assert 1 == value(found, "hubvisor_hangs_total", type="h")
+            assert 1 == value(found, "hubvisor_exits_total", type="h", reason="hang")
+            assert 1 == value(found, "hubvisor_work_reclaimed_total", type="h", reason="hang")
+            assert 1 == value(found, "hubvisor_restarts_total", type="h")
+            assert 0 == value(found, "hubvisor_hangs_total", type="g")
 
     async def test_queued_items_show_as_depth_and_no_item_id_is_a_label(self) -> None:
         """Items of a type with no agent running wait: the depth gauge shows them, and no
