@@ -7,6 +7,8 @@ cannot share one environment).
 from __future__ import annotations
 
 import contextlib
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     ChildNotFound as ChildNotFound,
@@ -143,6 +145,7 @@ __all__ = [
     "ProcessHandle",
     "Reclaimed",
     "RedisMirror",
+    "RedisWorkQueue",
     "Registry",
     "RegistryMirror",
     "RestartType",
@@ -177,9 +180,27 @@ __all__ = [
 ]
 
 
+if TYPE_CHECKING:
+    from ._work_redis import RedisWorkQueue as RedisWorkQueue
+
+_LAZY = {"RedisWorkQueue": "._work_redis"}  # they import redis-py: only when used
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name], __name__)
+        obj = getattr(module, name)
+        obj.__module__ = __name__
+        globals()[name] = obj
+        return obj
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _fixup_module_metadata() -> None:
     # Show `supervisor.ChildSpec`, not `supervisor._spec.ChildSpec`, in reprs and docs.
     for name in __all__:
+        if name in _LAZY:
+            continue
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("supervisor._"):
             with contextlib.suppress(AttributeError, TypeError):  # e.g. a str constant

@@ -490,7 +490,8 @@ def _agent_types(hub: Hub) -> set[str]:
 
 async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     types = _agent_types(hub)
-    if args["type"] not in types:
+    # With a shared store another hub may run the type; alone, the item would never go.
+    if args["type"] not in types and hub.work.store is None:
         raise ControlError(
             f"no agents of type {args['type']!r} in the hub, so the item would wait forever; "
             f"the types are {', '.join(sorted(types)) or '(none)'} (`hubvisor status`)"

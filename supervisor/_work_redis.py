@@ -28,6 +28,7 @@ type share the hash tag ``{T}``, so the scripts work on Redis Cluster:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -53,7 +54,7 @@ from ._work import AttemptRecord, ItemStatus, MemoryWorkQueue, Verdict, WorkItem
 if TYPE_CHECKING:
     from ._work import WorkService
 
-__all__ = ["RedisWorkQueue", "cluster_status", "persistence_warning"]
+__all__ = ["RedisWorkQueue", "cluster_status", "enqueue", "persistence_warning"]
 
 _log = logging.getLogger("hubvisor")
 
@@ -215,6 +216,11 @@ return {1, ''}
 """
 
 _ID_CHARS = string.ascii_lowercase + string.digits
+# Rounds call the scripts by digest (EVALSHA): a few bytes per call instead of the body.
+_SHA = {
+    script: hashlib.sha1(script.encode()).hexdigest()
+    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY)
+}
 
 
 @attrs.frozen
@@ -345,14 +351,14 @@ class RedisWorkQueue:
 
     def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
         """Give the oldest item this hub holds to ``agent``; the attempt is written."""
-        item = self._local.assign(agent_type, agent, now)
+        item = self._local.assign(agent_type, agent, _wall(now))
         if item is not None:
             self._fenced(item, "start", item.deliveries, agent)
         return item
 
     def complete(self, item_id: str, attempt: int, agent: str, result: Any, now: float) -> Verdict:
         """Decide locally; the result is written (fenced) in the next round."""
-        verdict = self._local.complete(item_id, attempt, agent, result, now)
+        verdict = self._local.complete(item_id, attempt, agent, result, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._finish(verdict.item, agent)
         return verdict
@@ -361,14 +367,14 @@ class RedisWorkQueue:
         self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
     ) -> Verdict:
         """Decide locally; the failure is written (fenced) in the next round."""
-        verdict = self._local.fail(item_id, attempt, agent, error, retry, now)
+        verdict = self._local.fail(item_id, attempt, agent, error, retry, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
         return verdict
 
     def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
         """Decide locally; the item stays leased to this hub for its other agents."""
-        verdict = self._local.hand_back(item_id, attempt, agent, now)
+        verdict = self._local.hand_back(item_id, attempt, agent, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
         return verdict
@@ -387,7 +393,7 @@ class RedisWorkQueue:
         self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
     ) -> Verdict:
         """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
-        verdict = self._local.reclaim(agent, reason, now)
+        verdict = self._local.reclaim(agent, reason, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
         return verdict
@@ -603,6 +609,7 @@ class RedisWorkQueue:
         # back first: every type the first time it is seen, all of them after an outage.
         recover: set[str] = set()
         poll, backoff = 0.01, 0.0
+        announced: set[str] = set()  # types the hub's heartbeat has told Redis of
         while True:
             now = trio.current_time()
             demand = self._demand()
@@ -623,7 +630,7 @@ class RedisWorkQueue:
             ops = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
             reads = self._reads(demand, renew, claim, recover)
             renewals = self._renewals() if renew else []
-            beat = self._heartbeat_fields() if renew else None
+            beat = self._heartbeat_fields() if renew or self._types != announced else None
             try:
                 replies = await trio.to_thread.run_sync(self._round, ops, renewals, beat, reads)
             except redis.RedisError as exc:
@@ -643,6 +650,8 @@ class RedisWorkQueue:
             if self.outage:
                 _log.warning("work: Redis at %s answers again; held writes written", self.url)
             self.outage, backoff = False, 0.0
+            if beat is not None:
+                announced = set(json.loads(beat["types"]))
             self.rounds += 1
             recover = set()
             if renew:
@@ -689,20 +698,29 @@ class RedisWorkQueue:
     ) -> list[Any]:
         """One pipeline (in a worker thread; it reads nothing the trio thread changes):
         writes in order, lease renewals and the hub's heartbeat, then the taking scripts."""
-        assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        for op in ops:
-            pipe.eval(op.script, len(op.keys), *op.keys, *op.args)
-        for _item, keys, args in renewals:
-            pipe.eval(_FENCED, 4, *keys, *args)
-        if beat is not None:
-            self._add_heartbeat(pipe, beat)
-        for script, agent_type, args in reads:
-            pipe.eval(script, 3, *self._keys(agent_type), *args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
-                raise reply
+        client = self._client
+        assert client is not None
+        for _ in range(2):
+            pipe = client.pipeline(transaction=False)
+            for op in ops:
+                pipe.evalsha(_SHA[op.script], len(op.keys), *op.keys, *op.args)
+            for _item, keys, args in renewals:
+                pipe.evalsha(_SHA[_FENCED], 4, *keys, *args)
+            if beat is not None:
+                self._add_heartbeat(pipe, beat)
+            for script, agent_type, args in reads:
+                pipe.evalsha(_SHA[script], 3, *self._keys(agent_type), *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
+                    raise reply
+            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                break
+            # A restarted (or flushed) server forgot the scripts: none of them ran, so
+            # the round runs again once they are loaded (the other commands are
+            # idempotent).
+            for script in _SHA:
+                client.script_load(script)
         return replies
 
     def _renewals(self) -> list[tuple[WorkItem, tuple[str, ...], tuple[Any, ...]]]:
@@ -865,6 +883,32 @@ class RedisWorkQueue:
 # helpers
 
 
+def enqueue(
+    client: redis.Redis,
+    agent_type: str,
+    payloads: Iterable[Any],
+    *,
+    prefix: str = "hubvisor",
+    max_deliveries: int = 3,
+    source: str = "enqueue",
+) -> list[str]:
+    """Queue items straight into Redis from any process, no hub needed (a producer, a
+    batch job); returns their ids. Any hub with agents of ``agent_type`` takes them."""
+    boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
+    q = f"{prefix}:work:{{{agent_type}}}:q"
+    ids = []
+    pipe = client.pipeline(transaction=False)
+    for n, payload in enumerate(payloads, 1):
+        item_id = f"{agent_type}-{boot}{n}"
+        ids.append(item_id)
+        key = f"{prefix}:work:{{{agent_type}}}:item:{item_id}"
+        args = (item_id, agent_type, _dumps(payload), max_deliveries, source, time.time())
+        pipe.eval(_SUBMIT, 2, q, key, *args)
+    pipe.sadd(f"{prefix}:work:types", agent_type)
+    pipe.execute()
+    return ids
+
+
 def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, Any]:
     """Every hub that shares ``client``'s Redis under ``prefix`` and the queues per type.
 
@@ -955,6 +999,14 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         checkpoint=json.loads(fields["ckpt"]) if fields.get("ckpt") else None,
         history=[AttemptRecord(**h) for h in hist],
     )
+
+
+def _wall(now: float) -> float:
+    """The wall-clock time of trio's ``now``: the record in Redis is read by other hosts."""
+    try:
+        return now + time.time() - trio.current_time()
+    except RuntimeError:  # outside trio
+        return now
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:

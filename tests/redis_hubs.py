@@ -60,10 +60,10 @@ from strategies import Intensity
 AGENT = {AGENT!r}
 tree = [
     PoolSpec(
-        agent_type="w",
+        agent_type="{{type}}",
         size={{size}},
         template=ChildSpec(
-            id="w", argv=[sys.executable, "-c", AGENT], agent_type="w",
+            id="{{type}}", argv=[sys.executable, "-c", AGENT], agent_type="{{type}}",
             heartbeat_timeout=2.0, shutdown=2.0,
         ),
         intensity=Intensity(max_restarts=1000, window=1.0),
@@ -87,12 +87,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = ""
 class HubProc:
     """One ``hubvisor run --redis`` process with its own control socket."""
 
-    def __init__(self, tmp: Path, hub_id: str, url: str, *, size: int = 2, lease: float = 1.5):
+    def __init__(
+        self,
+        tmp: Path,
+        hub_id: str,
+        url: str,
+        *,
+        size: int = 2,
+        lease: float = 1.5,
+        agent_type: str = "w",
+    ):
         self.hub_id = hub_id
         self.url = url
         self.lease = lease
-        self.spec = tmp / f"spec-{size}.py"
-        self.spec.write_text(SPEC.replace("{size}", str(size)))
+        self.spec = tmp / f"spec-{agent_type}-{size}.py"
+        self.spec.write_text(SPEC.replace("{size}", str(size)).replace("{type}", agent_type))
         self.socket = tmp / f"{hub_id}.sock"
         self.log = tmp / f"{hub_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None

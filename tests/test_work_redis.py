@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from supervisor import Hub, WorkService
 from supervisor._work_redis import RedisWorkQueue
 
 from .helpers import TIMEOUT, alive
-from .redis_hubs import HubProc, item, outcomes, record, wait_for
+from .redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
 from .redis_server import RedisServer, redis_server, redis_server_factory
 from .test_work import agent
 
@@ -275,6 +276,44 @@ def test_a_hub_restarted_with_its_id_takes_its_own_work_back_at_once(
     again.stop()
 
 
+def test_status_cluster_shows_every_hub_and_a_dead_one_with_the_work_it_had(
+    redis_server: RedisServer, client: Any, hubs: Any
+) -> None:
+    a = hubs("A", size=2, lease=1.0).start()
+    b = hubs("B", size=1, lease=1.0, agent_type="other").start()  # takes no "w" work
+    ids = [a.submit({"n": n, "sleep": 60})["id"] for n in range(3)]
+    wait_for(lambda: sum(item(client, i)["st"] == "assigned" for i in ids) == 2, 30, "A busy")
+    live = b.call("status", cluster=True)["cluster"]
+    assert {h["id"]: h["alive"] for h in live["hubs"]} == {"A": True, "B": True}
+    assert {h["id"]: h["agents"] for h in live["hubs"]} == {"A": {"w": 2}, "B": {"other": 1}}
+    # A takes only as many as it has idle agents: the third waits for any hub.
+    assert live["queues"]["w"] == {"waiting": 1, "in_flight": 2, "dead": 0}
+    a.kill()
+    wait_for(
+        lambda: (
+            not next(
+                h for h in b.call("status", cluster=True)["cluster"]["hubs"] if h["id"] == "A"
+            )["alive"]
+        ),
+        30,
+        "A's lease to run out",
+    )
+    dead = b.call("status", cluster=True)["cluster"]
+    (a_row,) = [h for h in dead["hubs"] if h["id"] == "A"]
+    assert a_row["holding"] == {"w": 2}
+    shown = subprocess.run(
+        [HUBVISOR, "status", "--cluster", "--socket", str(b.socket)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "dead" in shown.stdout
+    assert "2 w" in shown.stdout
+    assert "alive" in shown.stdout
+
+
 def test_a_second_live_hub_with_the_same_id_is_refused(
     redis_server: RedisServer, hubs: Any, tmp_path: Path
 ) -> None:
@@ -312,7 +351,16 @@ def test_chaos_two_hubs_agent_and_hub_kills_and_a_redis_restart(
             redis_server.kill()
         if step == 37:
             redis_server.start()
-    wait_for(lambda: len(set(outcomes(client))) >= 60, 90, "every item to end")
+    try:
+        wait_for(lambda: len(set(outcomes(client))) >= 60, 90, "every item to end")
+    except AssertionError:
+        missing = [i for i in ids if i not in outcomes(client)]
+        detail = {i: item(client, i) for i in missing[:5]}
+        pending = client.xpending_range("hubvisor:work:{w}:q", "hubs", "-", "+", 100)
+        raise AssertionError(
+            f"{len(missing)} items never ended: {detail}\npending: {pending}\n"
+            f"B's log:\n{b.log.read_text()[-4000:]}"
+        ) from None
     counts = outcomes(client)
     assert sorted(counts) == sorted(ids)
     assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
