@@ -50,7 +50,7 @@ from ._work import (
 )
 
 if TYPE_CHECKING:
-    from ._hub import Hub
+    from ._hub import Hub, TreeRow
 
 __all__ = ["CONTENT_TYPE", "GroupUsage", "MetricsService", "parse_address", "sample_groups"]
 
@@ -442,8 +442,10 @@ class MetricsService:
             started = time.perf_counter()
             self._usage = await trio.to_thread.run_sync(sample_groups, pgids)
             self.last_sample_seconds = time.perf_counter() - started
-        # No checkpoint between here and the end: the hub's state is read in one step.
-        return generate_latest(self.registry)
+        # Every metric is read here, on the hub's thread, in one step (no checkpoint);
+        # only the formatting of that snapshot goes to a thread.
+        families = _Families(list(self.registry.collect()))
+        return await trio.to_thread.run_sync(generate_latest, families)
 
     def _agents(self) -> Iterator[tuple[str, str, int]]:
         """``(agent id, type, pid)`` of every worker child with a live process."""
@@ -486,6 +488,16 @@ class _BadRequest(Exception):
     pass
 
 
+@attrs.frozen
+class _Families:
+    """Metric families already collected: formatting them touches nothing of the hub."""
+
+    families: list[Metric]
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
 async def _read_head(stream: trio.SocketStream) -> bytes:
     """The request's head (request line and headers), up to the blank line."""
     data = b""
@@ -514,25 +526,38 @@ def _declared(hub: Hub) -> dict[str, str | None]:
     """The agent type of every agent id the tree declares or may grow into (pool members
     up to ``max_size``), started or not."""
     types: dict[str, str | None] = {}
-    todo: list[AnySpec] = [hub.spec]
-    for sup in hub.supervisors():  # children started at run time too
-        todo.extend(sup.child_specs())
-    while todo:
-        spec = todo.pop()
+    for spec in _specs(hub):
         if isinstance(spec, SupervisorSpec):
-            todo.extend(spec.children)
-        elif isinstance(spec, PoolSpec):
+            continue
+        if isinstance(spec, PoolSpec):
             types.update(dict.fromkeys(agent_ids(spec), spec.agent_type))
         else:
             types[spec.id] = spec.agent_type
     return types
 
 
+def _specs(hub: Hub) -> Iterator[AnySpec]:
+    """Every spec of the tree, declared or started at run time (pools, not members)."""
+    todo: list[AnySpec] = [hub.spec]
+    for sup in hub.supervisors():
+        if not isinstance(sup.spec, PoolSpec):  # a pool's children are its members
+            todo.extend(sup.child_specs())
+    while todo:
+        spec = todo.pop()
+        yield spec
+        if isinstance(spec, SupervisorSpec):
+            todo.extend(spec.children)
+
+
+def _spec_types(hub: Hub) -> set[str]:
+    """Every agent type the tree declares or may grow into."""
+    return {t for s in _specs(hub) if not isinstance(s, SupervisorSpec) and (t := s.agent_type)}
+
+
 def _agent_types(hub: Hub) -> set[str]:
     """Every agent type the tree declares, runs or may grow into."""
-    types = {r.info.agent_type for r in hub.which_children()}
-    types.update(_declared(hub).values())
-    return {t for t in types if t}
+    types = {r.info.agent_type for r in hub.which_children() if r.info.agent_type}
+    return types | _spec_types(hub)
 
 
 class _HubCollector:
@@ -546,12 +571,13 @@ class _HubCollector:
         hub = self.service._hub
         if hub is None:
             return
-        yield from self._agents(hub)
-        yield from self._work(hub)
+        rows = hub.which_children()
+        yield from self._agents(hub, rows)
+        yield from self._work(hub, rows)
         yield from self._hub_counts(hub)
         yield from self._mirror(hub)
 
-    def _agents(self, hub: Hub) -> Iterator[Metric]:
+    def _agents(self, hub: Hub, rows: list[TreeRow]) -> Iterator[Metric]:
         try:
             now: float | None = trio.current_time()
         except RuntimeError:  # rendered outside trio: no clock to age heartbeats with
@@ -579,7 +605,7 @@ class _HubCollector:
             labels=("agent", "type"),
         )
         usage = self.service._usage
-        for row in hub.which_children():
+        for row in rows:
             info = row.info
             if info.kind != "worker":
                 continue
@@ -608,11 +634,12 @@ class _HubCollector:
         yield rss
         yield procs
 
-    def _work(self, hub: Hub) -> Iterator[Metric]:
+    def _work(self, hub: Hub, rows: list[TreeRow]) -> Iterator[Metric]:
         counts: Tally[tuple[str, ItemStatus]] = Tally(
             (i.agent_type, i.status) for i in hub.work.items()
         )
-        types = _agent_types(hub) | {t for t, _ in counts}
+        types = {r.info.agent_type for r in rows if r.info.agent_type}
+        types |= _spec_types(hub) | {t for t, _ in counts}
         depth = GaugeMetricFamily(
             "hubvisor_work_queue_depth", "Work items waiting for an agent.", labels=("type",)
         )
