@@ -444,7 +444,7 @@ class MetricsService:
             self.last_sample_seconds = time.perf_counter() - started
         # Every metric is read here, on the hub's thread, in one step (no checkpoint);
         # only the formatting of that snapshot goes to a thread.
-        families = _Families(list(self.registry.collect()))
+        families = _Families([_uncreated(m) for m in self.registry.collect()])
         return await trio.to_thread.run_sync(generate_latest, families)
 
     def _agents(self) -> Iterator[tuple[str, str, int]]:
@@ -486,6 +486,17 @@ class MetricsService:
 
 class _BadRequest(Exception):
     pass
+
+
+def _uncreated(metric: Metric) -> Metric:
+    """``metric`` without its ``_created`` samples: in the text format each would be one
+    more gauge series per label set, telling only when the service started counting."""
+    kept = [s for s in metric.samples if not s.name.endswith("_created")]
+    if len(kept) == len(metric.samples):
+        return metric
+    copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+    copy.samples = kept
+    return copy
 
 
 @attrs.frozen

@@ -221,8 +221,8 @@ class TestScrape:
             assert 0 == value(found, "hubvisor_hangs_total", type="g")
 
     async def test_queued_items_show_as_depth_and_no_item_id_is_a_label(self) -> None:
-        """Items of a type with no agent running wait: the depth gauge shows them, and no
-        label of any sample holds an item id."""
+        """Items of a type with no agent running wait: the depth gauge shows them; no
+        label of any sample holds an item id, and no `_created` series is served."""
         metrics = MetricsService("127.0.0.1:0")
         async with running([pool(size=0)], services=[metrics]) as (hub, events):
             ids = [hub.work.submit("w", {"n": n}).id for n in range(3)]
@@ -234,6 +234,7 @@ class TestScrape:
             assert 0 == value(found, "hubvisor_work_completed_total", type="w")
             values = {v for _, labels in found for _, v in labels}
             assert not values & set(ids)
+            assert [] == [name for name, _ in found if name.endswith("_created")]
 
     async def test_other_paths_and_methods_are_refused(self) -> None:
         """/ is 404 naming /metrics, POST is 405, a head that never ends is 400."""
