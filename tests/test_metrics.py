@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor import ChildSpec, ChildState, ConfigError, Hub, ItemStatus, PoolSpec
+from supervisor import ChildSpec, ChildState, ConfigError, Hub, ItemStatus, PoolSpec, Registry
 from supervisor._metrics import MetricsService, parse_address, sample_groups
 
 from .helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
@@ -265,6 +267,47 @@ def get_request(req: urllib.request.Request) -> int:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code
+
+
+class FakeMirror:
+    """A registry mirror that copies nothing and reports fixed counts."""
+
+    flushes, failures, outages, events_dropped, connected = 7, 2, 1, 0, True
+
+    def changed(self, agent_id: str) -> None:
+        pass
+
+    def record(self, kind: str, agent: Any, detail: str) -> None:
+        pass
+
+    async def run(self, registry: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def flush_final(self) -> None:
+        pass
+
+
+DOCS = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+
+
+class TestDocs:
+    async def test_the_page_names_every_metric_served_and_nothing_else(self) -> None:
+        """docs/metrics.md has a row for each metric a scrape serves (a hub with
+        max_agents and a mirror shows them all), and names no metric that is not served."""
+        metrics = MetricsService("127.0.0.1:0")
+        registry = Registry(mirror=FakeMirror())
+        async with running([pool(size=0)], services=[metrics], max_agents=3, registry=registry):
+            found = await scrape(metrics)
+            _, _, text = await trio.to_thread.run_sync(get, metrics.url)
+        assert 7 == value(found, "hubvisor_registry_mirror_flushes_total")
+        assert 1 == value(found, "hubvisor_registry_mirror_up")
+        served = {
+            f.name + ("_total" if f.type == "counter" else "")
+            for f in text_string_to_metric_families(text)
+        }
+        documented = set(re.findall(r"^\| `(hubvisor_[a-z_]+)`", DOCS, re.M))
+        assert served == documented
 
 
 class TestConfig:
