@@ -658,7 +658,11 @@ class RedisWorkQueue:
                 next_renew = now + renew_every
             if claim:
                 next_claim = now + claim_every
-            taken = self._apply(ops, renewals, reads, replies)
+            try:
+                taken = self._apply(ops, renewals, reads, replies)
+            except Exception:  # a reply of a shape never seen: log it, never stop the work
+                _log.exception("work: could not apply a Redis round; reading back what is held")
+                recover, taken = set(self._serves), 0
             if demand:
                 last_take = now
                 poll = 0.01 if taken else min(0.25, poll * 2)
