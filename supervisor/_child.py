@@ -11,6 +11,7 @@ records: what happens next is the supervisor's decision.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import os
@@ -380,16 +381,29 @@ class ProcessActor:
             self._publish(ChildRunning, pid=self.pid)
 
     async def _watch(self, source: NotifySource | None, scope: trio.CancelScope) -> None:
-        """Readiness and the heartbeat watchdog; cancelled when the process exits."""
+        """Readiness and the heartbeat watchdog; cancelled when the process exits.
+
+        The notify channel is read in this task itself, and a readiness timer gets a task
+        of its own only when there is one to wait for: each task costs memory and
+        scheduling for every child, and a pool may hold 1,000."""
         spec = self.spec
         with scope:
-            async with trio.open_nursery() as nursery:
-                if spec.ready == "start_period":
-                    nursery.start_soon(self._start_period)
-                elif spec.ready_timeout is not None:
-                    nursery.start_soon(self._ready_deadline, spec.ready_timeout)
+            timer: Callable[[], Awaitable[None]] | None = None
+            if spec.ready == "start_period":
+                if spec.start_period > 0:
+                    timer = self._start_period
+                else:
+                    self._set_running()
+            elif spec.ready_timeout is not None:
+                timer = functools.partial(self._ready_deadline, spec.ready_timeout)
+            if timer is None:
                 if source is not None:
-                    nursery.start_soon(self._notify, source)
+                    await self._notify(source)
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(timer)
+                if source is not None:
+                    await self._notify(source)
 
     async def _start_period(self) -> None:
         await trio.sleep(self.spec.start_period)
