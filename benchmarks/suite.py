@@ -171,6 +171,10 @@ def percentile(values: list[float], q: float) -> float:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBVISOR_")}
     env.pop("PYTHONPATH", None)
+    # Python daemons start as on a user's machine: from their bytecode cache, written on
+    # the first run (a sandbox may set this to keep the tree clean; then every start
+    # would compile hubvisor's sources again).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -511,7 +515,12 @@ def draw_chart(results: Path, png: Path) -> str:
     return f"chart: {png}"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so a run's cleanup stops its daemon and children
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, action="append", help="children (repeatable)")
     parser.add_argument("--rounds", type=int, default=None, help="shuffled rounds (3)")
