@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -28,7 +28,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ._control import ControlClientError, NoHubRunning, default_socket_path, request
-from ._metrics import GroupUsage, sample_groups
+
+if TYPE_CHECKING:
+    from ._metrics import GroupUsage
 
 __all__ = ["Snapshot", "poll", "render", "top"]
 
@@ -344,6 +346,10 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
 
 
 def _sample(snap: Snapshot) -> dict[int, GroupUsage]:
+    # Imported here: `hubvisor` imports this module for every command, and only top
+    # needs the metrics module (and prometheus_client, 50 ms to import).
+    from ._metrics import sample_groups
+
     pids = [r["pid"] for r in snap.rows if r.get("kind") == "worker" and r.get("pid")]
     with contextlib.suppress(OSError):
         return sample_groups(pids)
