@@ -6,6 +6,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -267,6 +269,66 @@ def get_request(req: urllib.request.Request) -> int:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code
+
+
+CLI_SPEC = """
+from supervisor import ChildSpec, PoolSpec, SupervisorSpec
+
+spec = SupervisorSpec(
+    name="metricshub",
+    children=[
+        PoolSpec(
+            agent_type="s",
+            template=ChildSpec(id="s", argv=["sleep", "1000"], start_period=0.1, shutdown=1.0),
+            size=3,
+        )
+    ],
+)
+"""
+
+
+def _cli_has_metrics() -> bool:
+    done = subprocess.run(
+        [PY, "-m", "supervisor", "run", "--help"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    return "--metrics" in done.stdout
+
+
+class TestCommandLine:
+    def test_run_with_metrics_serves_them_until_it_stops(self, tmp_path: Path) -> None:
+        """`hubvisor run SPEC --metrics 127.0.0.1:0` logs the URL it serves; a scrape
+        there shows the three agents running; SIGTERM stops it with status 0."""
+        if not _cli_has_metrics():
+            pytest.skip("`hubvisor run` has no --metrics option yet (see docs/metrics.md)")
+        (tmp_path / "tree.py").write_text(CLI_SPEC)
+        log = tmp_path / "hub.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [PY, "-m", "supervisor", "run", str(tmp_path / "tree.py"),
+                 "--metrics", "127.0.0.1:0", "--socket", str(tmp_path / "hub.sock")],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not (found := re.search(r"metrics: (http://\S+/metrics)", log.read_text())):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            url = found.group(1)
+            while True:
+                _, _, text = get(url)
+                samples = {
+                    (s.name, frozenset(s.labels.items())): s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                }
+                running_now = value(samples, "hubvisor_agents", type="s", status="idle")
+                if running_now == 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert 3 == running_now, text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert 0 == proc.wait(timeout=TIMEOUT), log.read_text()
 
 
 class FakeMirror:
