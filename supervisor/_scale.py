@@ -28,7 +28,7 @@ import attrs
 
 from ._errors import ConfigError
 
-__all__ = ["Autoscale", "Decision", "decide"]
+__all__ = ["Autoscale", "Decision", "PoolScaler", "decide"]
 
 _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -216,3 +216,69 @@ def decide(
     if waiting > 0:
         return stay(f"{waiting} waiting, {idle_agents} idle member(s) will take them")
     return stay("nothing waiting, no member idle")
+
+
+@attrs.define
+class PoolScaler:
+    """The two times :func:`decide` needs, kept for one pool between calls.
+
+    A service that autoscales keeps one per pool and, at each tick, calls
+    :meth:`decide` with what it sees now, applies the decision, then calls
+    :meth:`changed` once the pool was resized (and on a resize by hand, too). It reads no
+    clock either: ``now`` comes from the caller (``trio.current_time()``).
+
+    Example::
+
+        scaler = PoolScaler(Autoscale(min=0, max=8))
+        d = scaler.decide(current=2, waiting=5, idle_agents=0, now=trio.current_time(),
+                          max_agents_room=hub_room)
+        if d.action != "stay":
+            await hub.resize("worker", d.target)
+            scaler.changed(trio.current_time())
+
+    Attributes:
+        policy: the pool's :class:`Autoscale`.
+        idle_since: since when the pool has had idle members and nothing waiting.
+        last_change: when the pool was last resized.
+    """
+
+    policy: Autoscale
+    idle_since: float | None = None
+    last_change: float | None = None
+
+    def observe(self, *, waiting: int, idle_agents: int, now: float) -> None:
+        """Note what the pool looks like at ``now``: the idle period starts with the
+        first look at idle members and nothing waiting, and ends with any other."""
+        if waiting == 0 and idle_agents > 0:
+            if self.idle_since is None:
+                self.idle_since = now
+        else:
+            self.idle_since = None
+
+    def decide(
+        self,
+        *,
+        current: int,
+        waiting: int,
+        idle_agents: int,
+        now: float,
+        max_agents_room: int | None,
+    ) -> Decision:
+        """:meth:`observe`, then :func:`decide` with the kept times."""
+        self.observe(waiting=waiting, idle_agents=idle_agents, now=now)
+        return decide(
+            self.policy,
+            current=current,
+            waiting=waiting,
+            idle_agents=idle_agents,
+            idle_since=self.idle_since,
+            last_change=self.last_change,
+            now=now,
+            max_agents_room=max_agents_room,
+        )
+
+    def changed(self, now: float) -> None:
+        """The pool was resized at ``now``: the cooldown starts, and the idle period
+        starts over (the members it counted may be gone)."""
+        self.last_change = now
+        self.idle_since = None

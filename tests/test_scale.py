@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from supervisor import ConfigError
-from supervisor._scale import Autoscale, Decision, decide
+from supervisor._scale import Autoscale, Decision, PoolScaler, decide
 
 NOW = 1000.0
 
@@ -122,6 +122,26 @@ class TestCases:
         assert ("shrink", 4) == attrs.astuple(ask(Autoscale(max=4), current=9))[:2]
 
 
+class TestPoolScaler:
+    def test_the_idle_period_starts_at_the_first_idle_look_and_ends_with_work(self) -> None:
+        """Idle members with nothing waiting start the period; an item waiting (or no
+        idle member) ends it; a resize starts the cooldown and a new period."""
+        scaler = PoolScaler(Autoscale(min=1, max=4, scale_down_after=10, cooldown=5))
+        scaler.observe(waiting=0, idle_agents=2, now=100)
+        scaler.observe(waiting=0, idle_agents=1, now=104)
+        assert 100 == scaler.idle_since
+        early = scaler.decide(current=3, waiting=0, idle_agents=2, now=109, max_agents_room=None)
+        assert "stay" == early.action
+        late = scaler.decide(current=3, waiting=0, idle_agents=2, now=110, max_agents_room=None)
+        assert ("shrink", 1) == (late.action, late.target)
+        scaler.changed(110)
+        assert (None, 110) == (scaler.idle_since, scaler.last_change)
+        busy = scaler.decide(current=1, waiting=3, idle_agents=0, now=112, max_agents_room=None)
+        assert ("stay", None) == (busy.action, scaler.idle_since)  # cooling down, not idle
+        grown = scaler.decide(current=1, waiting=3, idle_agents=0, now=115, max_agents_room=1)
+        assert ("grow", 2) == (grown.action, grown.target)
+
+
 # --------------------------------------------------------------------------------------
 # Properties
 
@@ -212,12 +232,11 @@ class TestProperties:
         self, policy: Autoscale, arrivals: list[int], max_agents: int | None
     ) -> None:
         """Items arrive for a while; each agent does one per second; the pool follows
-        ``decide`` every second. It stays within its bounds and the hub's max_agents,
+        ``decide`` every second (through a ``PoolScaler``). It stays within its bounds and the hub's max_agents,
         changes at most once per cooldown, does all the work, and ends at min."""
         room_for = max_agents if max_agents is None else max(max_agents, policy.min)
         size, queue, done = policy.min, 0, 0
-        idle_since: float | None = None
-        last_change: float | None = None
+        scaler = PoolScaler(policy)
         changes: list[int] = []
         steps = len(arrivals) + sum(arrivals) + 2 * (policy.cooldown + policy.scale_down_after) + 10
         for t in range(steps):
@@ -225,25 +244,17 @@ class TestProperties:
             taken = min(size, queue)  # each member takes one item and finishes it this second
             queue -= taken
             done += taken
-            idle = size - taken
-            if queue == 0 and idle > 0:
-                idle_since = t if idle_since is None else idle_since
-            else:
-                idle_since = None
-            d = decide(
-                policy,
+            d = scaler.decide(
                 current=size,
                 waiting=queue,
-                idle_agents=idle,
-                idle_since=idle_since,
-                last_change=last_change,
+                idle_agents=size - taken,
                 now=t,
                 max_agents_room=None if room_for is None else room_for - size,
             )
             if d.target != size:
-                size, last_change = d.target, t
+                size = d.target
+                scaler.changed(t)
                 changes.append(t)
-                idle_since = None  # the retired members' idle time is gone with them
             assert policy.min <= size <= policy.max
             assert room_for is None or size <= room_for
         assert sum(arrivals) == done
