@@ -315,12 +315,15 @@ class MetricsService:
         for agent_type in _agent_types(hub):
             for c in (
                 self.submitted,
+                self.assigned,
                 self.completed,
                 self.dead,
+                self.refused,
                 self.restarts,
                 self.failed_starts,
                 self.hangs,
                 self.spawn_failures,
+                self.wait_time,
             ):
                 c.labels(agent_type)  # a type with nothing yet shows 0, not nothing
         try:

@@ -236,6 +236,8 @@ class TestScrape:
             assert 3 == value(found, "hubvisor_work_queue_depth", type="w")
             assert 0 == value(found, "hubvisor_work_in_flight", type="w")
             assert 0 == value(found, "hubvisor_work_completed_total", type="w")
+            assert 0 == value(found, "hubvisor_work_assigned_total", type="w")
+            assert 0 == value(found, "hubvisor_work_wait_seconds_count", type="w")
             values = {v for _, labels in found for _, v in labels}
             assert not values & set(ids)
             assert [] == [name for name, _ in found if name.endswith("_created")]
