@@ -334,9 +334,14 @@ def test_chaos_two_hubs_agent_and_hub_kills_and_a_redis_restart(
     b = hubs("B", size=2, lease=1.5).start()
     ids: list[str] = []
     every_agent: set[int] = set()
+    unsure: list[str] = []
     for step in range(60):
         target = a if step % 2 and step < 20 else b
-        ids.append(target.submit({"n": step, "sleep": rng.choice([0, 0.05, 0.2])})["id"])
+        answer = target.submit({"n": step, "sleep": rng.choice([0, 0.05, 0.2])})
+        if answer["stored"] or target is b:
+            ids.append(answer["id"])  # in Redis, or held by a hub that lives on
+        else:  # held only by A, which is SIGKILLed below: it may be lost, never doubled
+            unsure.append(answer["id"])
         for h in (a, b):
             if h.proc is not None and h.proc.poll() is None:
                 every_agent.update(h.agent_pids())
@@ -352,7 +357,7 @@ def test_chaos_two_hubs_agent_and_hub_kills_and_a_redis_restart(
         if step == 37:
             redis_server.start()
     try:
-        wait_for(lambda: len(set(outcomes(client))) >= 60, 90, "every item to end")
+        wait_for(lambda: set(ids) <= set(outcomes(client)), 90, "every item to end")
     except AssertionError:
         missing = [i for i in ids if i not in outcomes(client)]
         detail = {i: item(client, i) for i in missing[:5]}
@@ -362,7 +367,7 @@ def test_chaos_two_hubs_agent_and_hub_kills_and_a_redis_restart(
             f"B's log:\n{b.log.read_text()[-4000:]}"
         ) from None
     counts = outcomes(client)
-    assert sorted(counts) == sorted(ids)
+    assert set(counts) - set(unsure) == set(ids)
     assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
     b.stop()
     wait_for(lambda: not any(alive(p) for p in every_agent), 10, "no agent left")
