@@ -127,8 +127,13 @@ def render(
     *,
     problem: str | None = None,
     interval: float = 1.0,
+    height: int | None = None,
 ) -> RenderableType:
-    """One frame: a header, the tree with every agent, and the queues by type."""
+    """One frame: a header, the queues by type, and the tree with every agent.
+
+    ``height``: the terminal's lines; a tree that does not fit ends with a line saying
+    how many rows are left out (the header and the queues always show).
+    """
     hub = snap.status.get("hub", {})
     agents = {a["id"]: a for a in snap.status.get("agents", [])}
     work = ", ".join(f"{n} {s}" for s, n in hub.get("work", {}).items() if n) or "none"
@@ -145,7 +150,15 @@ def render(
         table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
     table.add_column("assignment", no_wrap=True)
     table.add_column("last exit", overflow="fold")
-    for depth, row in _tree(snap.rows):
+    tree = list(_tree(snap.rows))
+    hidden = 0
+    if height is not None:
+        queue_lines = 5 + len(set(snap.queued) | set(snap.assigned) | _types(agents))
+        room = max(1, height - queue_lines - (1 if problem else 0) - 5)  # header, table head
+        if len(tree) > room:
+            hidden = len(tree) - (room - 1)
+            tree = tree[: room - 1]
+    for depth, row in tree:
         indent = "  " * depth
         if row.get("kind") == "supervisor":
             table.add_row(
@@ -196,8 +209,14 @@ def render(
     parts: list[RenderableType] = [header]
     if problem:
         parts.append(Text(problem, style="bold red"))
-    parts.extend([table, queues])
+    parts.extend([queues, table])
+    if hidden:
+        parts.append(Text(f" … {hidden} more rows: enlarge the terminal", style="dim"))
     return Group(*parts)
+
+
+def _types(agents: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    return {str(a.get("type") or "-") for a in agents.values()}
 
 
 def _tree(rows: Sequence[Mapping[str, Any]]) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -321,7 +340,7 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
         with (
             _Keys() as keys,
             Live(
-                render(snap, usage, load, interval=interval),
+                render(snap, usage, load, interval=interval, height=console.height),
                 console=console,
                 auto_refresh=False,
                 vertical_overflow="crop",
@@ -339,7 +358,9 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
                     problem = f"{exc} (retrying every {interval:g}s)"
                 usage = _sample(snap)
                 load = cpu.update(usage, time.monotonic())
-                frame = render(snap, usage, load, problem=problem, interval=interval)
+                frame = render(
+                    snap, usage, load, problem=problem, interval=interval, height=console.height
+                )
                 live.update(frame, refresh=True)
     except KeyboardInterrupt:
         return

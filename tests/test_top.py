@@ -262,3 +262,26 @@ class TestFrame:
         assert re.search(r"^\s*w\s+4\s+1\s+2\s+0\s*$", lines["w"])
         assert "work: 4 queued" in text
         json.dumps(status)  # the frame needs nothing the control socket cannot send
+
+    def test_a_tree_taller_than_the_terminal_keeps_the_queues_and_counts_the_rest(
+        self,
+    ) -> None:
+        """100 agents in a 30-line terminal: the frame fits in 30 lines, the queue line
+        is there, and the last row says how many rows are left out."""
+        from rich.console import Console
+
+        rows = [
+            {"supervisor": "hub", "id": f"w-agent-{n}", "kind": "worker", "state": "running",
+             "pid": None, "restarts": 0, "uptime": 1.0, "agent_type": "w", "last_exit": None}
+            for n in range(1, 101)
+        ]  # fmt: skip
+        status = {"hub": {"id": "hub", "pid": 1, "agents": 100, "work": {}}, "agents": []}
+        snap = Snapshot(rows, status, {"w": 7}, {}, 0.0)
+        console = Console(width=160, height=30, record=True, color_system=None)
+        console.print(render(snap, {}, {}, height=30))
+        lines = console.export_text().rstrip("\n").split("\n")
+        assert len(lines) <= 30
+        assert any(re.match(r"^\s*w\s+7\s+0\s+0\s+0\s*$", line) for line in lines)
+        shown = sum(1 for line in lines if re.match(r"^\s*w-agent-\d+\s", line))
+        assert f"… {100 - shown} more rows: enlarge the terminal" in lines[-2] + lines[-1]
+        assert shown >= 15
