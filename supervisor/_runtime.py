@@ -248,7 +248,9 @@ class Supervisor:
         self.path = f"{parent_path}/{spec.name}" if parent_path else spec.name
         self._ctx = context or RuntimeContext()
         if isinstance(spec, PoolSpec):
-            self._members = [_Member(spec.member(n), pool_index=n) for n in range(1, spec.size + 1)]
+            self._members = [
+                _Member(pool_member(spec, n), pool_index=n) for n in range(1, spec.size + 1)
+            ]
         else:
             self._members = [_Member(child) for child in spec.children]
         # The members by id, kept beside the ordered list: an exit, a restart and a
@@ -755,7 +757,8 @@ class Supervisor:
             self._ctx.claim_agents(size - current, f"growing pool {self.path!r} to {size}")
             used = {m.pool_index for m in self._members}
             free = (n for n in range(1, spec.max_size + 1) if n not in used)
-            new = [_Member(spec.member(n), pool_index=n) for n in sorted(free)[: size - current]]
+            numbers = sorted(free)[: size - current]
+            new = [_Member(pool_member(spec, n), pool_index=n) for n in numbers]
             self._members = sorted([*self._members, *new], key=lambda m: m.pool_index or 0)
             self._index.update((m.id, m) for m in new)
             for m in new:
@@ -774,6 +777,24 @@ class Supervisor:
         self._stop_requested = True
         for sub in self.children_supervisors():
             sub._drain()
+
+
+_POOL_MEMBERS: dict[tuple[int, int], tuple[PoolSpec, ChildSpec]] = {}
+
+
+def pool_member(pool: PoolSpec, n: int) -> ChildSpec:
+    """``pool.member(n)``, built once per pool and number: specs are frozen, and each
+    build is an ``attrs.evolve`` with every validator run again (a pool restarts with its
+    supervisor, and ``supervisor.testing`` reads the members of every pool often)."""
+    key = (id(pool), n)
+    hit = _POOL_MEMBERS.get(key)
+    if hit is not None and hit[0] is pool:
+        return hit[1]
+    if len(_POOL_MEMBERS) >= 4096:
+        _POOL_MEMBERS.clear()
+    member = pool.member(n)
+    _POOL_MEMBERS[key] = (pool, member)  # holding the pool keeps its id from being reused
+    return member
 
 
 def _check_spec_type(spec: object) -> None:

@@ -42,6 +42,7 @@ from .._events import (
     SupervisorStopped,
     SupervisorStopping,
 )
+from .._runtime import pool_member
 from .._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 from .._work import (
     WorkAssigned,
@@ -135,6 +136,19 @@ class _Tree:
 
     @classmethod
     def of(cls, root: SupervisorSpec) -> _Tree:
+        """The tree of ``root``, read once per spec: a pool's member specs (up to
+        ``max_size`` of them, each an ``attrs.evolve``) were most of a check's cost."""
+        hit = _TREES.get(id(root))
+        if hit is not None and hit[0] is root:
+            return hit[1]
+        if len(_TREES) >= 64:
+            _TREES.clear()
+        tree = cls._read(root)
+        _TREES[id(root)] = (root, tree)  # holding root keeps its id from being reused
+        return tree
+
+    @classmethod
+    def _read(cls, root: SupervisorSpec) -> _Tree:
         sups: dict[str, SupervisorSpec | PoolSpec] = {}
         kids: dict[tuple[str, str], AnySpec] = {}
         workers = 0
@@ -144,7 +158,7 @@ class _Tree:
             sups[path] = spec
             if isinstance(spec, PoolSpec):
                 for n in range(1, spec.max_size + 1):
-                    kids[path, spec.member_id(n)] = spec.member(n)
+                    kids[path, spec.member_id(n)] = pool_member(spec, n)
                 workers += spec.max_size
                 return
             for child in spec.children:
@@ -160,6 +174,9 @@ class _Tree:
     def restart(self, sup: str, child: str) -> RestartType:
         spec = self.kids.get((sup, child))
         return spec.restart if spec is not None else RestartType.PERMANENT
+
+
+_TREES: dict[int, tuple[SupervisorSpec, _Tree]] = {}
 
 
 def _split(path: str) -> tuple[str, str] | None:
@@ -260,6 +277,19 @@ def _outline(spec: AnySpec, depth: int) -> list[str]:
 
 
 def _analyse(trace: Trace) -> _Analysis:
+    """The decisions in ``trace``; :func:`check_all` runs four checks on one trace, and
+    they share one analysis (nothing changes an analysis once made)."""
+    if _ANALYSED and _ANALYSED[0][0] is trace:
+        return _ANALYSED[0][1]
+    an = _read_decisions(trace)
+    _ANALYSED[:] = [(trace, an)]
+    return an
+
+
+_ANALYSED: list[tuple[Trace, _Analysis]] = []
+
+
+def _read_decisions(trace: Trace) -> _Analysis:
     an = _Analysis(trace, _Tree.of(trace.spec))
     states: dict[str, dict[str, str]] = {}
     epochs: dict[str, int] = {}

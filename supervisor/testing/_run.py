@@ -27,6 +27,7 @@ from .._errors import InvalidSupervisorSpec, SupervisorEscalation
 from .._events import Event, EventBus
 from .._hub import Hub
 from .._process import SpawnRequest
+from .._runtime import pool_member
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
 from .._work import WorkQueue, WorkService
 from ._errors import InvalidSchedule
@@ -633,7 +634,7 @@ def _work_snapshot(hub: Hub, *, quiesced: bool = False, final: bool = False) -> 
 
 def _workers(spec: SupervisorSpec | PoolSpec) -> dict[str, ChildSpec]:
     if isinstance(spec, PoolSpec):
-        return {spec.member_id(n): spec.member(n) for n in range(1, spec.max_size + 1)}
+        return {spec.member_id(n): pool_member(spec, n) for n in range(1, spec.max_size + 1)}
     found: dict[str, ChildSpec] = {}
     for child in spec.children:
         found.update({child.id: child} if isinstance(child, ChildSpec) else _workers(child))
