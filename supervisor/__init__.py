@@ -50,6 +50,7 @@ from ._events import (
     event_kinds as event_kinds,
 )
 from ._hub import Hub as Hub, Service as Service, TreeRow as TreeRow
+from ._keeper import MARK_ENV as MARK_ENV, OrphanKeeper as OrphanKeeper
 from ._log import format_event as format_event
 from ._process import (
     OSProcessBackend as OSProcessBackend,
@@ -102,6 +103,7 @@ from ._work import (
 __all__ = [
     "BRUTAL_KILL",
     "INFINITY",
+    "MARK_ENV",
     "REGISTRY_KINDS",
     "RESERVED_STATUSES",
     "SUBSCRIPTION_BUFFER",
@@ -139,6 +141,7 @@ __all__ = [
     "MaxAgentsExceeded",
     "MemoryWorkQueue",
     "OSProcessBackend",
+    "OrphanKeeper",
     "OutputSpec",
     "PoolSpec",
     "ProcessBackend",

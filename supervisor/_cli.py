@@ -39,6 +39,7 @@ from ._control import (
 from ._demo import DemoFeeder, demo_spec
 from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
 from ._hub import Hub, Service
+from ._keeper import OrphanKeeper
 from ._log import log_events, log_kinds, logger
 from ._redis import RedisMirror
 from ._registry import Registry
@@ -183,7 +184,8 @@ def run_hub(
         spec,
         max_agents=max_agents,
         registry=registry,
-        services=services,
+        # No orphan ever: whatever the agents start dies when the hub does, however.
+        services=[OrphanKeeper(), *services],
         work=work,
         hub_id=hub_id,
     )
