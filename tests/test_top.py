@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -118,14 +117,18 @@ def hub(tmp_path: Path) -> Iterator[Path]:
 
 
 class Tmux:
-    """A private tmux server (its own socket name) with one detached session."""
+    """A private tmux server (its socket in the test's directory, so nothing is left in
+    /tmp/tmux-UID) with one detached session."""
 
-    def __init__(self) -> None:
-        self.name = f"hubvisor-test-{uuid.uuid4().hex[:8]}"
+    def __init__(self, where: Path) -> None:
+        self.socket = where / "tmux.sock"
 
     def run(self, *args: str) -> str:
         return subprocess.run(
-            ["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=TIMEOUT
+            ["tmux", "-S", str(self.socket), *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         ).stdout
 
     def start(self, command: str) -> None:
@@ -148,10 +151,10 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux() -> Iterator[Tmux]:
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed: `hubvisor top` is tested in a tmux terminal")
-    t = Tmux()
+    t = Tmux(tmp_path)
     try:
         yield t
     finally:
