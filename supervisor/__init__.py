@@ -51,6 +51,7 @@ from ._events import (
 )
 from ._hub import Hub as Hub, Service as Service, TreeRow as TreeRow
 from ._keeper import MARK_ENV as MARK_ENV, OrphanKeeper as OrphanKeeper
+from ._limits import ChildOverLimit as ChildOverLimit, LimitsService as LimitsService
 from ._log import format_event as format_event
 from ._process import (
     OSProcessBackend as OSProcessBackend,
@@ -73,6 +74,12 @@ from ._runtime import (
     ChildState as ChildState,
     RuntimeContext as RuntimeContext,
     Supervisor as Supervisor,
+)
+from ._scale import (
+    Autoscale as Autoscale,
+    Decision as Decision,
+    PoolScaler as PoolScaler,
+    decide as decide,
 )
 from ._spec import (
     BRUTAL_KILL as BRUTAL_KILL,
@@ -109,6 +116,7 @@ __all__ = [
     "SUBSCRIPTION_BUFFER",
     "AgentRecord",
     "AgentStatus",
+    "Autoscale",
     "ChildBackingOff",
     "ChildExited",
     "ChildHeartbeat",
@@ -116,6 +124,7 @@ __all__ = [
     "ChildInfo",
     "ChildNotFound",
     "ChildOutput",
+    "ChildOverLimit",
     "ChildRestarting",
     "ChildRunning",
     "ChildSpawnFailed",
@@ -126,6 +135,7 @@ __all__ = [
     "ChildStopped",
     "ConfigError",
     "ControlError",
+    "Decision",
     "Event",
     "EventBus",
     "ExitStatus",
@@ -138,11 +148,14 @@ __all__ = [
     "InvalidSpec",
     "InvalidSupervisorSpec",
     "ItemStatus",
+    "LimitsService",
     "MaxAgentsExceeded",
     "MemoryWorkQueue",
+    "MetricsService",
     "OSProcessBackend",
     "OrphanKeeper",
     "OutputSpec",
+    "PoolScaler",
     "PoolSpec",
     "ProcessBackend",
     "ProcessHandle",
@@ -178,15 +191,18 @@ __all__ = [
     "WorkService",
     "WorkSubmitted",
     "check_specs",
+    "decide",
     "event_kinds",
     "format_event",
 ]
 
 
 if TYPE_CHECKING:
+    from ._metrics import MetricsService as MetricsService
     from ._work_redis import RedisWorkQueue as RedisWorkQueue
 
-_LAZY = {"RedisWorkQueue": "._work_redis"}  # they import redis-py: only when used
+# They import redis-py or prometheus_client: only when used.
+_LAZY = {"RedisWorkQueue": "._work_redis", "MetricsService": "._metrics"}
 
 
 def __getattr__(name: str) -> Any:

@@ -224,6 +224,7 @@ class ProcessActor:
         self.exit_reason: str | None = None
         self._stop_asked = False
         self._hung: str | None = None
+        self._condemned = trio.Event()
         self._done = trio.Event()
         self._ready = trio.Event()
         self._rejected = 0
@@ -271,12 +272,14 @@ class ProcessActor:
                 for stream, name in ((handle.stdout, "stdout"), (handle.stderr, "stderr")):
                     if stream is not None:
                         nursery.start_soon(self._pump, stream, name)
-                watchers = trio.CancelScope()
+                watchers, condemned = trio.CancelScope(), trio.CancelScope()
                 nursery.start_soon(self._watch, source, watchers)
+                nursery.start_soon(self._serve_condemned, condemned)
                 try:
                     status = await handle.wait()
                 finally:
                     watchers.cancel()
+                    condemned.cancel()
                 if source is not None:
                     self._drain(source)
                 # The group is dead; give the pipes a moment to drain, not forever (an
@@ -419,22 +422,23 @@ class ProcessActor:
         """Read the child's notify messages; kill it when it falls silent too long."""
         timeout = self.spec.heartbeat_timeout
         last = trio.current_time()
-        while True:
-            deadline = last + timeout if timeout is not None else math.inf
-            with trio.move_on_at(deadline):
+        # One watchdog scope for the whole life of the process, its deadline moved on by
+        # each valid record (a fresh scope per record was a third of a heartbeat's cost).
+        # It ends only when it fires; the process's exit cancels from outside.
+        with trio.CancelScope(deadline=last + timeout if timeout is not None else math.inf) as dog:
+            while True:
                 try:
                     data: bytes | None = await source.receive()
                 except (OSError, trio.ClosedResourceError):
                     data = None
                 if data is None:  # every writer closed its end: no more heartbeats
-                    await trio.sleep_until(deadline)
-                    continue
+                    await trio.sleep_forever()
                 if self._on_record(data):
                     last = trio.current_time()
+                    if timeout is not None:
+                        dog.deadline = last + timeout
                 if self._bad_version is not None:
                     await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
-                continue
-            break  # the watchdog fired
         assert timeout is not None
         await self._kill_unresponsive(
             f"hung (no heartbeat for {timeout:g}s)", trio.current_time() - last
@@ -522,6 +526,27 @@ class ProcessActor:
                     msg.value,
                 )
             )
+
+    def condemn(self, why: str) -> bool:
+        """Ask for the process to be stopped gracefully because of ``why`` (e.g. over a
+        resource limit): stop signal, ``shutdown``, SIGKILL, in the actor's own task. Its
+        exit is then a failure whose reason starts with ``why``, and its supervisor's
+        restart policy decides what follows. False if it is already stopping or ended."""
+        if self._stop_asked or self.done or self._hung is not None:
+            return False
+        self._hung = why
+        self._condemned.set()
+        return True
+
+    async def _serve_condemned(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._condemned.wait()
+            if self._stop_asked:
+                return
+            _log.warning(
+                "%s/%s (pid %d): %s; stopping it", self.path, self.spec.id, self.pid, self._hung
+            )
+            await self._signal_then_kill(self._done.wait, warn=True)
 
     async def _kill_unresponsive(self, why: str, silence: float, *, hung: bool = True) -> None:
         """Kill a child that stopped answering (or broke the protocol) like a stop

@@ -37,13 +37,21 @@ from ._control import (
     stream,
 )
 from ._demo import DemoFeeder, demo_spec
-from ._errors import ControlError, InvalidSpec, MaxAgentsExceeded, SupervisorEscalation
+from ._errors import (
+    ConfigError,
+    ControlError,
+    InvalidSpec,
+    MaxAgentsExceeded,
+    SupervisorEscalation,
+)
 from ._hub import Hub, Service
 from ._keeper import OrphanKeeper
+from ._limits import LimitsService
 from ._log import log_events, log_kinds, logger
 from ._redis import RedisMirror
 from ._registry import Registry
 from ._spec import AnySpec, SupervisorSpec, check_specs
+from ._top import top
 from ._work import WorkService
 
 __all__ = ["load_spec", "main", "run_hub"]
@@ -160,6 +168,7 @@ def run_hub(
     services: Sequence[Service] = (),
     hub_id: str | None = None,
     lease: float = 10.0,
+    metrics: str | None = None,
 ) -> int:
     """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
 
@@ -169,10 +178,15 @@ def run_hub(
     it, each holding its items on a ``lease`` of seconds) and mirror the agent registry
     there, under ``redis_prefix`` (default: both live in the hub's memory only).
     ``hub_id``: the hub's id (default: the root spec's name); hubs sharing a Redis need
-    different ones.
+    different ones. ``metrics``: serve Prometheus metrics on this ``HOST:PORT``
+    (:class:`~supervisor._metrics.MetricsService`).
     """
     registry = None
     work = None
+    if metrics is not None:
+        from ._metrics import MetricsService  # prometheus_client is imported only when used
+
+        services = (*services, MetricsService(metrics))
     if redis is not None:
         from ._work_redis import RedisWorkQueue  # redis-py is imported only when used
 
@@ -185,7 +199,7 @@ def run_hub(
         max_agents=max_agents,
         registry=registry,
         # No orphan ever: whatever the agents start dies when the hub does, however.
-        services=[OrphanKeeper(), *services],
+        services=[OrphanKeeper(), LimitsService(), *services],
         work=work,
         hub_id=hub_id,
     )
@@ -281,6 +295,15 @@ _common = [
         "hub sharing the Redis takes it (a live hub renews its leases every third of that).",
     ),
     click.option(
+        "--metrics",
+        metavar="HOST:PORT",
+        envvar="HUBVISOR_METRICS",
+        default=None,
+        callback=lambda ctx, param, value: _check_metrics(value),
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; "
+        "port 0: any free port, logged; off by default). Also $HUBVISOR_METRICS.",
+    ),
+    click.option(
         "--hub-id",
         envvar="HUBVISOR_HUB_ID",
         default=None,
@@ -296,6 +319,17 @@ def _check_redis_url(value: str | None) -> str | None:
             RedisMirror(value)
         except ValueError as exc:  # the message never shows the password
             raise click.BadParameter(str(exc), param_hint="--redis") from None
+    return value
+
+
+def _check_metrics(value: str | None) -> str | None:
+    if value is not None:
+        from ._metrics import parse_address
+
+        try:
+            parse_address(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics") from None
     return value
 
 
@@ -581,3 +615,4 @@ for _op in OPS.values():
             _parent = _sub
         _parent.add_command(_ctl_command(_op, _name))
 ctl.help = f"Control a running hub: {', '.join(ctl.commands)} (each op of the control table)."
+main.add_command(top)

@@ -257,6 +257,12 @@ class ChildSpec:
             (``None``: wait for ever). Like systemd's ``TimeoutStartSec``.
         agent_type: the kind of agent (``"worker"``, ``"qc"``...), for the registry.
         output: capture of stdout and stderr (see :class:`OutputSpec`).
+        memory_limit: bytes of resident memory the child's whole process group may use;
+            over it, the hub stops the child gracefully and its restart policy decides,
+            the exit saying why (``"over memory limit: 1.2 GiB > 1 GiB"``). Checked by
+            :class:`~supervisor.LimitsService` (``hubvisor run`` runs one) at its interval.
+        cpu_limit: cores the process group may use, averaged between two checks (``1.5``:
+            one and a half cores); over it twice in a row, the same as ``memory_limit``.
 
     Example::
 
@@ -282,6 +288,20 @@ class ChildSpec:
     ready_timeout: float | None = attrs.field(
         default=None, validator=_check_optional_seconds("ready_timeout")
     )
+    memory_limit: int | None = attrs.field(default=None)
+    cpu_limit: float | None = attrs.field(
+        default=None, validator=_check_optional_seconds("cpu_limit")
+    )
+
+    @memory_limit.validator
+    def _check_memory_limit(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value <= 0
+        ):
+            raise InvalidChildSpec(
+                f"ChildSpec.memory_limit must be a number of bytes > 0 or None (got {value!r}); "
+                "e.g. memory_limit=2 * 1024**3 for 2 GiB"
+            )
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.notify, bool):

@@ -16,10 +16,13 @@ _SUPERVISOR_MODULES = [
     "_errors",
     "_events",
     "_hub",
+    "_keeper",
+    "_limits",
     "_process",
     "_redis",
     "_registry",
     "_runtime",
+    "_scale",
     "_spec",
 ]
 _INTERNAL = {"agent_ids"}  # in a module's __all__ for the package's own use

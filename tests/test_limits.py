@@ -1,0 +1,89 @@
+"""Resource limits per child, with real processes: a child whose process group goes over
+its memory or CPU limit is stopped gracefully and restarted by policy, the reason in its
+exit; one under its limits is left alone."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from supervisor import ChildSpec, Hub, InvalidChildSpec, LimitsService
+
+from .helpers import TIMEOUT, wait_event
+
+pytestmark = pytest.mark.slow
+
+# Allocates and touches `mb` MiB in a grandchild (the group counts), then idles; with a
+# second argument, only the first incarnation does (the file it creates says so).
+HOG = r"""
+import os, subprocess, sys, time
+mb = int(sys.argv[1])
+if len(sys.argv) > 2:
+    if os.path.exists(sys.argv[2]):
+        mb = 1
+    open(sys.argv[2], "a").close()
+subprocess.Popen([sys.executable, "-c", f"b = bytearray({mb} << 20); import time; time.sleep(1000)"])
+time.sleep(1000)
+"""
+SPIN = "while True: pass"
+
+
+async def _exit_of(events: trio.MemoryReceiveChannel, child_id: str) -> tuple[object, object]:
+    over = await wait_event(events, lambda e: e.kind == "over_limit" and e.child_id == child_id)
+    exited = await wait_event(events, lambda e: e.kind == "exited" and e.child_id == child_id)
+    return over, exited
+
+
+async def test_a_child_over_its_memory_limit_is_stopped_and_restarted_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    once = str(tmp_path / "hogged")
+    spec = ChildSpec(
+        id="hog", argv=[sys.executable, "-c", HOG, "64", once], memory_limit=32 << 20, shutdown=1.0
+    )
+    calm = ChildSpec(id="calm", argv=[sys.executable, "-c", HOG, "1"], memory_limit=200 << 20)
+    limits = LimitsService(interval=0.2)
+    hub = Hub([spec, calm], services=[limits])
+    events = hub.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        with trio.fail_after(TIMEOUT):
+            over, exited = await _exit_of(events, "hog")
+            await wait_event(events, lambda e: e.kind == "running" and e.child_id == "hog")
+        assert over.limit == "memory" and over.used > over.allowed == 32 << 20
+        assert over.reason.startswith("over memory limit: ")
+        assert "MiB > 32 MiB" in over.reason
+        assert not exited.expected  # a failure: the restart policy counts it
+        info = {r.info.id: r.info for r in hub.which_children()}
+        assert info["hog"].last_exit.startswith("over memory limit: ")
+        assert info["hog"].restarts == 1
+        assert info["calm"].restarts == 0 and info["calm"].last_exit is None
+        await hub.stop()
+    assert limits.stopped == 1
+
+
+async def test_a_child_over_its_cpu_limit_twice_in_a_row_is_stopped() -> None:
+    spec = ChildSpec(id="spin", argv=[sys.executable, "-c", SPIN], cpu_limit=0.3, shutdown=1.0)
+    hub = Hub([spec], services=[LimitsService(interval=0.3)])
+    events = hub.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        with trio.fail_after(TIMEOUT):
+            over, _ = await _exit_of(events, "spin")
+        assert over.limit == "cpu" and over.used > 0.3
+        assert "cores > 0.3 for 2 checks" in over.reason
+        await hub.stop()
+
+
+def test_limits_are_validated_with_the_fix_in_the_message() -> None:
+    with pytest.raises(InvalidChildSpec, match="memory_limit must be a number of bytes"):
+        ChildSpec(id="x", argv=["true"], memory_limit=-1)
+    with pytest.raises(InvalidChildSpec, match="memory_limit"):
+        ChildSpec(id="x", argv=["true"], memory_limit="1GB")  # type: ignore[arg-type]
+    with pytest.raises(InvalidChildSpec, match="cpu_limit"):
+        ChildSpec(id="x", argv=["true"], cpu_limit=0)
+    with pytest.raises(Exception, match="interval"):
+        LimitsService(interval=0)
