@@ -474,6 +474,9 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         },
         "agents": agents,
     }
+    scaling = hub.autoscaler.status()
+    if scaling:
+        result["scaling"] = scaling
     if args.get("cluster"):
         result["cluster"] = await hub.work.cluster()
     return result
@@ -734,6 +737,9 @@ def _show_status(result: Any, args: Args) -> None:
             Text(a["last_exit"] or "", style="red" if a["last_exit"] else ""),
         )
     console.print(table)
+    for pool, scale in sorted(result.get("scaling", {}).items()):
+        last = scale["last"] or "no change yet"
+        console.print(Text(f"autoscale {pool} ({scale['min']}..{scale['max']}): {last}"))
     if "cluster" in result:
         _show_cluster(console, result["cluster"])
 

@@ -14,6 +14,7 @@ import trio
 
 from strategies import Intensity, OneForOne
 
+from ._autoscaler import AutoscaleService
 from ._child import OutputLine
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded
 from ._events import EventBus
@@ -155,7 +156,9 @@ class Hub:
                 )
         self.work = work if work is not None else WorkService()
         """The work service: queues per agent type, fenced at-least-once delivery."""
-        self.services = (self.work, *services)
+        self.autoscaler = AutoscaleService()
+        """Resizes the pools that declare ``autoscale`` (idle when none does)."""
+        self.services = (self.work, self.autoscaler, *services)
         self.failed_services: list[str] = []
         """Names of the services that raised (each was logged); supervision went on."""
         self._start_lock = trio.Lock()

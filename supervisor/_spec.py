@@ -23,6 +23,7 @@ from strategies import (
 )
 
 from ._errors import InvalidChildSpec, InvalidPoolSpec, InvalidSupervisorSpec
+from ._scale import Autoscale
 
 __all__ = [
     "BRUTAL_KILL",
@@ -467,6 +468,11 @@ class PoolSpec:
     free number is reused when the pool grows. Members start in order and stop
     concurrently, so stopping a pool of any size takes about one shutdown timeout.
 
+    With ``autoscale`` (an :class:`~supervisor.Autoscale`) the hub grows the pool when
+    items of its type wait and no member is idle, and retires idle members after a quiet
+    period, within ``autoscale.min``..``max`` and ``max_agents``; ``size`` is where it
+    starts (``0`` with ``min=0``: agents are spawned when work arrives).
+
     Example::
 
         PoolSpec(
@@ -475,12 +481,15 @@ class PoolSpec:
             size=4,
             max_size=32,
         )
+        PoolSpec(agent_type="qc", template=..., size=0,
+                 autoscale=Autoscale(min=0, max=8, scale_down_after=60))
     """
 
     agent_type: str = attrs.field()
     template: ChildSpec = attrs.field(converter=_pool_template)
     size: int = attrs.field(default=1)
     max_size: int = attrs.field(default=64)
+    autoscale: Autoscale | None = attrs.field(default=None)
     name: str = attrs.field(
         default=attrs.Factory(lambda s: f"{s.agent_type}-pool", takes_self=True)
     )
@@ -514,6 +523,23 @@ class PoolSpec:
                 f"PoolSpec {self.name!r}: size {self.size} is larger than max_size "
                 f"{self.max_size}; lower size or raise max_size"
             )
+        scale = self.autoscale
+        if scale is not None:
+            if not isinstance(scale, Autoscale):
+                raise InvalidPoolSpec(
+                    f"PoolSpec.autoscale must be an Autoscale or None (got {scale!r}); e.g. "
+                    "autoscale=Autoscale(min=0, max=8)"
+                )
+            if scale.max > self.max_size:
+                raise InvalidPoolSpec(
+                    f"PoolSpec {self.name!r}: autoscale max {scale.max} is larger than "
+                    f"max_size {self.max_size}; lower autoscale.max or raise max_size"
+                )
+            if not scale.min <= self.size <= scale.max:
+                raise InvalidPoolSpec(
+                    f"PoolSpec {self.name!r}: size {self.size} (the size it starts at) is "
+                    f"outside autoscale's {scale.min}..{scale.max}; e.g. size={scale.min}"
+                )
 
     @property
     def id(self) -> str:

@@ -606,6 +606,9 @@ class WorkService:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._notes: dict[str, str | None] = {}  # assignments the registry has yet to hear
+        self.watched: set[str] = set()
+        """Agent types someone asked :meth:`waiting` about (an autoscaling pool's), so a
+        store counts their waiting items even while no agent of theirs runs."""
 
     # ----------------------------------------------------------------------------------
     # API (any task)
@@ -714,6 +717,18 @@ class WorkService:
             if agent.agent_type:
                 counts[agent.agent_type] = counts.get(agent.agent_type, 0) + 1
         return counts
+
+    def waiting(self, agent_type: str) -> int:
+        """Items of ``agent_type`` queued for an agent (with a shared store: those this hub
+        holds plus those waiting in the store, as last seen)."""
+        self.watched.add(agent_type)
+        depth = getattr(self.queue, "depth", None)
+        return int(depth(agent_type)) if depth is not None else 0
+
+    def idle_among(self, agent_type: str, agent_ids: Iterable[str]) -> int:
+        """How many of ``agent_ids`` are idle agents of ``agent_type`` (ready, no item)."""
+        idle = self._idle.get(agent_type, {})
+        return sum(1 for agent_id in agent_ids if agent_id in idle)
 
     def idle_counts(self) -> dict[str, int]:
         """Idle agents per type (what the store may take for)."""

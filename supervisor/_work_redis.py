@@ -290,6 +290,7 @@ class RedisWorkQueue:
         self._query: redis.Redis | None = None
         self._types: set[str] = set()  # every type seen (submitted or served)
         self._serves: set[str] = set()  # types this hub has agents of: it takes only those
+        self._lag: dict[str, int] = {}  # entries no hub has taken yet, per type
 
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
@@ -323,6 +324,11 @@ class RedisWorkQueue:
     def held_by(self, agent: str) -> WorkItem | None:
         """The item ``agent`` holds, if any."""
         return self._local.held_by(agent)
+
+    def depth(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting: held here for an agent, plus those no hub has
+        taken yet (as of this hub's last heartbeat round)."""
+        return self._local.depth(agent_type) + self._lag.get(agent_type, 0)
 
     def has_work(self, agent_type: str) -> bool:
         """Whether this hub holds a queued item of ``agent_type`` (taken from Redis)."""
@@ -595,7 +601,7 @@ class RedisWorkQueue:
 
     def _add_heartbeat(self, pipe: Any, fields: dict[str, Any]) -> None:
         key = self._hub_key()
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping={k: v for k, v in fields.items() if k != "lag_types"})
         pipe.pexpire(key, int(self.lease * 1000))
         pipe.zadd(f"{self.prefix}:work:hubs", {self.hub_id: time.time()})
         for agent_type in json.loads(fields["types"]):
@@ -631,6 +637,8 @@ class RedisWorkQueue:
             reads = self._reads(demand, renew, claim, recover)
             renewals = self._renewals() if renew else []
             beat = self._heartbeat_fields() if renew or self._types != announced else None
+            if beat is not None and self._service is not None:
+                beat["lag_types"] = sorted(self._serves | self._service.watched)
             try:
                 replies = await trio.to_thread.run_sync(self._round, ops, renewals, beat, reads)
             except redis.RedisError as exc:
@@ -660,6 +668,8 @@ class RedisWorkQueue:
                 next_claim = now + claim_every
             try:
                 taken = self._apply(ops, renewals, reads, replies)
+                if beat is not None:
+                    self._note_lag(beat.get("lag_types", []), replies, len(reads))
             except Exception:  # a reply of a shape never seen: log it, never stop the work
                 _log.exception("work: could not apply a Redis round; reading back what is held")
                 recover, taken = set(self._serves), 0
@@ -712,6 +722,8 @@ class RedisWorkQueue:
                 pipe.evalsha(_SHA[_FENCED], 4, *keys, *args)
             if beat is not None:
                 self._add_heartbeat(pipe, beat)
+                for agent_type in beat.get("lag_types", ()):
+                    pipe.xinfo_groups(self._k(agent_type, "q"))
             for script, agent_type, args in reads:
                 pipe.evalsha(_SHA[script], 3, *self._keys(agent_type), *args)
             replies: list[Any] = pipe.execute(raise_on_error=False)
@@ -787,6 +799,17 @@ class RedisWorkQueue:
                 self._local.adopt(item)
                 taken += 1
         return taken
+
+    def _note_lag(self, types: list[str], replies: list[Any], reads: int) -> None:
+        end = len(replies) - reads
+        for agent_type, reply in zip(types, replies[end - len(types) : end], strict=True):
+            lag = 0
+            if not isinstance(reply, Exception):  # no stream yet: nothing waits
+                for group in reply:
+                    g = {_text(k): v for k, v in group.items()}
+                    if _text(g.get("name")) == GROUP:
+                        lag = int(g.get("lag") or 0)
+            self._lag[agent_type] = lag
 
     def _known(self, item_id: str) -> bool:
         try:
