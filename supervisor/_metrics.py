@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from ._autoscaler import PoolScaled
 from ._errors import ConfigError, HubvisorError
 from ._events import (
     ChildExited,
@@ -37,6 +38,7 @@ from ._events import (
     ChildStarting,
     Event,
 )
+from ._limits import ChildOverLimit
 from ._spec import AnySpec, PoolSpec, SupervisorSpec, agent_ids
 from ._work import (
     ItemStatus,
@@ -72,6 +74,8 @@ _EVENT_KINDS: Final = (
     "work_reclaimed",
     "work_dead",
     "work_refused",
+    "over_limit",
+    "scaled",
 )
 _TIME_BUCKETS: Final = (
     0.005,
@@ -240,6 +244,7 @@ class MetricsService:
         self._hub: Hub | None = None
         self._types: dict[str, str | None] = {}  # child id -> agent type
         self._hung: set[tuple[str, int]] = set()  # (child id, pid) found hung
+        self._over: set[tuple[str, int]] = set()  # (child id, pid) stopped for a limit
         self._open: dict[str, _Open] = {}  # item id -> its times
         self._usage: dict[int, GroupUsage] = {}  # pgid -> usage, from the last sample
         self._sampling = trio.Lock()
@@ -253,7 +258,8 @@ class MetricsService:
         self.exits = counter(
             "hubvisor_exits",
             "Processes that ended, by agent type and reason: stopped (asked to), hang, "
-            "exit_0, exit_nonzero, or the name of the signal that killed it (SIGKILL...).",
+            "over_limit, exit_0, exit_nonzero, or the name of the signal that killed it "
+            "(SIGKILL...).",
             ("type", "reason"),
         )
         self.spawn_failures = counter(
@@ -265,6 +271,17 @@ class MetricsService:
         )
         self.hangs = counter(
             "hubvisor_hangs", "Children found silent past their heartbeat timeout."
+        )
+        self.over_limit = counter(
+            "hubvisor_over_limit",
+            "Children stopped for going over a limit of their spec, by type and limit "
+            "(memory, cpu).",
+            ("type", "limit"),
+        )
+        self.scaled = counter(
+            "hubvisor_pool_scaled",
+            "Autoscaling resizes, by pool and action (grow, shrink).",
+            ("pool", "action"),
         )
         self.submitted = counter("hubvisor_work_submitted", "Work items submitted, by type.")
         self.assigned = counter(
@@ -363,11 +380,20 @@ class MetricsService:
             case ChildHung():
                 self._hung.add((event.child_id, event.pid))
                 self.hangs.labels(self._type_of(event.child_id)).inc()
+            case ChildOverLimit():
+                self._over.add((event.child_id, event.pid))
+                self.over_limit.labels(self._type_of(event.child_id), event.limit).inc()
+            case PoolScaled():
+                self.scaled.labels(event.child_id, event.action).inc()
             case ChildExited():
                 hung = (event.child_id, event.pid) in self._hung
                 self._hung.discard((event.child_id, event.pid))
                 agent_type = self._type_of(event.child_id)
-                self.exits.labels(agent_type, _exit_reason(event, hung)).inc()
+                reason = _exit_reason(event, hung)
+                if (event.child_id, event.pid) in self._over and not event.expected:
+                    reason = "over_limit"
+                self._over.discard((event.child_id, event.pid))
+                self.exits.labels(agent_type, reason).inc()
                 if event.failed_start:
                     self.failed_starts.labels(agent_type).inc()
             case ChildRestarting():

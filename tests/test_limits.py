@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from supervisor import ChildSpec, Hub, InvalidChildSpec, LimitsService
+from supervisor import ChildSpec, Hub, InvalidChildSpec, LimitsService, MetricsService
 
 from .helpers import TIMEOUT, wait_event
 
@@ -46,7 +46,8 @@ async def test_a_child_over_its_memory_limit_is_stopped_and_restarted_with_the_r
     )
     calm = ChildSpec(id="calm", argv=[sys.executable, "-c", HOG, "1"], memory_limit=200 << 20)
     limits = LimitsService(interval=0.2)
-    hub = Hub([spec, calm], services=[limits])
+    metrics = MetricsService("127.0.0.1:0")
+    hub = Hub([spec, calm], services=[limits, metrics])
     events = hub.bus.subscribe()
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.serve)
@@ -61,6 +62,9 @@ async def test_a_child_over_its_memory_limit_is_stopped_and_restarted_with_the_r
         assert info["hog"].last_exit.startswith("over memory limit: ")
         assert info["hog"].restarts == 1
         assert info["calm"].restarts == 0 and info["calm"].last_exit is None
+        scraped = (await metrics.scrape()).decode()
+        assert 'hubvisor_over_limit_total{limit="memory",type=""} 1.0' in scraped
+        assert 'reason="over_limit",type=""} 1.0' in scraped
         await hub.stop()
     assert limits.stopped == 1
 
