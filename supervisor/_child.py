@@ -224,11 +224,7 @@ class ProcessActor:
         self.exit_reason: str | None = None
         self._stop_asked = False
         self._hung: str | None = None
-        # condemn() starts the stop in run()'s nursery when asked: a task waiting for it
-        # in every actor would cost each child memory and scheduling (a pool may be 1,000).
-        self._nursery: trio.Nursery | None = None
-        self._condemn_scope = trio.CancelScope()
-        self._condemn_pending = False
+        self._condemned = trio.Event()
         self._done = trio.Event()
         self._ready = trio.Event()
         self._rejected = 0
@@ -276,17 +272,14 @@ class ProcessActor:
                 for stream, name in ((handle.stdout, "stdout"), (handle.stderr, "stderr")):
                     if stream is not None:
                         nursery.start_soon(self._pump, stream, name)
-                watchers = trio.CancelScope()
+                watchers, condemned = trio.CancelScope(), trio.CancelScope()
                 nursery.start_soon(self._watch, source, watchers)
-                self._nursery = nursery
-                if self._condemn_pending:  # condemned before this task first ran
-                    nursery.start_soon(self._serve_condemned, self._condemn_scope)
+                nursery.start_soon(self._serve_condemned, condemned)
                 try:
                     status = await handle.wait()
                 finally:
-                    self._nursery = None
                     watchers.cancel()
-                    self._condemn_scope.cancel()
+                    condemned.cancel()
                 if source is not None:
                     self._drain(source)
                 # The group is dead; give the pipes a moment to drain, not forever (an
@@ -542,15 +535,12 @@ class ProcessActor:
         if self._stop_asked or self.done or self._hung is not None:
             return False
         self._hung = why
-        if self._nursery is not None:
-            self._nursery.start_soon(self._serve_condemned, self._condemn_scope)
-        else:
-            self._condemn_pending = True
+        self._condemned.set()
         return True
 
     async def _serve_condemned(self, scope: trio.CancelScope) -> None:
         with scope:
-            await trio.lowlevel.checkpoint()  # the process may have ended meanwhile
+            await self._condemned.wait()
             if self._stop_asked:
                 return
             _log.warning(
