@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from supervisor import Hub, WorkService
+from supervisor import ControlError, Hub, WorkService
 from supervisor._work_redis import RedisWorkQueue
 
 from .helpers import TIMEOUT, alive
@@ -371,3 +371,32 @@ def test_chaos_two_hubs_agent_and_hub_kills_and_a_redis_restart(
     assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
     b.stop()
     wait_for(lambda: not any(alive(p) for p in every_agent), 10, "no agent left")
+
+
+async def test_any_hub_shows_and_retries_an_item_another_hub_finished(
+    redis_server: RedisServer, client: Any
+) -> None:
+    doer = Hub([agent("a1")], work=WorkService(RedisWorkQueue(redis_server.url)), hub_id="A")
+    other = Hub(
+        [agent("q1", agent_type="other")],
+        work=WorkService(RedisWorkQueue(redis_server.url)),
+        hub_id="B",
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(doer.serve)
+        await nursery.start(other.serve)
+        failed = other.work.submit("w", {"fail": "no such file"})  # B has no "w" agents
+        await until_async(lambda: len(record(client)) == 1)
+        seen = await other.work.fetch(failed.id)  # B never held it: read from Redis
+        assert seen.status == "failed" and seen.error == "no such file"
+        assert [h.agent for h in seen.history] == ["a1"]
+        again = await other.work.retry_any(failed.id)
+        assert again.status == "queued" and again.deliveries == 0
+        await until_async(lambda: len(record(client)) == 2)  # A took it again, failed again
+        assert [r["outcome"] for r in record(client)] == ["failed", "failed"]
+        done = other.work.submit("w", {"n": 2})
+        await until_async(lambda: len(record(client)) == 3)
+        with pytest.raises(ControlError, match="cannot be retried: it is completed"):
+            await other.work.retry_any(done.id)
+        await doer.stop()
+        await other.stop()
