@@ -351,14 +351,21 @@ def _restart_once(obs: Observer, rng: random.Random, system: str, seen: set[int]
 
 
 def _cleanup(daemon: subprocess.Popen[bytes], seen: Iterable[int]) -> None:
-    """Leave nothing behind, whatever happened: the daemon and every child it had."""
+    """Leave nothing behind, whatever happened: the daemon and every child it had, and
+    wait until they are gone (zombies reaped), so the next run starts on a quiet machine.
+    """
     if daemon.poll() is None:
         daemon.kill()
         daemon.wait()
-    for pid in set(seen) | set(children(daemon.pid)):
+    left = set(seen) | set(children(daemon.pid))
+    for pid in left:
         if _comm(pid) == COMM:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+    deadline = time.perf_counter() + 30
+    while any(_comm(pid) == COMM for pid in left) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.0)  # the kernel and init finish tearing the last run down
 
 
 def run_floor(n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -390,6 +397,7 @@ def run_floor(n: int, args: argparse.Namespace) -> dict[str, Any]:
             os.waitpid(pid, 0)
         pids.clear()
         dead = time.perf_counter() - t1
+        time.sleep(1.0)  # as after a daemon's run (see _cleanup)
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
