@@ -391,7 +391,8 @@ async def test_any_hub_shows_and_retries_an_item_another_hub_finished(
         assert seen.status == "failed" and seen.error == "no such file"
         assert [h.agent for h in seen.history] == ["a1"]
         again = await other.work.retry_any(failed.id)
-        assert again.status == "queued" and again.deliveries == 0
+        # queued again with fresh deliveries (A may have taken it already: it races us)
+        assert again.status in ("queued", "assigned") and again.deliveries <= 1
         await until_async(lambda: len(record(client)) == 2)  # A took it again, failed again
         assert [r["outcome"] for r in record(client)] == ["failed", "failed"]
         done = other.work.submit("w", {"n": 2})
