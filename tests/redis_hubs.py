@@ -20,50 +20,19 @@ import redis
 
 from supervisor._control import request
 
+from . import raw_agent
+
 HUBVISOR = str(Path(sys.executable).with_name("hubvisor"))
 
-# An agent that sleeps payload["sleep"] seconds, then answers with who did it; it
-# heartbeats from a thread the whole time.
-AGENT = r"""
-import json, os, socket, sys, threading, time
-s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
-lock = threading.Lock()
-def send(text):
-    with lock:
-        s.send(text.encode())
-def beat():
-    while True:
-        time.sleep(0.1)
-        send("HEARTBEAT")
-threading.Thread(target=beat, daemon=True).start()
-send("HELLO=1")
-send("READY")
-me = os.environ["HUBVISOR_HUB_ID"] + "/" + os.environ["HUBVISOR_AGENT_ID"] + "/" + str(os.getpid())
-while True:
-    data = s.recv(65536)
-    if not data:
-        sys.exit(0)
-    word, _, rest = data.decode().partition("=")
-    if word == "STOP":
-        sys.exit(0)
-    if word != "ASSIGN":
-        continue
-    a = json.loads(rest)
-    time.sleep(a["payload"].get("sleep", 0))
-    send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": {"n": a["payload"].get("n"), "by": me}}))
-"""
-
 SPEC = f"""
-import sys
 from supervisor import ChildSpec, PoolSpec
 from strategies import Intensity
-AGENT = {AGENT!r}
 tree = [
     PoolSpec(
         agent_type="{{type}}",
         size={{size}},
         template=ChildSpec(
-            id="{{type}}", argv=[sys.executable, "-c", AGENT], agent_type="{{type}}",
+            id="{{type}}", argv={raw_agent.argv("--who")!r}, agent_type="{{type}}",
             heartbeat_timeout=2.0, shutdown=2.0,
         ),
         intensity=Intensity(max_restarts=1000, window=1.0),

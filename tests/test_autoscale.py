@@ -3,23 +3,19 @@ when items arrive, grows within its bounds and retires them when the queue is do
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import trio
 
 from supervisor import Autoscale, ChildSpec, Hub, InvalidPoolSpec, PoolSpec
 
+from . import raw_agent
 from .helpers import TIMEOUT, wait_event
-from .redis_hubs import AGENT
 
 pytestmark = pytest.mark.slow
 
 
 def pool(**autoscale: float) -> PoolSpec:
-    template = ChildSpec(
-        id="w", argv=[sys.executable, "-c", AGENT], agent_type="w", heartbeat_timeout=5.0
-    )
+    template = ChildSpec(id="w", argv=raw_agent.argv(), agent_type="w", heartbeat_timeout=5.0)
     policy = Autoscale(**{"min": 0, "max": 3, "cooldown": 0.2, **autoscale})  # type: ignore[arg-type]
     return PoolSpec(agent_type="w", template=template, size=0, max_size=4, autoscale=policy)
 

@@ -27,53 +27,11 @@ from strategies import Intensity
 from supervisor import ChildSpec, Event, Hub, PoolSpec, SupervisorSpec
 from supervisor._cli import main
 from supervisor._control import Stream, serve_control
+from tests import raw_agent
 from tests.helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
 from tests.test_cli import finish, start_hubvisor
 
-# Answers each ASSIGN by its payload, after printing "doing ITEM":
-#   {"n": 3}               -> RESULT {"double": 6, "by": AGENT_ID}
-#   {"hold": true}         -> keeps the item (heartbeating) until stopped
-#   {"crash_if": PATH}     -> exits with code 3 while PATH exists
-#   {"spew": N, "size": S} -> prints N lines of S characters, then "spew done"
-AGENT = r"""
-import json, os, socket, sys, threading, time
-fd = int(os.environ["HUBVISOR_NOTIFY_FD"])
-me = os.environ["HUBVISOR_AGENT_ID"]
-s = socket.socket(fileno=fd)
-lock = threading.Lock()
-def send(text):
-    with lock:
-        s.send(text.encode())
-def beat():
-    while True:
-        time.sleep(0.1)
-        send("HEARTBEAT")
-threading.Thread(target=beat, daemon=True).start()
-print(f"hello from {me} pid {os.getpid()}", flush=True)
-send("HELLO=1")
-send("READY")
-while True:
-    data = s.recv(65536)
-    if not data:
-        sys.exit(0)
-    word, _, rest = data.decode().partition("=")
-    if word == "STOP":
-        sys.exit(0)
-    if word != "ASSIGN":
-        continue
-    a = json.loads(rest)
-    p, item, attempt = a["payload"], a["item"], a["attempt"]
-    print(f"doing {item}", flush=True)
-    if p.get("hold"):
-        continue
-    if p.get("crash_if") and os.path.exists(p["crash_if"]):
-        os._exit(3)
-    if "spew" in p:
-        for _ in range(p["spew"]):
-            sys.stdout.write("x" * p["size"] + "\n")
-        print("spew done", flush=True)
-    send("RESULT=" + json.dumps({"item": item, "attempt": attempt, "result": {"double": 2 * p.get("n", 0), "by": me}}))
-"""
+AGENT = raw_agent.PROGRAM  # tests/raw_agent.py: steered by the payloads
 
 AGENT_KEYS = {"id", "type", "pid", "status", "restarts", "assignment", "last_exit"}
 ITEM_KEYS = {"id", "type", "status", "attempt", "agent", "result"}

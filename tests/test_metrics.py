@@ -21,52 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import ChildSpec, ChildState, ConfigError, Hub, ItemStatus, PoolSpec, Registry
 from supervisor._metrics import MetricsService, parse_address, sample_groups
 
+from . import raw_agent
 from .helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
 
-# An agent that starts a `sleep` in its own process group (so the group has two
-# processes), heartbeats, and answers each ASSIGN with a RESULT; {"crash": true} makes it
-# exit with code 3 on the item's first attempt, {"hang": true} makes it go silent.
-AGENT = r"""
-import json, os, socket, subprocess, sys, threading, time
-subprocess.Popen(["sleep", "1000"])
-s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
-lock = threading.Lock()
-beating = True
-def send(text):
-    with lock:
-        s.send(text.encode())
-def beat():
-    while True:
-        time.sleep(0.1)
-        if beating:
-            send("HEARTBEAT")
-threading.Thread(target=beat, daemon=True).start()
-send("HEARTBEAT")
-send("HELLO=1")
-send("READY")
-while True:
-    data = s.recv(65536)
-    if not data:
-        sys.exit(0)
-    word, _, rest = data.decode().partition("=")
-    if word == "STOP":
-        sys.exit(0)
-    if word != "ASSIGN":
-        continue
-    a = json.loads(rest)
-    if a["payload"].get("crash") and a["attempt"] == 1:
-        os._exit(3)
-    if a["payload"].get("hang") and a["attempt"] == 1:
-        beating = False
-        time.sleep(1000)
-    send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": 1}))
-"""
+# tests/raw_agent.py, with a `sleep` in its group (so the group has two processes).
+AGENT_ARGV = raw_agent.argv("--group-sleeper")
 
 
 def pool(size: int = 2) -> PoolSpec:
     template = ChildSpec(
         id="w",
-        argv=[PY, "-c", AGENT],
+        argv=AGENT_ARGV,
         shutdown=2.0,
         heartbeat_timeout=5.0,
         ready="notify",
@@ -200,7 +165,7 @@ class TestScrape:
         program does not exist: a spawn failure of its type."""
         metrics = MetricsService("127.0.0.1:0")
         hangy = ChildSpec(
-            id="hangy", argv=[PY, "-c", AGENT], agent_type="h", heartbeat_timeout=0.5,
+            id="hangy", argv=AGENT_ARGV, agent_type="h", heartbeat_timeout=0.5,
             shutdown=1.0, ready="notify",
         )  # fmt: skip
         ghost = ChildSpec(

@@ -20,40 +20,14 @@ from supervisor._control import request
 from supervisor._metrics import GroupUsage
 from supervisor._top import Snapshot, render
 
+from . import raw_agent
+
 PY = sys.executable
 TIMEOUT = 30.0
 
-# Agents that take an item and hold it for payload["hold"] seconds before answering.
-SPEC = r'''
-import sys
+# tests/raw_agent.py: each takes an item and holds it payload["sleep"] seconds.
+SPEC = r"""
 from supervisor import ChildSpec, PoolSpec, SupervisorSpec
-
-AGENT = """
-import json, os, socket, sys, threading, time
-s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
-lock = threading.Lock()
-def send(text):
-    with lock:
-        s.send(text.encode())
-def beat():
-    while True:
-        send("HEARTBEAT")
-        time.sleep(0.2)
-threading.Thread(target=beat, daemon=True).start()
-send("HELLO=1")
-send("READY")
-while True:
-    data = s.recv(65536)
-    if not data:
-        sys.exit(0)
-    word, _, rest = data.decode().partition("=")
-    if word == "STOP":
-        sys.exit(0)
-    if word == "ASSIGN":
-        a = json.loads(rest)
-        time.sleep(a["payload"]["hold"])
-        send("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": 1}))
-"""
 
 spec = SupervisorSpec(
     name="tophub",
@@ -61,13 +35,14 @@ spec = SupervisorSpec(
         PoolSpec(
             agent_type="w",
             template=ChildSpec(
-                id="w", argv=[sys.executable, "-c", AGENT], shutdown=1.0, ready="notify"
+                id="w", argv=raw_agent.argv(), shutdown=1.0, ready="notify"
             ),
             size=2,
         )
     ],
 )
-'''
+"""
+SPEC = SPEC.replace("raw_agent.argv()", repr(raw_agent.argv()))
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = TIMEOUT) -> object:
@@ -180,7 +155,7 @@ class TestTop:
         rc = tmp_path / "rc"
         tmux.start(top_command(hub, rc))
         for _ in range(5):
-            request(hub, {"op": "submit", "type": "w", "payload": {"hold": 60}})
+            request(hub, {"op": "submit", "type": "w", "payload": {"sleep": 60}})
         queue = re.compile(r"^\s*w\s+3\s+2\s+2\s+0\s*$", re.M)
         busy = re.compile(
             r"^\s+(w-agent-[12])\s+w\s+\d+\s+busy\s+\d+%\s+[\d.]+M\s+0\s+[\d.]+s\s+w-\d",

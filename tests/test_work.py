@@ -18,67 +18,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from strategies import Intensity
 from supervisor import ChildSpec, Hub, ItemStatus, SupervisorSpec, WorkItem
 
+from . import raw_agent
 from .helpers import PY, TIMEOUT, is_, running, until, wait_event
 
-# An agent that answers each ASSIGN according to its payload:
-#   {"n": 3}            -> RESULT {"double": 6}
-#   {"crash": true}     -> exits with code 3 while holding the item (first attempt only)
-#   {"hang": true}      -> stops heartbeating and blocks (first attempt only)
-#   {"fail": "why"}     -> FAIL retry=false
-#   {"stale": true}     -> sends a RESULT for attempt+1 first (refused), then the real one
-#   {"exit_after": true} -> exits right after sending its RESULT
-#   {"bigckpt": true}   -> reports a 50 KB checkpoint, then exits (first attempt only)
-#   {"handback_if": ID} -> the agent named ID hands the item back
-AGENT = r"""
-import json, os, socket, sys, threading, time
-fd = int(os.environ["HUBVISOR_NOTIFY_FD"])
-s = socket.socket(fileno=fd)
-lock = threading.Lock()
-beating = True
-def send(text):
-    with lock:
-        s.send(text.encode())
-def beat():
-    while True:
-        time.sleep(0.1)
-        if beating:
-            send("HEARTBEAT")
-threading.Thread(target=beat, daemon=True).start()
-send("HELLO=1")
-send("READY")
-while True:
-    data = s.recv(65536)
-    if not data:
-        sys.exit(0)
-    word, _, rest = data.decode().partition("=")
-    if word == "STOP":
-        sys.exit(0)
-    if word != "ASSIGN":
-        continue
-    a = json.loads(rest)
-    p, item, attempt = a["payload"], a["item"], a["attempt"]
-    if p.get("crash") and attempt == 1:
-        os._exit(3)
-    if p.get("hang") and attempt == 1:
-        beating = False
-        time.sleep(1000)
-    if p.get("bigckpt") and attempt == 1:
-        send("PROGRESS=" + json.dumps({"item": item, "attempt": attempt, "progress": 0.5, "checkpoint": "c" * 50000}))
-        os._exit(3)
-    if p.get("handback_if") == os.environ["HUBVISOR_AGENT_ID"]:
-        send("HANDBACK=" + json.dumps({"item": item, "attempt": attempt}))
-        continue
-    if p.get("submit"):
-        send("SUBMIT=" + json.dumps({"type": p["submit"], "payload": {"n": p.get("n", 0)}}))
-    if "fail" in p:
-        send("FAIL=" + json.dumps({"item": item, "attempt": attempt, "error": p["fail"], "retry": False}))
-        continue
-    if p.get("stale"):
-        send("RESULT=" + json.dumps({"item": item, "attempt": attempt + 1, "result": "forged"}))
-    send("RESULT=" + json.dumps({"item": item, "attempt": attempt, "result": {"double": 2 * p.get("n", 0), "by": os.environ["HUBVISOR_AGENT_ID"]}}))
-    if p.get("exit_after"):
-        os._exit(0)
-"""
+# The agents: tests/raw_agent.py (one program, steered by the payloads).
+AGENT = raw_agent.PROGRAM
 
 
 def agent(cid: str, agent_type: str = "w", **kw: Any) -> ChildSpec:
@@ -100,7 +44,7 @@ async def test_an_item_goes_to_an_idle_agent_and_completes() -> None:
     async with running([agent("a1")]) as (hub, events):
         item = hub.work.submit("w", {"n": 21})
         done = await finished(hub, item, events)
-        assert {"double": 42, "by": "a1"} == done.result
+        assert (42, "a1") == (done.result["double"], done.result["by"])
         assert (1, 1, None) == (done.attempt, done.deliveries, done.agent)
         assert hub.work.assignment("a1") is None
 
@@ -134,7 +78,7 @@ async def test_a_stale_result_is_refused_and_the_real_one_counts() -> None:
     async with running([agent("a1")]) as (hub, events):
         item = hub.work.submit("w", {"n": 2, "stale": True})
         done = await finished(hub, item, events)
-        assert {"double": 4, "by": "a1"} == done.result
+        assert (4, "a1") == (done.result["double"], done.result["by"])
         assert 1 == hub.work.refused
 
 
@@ -161,7 +105,8 @@ async def test_fail_without_retry_is_final_and_agents_submit_work() -> None:
         await finished(hub, parent, events)
         (child,) = [i for i in hub.work.items() if i.agent_type == "q"]
         assert "agent:a1" == child.source
-        assert {"double": 8, "by": "q1"} == (await finished(hub, child, events)).result
+        result = (await finished(hub, child, events)).result
+        assert (8, "q1") == (result["double"], result["by"])
 
 
 async def test_stopping_the_hub_hands_held_items_back_without_spending_them() -> None:
@@ -230,7 +175,7 @@ async def test_an_agent_sigkilled_mid_item_is_restarted_and_its_item_completes_o
 
 # Records an agent sends before it behaves: anything at all, at any rate.
 NOISY = r"""
-import json, os, socket, sys
+import json, os, socket, subprocess, sys, threading, time
 s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
 for record in json.loads(os.environ["NOISE"]):
     s.send(bytes.fromhex(record))
@@ -335,7 +280,7 @@ async def test_an_agent_that_never_reads_cannot_stall_the_others() -> None:
         item = hub.work.submit("w", {"n": 5})
         with trio.fail_after(5):  # before: ~1 s per refused answer once its queue was full
             done = await finished(hub, item, events)
-        assert {"double": 10, "by": "a1"} == done.result
+        assert (10, "a1") == (done.result["double"], done.result["by"])
         assert hub.work.acks_dropped > 0
 
 

@@ -229,7 +229,7 @@ def test_a_zombie_hub_cannot_complete_or_overwrite_what_replaced_it(
         b_started = True
         wait_for(lambda: len(record(client)) == 1, 30, "B to take over and complete it")
         first = item(client, the_id)
-        assert first["result"]["by"].startswith("B/")
+        assert first["result"]["who"].startswith("B/")
     finally:
         a.signal(signal.SIGCONT)
     # A wakes up with its agent's late RESULT for attempt 1: A may accept it locally, but
