@@ -463,7 +463,12 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
                 "last_exit": info.last_exit,
             }
         )
-    counts = Counter(str(item.status) for item in hub.work.items())
+    counts: Counter[str] = Counter()
+    queues: dict[str, Counter[str]] = {}
+    for item in hub.work.items():
+        counts[item.status] += 1
+        if item.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED):
+            queues.setdefault(item.agent_type, Counter())[item.status] += 1
     result = {
         "schema_version": SCHEMA_VERSION,
         "hub": {
@@ -471,6 +476,10 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
             "pid": os.getpid(),
             "agents": len(agents),
             "work": {str(s): counts.get(str(s), 0) for s in ItemStatus},
+            "queues": {
+                t: {"queued": c[ItemStatus.QUEUED], "assigned": c[ItemStatus.ASSIGNED]}
+                for t, c in sorted(queues.items())
+            },
         },
         "agents": agents,
     }

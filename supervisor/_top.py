@@ -1,6 +1,6 @@
 """``hubvisor top``: a live view of a running hub, refreshed in place.
 
-It polls the hub over its control socket (the ``list``, ``status`` and ``work_list`` ops)
+It polls the hub over its control socket (the ``list`` and ``status`` ops)
 and shows the tree with each agent's status, CPU, memory, restarts, heartbeat age,
 assignment and last exit, and the queues by agent type. CPU and memory are those of
 each agent's whole process group, read from ``/proc`` (the hub runs on this host; an
@@ -74,10 +74,16 @@ def poll(path: Path, timeout: float = 5.0) -> Snapshot:
     """
     rows = request(path, {"op": "list"}, timeout)
     status = request(path, {"op": "status"}, timeout)
-    counts: dict[str, Counter[str]] = {}
-    for state in ("queued", "assigned"):
-        items = request(path, {"op": "work_list", "status": state}, timeout)
-        counts[state] = Counter(str(i.get("type")) for i in items)
+    counts: dict[str, Counter[str]] = {"queued": Counter(), "assigned": Counter()}
+    queues = status.get("hub", {}).get("queues")
+    if queues is not None:  # counts by type: no item has to cross the socket
+        for agent_type, c in queues.items():
+            for state in counts:
+                counts[state][agent_type] = int(c.get(state, 0))
+    else:  # a hub from before status carried them
+        for state in counts:
+            items = request(path, {"op": "work_list", "status": state}, timeout)
+            counts[state] = Counter(str(i.get("type")) for i in items)
     return Snapshot(rows, status, counts["queued"], counts["assigned"], time.monotonic())
 
 
