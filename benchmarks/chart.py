@@ -46,7 +46,8 @@ def main() -> None:
                 p99.append(p99cell["median"] * scale if p99cell else None)
             bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=f"N = {int(n):,}")
             for x, y in zip(xs, ys, strict=True):
-                ax.annotate(f"{y:.3g}", (x, y), ha="center", va="bottom", fontsize=7,
+                label = f"{y:,.0f}" if y >= 100 else f"{y:.3g}"
+                ax.annotate(label, (x, y), ha="center", va="bottom", fontsize=6,
                             xytext=(0, 2), textcoords="offset points")  # fmt: skip
             if metric == "restart_p50":
                 color = bars.patches[0].get_facecolor() if bars.patches else None
