@@ -17,7 +17,8 @@ once its ``/proc/<pid>/comm`` is the program's (``sleep``). Per run:
   place (``--kills`` times, one at a time, 20 ms apart);
 * ``idle``: the daemon's CPU time (all its threads, ``/proc/<pid>/task/*/schedstat``)
   over a window (``--idle`` seconds) after the kills, as % of one core;
-* ``rss``: the daemon's VmRSS at the end of that window;
+* ``rss``: the daemon's VmRSS at the end of that window (``rss_helpers`` in the JSON: the
+  VmRSS of its other children, such as hubvisor's orphan keeper);
 * ``dead`` / ``exited``: SIGTERM to the daemon until every child is dead (gone or a
   zombie), and until the daemon itself exited.
 
@@ -154,6 +155,17 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RunFailed(f"no VmRSS for pid {pid}")
+
+
+def _helpers_rss(pid: int) -> float:
+    """VmRSS of the daemon's children that are not the workload (hubvisor's orphan
+    keeper, say), in MiB: kept in the JSON beside ``rss``, which is the daemon's own."""
+    total = 0.0
+    for child in children(pid):
+        if _comm(child) not in (COMM, None):
+            with contextlib.suppress(OSError, RunFailed):
+                total += rss_mib(child)
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -299,6 +311,7 @@ def run_daemon(system: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
             cpu1, w1 = cpu_seconds(daemon.pid), time.perf_counter()
             idle = max(0.0, cpu1 - cpu0) / (w1 - w0) * 100
             rss = rss_mib(daemon.pid)
+            helpers = _helpers_rss(daemon.pid)
 
             pids = obs.running()
             seen.update(pids)
@@ -324,6 +337,7 @@ def run_daemon(system: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         "restarts": latencies,
         "idle_cpu": idle,
         "rss": rss,
+        "rss_helpers": helpers,
         "dead": dead,
         "exited": exited,
     }
