@@ -69,23 +69,45 @@ class LimitsService:
         """How many children it stopped for a limit."""
 
     async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
-        """Check the limited children every ``interval`` until cancelled."""
+        """Check the limited children every ``interval`` until cancelled; while none runs,
+        wait for one to start (an idle hub does nothing)."""
+        starting = hub.bus.subscribe(kinds=("starting",))
         task_status.started()
         last_cpu: dict[int, tuple[float, float]] = {}  # pgid -> (cpu seconds, when)
         strikes: dict[int, int] = {}
-        while True:
-            await trio.sleep(self.interval)
-            actors = [
-                a
-                for a in list(hub.context.actors.values())
-                if (a.spec.memory_limit is not None or a.spec.cpu_limit is not None)
-                and not a.done
-                and not a.stopping
-            ]
-            if not actors:
-                last_cpu.clear()
-                strikes.clear()
-                continue
+        with starting:
+            while True:
+                actors = [
+                    a
+                    for a in list(hub.context.actors.values())
+                    if _limited(a) and not a.done and not a.stopping
+                ]
+                if not actors:
+                    last_cpu.clear()
+                    strikes.clear()
+                    while not _limited(hub.context.actors.get((await starting.receive()).child_id)):
+                        pass  # a child without limits started: nothing to watch yet
+                    continue
+                while True:  # the events meanwhile say nothing new: the scan does
+                    try:
+                        starting.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                await trio.sleep(self.interval)
+                await self._check(hub, last_cpu, strikes)
+
+    async def _check(
+        self,
+        hub: Any,
+        last_cpu: dict[int, tuple[float, float]],
+        strikes: dict[int, int],
+    ) -> None:
+        actors = [
+            a
+            for a in list(hub.context.actors.values())
+            if _limited(a) and not a.done and not a.stopping
+        ]
+        if actors:
             from ._metrics import sample_groups  # /proc reader; prometheus only when used
 
             usage = await trio.to_thread.run_sync(sample_groups, [a.pid for a in actors])
@@ -139,6 +161,12 @@ class LimitsService:
             for table in (last_cpu, strikes):
                 for pid in [p for p in table if p not in live]:
                     del table[pid]
+
+
+def _limited(actor: Any) -> bool:
+    return actor is not None and (
+        actor.spec.memory_limit is not None or actor.spec.cpu_limit is not None
+    )
 
 
 def _size(n: float) -> str:

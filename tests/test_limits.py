@@ -91,3 +91,15 @@ def test_limits_are_validated_with_the_fix_in_the_message() -> None:
         ChildSpec(id="x", argv=["true"], cpu_limit=0)
     with pytest.raises(Exception, match="interval"):
         LimitsService(interval=0)
+
+
+async def test_with_no_limit_in_the_tree_nothing_is_sampled() -> None:
+    """An idle hub does nothing: children without limits never wake the service."""
+    limits = LimitsService(interval=0.01)
+    hub = Hub([ChildSpec(id="plain", argv=[sys.executable, "-c", HOG, "1"])], services=[limits])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await hub.restart_child("plain")  # another start: still nothing to watch
+        await trio.sleep(0.3)  # 30 intervals
+        assert limits.checks == 0
+        await hub.stop()
