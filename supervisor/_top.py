@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._control import ControlClientError, NoHubRunning, default_socket_path, request
+from ._control import ControlClientError, NoHubRunning, _secs, default_socket_path, request
 
 if TYPE_CHECKING:
     from ._metrics import GroupUsage
@@ -101,16 +101,6 @@ class _CPU:
                 percent[pgid] = 100.0 * (used.cpu_seconds - before[0]) / (at - before[1])
         self.last = {pgid: (used.cpu_seconds, at) for pgid, used in usage.items()}
         return percent
-
-
-def _secs(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 120:
-        return f"{value:.1f}s"
-    if value < 7200:
-        return f"{value / 60:.0f}m"
-    return f"{value / 3600:.1f}h"
 
 
 def _bytes(value: int | None) -> str:
