@@ -77,12 +77,7 @@ class LimitsService:
         strikes: dict[int, int] = {}
         with starting:
             while True:
-                actors = [
-                    a
-                    for a in list(hub.context.actors.values())
-                    if _limited(a) and not a.done and not a.stopping
-                ]
-                if not actors:
+                if not _watched(hub):
                     last_cpu.clear()
                     strikes.clear()
                     while not _limited(hub.context.actors.get((await starting.receive()).child_id)):
@@ -102,11 +97,7 @@ class LimitsService:
         last_cpu: dict[int, tuple[float, float]],
         strikes: dict[int, int],
     ) -> None:
-        actors = [
-            a
-            for a in list(hub.context.actors.values())
-            if _limited(a) and not a.done and not a.stopping
-        ]
+        actors = _watched(hub)
         if actors:
             from ._metrics import sample_groups  # /proc reader; prometheus only when used
 
@@ -161,6 +152,15 @@ class LimitsService:
             for table in (last_cpu, strikes):
                 for pid in [p for p in table if p not in live]:
                     del table[pid]
+
+
+def _watched(hub: Any) -> list[Any]:
+    """The actors of running children whose spec sets a limit."""
+    return [
+        a
+        for a in list(hub.context.actors.values())
+        if _limited(a) and not a.done and not a.stopping
+    ]
 
 
 def _limited(actor: Any) -> bool:
