@@ -299,7 +299,7 @@ class RedisWorkQueue:
     # keys
 
     def _k(self, agent_type: str, name: str) -> str:
-        return f"{self.prefix}:work:{{{agent_type}}}:{name}"
+        return _type_key(self.prefix, agent_type, name)
 
     def _item_prefix(self, agent_type: str) -> str:
         return self._k(agent_type, "item:")
@@ -547,7 +547,7 @@ class RedisWorkQueue:
         )
 
     def _hub_key(self, hub_id: str | None = None) -> str:
-        return f"{self.prefix}:work:hub:{{{hub_id or self.hub_id}}}"
+        return _hub_key(self.prefix, hub_id or self.hub_id)
 
     def check_hub_id(self, hub_id: str) -> None:
         """Before the hub starts: refuse (:class:`ControlError`) when a live hub already
@@ -601,7 +601,7 @@ class RedisWorkQueue:
 
     def _add_heartbeat(self, pipe: Any, fields: dict[str, Any]) -> None:
         key = self._hub_key()
-        pipe.hset(key, mapping={k: v for k, v in fields.items() if k != "lag_types"})
+        pipe.hset(key, mapping=fields)
         pipe.pexpire(key, int(self.lease * 1000))
         pipe.zadd(f"{self.prefix}:work:hubs", {self.hub_id: time.time()})
         for agent_type in json.loads(fields["types"]):
@@ -637,10 +637,11 @@ class RedisWorkQueue:
             reads = self._reads(demand, renew, claim, recover)
             renewals = self._renewals() if renew else []
             beat = self._heartbeat_fields() if renew or self._types != announced else None
-            if beat is not None and self._service is not None:
-                beat["lag_types"] = sorted(self._serves | self._service.watched)
+            lag_types = [] if beat is None else self._lag_types()
             try:
-                replies = await trio.to_thread.run_sync(self._round, ops, renewals, beat, reads)
+                replies = await trio.to_thread.run_sync(
+                    self._round, ops, renewals, beat, lag_types, reads
+                )
             except redis.RedisError as exc:
                 self._outbox.extendleft(reversed(ops))
                 if not self.outage:
@@ -669,7 +670,7 @@ class RedisWorkQueue:
             try:
                 taken = self._apply(ops, renewals, reads, replies)
                 if beat is not None:
-                    self._note_lag(beat.get("lag_types", []), replies, len(reads))
+                    self._note_lag(lag_types, replies, len(reads))
             except Exception:  # a reply of a shape never seen: log it, never stop the work
                 _log.exception("work: could not apply a Redis round; reading back what is held")
                 recover, taken = set(self._serves), 0
@@ -708,6 +709,7 @@ class RedisWorkQueue:
         ops: list[_Op],
         renewals: list[tuple[WorkItem, tuple[str, ...], tuple[Any, ...]]],
         beat: dict[str, Any] | None,
+        lag_types: list[str],
         reads: list[tuple[str, str, tuple[Any, ...]]],
     ) -> list[Any]:
         """One pipeline (in a worker thread; it reads nothing the trio thread changes):
@@ -722,8 +724,8 @@ class RedisWorkQueue:
                 pipe.evalsha(_SHA[_FENCED], 4, *keys, *args)
             if beat is not None:
                 self._add_heartbeat(pipe, beat)
-                for agent_type in beat.get("lag_types", ()):
-                    pipe.xinfo_groups(self._k(agent_type, "q"))
+            for agent_type in lag_types:
+                pipe.xinfo_groups(self._k(agent_type, "q"))
             for script, agent_type, args in reads:
                 pipe.evalsha(_SHA[script], 3, *self._keys(agent_type), *args)
             replies: list[Any] = pipe.execute(raise_on_error=False)
@@ -799,6 +801,12 @@ class RedisWorkQueue:
                 self._local.adopt(item)
                 taken += 1
         return taken
+
+    def _lag_types(self) -> list[str]:
+        """The types whose untaken entries this hub counts: those it serves and those an
+        autoscaling pool watches (it may have no agent yet)."""
+        watched = self._service.watched if self._service is not None else set()
+        return sorted(self._serves | watched)
 
     def _note_lag(self, types: list[str], replies: list[Any], reads: int) -> None:
         end = len(replies) - reads
@@ -922,13 +930,13 @@ def enqueue(
     """Queue items straight into Redis from any process, no hub needed (a producer, a
     batch job); returns their ids. Any hub with agents of ``agent_type`` takes them."""
     boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
-    q = f"{prefix}:work:{{{agent_type}}}:q"
+    q = _type_key(prefix, agent_type, "q")
     ids = []
     pipe = client.pipeline(transaction=False)
     for n, payload in enumerate(payloads, 1):
         item_id = f"{agent_type}-{boot}{n}"
         ids.append(item_id)
-        key = f"{prefix}:work:{{{agent_type}}}:item:{item_id}"
+        key = _type_key(prefix, agent_type, f"item:{item_id}")
         args = (item_id, agent_type, _dumps(payload), max_deliveries, source, time.time())
         pipe.eval(_SUBMIT, 2, q, key, *args)
     pipe.sadd(f"{prefix}:work:types", agent_type)
@@ -946,7 +954,7 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
     pending: dict[str, dict[str, int]] = {}
     queues: dict[str, dict[str, int]] = {}
     for agent_type in types:
-        q = f"{prefix}:work:{{{agent_type}}}:q"
+        q = _type_key(prefix, agent_type, "q")
         waiting = in_flight = 0
         try:
             for group in client.xinfo_groups(q):
@@ -960,11 +968,11 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
                 pending.setdefault(name, {})[agent_type] = int(row["pending"])
         except redis.ResponseError:  # no stream or group yet
             pass
-        dead = int(client.xlen(f"{prefix}:work:{{{agent_type}}}:dead"))
+        dead = int(client.xlen(_type_key(prefix, agent_type, "dead")))
         queues[agent_type] = {"waiting": waiting, "in_flight": in_flight, "dead": dead}
     hubs = []
     for hub_id in sorted(set(hub_ids) | set(pending)):
-        key = f"{prefix}:work:hub:{{{hub_id}}}"
+        key = _hub_key(prefix, hub_id)
         info = _decode_map(client.hgetall(key))
         ttl = int(client.pttl(key))
         lease_ms = int(info.get("lease_ms") or 0)
@@ -1026,6 +1034,16 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         checkpoint=json.loads(fields["ckpt"]) if fields.get("ckpt") else None,
         history=[AttemptRecord(**h) for h in hist],
     )
+
+
+def _type_key(prefix: str, agent_type: str, name: str) -> str:
+    """A key of one agent type's queue; they share the hash tag ``{type}``."""
+    return f"{prefix}:work:{{{agent_type}}}:{name}"
+
+
+def _hub_key(prefix: str, hub_id: str) -> str:
+    """A hub's liveness key (hash tag ``{hub id}``)."""
+    return f"{prefix}:work:hub:{{{hub_id}}}"
 
 
 def _wall(now: float) -> float:
