@@ -16,6 +16,7 @@ __all__ = [
     "InvalidSpec",
     "InvalidSupervisorSpec",
     "MaxAgentsExceeded",
+    "ServiceFailed",
     "SpawnError",
     "SupervisorEscalation",
     "UnknownEventKind",
@@ -86,6 +87,12 @@ class ChildNotFound(ControlError, KeyError):
 
 class MaxAgentsExceeded(ControlError):
     """Starting one more child would exceed the hub's ``max_agents`` limit."""
+
+
+class ServiceFailed(HubvisorError):
+    """A hub service the hub cannot run without (the work service) failed for good; the
+    hub stopped its tree instead of running on as a hub that accepts work and never
+    dispatches it. ``hubvisor run`` exits 1 with this message."""
 
 
 class UnknownEventKind(HubvisorError, ValueError):
