@@ -556,7 +556,9 @@ async def _events(hub: Hub, args: Args, out: Stream) -> None:
         raise ControlError(str(exc)) from None
     kept = [e for e in ring.kept if kinds is None or e["kind"] in kinds]
     lines = args.get("lines")
-    for event in kept if lines is None else kept[len(kept) - lines :] if lines else []:
+    # The last ``lines`` of them, or all when fewer are kept (``kept[len(kept) - lines:]``
+    # started at a negative index then, and kept too few: 2 of 4 for ``-n 6``).
+    for event in kept if lines is None else kept[-lines:] if lines else []:
         out.backlog(event)
     if args.get("follow"):
         with ring.follow(out, kinds):
