@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -32,6 +31,8 @@ from ._control import (
     NoHubRunning,
     Op,
     default_socket_path,
+    dumps,
+    loads_request,
     request,
     serve_control,
     stream,
@@ -476,7 +477,7 @@ class _JsonValue(click.ParamType[Any]):
         if not text.strip():
             self.fail(f"{where} is empty; {example}", param, ctx)
         try:
-            parsed = json.loads(text)
+            parsed = loads_request(text)  # NaN and Infinity refused, lone surrogates replaced
         except ValueError as exc:
             self.fail(f"{where} is not JSON ({exc}); {example}", param, ctx)
         if parsed is None:
@@ -516,7 +517,7 @@ def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeou
                 )
                 continue
             if as_json:
-                click.echo(json.dumps(answer["item"]))
+                click.echo(dumps(answer["item"]))
             else:
                 op.show(answer["item"], args)
             sys.stdout.flush()  # a reader at the other end of a pipe sees each line now
@@ -603,7 +604,7 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
         except ControlClientError as exc:
             raise click.ClickException(str(exc)) from exc
         if as_json:
-            click.echo(json.dumps(result, indent=2))
+            click.echo(dumps(result, indent=2))
         else:
             op.show(result, args)
 

@@ -781,7 +781,7 @@ def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
+    text = value if isinstance(value, str) else dumps(value)
     return text if len(text) <= width else f"{text[: width - 1]}…"
 
 
@@ -813,7 +813,7 @@ def _show_item(item: Any, args: Args) -> None:
     click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
     for key in ("payload", "progress", "result", "error"):
         if item[key] is not None or key in ("payload", "result"):
-            click.echo(f"{key}: {json.dumps(item[key])}")
+            click.echo(f"{key}: {dumps(item[key])}")
     for h in item["history"]:
         reason = f" ({h['reason']})" if h["reason"] else ""
         click.echo(f"  attempt {h['attempt']} by {h['agent']}: {h['outcome']}{reason}")
@@ -842,7 +842,7 @@ def _show_line(item: Any, args: Args) -> None:
 
 
 def _show_event(event: Any, args: Args) -> None:
-    click.echo(json.dumps(event))
+    click.echo(dumps(event))
 
 
 _CHILD_ID = Field(
@@ -1113,6 +1113,106 @@ def _too_deep(line: bytes) -> bool:
     return False
 
 
+# JSON at the boundary: what comes in is made safe once, here ---------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape that may decode to a lone surrogate (a valid pair decodes to one code
+point, so any surrogate left in a decoded string is a lone one)."""
+
+
+class _NotJSON(ValueError):
+    """NaN, Infinity or a number that overflows to it: Python's json reads them, JSON
+    (and the protocol) does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSON(
+        f"{name} is not JSON (the protocol forbids NaN and Infinity); send null, a string "
+        "or a finite number"
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJSON(
+            f"{text[:32]} overflows to Infinity, which is not JSON; send a smaller number "
+            "or a string"
+        )
+    return value
+
+
+def _named_float(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def safe_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    A JSON escape such as ``"\\udcff"`` (what ``json.dumps`` makes of a file name read
+    with ``surrogateescape``) decodes to a lone surrogate, which nothing downstream can
+    encode: Redis, a log file, a terminal.
+    """
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def safe_json(obj: Any) -> Any:
+    """``obj`` (decoded JSON) with :func:`safe_text` applied to every string and key."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {safe_text(str(k)): safe_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [safe_json(v) for v in obj]
+    return obj
+
+
+def loads_request(line: bytes | str) -> Any:
+    """Decode a request line: UTF-8 strictly, NaN and Infinity refused, lone surrogates
+    replaced, so whatever a client sends re-encodes anywhere in the hub.
+
+    Raises:
+        ValueError: not UTF-8 or not JSON; :class:`_NotJSON` for NaN and Infinity.
+    """
+    text = line.decode() if isinstance(line, bytes) else line
+    obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return safe_json(obj) if _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text) else obj
+
+
+def loads_answer(line: bytes) -> Any:
+    """Decode an answer line on the client: text made safe to print (lone surrogates
+    replaced), and a NaN or Infinity from an older hub kept as its name, a string, so
+    that ``--json`` prints valid JSON.
+
+    Raises:
+        ValueError: not UTF-8 or not JSON.
+    """
+    text = line.decode()
+    obj = json.loads(text, parse_constant=str, parse_float=_named_float)
+    return safe_json(obj) if _SURROGATE_ESCAPE.search(text) else obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (invalid JSON): such a float is
+    written as its name, a string."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kw)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else "Infinity" if obj > 0 else "-Infinity"
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 
@@ -1125,7 +1225,9 @@ def _parse_line(line: bytes) -> tuple[Op, dict[str, Any]] | dict[str, Any]:
             'object like {"op": "list"}'
         )
     try:
-        req = json.loads(line)
+        req = loads_request(line)
+    except _NotJSON as exc:
+        return _error(f"request is not valid JSON: {exc}")
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         return _error(
             f'request is not a JSON object on one line ({exc}); send e.g. {{"op": "list"}}'
@@ -1162,9 +1264,9 @@ async def _answer(hub: Hub, line: bytes, background: trio.Nursery) -> dict[str, 
 
 def _encode(answer: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(answer).encode() + b"\n"
+        return dumps(answer).encode() + b"\n"
     except (TypeError, ValueError) as exc:  # pragma: no cover - results are plain JSON
-        return json.dumps(_error(f"the result cannot be sent as JSON: {exc}")).encode() + b"\n"
+        return dumps(_error(f"the result cannot be sent as JSON: {exc}")).encode() + b"\n"
 
 
 async def _serve_stream(hub: Hub, op: Op, args: Args, sock: trio.SocketStream) -> bool:
@@ -1376,7 +1478,14 @@ class _Client:
             ) from None
 
     def send(self, req: dict[str, Any]) -> None:
-        line = json.dumps(req).encode() + b"\n"
+        try:
+            line = json.dumps(req, allow_nan=False).encode() + b"\n"
+        except ValueError:
+            raise ControlClientError(
+                f"the {_show_value(req.get('op'))} request holds NaN or Infinity, which JSON "
+                "does not allow (the protocol forbids them); send null, a string or a finite "
+                "number"
+            ) from None
         if len(line) > _MAX_LINE:
             raise ControlClientError(
                 f"the request is {len(line)} bytes, over the {_MAX_LINE} a control request may "
@@ -1418,7 +1527,7 @@ class _Client:
             ) from None
         line, self.buf = self.buf.split(b"\n", 1)
         try:
-            answer = None if _too_deep(line) else json.loads(line)
+            answer = None if _too_deep(line) else loads_answer(line)
         except ValueError:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):

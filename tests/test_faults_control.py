@@ -22,8 +22,10 @@ from click.testing import CliRunner
 
 from supervisor import Hub, PoolSpec, SupervisorSpec
 from supervisor._cli import main
-from supervisor._control import _EventRing, _rings, request, serve_control
-from tests.helpers import sleeper
+from supervisor._control import ControlClientError, _EventRing, _rings, request, serve_control
+from tests.helpers import running, sleeper
+from tests.test_cli_work import cli
+from tests.test_control_faults import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,3 +173,204 @@ def test_fault15_unsafe_directory_is_one_line_and_exit_1(python: list[str], tmp_
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"Error: the control directory {base} has mode 0777"), line
     assert "chmod 700" in line
+
+
+# --------------------------------------------------------------------------------------
+# Fault 13: NaN and Infinity were queued, sent in ASSIGN, and printed as invalid JSON
+
+
+def strict_json(text: str) -> Any:
+    """Decode ``text`` as JSON proper: NaN, Infinity and -Infinity are refused."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in output that must be JSON: {text[:200]!r}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("payload", ["NaN", '{"x": Infinity}', "[-Infinity]", '{"n": 1e999}'])
+async def test_fault13_submit_of_nan_or_infinity_is_refused_on_the_cli(
+    tmp_path: Path, payload: str
+) -> None:
+    """`hubvisor submit w 'NaN'` is a usage error naming the value; nothing is queued."""
+    path = tmp_path / "hub.sock"
+    async with running(tree()) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+
+        result = await trio.to_thread.run_sync(
+            lambda: CliRunner().invoke(main, ["submit", "w", payload, "--socket", str(path)])
+        )
+
+        assert 2 == result.exit_code, result.output
+        assert "is not JSON" in result.output and "Infinity" in result.output
+        assert [] == hub.work.items()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b'{"a": [NaN]}'])
+async def test_fault13_nan_or_infinity_on_the_control_socket_is_an_error_answer(
+    tmp_path: Path, value: bytes
+) -> None:
+    """A raw request carrying NaN/Infinity anywhere is answered with an error saying so;
+    the connection goes on and nothing is queued."""
+    path = tmp_path / "hub.sock"
+    line = b'{"op": "submit", "type": "w", "payload": ' + value + b"}\n"
+    async with running(tree()) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+
+        refused, after = await trio.to_thread.run_sync(exchange, path, line + b'{"op": "count"}\n')
+
+        assert not refused["ok"]
+        assert "is not JSON" in refused["error"] and "Infinity" in refused["error"]
+        assert after["ok"]
+        assert [] == hub.work.items()
+        nursery.cancel_scope.cancel()
+
+
+def test_fault13_the_python_client_refuses_to_send_nan(tmp_path: Path) -> None:
+    """request() with a NaN says so before connecting anywhere useful."""
+    path = tmp_path / "hub.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen(1)
+
+        with pytest.raises(ControlClientError, match="'submit' request holds NaN or Infinity"):
+            request(path, {"op": "submit", "type": "w", "payload": float("nan")})
+
+
+async def test_fault13_work_show_json_is_valid_json_whatever_the_item_holds(
+    tmp_path: Path,
+) -> None:
+    """An item holding a non-finite float (from before the fix, or any other path) is
+    shown by `work show --json` and `work list --json` as valid JSON: its name, a string."""
+    path = tmp_path / "hub.sock"
+    async with running(tree()) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+        item = hub.work.submit("w", {"n": 1})
+        item.result = {"score": float("nan"), "range": [float("-inf"), float("inf")]}
+
+        shown = await cli(path, "work", "show", item.id, "--json")
+        listed = await cli(path, "work", "list", "--json")
+
+        assert 0 == shown.exit_code, shown.output
+        expected = {"score": "NaN", "range": ["-Infinity", "Infinity"]}
+        assert expected == strict_json(shown.stdout)["result"]
+        assert [expected] == [i["result"] for i in strict_json(listed.stdout)]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("op", ["work_show", "events"])
+async def test_fault13_an_answer_with_nan_from_an_older_hub_prints_valid_json(
+    tmp_path: Path, op: str
+) -> None:
+    """The client keeps a NaN or Infinity a hub sends as its name, so ``--json`` (and a
+    stream's JSON lines) stay JSON."""
+    path = tmp_path / "fake.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(4)
+    value = b'{"id": "w-1", "result": NaN, "big": 1e999, "low": -Infinity}'
+    answer = (
+        b'{"ok": true, "result": ' + value + b"}\n"
+        if op == "work_show"
+        else b'{"ok": true, "item": ' + value + b'}\n{"ok": true, "end": true}\n'
+    )
+
+    async def older_hub(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            await stream.send_all(answer)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, older_hub, [trio.SocketListener(sock)])
+        args = ["work", "show", "w-1", "--json"] if op == "work_show" else ["events", "--json"]
+
+        result = await cli(path, *args)
+
+        assert 0 == result.exit_code, result.output
+        expected = {"id": "w-1", "result": "NaN", "big": "1e999", "low": "-Infinity"}
+        assert expected == strict_json(result.stdout)
+        nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------------------
+# Fault 1 (client and control socket): a lone surrogate crashed every printer
+
+
+LONE = "lint failed in caf\udcff.py"  # a Latin-1 file name read with surrogateescape
+SAFE = "lint failed in caf\ufffd.py"
+
+
+async def test_fault1_control_requests_with_lone_surrogates_are_made_safe(
+    tmp_path: Path,
+) -> None:
+    """A request holding ``\\udcff`` (a JSON escape) is answered, never crashes the
+    connection, and what the hub keeps from it encodes as UTF-8."""
+    path = tmp_path / "hub.sock"
+    async with running(tree()) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+        lines = [
+            json.dumps({"op": "logs", "id": LONE}),  # an error that names the value
+            json.dumps({"op": "submit", "type": "w", "payload": {LONE: [LONE]}}),
+            json.dumps({"op": "\udcff"}),
+            '{"op": "count"}',
+        ]
+
+        answers = await trio.to_thread.run_sync(exchange, path, "\n".join(lines).encode() + b"\n")
+
+        assert 4 == len(answers), answers
+        assert not answers[0]["ok"] and SAFE in answers[0]["error"]
+        assert answers[1]["ok"]
+        assert not answers[2]["ok"] and "unknown op '\ufffd'" in answers[2]["error"]
+        assert answers[3]["ok"]
+        (item,) = hub.work.items()
+        assert {SAFE: [SAFE]} == item.payload
+        json.dumps(item.to_json(), ensure_ascii=False).encode()  # encodes: no surrogate left
+        nursery.cancel_scope.cancel()
+
+
+def hubvisor(*args: str) -> subprocess.CompletedProcess[str]:
+    """``hubvisor ARGS`` as a real process whose stdout is strict UTF-8 (a pipe, as in a
+    script or CI log), the way the crash was seen."""
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="strict",
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["work", "list"],
+        ["work", "list", "--json"],
+        ["work", "show", "{id}"],
+        ["work", "show", "{id}", "--json"],
+        ["events"],
+        ["events", "--json"],
+    ],
+)
+async def test_fault1_printing_an_item_whose_error_holds_a_lone_surrogate(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """`work list`, `work show`, `events` and their --json print text with lone
+    surrogates (sent by an agent, kept by the hub) as U+FFFD instead of crashing."""
+    path = tmp_path / "hub.sock"
+    async with running(tree()) as (hub, _), trio.open_nursery() as nursery:
+        await nursery.start(serve_control, hub, path)
+        item = hub.work.submit("w", {"n": 1})
+        item.error = LONE  # what an agent's FAIL left before the boundary was made safe
+        item.progress = {"file": LONE}
+        _rings[hub].kept.append({"kind": "work_failed", "item_id": item.id, "error": LONE})
+        argv = [a.format(id=item.id) for a in args]
+
+        result = await trio.to_thread.run_sync(lambda: hubvisor(*argv, "--socket", str(path)))
+
+        assert 0 == result.returncode, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "\ufffd" in result.stdout or "\\ufffd" in result.stdout
+        nursery.cancel_scope.cancel()
