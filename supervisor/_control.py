@@ -55,7 +55,9 @@ from ._work import ItemStatus
 __all__ = [
     "OPS",
     "ControlClientError",
+    "ControlLimits",
     "Field",
+    "HubBusy",
     "NoHubRunning",
     "Op",
     "Stream",
@@ -73,6 +75,42 @@ _MAX_ANSWER = 256 * 1024 * 1024
 FAST_TIMEOUT = 30.0
 """Seconds the client waits for an answer, plus what a slow op may take in the hub."""
 
+
+@attrs.frozen
+class ControlLimits:
+    """The bounds of the control server: what one client (or a flood of them) may hold.
+
+    Attributes:
+        max_connections: connections served at once. One more is accepted, answered
+            ``{"ok": false, "busy": true, "error": ...}`` and closed at once, so the hub
+            holds at most this many control sockets (plus the one it is refusing) and a
+            client never hangs in the kernel's backlog; :func:`request` and
+            :func:`stream` retry a busy hub until their timeout.
+        idle_timeout: seconds a connection may wait between requests (from its opening
+            or its last answer to the first byte of the next request) before the hub
+            closes it, with an error line saying so. A following stream (``-f``) is not
+            idle: it lasts until the client closes it.
+        request_timeout: seconds a request line may take to arrive, from its first byte
+            to its newline, and an answer to be taken by the client; past it the hub
+            closes the connection (a slow or stuck client cannot hold a slot).
+
+    The longest request line is 64 KiB (a longer one is answered with an error and
+    skipped); a stream holds at most 1000 new items for a slow reader (:class:`Stream`).
+    """
+
+    max_connections: int = 64
+    idle_timeout: float = 10.0
+    request_timeout: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.max_connections, int) or self.max_connections < 1:
+            raise ValueError(f"max_connections must be an int >= 1 (got {self.max_connections!r})")
+        for name in ("idle_timeout", "request_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0 (got {value!r})")
+
+
 Args = Mapping[str, Any]
 
 
@@ -82,6 +120,10 @@ class ControlClientError(HubvisorError):
 
 class NoHubRunning(ControlClientError):
     """Nothing listens at the control socket (no file there, or a dead hub's file)."""
+
+
+class HubBusy(ControlClientError):
+    """The hub serves as many control connections as it may (:class:`ControlLimits`)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -1319,40 +1361,128 @@ async def _serve_stream(hub: Hub, op: Op, args: Args, sock: trio.SocketStream) -
     return open_ and not follow
 
 
-async def _serve_connection(hub: Hub, stream: trio.SocketStream, background: trio.Nursery) -> None:
+async def _send(stream: trio.SocketStream, data: bytes, limits: ControlLimits) -> None:
+    """Send an answer; a client that does not take it within the request timeout is
+    cut off (it would hold a connection, and the hub's buffers, for ever)."""
+    with trio.move_on_after(limits.request_timeout) as scope:
+        await stream.send_all(data)
+    if scope.cancelled_caught:
+        raise trio.ClosedResourceError("the client did not read its answer")
+
+
+async def _goodbye(stream: trio.SocketStream, answer: dict[str, Any]) -> None:
+    """Send a last error line if the client takes it at once, then close."""
+    with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError, OSError):
+        await stream.send_all(_encode(answer))
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+async def _serve_connection(
+    hub: Hub,
+    stream: trio.SocketStream,
+    background: trio.Nursery,
+    limits: ControlLimits = ControlLimits(),
+) -> None:
     too_long = _error(
         f"request line longer than {_MAX_LINE} bytes; it was skipped up to its newline"
     )
     buf = bytearray()
     skipping = False  # inside an over-long line: drop bytes up to the next newline
+    idle_since = trio.current_time()  # the last answer (or the opening)
+    line_since: float | None = None  # the first byte of a request not read whole yet
     async with stream:
         try:
-            while chunk := await stream.receive_some(65536):
+            while True:
+                if line_since is None:
+                    deadline, why = idle_since + limits.idle_timeout, "idle"
+                else:
+                    deadline, why = line_since + limits.request_timeout, "slow"
+                with trio.move_on_at(deadline) as waiting:
+                    chunk = await stream.receive_some(65536)
+                if waiting.cancelled_caught:
+                    await _goodbye(stream, _error(_timed_out(why, limits)))
+                    return
+                if not chunk:
+                    return
                 buf += chunk
+                answered = False
                 while (end := buf.find(b"\n")) >= 0:
                     line = bytes(buf[:end])
                     del buf[: end + 1]
+                    answered = True
                     if skipping:
                         skipping = False
                     elif len(line) > _MAX_LINE:
-                        await stream.send_all(_encode(too_long))
+                        await _send(stream, _encode(too_long), limits)
                     elif line.strip():
                         parsed = _parse_line(line)
                         if isinstance(parsed, dict):
-                            await stream.send_all(_encode(parsed))
+                            await _send(stream, _encode(parsed), limits)
                         elif parsed[0].stream is not None:
                             if not await _serve_stream(hub, *parsed, stream):
                                 return
                         else:
                             answer = await _carry_out(hub, *parsed, background)
-                            await stream.send_all(_encode(answer))
+                            await _send(stream, _encode(answer), limits)
                 if len(buf) > _MAX_LINE and not skipping:
                     skipping = True
-                    await stream.send_all(_encode(too_long))
+                    await _send(stream, _encode(too_long), limits)
                 if skipping:
                     buf.clear()
+                now = trio.current_time()
+                if answered:
+                    idle_since, line_since = now, None
+                if (buf or skipping) and line_since is None:
+                    line_since = now
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+
+
+def _timed_out(why: str, limits: ControlLimits) -> str:
+    if why == "idle":
+        return (
+            f"connection closed: no request for {limits.idle_timeout:g}s (the hub's idle "
+            "timeout for control connections); connect again to send more"
+        )
+    return (
+        f"connection closed: a request line took over {limits.request_timeout:g}s to "
+        "arrive; send each request as one line ending in a newline"
+    )
+
+
+@attrs.define
+class _Gate:
+    """Counts the control connections served; refuses those over the cap."""
+
+    limits: ControlLimits
+    open: int = 0
+    refused: int = 0
+
+    async def serve(
+        self, stream: trio.SocketStream, serve: Callable[[trio.SocketStream], Awaitable[None]]
+    ) -> None:
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                logger.warning(
+                    "control socket: %d connections open, the most it serves "
+                    "(ControlLimits.max_connections); refusing new ones (%d so far)",
+                    self.open,
+                    self.refused,
+                )
+            busy = _error(
+                f"the hub is serving {self.limits.max_connections} control connections, "
+                f"the most it takes at once; try again (idle ones close after "
+                f"{self.limits.idle_timeout:g}s)"
+            )
+            await _goodbye(stream, {**busy, "busy": True})
+            return
+        self.open += 1
+        try:
+            await serve(stream)
+        finally:
+            self.open -= 1
 
 
 def _claim(path: Path) -> None:
@@ -1402,9 +1532,16 @@ def _taken(path: Path) -> ControlError:
 
 
 async def serve_control(
-    hub: Hub, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+    hub: Hub,
+    path: Path,
+    *,
+    limits: ControlLimits = ControlLimits(),
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve control requests for ``hub`` on the Unix socket ``path`` until cancelled.
+
+    ``limits`` bounds the connections (how many at once, how long idle or slow); see
+    :class:`ControlLimits`.
 
     Raises:
         ControlError: another hub listens at ``path``, or its directory is unsafe or
@@ -1423,7 +1560,7 @@ async def serve_control(
                 "(a short path in a directory you can write)"
             ) from None
         os.chmod(path, 0o600)
-        sock.listen(16)
+        sock.listen(128)
     except BaseException:
         sock.close()
         raise
@@ -1435,8 +1572,13 @@ async def serve_control(
             _rings.setdefault(hub, ring)
             task_status.started(path)
 
+            gate = _Gate(limits)
+
+            async def serve(stream: trio.SocketStream) -> None:
+                await _serve_connection(hub, stream, nursery, limits)
+
             async def handler(stream: trio.SocketStream) -> None:
-                await _serve_connection(hub, stream, nursery)
+                await gate.serve(stream, serve)
 
             await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
     finally:
@@ -1494,6 +1636,13 @@ class _Client:
         try:
             self.sock.sendall(line)
         except OSError as exc:
+            # A busy hub answers and closes before reading: its answer may be waiting.
+            try:
+                self.read("", 1.0)
+            except HubBusy:
+                raise
+            except (ControlClientError, OSError):
+                pass
             raise ControlClientError(
                 f"lost the connection to the hub at {self.path} ({exc.strerror or exc})"
             ) from None
@@ -1536,7 +1685,8 @@ class _Client:
                 f"{line[:80]!r}; is {self.path} the control socket of a hubvisor hub?"
             )
         if not answer["ok"]:
-            raise ControlClientError(str(answer.get("error")))
+            error = HubBusy if answer.get("busy") is True else ControlClientError
+            raise error(str(answer.get("error")))
         return answer
 
     def ask(self, req: dict[str, Any], timeout: float) -> Any:
@@ -1590,6 +1740,10 @@ def request(path: Path, req: dict[str, Any], timeout: float | None = None) -> An
             raise ControlClientError(f"{name} with follow never ends; read it with stream()")
         found = stream(path, req, timeout)
         return [answer["item"] for answer in found if "item" in answer]
+    return _retry_busy(lambda: _request_once(path, req, op, timeout), timeout)
+
+
+def _request_once(path: Path, req: dict[str, Any], op: Op | None, timeout: float | None) -> Any:
     client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
     try:
         if timeout is None:
@@ -1599,6 +1753,25 @@ def request(path: Path, req: dict[str, Any], timeout: float | None = None) -> An
         return client.ask(req, timeout)
     finally:
         client.close()
+
+
+def _retry_busy(attempt: Callable[[], Any], timeout: float | None) -> Any:
+    """``attempt()``, tried again while the hub is busy (at its connection cap, see
+    :class:`ControlLimits`) until ``timeout`` (default :data:`FAST_TIMEOUT`) runs out.
+
+    A busy hub closed the connection before reading the request: nothing was done,
+    so trying again is safe.
+    """
+    deadline = time.monotonic() + (FAST_TIMEOUT if timeout is None else timeout)
+    pause = 0.05
+    while True:
+        try:
+            return attempt()
+        except HubBusy:
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
 
 
 def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Iterator[Any]:
@@ -1617,13 +1790,21 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
     """
     name = _show_value(req.get("op"))
     follow = bool(req.get("follow"))
-    client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
+    wait = timeout if timeout is not None else None if follow else FAST_TIMEOUT
+    ended = f"the hub at {path} ended the stream: it stopped" if follow else None
+
+    def first() -> tuple[_Client, dict[str, Any]]:
+        client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
+        try:
+            client.send(req)
+            return client, client.read(name, wait, ended)
+        except BaseException:
+            client.close()
+            raise
+
+    client, answer = _retry_busy(first, timeout)
     try:
-        client.send(req)
-        wait = timeout if timeout is not None else None if follow else FAST_TIMEOUT
-        ended = f"the hub at {path} ended the stream: it stopped" if follow else None
         while True:
-            answer = client.read(name, wait, ended)
             if answer.get("end"):
                 return
             if "item" in answer or "dropped" in answer:
@@ -1633,5 +1814,6 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
                     f"{name} is not a streaming op of the hub at {path}; is it the same "
                     "hubvisor version?"
                 )
+            answer = client.read(name, wait, ended)
     finally:
         client.close()
