@@ -8,26 +8,46 @@ and metrics connections), 13 (NaN and Infinity refused), 14 (``events -n N``) an
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from click.testing import CliRunner
 
-from supervisor import Hub, PoolSpec, SupervisorSpec
+from supervisor import ConfigError, Hub, PoolSpec, SupervisorSpec
 from supervisor._cli import main
-from supervisor._control import ControlClientError, _EventRing, _rings, request, serve_control
-from tests.helpers import running, sleeper
+from supervisor._control import (
+    ControlClientError,
+    ControlLimits,
+    _EventRing,
+    _rings,
+    request,
+    serve_control,
+)
+from supervisor._metrics import MetricsService
+from tests.helpers import TIMEOUT, running, sleeper, until
+from tests.test_cli import finish, start_hubvisor
 from tests.test_cli_work import cli
 from tests.test_control_faults import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 def tree() -> SupervisorSpec:
@@ -374,3 +394,171 @@ async def test_fault1_printing_an_item_whose_error_holds_a_lone_surrogate(
         assert "Traceback" not in result.stderr
         assert "\ufffd" in result.stdout or "\\ufffd" in result.stdout
         nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------------------
+# Fault 5: no bound on control-socket or metrics connections
+
+
+def fd_count(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def read_line(stream: trio.abc.ReceiveStream) -> tuple[dict[str, Any] | None, float]:
+    """The next answer line of ``stream`` (``None``: closed before one), and when it came."""
+    data = b""
+    while b"\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return None, trio.current_time()
+        data += chunk
+    return json.loads(data.split(b"\n", 1)[0]), trio.current_time()
+
+
+async def test_fault5_control_flood_holds_at_most_the_cap_and_idle_ones_time_out(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """100 idle connections on a cap of 4: the hub holds at most 4 of them (the rest are
+    told it is busy and closed at once); the 4 close after the idle timeout, and a normal
+    request then succeeds."""
+    limits = ControlLimits(max_connections=4, idle_timeout=10.0, request_timeout=5.0)
+    path = tmp_path / "hub.sock"
+    hub = Hub(tree())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_control, hub, path, limits=limits))
+        base = fd_count()
+        t0 = trio.current_time()
+
+        flood = [await trio.open_unix_socket(str(path)) for _ in range(100)]
+        await trio.testing.wait_all_tasks_blocked()
+
+        assert fd_count() - base - len(flood) <= 4  # the hub's side of them
+        answers = [await read_line(s) for s in flood]
+        busy = [a for a, _ in answers if a is not None and a.get("busy")]
+        idle = [(a, at) for a, at in answers if a is not None and not a.get("busy")]
+        assert 96 == len(busy)
+        assert "serving 4 control connections, the most it takes at once" in busy[0]["error"]
+        assert 4 == len(idle)
+        for answer, at in idle:
+            assert "no request for 10s" in answer["error"]
+            assert 10.0 == pytest.approx(at - t0, abs=0.5)
+
+        async with await trio.open_unix_socket(str(path)) as client:
+            await client.send_all(b'{"op": "count"}\n')
+            answer, _ = await read_line(client)
+        assert answer is not None and answer["ok"], answer
+        for s in flood:
+            await s.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert fd_count() <= base
+        nursery.cancel_scope.cancel()
+
+
+async def test_fault5_a_request_line_must_arrive_within_the_request_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client dribbling its request (a piece every 4 s, each under the idle timeout)
+    is cut off 5 s after the request began, whatever it sends meanwhile."""
+    limits = ControlLimits(max_connections=4, idle_timeout=10.0, request_timeout=5.0)
+    path = tmp_path / "hub.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_control, Hub(tree()), path, limits=limits))
+        async with await trio.open_unix_socket(str(path)) as slow:
+            await trio.sleep(8)  # idle, but under the idle timeout
+            began = trio.current_time()
+            await slow.send_all(b'{"op": ')
+            await trio.sleep(4)
+            await slow.send_all(b'"co')  # more bytes do not move the request's deadline
+            answer, at = await read_line(slow)
+
+        assert answer is not None and "took over 5s to arrive" in answer["error"]
+        assert 5.0 == pytest.approx(at - began, abs=0.5)
+        nursery.cancel_scope.cancel()
+
+
+def test_fault5_limits_are_checked() -> None:
+    for bad in ({"max_connections": 0}, {"idle_timeout": 0}, {"request_timeout": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ControlLimits(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_connections must be an int >= 1"):
+        MetricsService("127.0.0.1:0", max_connections=0)
+    with pytest.raises(ConfigError, match="request_timeout must be seconds > 0"):
+        MetricsService("127.0.0.1:0", request_timeout=0)
+
+
+async def test_fault5_a_real_hub_under_a_connection_flood_keeps_its_fds_and_answers(
+    tmp_path: Path,
+) -> None:
+    """`hubvisor run --control-max-connections 8 --control-idle-timeout 1`, 300 idle
+    connections: the hub's fd count grows by at most 8 (it grew by 300), and `hubvisor
+    status` during the flood succeeds (it retries the busy hub until a slot frees)."""
+    spec = tmp_path / "tree.py"
+    spec.write_text(SPEC15)
+    path = tmp_path / "hub.sock"
+    hub = await start_hubvisor(
+        "run", str(spec), "--socket", str(path),
+        "--control-max-connections", "8", "--control-idle-timeout", "1",
+    )  # fmt: skip
+    try:
+        await hub.wait_line("hub15 started")
+        pid = hub.proc.pid
+        base = fd_count(pid)
+        flood = []
+        try:
+            for _ in range(300):
+                s = socket.socket(socket.AF_UNIX)
+                flood.append(s)
+                s.connect(str(path))
+            await until(lambda: fd_count(pid) <= base + 8)
+            highest = fd_count(pid)
+
+            status = await trio.to_thread.run_sync(hubvisor, "status", "--socket", str(path))
+
+            assert 0 == status.returncode, status.stderr
+            assert "hub hub15" in status.stdout
+            assert highest <= base + 8
+        finally:
+            for s in flood:
+                s.close()
+    finally:
+        hub.proc.send_signal(signal.SIGINT)
+        assert 0 == (await finish(hub))[0]
+
+
+async def test_fault5_metrics_flood_holds_at_most_the_cap_and_answers_503_over_it() -> None:
+    """50 idle connections to the metrics port on a cap of 2: the service holds 2 (the
+    others get 503 and are closed), and once the idle ones are cut off a scrape works."""
+    metrics = MetricsService("127.0.0.1:0", max_connections=2, request_timeout=1.0)
+    async with running(
+        [PoolSpec(agent_type="w", template=sleeper("w"), size=0)], services=[metrics]
+    ):
+        base = fd_count()
+        flood = [await trio.open_tcp_stream("127.0.0.1", metrics.port) for _ in range(50)]
+        try:
+            await until(lambda: metrics.connections_refused == 48)
+            await until(lambda: fd_count() - base - len(flood) <= 2)  # 50 more before
+            over = await flood[-1].receive_some(4096)
+            assert over.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+            assert b"Retry-After: 1\r\n" in over
+
+            def scrape_until_served() -> int:
+                for _ in range(200):
+                    status = get_status(metrics.url)
+                    if status == 200:
+                        return status
+                    time.sleep(0.1)
+                return status
+
+            assert 200 == await trio.to_thread.run_sync(scrape_until_served)
+        finally:
+            for s in flood:
+                await s.aclose()
+
+
+def get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
