@@ -55,7 +55,9 @@ from ._work import ItemStatus
 __all__ = [
     "OPS",
     "ControlClientError",
+    "ControlLimits",
     "Field",
+    "HubBusy",
     "NoHubRunning",
     "Op",
     "Stream",
@@ -73,6 +75,42 @@ _MAX_ANSWER = 256 * 1024 * 1024
 FAST_TIMEOUT = 30.0
 """Seconds the client waits for an answer, plus what a slow op may take in the hub."""
 
+
+@attrs.frozen
+class ControlLimits:
+    """The bounds of the control server: what one client (or a flood of them) may hold.
+
+    Attributes:
+        max_connections: connections served at once. One more is accepted, answered
+            ``{"ok": false, "busy": true, "error": ...}`` and closed at once, so the hub
+            holds at most this many control sockets (plus the one it is refusing) and a
+            client never hangs in the kernel's backlog; :func:`request` and
+            :func:`stream` retry a busy hub until their timeout.
+        idle_timeout: seconds a connection may wait between requests (from its opening
+            or its last answer to the first byte of the next request) before the hub
+            closes it, with an error line saying so. A following stream (``-f``) is not
+            idle: it lasts until the client closes it.
+        request_timeout: seconds a request line may take to arrive, from its first byte
+            to its newline, and an answer to be taken by the client; past it the hub
+            closes the connection (a slow or stuck client cannot hold a slot).
+
+    The longest request line is 64 KiB (a longer one is answered with an error and
+    skipped); a stream holds at most 1000 new items for a slow reader (:class:`Stream`).
+    """
+
+    max_connections: int = 64
+    idle_timeout: float = 10.0
+    request_timeout: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.max_connections, int) or self.max_connections < 1:
+            raise ValueError(f"max_connections must be an int >= 1 (got {self.max_connections!r})")
+        for name in ("idle_timeout", "request_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0 (got {value!r})")
+
+
 Args = Mapping[str, Any]
 
 
@@ -82,6 +120,10 @@ class ControlClientError(HubvisorError):
 
 class NoHubRunning(ControlClientError):
     """Nothing listens at the control socket (no file there, or a dead hub's file)."""
+
+
+class HubBusy(ControlClientError):
+    """The hub serves as many control connections as it may (:class:`ControlLimits`)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -556,7 +598,9 @@ async def _events(hub: Hub, args: Args, out: Stream) -> None:
         raise ControlError(str(exc)) from None
     kept = [e for e in ring.kept if kinds is None or e["kind"] in kinds]
     lines = args.get("lines")
-    for event in kept if lines is None else kept[len(kept) - lines :] if lines else []:
+    # The last ``lines`` of them, or all when fewer are kept (``kept[len(kept) - lines:]``
+    # started at a negative index then, and kept too few: 2 of 4 for ``-n 6``).
+    for event in kept if lines is None else kept[-lines:] if lines else []:
         out.backlog(event)
     if args.get("follow"):
         with ring.follow(out, kinds):
@@ -779,7 +823,7 @@ def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
+    text = value if isinstance(value, str) else dumps(value)
     return text if len(text) <= width else f"{text[: width - 1]}…"
 
 
@@ -811,7 +855,7 @@ def _show_item(item: Any, args: Args) -> None:
     click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
     for key in ("payload", "progress", "result", "error"):
         if item[key] is not None or key in ("payload", "result"):
-            click.echo(f"{key}: {json.dumps(item[key])}")
+            click.echo(f"{key}: {dumps(item[key])}")
     for h in item["history"]:
         reason = f" ({h['reason']})" if h["reason"] else ""
         click.echo(f"  attempt {h['attempt']} by {h['agent']}: {h['outcome']}{reason}")
@@ -840,7 +884,7 @@ def _show_line(item: Any, args: Args) -> None:
 
 
 def _show_event(event: Any, args: Args) -> None:
-    click.echo(json.dumps(event))
+    click.echo(dumps(event))
 
 
 _CHILD_ID = Field(
@@ -1111,6 +1155,106 @@ def _too_deep(line: bytes) -> bool:
     return False
 
 
+# JSON at the boundary: what comes in is made safe once, here ---------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape that may decode to a lone surrogate (a valid pair decodes to one code
+point, so any surrogate left in a decoded string is a lone one)."""
+
+
+class _NotJSON(ValueError):
+    """NaN, Infinity or a number that overflows to it: Python's json reads them, JSON
+    (and the protocol) does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSON(
+        f"{name} is not JSON (the protocol forbids NaN and Infinity); send null, a string "
+        "or a finite number"
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJSON(
+            f"{text[:32]} overflows to Infinity, which is not JSON; send a smaller number "
+            "or a string"
+        )
+    return value
+
+
+def _named_float(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def safe_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    A JSON escape such as ``"\\udcff"`` (what ``json.dumps`` makes of a file name read
+    with ``surrogateescape``) decodes to a lone surrogate, which nothing downstream can
+    encode: Redis, a log file, a terminal.
+    """
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def safe_json(obj: Any) -> Any:
+    """``obj`` (decoded JSON) with :func:`safe_text` applied to every string and key."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {safe_text(str(k)): safe_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [safe_json(v) for v in obj]
+    return obj
+
+
+def loads_request(line: bytes | str) -> Any:
+    """Decode a request line: UTF-8 strictly, NaN and Infinity refused, lone surrogates
+    replaced, so whatever a client sends re-encodes anywhere in the hub.
+
+    Raises:
+        ValueError: not UTF-8 or not JSON; :class:`_NotJSON` for NaN and Infinity.
+    """
+    text = line.decode() if isinstance(line, bytes) else line
+    obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return safe_json(obj) if _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text) else obj
+
+
+def loads_answer(line: bytes) -> Any:
+    """Decode an answer line on the client: text made safe to print (lone surrogates
+    replaced), and a NaN or Infinity from an older hub kept as its name, a string, so
+    that ``--json`` prints valid JSON.
+
+    Raises:
+        ValueError: not UTF-8 or not JSON.
+    """
+    text = line.decode()
+    obj = json.loads(text, parse_constant=str, parse_float=_named_float)
+    return safe_json(obj) if _SURROGATE_ESCAPE.search(text) else obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (invalid JSON): such a float is
+    written as its name, a string."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kw)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else "Infinity" if obj > 0 else "-Infinity"
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 
@@ -1123,7 +1267,9 @@ def _parse_line(line: bytes) -> tuple[Op, dict[str, Any]] | dict[str, Any]:
             'object like {"op": "list"}'
         )
     try:
-        req = json.loads(line)
+        req = loads_request(line)
+    except _NotJSON as exc:
+        return _error(f"request is not valid JSON: {exc}")
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         return _error(
             f'request is not a JSON object on one line ({exc}); send e.g. {{"op": "list"}}'
@@ -1160,9 +1306,9 @@ async def _answer(hub: Hub, line: bytes, background: trio.Nursery) -> dict[str, 
 
 def _encode(answer: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(answer).encode() + b"\n"
+        return dumps(answer).encode() + b"\n"
     except (TypeError, ValueError) as exc:  # pragma: no cover - results are plain JSON
-        return json.dumps(_error(f"the result cannot be sent as JSON: {exc}")).encode() + b"\n"
+        return dumps(_error(f"the result cannot be sent as JSON: {exc}")).encode() + b"\n"
 
 
 async def _serve_stream(hub: Hub, op: Op, args: Args, sock: trio.SocketStream) -> bool:
@@ -1215,40 +1361,128 @@ async def _serve_stream(hub: Hub, op: Op, args: Args, sock: trio.SocketStream) -
     return open_ and not follow
 
 
-async def _serve_connection(hub: Hub, stream: trio.SocketStream, background: trio.Nursery) -> None:
+async def _send(stream: trio.SocketStream, data: bytes, limits: ControlLimits) -> None:
+    """Send an answer; a client that does not take it within the request timeout is
+    cut off (it would hold a connection, and the hub's buffers, for ever)."""
+    with trio.move_on_after(limits.request_timeout) as scope:
+        await stream.send_all(data)
+    if scope.cancelled_caught:
+        raise trio.ClosedResourceError("the client did not read its answer")
+
+
+async def _goodbye(stream: trio.SocketStream, answer: dict[str, Any]) -> None:
+    """Send a last error line if the client takes it at once, then close."""
+    with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError, OSError):
+        await stream.send_all(_encode(answer))
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+async def _serve_connection(
+    hub: Hub,
+    stream: trio.SocketStream,
+    background: trio.Nursery,
+    limits: ControlLimits = ControlLimits(),
+) -> None:
     too_long = _error(
         f"request line longer than {_MAX_LINE} bytes; it was skipped up to its newline"
     )
     buf = bytearray()
     skipping = False  # inside an over-long line: drop bytes up to the next newline
+    idle_since = trio.current_time()  # the last answer (or the opening)
+    line_since: float | None = None  # the first byte of a request not read whole yet
     async with stream:
         try:
-            while chunk := await stream.receive_some(65536):
+            while True:
+                if line_since is None:
+                    deadline, why = idle_since + limits.idle_timeout, "idle"
+                else:
+                    deadline, why = line_since + limits.request_timeout, "slow"
+                with trio.move_on_at(deadline) as waiting:
+                    chunk = await stream.receive_some(65536)
+                if waiting.cancelled_caught:
+                    await _goodbye(stream, _error(_timed_out(why, limits)))
+                    return
+                if not chunk:
+                    return
                 buf += chunk
+                answered = False
                 while (end := buf.find(b"\n")) >= 0:
                     line = bytes(buf[:end])
                     del buf[: end + 1]
+                    answered = True
                     if skipping:
                         skipping = False
                     elif len(line) > _MAX_LINE:
-                        await stream.send_all(_encode(too_long))
+                        await _send(stream, _encode(too_long), limits)
                     elif line.strip():
                         parsed = _parse_line(line)
                         if isinstance(parsed, dict):
-                            await stream.send_all(_encode(parsed))
+                            await _send(stream, _encode(parsed), limits)
                         elif parsed[0].stream is not None:
                             if not await _serve_stream(hub, *parsed, stream):
                                 return
                         else:
                             answer = await _carry_out(hub, *parsed, background)
-                            await stream.send_all(_encode(answer))
+                            await _send(stream, _encode(answer), limits)
                 if len(buf) > _MAX_LINE and not skipping:
                     skipping = True
-                    await stream.send_all(_encode(too_long))
+                    await _send(stream, _encode(too_long), limits)
                 if skipping:
                     buf.clear()
+                now = trio.current_time()
+                if answered:
+                    idle_since, line_since = now, None
+                if (buf or skipping) and line_since is None:
+                    line_since = now
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+
+
+def _timed_out(why: str, limits: ControlLimits) -> str:
+    if why == "idle":
+        return (
+            f"connection closed: no request for {limits.idle_timeout:g}s (the hub's idle "
+            "timeout for control connections); connect again to send more"
+        )
+    return (
+        f"connection closed: a request line took over {limits.request_timeout:g}s to "
+        "arrive; send each request as one line ending in a newline"
+    )
+
+
+@attrs.define
+class _Gate:
+    """Counts the control connections served; refuses those over the cap."""
+
+    limits: ControlLimits
+    open: int = 0
+    refused: int = 0
+
+    async def serve(
+        self, stream: trio.SocketStream, serve: Callable[[trio.SocketStream], Awaitable[None]]
+    ) -> None:
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+                logger.warning(
+                    "control socket: %d connections open, the most it serves "
+                    "(ControlLimits.max_connections); refusing new ones (%d so far)",
+                    self.open,
+                    self.refused,
+                )
+            busy = _error(
+                f"the hub is serving {self.limits.max_connections} control connections, "
+                f"the most it takes at once; try again (idle ones close after "
+                f"{self.limits.idle_timeout:g}s)"
+            )
+            await _goodbye(stream, {**busy, "busy": True})
+            return
+        self.open += 1
+        try:
+            await serve(stream)
+        finally:
+            self.open -= 1
 
 
 def _claim(path: Path) -> None:
@@ -1298,9 +1532,16 @@ def _taken(path: Path) -> ControlError:
 
 
 async def serve_control(
-    hub: Hub, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+    hub: Hub,
+    path: Path,
+    *,
+    limits: ControlLimits = ControlLimits(),
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve control requests for ``hub`` on the Unix socket ``path`` until cancelled.
+
+    ``limits`` bounds the connections (how many at once, how long idle or slow); see
+    :class:`ControlLimits`.
 
     Raises:
         ControlError: another hub listens at ``path``, or its directory is unsafe or
@@ -1319,7 +1560,7 @@ async def serve_control(
                 "(a short path in a directory you can write)"
             ) from None
         os.chmod(path, 0o600)
-        sock.listen(16)
+        sock.listen(128)
     except BaseException:
         sock.close()
         raise
@@ -1331,8 +1572,13 @@ async def serve_control(
             _rings.setdefault(hub, ring)
             task_status.started(path)
 
+            gate = _Gate(limits)
+
+            async def serve(stream: trio.SocketStream) -> None:
+                await _serve_connection(hub, stream, nursery, limits)
+
             async def handler(stream: trio.SocketStream) -> None:
-                await _serve_connection(hub, stream, nursery)
+                await gate.serve(stream, serve)
 
             await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
     finally:
@@ -1374,7 +1620,14 @@ class _Client:
             ) from None
 
     def send(self, req: dict[str, Any]) -> None:
-        line = json.dumps(req).encode() + b"\n"
+        try:
+            line = json.dumps(req, allow_nan=False).encode() + b"\n"
+        except ValueError:
+            raise ControlClientError(
+                f"the {_show_value(req.get('op'))} request holds NaN or Infinity, which JSON "
+                "does not allow (the protocol forbids them); send null, a string or a finite "
+                "number"
+            ) from None
         if len(line) > _MAX_LINE:
             raise ControlClientError(
                 f"the request is {len(line)} bytes, over the {_MAX_LINE} a control request may "
@@ -1383,6 +1636,13 @@ class _Client:
         try:
             self.sock.sendall(line)
         except OSError as exc:
+            # A busy hub answers and closes before reading: its answer may be waiting.
+            try:
+                self.read("", 1.0)
+            except HubBusy:
+                raise
+            except (ControlClientError, OSError):
+                pass
             raise ControlClientError(
                 f"lost the connection to the hub at {self.path} ({exc.strerror or exc})"
             ) from None
@@ -1416,7 +1676,7 @@ class _Client:
             ) from None
         line, self.buf = self.buf.split(b"\n", 1)
         try:
-            answer = None if _too_deep(line) else json.loads(line)
+            answer = None if _too_deep(line) else loads_answer(line)
         except ValueError:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
@@ -1425,7 +1685,8 @@ class _Client:
                 f"{line[:80]!r}; is {self.path} the control socket of a hubvisor hub?"
             )
         if not answer["ok"]:
-            raise ControlClientError(str(answer.get("error")))
+            error = HubBusy if answer.get("busy") is True else ControlClientError
+            raise error(str(answer.get("error")))
         return answer
 
     def ask(self, req: dict[str, Any], timeout: float) -> Any:
@@ -1479,6 +1740,10 @@ def request(path: Path, req: dict[str, Any], timeout: float | None = None) -> An
             raise ControlClientError(f"{name} with follow never ends; read it with stream()")
         found = stream(path, req, timeout)
         return [answer["item"] for answer in found if "item" in answer]
+    return _retry_busy(lambda: _request_once(path, req, op, timeout), timeout)
+
+
+def _request_once(path: Path, req: dict[str, Any], op: Op | None, timeout: float | None) -> Any:
     client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
     try:
         if timeout is None:
@@ -1488,6 +1753,25 @@ def request(path: Path, req: dict[str, Any], timeout: float | None = None) -> An
         return client.ask(req, timeout)
     finally:
         client.close()
+
+
+def _retry_busy(attempt: Callable[[], Any], timeout: float | None) -> Any:
+    """``attempt()``, tried again while the hub is busy (at its connection cap, see
+    :class:`ControlLimits`) until ``timeout`` (default :data:`FAST_TIMEOUT`) runs out.
+
+    A busy hub closed the connection before reading the request: nothing was done,
+    so trying again is safe.
+    """
+    deadline = time.monotonic() + (FAST_TIMEOUT if timeout is None else timeout)
+    pause = 0.05
+    while True:
+        try:
+            return attempt()
+        except HubBusy:
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
 
 
 def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Iterator[Any]:
@@ -1506,13 +1790,21 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
     """
     name = _show_value(req.get("op"))
     follow = bool(req.get("follow"))
-    client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
+    wait = timeout if timeout is not None else None if follow else FAST_TIMEOUT
+    ended = f"the hub at {path} ended the stream: it stopped" if follow else None
+
+    def first() -> tuple[_Client, dict[str, Any]]:
+        client = _connect(path, FAST_TIMEOUT if timeout is None else timeout)
+        try:
+            client.send(req)
+            return client, client.read(name, wait, ended)
+        except BaseException:
+            client.close()
+            raise
+
+    client, answer = _retry_busy(first, timeout)
     try:
-        client.send(req)
-        wait = timeout if timeout is not None else None if follow else FAST_TIMEOUT
-        ended = f"the hub at {path} ended the stream: it stopped" if follow else None
         while True:
-            answer = client.read(name, wait, ended)
             if answer.get("end"):
                 return
             if "item" in answer or "dropped" in answer:
@@ -1522,5 +1814,6 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
                     f"{name} is not a streaming op of the hub at {path}; is it the same "
                     "hubvisor version?"
                 )
+            answer = client.read(name, wait, ended)
     finally:
         client.close()

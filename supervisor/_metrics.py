@@ -218,6 +218,12 @@ class MetricsService:
     Args:
         address: ``"HOST:PORT"`` to listen on; port 0 picks a free one (see
             :attr:`port` once the service has started).
+        max_connections: connections served at once. One more is answered ``503
+            Service Unavailable`` (``Retry-After: 1``) and closed at once, so a flood of
+            connections holds at most this many of the hub's file descriptors.
+        request_timeout: seconds a connection may take from its opening to the end of
+            the answer (a slow or idle client is closed); the request head may be at
+            most 8 KiB (longer: ``400``).
 
     ``registry`` is its own ``CollectorRegistry``: render it yourself with
     ``prometheus_client.generate_latest(service.registry)`` from the hub's trio thread,
@@ -235,8 +241,30 @@ class MetricsService:
 
     name = "metrics"
 
-    def __init__(self, address: str = "127.0.0.1:9464") -> None:
+    def __init__(
+        self,
+        address: str = "127.0.0.1:9464",
+        *,
+        max_connections: int = 16,
+        request_timeout: float = _REQUEST_TIMEOUT,
+    ) -> None:
         self.host, self.port = parse_address(address)
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError(
+                f"metrics: max_connections must be an int >= 1 (got {max_connections!r})"
+            )
+        if not isinstance(request_timeout, int | float) or not request_timeout > 0:
+            raise ConfigError(
+                f"metrics: request_timeout must be seconds > 0 (got {request_timeout!r})"
+            )
+        self.max_connections = max_connections
+        """Connections served at once; one more is answered 503 and closed at once."""
+        self.request_timeout = float(request_timeout)
+        """Seconds a connection may take, from its opening to the end of the answer."""
+        self.connections = 0
+        """Connections open now."""
+        self.connections_refused = 0
+        """Connections answered 503 because ``max_connections`` were open."""
         self.registry = CollectorRegistry()
         """Every metric of this service (the event-fed ones and the hub's state)."""
         self.last_sample_seconds = 0.0
@@ -494,11 +522,41 @@ class MetricsService:
                 yield info.id, info.agent_type or "", info.pid
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.connections >= self.max_connections:
+            self.connections_refused += 1
+            if self.connections_refused in (1, 10, 100) or self.connections_refused % 1000 == 0:
+                _log.warning(
+                    "metrics: %d connections open, the most it serves (max_connections); "
+                    "answering 503 to new ones (%d so far)",
+                    self.connections,
+                    self.connections_refused,
+                )
+            body = b"too many connections to hubvisor's metrics; retry shortly\n"
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            ).encode()
+            with (
+                trio.move_on_after(1.0),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+            ):
+                await stream.send_all(head + body)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        self.connections += 1
+        try:
+            async with stream:
+                await self._serve(stream)
+        finally:
+            self.connections -= 1
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
         # The scraper may go away or stall at any point: nothing to tell it then.
         with contextlib.suppress(
             trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
         ):
-            with trio.fail_after(_REQUEST_TIMEOUT):
+            with trio.fail_after(self.request_timeout):
                 status, kind, body, method = "200 OK", CONTENT_TYPE, b"", b"GET"
                 try:
                     head = await _read_head(stream)

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from supervisor._control import request
 from supervisor._metrics import GroupUsage
-from supervisor._top import Snapshot, render
+from supervisor._top import _CPU, Snapshot, _bytes, _Keys, _socket, poll, render, top
 
 from . import raw_agent
 
@@ -263,3 +267,265 @@ class TestFrame:
         shown = sum(1 for line in lines if re.match(r"^\s*w-agent-\d+\s", line))
         assert f"… {100 - shown} more rows: enlarge the terminal" in lines[-2] + lines[-1]
         assert shown >= 15
+
+
+# --------------------------------------------------------------------------------------
+# Without a terminal: polling, keys, the command in-process
+
+
+def _served_hub() -> Any:
+    """An in-process hub (two sleepers in a pool of type w) serving its control socket
+    from a thread of its own, for the blocking client top is."""
+    import threading
+
+    import trio
+
+    from supervisor import PoolSpec, SupervisorSpec
+    from supervisor._control import serve_control
+    from tests.helpers import running, sleeper
+
+    class Served:
+        def __init__(self, path: Path) -> None:
+            self.path = path
+            self.ready = threading.Event()
+            self.stop: Callable[[], None] = lambda: None
+            self.thread = threading.Thread(target=trio.run, args=(self.main,))
+
+        async def main(self) -> None:
+            spec = SupervisorSpec(
+                name="hub",
+                children=[PoolSpec(agent_type="w", template=sleeper("w"), size=2)],
+            )
+            async with running(spec) as (hub, _), trio.open_nursery() as nursery:
+                await nursery.start(serve_control, hub, self.path)
+                hub.work.submit("w", {"n": 1})
+                token = trio.lowlevel.current_trio_token()
+                self.stop = lambda: token.run_sync_soon(nursery.cancel_scope.cancel)
+                self.ready.set()
+
+        def __enter__(self) -> Served:
+            self.thread.start()
+            assert self.ready.wait(TIMEOUT)
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.stop()
+            self.thread.join(TIMEOUT)
+
+    return Served
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Path]:
+    with _served_hub()(tmp_path / "hub.sock") as hub:
+        yield hub.path
+
+
+class TestPoll:
+    def test_poll_reads_the_tree_the_agents_and_the_queues(self, served: Path) -> None:
+        """One poll: every child, the status, and the queues by type from the status."""
+        snap = poll(served)
+
+        assert {"w-pool", "w-agent-1", "w-agent-2"} <= {r["id"] for r in snap.rows}
+        assert "hub" == snap.status["hub"]["id"]
+        assert {"w": 1} == dict(snap.queued) and {} == {k: v for k, v in snap.assigned.items() if v}
+
+    def test_an_older_hub_without_queues_is_counted_from_its_items(self, tmp_path: Path) -> None:
+        """A hub whose status has no queues: top counts its queued and assigned items."""
+        import trio
+
+        answers = {
+            "list": [],
+            "status": {"hub": {"id": "old"}, "agents": []},
+        }
+        items = {
+            "queued": [{"type": "w"}, {"type": "w"}, {"type": "v"}],
+            "assigned": [{"type": "v"}],
+        }
+        path = tmp_path / "old.sock"
+
+        async def main() -> Snapshot:
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            await sock.bind(str(path))
+            sock.listen(8)
+
+            async def answer(stream: trio.SocketStream) -> None:
+                async with stream:
+                    req = json.loads(await stream.receive_some(65536))
+                    if req["op"] == "work_list":
+                        result: Any = items[req["status"]]
+                    else:
+                        result = answers[req["op"]]
+                    await stream.send_all(
+                        json.dumps({"ok": True, "result": result}).encode() + b"\n"
+                    )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, answer, [trio.SocketListener(sock)])
+                snap = await trio.to_thread.run_sync(poll, path)
+                nursery.cancel_scope.cancel()
+            return snap
+
+        snap = trio.run(main)
+
+        assert {"w": 2, "v": 1} == dict(snap.queued)
+        assert {"v": 1} == dict(snap.assigned)
+
+
+class TestUsage:
+    def test_cpu_is_the_share_of_one_core_between_two_samples(self) -> None:
+        """The first sample has no rate; the next gives (cpu seconds used) / (seconds
+        passed); a new incarnation whose counter went down has no rate."""
+        cpu = _CPU()
+
+        assert {} == cpu.update({7: GroupUsage(1.0, 0, 1)}, at=10.0)
+        assert {7: pytest.approx(50.0)} == cpu.update({7: GroupUsage(2.0, 0, 1)}, at=12.0)
+        assert {} == cpu.update({7: GroupUsage(0.5, 0, 1)}, at=13.0)
+        assert {} == cpu.update({7: GroupUsage(0.6, 0, 1)}, at=13.0)  # no time passed
+
+    @pytest.mark.parametrize(
+        ("value", "text"),
+        [(None, "-"), (512, "512B"), (2048, "2.0K"), (3 * 2**20, "3.0M"), (5 * 2**30, "5.0G")],
+    )
+    def test_memory_is_shown_in_binary_units(self, value: int | None, text: str) -> None:
+        assert text == _bytes(value)
+
+
+class TestKeys:
+    def test_keys_from_a_pipe_and_its_end(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Piped stdin is read as it comes: a key, nothing within the timeout, then its
+        end (after which top only waits)."""
+        r, w = os.pipe()
+        with os.fdopen(r) as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            with _Keys() as keys:
+                os.write(w, b"q")
+                assert "q" == keys.wait(TIMEOUT)
+                assert "" == keys.wait(0)
+                os.close(w)
+                assert "" == keys.wait(TIMEOUT)
+                assert keys.fd is None
+                assert "" == keys.wait(0)
+
+    def test_a_terminal_is_put_in_cbreak_mode_and_restored(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a terminal a key counts without Enter; the terminal's mode is restored."""
+        import termios
+
+        master, slave = os.openpty()
+        try:
+            before = termios.tcgetattr(slave)
+            with os.fdopen(slave, closefd=False) as stdin:
+                monkeypatch.setattr(sys, "stdin", stdin)
+                with _Keys() as keys:
+                    assert not termios.tcgetattr(slave)[3] & termios.ICANON
+                    os.write(master, b"Q")
+                    assert "Q" == keys.wait(TIMEOUT)
+            assert before == termios.tcgetattr(slave)
+        finally:
+            os.close(master)
+            os.close(slave)
+
+    def test_no_stdin_at_all(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without a stdin to read, only Ctrl-C quits: waiting just waits."""
+        monkeypatch.setattr(sys, "stdin", io.StringIO())
+        with _Keys() as keys:
+            assert keys.fd is None
+            assert "" == keys.wait(0)
+
+
+class TestCommand:
+    def test_once_prints_one_frame(self, served: Path) -> None:
+        """`top --once` prints one plain frame: the header, the queues and the agents."""
+        result = CliRunner().invoke(top, ["--socket", str(served), "--once"])
+
+        assert 0 == result.exit_code, result.output
+        assert "hubvisor top  hub hub" in result.output
+        assert re.search(r"^\s*w\s+1\s+0\s+2\s+0\s*$", result.output, re.M), result.output
+        assert "w-agent-2" in result.output
+
+    def test_the_socket_comes_from_the_option_the_hub_id_or_the_environment(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        from supervisor._control import default_socket_path
+
+        monkeypatch.setenv("HUBVISOR_SOCKET", str(tmp_path / "env.sock"))
+        assert tmp_path / "x.sock" == _socket(tmp_path / "x.sock", "other")
+        assert default_socket_path("other") == _socket(None, "other")
+        assert tmp_path / "env.sock" == _socket(None, None)
+
+    def test_a_refusing_hub_is_exit_1_with_its_message(self, tmp_path: Path) -> None:
+        """Something that answers garbage at the socket: one error line, exit 1."""
+        path = tmp_path / "odd.sock"
+        with socket.socket(socket.AF_UNIX) as odd:
+            odd.bind(str(path))
+            odd.listen(1)
+            odd.settimeout(TIMEOUT)
+
+            def garbage() -> None:
+                conn, _ = odd.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"garbage\n")
+
+            import threading
+
+            answering = threading.Thread(target=garbage)
+            answering.start()
+            result = CliRunner().invoke(top, ["--socket", str(path), "--once"])
+            answering.join(TIMEOUT)
+
+        assert 1 == result.exit_code
+        assert "not a hubvisor answer" in result.output
+
+    def test_live_frames_until_q_saying_when_the_hub_is_gone(
+        self, served: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The live view polls every interval; a poll that finds no hub keeps the last
+        frame and says so; q quits with status 0."""
+        import supervisor._top as top_module
+        from supervisor._control import NoHubRunning
+
+        r, w = os.pipe()
+        polls = []
+        real_poll = top_module.poll
+
+        def poll_then_lose_the_hub(path: Path, timeout: float = 5.0) -> Snapshot:
+            polls.append(path)
+            if len(polls) == 1:
+                return real_poll(path, timeout)
+            os.write(w, b"q")  # the user quits after seeing this frame
+            raise NoHubRunning(f"no hub is running at {path}")
+
+        monkeypatch.setattr(top_module, "poll", poll_then_lose_the_hub)
+        with os.fdopen(r) as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            with pytest.raises(SystemExit) as done:
+                top.main(["--socket", str(served), "--interval", "0.1"], prog_name="top")
+        os.close(w)
+
+        assert 0 == done.value.code
+        assert 2 == len(polls)
+        out = "".join(capsys.readouterr().out.split())  # the line may wrap anywhere
+        assert "".join(f"no hub is running at {served} (retrying every 0.1s)".split()) in out
+
+    def test_ctrl_c_ends_the_live_view(self, served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        import supervisor._top as top_module
+
+        def interrupted(path: Path, timeout: float = 5.0) -> Snapshot:
+            raise KeyboardInterrupt
+
+        real_poll = top_module.poll
+        calls = []
+
+        def poll_once(path: Path, timeout: float = 5.0) -> Snapshot:
+            calls.append(path)
+            return real_poll(path, timeout) if len(calls) == 1 else interrupted(path)
+
+        monkeypatch.setattr(top_module, "poll", poll_once)
+        monkeypatch.setattr(sys, "stdin", io.StringIO())
+        with pytest.raises(SystemExit) as done:
+            top.main(["--socket", str(served), "--interval", "0.1"], prog_name="top")
+
+        assert 0 == done.value.code and 2 == len(calls)
