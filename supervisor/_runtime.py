@@ -55,7 +55,7 @@ from ._plan import MemberView, Plan, PlanKind, cancelled_with, plan
 from ._process import OSProcessBackend, ProcessBackend, ProcessHandle
 from ._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 
-__all__ = ["ChildInfo", "ChildState", "RuntimeContext", "Supervisor"]
+__all__ = ["ChildInfo", "ChildState", "RuntimeContext", "StallMeter", "Supervisor"]
 
 _log = logging.getLogger("hubvisor")
 
@@ -82,6 +82,65 @@ class ChildInfo:
     uptime: float | None
     agent_type: str | None
     last_exit: str | None
+
+
+_STALL_TICK = 0.25  # seconds between two looks of the stall meter
+
+
+@attrs.define(eq=False)
+class StallMeter:
+    """How long this hub's event loop did not run (stopped, swapped out, blocked).
+
+    One task per hub wakes every :data:`_STALL_TICK` seconds while some child is
+    watched; any lateness of a wake-up is time the loop did not run. Watchdogs read
+    :meth:`stalled` and extend a child's deadline by the stall since its last record, so
+    the hub's own stall never counts against its agents. One task for the whole hub, not
+    one per child: 1,000 heartbeating agents cost nothing more.
+    """
+
+    tick: float = _STALL_TICK
+    total: float = 0.0
+    """Seconds of stall measured so far (a stall in progress not included)."""
+    watchers: int = 0
+    """Watchdogs reading the meter; with none, it sleeps."""
+    running: bool = False
+    _last: float | None = None  # when the meter last ran (None: it is not measuring)
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+
+    def stalled(self) -> float:
+        """Seconds of stall so far, including one in progress (the ticker is overdue)."""
+        if self._last is None:
+            return self.total
+        return self.total + max(0.0, trio.current_time() - self._last - self.tick)
+
+    def watch(self) -> None:
+        """A watchdog starts reading the meter."""
+        self.watchers += 1
+        self._wake.set()
+
+    def unwatch(self) -> None:
+        """A watchdog stops reading the meter."""
+        self.watchers -= 1
+
+    async def run(self) -> None:
+        """Measure while anybody watches; run in one task per hub."""
+        self.running = True
+        try:
+            while True:
+                if self.watchers <= 0:
+                    self._last = None
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                self._last = trio.current_time()
+                while self.watchers > 0:
+                    await trio.sleep(self.tick)
+                    now = trio.current_time()
+                    self.total += max(0.0, now - self._last - self.tick)
+                    self._last = now
+        finally:
+            self.total = self.stalled()
+            self._last = None
+            self.running = False
 
 
 @attrs.define(eq=False)
@@ -116,6 +175,8 @@ class RuntimeContext:
     """Called with every output line of every child (see :meth:`Hub.tap_output`)."""
     actors: dict[str, ProcessActor] = attrs.field(factory=dict)
     """The live process actor of each worker child, by id (to send it messages)."""
+    stalls: StallMeter = attrs.field(factory=StallMeter)
+    """How long the hub's loop did not run (heartbeat watchdogs discount it)."""
 
     def check_agents(self, n: int, what: str) -> None:
         """Raise :class:`MaxAgentsExceeded` if ``n`` more workers would pass the limit."""
@@ -395,6 +456,9 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if not self._ctx.stalls.running:  # the first supervisor of the hub runs it
+                    self._ctx.stalls.running = True
+                    nursery.start_soon(self._ctx.stalls.run)
                 for m in list(self._members):
                     if self._stop_requested:
                         break
