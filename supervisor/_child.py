@@ -65,6 +65,8 @@ _DRAIN_LIMIT = 1000  # records read after the exit, at most (a flood must not st
 _SEND_TIMEOUT = 1.0  # seconds a hub-to-agent message may wait for room in the agent's queue
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
+_STOP = NotifyMessage("stop")
+
 _log = logging.getLogger("hubvisor")
 _WARNED: set[str] = set()  # children already warned about (once per process each)
 
@@ -608,11 +610,13 @@ class ProcessActor:
         warn: bool = False,
         patience: float | None = None,
     ) -> None:
-        """The graceful-stop escalation, in one place: ``stop_signal`` to the group, up to
-        ``shutdown`` seconds for ``ended()`` to return, then SIGKILL to the group
-        (``BRUTAL_KILL``: SIGKILL at once). ``patience`` replaces an infinite
-        ``shutdown``. With ``warn``, say which pid ignored the signal and which setting
-        to raise."""
+        """The graceful-stop escalation, in one place: ``STOP`` on the channel and
+        ``stop_signal`` to the process (``kill_mode="mixed"``) or ``stop_signal`` to the
+        group (``"group"``), up to ``shutdown`` seconds for ``ended()`` to return, then
+        SIGKILL to the group (``BRUTAL_KILL``: SIGKILL at once). In mixed mode the rest
+        of the group gets SIGKILL when the process has exited (the handle's ``wait``).
+        ``patience`` replaces an infinite ``shutdown``. With ``warn``, say which pid
+        ignored the signal and which setting to raise."""
         spec, handle = self.spec, self.handle
         if spec.shutdown == BRUTAL_KILL:
             handle.signal_group(signal.SIGKILL)
@@ -620,7 +624,15 @@ class ProcessActor:
         timeout = spec.shutdown
         if math.isinf(timeout) and patience is not None:
             timeout = patience
-        handle.signal_group(spec.stop_signal)
+        if spec.kill_mode == "mixed":
+            self.send_nowait(_STOP, verify=False)
+            leader = getattr(handle, "signal", None)
+            if leader is not None:
+                leader(spec.stop_signal)
+            else:
+                handle.signal_group(spec.stop_signal)
+        else:
+            handle.signal_group(spec.stop_signal)
         with trio.move_on_after(timeout):
             await ended()
             return

@@ -1,7 +1,8 @@
 """Starting, signalling and reaping real OS processes, behind a small backend protocol.
 
-Every child runs in its own process group (its pgid is its pid), so a stop signal
-reaches the grandchildren it started too, and SIGKILL of the group leaves nothing behind.
+Every child runs in its own process group (its pgid is its pid), so SIGKILL of the group
+leaves nothing behind, grandchildren included. The graceful stop signal goes to the child
+alone or to the whole group (``ChildSpec.kill_mode``).
 
 **Parent-death signal.** Children must die with the hub even if the hub is SIGKILLed and
 cannot clean up. On Linux, ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` in the child does that.
@@ -90,6 +91,10 @@ class ProcessHandle(Protocol):
         ...
 
 
+# A handle may also offer ``signal(sig)``: send ``sig`` to the process alone (not its
+# group), nothing if it already ended. Without it the runtime signals the group.
+
+
 @runtime_checkable
 class ProcessBackend(Protocol):
     """Starts processes for the runtime; the real one is :class:`OSProcessBackend`.
@@ -156,6 +161,13 @@ class _OSProcess:
     def signal_group(self, sig: int) -> None:
         if self._status is None:
             self._kill_group(sig)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process alone; nothing if it was reaped (until then its
+        pid cannot be reused)."""
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
 
 def _resolve(request: SpawnRequest) -> str:

@@ -55,7 +55,7 @@ from ._plan import MemberView, Plan, PlanKind, cancelled_with, plan
 from ._process import OSProcessBackend, ProcessBackend, ProcessHandle
 from ._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 
-__all__ = ["ChildInfo", "ChildState", "RuntimeContext", "StallMeter", "Supervisor"]
+__all__ = ["ChildInfo", "ChildState", "RuntimeContext", "Supervisor"]
 
 _log = logging.getLogger("hubvisor")
 

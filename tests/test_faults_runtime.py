@@ -4,13 +4,27 @@ each named after its fault. Real processes throughout; each failed on df8c60e.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from supervisor import Event, PoolSpec
+from supervisor import ChildSpec, Event, InvalidChildSpec, PoolSpec
 
-from .helpers import drain, is_, python_child, running, wait_event
+from .helpers import (
+    PY,
+    alive,
+    drain,
+    group_members,
+    is_,
+    python_child,
+    running,
+    until,
+    wait_event,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # A healthy agent: READY, then a HEARTBEAT every 0.1 s, whatever the hub does.
 HEARTBEATER = (
@@ -87,3 +101,92 @@ async def test_fault2_a_silent_agent_is_still_judged_hung() -> None:
         stall = trio.current_time() - before
         hung = await wait_event(events, is_("hung", "hb-agent-1"))
         assert hung.at - up.at - stall >= timeout / 2
+
+
+# --------------------------------------------------------------------------------------
+# Fault 4: stopping an agent mid-item must not spend a delivery
+
+# A BaseAgent wrapping a CLI, as coding agents do: attempt 1 runs `sleep 30`.
+CLI_AGENT = """
+import trio
+from agents.base import BaseAgent
+
+class Cli(BaseAgent):
+    agent_type = "cli"
+
+    async def do_work(self, assignment):
+        if assignment.attempt == 1:
+            await trio.run_process(["sleep", "30"])
+        return "done"
+
+Cli.main()
+"""
+
+
+def _cli_pool(**kw: Any) -> PoolSpec:
+    template = ChildSpec(
+        id="cli",
+        argv=[PY, "-c", CLI_AGENT],
+        cwd=str(ROOT),
+        shutdown=kw.pop("shutdown", 1.0),
+        heartbeat_timeout=10.0,
+        ready="notify",
+        **kw,
+    )
+    return PoolSpec(agent_type="cli", template=template, size=1)
+
+
+async def _busy_with_cli(hub: Any, events: Any) -> tuple[str, int, list[int]]:
+    """Submit an item; wait until the agent runs its `sleep`; the item id, the agent's
+    pid and the pids of its group."""
+    item = hub.work.submit("cli", {})
+    await wait_event(events, is_("status", "cli-agent-1", status="busy"))
+    (pid,) = [r.info.pid for r in hub.which_children() if r.info.id == "cli-agent-1"]
+    await until(lambda: len(group_members(pid)) >= 2)  # python and its `sleep`
+    return item.id, pid, group_members(pid)
+
+
+async def test_fault4_restart_mid_item_hands_back_without_spending_a_delivery() -> None:
+    """restart_child while a BaseAgent's do_work waits on a subprocess: the hub sends STOP
+    and SIGTERM to the agent alone, its `sleep` is not killed under it, the agent hands
+    the item back (no failed attempt, no delivery spent), the new incarnation completes
+    it, and the old group is gone."""
+    async with running(_cli_pool()) as (hub, events):
+        item_id, pid, group = await _busy_with_cli(hub, events)
+        await hub.restart_child("cli-agent-1")
+        await wait_event(events, is_("work_completed", item_id=item_id))
+        item = hub.work.get(item_id)
+        outcomes = [h.outcome for h in item.history]
+        assert ["handed_back", "completed"] == outcomes
+        assert 1 == item.deliveries  # only the attempt that completed it
+        assert not any(alive(p) for p in group)
+
+
+async def test_fault4_hub_stop_hands_held_items_back() -> None:
+    """The hub stopping while an agent holds an item: the item is handed back, queued
+    again, and no delivery is spent."""
+    async with running(_cli_pool()) as (hub, events):
+        item_id, pid, group = await _busy_with_cli(hub, events)
+    item = hub.work.get(item_id)
+    assert "queued" == item.status
+    assert 0 == item.deliveries
+    assert [h.outcome for h in item.history] in (["handed_back"], ["reclaimed:stop"])
+    assert not any(alive(p) for p in group)
+
+
+async def test_fault4_kill_mode_group_signals_the_whole_group() -> None:
+    """kill_mode="group" keeps the old behaviour: the subprocess is signalled with the
+    agent, and (since the agent then sees a stop) the attempt is still handed back."""
+    async with running(_cli_pool(kill_mode="group")) as (hub, events):
+        item_id, pid, group = await _busy_with_cli(hub, events)
+        await hub.restart_child("cli-agent-1")
+        await wait_event(events, is_("work_completed", item_id=item_id))
+        item = hub.work.get(item_id)
+        assert "failed" not in [h.outcome for h in item.history]
+        assert 1 == item.deliveries
+        assert not any(alive(p) for p in group)
+
+
+def test_fault4_kill_mode_is_checked() -> None:
+    with pytest.raises(InvalidChildSpec, match="kill_mode must be 'mixed' or 'group'"):
+        ChildSpec(id="a", argv=["true"], kill_mode="process")  # type: ignore[arg-type]
