@@ -214,7 +214,41 @@ class _Call:
     error: BaseException | None = None
 
 
-_Message: TypeAlias = ChildExit | _RestartDue | _Call | _Stop
+@attrs.define(eq=False)
+class _Pending:
+    """What the caller of a control request waits for once the loop has started the
+    stops it needs (each in a task of its own): the loop resolves it when they end."""
+
+    waiting: int = 0
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        self.waiting -= 1
+        if error is not None and self.error is None:
+            self.error = error
+        if self.waiting <= 0:
+            self.done.set()
+
+
+@attrs.define(eq=False)
+class _StopOp:
+    """One member stopped on request, in its own task; ``then`` runs in the loop once
+    the member has ended (start it again, forget it...)."""
+
+    member: _Member
+    reason: str
+    kind: str  # terminate, delete, restart, shrink
+    then: Callable[[], Awaitable[None]] | None
+    pending: _Pending
+
+
+@attrs.frozen
+class _Stopped:
+    op: int
+
+
+_Message: TypeAlias = ChildExit | _RestartDue | _Call | _Stop | _Stopped
 
 
 class _Lifecycle(enum.Enum):
@@ -238,6 +272,7 @@ class _Member:
     restarts: int = 0
     attempt: int = 0
     token: int | None = None  # which scheduled restart it waits for (BACKING_OFF only)
+    stop_op: int | None = None  # the request stopping it in a task of its own (STOPPING)
     restart_cause: str | None = None
     last_exit: str | None = None
     ring: deque[tuple[float, str]] = attrs.field(factory=lambda: deque(maxlen=1000))
@@ -276,7 +311,9 @@ class _Member:
         # Up: running, or waiting to restart. A member whose process ended but whose exit
         # its supervisor has not handled yet is down: a sibling's group restart leaves it
         # to its own exit report, which then restarts it by policy (and counts).
-        up = self.state is _Lifecycle.BACKING_OFF or self.alive
+        # A member a request is stopping is down on purpose: a sibling's group restart
+        # leaves it to that request, as it leaves a terminated member down.
+        up = self.state is _Lifecycle.BACKING_OFF or (self.alive and self.stop_op is None)
         return MemberView(self.id, self.spec.restart, up=up)
 
 
@@ -322,6 +359,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._history: tuple[float, ...] = ()
         self._next_token = 0
+        self._ops: dict[int, _StopOp] = {}  # stops on request in flight, by op number
         self._stopped = trio.Event()
         # A latch, not a record: set once by stop() (from any task) so that nothing in
         # the subtree restarts from that moment on; only this task acts on it.
@@ -479,6 +517,7 @@ class Supervisor:
             self.ended = True
             self._ctx.agents -= sum(m.is_worker for m in self._members)
             self._fail_pending_calls()
+            self._end_stop_ops()
             self._stopped.set()
             self._publish(SupervisorStopped, child_id=self.spec.name)
         return outcome
@@ -496,6 +535,8 @@ class Supervisor:
                 outcome = await self._on_exit(msg)
                 if outcome is not None:
                     return outcome
+            elif isinstance(msg, _Stopped):
+                await self._on_stopped(msg.op)
             else:
                 await self._on_restart_due(msg.token)
 
@@ -517,6 +558,18 @@ class Supervisor:
         finally:
             call.done.set()
 
+    def _end_stop_ops(self) -> None:
+        # The supervisor ended while requests waited for stops: every member is down
+        # now, which is what a terminate or delete asked for; a restart did not happen.
+        for op in self._ops.values():
+            error = None
+            if op.kind == "restart":
+                error = ControlError(
+                    f"supervisor {self.path!r} ended before {op.member.id!r} was restarted"
+                )
+            op.pending.resolve(error)
+        self._ops.clear()
+
     def _fail_pending_calls(self) -> None:
         while True:
             try:
@@ -535,6 +588,13 @@ class Supervisor:
         await call.done.wait()
         if call.error is not None:
             raise call.error
+        if isinstance(call.result, _Pending):
+            # The loop started stops in tasks of their own and went on: wait for them
+            # here, not in the loop.
+            await call.result.done.wait()
+            if call.result.error is not None:
+                raise call.result.error
+            return None
         return call.result
 
     def _publish(self, cls: Any, **fields: Any) -> None:
@@ -607,6 +667,7 @@ class Supervisor:
     async def _stop_member(self, m: _Member, reason: str) -> None:
         was_active = m.alive or m.state is _Lifecycle.BACKING_OFF
         m.token = None
+        m.stop_op = None  # a request stopping it finds it done (see _on_stopped)
         if m.alive:
             m.state = _Lifecycle.STOPPING
             if m.sub is not None:
@@ -618,6 +679,63 @@ class Supervisor:
         m.started_at = None
         if was_active or reason in ("terminated", "removed"):
             self._publish(ChildStopped, child_id=m.id, reason=reason)
+
+    def _stop_for_request(
+        self,
+        m: _Member,
+        reason: str,
+        kind: str,
+        pending: _Pending,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Stop the live member ``m`` in a task of its own, so the loop goes on handling
+        exits, restarts and requests meanwhile (a graceful stop can take its whole
+        ``shutdown``); once it has ended, the loop marks it stopped, runs ``then`` and
+        resolves ``pending``."""
+        assert self._nursery is not None and m.alive
+        self._next_token += 1
+        op = self._next_token
+        m.state = _Lifecycle.STOPPING
+        m.token = None
+        m.stop_op = op
+        pending.waiting += 1
+        self._ops[op] = _StopOp(m, reason, kind, then, pending)
+        self._nursery.start_soon(self._stopper, m, op)
+
+    async def _stopper(self, m: _Member, op: int) -> None:
+        if m.sub is not None:
+            await m.sub.stop()
+        elif m.proc is not None:
+            await m.proc.stop()
+        self._send.send_nowait(_Stopped(op))
+
+    async def _on_stopped(self, op_id: int) -> None:
+        op = self._ops.pop(op_id, None)
+        if op is None:
+            return
+        m = op.member
+        if m.stop_op != op_id:
+            op.pending.resolve()  # stopped meanwhile by another path (an escalation)
+            return
+        m.stop_op = None
+        if m.proc is not None:
+            m.last_exit = m.proc.exit_reason
+        m.state = _Lifecycle.STOPPED
+        m.started_at = None
+        self._publish(ChildStopped, child_id=m.id, reason=op.reason)
+        error: BaseException | None = None
+        if op.then is not None:
+            try:
+                await op.then()
+            except ControlError as exc:
+                error = exc
+        op.pending.resolve(error)
+
+    def _busy_stopping(self, m: _Member) -> ControlError:
+        return ControlError(
+            f"child {m.id!r} of {self.path!r} is being stopped by an earlier request; "
+            "try again once it has stopped"
+        )
 
     async def _stop_members(self, members: Sequence[_Member], reason: str) -> None:
         """Stop in reverse start order; a pool's members all at once."""
@@ -788,26 +906,62 @@ class Supervisor:
             if x is not None and x.state is _Lifecycle.BACKING_OFF:
                 await self._stop_member(x, "terminated")
 
-    async def _do_terminate(self, child_id: str) -> None:
+    async def _do_terminate(self, child_id: str) -> _Pending | None:
         m = self._member(child_id)
+        if m.stop_op is not None:
+            op = self._ops[m.stop_op]
+            if op.kind not in ("terminate", "delete"):
+                raise self._busy_stopping(m)
+            return op.pending  # it is being stopped for good already: wait for that
+        if m.alive:
+            pending = _Pending()
+
+            async def forget() -> None:
+                if m.spec.restart is RestartType.TEMPORARY and self._index.get(m.id) is m:
+                    self._remove(m)  # OTP forgets a temporary child however it ends
+
+            self._stop_for_request(m, "terminated", "terminate", pending, forget)
+            return pending
         await self._stop_for_good(m, "terminated")
         if m.spec.restart is RestartType.TEMPORARY:
             self._remove(m)  # OTP forgets a temporary child however it ends
+        return None
 
-    async def _do_restart(self, child_id: str) -> None:
+    async def _do_restart(self, child_id: str) -> _Pending | None:
         m = self._member(child_id)
-        if m.alive or m.state is _Lifecycle.BACKING_OFF:
+        if m.stop_op is not None:
+            raise self._busy_stopping(m)
+        if m.alive:
+            pending = _Pending()
+
+            async def start() -> None:
+                if self._index.get(m.id) is m and not self._stop_requested:
+                    m.restarts += 1
+                    self._publish(ChildRestarting, child_id=m.id, cause="restart_child")
+                    await self._start_member(m)
+
+            self._stop_for_request(m, "terminated", "restart", pending, start)
+            return pending
+        if m.state is _Lifecycle.BACKING_OFF:
             await self._stop_member(m, reason="terminated")
         m.restarts += 1
         self._publish(ChildRestarting, child_id=m.id, cause="restart_child")
         await self._start_member(m)
+        return None
 
-    async def _do_delete(self, child_id: str) -> None:
+    async def _do_delete(self, child_id: str) -> _Pending | None:
         m = self._member(child_id)
+        if m.stop_op is not None:
+            raise self._busy_stopping(m)
+        if m.alive:
+            pending = _Pending()
+            self._stop_for_request(m, "removed", "delete", pending, self._forget(m))
+            return pending
         await self._stop_for_good(m, "removed")
         self._remove(m)
+        return None
 
-    async def _do_resize(self, size: int) -> None:
+    async def _do_resize(self, size: int) -> _Pending | None:
         spec = self.spec
         if not isinstance(spec, PoolSpec):
             raise ControlError(f"{self.path!r} is not a pool; only pools can be resized")
@@ -816,22 +970,49 @@ class Supervisor:
                 f"pool {self.path!r}: size must be an int in 0..max_size={spec.max_size} "
                 f"(got {size!r}); raise PoolSpec.max_size to grow further"
             )
-        current = len(self._members)
+        # Members a shrink or delete is still stopping are on their way out.
+        staying = [m for m in self._members if not self._leaving(m)]
+        current = len(staying)
         if size > current:
-            self._ctx.claim_agents(size - current, f"growing pool {self.path!r} to {size}")
             used = {m.pool_index for m in self._members}
-            free = (n for n in range(1, spec.max_size + 1) if n not in used)
-            numbers = sorted(free)[: size - current]
+            free = [n for n in range(1, spec.max_size + 1) if n not in used]
+            if len(free) < size - current:
+                raise ControlError(
+                    f"pool {self.path!r}: members are still stopping from an earlier "
+                    f"shrink, so there is room for {current + len(free)} now; try again "
+                    "once they have stopped"
+                )
+            self._ctx.claim_agents(size - current, f"growing pool {self.path!r} to {size}")
+            numbers = free[: size - current]
             new = [_Member(pool_member(spec, n), pool_index=n) for n in numbers]
             self._members = sorted([*self._members, *new], key=lambda m: m.pool_index or 0)
             self._index.update((m.id, m) for m in new)
             for m in new:
                 await self._start_member(m)
         elif size < current:
-            victims = sorted(self._members, key=lambda m: m.pool_index or 0)[size:]
-            await self._stop_members(victims, reason="removed")
+            victims = sorted(staying, key=lambda m: m.pool_index or 0)[size:]
             for m in victims:
+                if m.stop_op is not None:
+                    raise self._busy_stopping(m)
+            pending = _Pending()
+            for m in victims:
+                if m.alive:  # stopped in tasks of their own, all at once, then forgotten
+                    self._stop_for_request(m, "removed", "shrink", pending, self._forget(m))
+                else:
+                    await self._stop_member(m, reason="removed")
+                    self._remove(m)
+            return pending if pending.waiting else None
+        return None
+
+    def _leaving(self, m: _Member) -> bool:
+        return m.stop_op is not None and self._ops[m.stop_op].kind in ("shrink", "delete")
+
+    def _forget(self, m: _Member) -> Callable[[], Awaitable[None]]:
+        async def forget() -> None:
+            if self._index.get(m.id) is m:
                 self._remove(m)
+
+        return forget
 
     def _drain(self) -> None:
         # From the moment a stop is asked for, nothing in this subtree restarts: a

@@ -3,6 +3,8 @@ each named after its fault. Real processes throughout; each failed on df8c60e.""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from supervisor import ChildSpec, Event, InvalidChildSpec, PoolSpec
 
 from .helpers import (
     PY,
+    TIMEOUT,
     alive,
     drain,
     group_members,
@@ -21,6 +24,7 @@ from .helpers import (
     python_child,
     running,
     until,
+    wait_all,
     wait_event,
 )
 
@@ -190,3 +194,58 @@ async def test_fault4_kill_mode_group_signals_the_whole_group() -> None:
 def test_fault4_kill_mode_is_checked() -> None:
     with pytest.raises(InvalidChildSpec, match="kill_mode must be 'mixed' or 'group'"):
         ChildSpec(id="a", argv=["true"], kill_mode="process")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------
+# Fault 10: one child's graceful stop must not block its supervisor
+
+# On SIGTERM, a long graceful stop: it exits only once the file $HOLD is gone.
+TRAPS_TERM = (
+    "import os, signal, time\n"
+    "def term(*_):\n"
+    "    while os.path.exists(os.environ['HOLD']):\n"
+    "        time.sleep(0.05)\n"
+    "    os._exit(0)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "os.write(int(os.environ['HUBVISOR_NOTIFY_FD']), b'READY')\n"
+    "time.sleep(1000)\n"
+)
+
+
+async def test_fault10_a_slow_stop_does_not_block_restarts_or_requests(tmp_path: Path) -> None:
+    """Pool of 3 whose graceful stop lasts (shutdown=60): while agent-1 is being
+    terminated, a SIGKILLed agent-2 is restarted and a request (growing the pool)
+    returns, both before agent-1 has stopped; the terminate returns once it has."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    template = python_child("t", TRAPS_TERM, ready="notify", shutdown=60.0, env={"HOLD": str(hold)})
+    pool = PoolSpec(agent_type="t", template=template, size=3)
+    async with running(pool) as (hub, events):
+        await wait_all(events, *(is_("running", f"t-agent-{n}") for n in (1, 2, 3)))
+        pids = {r.info.id: r.info.pid for r in hub.which_children()}
+        terminated = trio.Event()
+        states = hub.supervisor("t-pool").which_children
+
+        async def terminate() -> None:
+            await hub.terminate_child("t-agent-1")
+            terminated.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(terminate)
+                await until(lambda: states()[0].state.value == "stopping")
+                os.kill(pids["t-agent-2"], signal.SIGKILL)
+                again = await wait_event(events, is_("running", "t-agent-2"))
+                assert again.pid != pids["t-agent-2"]  # type: ignore[attr-defined]
+                with trio.fail_after(TIMEOUT):
+                    await hub.resize("t-pool", 4)
+                assert not terminated.is_set()
+                assert "stopping" == states()[0].state.value
+                hold.unlink()  # agent-1 may end its stop now
+        finally:
+            hold.unlink(missing_ok=True)  # every graceful stop ends at once
+        assert terminated.is_set()
+        rows = {r.id: r for r in states()}
+        assert "stopped" == rows["t-agent-1"].state.value
+        assert 1 == rows["t-agent-2"].restarts
+        assert "t-agent-4" in rows
