@@ -52,7 +52,7 @@ from ._events import (
     SupervisorStopping,
 )
 from ._plan import MemberView, Plan, PlanKind, cancelled_with, plan
-from ._process import OSProcessBackend, ProcessBackend, ProcessHandle
+from ._process import OSProcessBackend, ProcessBackend, ProcessHandle, SpawnResourceError
 from ._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 
 __all__ = ["ChildInfo", "ChildState", "RuntimeContext", "Supervisor"]
@@ -85,6 +85,8 @@ class ChildInfo:
 
 
 _STALL_TICK = 0.25  # seconds between two looks of the stall meter
+_RESOURCE_RETRY = (0.1, 5.0)  # first and largest delay before retrying a spawn the hub
+# could not afford (out of fds, processes, memory), doubling in between
 
 
 @attrs.define(eq=False)
@@ -271,6 +273,7 @@ class _Member:
     started_at: float | None = None
     restarts: int = 0
     attempt: int = 0
+    resource_retries: int = 0  # spawns in a row the hub could not afford
     token: int | None = None  # which scheduled restart it waits for (BACKING_OFF only)
     stop_op: int | None = None  # the request stopping it in a task of its own (STOPPING)
     restart_cause: str | None = None
@@ -491,12 +494,17 @@ class Supervisor:
         self._ctx.claim_agents(workers, f"starting supervisor {self.path!r}")
         self._started = True
         outcome: SupervisorEscalation | None = None
+        owns_reserve = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if not self._ctx.stalls.running:  # the first supervisor of the hub runs it
                     self._ctx.stalls.running = True
                     nursery.start_soon(self._ctx.stalls.run)
+                    reserve = getattr(self._ctx.backend, "reserve", None)
+                    if reserve is not None and not reserve.active:
+                        reserve.open()
+                        owns_reserve = reserve
                 for m in list(self._members):
                     if self._stop_requested:
                         break
@@ -518,6 +526,8 @@ class Supervisor:
             self._ctx.agents -= sum(m.is_worker for m in self._members)
             self._fail_pending_calls()
             self._end_stop_ops()
+            if owns_reserve is not None:
+                owns_reserve.close()
             self._stopped.set()
             self._publish(SupervisorStopped, child_id=self.spec.name)
         return outcome
@@ -634,10 +644,48 @@ class Supervisor:
                 ring=m.ring,
                 report=self._send.send_nowait,
             )
+        except SpawnResourceError as exc:
+            self._retry_spawn(m, str(exc))
+            return
         except SpawnError as exc:
             self._failed_start(m, f"failed to spawn: {exc}", str(exc))
             return
+        m.resource_retries = 0
         self._nursery.start_soon(m.proc.run)
+
+    def _retry_spawn(self, m: _Member, error: str) -> None:
+        """The hub could not afford the spawn (out of fds, processes, memory): the
+        child did nothing wrong, so this is no crash and costs no restart intensity.
+        Start it again after a backoff that grows while the shortage lasts."""
+        assert self._nursery is not None
+        m.last_exit = error
+        self._publish(ChildSpawnFailed, child_id=m.id, error=error)
+        first, cap = _RESOURCE_RETRY
+        delay = min(cap, first * 2 ** min(m.resource_retries, 16))
+        m.resource_retries += 1
+        _log.error(
+            "%s/%s: the hub is short of resources, not the child's fault: %s; trying again "
+            "in %.1fs (attempt %d, not counted as a restart)",
+            self.path,
+            m.id,
+            error,
+            delay,
+            m.resource_retries,
+        )
+        self._next_token += 1
+        token = self._next_token
+        self._due[token] = [m]
+        m.state = _Lifecycle.BACKING_OFF
+        m.token = token
+        m.restart_cause = None
+        self._publish(
+            ChildBackingOff,
+            child_id=m.id,
+            delay=delay,
+            attempt=m.resource_retries,
+            restarting=(m.id,),
+        )
+        self._nursery.start_soon(self._timer, delay, token)
 
     def _failed_start(self, m: _Member, reason: str, error: str) -> None:
         """A start that failed is a crash at uptime 0: it goes through the policy."""
@@ -855,8 +903,9 @@ class Supervisor:
         for m in self._due.pop(token, ()):
             if m.token != token or self._stop_requested or self._index.get(m.id) is not m:
                 continue  # stopped, removed or re-scheduled since (or while an earlier start ran)
-            m.restarts += 1
-            self._publish(ChildRestarting, child_id=m.id, cause=m.restart_cause or m.id)
+            if m.resource_retries == 0:  # a retry of a spawn the hub could not afford is none
+                m.restarts += 1
+                self._publish(ChildRestarting, child_id=m.id, cause=m.restart_cause or m.id)
             await self._start_member(m)
 
     async def _escalate(self, m: _Member, reason: str) -> SupervisorEscalation:

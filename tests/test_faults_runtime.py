@@ -3,8 +3,10 @@ each named after its fault. Real processes throughout; each failed on df8c60e.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,77 @@ async def test_fault10_a_slow_stop_does_not_block_restarts_or_requests(tmp_path:
         assert "stopped" == rows["t-agent-1"].state.value
         assert 1 == rows["t-agent-2"].restarts
         assert "t-agent-4" in rows
+
+
+# --------------------------------------------------------------------------------------
+# Fault 5: a spawn the hub cannot afford is the hub's problem, not the child's crash
+
+# A hub in its own process (RLIMIT_NOFILE is per process): its fd table is filled, its
+# child is SIGKILLed, and it must bring the child back once fds are free again.
+FD_HUB = """
+import json, os, resource, signal, sys, trio
+from supervisor import ChildSpec, Hub
+
+mode = sys.argv[1]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+async def main():
+    hub = Hub([ChildSpec(id="c", argv=["sleep", "1000"], start_period=0, shutdown=1.0)])
+    events = hub.bus.subscribe()
+    out = {"spawn_failed": 0}
+
+    async def wait(kind):
+        with trio.fail_after(30):
+            async for e in events:
+                out[e.kind] = out.get(e.kind, 0) + 1
+                if e.kind == kind and e.child_id == "c":
+                    return e
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await wait("running")
+        (row,) = hub.which_children()
+        if mode == "retry":
+            hub.context.backend.reserve.close()  # no reserve left: every spawn fails
+        hog = []
+        try:
+            while True:
+                hog.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        os.kill(row.info.pid, signal.SIGKILL)
+        if mode == "retry":
+            while out["spawn_failed"] < 5:  # more than the intensity (3 in 5 s) allows
+                await wait("spawn_failed")
+        for fd in hog:
+            os.close(fd)
+        await wait("running")
+        await hub.stop()
+    print(json.dumps(out))
+
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("mode", ["reserve", "retry"])
+def test_fault5_a_full_fd_table_does_not_take_the_hub_down(mode: str) -> None:
+    """A hub with a full fd table whose child crashes: with its fd reserve the restart
+    just works; without it (used up), each failed spawn is retried with a backoff and not
+    counted as a crash (5 failures, more than the intensity allows), and the child is
+    back once fds are free. Before: EMFILE used up the intensity in 2 ms, exit 1."""
+    proc = subprocess.run(
+        [PY, "-c", FD_HUB, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == proc.returncode, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "escalated" not in out
+    if mode == "reserve":
+        assert 0 == out["spawn_failed"]
+    else:
+        assert out["spawn_failed"] >= 5
+        assert "not the child's fault" in proc.stderr
