@@ -226,6 +226,7 @@ class ProcessActor:
         self.exit_reason: str | None = None
         self._stop_asked = False
         self._hung: str | None = None
+        self._hang_killed = False  # the watchdog found it hung and killed it
         self._condemned = trio.Event()
         self._done = trio.Event()
         self._ready = trio.Event()
@@ -320,6 +321,7 @@ class ProcessActor:
             expected=expected,
             failed_start=failed_start,
             uptime=uptime,
+            hung=self._hang_killed and not expected,
         )
         self._report(
             ChildExit(spec.id, self.incarnation, reason, normal, expected=expected, uptime=uptime)
@@ -592,6 +594,7 @@ class ProcessActor:
             await trio.sleep_forever()
         self._hung = why
         if hung:
+            self._hang_killed = True
             self._publish(ChildHung, pid=self.pid, silence=silence)
         else:
             _log.error("%s/%s (pid %d): %s; stopping it", self.path, self.spec.id, self.pid, why)

@@ -325,3 +325,18 @@ def test_fault5_a_full_fd_table_does_not_take_the_hub_down(mode: str) -> None:
     else:
         assert out["spawn_failed"] >= 5
         assert "not the child's fault" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Smaller ones
+
+
+async def test_a_hang_is_logged_as_killed_after_hang() -> None:
+    """The exit of a child the watchdog killed reads "killed after hang", not "crashed"."""
+    from supervisor._log import format_event
+
+    async with running(_pool(SILENT, 1, heartbeat_timeout=0.5, shutdown=0.2)) as (hub, events):
+        exited = await wait_event(events, is_("exited", "hb-agent-1"))
+        assert exited.hung  # type: ignore[attr-defined]
+        line = format_event(exited)
+        assert "killed after hang: killed by SIG" in line, line
