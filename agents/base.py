@@ -32,7 +32,9 @@ The lifecycle (``docs/agent-protocol.md`` has the protocol itself):
    ``assignment.submit(type, payload)`` sends ``SUBMIT`` (new work), always before the
    item's ``RESULT``.
 4. On ``STOP`` or SIGTERM (or SIGINT): finish the held item within the grace (the shutdown
-   timeout ``HUBVISOR_SHUTDOWN``, default 5 s, minus a margin) or hand it back, wait a
+   timeout ``HUBVISOR_SHUTDOWN``, default 5 s, minus a margin) or hand it back (an
+   exception ``do_work`` raises once the stop came is a hand-back too: a subprocess
+   killed by the stop is no failure of the item), wait a
    moment (at most 0.25 s) for the hub's ``ACK`` of it, and exit 0. When the hub closes
    the channel the agent exits 0 at once.
 """
@@ -233,6 +235,7 @@ class BaseAgent:
         self._fd = env.get(_wire.NOTIFY_FD_ENV)
         self._chan: _Channel | None = None
         self._stop_at: float | None = None
+        self._stop_seen = trio.Event()
         self._busy = False  # an ASSIGN was taken and not yet finished
         self._idle_scope: trio.CancelScope | None = None
         self._work_scope: trio.CancelScope | None = None
@@ -254,7 +257,8 @@ class BaseAgent:
         """Do the work of ``assignment`` and return its result (JSON).
 
         An exception sends ``FAIL`` with ``retry=true`` (the hub may deliver the item
-        again); :class:`HandBack` gives the item back. Do not block the event loop: run
+        again), or ``HANDBACK`` once the agent was asked to stop; :class:`HandBack`
+        gives the item back. Do not block the event loop: run
         blocking work in ``trio.to_thread.run_sync(..., abandon_on_cancel=True)``.
         """
         raise NotImplementedError(f"{type(self).__name__} does not override do_work")
@@ -281,6 +285,7 @@ class BaseAgent:
         if self._stop_at is not None:
             return
         self._stop_at = trio.current_time()
+        self._stop_seen.set()
         self.log(f"stopping ({why})")
         if self._idle_scope is not None:
             self._idle_scope.cancel()
@@ -427,8 +432,19 @@ class BaseAgent:
             except Exception as exc:
                 failure = exc
         self._work_scope = None
+        if failure is not None and not isinstance(failure, HandBack) and self._stop_at is None:
+            # A stop signal sent to the whole process group (kill_mode="group", Ctrl-C in
+            # a terminal) can kill a subprocess of do_work before this process has seen
+            # the signal: give it a moment to arrive before calling this a failure.
+            with trio.move_on_after(_STOP_RACE):
+                await self._stop_seen.wait()
         if scope.cancelled_caught or isinstance(failure, HandBack):
             self.log(f"item {item} attempt {attempt} handed back")
+            record = _wire.handback(item, attempt)
+        elif failure is not None and self._stop_at is not None:
+            # Interrupted by the stop (its subprocess was signalled too, say): the attempt
+            # did not fail, it was cut short; another agent takes the item again.
+            self.log(f"item {item} attempt {attempt} handed back: stopped ({_describe(failure)})")
             record = _wire.handback(item, attempt)
         elif failure is not None:
             self.log(f"item {item} attempt {attempt} failed: {_describe(failure)}")
@@ -465,6 +481,9 @@ class BaseAgent:
 
 _ACK_WAIT = 0.25
 """Seconds a stopping agent waits for the ACK of its last RESULT/FAIL/HANDBACK."""
+
+_STOP_RACE = 0.1
+"""Seconds a failed ``do_work`` waits for a stop signal that may be on its way."""
 
 
 def _describe(exc: BaseException) -> str:

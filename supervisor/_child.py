@@ -65,6 +65,8 @@ _DRAIN_LIMIT = 1000  # records read after the exit, at most (a flood must not st
 _SEND_TIMEOUT = 1.0  # seconds a hub-to-agent message may wait for room in the agent's queue
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
+_STOP = NotifyMessage("stop")
+
 _log = logging.getLogger("hubvisor")
 _WARNED: set[str] = set()  # children already warned about (once per process each)
 
@@ -224,6 +226,7 @@ class ProcessActor:
         self.exit_reason: str | None = None
         self._stop_asked = False
         self._hung: str | None = None
+        self._hang_killed = False  # the watchdog found it hung and killed it
         self._condemned = trio.Event()
         self._done = trio.Event()
         self._ready = trio.Event()
@@ -318,6 +321,7 @@ class ProcessActor:
             expected=expected,
             failed_start=failed_start,
             uptime=uptime,
+            hung=self._hang_killed and not expected,
         )
         self._report(
             ChildExit(spec.id, self.incarnation, reason, normal, expected=expected, uptime=uptime)
@@ -419,44 +423,78 @@ class ProcessActor:
         await self._kill_unresponsive(f"not READY within {timeout:g}s", timeout)
 
     async def _notify(self, source: NotifySource) -> None:
-        """Read the child's notify messages; kill it when it falls silent too long."""
-        timeout = self.spec.heartbeat_timeout
-        last = trio.current_time()
-        # One watchdog scope for the whole life of the process, its deadline moved on by
-        # each valid record (a fresh scope per record was a third of a heartbeat's cost).
-        # It ends only when it fires; the process's exit cancels from outside.
-        with trio.CancelScope(deadline=last + timeout if timeout is not None else math.inf) as dog:
-            while True:
-                try:
-                    data: bytes | None = await source.receive()
-                except (OSError, trio.ClosedResourceError):
-                    data = None
-                if data is None:  # every writer closed its end: no more heartbeats
-                    await trio.sleep_forever()
-                if self._on_record(data):
-                    last = trio.current_time()
-                    if timeout is not None:
-                        dog.deadline = last + timeout
-                if self._bad_version is not None:
-                    await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
-        assert timeout is not None
-        await self._kill_unresponsive(
-            f"hung (no heartbeat for {timeout:g}s)", trio.current_time() - last
-        )
+        """Read the child's notify messages; kill it when it falls silent too long.
 
-    def _drain(self, source: NotifySource) -> None:
-        """Handle the records the child sent just before it exited (a RESULT, say)."""
+        Silent means: no valid record for ``heartbeat_timeout`` seconds *of the hub's
+        running time*. When the deadline fires, the watchdog first reads what the child
+        already sent (records that sat in the socket while the hub was busy or stopped
+        are proof of life), then discounts the time the hub's own loop did not run since
+        the last record (:class:`~supervisor._runtime.StallMeter`)."""
+        timeout = self.spec.heartbeat_timeout
+        if timeout is None:
+            await self._read_notify(source, None)
+            return
+        stalls = self._ctx.stalls
+        stalls.watch()
+        try:
+            silence = await self._read_notify(source, timeout)
+        finally:
+            stalls.unwatch()
+        await self._kill_unresponsive(f"hung (no heartbeat for {timeout:g}s)", silence)
+
+    async def _read_notify(self, source: NotifySource, timeout: float | None) -> float:
+        """Handle records until the child has been silent for ``timeout`` seconds of the
+        hub's running time; return that silence (never returns without a timeout)."""
+        stalls = self._ctx.stalls
+        last = trio.current_time()
+        mark = stalls.stalled() if timeout is not None else 0.0
+        deadline = last + timeout if timeout is not None else math.inf
+        while True:
+            # One watchdog scope until it fires, its deadline moved on by each valid
+            # record (a fresh scope per record was a third of a heartbeat's cost).
+            with trio.CancelScope(deadline=deadline) as dog:
+                while True:
+                    try:
+                        data: bytes | None = await source.receive()
+                    except (OSError, trio.ClosedResourceError):
+                        data = None
+                    if data is None:  # every writer closed its end: no more heartbeats
+                        await trio.sleep_forever()
+                    if self._on_record(data) and timeout is not None:
+                        last = trio.current_time()
+                        mark = stalls.stalled()
+                        dog.deadline = last + timeout
+                    if self._bad_version is not None:
+                        await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
+            assert timeout is not None
+            # The deadline passed. Records the child sent while we did not read count.
+            if self._drain(source):
+                last = trio.current_time()
+                mark = stalls.stalled()
+            if self._bad_version is not None:
+                await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
+            stalled = stalls.stalled() - mark
+            deadline = last + timeout + stalled
+            now = trio.current_time()
+            if deadline <= now:
+                return now - last - stalled
+
+    def _drain(self, source: NotifySource) -> bool:
+        """Handle the records already queued (a RESULT sent just before the child exited,
+        heartbeats that sat unread while the hub stalled); whether one was valid."""
         receive_nowait = getattr(source, "receive_nowait", None)
         if receive_nowait is None:
-            return
+            return False
+        alive = False
         for _ in range(_DRAIN_LIMIT):
             try:
                 data = receive_nowait()
             except (trio.WouldBlock, OSError, trio.ClosedResourceError):
-                return
+                break
             if data is None:
-                return
-            self._on_record(data)
+                break
+            alive = self._on_record(data) or alive
+        return alive
 
     def _on_record(self, data: bytes) -> bool:
         """Handle one record; whether it was a valid message (a sign of life)."""
@@ -556,6 +594,7 @@ class ProcessActor:
             await trio.sleep_forever()
         self._hung = why
         if hung:
+            self._hang_killed = True
             self._publish(ChildHung, pid=self.pid, silence=silence)
         else:
             _log.error("%s/%s (pid %d): %s; stopping it", self.path, self.spec.id, self.pid, why)
@@ -574,11 +613,13 @@ class ProcessActor:
         warn: bool = False,
         patience: float | None = None,
     ) -> None:
-        """The graceful-stop escalation, in one place: ``stop_signal`` to the group, up to
-        ``shutdown`` seconds for ``ended()`` to return, then SIGKILL to the group
-        (``BRUTAL_KILL``: SIGKILL at once). ``patience`` replaces an infinite
-        ``shutdown``. With ``warn``, say which pid ignored the signal and which setting
-        to raise."""
+        """The graceful-stop escalation, in one place: ``STOP`` on the channel and
+        ``stop_signal`` to the process (``kill_mode="mixed"``) or ``stop_signal`` to the
+        group (``"group"``), up to ``shutdown`` seconds for ``ended()`` to return, then
+        SIGKILL to the group (``BRUTAL_KILL``: SIGKILL at once). In mixed mode the rest
+        of the group gets SIGKILL when the process has exited (the handle's ``wait``).
+        ``patience`` replaces an infinite ``shutdown``. With ``warn``, say which pid
+        ignored the signal and which setting to raise."""
         spec, handle = self.spec, self.handle
         if spec.shutdown == BRUTAL_KILL:
             handle.signal_group(signal.SIGKILL)
@@ -586,7 +627,15 @@ class ProcessActor:
         timeout = spec.shutdown
         if math.isinf(timeout) and patience is not None:
             timeout = patience
-        handle.signal_group(spec.stop_signal)
+        if spec.kill_mode == "mixed":
+            self.send_nowait(_STOP, verify=False)
+            leader = getattr(handle, "signal", None)
+            if leader is not None:
+                leader(spec.stop_signal)
+            else:
+                handle.signal_group(spec.stop_signal)
+        else:
+            handle.signal_group(spec.stop_signal)
         with trio.move_on_after(timeout):
             await ended()
             return

@@ -118,6 +118,7 @@ class ChildExited(Event):
     Attributes:
         expected: the supervisor stopped it (stop, restart of a sibling, shutdown).
         failed_start: it ended within its start period.
+        hung: the hub killed it because it was found hung (no heartbeat).
     """
 
     pid: int
@@ -125,6 +126,7 @@ class ChildExited(Event):
     expected: bool
     failed_start: bool
     uptime: float
+    hung: bool = False
     kind: str = attrs.field(init=False, default="exited")
 
 

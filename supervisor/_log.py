@@ -80,6 +80,8 @@ def format_event(event: Event) -> str:
             what = "ended" if expected else ("failed to start" if failed else "crashed")
             if not expected and status.normal:
                 what = "exited"
+            if not expected and event.hung:
+                what = "killed after hang"
             return f"{who} {what}: {status.describe()} after {up:.1f}s"
         case ChildBackingOff(delay=delay, attempt=attempt, restarting=ids):
             ids_text = ", ".join(ids)

@@ -1,7 +1,8 @@
 """Starting, signalling and reaping real OS processes, behind a small backend protocol.
 
-Every child runs in its own process group (its pgid is its pid), so a stop signal
-reaches the grandchildren it started too, and SIGKILL of the group leaves nothing behind.
+Every child runs in its own process group (its pgid is its pid), so SIGKILL of the group
+leaves nothing behind, grandchildren included. The graceful stop signal goes to the child
+alone or to the whole group (``ChildSpec.kill_mode``).
 
 **Parent-death signal.** Children must die with the hub even if the hub is SIGKILLed and
 cannot clean up. On Linux, ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` in the child does that.
@@ -31,7 +32,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -45,6 +46,58 @@ __all__ = ["OSProcessBackend", "ProcessBackend", "ProcessHandle", "SpawnRequest"
 
 _PR_SET_PDEATHSIG = 1
 _SETPRIV = shutil.which("setpriv")
+_RESERVE_FDS = 10  # a spawn's peak: notify pair, two pipes, Popen's error pipe, pidfd
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+
+class SpawnResourceError(SpawnError):
+    """A spawn failed because the *hub* ran out of a resource (file descriptors,
+    processes, memory): not the child's fault. The runtime retries it with a backoff
+    and does not count it against the restart intensity."""
+
+
+@attrs.define(eq=False)
+class FdReserve:
+    """A few descriptors on ``/dev/null`` held while the hub runs and let go just for a
+    spawn (the classic trick), so a hub whose fd table something else filled (a flood of
+    connections) can still restart its children.
+
+    The runtime opens it when the tree starts and closes it when the tree has ended.
+    """
+
+    size: int = _RESERVE_FDS
+    _fds: list[int] = attrs.field(factory=list)
+    active: bool = False
+
+    def open(self) -> None:
+        """Start holding descriptors (as many as there is room for)."""
+        self.active = True
+        self._fill()
+
+    def close(self) -> None:
+        """Let go of every descriptor held, for good."""
+        self.active = False
+        self._release()
+
+    def _fill(self) -> None:
+        while self.active and len(self._fds) < self.size:
+            try:
+                self._fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return  # a full table: hold what we have, try again after the next spawn
+
+    def _release(self) -> None:
+        while self._fds:
+            close_fd(self._fds.pop())
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """Let go of the reserve for the body (a spawn), then take it back."""
+        self._release()
+        try:
+            yield
+        finally:
+            self._fill()
 
 
 @attrs.frozen(kw_only=True)
@@ -88,6 +141,10 @@ class ProcessHandle(Protocol):
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the whole process group; nothing if it already ended."""
         ...
+
+
+# A handle may also offer ``signal(sig)``: send ``sig`` to the process alone (not its
+# group), nothing if it already ended. Without it the runtime signals the group.
 
 
 @runtime_checkable
@@ -157,6 +214,13 @@ class _OSProcess:
         if self._status is None:
             self._kill_group(sig)
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process alone; nothing if it was reaped (until then its
+        pid cannot be reused)."""
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
 
 def _resolve(request: SpawnRequest) -> str:
     program = request.argv[0]
@@ -195,6 +259,8 @@ def _os_error_message(child_id: str, step: str, exc: OSError) -> str:
     fix = (
         "; free some file descriptors or raise the limit (ulimit -n)"
         if exc.errno in (errno.EMFILE, errno.ENFILE)
+        else "; the hub is short of processes or memory (ulimit -u, free memory)"
+        if exc.errno in _RESOURCE_ERRNOS
         else ""
     )
     return f"child {child_id!r}: cannot {step}: {why}{fix}"
@@ -219,9 +285,16 @@ class OSProcessBackend:
     """
 
     pdeathsig: bool = True
+    reserve: FdReserve = attrs.field(factory=FdReserve)
+    """Descriptors let go just for a spawn (see :class:`FdReserve`)."""
 
     def spawn(self, request: SpawnRequest) -> ProcessHandle:
-        """Start ``request.argv``; raise :class:`SpawnError` naming the cause if it can't."""
+        """Start ``request.argv``; raise :class:`SpawnError` naming the cause if it can't
+        (:class:`SpawnResourceError` when the hub is out of fds, processes or memory)."""
+        with self.reserve.released():
+            return self._spawn(request)
+
+    def _spawn(self, request: SpawnRequest) -> ProcessHandle:
         executable = _resolve(request)
         argv: list[str] = [executable, *request.argv[1:]]
         preexec = None
@@ -270,7 +343,10 @@ class OSProcessBackend:
             if popen is not None:
                 _kill_unwatched(popen)
             if isinstance(exc, OSError):
-                raise SpawnError(_os_error_message(request.child_id, step, exc)) from exc
+                message = _os_error_message(request.child_id, step, exc)
+                if exc.errno in _RESOURCE_ERRNOS:
+                    raise SpawnResourceError(message) from exc
+                raise SpawnError(message) from exc
             raise
         finally:
             for fd in (out_w, err_w, child_fd):

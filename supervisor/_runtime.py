@@ -52,7 +52,7 @@ from ._events import (
     SupervisorStopping,
 )
 from ._plan import MemberView, Plan, PlanKind, cancelled_with, plan
-from ._process import OSProcessBackend, ProcessBackend, ProcessHandle
+from ._process import OSProcessBackend, ProcessBackend, ProcessHandle, SpawnResourceError
 from ._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 
 __all__ = ["ChildInfo", "ChildState", "RuntimeContext", "Supervisor"]
@@ -82,6 +82,67 @@ class ChildInfo:
     uptime: float | None
     agent_type: str | None
     last_exit: str | None
+
+
+_STALL_TICK = 0.25  # seconds between two looks of the stall meter
+_RESOURCE_RETRY = (0.1, 5.0)  # first and largest delay before retrying a spawn the hub
+# could not afford (out of fds, processes, memory), doubling in between
+
+
+@attrs.define(eq=False)
+class StallMeter:
+    """How long this hub's event loop did not run (stopped, swapped out, blocked).
+
+    One task per hub wakes every :data:`_STALL_TICK` seconds while some child is
+    watched; any lateness of a wake-up is time the loop did not run. Watchdogs read
+    :meth:`stalled` and extend a child's deadline by the stall since its last record, so
+    the hub's own stall never counts against its agents. One task for the whole hub, not
+    one per child: 1,000 heartbeating agents cost nothing more.
+    """
+
+    tick: float = _STALL_TICK
+    total: float = 0.0
+    """Seconds of stall measured so far (a stall in progress not included)."""
+    watchers: int = 0
+    """Watchdogs reading the meter; with none, it sleeps."""
+    running: bool = False
+    _last: float | None = None  # when the meter last ran (None: it is not measuring)
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+
+    def stalled(self) -> float:
+        """Seconds of stall so far, including one in progress (the ticker is overdue)."""
+        if self._last is None:
+            return self.total
+        return self.total + max(0.0, trio.current_time() - self._last - self.tick)
+
+    def watch(self) -> None:
+        """A watchdog starts reading the meter."""
+        self.watchers += 1
+        self._wake.set()
+
+    def unwatch(self) -> None:
+        """A watchdog stops reading the meter."""
+        self.watchers -= 1
+
+    async def run(self) -> None:
+        """Measure while anybody watches; run in one task per hub."""
+        self.running = True
+        try:
+            while True:
+                if self.watchers <= 0:
+                    self._last = None
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                self._last = trio.current_time()
+                while self.watchers > 0:
+                    await trio.sleep(self.tick)
+                    now = trio.current_time()
+                    self.total += max(0.0, now - self._last - self.tick)
+                    self._last = now
+        finally:
+            self.total = self.stalled()
+            self._last = None
+            self.running = False
 
 
 @attrs.define(eq=False)
@@ -116,6 +177,8 @@ class RuntimeContext:
     """Called with every output line of every child (see :meth:`Hub.tap_output`)."""
     actors: dict[str, ProcessActor] = attrs.field(factory=dict)
     """The live process actor of each worker child, by id (to send it messages)."""
+    stalls: StallMeter = attrs.field(factory=StallMeter)
+    """How long the hub's loop did not run (heartbeat watchdogs discount it)."""
 
     def check_agents(self, n: int, what: str) -> None:
         """Raise :class:`MaxAgentsExceeded` if ``n`` more workers would pass the limit."""
@@ -153,7 +216,41 @@ class _Call:
     error: BaseException | None = None
 
 
-_Message: TypeAlias = ChildExit | _RestartDue | _Call | _Stop
+@attrs.define(eq=False)
+class _Pending:
+    """What the caller of a control request waits for once the loop has started the
+    stops it needs (each in a task of its own): the loop resolves it when they end."""
+
+    waiting: int = 0
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        self.waiting -= 1
+        if error is not None and self.error is None:
+            self.error = error
+        if self.waiting <= 0:
+            self.done.set()
+
+
+@attrs.define(eq=False)
+class _StopOp:
+    """One member stopped on request, in its own task; ``then`` runs in the loop once
+    the member has ended (start it again, forget it...)."""
+
+    member: _Member
+    reason: str
+    kind: str  # terminate, delete, restart, shrink
+    then: Callable[[], Awaitable[None]] | None
+    pending: _Pending
+
+
+@attrs.frozen
+class _Stopped:
+    op: int
+
+
+_Message: TypeAlias = ChildExit | _RestartDue | _Call | _Stop | _Stopped
 
 
 class _Lifecycle(enum.Enum):
@@ -176,7 +273,9 @@ class _Member:
     started_at: float | None = None
     restarts: int = 0
     attempt: int = 0
+    resource_retries: int = 0  # spawns in a row the hub could not afford
     token: int | None = None  # which scheduled restart it waits for (BACKING_OFF only)
+    stop_op: int | None = None  # the request stopping it in a task of its own (STOPPING)
     restart_cause: str | None = None
     last_exit: str | None = None
     ring: deque[tuple[float, str]] = attrs.field(factory=lambda: deque(maxlen=1000))
@@ -215,7 +314,9 @@ class _Member:
         # Up: running, or waiting to restart. A member whose process ended but whose exit
         # its supervisor has not handled yet is down: a sibling's group restart leaves it
         # to its own exit report, which then restarts it by policy (and counts).
-        up = self.state is _Lifecycle.BACKING_OFF or self.alive
+        # A member a request is stopping is down on purpose: a sibling's group restart
+        # leaves it to that request, as it leaves a terminated member down.
+        up = self.state is _Lifecycle.BACKING_OFF or (self.alive and self.stop_op is None)
         return MemberView(self.id, self.spec.restart, up=up)
 
 
@@ -261,6 +362,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._history: tuple[float, ...] = ()
         self._next_token = 0
+        self._ops: dict[int, _StopOp] = {}  # stops on request in flight, by op number
         self._stopped = trio.Event()
         # A latch, not a record: set once by stop() (from any task) so that nothing in
         # the subtree restarts from that moment on; only this task acts on it.
@@ -392,9 +494,17 @@ class Supervisor:
         self._ctx.claim_agents(workers, f"starting supervisor {self.path!r}")
         self._started = True
         outcome: SupervisorEscalation | None = None
+        owns_reserve = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if not self._ctx.stalls.running:  # the first supervisor of the hub runs it
+                    self._ctx.stalls.running = True
+                    nursery.start_soon(self._ctx.stalls.run)
+                    reserve = getattr(self._ctx.backend, "reserve", None)
+                    if reserve is not None and not reserve.active:
+                        reserve.open()
+                        owns_reserve = reserve
                 for m in list(self._members):
                     if self._stop_requested:
                         break
@@ -415,6 +525,9 @@ class Supervisor:
             self.ended = True
             self._ctx.agents -= sum(m.is_worker for m in self._members)
             self._fail_pending_calls()
+            self._end_stop_ops()
+            if owns_reserve is not None:
+                owns_reserve.close()
             self._stopped.set()
             self._publish(SupervisorStopped, child_id=self.spec.name)
         return outcome
@@ -432,6 +545,8 @@ class Supervisor:
                 outcome = await self._on_exit(msg)
                 if outcome is not None:
                     return outcome
+            elif isinstance(msg, _Stopped):
+                await self._on_stopped(msg.op)
             else:
                 await self._on_restart_due(msg.token)
 
@@ -453,6 +568,18 @@ class Supervisor:
         finally:
             call.done.set()
 
+    def _end_stop_ops(self) -> None:
+        # The supervisor ended while requests waited for stops: every member is down
+        # now, which is what a terminate or delete asked for; a restart did not happen.
+        for op in self._ops.values():
+            error = None
+            if op.kind == "restart":
+                error = ControlError(
+                    f"supervisor {self.path!r} ended before {op.member.id!r} was restarted"
+                )
+            op.pending.resolve(error)
+        self._ops.clear()
+
     def _fail_pending_calls(self) -> None:
         while True:
             try:
@@ -471,6 +598,13 @@ class Supervisor:
         await call.done.wait()
         if call.error is not None:
             raise call.error
+        if isinstance(call.result, _Pending):
+            # The loop started stops in tasks of their own and went on: wait for them
+            # here, not in the loop.
+            await call.result.done.wait()
+            if call.result.error is not None:
+                raise call.result.error
+            return None
         return call.result
 
     def _publish(self, cls: Any, **fields: Any) -> None:
@@ -510,10 +644,48 @@ class Supervisor:
                 ring=m.ring,
                 report=self._send.send_nowait,
             )
+        except SpawnResourceError as exc:
+            self._retry_spawn(m, str(exc))
+            return
         except SpawnError as exc:
             self._failed_start(m, f"failed to spawn: {exc}", str(exc))
             return
+        m.resource_retries = 0
         self._nursery.start_soon(m.proc.run)
+
+    def _retry_spawn(self, m: _Member, error: str) -> None:
+        """The hub could not afford the spawn (out of fds, processes, memory): the
+        child did nothing wrong, so this is no crash and costs no restart intensity.
+        Start it again after a backoff that grows while the shortage lasts."""
+        assert self._nursery is not None
+        m.last_exit = error
+        self._publish(ChildSpawnFailed, child_id=m.id, error=error)
+        first, cap = _RESOURCE_RETRY
+        delay = min(cap, first * 2 ** min(m.resource_retries, 16))
+        m.resource_retries += 1
+        _log.error(
+            "%s/%s: the hub is short of resources, not the child's fault: %s; trying again "
+            "in %.1fs (attempt %d, not counted as a restart)",
+            self.path,
+            m.id,
+            error,
+            delay,
+            m.resource_retries,
+        )
+        self._next_token += 1
+        token = self._next_token
+        self._due[token] = [m]
+        m.state = _Lifecycle.BACKING_OFF
+        m.token = token
+        m.restart_cause = None
+        self._publish(
+            ChildBackingOff,
+            child_id=m.id,
+            delay=delay,
+            attempt=m.resource_retries,
+            restarting=(m.id,),
+        )
+        self._nursery.start_soon(self._timer, delay, token)
 
     def _failed_start(self, m: _Member, reason: str, error: str) -> None:
         """A start that failed is a crash at uptime 0: it goes through the policy."""
@@ -543,6 +715,7 @@ class Supervisor:
     async def _stop_member(self, m: _Member, reason: str) -> None:
         was_active = m.alive or m.state is _Lifecycle.BACKING_OFF
         m.token = None
+        m.stop_op = None  # a request stopping it finds it done (see _on_stopped)
         if m.alive:
             m.state = _Lifecycle.STOPPING
             if m.sub is not None:
@@ -554,6 +727,63 @@ class Supervisor:
         m.started_at = None
         if was_active or reason in ("terminated", "removed"):
             self._publish(ChildStopped, child_id=m.id, reason=reason)
+
+    def _stop_for_request(
+        self,
+        m: _Member,
+        reason: str,
+        kind: str,
+        pending: _Pending,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Stop the live member ``m`` in a task of its own, so the loop goes on handling
+        exits, restarts and requests meanwhile (a graceful stop can take its whole
+        ``shutdown``); once it has ended, the loop marks it stopped, runs ``then`` and
+        resolves ``pending``."""
+        assert self._nursery is not None and m.alive
+        self._next_token += 1
+        op = self._next_token
+        m.state = _Lifecycle.STOPPING
+        m.token = None
+        m.stop_op = op
+        pending.waiting += 1
+        self._ops[op] = _StopOp(m, reason, kind, then, pending)
+        self._nursery.start_soon(self._stopper, m, op)
+
+    async def _stopper(self, m: _Member, op: int) -> None:
+        if m.sub is not None:
+            await m.sub.stop()
+        elif m.proc is not None:
+            await m.proc.stop()
+        self._send.send_nowait(_Stopped(op))
+
+    async def _on_stopped(self, op_id: int) -> None:
+        op = self._ops.pop(op_id, None)
+        if op is None:
+            return
+        m = op.member
+        if m.stop_op != op_id:
+            op.pending.resolve()  # stopped meanwhile by another path (an escalation)
+            return
+        m.stop_op = None
+        if m.proc is not None:
+            m.last_exit = m.proc.exit_reason
+        m.state = _Lifecycle.STOPPED
+        m.started_at = None
+        self._publish(ChildStopped, child_id=m.id, reason=op.reason)
+        error: BaseException | None = None
+        if op.then is not None:
+            try:
+                await op.then()
+            except ControlError as exc:
+                error = exc
+        op.pending.resolve(error)
+
+    def _busy_stopping(self, m: _Member) -> ControlError:
+        return ControlError(
+            f"child {m.id!r} of {self.path!r} is being stopped by an earlier request; "
+            "try again once it has stopped"
+        )
 
     async def _stop_members(self, members: Sequence[_Member], reason: str) -> None:
         """Stop in reverse start order; a pool's members all at once."""
@@ -673,8 +903,9 @@ class Supervisor:
         for m in self._due.pop(token, ()):
             if m.token != token or self._stop_requested or self._index.get(m.id) is not m:
                 continue  # stopped, removed or re-scheduled since (or while an earlier start ran)
-            m.restarts += 1
-            self._publish(ChildRestarting, child_id=m.id, cause=m.restart_cause or m.id)
+            if m.resource_retries == 0:  # a retry of a spawn the hub could not afford is none
+                m.restarts += 1
+                self._publish(ChildRestarting, child_id=m.id, cause=m.restart_cause or m.id)
             await self._start_member(m)
 
     async def _escalate(self, m: _Member, reason: str) -> SupervisorEscalation:
@@ -724,26 +955,62 @@ class Supervisor:
             if x is not None and x.state is _Lifecycle.BACKING_OFF:
                 await self._stop_member(x, "terminated")
 
-    async def _do_terminate(self, child_id: str) -> None:
+    async def _do_terminate(self, child_id: str) -> _Pending | None:
         m = self._member(child_id)
+        if m.stop_op is not None:
+            op = self._ops[m.stop_op]
+            if op.kind not in ("terminate", "delete"):
+                raise self._busy_stopping(m)
+            return op.pending  # it is being stopped for good already: wait for that
+        if m.alive:
+            pending = _Pending()
+
+            async def forget() -> None:
+                if m.spec.restart is RestartType.TEMPORARY and self._index.get(m.id) is m:
+                    self._remove(m)  # OTP forgets a temporary child however it ends
+
+            self._stop_for_request(m, "terminated", "terminate", pending, forget)
+            return pending
         await self._stop_for_good(m, "terminated")
         if m.spec.restart is RestartType.TEMPORARY:
             self._remove(m)  # OTP forgets a temporary child however it ends
+        return None
 
-    async def _do_restart(self, child_id: str) -> None:
+    async def _do_restart(self, child_id: str) -> _Pending | None:
         m = self._member(child_id)
-        if m.alive or m.state is _Lifecycle.BACKING_OFF:
+        if m.stop_op is not None:
+            raise self._busy_stopping(m)
+        if m.alive:
+            pending = _Pending()
+
+            async def start() -> None:
+                if self._index.get(m.id) is m and not self._stop_requested:
+                    m.restarts += 1
+                    self._publish(ChildRestarting, child_id=m.id, cause="restart_child")
+                    await self._start_member(m)
+
+            self._stop_for_request(m, "terminated", "restart", pending, start)
+            return pending
+        if m.state is _Lifecycle.BACKING_OFF:
             await self._stop_member(m, reason="terminated")
         m.restarts += 1
         self._publish(ChildRestarting, child_id=m.id, cause="restart_child")
         await self._start_member(m)
+        return None
 
-    async def _do_delete(self, child_id: str) -> None:
+    async def _do_delete(self, child_id: str) -> _Pending | None:
         m = self._member(child_id)
+        if m.stop_op is not None:
+            raise self._busy_stopping(m)
+        if m.alive:
+            pending = _Pending()
+            self._stop_for_request(m, "removed", "delete", pending, self._forget(m))
+            return pending
         await self._stop_for_good(m, "removed")
         self._remove(m)
+        return None
 
-    async def _do_resize(self, size: int) -> None:
+    async def _do_resize(self, size: int) -> _Pending | None:
         spec = self.spec
         if not isinstance(spec, PoolSpec):
             raise ControlError(f"{self.path!r} is not a pool; only pools can be resized")
@@ -752,22 +1019,49 @@ class Supervisor:
                 f"pool {self.path!r}: size must be an int in 0..max_size={spec.max_size} "
                 f"(got {size!r}); raise PoolSpec.max_size to grow further"
             )
-        current = len(self._members)
+        # Members a shrink or delete is still stopping are on their way out.
+        staying = [m for m in self._members if not self._leaving(m)]
+        current = len(staying)
         if size > current:
-            self._ctx.claim_agents(size - current, f"growing pool {self.path!r} to {size}")
             used = {m.pool_index for m in self._members}
-            free = (n for n in range(1, spec.max_size + 1) if n not in used)
-            numbers = sorted(free)[: size - current]
+            free = [n for n in range(1, spec.max_size + 1) if n not in used]
+            if len(free) < size - current:
+                raise ControlError(
+                    f"pool {self.path!r}: members are still stopping from an earlier "
+                    f"shrink, so there is room for {current + len(free)} now; try again "
+                    "once they have stopped"
+                )
+            self._ctx.claim_agents(size - current, f"growing pool {self.path!r} to {size}")
+            numbers = free[: size - current]
             new = [_Member(pool_member(spec, n), pool_index=n) for n in numbers]
             self._members = sorted([*self._members, *new], key=lambda m: m.pool_index or 0)
             self._index.update((m.id, m) for m in new)
             for m in new:
                 await self._start_member(m)
         elif size < current:
-            victims = sorted(self._members, key=lambda m: m.pool_index or 0)[size:]
-            await self._stop_members(victims, reason="removed")
+            victims = sorted(staying, key=lambda m: m.pool_index or 0)[size:]
             for m in victims:
+                if m.stop_op is not None:
+                    raise self._busy_stopping(m)
+            pending = _Pending()
+            for m in victims:
+                if m.alive:  # stopped in tasks of their own, all at once, then forgotten
+                    self._stop_for_request(m, "removed", "shrink", pending, self._forget(m))
+                else:
+                    await self._stop_member(m, reason="removed")
+                    self._remove(m)
+            return pending if pending.waiting else None
+        return None
+
+    def _leaving(self, m: _Member) -> bool:
+        return m.stop_op is not None and self._ops[m.stop_op].kind in ("shrink", "delete")
+
+    def _forget(self, m: _Member) -> Callable[[], Awaitable[None]]:
+        async def forget() -> None:
+            if self._index.get(m.id) is m:
                 self._remove(m)
+
+        return forget
 
     def _drain(self) -> None:
         # From the moment a stop is asked for, nothing in this subtree restarts: a

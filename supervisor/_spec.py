@@ -236,12 +236,20 @@ class ChildSpec:
         inherit_env: start from the hub's environment (``True``) or from an empty one.
         cwd: working directory (default: the hub's).
         restart: ``"permanent"``, ``"transient"`` or ``"temporary"`` (see :class:`RestartType`).
-        shutdown: graceful stop timeout in seconds: send ``stop_signal`` to the child's
-            process group, wait this long, then SIGKILL the group. ``BRUTAL_KILL``
+        shutdown: graceful stop timeout in seconds: send ``stop_signal`` (see
+            ``kill_mode``), wait this long, then SIGKILL the group. ``BRUTAL_KILL``
             sends SIGKILL at once; ``INFINITY`` (or ``"infinity"``) waits as long as the
             child takes (for an agent that must finish its task), so the hub's own stop
             waits for it too, until a second Ctrl-C kills it.
         stop_signal: the graceful stop signal (default SIGTERM).
+        kill_mode: who gets ``stop_signal`` (like systemd's ``KillMode=``).
+            ``"mixed"`` (default): the hub sends ``STOP`` on the agent channel and the
+            signal to the child's own process only; the rest of its process group (a
+            CLI the agent runs, say) is left to the agent, and gets SIGKILL once the
+            child has exited or its ``shutdown`` time ran out. So an agent can hand its
+            item back or let its subprocess finish instead of seeing it killed under
+            it. ``"group"``: the signal goes to the whole group at once (what
+            hubvisor did before ``kill_mode`` existed).
         start_period: a child that exits sooner than this after it was spawned counts
             as a failed start; after it the child is *running*.
         heartbeat_timeout: for children that heartbeat over the notify channel: how long
@@ -278,6 +286,7 @@ class ChildSpec:
     restart: RestartType = attrs.field(default=RestartType.PERMANENT, converter=_to_restart)
     shutdown: Shutdown = attrs.field(default=5.0, converter=_to_shutdown)
     stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, converter=_to_signal)
+    kill_mode: Literal["mixed", "group"] = attrs.field(default="mixed")
     start_period: float = attrs.field(default=1.0)
     heartbeat_timeout: float | None = attrs.field(
         default=None, validator=_check_optional_seconds("heartbeat_timeout")
@@ -329,6 +338,15 @@ class ChildSpec:
                         "notify channel, but notify=False; set notify=True or drop "
                         f"{field}"
                     )
+
+    @kill_mode.validator
+    def _check_kill_mode(self, attribute: attrs.Attribute[str], value: object) -> None:
+        if value not in ("mixed", "group"):
+            raise InvalidChildSpec(
+                f"ChildSpec.kill_mode must be 'mixed' or 'group' (got {value!r}); 'mixed' "
+                "signals the child alone and kills its group after it exits, 'group' "
+                "signals the whole group at once"
+            )
 
     @id.validator
     def _check_id(self, attribute: attrs.Attribute[str], value: str) -> None:

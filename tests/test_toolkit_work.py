@@ -141,7 +141,9 @@ class TestSimulatedAgents:
         completed = next(e for e in trace.events if e.kind == "work_completed")
         assert 3.5 == completed.at
         words = [(r.sender, r.word) for r in trace.log if isinstance(r, WireRecord)]
-        assert [("agent", "HELLO"), ("hub", "ASSIGN"), ("agent", "RESULT")] == words
+        # STOP: the hub's stop at the end of the run tells the agent on its channel.
+        expected = [("agent", "HELLO"), ("hub", "ASSIGN"), ("agent", "RESULT"), ("hub", "STOP")]
+        assert expected == words
 
     def test_a_crash_mid_item_is_reclaimed_at_the_exit_and_done_after_the_restart(
         self,
