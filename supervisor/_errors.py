@@ -47,8 +47,10 @@ class SpawnError(HubvisorError):
     """A child's process could not be started (missing executable, bad cwd, ...).
 
     The supervisor treats it as a failed start: it goes through the restart policy like
-    any crash, so a transient problem heals and a permanent one escalates with this
-    message.
+    any crash, and a permanent one escalates with this message (give the supervisor a
+    backoff for a transient problem to heal before the intensity is used up). A spawn the
+    hub cannot afford (no free fds, no memory) is not the child's fault: it is retried
+    with backoff and never counts against the intensity.
     """
 
 
