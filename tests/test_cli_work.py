@@ -563,7 +563,7 @@ async def test_sigterm_to_the_hub_hands_every_held_item_back_and_leaves_nothing(
     spec.write_text(
         "import sys\n"
         "from supervisor import ChildSpec, PoolSpec\n"
-        "t = ChildSpec(id='t', argv=[sys.executable, '-m', 'agents.worker'], shutdown=2.0,\n"
+        "t = ChildSpec(id='t', argv=[sys.executable, '-m', 'agents.worker'], shutdown=10.0,\n"
         "              heartbeat_timeout=3.0, env={'HUBVISOR_DEMO_WORK_SECONDS': '600'})\n"
         "spec = [PoolSpec(agent_type='worker', template=t, size=2)]\n"
     )
