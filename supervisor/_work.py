@@ -889,13 +889,10 @@ class WorkService:
                     elif msg is not None:
                         self._on_event(msg)
                     self._poke()
-        except trio.Cancelled:
-            self._detach(hub)
-            self._report_unfinished()
-            raise
         except BaseException as exc:
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception):  # cancelled: the hub is stopping
                 self._detach(hub)
+                self._report_unfinished()
             raise
         finally:
             self._nursery = None
