@@ -569,10 +569,13 @@ class _Agent:
     running: bool = False
     gone: bool = False  # hung or being stopped: gets nothing new
     resting: bool = False  # handed an item back: eligible again after a short pause
+    retiring: bool = False  # chosen to be stopped by the autoscaler: gets nothing new
 
     @property
     def idle(self) -> bool:
-        return self.hello and self.running and not self.gone and not self.resting
+        return (
+            self.hello and self.running and not self.gone and not self.resting and not self.retiring
+        )
 
 
 @attrs.define
@@ -822,6 +825,34 @@ class WorkService:
         """How many of ``agent_ids`` are idle agents of ``agent_type`` (ready, no item)."""
         idle = self._idle.get(agent_type, {})
         return sum(1 for agent_id in agent_ids if agent_id in idle)
+
+    def idle_members(self, agent_type: str, agent_ids: Iterable[str]) -> list[str]:
+        """Those of ``agent_ids`` that are idle agents of ``agent_type``, in that order."""
+        idle = self._idle.get(agent_type, {})
+        return [agent_id for agent_id in agent_ids if agent_id in idle]
+
+    def retire(self, agent_ids: Iterable[str]) -> list[str]:
+        """Take the idle ones of ``agent_ids`` out of dispatch, to be stopped: no item
+        goes to them from now on. Returns those (an agent that got an item meanwhile is
+        left alone). :meth:`unretire` undoes it."""
+        taken = []
+        for agent_id in agent_ids:
+            agent = self._agents.get(agent_id)
+            if agent is None or agent.agent_type is None:
+                continue
+            if agent_id in self._idle.get(agent.agent_type, {}) and agent.idle:
+                agent.retiring = True
+                self._not_idle(agent_id, agent)
+                taken.append(agent_id)
+        return taken
+
+    def unretire(self, agent_id: str) -> None:
+        """Put an agent :meth:`retire` took back in dispatch (its stop did not happen)."""
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.retiring:
+            agent.retiring = False
+            self._set_idle(agent_id)
+            self._poke()
 
     def idle_counts(self) -> dict[str, int]:
         """Idle agents per type (what the store may take for)."""

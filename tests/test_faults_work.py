@@ -16,6 +16,7 @@ import trio
 
 from strategies import FixedBackoff, Intensity
 from supervisor import (
+    Autoscale,
     ChildSpec,
     ControlError,
     Hub,
@@ -395,3 +396,38 @@ async def test_a_kill_of_the_holder_names_the_hub_in_the_items_history() -> None
         record = hub.work.get(item.id).history[0]
         assert ("reclaimed:exit", "hub-b") == (record.outcome, record.hub)
         assert "hub-b" == hub.work.get(item.id).to_json()["history"][0]["hub"]
+
+
+# --------------------------------------------------------------------------------------
+# Fault 9: autoscale retires idle members only
+
+
+async def test_autoscale_retires_the_idle_member_not_the_busy_one() -> None:
+    """Before: the shrink stopped agent-2 mid-item (a resize stops the highest numbers)
+    and kept idle agent-1."""
+    template = agent("t")
+    policy = Autoscale(min=1, max=3, scale_down_after=0.5, cooldown=0.2)
+    pool = PoolSpec(agent_type="w", template=template, size=1, autoscale=policy)
+    hub = Hub([pool])
+    hub.autoscaler.tick = 0.05
+    events = hub.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        try:
+            await until(lambda: hub.work.idle_among("w", ["w-agent-1"]) == 1)
+            short = hub.work.submit("w", {"n": 1, "sleep": 0.5})
+            await wait_event(events, is_("work_assigned", "w-agent-1"))
+            long = hub.work.submit("w", {"n": 2, "hold": True})
+            await wait_event(events, is_("work_assigned", "w-agent-2"))
+            assert ItemStatus.COMPLETED == (await done(hub, short.id)).status
+            shrink = await wait_event(events, lambda e: getattr(e, "action", "") == "shrink")
+            assert 1 == shrink.target  # type: ignore[attr-defined]
+            pool_sup = hub.supervisor("w")
+            await until(lambda: [c.id for c in pool_sup.which_children()] == ["w-agent-2"])
+            held = hub.work.get(long.id)
+            assert (ItemStatus.ASSIGNED, "w-agent-2", []) == (held.status, held.agent, held.history)
+            # The next growth reuses the free number.
+            hub.work.submit("w", {"n": 3})
+            await wait_event(events, is_("work_assigned", "w-agent-1"))
+        finally:
+            await hub.stop()
