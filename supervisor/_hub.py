@@ -432,20 +432,23 @@ class Hub:
             await self.supervisor(supervisor).start_child(spec)
 
     def agent_types(self) -> set[str]:
-        """Every agent type the tree runs or may grow into (a pool of size 0 counts)."""
+        """Every agent type the tree was declared with, runs, or may grow into (a pool of
+        size 0 counts; so does a type whose temporary agents have all ended)."""
         running = {s.path: s for s in self.supervisors()}
         types: set[str] = set()
 
-        def walk(path: str, spec: AnySpec) -> None:
+        def walk(path: str, spec: AnySpec, *, live: bool) -> None:
             if isinstance(spec, ChildSpec | PoolSpec):
                 if spec.agent_type:
                     types.add(spec.agent_type)
                 return
-            sup = running.get(path)  # a running supervisor's children may have changed
+            sup = running.get(path) if live else None  # children added at run time too
             for child in sup.child_specs() if sup is not None else spec.children:
-                walk(f"{path}/{child.id}" if isinstance(child, SupervisorSpec) else path, child)
+                sub = f"{path}/{child.id}" if isinstance(child, SupervisorSpec) else path
+                walk(sub, child, live=live)
 
-        walk(self.root.path, self.root.spec)
+        walk(self.root.path, self.spec, live=False)
+        walk(self.root.path, self.root.spec, live=True)
         return types
 
     def _agent_ids(self) -> dict[str, str]:
