@@ -1139,12 +1139,15 @@ class WorkService:
         if msg.kind == "progress":
             checkpoint = body.get("checkpoint")
             if checkpoint is not None and len(json.dumps(checkpoint)) > MAX_CHECKPOINT:
-                _log.warning(
-                    "%s: checkpoint for %s over %d bytes of JSON, not kept",
-                    msg.agent_id,
-                    item_id,
-                    MAX_CHECKPOINT,
-                )
+                repeats = self._refusals.due(f"{msg.agent_id} checkpoint", now)
+                if repeats:  # one line per agent per interval, however fast it reports
+                    _log.warning(
+                        "%s: checkpoint for %s over %d bytes of JSON, not kept%s",
+                        msg.agent_id,
+                        item_id,
+                        MAX_CHECKPOINT,
+                        _repeats(repeats),
+                    )
                 checkpoint = None
             verdict = self.queue.progress(
                 item_id, attempt, msg.agent_id, body.get("progress"), checkpoint
@@ -1285,7 +1288,7 @@ class WorkService:
 def _repeats(count: int) -> str:
     if count <= 1:
         return ""
-    return f" ({count} refused since the last report, at most one per {_REFUSED_LOG_EVERY:g}s)"
+    return f" ({count} times since the last report; one report per {_REFUSED_LOG_EVERY:g}s at most)"
 
 
 def _check_payload(payload: Any) -> None:

@@ -269,8 +269,8 @@ import json, os, socket, time
 s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
 s.send(b"HELLO=1"); s.send(b"READY")
 a = json.loads(s.recv(65536).decode().partition("=")[2])
-pad = "p" * 15000
-for n in range(2000):
+pad = "p" * int(os.environ.get("PAD", "15000"))
+for n in range(int(os.environ.get("N", "2000"))):
     s.send(("PROGRESS=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "progress": n, "checkpoint": {"pad": pad}})).encode())
 s.send(("RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"], "result": "ok"})).encode())
 time.sleep(1000)
@@ -289,6 +289,20 @@ async def test_progress_of_one_item_is_coalesced_to_its_latest() -> None:
         assert len(got.history) == 1
         assert hub.work._progress == {}
         assert hub.work._inbox.statistics().current_buffer_used < 100
+
+
+async def test_a_flood_of_oversized_checkpoints_logs_a_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"PAD": "20000", "N": "500"}  # each over MAX_CHECKPOINT: warned, not kept
+    spec = ChildSpec(id="p", argv=[PY, "-c", PROGRESSER], agent_type="w", env=env, shutdown=1)
+    with caplog.at_level(logging.WARNING, logger="hubvisor"):
+        async with running([spec]) as (hub, events):
+            item = hub.work.submit("w", {})
+            got = await done(hub, item.id)
+            assert ("ok", None) == (got.result, got.checkpoint)
+    lines = [r.message for r in caplog.records if "not kept" in r.message]
+    assert 1 <= len(lines) <= 2, len(lines)
 
 
 def test_progress_records_queued_for_the_service_keep_only_the_latest() -> None:
@@ -344,7 +358,7 @@ async def test_a_flood_of_stale_results_logs_a_line_per_interval_with_a_count(
     assert 1 <= len(lines) <= 2, len(lines)
     assert len(seen) <= 2
     if len(lines) == 2:  # the interval passed during the flood: the count says how many
-        assert "refused since the last report" in lines[1]
+        assert "times since the last report" in lines[1]
 
 
 # --------------------------------------------------------------------------------------
