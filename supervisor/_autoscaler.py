@@ -7,8 +7,11 @@ the pool's size and the hub's room under ``max_agents``, asks the pool's
 resizes the pool when told to, publishing a ``scaled`` event with the reason. With no
 autoscaling pool in the tree it waits for one to start and costs nothing.
 
-Shrinking stops the highest-numbered members (as a resize does); one that holds an item
-hands it back, uncharged, and the item goes to another agent.
+Shrinking stops idle members only (:func:`~supervisor._scale.retirees`): the work service
+first takes them out of dispatch, so none gets an item between the decision and its
+stop, then each is deleted from the pool (the next growth reuses its number). A member
+that holds an item is never stopped to shrink; a pool above ``max`` comes down as its
+members become idle.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import trio
 
 from ._errors import ConfigError, HubvisorError
 from ._events import Event
-from ._scale import PoolScaler
+from ._scale import PoolScaler, retirees
 from ._spec import PoolSpec
 
 __all__ = ["AutoscaleService", "PoolScaled"]
@@ -119,11 +122,17 @@ class AutoscaleService:
         )
         if decision.action == "stay" or decision.target == len(members):
             return
-        try:
-            await hub.resize(sup.path, decision.target)
-        except HubvisorError as exc:  # the pool is stopping, max_agents moved...
-            _log.warning("autoscale %s: %s: %s", sup.path, decision.reason, exc)
-            return
+        if decision.action == "shrink":
+            target = await self._retire(hub, sup, members, len(members) - decision.target)
+            if target == len(members):
+                return  # its idle members were given work meanwhile
+        else:
+            target = decision.target
+            try:
+                await hub.resize(sup.path, target)
+            except HubvisorError as exc:  # the pool is stopping, max_agents moved...
+                _log.warning("autoscale %s: %s: %s", sup.path, decision.reason, exc)
+                return
         pool.scaler.changed(trio.current_time())
         pool.last, pool.last_at = decision.reason, now
         _log.info("autoscale %s: %s", sup.path, decision.reason)
@@ -134,7 +143,28 @@ class AutoscaleService:
                 child_id=spec.name,
                 action=decision.action,
                 size=len(members),
-                target=decision.target,
+                target=target,
                 reason=decision.reason,
             )
         )
+
+    async def _retire(self, hub: Any, sup: Any, members: list[str], count: int) -> int:
+        """Stop ``count`` idle members of the pool (fewer if fewer are idle); the size
+        the pool has after."""
+        idle = hub.work.idle_members(sup.spec.agent_type, members)
+        claimed = hub.work.retire(retirees(members, idle, count))
+        gone = 0
+
+        async def delete(member: str) -> None:
+            nonlocal gone
+            try:
+                await sup.delete_child(member)
+                gone += 1
+            except HubvisorError as exc:  # the pool is stopping, the member went...
+                _log.warning("autoscale %s: could not retire %s: %s", sup.path, member, exc)
+                hub.work.unretire(member)
+
+        async with trio.open_nursery() as nursery:
+            for member in claimed:
+                nursery.start_soon(delete, member)
+        return len(members) - gone

@@ -45,6 +45,7 @@ from ._errors import (
     ControlError,
     InvalidSpec,
     MaxAgentsExceeded,
+    ServiceFailed,
     SupervisorEscalation,
 )
 from ._hub import Hub, Service
@@ -153,7 +154,7 @@ async def _run(
                 nursery.start_soon(stop_later)
             try:
                 await hub.serve()
-            except SupervisorEscalation as exc:
+            except (SupervisorEscalation, ServiceFailed) as exc:
                 logger.error("hubvisor: %s", exc)
                 result["code"] = 1
             nursery.cancel_scope.cancel()

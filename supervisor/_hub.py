@@ -12,11 +12,11 @@ from typing import Protocol, runtime_checkable
 import attrs
 import trio
 
-from strategies import Intensity, OneForOne
+from strategies import BackoffPolicy, ExponentialBackoff, Intensity, IntensityPolicy, OneForOne
 
 from ._autoscaler import AutoscaleService
 from ._child import OutputLine
-from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded
+from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded, ServiceFailed
 from ._events import EventBus
 from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
@@ -28,6 +28,11 @@ __all__ = ["Hub", "Service", "TreeRow"]
 
 _log = logging.getLogger("hubvisor")
 
+SERVICE_BACKOFF = ExponentialBackoff(initial=0.1, factor=2.0, cap=5.0, reset_after=30.0)
+"""How long the hub waits before restarting a failed service (the default)."""
+SERVICE_INTENSITY = Intensity(max_restarts=5, window=30.0)
+"""How many restarts of one service the hub allows before it gives up on it (the default)."""
+
 
 @runtime_checkable
 class Service(Protocol):
@@ -38,8 +43,17 @@ class Service(Protocol):
     reaches the hub's parts through ``hub``: ``hub.bus`` (subscribe to events),
     ``hub.registry`` (agents), and the tree's control API (``hub.which_children()``,
     ``hub.restart_child(...)``...). It calls ``task_status.started()`` once it is ready;
-    the tree starts after every service has. A service that raises is logged and left
-    out; supervision goes on without it.
+    the tree starts after every service has.
+
+    Services are supervised: one whose ``run`` raises is logged and restarted after a
+    backoff (``Hub(service_backoff=...)``, exponential from 0.1 s by default), at most
+    ``Hub(service_intensity=...)`` times in a window (5 in 30 s by default). One that
+    fails more often than that is given up on: if the service is *essential* (an
+    attribute ``essential = True``; the work service is), the hub stops its tree and
+    :meth:`Hub.serve` raises :class:`~supervisor.ServiceFailed` (``hubvisor run`` exits
+    1); otherwise it is logged and left out (``hub.failed_services``) and supervision goes
+    on without it. A service that raises :class:`~supervisor.ServiceFailed` itself stops
+    the hub at once, essential or not. A ``run`` that returns is done and not restarted.
 
     Example::
 
@@ -89,6 +103,9 @@ class Hub:
             :class:`Registry`; give ``Registry(mirror=RedisMirror(url))`` for Redis).
         services: sidecar actors started before the tree and stopped after it (see
             :class:`Service`).
+        service_backoff: the wait before a failed service is restarted.
+        service_intensity: the restarts of one service allowed before the hub gives up
+            on it (an essential one: the hub stops with :class:`ServiceFailed`).
         work: the work service (default: a :class:`WorkService` on the in-memory queue);
             ``hub.work.submit(agent_type, payload)`` hands work to the agents.
 
@@ -114,6 +131,8 @@ class Hub:
         registry: Registry | None = None,
         services: Sequence[Service] = (),
         work: WorkService | None = None,
+        service_backoff: BackoffPolicy = SERVICE_BACKOFF,
+        service_intensity: IntensityPolicy = SERVICE_INTENSITY,
     ) -> None:
         if isinstance(spec, SupervisorSpec):
             root = spec
@@ -156,11 +175,15 @@ class Hub:
                 )
         self.work = work if work is not None else WorkService()
         """The work service: queues per agent type, fenced at-least-once delivery."""
+        self.work.serve_types(self.agent_types)
+        self.service_backoff = service_backoff
+        self.service_intensity = service_intensity
+        self._service_failure: ServiceFailed | None = None
         self.autoscaler = AutoscaleService()
         """Resizes the pools that declare ``autoscale`` (idle when none does)."""
         self.services = (self.work, self.autoscaler, *services)
         self.failed_services: list[str] = []
-        """Names of the services that raised (each was logged); supervision went on."""
+        """Names of the services the hub gave up on (each was logged); supervision went on."""
         self._start_lock = trio.Lock()
         self.output_dropped = 0
         """Output lines lost by :meth:`tap_output` readers that fell behind."""
@@ -175,6 +198,8 @@ class Hub:
 
         Raises:
             SupervisorEscalation: the root gave up; every child has been stopped.
+            ServiceFailed: an essential service (the work service) kept failing, or a
+                service raised it; every child has been stopped.
         """
         async with trio.open_nursery() as nursery:
             # The registry and the services start before the tree, so they see every
@@ -187,6 +212,8 @@ class Hub:
             finally:
                 self.registry.stop()
                 services.cancel()
+        if self._service_failure is not None:
+            raise self._service_failure
         if outcome is not None:
             raise outcome
 
@@ -205,14 +232,83 @@ class Hub:
     async def _run_service(
         self, svc: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Run ``svc``, restarting it with backoff when it raises (see :class:`Service`).
+
+        The hub's start waits for the first run only: a service that fails before it is
+        ready is restarted in the background while the tree starts.
+        """
         ready = _Once(task_status)
         name = str(getattr(svc, "name", type(svc).__name__))
-        try:
-            await svc.run(self, task_status=ready)
-        except Exception:
-            _log.exception("service %r failed; supervision goes on without it", name)
-            self.failed_services.append(name)
-        ready.started()  # one that failed or returned before it was ready
+        essential = getattr(svc, "essential", False) is True
+        history: tuple[float, ...] = ()
+        attempt = 0
+        while True:
+            started = trio.current_time()
+            try:
+                await svc.run(self, task_status=ready)
+                ready.started()
+                return  # done: a service may end when it has nothing more to do
+            except Exception as exc:
+                ready.started()  # one that failed before it was ready
+                fatal = _find(exc, ServiceFailed)
+                if fatal is not None:
+                    _log.error("service %r: %s; stopping the hub", name, fatal)
+                    await self._fail(fatal)
+                    return
+                now = trio.current_time()
+                if self.service_backoff.resets_after(now - started):
+                    attempt = 0
+                attempt += 1
+                decision = self.service_intensity.record(history, now)
+                history = decision.history
+                if not decision.allowed:
+                    limit = self.service_intensity.describe()
+                    if essential:
+                        _log.error(
+                            "service %r failed (%s: %s) more than its restart intensity of "
+                            "%s; the hub cannot run without it: stopping",
+                            name,
+                            type(exc).__name__,
+                            exc,
+                            limit,
+                            exc_info=exc,
+                        )
+                        await self._fail(
+                            ServiceFailed(
+                                f"service {name!r} failed more than {limit} (last: "
+                                f"{type(exc).__name__}: {exc}); the hub cannot run without "
+                                "it, so it stopped its tree (see the log for each failure)"
+                            )
+                        )
+                        return
+                    _log.error(
+                        "service %r failed (%s: %s) more than its restart intensity of %s; "
+                        "supervision goes on without it",
+                        name,
+                        type(exc).__name__,
+                        exc,
+                        limit,
+                        exc_info=exc,
+                    )
+                    self.failed_services.append(name)
+                    return
+                delay = self.service_backoff.delay(attempt, self.context.rng)
+                _log.error(
+                    "service %r failed (%s: %s); restarting it in %.3gs (restart %d)",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    attempt,
+                    exc_info=exc,
+                )
+            await trio.sleep(delay)
+
+    async def _fail(self, failure: ServiceFailed) -> None:
+        """Stop the tree because a service failed for good; serve() raises ``failure``."""
+        if self._service_failure is None:
+            self._service_failure = failure
+        await self.root.stop()
 
     async def stop(self) -> None:
         """Stop the whole tree in reverse start order and wait until it has ended."""
@@ -335,6 +431,26 @@ class Hub:
                     )
             await self.supervisor(supervisor).start_child(spec)
 
+    def agent_types(self) -> set[str]:
+        """Every agent type the tree was declared with, runs, or may grow into (a pool of
+        size 0 counts; so does a type whose temporary agents have all ended)."""
+        running = {s.path: s for s in self.supervisors()}
+        types: set[str] = set()
+
+        def walk(path: str, spec: AnySpec, *, live: bool) -> None:
+            if isinstance(spec, ChildSpec | PoolSpec):
+                if spec.agent_type:
+                    types.add(spec.agent_type)
+                return
+            sup = running.get(path) if live else None  # children added at run time too
+            for child in sup.child_specs() if sup is not None else spec.children:
+                sub = f"{path}/{child.id}" if isinstance(child, SupervisorSpec) else path
+                walk(sub, child, live=live)
+
+        walk(self.root.path, self.spec, live=False)
+        walk(self.root.path, self.root.spec, live=True)
+        return types
+
     def _agent_ids(self) -> dict[str, str]:
         """Every agent id the running tree holds or may grow into, with its supervisor."""
         return {
@@ -347,6 +463,18 @@ class Hub:
     async def resize(self, pool: str, size: int) -> None:
         """Resize the pool named ``pool`` (its name, path or agent type)."""
         await self.supervisor(pool).resize(size)
+
+
+def _find(exc: BaseException, kind: type[ServiceFailed]) -> ServiceFailed | None:
+    """``exc`` or the first ``kind`` inside it (a service's nursery wraps its errors)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 @attrs.define

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import re
 import socket
@@ -76,6 +77,9 @@ MAX_MESSAGE = 65536
 
 _STATUS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# A JSON escape that may decode to a lone surrogate (a pair decodes to one code point).
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class InvalidNotifyMessage(ValueError):
@@ -165,9 +169,66 @@ class JSONText(str):
     data: Any
 
 
+class _ForbiddenConstant(ValueError):
+    """NaN, Infinity or -Infinity in JSON text (Python's json accepts them; JSON does not)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _ForbiddenConstant(
+        f"{name} is not JSON (the protocol forbids NaN and Infinity); send null, a string "
+        "or a finite number"
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: no NaN in the text, Infinity once decoded
+        raise _ForbiddenConstant(
+            f"{text[:32]} overflows to Infinity, which is not JSON; send a smaller number "
+            "or a string"
+        )
+    return value
+
+
+def safe_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    The protocol says UTF-8, and raw records are decoded strictly; but a JSON escape such
+    as ``"\\udcff"`` (what ``json.dumps`` makes of a file name read with
+    ``surrogateescape``) decodes to a lone surrogate, which nothing downstream can encode
+    (Redis, a log file, ``print``, ``json.dumps(ensure_ascii=False)``).
+    """
+    return _SURROGATE_RE.sub("\ufffd", text)
+
+
+def safe_json(obj: Any) -> Any:
+    """``obj`` (decoded JSON) with :func:`safe_text` applied to every string and key."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {safe_text(k): safe_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [safe_json(v) for v in obj]
+    return obj
+
+
+def loads_strict(text: str) -> Any:
+    """Decode protocol JSON: NaN and Infinity refused (they are not JSON), and every lone
+    surrogate replaced (see :func:`safe_text`), so what comes out re-encodes anywhere.
+
+    Raises:
+        ValueError: not JSON, or NaN/Infinity (the message names it).
+        RecursionError: nested too deeply.
+    """
+    obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return safe_json(obj) if _SURROGATE_ESCAPE_RE.search(text) else obj
+
+
 def _json_object(word: str, value: str, required: dict[str, type | tuple[type, ...]]) -> str:
     try:
-        obj = json.loads(value)
+        obj = loads_strict(value)
+    except _ForbiddenConstant as exc:
+        raise InvalidNotifyMessage(f"{word}: {exc}") from None
     except (ValueError, RecursionError):
         raise InvalidNotifyMessage(f"{word} needs a JSON object, got {value[:64]!r}") from None
     if not isinstance(obj, dict):
@@ -189,6 +250,8 @@ def _json_object(word: str, value: str, required: dict[str, type | tuple[type, .
         raise InvalidNotifyMessage(f"{word}: attempt must be >= 1 (got {obj['attempt']!r})")
     if "type" in required and not _TYPE_RE.match(obj["type"]):
         raise InvalidNotifyMessage(f"{word}: bad agent type {obj['type']!r:.64}")
+    if _SURROGATE_ESCAPE_RE.search(value):  # the text, too, says what the hub keeps
+        value = json.dumps(obj, separators=(",", ":"))
     text = JSONText(value)
     text.data = obj
     return text

@@ -16,12 +16,15 @@ The rules, in order:
 4. Nothing waits and the pool has had idle members for ``scale_down_after`` seconds:
    retire the idle members, down to ``min``.
 5. Otherwise stay.
+
+:func:`retirees` says which members a shrink stops: idle ones only, never one that holds
+an item (a shrink that finds fewer idle members than it wanted stops fewer).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -216,6 +219,23 @@ def decide(
     if waiting > 0:
         return stay(f"{waiting} waiting, {idle_agents} idle member(s) will take them")
     return stay("nothing waiting, no member idle")
+
+
+def retirees(members: Sequence[str], idle: Iterable[str], count: int) -> list[str]:
+    """The members a shrink by ``count`` stops: idle ones only, the last started first.
+
+    Args:
+        members: the pool's members in start order (``agent-1``, ``agent-2``...).
+        idle: the members that are idle now (running, holding no item).
+        count: how many members the decision wants gone.
+
+    Returns:
+        At most ``count`` members, each in ``members`` and in ``idle``, the
+        highest-numbered first (the long-lived low numbers stay); fewer when fewer are
+        idle: a busy member is never stopped to shrink a pool.
+    """
+    idle_now = set(idle)
+    return [m for m in reversed(members) if m in idle_now][: max(0, count)]
 
 
 @attrs.define

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -39,6 +40,7 @@ from ._events import (
     SupervisorStopping,
 )
 from ._notify import MAX_MESSAGE, NotifyMessage
+from ._spec import _ID_RE
 
 __all__ = [
     "ItemStatus",
@@ -63,6 +65,11 @@ DEFAULT_MAX_DELIVERIES = 3
 MAX_PAYLOAD = MAX_MESSAGE // 2  # bytes of JSON; an ASSIGN must fit in one record
 MAX_CHECKPOINT = MAX_MESSAGE // 4  # bytes of JSON; payload + checkpoint fit in one ASSIGN
 _HISTORY = 20  # attempts kept per item
+DEFAULT_MAX_QUEUED = 10_000  # items queued per agent type before submit refuses
+DEFAULT_HANDBACK_PAUSE = 1.0  # seconds an agent that handed an item back rests
+_REFUSED_LOG_EVERY = 10.0  # seconds between two reports of one agent's refused messages
+_LOST_IDS_SHOWN = 20  # item ids a memory-mode hub names when it stops with work left
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 class ItemStatus(enum.StrEnum):
@@ -84,6 +91,7 @@ class AttemptRecord:
     outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop
     reason: str
     at: float
+    hub: str = ""  # the hub whose agent made the attempt ("" when not known)
 
 
 @attrs.define
@@ -209,11 +217,17 @@ class WorkDeadLettered(Event):
 
 @attrs.frozen(kw_only=True)
 class WorkRefused(Event):
-    """An agent's answer was refused (a stale attempt, or an item it does not hold)."""
+    """An agent's answer was refused (a stale attempt, or an item it does not hold).
+
+    One agent's refusals are reported at most once per 10 s: ``repeats`` is how many
+    refusals of that agent this event stands for (this one and those not reported since
+    the last event), so a flood of stale answers cannot flood the bus or the log.
+    """
 
     item_id: str
     attempt: int
     reason: str
+    repeats: int = 1
     kind: str = attrs.field(init=False, default="work_refused")
 
 
@@ -296,6 +310,8 @@ class MemoryWorkQueue:
     """
 
     def __init__(self, *, keep_finished: int = 10_000) -> None:
+        self.hub_id = ""
+        """The hub named in each :class:`AttemptRecord` (the work service sets it)."""
         self._items: dict[str, WorkItem] = {}
         self._queues: dict[str, deque[str]] = {}
         self._held: dict[str, str] = {}  # agent -> item id
@@ -380,7 +396,7 @@ class MemoryWorkQueue:
         return item
 
     def _release(self, item: WorkItem, agent: str, outcome: str, reason: str, now: float) -> None:
-        item.history.append(AttemptRecord(item.attempt, agent, outcome, reason, now))
+        item.history.append(AttemptRecord(item.attempt, agent, outcome, reason, now, self.hub_id))
         del item.history[:-_HISTORY]
         self._held.pop(agent, None)
         item.agent = None
@@ -552,10 +568,35 @@ class _Agent:
     hello: bool = False
     running: bool = False
     gone: bool = False  # hung or being stopped: gets nothing new
+    resting: bool = False  # handed an item back: eligible again after a short pause
+    retiring: bool = False  # chosen to be stopped by the autoscaler: gets nothing new
 
     @property
     def idle(self) -> bool:
-        return self.hello and self.running and not self.gone
+        return (
+            self.hello and self.running and not self.gone and not self.resting and not self.retiring
+        )
+
+
+@attrs.define
+class _Summary:
+    """Counts repeated events per key and says when one is due to be reported: the first
+    at once, then at most one per ``every`` seconds, carrying the count since the last."""
+
+    every: float
+    _last: dict[str, float] = attrs.field(factory=dict)
+    _count: dict[str, int] = attrs.field(factory=dict)
+
+    def due(self, key: str, now: float) -> int:
+        """Count one for ``key``; the number to report now, or 0 (not yet)."""
+        count = self._count.get(key, 0) + 1
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            self._count[key] = count
+            return 0
+        self._last[key] = now
+        self._count[key] = 0
+        return count
 
 
 _SERVICE_KINDS = (
@@ -575,14 +616,30 @@ class WorkService:
         queue: the backend (default :class:`MemoryWorkQueue`).
         max_deliveries: deliveries an item gets by default before it is dead-lettered
             (crash- and hang-caused deliveries count; a hand-back does not).
+        max_queued: the most items of one agent type that may wait for an agent; a
+            submit beyond it is refused (``None``: no cap).
+        handback_pause: seconds an agent that handed an item back waits before it is
+            given work again (another idle agent gets the item first; the agent is not
+            given up on).
 
     Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
+    Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
+    surrogate), of an agent type the hub's tree runs or may grow (with a shared store,
+    any type: another hub may run it), under the type's ``max_queued``.
     """
 
     name = "work"
+    essential = True
+    """The hub cannot run without it: if it keeps failing, the hub stops (see
+    :class:`~supervisor.Service`)."""
 
     def __init__(
-        self, queue: WorkQueue | None = None, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES
+        self,
+        queue: WorkQueue | None = None,
+        *,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        max_queued: int | None = DEFAULT_MAX_QUEUED,
+        handback_pause: float = DEFAULT_HANDBACK_PAUSE,
     ) -> None:
         if (
             not isinstance(max_deliveries, int)
@@ -592,6 +649,23 @@ class WorkService:
             raise ConfigError(
                 f"WorkService(max_deliveries=...) must be an int >= 1 (got {max_deliveries!r})"
             )
+        if max_queued is not None and (
+            not isinstance(max_queued, int) or isinstance(max_queued, bool) or max_queued < 1
+        ):
+            raise ConfigError(
+                f"WorkService(max_queued=...) must be an int >= 1 or None (got {max_queued!r}); "
+                "e.g. max_queued=10_000"
+            )
+        if (
+            not isinstance(handback_pause, int | float)
+            or isinstance(handback_pause, bool)
+            or not 0 <= handback_pause < math.inf
+        ):
+            raise ConfigError(
+                f"WorkService(handback_pause=...) must be seconds >= 0 (got {handback_pause!r})"
+            )
+        self.max_queued = max_queued
+        self.handback_pause = float(handback_pause)
         self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
         self._store = self.queue if isinstance(self.queue, WorkStore) else None
         self.max_deliveries = max_deliveries
@@ -606,6 +680,12 @@ class WorkService:
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._notes: dict[str, str | None] = {}  # assignments the registry has yet to hear
+        self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
+        self._progress: dict[tuple[str, int], AgentMessage] = {}  # latest unread, per agent
+        self.progress_coalesced = 0
+        """PROGRESS records superseded by a later one before the service read them."""
+        self._refusals = _Summary(_REFUSED_LOG_EVERY)
+        self._types: Any = None  # () -> the agent types the hub's tree may run
         self.watched: set[str] = set()
         """Agent types someone asked :meth:`waiting` about (an autoscaling pool's), so a
         store counts their waiting items even while no agent of theirs runs."""
@@ -627,28 +707,44 @@ class WorkService:
             ControlError: a bad type, a payload that is not JSON or is over
                 :data:`MAX_PAYLOAD` bytes, or a bad ``max_deliveries``.
         """
-        if not isinstance(agent_type, str) or not agent_type:
-            raise ControlError(f"work needs an agent type, e.g. 'worker' (got {agent_type!r})")
-        try:
-            size = len(json.dumps(payload, separators=(",", ":")))
-        except (TypeError, ValueError, RecursionError) as exc:
+        if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
             raise ControlError(
-                f"the payload must be JSON ({type(exc).__name__}: {exc}); got {payload!r:.80}"
-            ) from None
-        if size > MAX_PAYLOAD:
-            raise ControlError(
-                f"the payload is {size} bytes of JSON, over {MAX_PAYLOAD}; put large inputs "
-                "in a file or store and pass their name"
+                f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
+                f"(got {agent_type!r:.80})"
             )
+        _check_payload(payload)
         deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
         if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
             raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+        if self.store is None and self._types is not None:
+            # Alone, an item of a type the tree never runs would wait forever. (With a
+            # shared store another hub may run it: it waits there, durable.)
+            types = set(self._types())
+            if agent_type not in types:
+                raise ControlError(
+                    f"no agents of type {agent_type!r} in the hub, so the item would wait "
+                    f"forever; the types are {', '.join(sorted(types)) or '(none)'}"
+                )
+        depth = getattr(self.queue, "depth", None)
+        if self.max_queued is not None and depth is not None:
+            waiting = int(depth(agent_type))
+            if waiting >= self.max_queued:
+                raise ControlError(
+                    f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
+                    f"WorkService(max_queued={self.max_queued}); retry when agents have "
+                    "taken some, add agents, or raise max_queued"
+                )
         item = self.queue.submit(
             agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
         )
         self._publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         self._poke()
         return item
+
+    def serve_types(self, types: Any) -> None:
+        """Tell the service which agent types its hub's tree runs or may grow: ``types()``
+        returns them (the hub calls this); :meth:`submit` refuses the others."""
+        self._types = types
 
     def retry(self, item_id: str) -> WorkItem:
         """Queue a dead or failed item again (``hubvisor work retry ID``)."""
@@ -730,6 +826,34 @@ class WorkService:
         idle = self._idle.get(agent_type, {})
         return sum(1 for agent_id in agent_ids if agent_id in idle)
 
+    def idle_members(self, agent_type: str, agent_ids: Iterable[str]) -> list[str]:
+        """Those of ``agent_ids`` that are idle agents of ``agent_type``, in that order."""
+        idle = self._idle.get(agent_type, {})
+        return [agent_id for agent_id in agent_ids if agent_id in idle]
+
+    def retire(self, agent_ids: Iterable[str]) -> list[str]:
+        """Take the idle ones of ``agent_ids`` out of dispatch, to be stopped: no item
+        goes to them from now on. Returns those (an agent that got an item meanwhile is
+        left alone). :meth:`unretire` undoes it."""
+        taken = []
+        for agent_id in agent_ids:
+            agent = self._agents.get(agent_id)
+            if agent is None or agent.agent_type is None:
+                continue
+            if agent_id in self._idle.get(agent.agent_type, {}) and agent.idle:
+                agent.retiring = True
+                self._not_idle(agent_id, agent)
+                taken.append(agent_id)
+        return taken
+
+    def unretire(self, agent_id: str) -> None:
+        """Put an agent :meth:`retire` took back in dispatch (its stop did not happen)."""
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.retiring:
+            agent.retiring = False
+            self._set_idle(agent_id)
+            self._poke()
+
     def idle_counts(self) -> dict[str, int]:
         """Idle agents per type (what the store may take for)."""
         return {t: len(idle) for t, idle in self._idle.items() if idle}
@@ -763,11 +887,23 @@ class WorkService:
     # The actor
 
     async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
-        """Serve as a hub service (see :class:`~supervisor.Service`)."""
+        """Serve as a hub service (see :class:`~supervisor.Service`).
+
+        A run that fails leaves the bus subscription and the agents' sink in place, so
+        what happens until the hub restarts it waits in the inbox instead of being lost;
+        the run that ends with the hub (cancelled) removes both.
+        """
         self._hub = hub
-        feed = self._send.clone()
-        hub.bus.attach(feed, _SERVICE_KINDS)
-        hub.context.agent_sink = self._send.send_nowait
+        if isinstance(self.queue, MemoryWorkQueue):
+            self.queue.hub_id = self.hub_id
+        if self._feed is None:
+            self._feed = self._send.clone()
+            hub.bus.attach(self._feed, _SERVICE_KINDS)
+        hub.context.agent_sink = self._sink
+        for agent_id, agent in list(self._agents.items()):
+            if agent.resting:  # its pause ended with the failed run
+                agent.resting = False
+                self._set_idle(agent_id)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -775,15 +911,59 @@ class WorkService:
                     await nursery.start(self.store.run, self)
                 task_status.started()
                 nursery.start_soon(self._dispatcher)
+                self._poke()
                 async for msg in self._inbox:
                     if isinstance(msg, AgentMessage):
+                        if msg.kind == "progress":  # the latest one of this agent's
+                            msg = self._progress.pop((msg.agent_id, msg.pid), msg)
                         self._on_message(msg)
                     elif msg is not None:
                         self._on_event(msg)
                     self._poke()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: the hub is stopping
+                self._detach(hub)
+                self._report_unfinished()
+            raise
         finally:
-            hub.context.agent_sink = None
-            feed.close()  # the bus forgets a closed subscription: nothing piles up
+            self._nursery = None
+
+    def _detach(self, hub: Any) -> None:
+        hub.context.agent_sink = None
+        if self._feed is not None:
+            self._feed.close()  # the bus forgets a closed subscription: nothing piles up
+            self._feed = None
+
+    def _sink(self, msg: AgentMessage) -> None:
+        """Take an agent's message (runtime side): a PROGRESS record replaces the one of
+        the same agent still unread, so a fast reporter queues one, never thousands."""
+        if msg.kind == "progress":
+            key = (msg.agent_id, msg.pid)
+            if key in self._progress:
+                self._progress[key] = msg
+                self.progress_coalesced += 1
+                return
+            self._progress[key] = msg
+        self._send.send_nowait(msg)
+
+    def _report_unfinished(self) -> None:
+        """A memory-mode hub is stopping: say which items are lost with it."""
+        if self.store is not None:
+            return
+        left = [
+            i.id for i in self.queue.items() if i.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED)
+        ]
+        if left:
+            shown = ", ".join(left[:_LOST_IDS_SHOWN])
+            more = f" and {len(left) - _LOST_IDS_SHOWN} more" if len(left) > _LOST_IDS_SHOWN else ""
+            _log.warning(
+                "hub stopping with %d work item%s not done, kept in memory only and lost "
+                "with the hub: %s%s (give the hub --redis URL for durable queues)",
+                len(left),
+                "" if len(left) == 1 else "s",
+                shown,
+                more,
+            )
 
     def _poke(self) -> None:
         self._wake.set()
@@ -959,12 +1139,15 @@ class WorkService:
         if msg.kind == "progress":
             checkpoint = body.get("checkpoint")
             if checkpoint is not None and len(json.dumps(checkpoint)) > MAX_CHECKPOINT:
-                _log.warning(
-                    "%s: checkpoint for %s over %d bytes of JSON, not kept",
-                    msg.agent_id,
-                    item_id,
-                    MAX_CHECKPOINT,
-                )
+                repeats = self._refusals.due(f"{msg.agent_id} checkpoint", now)
+                if repeats:  # one line per agent per interval, however fast it reports
+                    _log.warning(
+                        "%s: checkpoint for %s over %d bytes of JSON, not kept%s",
+                        msg.agent_id,
+                        item_id,
+                        MAX_CHECKPOINT,
+                        _repeats(repeats),
+                    )
                 checkpoint = None
             verdict = self.queue.progress(
                 item_id, attempt, msg.agent_id, body.get("progress"), checkpoint
@@ -986,12 +1169,27 @@ class WorkService:
         if not verdict.accepted:  # an accepted answer needs no reply
             self._ack(msg.agent_id, item_id, attempt, verdict)
         if msg.kind == "handback" and verdict.accepted:
-            # It gave work back (it is stopping, or cannot do it now): it gets no more,
-            # and the item goes to another agent instead of straight back to it.
-            agent.gone = True
-            self._not_idle(msg.agent_id, agent)
+            # It gave work back (it cannot do it now; one that is stopping is excluded by
+            # its actor's stopping mark): it stays eligible, after a pause in which
+            # another idle agent gets the item first (no hot loop of ASSIGN and HANDBACK).
+            self._rest(msg.agent_id, agent)
         else:
             self._set_idle(msg.agent_id)
+
+    def _rest(self, agent_id: str, agent: _Agent) -> None:
+        self._not_idle(agent_id, agent)
+        if self.handback_pause <= 0 or self._nursery is None:
+            self._set_idle(agent_id)
+            return
+        agent.resting = True
+        self._nursery.start_soon(self._wake_after_rest, agent_id, agent)
+
+    async def _wake_after_rest(self, agent_id: str, agent: _Agent) -> None:
+        await trio.sleep(self.handback_pause)
+        if self._agents.get(agent_id) is agent and agent.resting:
+            agent.resting = False
+            self._set_idle(agent_id)
+            self._poke()
 
     def _answered(self, msg: AgentMessage, item: WorkItem, attempt: int) -> None:
         self._notes[msg.agent_id] = None
@@ -1031,6 +1229,9 @@ class WorkService:
 
     def _refuse(self, msg: AgentMessage, item_id: str, attempt: int, reason: str) -> None:
         self.refused += 1
+        repeats = self._refusals.due(msg.agent_id, _now())
+        if not repeats:  # reported within the last interval: counted, reported with the next
+            return
         self._publish(
             WorkRefused,
             msg.agent_id,
@@ -1038,8 +1239,16 @@ class WorkService:
             item_id=item_id,
             attempt=attempt,
             reason=reason,
+            repeats=repeats,
         )
-        _log.warning("%s: refused %s for %s: %s", msg.agent_id, msg.kind.upper(), item_id, reason)
+        _log.warning(
+            "%s: refused %s for %s: %s%s",
+            msg.agent_id,
+            msg.kind.upper(),
+            item_id,
+            reason,
+            _repeats(repeats),
+        )
 
     def _ack(self, agent_id: str, item_id: str, attempt: int, verdict: Verdict) -> None:
         actor = self._hub.context.actors.get(agent_id)
@@ -1063,7 +1272,9 @@ class WorkService:
             )
         except ControlError as exc:
             self.refused += 1
-            _log.warning("%s: refused SUBMIT: %s", msg.agent_id, exc)
+            repeats = self._refusals.due(f"{msg.agent_id} SUBMIT", _now())
+            if repeats:
+                _log.warning("%s: refused SUBMIT: %s%s", msg.agent_id, exc, _repeats(repeats))
 
     def _publish(
         self, cls: Any, child_id: str, *, agent: _Agent | None = None, **fields: Any
@@ -1072,6 +1283,51 @@ class WorkService:
             return
         supervisor = agent.supervisor if agent is not None else ""
         self._hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
+
+
+def _repeats(count: int) -> str:
+    if count <= 1:
+        return ""
+    return f" ({count} times since the last report; one report per {_REFUSED_LOG_EVERY:g}s at most)"
+
+
+def _check_payload(payload: Any) -> None:
+    """Refuse a payload that is not strict JSON or is too big (see :meth:`WorkService.submit`).
+
+    A lone surrogate (e.g. a file name decoded with ``surrogateescape``) is refused, not
+    replaced: the caller holds the data and can fix it (``os.fsencode`` it, or send the
+    bytes as hex), whereas replacing it would hand agents a name that does not exist.
+    Agents' records are made safe where the hub parses them instead (see
+    :func:`supervisor._notify.safe_text`): refusing those would lose their answer.
+    """
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ControlError(
+                f"the payload holds NaN or Infinity, which JSON does not allow; send null, a "
+                f"string or a finite number (got {payload!r:.80})"
+            ) from None
+        raise ControlError(
+            f"the payload must be JSON ({type(exc).__name__}: {exc}); got {payload!r:.80}"
+        ) from None
+    except (TypeError, RecursionError) as exc:
+        raise ControlError(
+            f"the payload must be JSON ({type(exc).__name__}: {exc}); got {payload!r:.80}"
+        ) from None
+    if len(text) > MAX_PAYLOAD:
+        raise ControlError(
+            f"the payload is {len(text)} bytes of JSON, over {MAX_PAYLOAD}; put large inputs "
+            "in a file or store and pass their name"
+        )
+    if "\\u" in text:
+        bad = _SURROGATE_RE.search(json.dumps(payload, ensure_ascii=False))
+        if bad is not None:
+            raise ControlError(
+                f"the payload holds a lone surrogate ({bad.group()!r}), which is not UTF-8 "
+                "(a file name decoded with surrogateescape?); encode such names, e.g. "
+                "os.fsencode(name).hex(), or decode them with errors='replace'"
+            )
 
 
 def _assign_message(item: WorkItem) -> NotifyMessage:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from supervisor import ConfigError
-from supervisor._scale import Autoscale, Decision, PoolScaler, decide
+from supervisor._scale import Autoscale, Decision, PoolScaler, decide, retirees
 
 NOW = 1000.0
 
@@ -282,3 +282,29 @@ class TestProperties:
         assert "grow" == d.action
         wanted = current + math.ceil(waiting / policy.target_waiting)
         assert min(policy.max, current + room, wanted) == d.target
+
+
+class TestRetirees:
+    """Which members a shrink stops: idle ones only."""
+
+    @given(
+        size=st.integers(min_value=0, max_value=12),
+        idle_bits=st.lists(st.booleans(), min_size=12, max_size=12),
+        count=st.integers(min_value=-2, max_value=14),
+    )
+    def test_a_shrink_stops_only_idle_members_the_newest_first(
+        self, size: int, idle_bits: list[bool], count: int
+    ) -> None:
+        """Never a busy member, never more than asked, as many as asked when enough are
+        idle, and the highest-numbered idle ones first."""
+        members = [f"w-agent-{n}" for n in range(1, size + 1)]
+        idle = [m for m, bit in zip(members, idle_bits, strict=False) if bit]
+        picked = retirees(members, [*idle, "stranger"], count)
+
+        assert set(picked) <= set(idle)
+        assert len(picked) == len(set(picked)) == min(max(0, count), len(idle))
+        assert picked == sorted(idle, key=members.index, reverse=True)[: len(picked)]
+
+    def test_the_busy_newest_member_stays_and_the_idle_oldest_goes(self) -> None:
+        """Issue 18 fault 9: agent-2 was stopped mid-item while idle agent-1 was kept."""
+        assert ["w-agent-1"] == retirees(["w-agent-1", "w-agent-2"], ["w-agent-1"], 1)

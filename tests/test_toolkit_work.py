@@ -200,7 +200,8 @@ class TestSimulatedAgents:
             "work_assigned",
             "work_refused",  # the forged RESULT for attempt 2
             "work_completed",
-            "work_refused",  # the same RESULT again
+            # The same RESULT again is refused too, but reported with the agent's next
+            # refusal (one report per agent per 10 s: a flood cannot flood the bus).
         ] == kinds(trace, "w-1")
         assert sim_result({"n": 1, "stale": True, "twice": True}, 1, "a") == (
             final(trace)["w-1"].result
