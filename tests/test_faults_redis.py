@@ -184,20 +184,23 @@ async def test_a_redis_stall_longer_than_the_lease_takes_no_work_from_a_live_hub
     a = Hub([agent("a1")], work=WorkService(RedisWorkQueue(redis_server.url, lease=2)), hub_id="A")
     b = Hub([agent("b1")], work=WorkService(RedisWorkQueue(redis_server.url, lease=2)), hub_id="B")
     async with trio.open_nursery() as nursery:
+        # B first: its connection is the older, its sweep is served first after a stall.
+        await nursery.start(b.serve)
+        mine = b.work.submit("w", {"sleep": 14, "n": 1})  # B's agent is busy meanwhile
+        await until(lambda: item(client, mine.id).get("st") == "assigned")
         await nursery.start(a.serve)
         long = a.work.submit("w", {"sleep": 8, "n": 5}, max_deliveries=1)
         await until(lambda: item(client, long.id).get("st") == "assigned")
-        await nursery.start(b.serve)
         for _ in range(3):  # the server stalls 3 s, three times (as DEBUG SLEEP 3 does)
             redis_server.pause()
             await trio.sleep(3)
             redis_server.resume()
             await trio.sleep(0.2)
-        await until(lambda: len(record(client)) == 1)
+        await until(lambda: len(record(client)) == 2)
         await a.stop()
         await b.stop()
-    (row,) = record(client)
-    assert (row["hub"], row["outcome"]) == ("A", "completed")
+    rows = {row["item"]: row for row in record(client)}
+    assert (rows[long.id]["hub"], rows[long.id]["outcome"]) == ("A", "completed")
     assert "reclaimed" not in item(client, long.id)["hist"]
     assert held(a).lost == 0
 
