@@ -1328,8 +1328,8 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
             for row in summary.get("consumers") or []:
                 name = _text(row["name"])
                 pending.setdefault(name, {})[agent_type] = int(row["pending"])
-        except redis.ResponseError:  # no stream or group yet
-            pass
+        except redis.ResponseError:  # no group yet (no hub took any): all of it waits
+            waiting = int(client.xlen(q))
         dead = int(client.xlen(_type_key(prefix, agent_type, "dead")))
         queues[agent_type] = {"waiting": waiting, "in_flight": in_flight, "dead": dead}
     hubs = []
