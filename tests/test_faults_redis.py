@@ -233,7 +233,7 @@ def test_two_hubs_started_with_one_id_while_redis_is_down_one_stops_taking_work(
     twin = HubProc(tmp_path, "A", redis_server.url, size=1, lease=1.5)
     twin.socket = tmp_path / "twin.sock"
     twin.log = tmp_path / "twin.log"
-    hubs_ = [first, twin]
+    hubs_: list[HubProc] = [first, twin]
     try:
         twin.start()
         redis_server.start()
