@@ -22,6 +22,7 @@ from supervisor._work_redis import (
     RedisWorkQueue,
     _alive,
     _Op,
+    _safe,
     _wall,
     enqueue,
     persistence_warning,
@@ -79,6 +80,7 @@ def test_held_writes_past_the_cap_refuse_submits_and_drop_new_progress() -> None
 
 def test_small_helpers() -> None:
     assert _wall(5.0) == 5.0  # outside trio: already wall-clock time
+    assert _safe("caf\udcff.py") == "caf\\udcff.py"  # valid UTF-8, readable
     assert not _alive(0) and not _alive(a_dead_pid()) and _alive(1)
 
 
