@@ -47,7 +47,7 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ._errors import ConfigError, ControlError
+from ._errors import ConfigError, ControlError, ServiceFailed
 from ._redis import redact_url
 from ._work import AttemptRecord, ItemStatus, MemoryWorkQueue, Verdict, WorkItem
 
@@ -80,8 +80,9 @@ local function adopt(eid, fields)
   if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead' then
     redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid); return
   end
-  if h[3] == hub and h[4] == tok then
-    table.insert(out, {'mine', redis.call('HGETALL', k)}); return
+  local prev = h[3] or ''
+  if prev == hub and h[4] == tok then
+    table.insert(out, {'mine', redis.call('HGETALL', k), prev}); return
   end
   if st == 'assigned' and h[3] ~= '' then
     -- an attempt was running on a hub that is gone: it counts as a delivery
@@ -96,15 +97,16 @@ local function adopt(eid, fields)
       redis.call('HSET', k, 'st', 'dead', 'hist', enc, 'error', err, 'finished', now,
         'agent', '', 'hub', hub, 'tok', tok)
       redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid)
-      redis.call('XADD', dead, '*', 'item', iid, 'error', err, 'history', enc)
+      local dl = redis.call('XADD', dead, '*', 'item', iid, 'error', err, 'history', enc)
+      redis.call('HSET', k, 'dl', dl)
       redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', iid, 'attempt', h[6],
         'hub', hub, 'agent', '', 'outcome', 'dead')
-      table.insert(out, {'dead', redis.call('HGETALL', k)}); return
+      table.insert(out, {'dead', redis.call('HGETALL', k), prev}); return
     end
     redis.call('HSET', k, 'hist', enc)
   end
   redis.call('HSET', k, 'hub', hub, 'tok', tok, 'st', 'taken', 'agent', '')
-  table.insert(out, {'item', redis.call('HGETALL', k)})
+  table.insert(out, {'item', redis.call('HGETALL', k), prev})
 end
 redis.pcall('XGROUP', 'CREATE', q, 'hubs', '0', 'MKSTREAM')
 """
@@ -118,19 +120,82 @@ return out
 """
 )
 
+# The server's clock of one type's hubs, in the hash KEYS[4] (``P:work:{T}:alive``):
+# ``hub:<id>`` is the server time (ms) of that hub's last proof of life, ``clock:last`` the
+# last time any hub of the type was heard, ``clock:resumed`` the end of the last silence
+# longer than half a lease (the server stalled, or every hub did). Nobody is judged dead
+# until a whole lease has passed since then: every hub gets its chance to renew first.
+_CLOCK = r"""
+local function tick(alive, lease)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = tonumber(redis.call('HGET', alive, 'clock:last') or '0')
+  if now - last > lease / 2 then redis.call('HSET', alive, 'clock:resumed', now) end
+  redis.call('HSET', alive, 'clock:last', now)
+  return now
+end
+"""
+
+# A hub's proof of life for one type. KEYS: alive. ARGV: hub, lease ms.
+_BEAT = (
+    _CLOCK
+    + r"""
+local now = tick(KEYS[1], tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'hub:' .. ARGV[1], now)
+return now
+"""
+)
+
+# Take the entries of hubs whose proof of life is older than the lease (never from the
+# idle time of an entry alone: a stalled server stalls every hub's renewals with it).
+# KEYS: q, dead, log, alive. ARGV: hub, token, count, item prefix, now, lease ms.
 _CLAIM = (
     _ADOPT
+    + _CLOCK
     + r"""
-local cursor, budget = '0-0', tonumber(ARGV[3])
+local lease, budget = tonumber(ARGV[6]), tonumber(ARGV[3])
+local alive = KEYS[4]
+local now = tick(alive, lease)
+local resumed = tonumber(redis.call('HGET', alive, 'clock:resumed') or '0')
+if now - resumed < lease then return out end
+local start = '-'
 for _ = 1, 10 do
-  local r = redis.call('XAUTOCLAIM', q, 'hubs', hub, ARGV[6], cursor, 'COUNT', budget)
-  for _, e in ipairs(r[2]) do adopt(e[1], e[2]) end
-  cursor = r[1]
-  if cursor == '0-0' or #out >= budget then break end
+  local rows = redis.call('XPENDING', q, 'hubs', 'IDLE', lease, start, '+', budget)
+  for _, row in ipairs(rows) do
+    local eid, owner = row[1], row[2]
+    local beat = tonumber(redis.call('HGET', alive, 'hub:' .. owner) or '0')
+    if owner == hub or now - beat > lease then
+      local got = redis.call('XCLAIM', q, 'hubs', hub, lease, eid)
+      if got[1] then adopt(got[1][1], got[1][2]) else redis.call('XACK', q, 'hubs', eid) end
+    end
+    if #out >= budget then return out end
+  end
+  if #rows < budget then break end
+  start = '(' .. rows[#rows][1]
 end
 return out
 """
 )
+
+# The hub id is a claim: the hub key holds the token of the incarnation that owns it.
+# KEYS: hub key. ARGV: token, the dead incarnation's token it may replace, lease ms, then
+# field, value pairs. Returns {1} or {0, host, pid, token} of the owner.
+_HUB = r"""
+local cur = redis.call('HGET', KEYS[1], 'token')
+if cur and cur ~= ARGV[1] and cur ~= ARGV[2] then
+  local h = redis.call('HMGET', KEYS[1], 'host', 'pid')
+  return {0, h[1] or '?', h[2] or '0', cur}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1}
+"""
+
+# A hub that stops deletes its key only if it still owns the id.
+_UNHUB = r"""
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]); return 1 end
+return 0
+"""
 
 _SUBMIT = r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
@@ -183,7 +248,8 @@ elseif op == 'finish' then
   redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', h[6], 'attempt', a, 'hub', hub,
     'agent', ARGV[11], 'outcome', target)
   if target == 'dead' then
-    redis.call('XADD', dead, '*', 'item', h[6], 'error', ARGV[10], 'history', ARGV[8])
+    local dl = redis.call('XADD', dead, '*', 'item', h[6], 'error', ARGV[10], 'history', ARGV[8])
+    redis.call('HSET', k, 'dl', dl)
   else
     redis.call('EXPIRE', k, ARGV[12])
   end
@@ -208,9 +274,11 @@ local k = KEYS[4]
 local st = redis.call('HGET', k, 'st')
 if not st then return {0, 'no such item'} end
 if st ~= 'dead' and st ~= 'failed' then return {0, 'it is ' .. st} end
+local dl = redis.call('HGET', k, 'dl')
+if dl and dl ~= '' then redis.call('XDEL', KEYS[2], dl) end
 local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
 redis.call('HSET', k, 'st', 'queued', 'dlv', 0, 'error', '', 'hub', '', 'tok', '', 'agent', '',
-  'entry', entry, 'finished', '')
+  'entry', entry, 'finished', '', 'dl', '')
 redis.call('PERSIST', k)
 return {1, ''}
 """
@@ -219,13 +287,14 @@ _ID_CHARS = string.ascii_lowercase + string.digits
 # Rounds call the scripts by digest (EVALSHA): a few bytes per call instead of the body.
 _SHA = {
     script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY)
+    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY, _BEAT, _HUB, _UNHUB)
 }
 
 
-@attrs.frozen
+@attrs.define
 class _Op:
-    """One write waiting for the next round, and what to do with its reply."""
+    """One write waiting for the next round, and what to do with its reply (a progress
+    write not yet sent takes the next progress of its item in its place)."""
 
     script: str
     keys: tuple[str, ...]
@@ -233,6 +302,20 @@ class _Op:
     item_id: str
     kind: str
     on_reply: Callable[[Any], None] | None = None
+    size: int = 0
+
+
+@attrs.define
+class _Round:
+    """What one round sends, in this order, in one pipeline."""
+
+    ops: list[_Op]
+    renewals: list[tuple[WorkItem, tuple[str, ...], tuple[Any, ...]]]
+    beat: dict[str, Any] | None  # the hub's heartbeat (its claim of the hub id)
+    beats: list[str]  # types this hub proves it is alive for
+    lag_types: list[str]
+    checks: list[WorkItem]  # dead/failed items kept here, read back
+    reads: list[tuple[str, str, tuple[Any, ...]]]
 
 
 class RedisWorkQueue:
@@ -246,7 +329,13 @@ class RedisWorkQueue:
             every third of that); another hub takes it after that long.
         keep_finished: seconds a completed or failed item's hash is kept in Redis (dead
             ones are kept until retried or deleted).
-        timeout: seconds one Redis round may take before it counts as an outage.
+        timeout: seconds one Redis round may take before it counts as an outage; at
+            stop, the hub waits as long for what it holds to reach Redis.
+        max_held: writes the hub holds for Redis while it does not answer; when they
+            (or ``max_held_bytes`` of them) are reached, new submits are refused until
+            Redis answers. Results, failures and attempt starts are always kept; the
+            progress of an item is kept as its latest only.
+        max_held_bytes: the bytes those held writes may take.
     """
 
     def __init__(
@@ -257,6 +346,8 @@ class RedisWorkQueue:
         lease: float = 10.0,
         keep_finished: float = 86_400.0,
         timeout: float = 5.0,
+        max_held: int = 10_000,
+        max_held_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if not isinstance(lease, int | float) or not (0.1 <= lease < math.inf):
             raise ConfigError(f"RedisWorkQueue(lease=...) must be >= 0.1 seconds (got {lease!r})")
@@ -270,16 +361,33 @@ class RedisWorkQueue:
         self.lease = float(lease)
         self.keep_finished = keep_finished
         self.timeout = timeout
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
         self._url = url
         self._local = MemoryWorkQueue()
         self._pending: dict[str, WorkItem] = {}  # submitted, not in Redis yet
         self._stored: dict[str, trio.Event] = {}
         self._outbox: deque[_Op] = deque()
+        self._held_bytes = 0
+        self._progress_ops: dict[str, _Op] = {}  # item -> its progress write not yet sent
+        self._full_since: float | None = None  # when the held writes reached the cap
+        self.coalesced = 0
+        """Progress writes replaced by a later progress of the same item before sent."""
+        self.dropped_progress = 0
+        """Progress writes not kept because the held writes were at their cap."""
+        self.errors = 0
+        """Rounds that failed with an error that is not an outage (logged, retried)."""
+        self.poisoned = 0
+        """Writes dropped because they can never be sent (logged with the item's id)."""
         self._ids = 0
         self._boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
         self.token = secrets.token_hex(8)
         """This incarnation's fence: entries are leased to (hub id, token)."""
         self.hub_id = ""
+        self._replaces = ""  # the token of a dead incarnation of this hub id
+        self._claimed = False  # this incarnation holds the hub id in Redis (checked)
+        self.conflict: ServiceFailed | None = None
+        """Set when another live hub holds this hub's id: the store stops."""
         self.outage = False
         self.lost = 0
         """Items this hub lost to another (its lease expired before it wrote)."""
@@ -337,7 +445,18 @@ class RedisWorkQueue:
     def submit(
         self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
     ) -> WorkItem:
-        """Queue the item for the next round's write (:meth:`stored` waits for it)."""
+        """Queue the item for the next round's write (:meth:`stored` waits for it).
+
+        Raises:
+            ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
+                Redis has not taken yet.
+        """
+        if self._full():
+            raise ControlError(
+                f"the hub holds {len(self._outbox)} writes ({self._held_bytes // 1024} KiB) "
+                f"that Redis at {self.url} has not taken (its cap: {self.max_held} writes, "
+                f"{self.max_held_bytes // 1024} KiB); submit again when Redis answers"
+            )
         self._ids += 1
         item = WorkItem(
             id=f"{agent_type}-{self._boot}{self._ids}",
@@ -379,10 +498,13 @@ class RedisWorkQueue:
         return verdict
 
     def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
-        """Decide locally; the item stays leased to this hub for its other agents."""
+        """Decide locally; the item is released to the stream (no delivery spent), so any
+        agent of its type on any hub (this one's too) takes it."""
         verdict = self._local.hand_back(item_id, attempt, agent, _wall(now))
         if verdict.accepted and verdict.item is not None:
-            self._after(verdict.item, agent)
+            item = verdict.item
+            self._local.forget(item.id)
+            self._fenced(item, "release", item.deliveries, self._hist(item))
         return verdict
 
     def progress(
@@ -422,32 +544,91 @@ class RedisWorkQueue:
     # writes
 
     def _push(self, op: _Op) -> None:
+        op.size = _size(op.args)
+        if op.kind == "progress":
+            slot = self._progress_ops.get(op.item_id)
+            if slot is not None:  # not sent yet: the latest progress takes its place
+                self._held_bytes += op.size - slot.size
+                slot.args, slot.size, slot.on_reply = op.args, op.size, op.on_reply
+                self.coalesced += 1
+                return
+            if self._full():
+                self.dropped_progress += 1  # the item keeps it locally; results go out
+                return
+            self._progress_ops[op.item_id] = op
+        else:  # a later progress of this item queues behind this write
+            self._progress_ops.pop(op.item_id, None)
         self._outbox.append(op)
+        self._held_bytes += op.size
+        self._full()
         self._wake.set()
+
+    def _full(self) -> bool:
+        """Whether the held writes are at their cap (logged once when they reach it)."""
+        full = len(self._outbox) >= self.max_held or self._held_bytes >= self.max_held_bytes
+        if full and self._full_since is None:
+            self._full_since = time.monotonic()
+            _log.error(
+                "work: %d writes (%d KiB) held for Redis at %s, its cap (%d writes, %d KiB): "
+                "new submits are refused until Redis takes them; results, failures and "
+                "attempt starts are kept, progress only as each item's latest",
+                len(self._outbox),
+                self._held_bytes // 1024,
+                self.url,
+                self.max_held,
+                self.max_held_bytes // 1024,
+            )
+        return full
+
+    def _take_ops(self) -> list[_Op]:
+        """The writes of the next round (the oldest 1000), out of the outbox."""
+        ops = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
+        for op in ops:
+            self._held_bytes -= op.size
+            if self._progress_ops.get(op.item_id) is op:
+                del self._progress_ops[op.item_id]
+        return ops
+
+    def _put_back(self, ops: list[_Op]) -> None:
+        """A round that failed: its writes go first in the next one."""
+        self._outbox.extendleft(reversed(ops))
+        self._held_bytes += sum(op.size for op in ops)
 
     def _fenced(self, item: WorkItem, op: str, *extra: Any) -> None:
         args = (op, self.hub_id, self.token, item.attempt, time.time(), *extra)
         keys = self._keys(item.agent_type, item.id)
         self._push(_Op(_FENCED, keys, args, item.id, op, self._on_fenced(item, op)))
 
+    def _hist(self, item: WorkItem) -> str:
+        """The item's history as written to Redis: each attempt names its hub."""
+        return _dumps(
+            [
+                {
+                    **attrs.asdict(h),
+                    "agent": h.agent if "/" in h.agent else f"{self.hub_id}/{h.agent}",
+                    "reason": _safe(h.reason),
+                }
+                for h in item.history
+            ]
+        )
+
     def _after(self, item: WorkItem, agent: str) -> None:
         if item.status is ItemStatus.QUEUED:  # still leased here, for another agent
-            hist = _dumps([attrs.asdict(h) for h in item.history])
-            self._fenced(item, "requeue", item.deliveries, hist, item.error or "")
+            error = _safe(item.error or "")
+            self._fenced(item, "requeue", item.deliveries, self._hist(item), error)
         else:
             self._finish(item, agent)
 
     def _finish(self, item: WorkItem, agent: str) -> None:
-        hist = _dumps([attrs.asdict(h) for h in item.history])
         result = "" if item.result is None else _dumps(item.result)
         self._fenced(
             item,
             "finish",
             str(item.status),
             item.deliveries,
-            hist,
+            self._hist(item),
             result,
-            item.error or "",
+            _safe(item.error or ""),
             agent,
             int(self.keep_finished),
         )
@@ -495,25 +676,36 @@ class RedisWorkQueue:
 
     async def run(self, service: WorkService, *, task_status: trio.TaskStatus[None]) -> None:
         """Serve as the service's store until cancelled; then release what this hub holds
-        and write what is left (bounded by ``timeout``)."""
+        and write what is left, waiting up to ``timeout`` for Redis (each item whose
+        write did not land is logged by id).
+
+        Raises:
+            ServiceFailed: Redis refused the credentials or the configuration at start,
+                or another live hub holds this hub's id (at start or when Redis returns).
+        """
         self._service = service
         self.hub_id = service.hub_id
         self._client = self._make_client(1)
         try:
-            await self._start()
-        except redis.RedisError as exc:
-            _log.warning(
-                "work: Redis at %s unreachable at start (%s); supervising on, writes held "
-                "until it answers",
-                self.url,
-                _clean(exc),
-            )
-            self.outage = True
-        task_status.started()
-        try:
+            try:
+                await self._start()
+            except ControlError as exc:  # a live hub with this id
+                raise ServiceFailed(str(exc)) from None
+            except redis.RedisError as exc:
+                problem = _config_problem(exc, self.url)
+                if problem is not None:
+                    raise ServiceFailed(problem) from None
+                _log.warning(
+                    "work: Redis at %s unreachable at start (%s); supervising on, writes held "
+                    "until it answers",
+                    self.url,
+                    _clean(exc),
+                )
+                self.outage = True
+            task_status.started()
             await self._loop()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
+            with trio.CancelScope(shield=True):
                 await self._close()
 
     def _make_client(self, connections: int) -> redis.Redis:
@@ -525,6 +717,9 @@ class RedisWorkQueue:
                 max_connections=connections,
                 retry=Retry(NoBackoff(), 0),
                 client_name=f"hubvisor-work-{self.hub_id or 'query'}",
+                # Text that is not UTF-8 (a lone surrogate from an agent's error) is
+                # written escaped, never raised on: one item's text cannot stop the store.
+                encoding_errors="backslashreplace",
             )
         except (ValueError, redis.RedisError) as exc:
             raise ConfigError(
@@ -537,7 +732,8 @@ class RedisWorkQueue:
         if warning:
             _log.warning("work: %s", warning)
         await trio.to_thread.run_sync(self._register)
-        self._heartbeat_sync()
+        fields = self._heartbeat_fields()
+        await trio.to_thread.run_sync(self._heartbeat_sync, fields)
         _log.info(
             "work: durable queues on Redis at %s (prefix %r, lease %.1f s, hub %s)",
             self.url,
@@ -551,14 +747,18 @@ class RedisWorkQueue:
 
     def check_hub_id(self, hub_id: str) -> None:
         """Before the hub starts: refuse (:class:`ControlError`) when a live hub already
-        uses ``hub_id`` on this Redis. An unreachable Redis is only logged: the hub then
-        starts, supervises, and writes when Redis answers."""
+        uses ``hub_id`` on this Redis, or Redis refuses the credentials or the database.
+        An unreachable Redis is only logged: the hub then starts, supervises, and claims
+        its id when Redis answers (it stops if another hub holds it by then)."""
         self.hub_id = hub_id
         client = self._make_client(1)
         try:
             self._client = client
             self._register()
         except redis.RedisError as exc:
+            problem = _config_problem(exc, self.url)
+            if problem is not None:
+                raise ControlError(problem) from None
             _log.warning(
                 "work: Redis at %s unreachable (%s); starting anyway", self.url, _clean(exc)
             )
@@ -570,22 +770,33 @@ class RedisWorkQueue:
         """Refuse to run beside a live hub of the same id; take over a dead one's."""
         assert self._client is not None
         old = _decode_map(self._client.hgetall(self._hub_key()))
-        if old and old.get("token") != self.token:
+        if old and old.get("token") not in (self.token, self._replaces):
             same_host = old.get("host") == socket.gethostname()
             pid = int(old.get("pid") or 0)
             if not same_host or _alive(pid):
-                where = f"pid {pid} on {old.get('host')}"
-                raise ControlError(
-                    f"hub id {self.hub_id!r} is live in Redis ({where}, lease "
-                    f"{self.lease:g} s); stop it, wait out its lease, or pick another --hub-id"
-                )
+                raise ControlError(self._conflict_message(old.get("host") or "?", pid))
+            self._replaces = old.get("token") or ""
             _log.info("work: hub %s restarted (was pid %d): taking its work back", self.hub_id, pid)
 
-    def _heartbeat_sync(self) -> None:
+    def _conflict_message(self, host: str, pid: int) -> str:
+        return (
+            f"hub id {self.hub_id!r} is live in Redis (pid {pid} on {host}, lease "
+            f"{self.lease:g} s); this hub (pid {os.getpid()} on {socket.gethostname()}) "
+            "takes no work under it: stop the other, wait out its lease, or pick another "
+            "--hub-id"
+        )
+
+    def _heartbeat_sync(self, fields: dict[str, Any]) -> None:
+        """The first claim of the hub id (in a worker thread)."""
         assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        self._add_heartbeat(pipe, self._heartbeat_fields())
-        pipe.execute()
+        flat = [x for kv in fields.items() for x in kv]
+        lease_ms = int(self.lease * 1000)
+        key = self._hub_key()
+        reply = self._client.eval(_HUB, 1, key, self.token, self._replaces, lease_ms, *flat)
+        if not int(reply[0]):
+            raise ControlError(self._conflict_message(_text(reply[1]), int(reply[2] or 0)))
+        self._claimed = True
+        self._client.zadd(f"{self.prefix}:work:hubs", {self.hub_id: time.time()})
 
     def _heartbeat_fields(self) -> dict[str, Any]:
         """What ``status --cluster`` shows of this hub (read in trio's thread)."""
@@ -600,9 +811,10 @@ class RedisWorkQueue:
         }
 
     def _add_heartbeat(self, pipe: Any, fields: dict[str, Any]) -> None:
+        flat = [x for kv in fields.items() for x in kv]
+        lease_ms = int(self.lease * 1000)
         key = self._hub_key()
-        pipe.hset(key, mapping=fields)
-        pipe.pexpire(key, int(self.lease * 1000))
+        pipe.evalsha(_SHA[_HUB], 1, key, self.token, self._replaces, lease_ms, *flat)
         pipe.zadd(f"{self.prefix}:work:hubs", {self.hub_id: time.time()})
         for agent_type in json.loads(fields["types"]):
             pipe.sadd(f"{self.prefix}:work:types", agent_type)
@@ -610,11 +822,13 @@ class RedisWorkQueue:
     async def _loop(self) -> None:
         renew_every = self.lease / 3
         claim_every = self.lease / 4
-        next_renew = next_claim = last_take = trio.current_time()
+        # Never back off past a quarter lease: the hub must renew within its lease.
+        max_backoff = min(2.0, self.lease / 4)
+        next_renew = next_claim = last_take = last_round = trio.current_time()
         # Types whose entries pending on this hub id (a restart, a lost reply) are read
         # back first: every type the first time it is seen, all of them after an outage.
         recover: set[str] = set()
-        poll, backoff = 0.01, 0.0
+        poll, backoff, failures = 0.01, 0.0, 0
         announced: set[str] = set()  # types the hub's heartbeat has told Redis of
         while True:
             now = trio.current_time()
@@ -627,58 +841,119 @@ class RedisWorkQueue:
                 deadline = min(next_renew, next_claim)
                 if demand:
                     deadline = min(deadline, last_take + poll)
+                if not self._claimed:  # claim the hub id again soon
+                    deadline = min(deadline, last_round + 0.05)
                 if deadline > now:
                     with trio.move_on_at(deadline):
                         await self._wake.wait()
                     self._wake = trio.Event()
                     continue
             renew, claim = now >= next_renew, now >= next_claim
-            ops = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
-            reads = self._reads(demand, renew, claim, recover)
-            renewals = self._renewals() if renew else []
-            beat = self._heartbeat_fields() if renew or self._types != announced else None
-            lag_types = [] if beat is None else self._lag_types()
+            claimed = self._claimed  # takes nothing until it holds its id (checked)
+            beat = None
+            if renew or not claimed or self._types != announced:
+                beat = self._heartbeat_fields()
+            r = _Round(
+                ops=self._take_ops(),
+                renewals=self._renewals() if renew else [],
+                beat=beat,
+                beats=self._beat_types() if renew or claim else [],
+                lag_types=[] if beat is None else self._lag_types(),
+                checks=self._checks() if renew else [],
+                reads=self._reads(demand, renew, claim, recover) if claimed else [],
+            )
             try:
-                replies = await trio.to_thread.run_sync(
-                    self._round, ops, renewals, beat, lag_types, reads
-                )
-            except redis.RedisError as exc:
-                self._outbox.extendleft(reversed(ops))
+                replies = await trio.to_thread.run_sync(self._round, r)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                self._put_back(r.ops)
                 if not self.outage:
+                    problem = _config_problem(exc, self.url)
                     _log.warning(
                         "work: Redis at %s unreachable (%s); supervising on, %d writes held",
                         self.url,
-                        _clean(exc),
+                        problem or _clean(exc),
                         len(self._outbox),
                     )
-                self.outage = True
+                self.outage, self._claimed = True, False
                 recover = set(self._serves)
-                backoff = min(2.0, max(0.05, backoff * 2))
+                backoff = min(max_backoff, max(0.05, backoff * 2))
+                await trio.sleep(backoff)
+                continue
+            except Exception as exc:  # never ends the store: logged, counted, retried
+                self._put_back(r.ops)
+                self.errors += 1
+                failures += 1
+                if failures == 1:
+                    _log.exception(
+                        "work: a Redis round failed (%s); its writes are kept and it is retried",
+                        _clean(exc),
+                    )
+                if failures >= 2:
+                    self._drop_poison()
+                backoff = min(max_backoff, max(0.05, backoff * 2))
                 await trio.sleep(backoff)
                 continue
             if self.outage:
                 _log.warning("work: Redis at %s answers again; held writes written", self.url)
-            self.outage, backoff = False, 0.0
+            self.outage, backoff, failures = False, 0.0, 0
+            last_round = now
             if beat is not None:
                 announced = set(json.loads(beat["types"]))
             self.rounds += 1
-            recover = set()
+            if claimed:
+                recover = set()
             if renew:
                 next_renew = now + renew_every
             if claim:
                 next_claim = now + claim_every
             try:
-                taken = self._apply(ops, renewals, reads, replies)
-                if beat is not None:
-                    self._note_lag(lag_types, replies, len(reads))
+                taken = self._apply(r, replies)
             except Exception:  # a reply of a shape never seen: log it, never stop the work
                 _log.exception("work: could not apply a Redis round; reading back what is held")
                 recover, taken = set(self._serves), 0
+            if self.conflict is not None:
+                _log.error("work: %s", self.conflict)
+                raise self.conflict
+            if self._full_since is not None and not self._full():
+                _log.warning(
+                    "work: Redis took the held writes after %.1f s at their cap; submits are "
+                    "accepted again",
+                    time.monotonic() - self._full_since,
+                )
+                self._full_since = None
             if demand:
                 last_take = now
                 poll = 0.01 if taken else min(0.25, poll * 2)
             if taken and self._service is not None:
                 self._service.poke()
+
+    def _drop_poison(self) -> None:
+        """Drop the held writes that can never be sent (their arguments cannot be
+        encoded), each logged with its item; the others stay, in order."""
+        assert self._client is not None
+        pool = self._client.connection_pool
+        packer = pool.connection_class(**pool.connection_kwargs)  # never connected
+        kept: deque[_Op] = deque()
+        for op in self._outbox:
+            try:
+                packer.pack_command("EVALSHA", _SHA[op.script], len(op.keys), *op.keys, *op.args)
+            except Exception as exc:
+                self.poisoned += 1
+                self._held_bytes -= op.size
+                if self._progress_ops.get(op.item_id) is op:
+                    del self._progress_ops[op.item_id]
+                if op.kind == "submit":
+                    self._pending.pop(op.item_id, None)
+                _log.error(
+                    "work %s: its %s can never be written to Redis (%s: %s); dropped",
+                    op.item_id,
+                    op.kind,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            kept.append(op)
+        self._outbox = kept
 
     def _demand(self) -> dict[str, int]:
         if self._service is None:
@@ -704,30 +979,50 @@ class RedisWorkQueue:
                 reads.append((_TAKE, agent_type, (*base, demand[agent_type], prefix, now, ">")))
         return reads
 
-    def _round(
-        self,
-        ops: list[_Op],
-        renewals: list[tuple[WorkItem, tuple[str, ...], tuple[Any, ...]]],
-        beat: dict[str, Any] | None,
-        lag_types: list[str],
-        reads: list[tuple[str, str, tuple[Any, ...]]],
-    ) -> list[Any]:
+    def _beat_types(self) -> list[str]:
+        """The types this hub proves it is alive for: those it serves or holds items of."""
+        held = {
+            i.agent_type
+            for i in self._local.items()
+            if i.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED)
+        }
+        return sorted(self._serves | held)
+
+    def _checks(self) -> list[WorkItem]:
+        """Dead or failed items kept here whose state in Redis is read back (another hub
+        may have retried them): at most 50 a round, in turn."""
+        final = [i for i in self._local.items() if i.status in (ItemStatus.DEAD, ItemStatus.FAILED)]
+        if len(final) <= 50:
+            return final
+        start = (self.rounds * 50) % len(final)
+        return (final + final)[start : start + 50]
+
+    def _round(self, r: _Round) -> list[Any]:
         """One pipeline (in a worker thread; it reads nothing the trio thread changes):
-        writes in order, lease renewals and the hub's heartbeat, then the taking scripts."""
+        writes in order, lease renewals, the hub's heartbeat and its proof of life per
+        type, then the taking scripts."""
         client = self._client
         assert client is not None
+        lease_ms = int(self.lease * 1000)
         for _ in range(2):
             pipe = client.pipeline(transaction=False)
-            for op in ops:
+            for op in r.ops:
                 pipe.evalsha(_SHA[op.script], len(op.keys), *op.keys, *op.args)
-            for _item, keys, args in renewals:
+            for _item, keys, args in r.renewals:
                 pipe.evalsha(_SHA[_FENCED], 4, *keys, *args)
-            if beat is not None:
-                self._add_heartbeat(pipe, beat)
-            for agent_type in lag_types:
+            if r.beat is not None:
+                self._add_heartbeat(pipe, r.beat)
+            for agent_type in r.beats:
+                pipe.evalsha(_SHA[_BEAT], 1, self._k(agent_type, "alive"), self.hub_id, lease_ms)
+            for agent_type in r.lag_types:
                 pipe.xinfo_groups(self._k(agent_type, "q"))
-            for script, agent_type, args in reads:
-                pipe.evalsha(_SHA[script], 3, *self._keys(agent_type), *args)
+            for item in r.checks:
+                pipe.hget(self._item_prefix(item.agent_type) + item.id, "st")
+            for script, agent_type, args in r.reads:
+                keys = self._keys(agent_type)
+                if script is _CLAIM:
+                    keys = (*keys, self._k(agent_type, "alive"))
+                pipe.evalsha(_SHA[script], len(keys), *keys, *args)
             replies: list[Any] = pipe.execute(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
@@ -753,17 +1048,15 @@ class RedisWorkQueue:
             if item.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED)
         ]
 
-    def _apply(
-        self,
-        ops: list[_Op],
-        renewals: list[tuple[WorkItem, tuple[str, ...], tuple[Any, ...]]],
-        reads: list[tuple[str, str, tuple[Any, ...]]],
-        replies: list[Any],
-    ) -> int:
+    def _apply(self, r: _Round, replies: list[Any]) -> int:
         at = 0
-        for op in ops:
-            reply = replies[at]
-            at += 1
+
+        def part(n: int) -> list[Any]:
+            nonlocal at
+            at += n
+            return replies[at - n : at]
+
+        for op, reply in zip(r.ops, part(len(r.ops)), strict=True):
             if isinstance(reply, Exception):
                 _log.warning("work %s: Redis refused %s: %s", op.item_id, op.kind, reply)
                 continue
@@ -774,22 +1067,30 @@ class RedisWorkQueue:
                     event.set()
             elif op.on_reply is not None:
                 op.on_reply(reply)
-        for item, _keys, _args in renewals:
-            reply = replies[at]
-            at += 1
+        for (item, _keys, _args), reply in zip(r.renewals, part(len(r.renewals)), strict=True):
             if not isinstance(reply, Exception) and not int(reply[0]):
                 reason = _text(reply[1])
                 if reason != "finished":
                     self._lose(item, reason)
-        at = len(replies) - len(reads)
+        if r.beat is not None:
+            claim, *_ = part(2 + len(json.loads(r.beat["types"])))
+            self._on_claim(claim)
+        part(len(r.beats))
+        self._note_lag(r.lag_types, part(len(r.lag_types)))
+        for item, reply in zip(r.checks, part(len(r.checks)), strict=True):
+            if not isinstance(reply, Exception) and _text(reply or "") != str(item.status):
+                self._local.forget(item.id)  # another hub retried it: Redis has it
         taken = 0
-        for (_script, agent_type, _args), reply in zip(reads, replies[at:], strict=True):
+        took: dict[tuple[str, str], int] = {}
+        for (_script, agent_type, _args), reply in zip(r.reads, part(len(r.reads)), strict=True):
             if isinstance(reply, Exception):
                 _log.warning("work: taking %s items from Redis failed: %s", agent_type, reply)
                 continue
-            for kind, flat in reply:
+            for kind, flat, prev in reply:
                 fields = _pairs(flat)
-                kind = _text(kind)
+                kind, prev = _text(kind), _text(prev)
+                if kind != "mine" and prev:
+                    took[(prev, agent_type)] = took.get((prev, agent_type), 0) + 1
                 if kind == "dead":
                     if self._service is not None:
                         self._service.dead_elsewhere(_item_from(fields))
@@ -800,7 +1101,30 @@ class RedisWorkQueue:
                 item.status = ItemStatus.QUEUED
                 self._local.adopt(item)
                 taken += 1
+        for (prev, agent_type), n in sorted(took.items()):
+            _log.warning(
+                "work: took over %d %s item(s) from hub %s, whose lease ran out",
+                n,
+                agent_type,
+                prev if prev != self.hub_id else f"{prev} (a previous run of this hub)",
+            )
         return taken
+
+    def _on_claim(self, reply: Any) -> None:
+        """The hub key's answer: this incarnation holds the hub id, or who does."""
+        if isinstance(reply, Exception):
+            _log.warning("work: Redis refused the hub's heartbeat: %s", reply)
+            return
+        if int(reply[0]):
+            self._claimed = True
+            return
+        host, pid, token = _text(reply[1]), int(reply[2] or 0), _text(reply[3])
+        self._claimed = False
+        if host == socket.gethostname() and pid != os.getpid() and not _alive(pid):
+            _log.info("work: hub %s restarted (was pid %d): taking its work back", self.hub_id, pid)
+            self._replaces = token
+            return
+        self.conflict = ServiceFailed(self._conflict_message(host, pid))
 
     def _lag_types(self) -> list[str]:
         """The types whose untaken entries this hub counts: those it serves and those an
@@ -808,9 +1132,8 @@ class RedisWorkQueue:
         watched = self._service.watched if self._service is not None else set()
         return sorted(self._serves | watched)
 
-    def _note_lag(self, types: list[str], replies: list[Any], reads: int) -> None:
-        end = len(replies) - reads
-        for agent_type, reply in zip(types, replies[end - len(types) : end], strict=True):
+    def _note_lag(self, types: list[str], replies: list[Any]) -> None:
+        for agent_type, reply in zip(types, replies, strict=True):
             lag = 0
             if not isinstance(reply, Exception):  # no stream yet: nothing waits
                 for group in reply:
@@ -827,42 +1150,71 @@ class RedisWorkQueue:
         return True
 
     async def _close(self) -> None:
-        """Give back what this hub holds (so others take it at once) and write the rest."""
+        """Give back what this hub holds (so others take it at once) and write the rest,
+        waiting up to ``timeout`` for Redis; each item whose writes did not land is logged
+        by id (a submitted one is lost)."""
         for item in list(self._local.items()):
             if item.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED):
-                hist = _dumps([attrs.asdict(h) for h in item.history])
                 if item.status is ItemStatus.ASSIGNED:  # the hub is going: not the item's fault
                     item.deliveries = max(0, item.deliveries - 1)
-                self._fenced(item, "release", item.deliveries, hist)
+                self._fenced(item, "release", item.deliveries, self._hist(item))
         ops = list(self._outbox)
         self._outbox.clear()
-        if self._client is None:
-            return
+        self._progress_ops.clear()
+        self._held_bytes = 0
         client = self._client
+        if client is None:
+            return
+        claimed = self._claimed
 
         def final() -> None:
             pipe = client.pipeline(transaction=False)
             for op in ops:
                 pipe.eval(op.script, len(op.keys), *op.keys, *op.args)
-            pipe.delete(self._hub_key())
-            pipe.zrem(f"{self.prefix}:work:hubs", self.hub_id)
+            if claimed:
+                pipe.eval(_UNHUB, 1, self._hub_key(), self.token)
+                pipe.zrem(f"{self.prefix}:work:hubs", self.hub_id)
             pipe.execute(raise_on_error=False)
 
+        done, error = not ops and not claimed, ""
         try:
-            await trio.to_thread.run_sync(final, abandon_on_cancel=True)
-        except redis.RedisError as exc:
-            if ops:
-                _log.warning(
-                    "work: %d writes not written at stop (Redis: %s); the items' leases run "
-                    "out and another hub (or this one, restarted) takes them",
-                    len(ops),
-                    _clean(exc),
-                )
+            with trio.move_on_after(self.timeout):
+                while not done:
+                    try:
+                        await trio.to_thread.run_sync(final, abandon_on_cancel=True)
+                        done = True
+                    except (redis.ConnectionError, redis.TimeoutError) as exc:
+                        error = _config_problem(exc, self.url) or _clean(exc)
+                        await trio.sleep(min(0.25, self.timeout / 8))
+                    except Exception as exc:  # never retried: it would fail again
+                        error = _clean(exc)
+                        break
         finally:
             client.close()
             if self._query is not None:
                 self._query.close()
                 self._query = None
+        if not done and ops:
+            self._unwritten(ops, error or f"no answer in {self.timeout:g} s")
+
+    def _unwritten(self, ops: list[_Op], error: str) -> None:
+        """Say, per item, what a stop could not write to Redis."""
+        lost = sorted({op.item_id for op in ops if op.kind == "submit"})
+        for item_id in lost:
+            _log.error(
+                "work %s: submitted but not in Redis at stop (Redis at %s: %s): the item is "
+                "lost; submit it again",
+                item_id,
+                self.url,
+                error,
+            )
+        for item_id in sorted({op.item_id for op in ops} - set(lost)):
+            _log.warning(
+                "work %s: its last writes did not reach Redis at stop (%s); its lease runs "
+                "out and another hub (or this one, restarted) takes it",
+                item_id,
+                error,
+            )
 
     # ----------------------------------------------------------------------------------
     # queries (control ops)
@@ -873,18 +1225,28 @@ class RedisWorkQueue:
         return self._query
 
     async def fetch(self, item_id: str) -> WorkItem:
-        """The item, from this hub if it holds it, else from Redis."""
+        """The item, from this hub if it holds it, else from Redis (a finished item kept
+        here is read again: another hub may have retried it since)."""
         try:
-            return self.get(item_id)
+            local: WorkItem | None = self.get(item_id)
         except ControlError:
-            pass
+            local = None
+        if local is not None and (
+            item_id in self._pending or local.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED)
+        ):
+            return local
         agent_type = item_id.rsplit("-", 1)[0]
         client = self._query_client()
         key = self._item_prefix(agent_type) + item_id
         fields = await trio.to_thread.run_sync(lambda: _decode_map(client.hgetall(key)))
         if not fields:
+            if local is not None:  # expired in Redis (keep_finished): this copy is all
+                return local
             raise ControlError(f"no work item {item_id!r}; `hubvisor work list` lists them")
-        return _item_from(fields)
+        item = _item_from(fields)
+        if local is not None and item.status != local.status:
+            self._local.forget(item_id)  # another hub took it further: Redis has it
+        return item
 
     async def retry_any(self, item_id: str) -> WorkItem:
         """Queue a dead or failed item again, whichever hub held it."""
@@ -966,8 +1328,8 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
             for row in summary.get("consumers") or []:
                 name = _text(row["name"])
                 pending.setdefault(name, {})[agent_type] = int(row["pending"])
-        except redis.ResponseError:  # no stream or group yet
-            pass
+        except redis.ResponseError:  # no group yet (no hub took any): all of it waits
+            waiting = int(client.xlen(q))
         dead = int(client.xlen(_type_key(prefix, agent_type, "dead")))
         queues[agent_type] = {"waiting": waiting, "in_flight": in_flight, "dead": dead}
     hubs = []
@@ -1063,7 +1425,38 @@ def _decode_map(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _safe(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (bytes an agent read with
+    surrogateescape) is written as its escape, ``\\udcff``, readable by anyone."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _size(args: Iterable[Any]) -> int:
+    """About how many bytes a write's arguments hold (for the cap on held writes)."""
+    return sum(len(a) if isinstance(a, str | bytes) else 16 for a in args)
+
+
+def _config_problem(exc: BaseException, url: str) -> str | None:
+    """The fix, when Redis refused this hub's credentials or database (no outage: it
+    would never heal by waiting)."""
+    text = _clean(exc)
+    if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+        return (
+            f"Redis at {url} refused the credentials ({text}); put the right password in "
+            "the URL: redis://:PASSWORD@host:6379/0 (or redis://USER:PASSWORD@... for an "
+            "ACL user)"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (
+            f"the Redis user of {url} may not run the work queue's commands ({text}); grant "
+            "it the stream, hash and scripting commands (e.g. ACL SETUSER ... +@all ~PREFIX:*)"
+        )
+    if isinstance(exc, redis.ResponseError) and "DB index" in text:
+        return f"Redis at {url} has no such database ({text}); pick one it has, e.g. /0"
+    return None
 
 
 def _dumps(value: Any) -> str:

@@ -389,7 +389,7 @@ async def test_any_hub_shows_and_retries_an_item_another_hub_finished(
         await until_async(lambda: len(record(client)) == 1)
         seen = await other.work.fetch(failed.id)  # B never held it: read from Redis
         assert seen.status == "failed" and seen.error == "no such file"
-        assert [h.agent for h in seen.history] == ["a1"]
+        assert [h.agent for h in seen.history] == ["A/a1"]  # the history names the hub
         again = await other.work.retry_any(failed.id)
         # queued again with fresh deliveries (A may have taken it already: it races us)
         assert again.status in ("queued", "assigned") and again.deliveries <= 1

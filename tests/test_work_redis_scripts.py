@@ -32,6 +32,7 @@ from .redis_server import RedisServer
 
 T = "w"
 Q, DEAD, LOG = f"p:work:{{{T}}}:q", f"p:work:{{{T}}}:dead", f"p:work:{{{T}}}:log"
+ALIVE = f"p:work:{{{T}}}:alive"
 ITEM = f"p:work:{{{T}}}:item:"
 HUBS = ("H1", "H2")
 
@@ -83,7 +84,7 @@ def test_the_fence_holds_for_any_interleaving_of_two_hubs(server: RedisServer) -
             return int(reply[0]), reply[1]
 
         def adopt(self, hub: str, reply: Any) -> None:
-            for kind, flat in reply:
+            for kind, flat, _prev in reply:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 if kind == "dead":
                     self.finished.add(fields["id"])
@@ -113,7 +114,7 @@ def test_the_fence_holds_for_any_interleaving_of_two_hubs(server: RedisServer) -
         def claim_everything_idle(self, hub: str) -> None:
             """Another hub's lease ran out (min idle 0: every pending entry is 'expired')."""
             reply = self.call(
-                _CLAIM, (Q, DEAD, LOG), hub, self.tokens[hub], 100, ITEM, time.time(), 0
+                _CLAIM, (Q, DEAD, LOG, ALIVE), hub, self.tokens[hub], 100, ITEM, time.time(), 0
             )
             self.adopt(hub, reply)
 
@@ -265,8 +266,8 @@ def test_a_dead_letter_keeps_its_history(server: RedisServer) -> None:
         assert len(taken) == 1
         client.eval(_FENCED, 4, Q, DEAD, LOG, ITEM + item_id, "start", "H1", "t1", 1, 0, 1, "a")
         # H1 dies holding it: H2 takes it after the lease; its one delivery was spent.
-        claimed = client.eval(_CLAIM, 3, Q, DEAD, LOG, "H2", "t2", 10, ITEM, time.time(), 0)
-        assert [kind for kind, _ in claimed] == ["dead"]
+        claimed = client.eval(_CLAIM, 4, Q, DEAD, LOG, ALIVE, "H2", "t2", 10, ITEM, time.time(), 0)
+        assert [(kind, prev) for kind, _, prev in claimed] == [("dead", "H1")]
         ((_, fields),) = client.xrange(DEAD)
         history = json.loads(fields["history"])
         assert history[-1]["outcome"] == "reclaimed:hub"
