@@ -858,7 +858,8 @@ def _show_item(item: Any, args: Args) -> None:
             click.echo(f"{key}: {dumps(item[key])}")
     for h in item["history"]:
         reason = f" ({h['reason']})" if h["reason"] else ""
-        click.echo(f"  attempt {h['attempt']} by {h['agent']}: {h['outcome']}{reason}")
+        where = f" on {h['hub']}" if h.get("hub") else ""
+        click.echo(f"  attempt {h['attempt']} by {h['agent']}{where}: {h['outcome']}{reason}")
 
 
 def _show_submitted(item: Any, args: Args) -> None:

@@ -130,10 +130,11 @@ def format_event(event: Event) -> str:
             return (
                 f"work {item} DEAD after attempt {attempt}: {reason} (hubvisor work retry {item})"
             )
-        case WorkRefused(item_id=item, attempt=attempt, reason=reason):
+        case WorkRefused(item_id=item, attempt=attempt, reason=reason, repeats=repeats):
+            more = f" ({repeats} refusals since the last line)" if repeats > 1 else ""
             return (
                 f"work {item}: refused an answer from {event.child_id} (attempt {attempt}): "
-                f"{reason}"
+                f"{reason}{more}"
             )
     return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
 

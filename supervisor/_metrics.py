@@ -455,7 +455,8 @@ class MetricsService:
                 self.dead.labels(item.agent_type).inc()
                 self._open.pop(event.item_id, None)
             case WorkRefused():
-                self.refused.labels(self._type_of(event.child_id)).inc()
+                # One event stands for ``repeats`` refusals (they are reported per interval).
+                self.refused.labels(self._type_of(event.child_id)).inc(event.repeats)
             case _:
                 pass
 

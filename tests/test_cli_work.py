@@ -266,6 +266,8 @@ async def test_a_daemon_runs_submitted_work_and_stops(tmp_path: Path) -> None:
         assert [] == await cli_json(path, "work", "list", "--status", "dead")
         shown = await cli(path, "work", "show", first)
         assert "status: completed" in shown.stdout and '"double": 42' in shown.stdout
+        # The history names the hub whose agent made each attempt (the tree's name here).
+        assert re.search(r"attempt 1 by w-agent-\d on \S+: completed", shown.stdout), shown.stdout
 
         status = await cli_json(path, "status")
         assert ["w-agent-1", "w-agent-2"] == [a["id"] for a in status["agents"]]

@@ -251,6 +251,8 @@ def test_two_hubs_started_with_one_id_while_redis_is_down_one_stops_taking_work(
             line for line in lost.log.read_text().splitlines() if "is live in Redis" in line
         )
         assert f"pid {winner.pid} on " in message and f"this hub (pid {lost.pid}" in message
+        assert lost.proc is not None
+        assert 1 == lost.proc.wait(timeout=60)  # it stops, loudly (ServiceFailed)
         ids = [winner.submit({"n": n, "sleep": 0.2})["id"] for n in range(4)]
         wait_for(lambda: len(record(client)) == 4, 60, "the winner to complete them")
         assert sorted(outcomes(client)) == sorted(ids)

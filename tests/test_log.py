@@ -183,6 +183,12 @@ LINES: list[tuple[Event, str, int]] = [
         "work w-1: refused an answer from w-agent-2 (attempt 1): stale attempt",
         logging.INFO,
     ),
+    (
+        WorkRefused(**WHERE, item_id="w-1", attempt=1, reason="stale attempt", repeats=350),
+        "work w-1: refused an answer from w-agent-2 (attempt 1): stale attempt "
+        "(350 refusals since the last line)",
+        logging.INFO,
+    ),
 ]
 
 

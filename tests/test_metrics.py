@@ -388,3 +388,16 @@ class TestSampling:
         assert found[me].processes >= 1
         assert found[me].resident_bytes > 1 << 20
         assert found[me].cpu_seconds > 0
+
+
+def test_a_summarised_refusal_counts_every_refusal_it_stands_for() -> None:
+    """The work service reports one agent's refusals once per interval with a count
+    (``repeats``): the counter adds them all, not one per report."""
+    from supervisor import ChildStarting, WorkRefused
+
+    service = MetricsService("127.0.0.1:0")
+    where = {"at": 0.0, "supervisor": "hub/w-pool", "child_id": "w-agent-1"}
+    service.observe(ChildStarting(**where, pid=1, incarnation=1, agent_type="w"))
+    service.observe(WorkRefused(**where, item_id="w-1", attempt=2, reason="stale"))
+    service.observe(WorkRefused(**where, item_id="w-1", attempt=2, reason="stale", repeats=349))
+    assert 350 == service.refused.labels("w")._value.get()
