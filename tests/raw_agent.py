@@ -12,7 +12,8 @@ It prints ``hello from ID pid PID`` once and ``doing ITEM`` per ASSIGN, heartbea
 * ``{"crash": true}`` / ``{"hang": true}`` / ``{"bigckpt": true}`` -> on attempt 1: exits
   with code 3 / stops heartbeating and blocks / reports a 50 KB checkpoint and exits
 * ``{"crash_if": PATH}`` -> exits with code 3 while PATH exists
-* ``{"fail": "why"}`` -> FAIL retry=false; ``{"stale": true}`` -> first a RESULT for
+* ``{"fail": "why"}`` -> FAIL retry=false (``{"fail_bytes": HEX}``: the error is those
+  bytes decoded with surrogateescape, so its JSON holds a lone surrogate); ``{"stale": true}`` -> first a RESULT for
   attempt+1 (refused); ``{"exit_after": true}`` -> exits right after its RESULT
 * ``{"handback_if": ID}`` -> the agent named ID hands the item back
 * ``{"submit": TYPE}`` -> also submits ``{"n": n}`` for TYPE
@@ -81,6 +82,8 @@ while True:
         print("spew done", flush=True)
     if p.get("submit"):
         send("SUBMIT=" + json.dumps({"type": p["submit"], "payload": {"n": p.get("n", 0)}}))
+    if "fail_bytes" in p:  # an error read with surrogateescape: JSON carries a lone surrogate
+        p["fail"] = bytes.fromhex(p["fail_bytes"]).decode("utf-8", "surrogateescape")
     if "fail" in p:
         send("FAIL=" + json.dumps({"item": item, "attempt": attempt, "error": p["fail"], "retry": False}))
         continue

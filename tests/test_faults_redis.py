@@ -61,7 +61,7 @@ async def test_an_error_with_a_lone_surrogate_is_stored_readable_and_work_goes_o
     hub = Hub([agent("a1")], work=WorkService(RedisWorkQueue(redis_server.url)), hub_id="A")
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.serve)
-        bad = hub.work.submit("w", {"fail": "lint failed in caf\udcff.py"})
+        bad = hub.work.submit("w", {"fail_bytes": b"lint failed in caf\xff.py".hex()})
         await until(lambda: len(record(client)) == 1)
         good = hub.work.submit("w", {"n": 4})
         await until(lambda: len(record(client)) == 2)

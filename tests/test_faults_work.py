@@ -136,7 +136,9 @@ async def test_a_work_service_that_keeps_failing_stops_the_hub_and_every_child()
         except ServiceFailed as exc:
             failures.append(exc)
 
-    with hub.bus.subscribe(kinds=["running"]) as events:
+    # "starting" (spawned), not "running": on a loaded machine an agent may not have said
+    # READY within the 0.15 s the service takes to use up its intensity.
+    with hub.bus.subscribe(kinds=["starting"]) as events:
         await serve()
         while True:
             try:

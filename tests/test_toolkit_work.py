@@ -164,8 +164,10 @@ class TestSimulatedAgents:
         assert ["work_submitted", "work_assigned", "work_reclaimed:exit"] == kinds(trace, "w-1")[:3]
 
     def test_a_hang_mid_item_is_reclaimed_when_caught(self) -> None:
+        # Both agents hang: whichever holds the item (the dispatch order of two agents
+        # ready at the same instant is the scheduler's), its hang is the one that counts.
         schedule = Schedule(
-            crashes=[Crash(2.0, "w-agent-1", Hang())],
+            crashes=[Crash(2.0, f"w-agent-{n}", Hang()) for n in (1, 2)],
             work=[Submit(1.0, "w", {"n": 1, "seconds": 5})],
         )
         trace = run_schedule(RESILIENT, schedule)
@@ -405,8 +407,10 @@ class RefundsCrashes(MemoryWorkQueue):
         return super().reclaim(agent, "stop" if reason == "exit" else reason, now)
 
 
+# Both agents are killed mid-item, so the holder is killed whichever of the two agents,
+# ready at the same instant, the scheduler let the dispatcher see first.
 CRASH_MID_ITEM = Schedule(
-    crashes=[Crash(1.5, "w-agent-1", Kill(signal.SIGKILL))],
+    crashes=[Crash(1.5, f"w-agent-{n}", Kill(signal.SIGKILL)) for n in (1, 2)],
     work=[Submit(1.0, "w", {"n": 1, "seconds": 2})],
 )
 
