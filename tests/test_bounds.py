@@ -1,0 +1,59 @@
+"""Bounds that docs/bounds.md lists and no other test reaches: each is hit here, and what
+the hub does there is checked (refused with the reason, dropped and counted)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import trio
+
+from supervisor import AgentRecord, ChildSpec, ControlError, Hub, RedisMirror
+
+from .helpers import TIMEOUT
+
+
+def test_a_payload_over_32_kib_of_json_is_refused_naming_its_size() -> None:
+    hub = Hub([ChildSpec(id="a1", argv=["true"], agent_type="w")])
+    with pytest.raises(ControlError, match=r"the payload is \d+ bytes of JSON, over 32768"):
+        hub.work.submit("w", "x" * 40_000)
+    assert [] == hub.work.items()
+    assert hub.work.submit("w", "x" * 30_000).id  # under the bound: queued
+
+
+async def test_registry_events_held_for_redis_are_capped_and_the_drops_counted() -> None:
+    """While Redis does not answer, the mirror holds at most ``max_pending_events``
+    events; the oldest go first and are counted (the latest state of each agent is kept
+    apart, in the dirty set, and is never dropped)."""
+    mirror = RedisMirror("redis://127.0.0.1:9/0", max_pending_events=3)
+    agent = AgentRecord(
+        id="a1", agent_type="w", status="idle", pid=1, hub_id="hub", supervisor="hub", spawned_at=0
+    )
+    for n in range(10):
+        mirror.record("status", agent, f"step {n}")
+        mirror.changed("a1")
+    assert 7 == mirror.events_dropped
+    held = [fields["detail"] for _seq, fields in mirror._events]
+    assert ["step 7", "step 8", "step 9"] == held
+
+
+async def test_a_tap_reader_that_falls_behind_loses_lines_counted_never_slowing_the_child() -> None:
+    code = (
+        "import sys\nfor i in range(200): print(i)\nsys.stdout.flush()\nimport time; time.sleep(30)"
+    )
+    hub = Hub([ChildSpec(id="p", argv=[sys.executable, "-c", code], shutdown=1.0)])
+    async with trio.open_nursery() as nursery:
+        with hub.tap_output(max_buffer=5) as lines:
+            await nursery.start(hub.serve)
+            with trio.fail_after(TIMEOUT):
+                while len(hub.logs("p")) < 200:  # the child's lines all reached the ring
+                    await trio.sleep(0.02)
+            got = []
+            while True:
+                try:
+                    got.append(lines.receive_nowait().line)
+                except trio.WouldBlock:
+                    break
+        await hub.stop()
+    assert ["0", "1", "2", "3", "4"] == got
+    assert 195 == hub.output_dropped
