@@ -278,7 +278,11 @@ def test_faults_together_lose_nothing_and_spare_healthy_agents(
             assert all(x["restarts"] == 0 for x in now), now
         assert "HUNG" not in a.log.read_text()
 
-        # Bounded: memory and fds of hub A under the floods.
+        # Bounded: memory and fds of hub A under the floods (printed for the record: -s).
+        print(
+            f"hub A under the floods: RSS {rss_start / 2**20:.1f} -> peak "
+            f"{peak['rss'] / 2**20:.1f} MiB, fds {fds_start} -> peak {peak['fds']}"
+        )
         assert peak["rss"] - rss_start < RSS_GROWTH_LIMIT, (rss_start, peak)
         assert peak["fds"] - fds_start < FD_GROWTH_LIMIT, (fds_start, peak)
 
