@@ -185,60 +185,8 @@ def check_work_reclaim(trace: Trace) -> None:
                     f"it was assigned to {r.child_id!r}, whose process was gone",
                 )
         elif isinstance(r, WorkReclaimed | WorkDeadLettered):
-            holder = held.pop(r.item_id, None)
             expect = due.pop(r.item_id, None)
-            reason = r.reason if isinstance(r, WorkReclaimed) else None
-            if reason == "handback":
-                if expect is not None:
-                    raise _fail(
-                        trace,
-                        i,
-                        "work-reclaim",
-                        f"{r.item_id!r} was handed back by {r.child_id!r} after {expect[3]}",
-                    )
-                continue
-            if reason == "unreachable" and (
-                holder is None or abs(holder[3] - r.at) > _EPS or holder[2] != r.attempt
-            ):
-                raise _fail(
-                    trace,
-                    i,
-                    "work-reclaim",
-                    f"{r.item_id!r} was reclaimed as unreachable at {r.at:g}, not at its "
-                    "assignment",
-                )
-            if expect is None:
-                if reason == "unreachable":
-                    continue
-                if (
-                    isinstance(r, WorkDeadLettered)
-                    and holder is not None
-                    and (not wired or (r.item_id, r.attempt, holder[1]) in failed)
-                ):
-                    continue  # dead-lettered by its holder's FAIL: not a reclaim
-                if isinstance(r, WorkReclaimed):
-                    raise _fail(
-                        trace,
-                        i,
-                        "work-reclaim",
-                        f"{r.item_id!r} was reclaimed from {r.child_id!r} (reason {reason!r}) "
-                        "though its holder neither exited nor was found hung then",
-                    )
-                raise _fail(
-                    trace,
-                    i,
-                    "work-reclaim",
-                    f"{r.item_id!r} was dead-lettered by {r.child_id!r} while its holder "
-                    "neither answered, exited nor hung",
-                )
-            if reason is not None and reason not in expect[2]:
-                raise _fail(
-                    trace,
-                    i,
-                    "work-reclaim",
-                    f"{r.item_id!r} was reclaimed with reason {reason!r} when {expect[3]}; "
-                    f"expected {' or '.join(repr(x) for x in expect[2])}",
-                )
+            _check_release(trace, i, r, held.pop(r.item_id, None), expect, wired, failed)
         elif isinstance(r, WorkCompleted | WorkFailed):
             held.pop(r.item_id, None)
             expect = due.pop(r.item_id, None)
@@ -252,6 +200,70 @@ def check_work_reclaim(trace: Trace) -> None:
                 )
     for item, (j, _at, _, what) in due.items():
         raise _fail(trace, j, "work-reclaim", f"{item!r} was never reclaimed after {what}")
+
+
+def _check_release(
+    trace: Trace,
+    i: int,
+    r: WorkReclaimed | WorkDeadLettered,
+    holder: tuple[str, int | None, int, float] | None,
+    expect: tuple[int, float, tuple[str, ...], str] | None,
+    wired: bool,
+    failed: set[tuple[object, object, int | None]],
+) -> None:
+    """:func:`check_work_reclaim` at a reclaim or dead-letter of ``r.item_id``, given its
+    holder (child, pid, attempt, assigned at) and the reclaim that was due, if any."""
+    reason = r.reason if isinstance(r, WorkReclaimed) else None
+    if reason == "handback":
+        if expect is not None:
+            raise _fail(
+                trace,
+                i,
+                "work-reclaim",
+                f"{r.item_id!r} was handed back by {r.child_id!r} after {expect[3]}",
+            )
+        return
+    if reason == "unreachable" and (
+        holder is None or abs(holder[3] - r.at) > _EPS or holder[2] != r.attempt
+    ):
+        raise _fail(
+            trace,
+            i,
+            "work-reclaim",
+            f"{r.item_id!r} was reclaimed as unreachable at {r.at:g}, not at its assignment",
+        )
+    if expect is None:
+        if reason == "unreachable":
+            return
+        if (
+            isinstance(r, WorkDeadLettered)
+            and holder is not None
+            and (not wired or (r.item_id, r.attempt, holder[1]) in failed)
+        ):
+            return  # dead-lettered by its holder's FAIL: not a reclaim
+        if isinstance(r, WorkReclaimed):
+            raise _fail(
+                trace,
+                i,
+                "work-reclaim",
+                f"{r.item_id!r} was reclaimed from {r.child_id!r} (reason {reason!r}) "
+                "though its holder neither exited nor was found hung then",
+            )
+        raise _fail(
+            trace,
+            i,
+            "work-reclaim",
+            f"{r.item_id!r} was dead-lettered by {r.child_id!r} while its holder "
+            "neither answered, exited nor hung",
+        )
+    if reason is not None and reason not in expect[2]:
+        raise _fail(
+            trace,
+            i,
+            "work-reclaim",
+            f"{r.item_id!r} was reclaimed with reason {reason!r} when {expect[3]}; "
+            f"expected {' or '.join(repr(x) for x in expect[2])}",
+        )
 
 
 def check_work_completions(trace: Trace) -> None:
@@ -314,40 +326,52 @@ def check_work_completions(trace: Trace) -> None:
         elif isinstance(r, _RELEASES):
             current.pop(r.item_id, None)
         elif isinstance(r, WorkSnapshot):
-            states = {s.id: s for s in r.items}
-            for item_id, (_, ev, result) in done.items():
-                s = states.get(item_id)
-                if s is None:
-                    raise _fail(
-                        trace,
-                        i,
-                        "work-completions",
-                        f"completed item {item_id!r} is lost from the queue's record",
-                    )
-                if s.status != "completed" or s.attempt != ev.attempt:
-                    raise _fail(
-                        trace,
-                        i,
-                        "work-completions",
-                        f"{item_id!r} was completed with attempt {ev.attempt}; the queue now "
-                        f"says {s.status} with attempt {s.attempt}",
-                    )
-                if wired and s.result != result:
-                    raise _fail(
-                        trace,
-                        i,
-                        "work-completions",
-                        f"{item_id!r} holds the result {s.result!r}; the completing agent "
-                        f"{ev.child_id!r} sent {result!r}",
-                    )
-            for s in r.items:
-                if s.status == "completed" and s.id not in done:
-                    raise _fail(
-                        trace,
-                        i,
-                        "work-completions",
-                        f"the queue has {s.id!r} completed, but no work_completed was published",
-                    )
+            _check_completed_in_snapshot(trace, i, r, done, wired)
+
+
+def _check_completed_in_snapshot(
+    trace: Trace,
+    i: int,
+    r: WorkSnapshot,
+    done: dict[str, tuple[int, WorkCompleted, object]],
+    wired: bool,
+) -> None:
+    """:func:`check_work_completions` at a snapshot: every completed item is still
+    completed, with its attempt and result, and nothing else is."""
+    states = {s.id: s for s in r.items}
+    for item_id, (_, ev, result) in done.items():
+        s = states.get(item_id)
+        if s is None:
+            raise _fail(
+                trace,
+                i,
+                "work-completions",
+                f"completed item {item_id!r} is lost from the queue's record",
+            )
+        if s.status != "completed" or s.attempt != ev.attempt:
+            raise _fail(
+                trace,
+                i,
+                "work-completions",
+                f"{item_id!r} was completed with attempt {ev.attempt}; the queue now "
+                f"says {s.status} with attempt {s.attempt}",
+            )
+        if wired and s.result != result:
+            raise _fail(
+                trace,
+                i,
+                "work-completions",
+                f"{item_id!r} holds the result {s.result!r}; the completing agent "
+                f"{ev.child_id!r} sent {result!r}",
+            )
+    for s in r.items:
+        if s.status == "completed" and s.id not in done:
+            raise _fail(
+                trace,
+                i,
+                "work-completions",
+                f"the queue has {s.id!r} completed, but no work_completed was published",
+            )
 
 
 def _max_deliveries(trace: Trace) -> dict[str, int]:
@@ -475,7 +499,10 @@ def _check_outcomes_at(
         s = states.get(item)
         if s is None:
             raise _fail(
-                trace, i, "work-outcomes", f"{item!r} is lost: the queue has no record {when}"
+                trace,
+                i,
+                "work-outcomes",
+                f"{item!r} is lost: the queue has no record {when}",
             )
         if s.status != want:
             raise _fail(
