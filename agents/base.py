@@ -51,14 +51,11 @@ from typing import NoReturn
 
 import trio
 
-from . import _wire
-from ._wire import JSON
+from . import _protocol as proto
+from ._protocol import CREDS_SPACE, JSON
 
 __all__ = ["JSON", "Assignment", "BaseAgent", "HandBack"]
 
-# One struct ucred: with SO_PASSCRED the kernel attaches the sender's credentials to every
-# record, an empty one included, and nothing at end-of-channel, which tells them apart.
-_CREDS_SPACE = socket.CMSG_SPACE(12)
 _KEEP: JSON = object()
 
 
@@ -81,7 +78,7 @@ class Assignment:
 
     __slots__ = ("_agent", "_checkpoint_sent", "attempt", "checkpoint", "item", "payload", "type")
 
-    def __init__(self, agent: BaseAgent, assign: _wire.Assign) -> None:
+    def __init__(self, agent: BaseAgent, assign: proto.Assign) -> None:
         self._agent = agent
         self.item: str = assign.item
         self.attempt: int = assign.attempt
@@ -102,23 +99,23 @@ class Assignment:
         last one sent, else the one this attempt received), so the hub never loses it.
 
         Raises:
-            agents._wire.WireError: ``value`` or ``checkpoint`` is not JSON, or the
-                record is over 64 KiB (keep checkpoints small).
+            agents._protocol.InvalidNotifyMessage: ``value`` or ``checkpoint`` is not
+                JSON, or the record is over 64 KiB (keep checkpoints small).
         """
         if checkpoint is not _KEEP:
             self._checkpoint_sent = checkpoint
         await self._agent._send(
-            _wire.progress(self.item, self.attempt, value, self._checkpoint_sent)
+            proto.progress(self.item, self.attempt, value, self._checkpoint_sent)
         )
 
     async def submit(self, agent_type: str, payload: JSON) -> None:
         """Submit new work for agents of ``agent_type`` (``SUBMIT``).
 
         Raises:
-            agents._wire.WireError: a bad type, a payload that is not JSON, or a record
-                over 64 KiB.
+            agents._protocol.InvalidNotifyMessage: a bad type, a payload that is not JSON,
+                or a record over 64 KiB.
         """
-        await self._agent._send(_wire.submit(agent_type, payload))
+        await self._agent._send(proto.submit(agent_type, payload))
 
     def __repr__(self) -> str:
         return f"Assignment(item={self.item!r}, attempt={self.attempt}, type={self.type!r})"
@@ -132,7 +129,7 @@ class _Channel:
         try:
             if sock.type != socket.SOCK_SEQPACKET:
                 raise OSError(f"descriptor {fd} is not a SOCK_SEQPACKET socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            proto.enable_credentials(sock)
         except BaseException:
             sock.detach()  # not ours to close
             raise
@@ -159,7 +156,7 @@ class _Channel:
         for _ in range(2):
             try:
                 data, ancdata, flags, _ = await self._sock.recvmsg(
-                    _wire.MAX_MESSAGE + 1, _CREDS_SPACE
+                    proto.MAX_MESSAGE + 1, CREDS_SPACE
                 )
             except ConnectionResetError:
                 # The hub closed its end with our records unread: Linux reports that
@@ -167,9 +164,7 @@ class _Channel:
                 continue
             except OSError:
                 return None
-            if data or ancdata or flags & socket.MSG_CTRUNC:
-                return data
-            return None
+            return proto.record_or_eof(data, ancdata, flags)
         return None
 
     def close(self) -> None:
@@ -177,7 +172,7 @@ class _Channel:
         unread would make the hub's next receive fail with ECONNRESET."""
         for _ in range(1000):
             try:
-                if not self._raw.recv(_wire.MAX_MESSAGE + 1, socket.MSG_DONTWAIT):
+                if not self._raw.recv(proto.MAX_MESSAGE + 1, socket.MSG_DONTWAIT):
                     break
             except OSError:
                 break
@@ -232,7 +227,7 @@ class BaseAgent:
         self.grace: float = max(0.0, self.shutdown_timeout - margin)
         """Seconds a stopping agent gives its held item before handing it back."""
         self._margin = margin
-        self._fd = env.get(_wire.NOTIFY_FD_ENV)
+        self._fd = env.get(proto.NOTIFY_FD_ENV)
         self._chan: _Channel | None = None
         self._stop_at: float | None = None
         self._stop_seen = trio.Event()
@@ -242,7 +237,7 @@ class BaseAgent:
         self._last_final: tuple[str, int] | None = None
         self._last_final_acked = trio.Event()
         self._last_final_at = -math.inf
-        self._assign_send, self._assign_recv = trio.open_memory_channel[_wire.Assign](math.inf)
+        self._assign_send, self._assign_recv = trio.open_memory_channel[proto.Assign](math.inf)
 
     # ----------------------------------------------------------------------------------
     # What subclasses override
@@ -297,21 +292,21 @@ class BaseAgent:
         the hub goes away, 2 without a usable channel)."""
         if self._fd is None or not self._fd.isdigit():
             self.log(
-                f"no hub channel: {_wire.NOTIFY_FD_ENV} is {self._fd!r}; run me under hubvisor"
+                f"no hub channel: {proto.NOTIFY_FD_ENV} is {self._fd!r}; run me under hubvisor"
             )
             return 2
         try:
             chan = _Channel(int(self._fd))
         except OSError as exc:
-            self.log(f"cannot use {_wire.NOTIFY_FD_ENV}={self._fd}: {exc}")
+            self.log(f"cannot use {proto.NOTIFY_FD_ENV}={self._fd}: {exc}")
             return 2
         self._chan = chan
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_channel, nursery.cancel_scope)
                 await nursery.start(self._signals)
-                await chan.send(_wire.hello())
-                await chan.send(_wire.ready())
+                await chan.send(proto.hello())
+                await chan.send(proto.ready())
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._receive)
                 await self._work_loop()
@@ -347,7 +342,7 @@ class BaseAgent:
             if wait > 0:
                 await trio.sleep(wait)
             else:
-                await self._chan.send(_wire.heartbeat())
+                await self._chan.send(proto.heartbeat())
 
     async def _receive(self) -> None:
         assert self._chan is not None
@@ -357,15 +352,15 @@ class BaseAgent:
                 self._chan.gone.set()
                 return
             try:
-                message = _wire.decode(data)
-            except _wire.WireError as exc:
+                message = proto.decode(data)
+            except proto.InvalidNotifyMessage as exc:
                 self.log(f"ignoring a record from the hub: {exc}")
                 continue
-            if isinstance(message, _wire.Ping):
-                await self._chan.send(_wire.heartbeat())
-            elif isinstance(message, _wire.Stop):
+            if isinstance(message, proto.Ping):
+                await self._chan.send(proto.heartbeat())
+            elif isinstance(message, proto.Stop):
                 self.request_stop("STOP from the hub")
-            elif isinstance(message, _wire.Ack):
+            elif isinstance(message, proto.Ack):
                 if not message.accepted:
                     self.log(
                         f"the hub refused item {message.item} attempt {message.attempt}: "
@@ -377,7 +372,7 @@ class BaseAgent:
                 why = "stopping" if self._stop_at is not None else "already holding an item"
                 self.log(f"handing back item {message.item} attempt {message.attempt}: {why}")
                 await self._final(
-                    message.item, message.attempt, _wire.handback(message.item, message.attempt)
+                    message.item, message.attempt, proto.handback(message.item, message.attempt)
                 )
             else:
                 self._busy = True
@@ -398,7 +393,7 @@ class BaseAgent:
             except trio.WouldBlock:
                 break
             await self._final(
-                assign.item, assign.attempt, _wire.handback(assign.item, assign.attempt)
+                assign.item, assign.attempt, proto.handback(assign.item, assign.attempt)
             )
 
     async def _final(self, item: str, attempt: int, record: bytes) -> None:
@@ -408,17 +403,17 @@ class BaseAgent:
         await self._send(record)
         self._last_final_at = trio.current_time()
 
-    async def _handle(self, assign: _wire.Assign) -> None:
+    async def _handle(self, assign: proto.Assign) -> None:
         assignment = Assignment(self, assign)
         item, attempt = assign.item, assign.attempt
         if self.report_status:
-            await self._send(_wire.status("busy"))
+            await self._send(proto.status("busy"))
         try:
             self.validate_assignment(assign.payload)
         except Exception as exc:
             self.log(f"item {item} attempt {attempt} refused: {_describe(exc)}")
             await self._finish(
-                item, attempt, _wire.fail(item, attempt, _describe(exc), retry=False)
+                item, attempt, proto.fail(item, attempt, _describe(exc), retry=False)
             )
             return
         failure: Exception | None = None
@@ -440,28 +435,28 @@ class BaseAgent:
                 await self._stop_seen.wait()
         if scope.cancelled_caught or isinstance(failure, HandBack):
             self.log(f"item {item} attempt {attempt} handed back")
-            record = _wire.handback(item, attempt)
+            record = proto.handback(item, attempt)
         elif failure is not None and self._stop_at is not None:
             # Interrupted by the stop (its subprocess was signalled too, say): the attempt
             # did not fail, it was cut short; another agent takes the item again.
             self.log(f"item {item} attempt {attempt} handed back: stopped ({_describe(failure)})")
-            record = _wire.handback(item, attempt)
+            record = proto.handback(item, attempt)
         elif failure is not None:
             self.log(f"item {item} attempt {attempt} failed: {_describe(failure)}")
-            record = _wire.fail(item, attempt, _describe(failure), retry=True)
+            record = proto.fail(item, attempt, _describe(failure), retry=True)
         else:
             try:
-                record = _wire.result(item, attempt, value)
-            except _wire.WireError as exc:
+                record = proto.result(item, attempt, value)
+            except proto.InvalidNotifyMessage as exc:
                 self.log(f"item {item} attempt {attempt}: cannot send its result: {exc}")
-                record = _wire.fail(item, attempt, f"result not sendable: {exc}", retry=False)
+                record = proto.fail(item, attempt, f"result not sendable: {exc}", retry=False)
         await self._finish(item, attempt, record)
 
     async def _finish(self, item: str, attempt: int, record: bytes) -> None:
         """End the held item's attempt: the agent holds nothing from here on (the hub may
         assign the next item as soon as it has the record)."""
         if self.report_status and self._stop_at is None:
-            await self._send(_wire.status("idle"))
+            await self._send(proto.status("idle"))
         self._busy = False
         await self._final(item, attempt, record)
 

@@ -18,8 +18,8 @@ Outside hubvisor (no ``HUBVISOR_NOTIFY_FD``) every call does nothing and returns
 
 The channel is two-way: :func:`receive` returns the next message the hub sent (e.g. a
 ``PING``, to be answered with ``HEARTBEAT``), parsed and validated by the same table as
-the hub's side (:data:`supervisor._notify.MESSAGE_KINDS`). It imports the ``supervisor``
-package on first use (a few tenths of a second); sending never does.
+the hub's side (:data:`agents._protocol.MESSAGE_KINDS`, stdlib only: this module never
+imports the ``supervisor`` package or trio).
 """
 
 from __future__ import annotations
@@ -29,14 +29,20 @@ import select
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from supervisor._notify import NotifyMessage
+from ._protocol import (
+    CREDS_SPACE,
+    MAX_MESSAGE,
+    NOTIFY_FD_ENV,
+    NotifyMessage,
+    enable_credentials,
+    parse_from_hub,
+    record_or_eof,
+)
 
 __all__ = ["fileno", "heartbeat", "notify", "ready", "receive", "status"]
 
-_ENV = "HUBVISOR_NOTIFY_FD"
+_ENV = NOTIFY_FD_ENV
 _sock: socket.socket | None = None
 _sock_fd: str | None = None
 
@@ -87,17 +93,9 @@ def receive(timeout: float | None = None) -> NotifyMessage | None:
     its end (it is stopping). An empty record from the hub is skipped.
 
     Raises:
-        supervisor._notify.InvalidNotifyMessage: the hub sent something this version
+        agents._protocol.InvalidNotifyMessage: the hub sent something this version
             does not understand (skip it and call again).
     """
-    from supervisor._notify import (
-        _CREDS_SPACE,
-        MAX_MESSAGE,
-        enable_credentials,
-        parse_from_hub,
-        record_or_eof,
-    )
-
     sock = _socket()
     if sock is None:
         return None
@@ -115,7 +113,7 @@ def receive(timeout: float | None = None) -> NotifyMessage | None:
                 return None
             continue
         try:
-            data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, _CREDS_SPACE, socket.MSG_DONTWAIT)
+            data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, CREDS_SPACE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             continue
         except OSError:

@@ -1,52 +1,54 @@
-"""The agent channel: readiness, heartbeats and status from a child, messages to it.
+"""The agent channel, the hub's side: the socket transport of the agent protocol.
 
 In the spirit of systemd's ``NOTIFY_SOCKET``, every child whose spec has
 ``notify=True`` (the default) inherits one end of a ``socketpair(AF_UNIX,
 SOCK_SEQPACKET)``; its descriptor number is in the child's environment as
 ``HUBVISOR_NOTIFY_FD``. Each ``write()``/``send()`` on it is one message (a record
 boundary is kept, so a message never arrives torn or glued to the next one). The channel
-is two-way; every kind of message, in either direction, is one entry of
-:data:`MESSAGE_KINDS`, and :class:`MessageTable` parses, validates and encodes them all.
-
-From the agent to the hub:
-
-* ``READY`` (or systemd's ``READY=1``): the child is up; it is *running* from now on.
-* ``HEARTBEAT`` (or ``WATCHDOG=1``): the child is alive. Every valid message counts as
-  a sign of life for the ``heartbeat_timeout`` watchdog.
-* ``STATUS=<word>``: what the child is doing, e.g. ``STATUS=idle``, ``STATUS=busy``;
-  ``<word>`` is 1-32 characters of ``a-z``, ``0-9``, ``_`` or ``-`` starting with a
-  letter. The statuses the hub owns (:data:`~supervisor.RESERVED_STATUSES`:
-  ``starting``, ``hung``, ``stopping``, ``stopped``, ``crashed``) are refused.
-
-Agents that take work (protocol version :data:`PROTOCOL_VERSION`) also send ``HELLO=<n>``
-first, then ``PROGRESS=``, ``RESULT=``, ``FAIL=``, ``HANDBACK=`` (each a JSON object
-fenced by ``item`` and ``attempt``) and ``SUBMIT=`` (new work); the hub sends them
-``ASSIGN=``, ``ACK=``, ``STOP`` and ``PING``. ``docs/agent-protocol.md`` is the
-reference; :data:`MESSAGE_KINDS` is the one table both sides are checked against.
-
-A message is at most :data:`MAX_MESSAGE` bytes of UTF-8 without control characters; one
-trailing newline is ignored (so ``echo HEARTBEAT >&$HUBVISOR_NOTIFY_FD`` works from a
-shell). Anything else, an empty record included, is dropped and counted; it never
+is two-way. Anything invalid, an empty record included, is dropped and counted; it never
 disturbs the hub and never ends the channel: only the close of every writer's end does.
 
-Python children use :mod:`agents.notify`.
+The protocol itself (the message table :data:`MESSAGE_KINDS`, :class:`MessageTable`,
+:func:`parse_notify`, :func:`encode`, the limits) lives in :mod:`agents._protocol`, which
+is stdlib-only so agents import it without the hub; this module re-exports its names and
+adds the trio transport (:class:`SocketNotifySource`, :func:`open_notify_pair`).
+``docs/agent-protocol.md`` is the reference. Python children use :mod:`agents.notify` or
+:class:`agents.BaseAgent`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
-import math
 import os
-import re
 import socket
-import struct
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 import trio
+
+from agents._protocol import (
+    CREDS_SPACE as _CREDS_SPACE,
+    MAX_MESSAGE as MAX_MESSAGE,
+    MESSAGE_KINDS as MESSAGE_KINDS,
+    MESSAGES as MESSAGES,
+    NOTIFY_FD_ENV as NOTIFY_FD_ENV,
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    Direction as Direction,
+    InvalidNotifyMessage as InvalidNotifyMessage,
+    JSONText as JSONText,
+    MessageKind as MessageKind,
+    MessageTable as MessageTable,
+    NotifyMessage as NotifyMessage,
+    PayloadCheck as PayloadCheck,
+    enable_credentials as enable_credentials,
+    encode as encode,
+    loads_strict as loads_strict,
+    parse_from_hub as parse_from_hub,
+    parse_notify as parse_notify,
+    record_or_eof as record_or_eof,
+    safe_json as safe_json,
+    safe_text as safe_text,
+)
 
 __all__ = [
     "MAX_MESSAGE",
@@ -69,486 +71,9 @@ __all__ = [
     "parse_notify",
 ]
 
-NOTIFY_FD_ENV = "HUBVISOR_NOTIFY_FD"
-"""The environment variable naming the child's end of its notify channel."""
-
-MAX_MESSAGE = 65536
-"""The largest message on the agent channel, in bytes; longer ones are dropped."""
-
-_STATUS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-# A JSON escape that may decode to a lone surrogate (a pair decodes to one code point).
-_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-class InvalidNotifyMessage(ValueError):
-    """A notify message the receiver drops; the text says what is wrong with it."""
-
-
-class Direction(enum.Enum):
-    """Which way a kind of message travels on the agent channel."""
-
-    TO_HUB = "agent->hub"
-    TO_AGENT = "hub->agent"
-
-
-PayloadCheck: TypeAlias = Callable[[str], str]
-"""Validates a message's payload: returns it (normalised) or raises InvalidNotifyMessage."""
-
-
-@attrs.frozen
-class MessageKind:
-    """One kind of message on the agent channel: one entry of :data:`MESSAGE_KINDS`.
-
-    Attributes:
-        name: the :attr:`NotifyMessage.kind`, e.g. ``"status"``.
-        direction: who sends it.
-        word: its keyword on the wire, e.g. ``"STATUS"``.
-        payload: ``None``: the message is just ``WORD``; otherwise it is
-            ``WORD=<payload>`` and this checks the payload.
-        aliases: other exact spellings of a message without payload (systemd's
-            ``READY=1``).
-        doc: one line for humans (error messages, docs).
-    """
-
-    name: str
-    direction: Direction
-    word: str
-    payload: PayloadCheck | None = None
-    aliases: tuple[str, ...] = ()
-    doc: str = ""
-
-    @property
-    def usage(self) -> str:
-        """How to write it, e.g. ``"STATUS=<word>"``."""
-        return self.word if self.payload is None else f"{self.word}=<{self.name}>"
-
-
-@attrs.frozen
-class NotifyMessage:
-    """One valid message: its ``kind`` (a :attr:`MessageKind.name`) and, for a kind with
-    a payload, its ``value``."""
-
-    kind: str
-    value: str | None = None
-
-
-def _status_payload(value: str) -> str:
-    from ._registry import RESERVED_STATUSES  # the registry owns the statuses
-
-    if not _STATUS_RE.match(value) or value in RESERVED_STATUSES:
-        raise InvalidNotifyMessage(
-            f"bad status {value[:64]!r}: use 1-32 of a-z, 0-9, '_', '-' starting with a "
-            f"letter, not one of {sorted(str(s) for s in RESERVED_STATUSES)!r} (the hub "
-            f"sets those); e.g. STATUS=busy"
-        )
-    return value
-
-
-PROTOCOL_VERSION = 1
-"""The agent protocol version this hub speaks; an agent says its own in ``HELLO=<n>``."""
-
-_ITEM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-
-
-def _hello_payload(value: str) -> str:
-    if not value.isdigit() or len(value) > 6:
-        raise InvalidNotifyMessage(
-            f"bad HELLO value {value[:64]!r}: the protocol version, e.g. HELLO={PROTOCOL_VERSION}"
-        )
-    return value
-
-
-class JSONText(str):
-    """A validated JSON payload: the text, with the decoded object in ``data`` (so the
-    receiver does not decode it twice)."""
-
-    __slots__ = ("data",)
-    data: Any
-
-
-class _ForbiddenConstant(ValueError):
-    """NaN, Infinity or -Infinity in JSON text (Python's json accepts them; JSON does not)."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _ForbiddenConstant(
-        f"{name} is not JSON (the protocol forbids NaN and Infinity); send null, a string "
-        "or a finite number"
-    )
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: no NaN in the text, Infinity once decoded
-        raise _ForbiddenConstant(
-            f"{text[:32]} overflows to Infinity, which is not JSON; send a smaller number "
-            "or a string"
-        )
-    return value
-
-
-def safe_text(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
-
-    The protocol says UTF-8, and raw records are decoded strictly; but a JSON escape such
-    as ``"\\udcff"`` (what ``json.dumps`` makes of a file name read with
-    ``surrogateescape``) decodes to a lone surrogate, which nothing downstream can encode
-    (Redis, a log file, ``print``, ``json.dumps(ensure_ascii=False)``).
-    """
-    return _SURROGATE_RE.sub("\ufffd", text)
-
-
-def safe_json(obj: Any) -> Any:
-    """``obj`` (decoded JSON) with :func:`safe_text` applied to every string and key."""
-    if isinstance(obj, str):
-        return safe_text(obj)
-    if isinstance(obj, dict):
-        return {safe_text(k): safe_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [safe_json(v) for v in obj]
-    return obj
-
-
-def loads_strict(text: str) -> Any:
-    """Decode protocol JSON: NaN and Infinity refused (they are not JSON), and every lone
-    surrogate replaced (see :func:`safe_text`), so what comes out re-encodes anywhere.
-
-    Raises:
-        ValueError: not JSON, or NaN/Infinity (the message names it).
-        RecursionError: nested too deeply.
-    """
-    obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    return safe_json(obj) if _SURROGATE_ESCAPE_RE.search(text) else obj
-
-
-def _json_object(word: str, value: str, required: dict[str, type | tuple[type, ...]]) -> str:
-    try:
-        obj = loads_strict(value)
-    except _ForbiddenConstant as exc:
-        raise InvalidNotifyMessage(f"{word}: {exc}") from None
-    except (ValueError, RecursionError):
-        raise InvalidNotifyMessage(f"{word} needs a JSON object, got {value[:64]!r}") from None
-    if not isinstance(obj, dict):
-        raise InvalidNotifyMessage(f"{word} needs a JSON object, got {value[:64]!r}")
-    for key, types in required.items():
-        got = obj.get(key)
-        if (
-            key not in obj
-            or not isinstance(got, types)
-            or isinstance(got, bool) is not (types is bool)
-        ):
-            raise InvalidNotifyMessage(
-                f"{word}: field {key!r} is missing or not {_type_name(types)} "
-                f"(got {got!r:.64}); e.g. {word}={_example(word)}"
-            )
-    if "item" in required and not _ITEM_ID_RE.match(obj["item"]):
-        raise InvalidNotifyMessage(f"{word}: bad item id {obj['item']!r:.64}")
-    if "attempt" in required and obj["attempt"] < 1:
-        raise InvalidNotifyMessage(f"{word}: attempt must be >= 1 (got {obj['attempt']!r})")
-    if "type" in required and not _TYPE_RE.match(obj["type"]):
-        raise InvalidNotifyMessage(f"{word}: bad agent type {obj['type']!r:.64}")
-    if _SURROGATE_ESCAPE_RE.search(value):  # the text, too, says what the hub keeps
-        value = json.dumps(obj, separators=(",", ":"))
-    text = JSONText(value)
-    text.data = obj
-    return text
-
-
-def _type_name(types: type | tuple[type, ...]) -> str:
-    ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join(
-        {"str": "a string", "int": "an integer", "bool": "true/false"}.get(t.__name__, t.__name__)
-        for t in ts
-    )
-
-
-_EXAMPLES = {
-    "RESULT": '{"item":"w-1","attempt":1,"result":{"ok":true}}',
-    "FAIL": '{"item":"w-1","attempt":1,"error":"bad input","retry":false}',
-    "HANDBACK": '{"item":"w-1","attempt":1}',
-    "PROGRESS": '{"item":"w-1","attempt":1,"progress":0.5,"checkpoint":{"done":10}}',
-    "SUBMIT": '{"type":"worker","payload":{"n":1}}',
-    "ASSIGN": '{"item":"w-1","attempt":1,"type":"worker","payload":{},"checkpoint":null}',
-    "ACK": '{"item":"w-1","attempt":1,"accepted":true}',
-}
-
-
-def _example(word: str) -> str:
-    return _EXAMPLES.get(word, "{...}")
-
-
-def _fenced(word: str, **extra: type | tuple[type, ...]) -> PayloadCheck:
-    required: dict[str, type | tuple[type, ...]] = {"item": str, "attempt": int, **extra}
-    return lambda value: _json_object(word, value, required)
-
-
-MESSAGE_KINDS: tuple[MessageKind, ...] = (
-    MessageKind("ready", Direction.TO_HUB, "READY", aliases=("READY=1",), doc="the agent is up"),
-    MessageKind(
-        "heartbeat",
-        Direction.TO_HUB,
-        "HEARTBEAT",
-        aliases=("WATCHDOG=1",),
-        doc="the agent is alive",
-    ),
-    MessageKind(
-        "status",
-        Direction.TO_HUB,
-        "STATUS",
-        payload=_status_payload,
-        doc="what the agent is doing, e.g. STATUS=busy",
-    ),
-    MessageKind(
-        "hello",
-        Direction.TO_HUB,
-        "HELLO",
-        payload=_hello_payload,
-        doc="a work-taking agent's first message: the protocol version it speaks",
-    ),
-    MessageKind(
-        "progress",
-        Direction.TO_HUB,
-        "PROGRESS",
-        payload=_fenced("PROGRESS"),
-        doc="progress of the held item, and a checkpoint its next attempt receives",
-    ),
-    MessageKind(
-        "result",
-        Direction.TO_HUB,
-        "RESULT",
-        payload=_fenced("RESULT"),
-        doc="the held item is done; its result (any JSON)",
-    ),
-    MessageKind(
-        "fail",
-        Direction.TO_HUB,
-        "FAIL",
-        payload=_fenced("FAIL", error=str),
-        doc="the held item failed; retry=false makes the failure final",
-    ),
-    MessageKind(
-        "handback",
-        Direction.TO_HUB,
-        "HANDBACK",
-        payload=_fenced("HANDBACK"),
-        doc="the agent gives the held item back unfinished (no attempt spent)",
-    ),
-    MessageKind(
-        "submit",
-        Direction.TO_HUB,
-        "SUBMIT",
-        payload=lambda v: _json_object("SUBMIT", v, {"type": str}),
-        doc="new work for agents of a type (a planner splitting a task, say)",
-    ),
-    MessageKind("ping", Direction.TO_AGENT, "PING", doc="answer with HEARTBEAT"),
-    MessageKind(
-        "assign",
-        Direction.TO_AGENT,
-        "ASSIGN",
-        payload=_fenced("ASSIGN", type=str),
-        doc="an item for the agent: id, attempt, type, payload, last checkpoint",
-    ),
-    MessageKind(
-        "ack",
-        Direction.TO_AGENT,
-        "ACK",
-        payload=_fenced("ACK", accepted=bool),
-        doc="whether the hub took the agent's RESULT/FAIL/HANDBACK (a stale one is refused)",
-    ),
-    MessageKind(
-        "stop",
-        Direction.TO_AGENT,
-        "STOP",
-        doc="finish the held item within the shutdown timeout or hand it back, then exit",
-    ),
-)
-"""Every kind of message on the agent channel, both ways. Add a kind here (with its
-payload check) and :func:`parse_notify`, :func:`parse_from_hub` and :func:`encode` know
-it; the runtime dispatches on :attr:`NotifyMessage.kind`."""
-
-
-class MessageTable:
-    """Parses, validates and encodes the messages of a set of :class:`MessageKind`.
-
-    Raises:
-        ValueError: two kinds share a name, a word or an alias.
-    """
-
-    def __init__(self, kinds: Iterable[MessageKind]) -> None:
-        self.kinds: tuple[MessageKind, ...] = tuple(kinds)
-        self._by_name: dict[str, MessageKind] = {}
-        self._exact: dict[str, MessageKind] = {}  # whole text -> kind without payload
-        self._keyed: dict[str, MessageKind] = {}  # WORD (before "=") -> kind with payload
-        for kind in self.kinds:
-            spellings = [kind.word, *kind.aliases] if kind.payload is None else []
-            clash = (
-                kind.name in self._by_name
-                or kind.word in self._keyed
-                or any(t in self._exact for t in spellings)
-                or (kind.payload is not None and kind.word in self._exact)
-            )
-            if clash or not kind.word or "=" in kind.word:
-                raise ValueError(f"message kind {kind!r} clashes with another or has a bad word")
-            self._by_name[kind.name] = kind
-            if kind.payload is None:
-                for text in spellings:
-                    self._exact[text] = kind
-            else:
-                self._keyed[kind.word] = kind
-
-    def kind(self, name: str) -> MessageKind:
-        """The kind named ``name``; KeyError if there is none."""
-        return self._by_name[name]
-
-    def usage(self, direction: Direction) -> str:
-        """E.g. ``"READY, HEARTBEAT or STATUS=<status>"``."""
-        words = [k.usage for k in self.kinds if k.direction is direction]
-        if not words:
-            return "nothing"
-        return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
-
-    def parse(self, data: bytes, direction: Direction = Direction.TO_HUB) -> NotifyMessage:
-        """Validate one raw record travelling ``direction``.
-
-        Raises:
-            InvalidNotifyMessage: empty, too long, not UTF-8, control characters, a kind
-                that is unknown or travels the other way, or a bad payload. Never
-                anything else, whatever ``data`` is.
-        """
-        if len(data) > MAX_MESSAGE:
-            raise InvalidNotifyMessage(f"message of {len(data)} bytes is over {MAX_MESSAGE} bytes")
-        if data.endswith(b"\n"):
-            data = data[:-1]
-        if not data:
-            raise InvalidNotifyMessage(
-                f"empty message; send {self.usage(direction)} (an empty record does not "
-                "end the channel)"
-            )
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidNotifyMessage(f"message is not UTF-8: {data[:64]!r}") from None
-        if _CONTROL_RE.search(text):
-            raise InvalidNotifyMessage(f"message has control characters: {text[:64]!r}")
-        kind = self._exact.get(text)
-        value: str | None = None
-        if kind is None:
-            word, eq, rest = text.partition("=")
-            kind = self._keyed.get(word) if eq else None
-            if kind is not None and kind.direction is direction:
-                assert kind.payload is not None
-                value = _check_payload(kind, rest)
-        sender = "an agent" if direction is Direction.TO_HUB else "the hub"
-        if kind is None or kind.direction is not direction:
-            other = f" ({kind.word} goes the other way)" if kind is not None else ""
-            raise InvalidNotifyMessage(
-                f"unknown message {text[:64]!r} from {sender}{other}; send {self.usage(direction)}"
-            )
-        return NotifyMessage(kind.name, value)
-
-    def encode(
-        self,
-        message: NotifyMessage,
-        direction: Direction = Direction.TO_AGENT,
-        *,
-        verify: bool = True,
-    ) -> bytes:
-        """The record for ``message`` travelling ``direction``; ``parse`` reads it back.
-
-        Raises:
-            InvalidNotifyMessage: an unknown kind, one that travels the other way, or a
-                missing, extra or bad value.
-        """
-        kind = self._by_name.get(message.kind)
-        if kind is None or kind.direction is not direction:
-            raise InvalidNotifyMessage(
-                f"cannot send {message.kind!r} {direction.value}; kinds are {self.usage(direction)}"
-            )
-        if kind.payload is None:
-            if message.value is not None:
-                raise InvalidNotifyMessage(f"{kind.word} takes no value: {message.value!r}")
-            text = kind.word
-        else:
-            if message.value is None:
-                raise InvalidNotifyMessage(f"{kind.word} needs a value: {kind.usage}")
-            value = _check_payload(kind, message.value) if verify else message.value
-            text = f"{kind.word}={value}"
-        data = text.encode("utf-8")
-        if verify:  # what goes out must parse; raises with the reason
-            self.parse(data, direction)
-        return data
-
-
-def _check_payload(kind: MessageKind, value: str) -> str:
-    assert kind.payload is not None
-    try:
-        return kind.payload(value)
-    except InvalidNotifyMessage:
-        raise
-    except ValueError as exc:  # a payload check that raised the plain kind
-        raise InvalidNotifyMessage(f"bad {kind.word} value {value[:64]!r}: {exc}") from None
-
-
-MESSAGES = MessageTable(MESSAGE_KINDS)
-"""The table of :data:`MESSAGE_KINDS` the hub and :mod:`agents.notify` use."""
-
-
-def parse_notify(data: bytes) -> NotifyMessage:
-    """Validate one raw message from an agent (see :meth:`MessageTable.parse`).
-
-    Raises:
-        InvalidNotifyMessage: empty, too long, not UTF-8, control characters, unknown or bad.
-    """
-    return MESSAGES.parse(data, Direction.TO_HUB)
-
-
-def parse_from_hub(data: bytes) -> NotifyMessage:
-    """Validate one raw message from the hub, on the agent's side.
-
-    Raises:
-        InvalidNotifyMessage: as :func:`parse_notify`.
-    """
-    return MESSAGES.parse(data, Direction.TO_AGENT)
-
-
-def encode(message: NotifyMessage, *, verify: bool = True) -> bytes:
-    """The record for a hub-to-agent ``message``, e.g. ``encode(NotifyMessage("ping"))``.
-
-    ``verify=False`` skips re-validating a message the hub built from values it checked
-    already (the work service's ASSIGN); its kind and direction are still checked.
-
-    Raises:
-        InvalidNotifyMessage: not a valid hub-to-agent message.
-    """
-    return MESSAGES.encode(message, Direction.TO_AGENT, verify=verify)
-
 
 # --------------------------------------------------------------------------------------
 # The socket
-
-
-_CREDS_SPACE = socket.CMSG_SPACE(struct.calcsize("3i"))  # exactly one struct ucred
-
-
-def record_or_eof(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> bytes | None:
-    """Tell a record from end-of-channel after ``recvmsg`` on a ``SO_PASSCRED`` socket.
-
-    ``recv`` returns ``b""`` both for a zero-length record and at end-of-channel. With
-    ``SO_PASSCRED`` set on the receiving end, Linux attaches the sender's credentials to
-    every record, empty ones included, and nothing at end-of-channel. (``poll`` cannot
-    tell them apart: an empty record queued before the writer's close looks like EOF.)
-    """
-    if data or ancdata or flags & socket.MSG_CTRUNC:
-        return data
-    return None
-
-
-def enable_credentials(sock: socket.socket | trio.socket.SocketType) -> None:
-    """Set ``SO_PASSCRED`` so :func:`record_or_eof` can see end-of-channel."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
 
 @runtime_checkable

@@ -353,3 +353,29 @@ async def test_records_sent_before_the_agent_closed_survive_unread_hub_messages(
             assert await source.receive() is None
     finally:
         source.close()
+
+
+# --------------------------------------------------------------------------------------
+# One protocol module (agents/_protocol.py), shared by the hub and the agents
+
+
+def test_the_hub_and_the_agents_share_one_protocol_module() -> None:
+    """The hub's transport re-exports the one table; the hub's reserved statuses are the
+    protocol's words."""
+    from agents import _protocol
+    from supervisor import RESERVED_STATUSES, _notify
+
+    assert _notify.MESSAGES is _protocol.MESSAGES
+    assert _notify.parse_notify is _protocol.parse_notify
+    assert _notify.InvalidNotifyMessage is _protocol.InvalidNotifyMessage
+    assert {str(s) for s in RESERVED_STATUSES} == _protocol.RESERVED_STATUSES
+
+
+def test_the_agent_side_imports_neither_trio_nor_attrs_nor_the_hub() -> None:
+    """``agents.notify`` and ``agents._protocol`` load with the standard library only."""
+    code = (
+        "import sys, agents.notify, agents._protocol\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'trio', 'attrs', 'supervisor'}))"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
+    assert "[]" == out.stdout.strip()

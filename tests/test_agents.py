@@ -21,18 +21,15 @@ import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
-from agents import _wire
+from agents import _protocol as proto
 from agents._demo_work import Faults, digest, generate_text
 from supervisor._notify import (
-    MESSAGE_KINDS,
-    Direction,
     NotifyMessage,
     SocketNotifySource,
     encode,
     open_notify_pair,
     parse_notify,
 )
-from supervisor._registry import RESERVED_STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -543,21 +540,8 @@ def test_protocol_page_shows_the_bash_agent_as_it_is() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# agents/_wire.py and supervisor/_notify.py cannot drift apart
-
-
-def test_wire_words_match_the_hub_table() -> None:
-    table = {d: {k.word for k in MESSAGE_KINDS if k.direction is d} for d in Direction}
-    assert table[Direction.TO_HUB] == _wire.TO_HUB_WORDS
-    assert table[Direction.TO_AGENT] == _wire.TO_AGENT_WORDS
-    assert {str(s) for s in RESERVED_STATUSES} == _wire.RESERVED_STATUSES
-    from supervisor._notify import MAX_MESSAGE, NOTIFY_FD_ENV, PROTOCOL_VERSION
-
-    assert (MAX_MESSAGE, NOTIFY_FD_ENV, PROTOCOL_VERSION) == (
-        _wire.MAX_MESSAGE,
-        _wire.NOTIFY_FD_ENV,
-        _wire.PROTOCOL_VERSION,
-    )
+# The agent's side of agents/_protocol.py: what BaseAgent sends parses on the hub, what
+# the hub sends decodes
 
 
 json_values = st.recursive(
@@ -578,19 +562,19 @@ types = st.from_regex(r"\A[a-z][a-z0-9_-]{0,10}\Z")
 
 @settings(max_examples=60)
 @given(item=item_ids, attempt=attempts, value=json_values, checkpoint=json_values, kind=types)
-def test_everything_wire_encodes_parses_on_the_hub(
+def test_everything_an_agent_encodes_parses_on_the_hub(
     item: str, attempt: int, value: Any, checkpoint: Any, kind: str
 ) -> None:
     records = {
-        "hello": _wire.hello(),
-        "ready": _wire.ready(),
-        "heartbeat": _wire.heartbeat(),
-        "status": _wire.status("busy"),
-        "progress": _wire.progress(item, attempt, value, checkpoint),
-        "result": _wire.result(item, attempt, value),
-        "fail": _wire.fail(item, attempt, str(value), retry=bool(checkpoint)),
-        "handback": _wire.handback(item, attempt),
-        "submit": _wire.submit(kind, value),
+        "hello": proto.hello(),
+        "ready": proto.ready(),
+        "heartbeat": proto.heartbeat(),
+        "status": proto.status("busy"),
+        "progress": proto.progress(item, attempt, value, checkpoint),
+        "result": proto.result(item, attempt, value),
+        "fail": proto.fail(item, attempt, str(value), retry=bool(checkpoint)),
+        "handback": proto.handback(item, attempt),
+        "submit": proto.submit(kind, value),
     }
     for name, record in records.items():
         msg = parse_notify(record)
@@ -611,7 +595,7 @@ def test_everything_wire_encodes_parses_on_the_hub(
     accepted=st.booleans(),
     reason=st.text(max_size=20),
 )
-def test_everything_the_hub_encodes_decodes_in_wire(
+def test_everything_the_hub_encodes_decodes_on_the_agent(
     item: str, attempt: int, kind: str, payload: Any, checkpoint: Any, accepted: bool, reason: str
 ) -> None:
     assign = json.dumps(
@@ -623,8 +607,8 @@ def test_everything_the_hub_encodes_decodes_in_wire(
             "checkpoint": checkpoint,
         }
     )
-    got = _wire.decode(encode(NotifyMessage("assign", assign)))
-    assert isinstance(got, _wire.Assign)
+    got = proto.decode(encode(NotifyMessage("assign", assign)))
+    assert isinstance(got, proto.Assign)
     assert (item, attempt, kind, payload, checkpoint) == (
         got.item,
         got.attempt,
@@ -633,34 +617,34 @@ def test_everything_the_hub_encodes_decodes_in_wire(
         got.checkpoint,
     )
     ack = json.dumps({"item": item, "attempt": attempt, "accepted": accepted, "reason": reason})
-    got_ack = _wire.decode(encode(NotifyMessage("ack", ack)))
-    assert isinstance(got_ack, _wire.Ack)
+    got_ack = proto.decode(encode(NotifyMessage("ack", ack)))
+    assert isinstance(got_ack, proto.Ack)
     assert (item, attempt, accepted, reason) == (
         got_ack.item,
         got_ack.attempt,
         got_ack.accepted,
         got_ack.reason,
     )
-    assert isinstance(_wire.decode(encode(NotifyMessage("stop"))), _wire.Stop)
-    assert isinstance(_wire.decode(encode(NotifyMessage("ping"))), _wire.Ping)
+    assert isinstance(proto.decode(encode(NotifyMessage("stop"))), proto.Stop)
+    assert isinstance(proto.decode(encode(NotifyMessage("ping"))), proto.Ping)
 
 
-def test_wire_refuses_what_the_hub_would_refuse() -> None:
-    with pytest.raises(_wire.WireError, match="status"):
-        _wire.status("hung")
-    with pytest.raises(_wire.WireError, match="item id"):
-        _wire.result("bad id", 1, None)
-    with pytest.raises(_wire.WireError, match="attempt"):
-        _wire.result("i", 0, None)
-    with pytest.raises(_wire.WireError, match="attempt"):
-        _wire.result("i", True, None)  # type: ignore[arg-type]
-    with pytest.raises(_wire.WireError, match="not JSON"):
-        _wire.result("i", 1, float("nan"))
-    with pytest.raises(_wire.WireError, match="limit"):
-        _wire.result("i", 1, "x" * _wire.MAX_MESSAGE)
-    with pytest.raises(_wire.WireError, match="agent type"):
-        _wire.submit("Worker", {})
+def test_the_agent_side_refuses_what_the_hub_would_refuse() -> None:
+    with pytest.raises(proto.InvalidNotifyMessage, match="status"):
+        proto.status("hung")
+    with pytest.raises(proto.InvalidNotifyMessage, match="item id"):
+        proto.result("bad id", 1, None)
+    with pytest.raises(proto.InvalidNotifyMessage, match="attempt"):
+        proto.result("i", 0, None)
+    with pytest.raises(proto.InvalidNotifyMessage, match="attempt"):
+        proto.result("i", True, None)  # type: ignore[arg-type]
+    with pytest.raises(proto.InvalidNotifyMessage, match="not JSON"):
+        proto.result("i", 1, float("nan"))
+    with pytest.raises(proto.InvalidNotifyMessage, match="limit"):
+        proto.result("i", 1, "x" * proto.MAX_MESSAGE)
+    with pytest.raises(proto.InvalidNotifyMessage, match="agent type"):
+        proto.submit("Worker", {})
     for bad in (b"", b"PONG", b"ASSIGN=[]", b"ASSIGN={}", b'ACK={"item":"i","attempt":1}', b"\xff"):
-        with pytest.raises(_wire.WireError):
-            _wire.decode(bad)
-    assert isinstance(_wire.decode(b"STOP\n"), _wire.Stop)
+        with pytest.raises(proto.InvalidNotifyMessage):
+            proto.decode(bad)
+    assert isinstance(proto.decode(b"STOP\n"), proto.Stop)

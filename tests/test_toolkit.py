@@ -742,11 +742,18 @@ class TestChecksCatchBrokenRuntimes:
 class TestPublicSurface:
     def test_exports(self) -> None:
         """Every public name is exported, documented and shown under supervisor.testing."""
-        from supervisor.testing import _errors, _invariants, _run, _schedule, _strategies
+        from supervisor.testing import (
+            _errors,
+            _invariants,
+            _invariants_tree,
+            _invariants_work,
+            _run,
+            _schedule,
+            _strategies,
+        )
 
-        submodule_names = {
-            n for m in (_errors, _invariants, _run, _schedule, _strategies) for n in m.__all__
-        }
+        modules = (_errors, _invariants, _invariants_tree, _invariants_work, _run, _schedule)
+        submodule_names = {n for m in (*modules, _strategies) for n in m.__all__}
         assert submodule_names <= set(testing.__all__)
         assert len(set(testing.__all__)) == len(testing.__all__)
         for name in testing.__all__:

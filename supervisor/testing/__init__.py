@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 
 from ._errors import InvalidSchedule as InvalidSchedule
-from ._invariants import (
+from ._invariants import InvariantViolation as InvariantViolation
+from ._invariants_tree import (
     STRATEGY_ORACLES as STRATEGY_ORACLES,
-    InvariantViolation as InvariantViolation,
     StrategyOracle as StrategyOracle,
     check_all as check_all,
     check_backoff as check_backoff,
@@ -33,6 +33,8 @@ from ._invariants import (
     check_restart_types as check_restart_types,
     check_shutdown as check_shutdown,
     check_siblings as check_siblings,
+)
+from ._invariants_work import (
     check_work as check_work,
     check_work_completions as check_work_completions,
     check_work_deliveries as check_work_deliveries,

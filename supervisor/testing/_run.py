@@ -483,18 +483,14 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
-async def _run(
+def _script(
     spec: SupervisorSpec,
     schedule: Schedule,
-    seed: int,
-    max_agents: int | None,
-    settle: float,
     behaviours: dict[str, SimBehaviour],
-    queue: Callable[[], WorkQueue] | None,
     agent_work: SimWork,
-) -> Trace:
-    log = _Log()
-
+) -> Callable[[SpawnRequest, int], SimBehaviour]:
+    """How each simulated process behaves: as ``behaviours`` says, else a healthy agent
+    (heartbeats well within its timeout, takes work when the schedule has some)."""
     workers = _workers(spec)
     with_work = bool(schedule.work)
 
@@ -512,6 +508,22 @@ async def _run(
             return attrs.evolve(base, on_stop="ignore")
         return base
 
+    return script
+
+
+async def _run(
+    spec: SupervisorSpec,
+    schedule: Schedule,
+    seed: int,
+    max_agents: int | None,
+    settle: float,
+    behaviours: dict[str, SimBehaviour],
+    queue: Callable[[], WorkQueue] | None,
+    agent_work: SimWork,
+) -> Trace:
+    log = _Log()
+    with_work = bool(schedule.work)
+    script = _script(spec, schedule, behaviours, agent_work)
     backend = SimulatedProcessBackend(script, on_wire=log.add if with_work else None)
     probed = _probed(spec, "", log)
     assert isinstance(probed, SupervisorSpec)
