@@ -27,7 +27,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._control import ControlClientError, NoHubRunning, _secs, default_socket_path, request
+from .control.client import ControlClientError, NoHubRunning, request
+from .control.paths import NoHubExit, default_socket_path, env_socket_path
+from .control.printers import secs as _secs
 
 if TYPE_CHECKING:
     from ._metrics import GroupUsage
@@ -280,9 +282,7 @@ def _socket(socket_path: Path | None, hub_id: str | None) -> Path:
         return socket_path
     if hub_id:
         return default_socket_path(hub_id)
-    from ._cli import _default_socket  # here, not at the top: _cli imports this module
-
-    return _default_socket()
+    return env_socket_path()
 
 
 @click.command()
@@ -313,13 +313,11 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
 
     Press q (or Ctrl-C) to quit.
     """
-    from ._cli import _NoHub  # here, not at the top: _cli imports this module
-
     path = _socket(socket_path, hub_id)
     try:
         snap = poll(path)
     except NoHubRunning as exc:
-        raise _NoHub(str(exc)) from exc
+        raise NoHubExit(str(exc)) from exc
     except ControlClientError as exc:
         raise click.ClickException(str(exc)) from exc
     cpu = _CPU()
