@@ -482,6 +482,24 @@ def _run_lines(
         ) from exc
 
 
+def _where_options() -> list[click.Parameter]:
+    """``--socket`` and ``--hub-id``, which every control command takes."""
+    return [
+        click.Option(
+            ["--socket", "socket_path"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
+            "for --hub-id).",
+        ),
+        click.Option(
+            ["--hub-id"],
+            default=None,
+            help="The id of the hub to control (its root spec's name; default: hub).",
+        ),
+    ]
+
+
 def _ctl_command(op: Op, name: str | None = None) -> click.Command:
     """The command of one entry of the control table (``hubvisor ctl NAME``, or ``name``)."""
     params: list[click.Parameter] = []
@@ -510,22 +528,7 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             ),
         )
     )
-    params.append(
-        click.Option(
-            ["--socket", "socket_path"],
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
-            "for --hub-id).",
-        )
-    )
-    params.append(
-        click.Option(
-            ["--hub-id"],
-            default=None,
-            help="The id of the hub to control (its root spec's name; default: hub).",
-        )
-    )
+    params.extend(_where_options())
 
     def callback(
         as_json: bool,

@@ -147,6 +147,24 @@ def run_hub(
         check_hub_id = getattr(hub.work.store, "check_hub_id", None)
         if check_hub_id is not None:
             check_hub_id(hub.context.hub_id)
+    socket_path = _agent_env(hub, control_socket, redis)
+    # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
+    # inside an except* block comes out wrapped in the group it replaced (CPython
+    # gh-103590), and the CLI printed a 43-line ExceptionGroup instead of one line.
+    # No exception is raised inside an except* block anywhere (tests/test_faults_control.py).
+    try:
+        return trio.run(_run, hub, duration, output, socket_path, limits)
+    except BaseExceptionGroup as group:
+        found, rest = group.split(ControlError)
+        if found is None or rest is not None:
+            raise  # something else went wrong too: show all of it
+        error = _first_leaf(found)
+    raise error from None
+
+
+def _agent_env(hub: Hub, control_socket: str | None, redis: str | None) -> Path | None:
+    """The control socket's path (``None``: none), put in the agents' environment with
+    the Redis URL, if any."""
     socket_path = (
         None
         if control_socket is None
@@ -161,18 +179,7 @@ def run_hub(
         # Agents that keep their own state in Redis find the hub's (agents.BaseAgent reads
         # it as redis_url).
         hub.context.env = {"REDIS_URL": redis, **hub.context.env}
-    # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
-    # inside an except* block comes out wrapped in the group it replaced (CPython
-    # gh-103590), and the CLI printed a 43-line ExceptionGroup instead of one line.
-    # No exception is raised inside an except* block anywhere (tests/test_faults_control.py).
-    try:
-        return trio.run(_run, hub, duration, output, socket_path, limits)
-    except BaseExceptionGroup as group:
-        found, rest = group.split(ControlError)
-        if found is None or rest is not None:
-            raise  # something else went wrong too: show all of it
-        error = _first_leaf(found)
-    raise error from None
+    return socket_path
 
 
 def _first_leaf(group: BaseExceptionGroup[ControlError]) -> ControlError:

@@ -190,6 +190,18 @@ def render(
             Text(a.get("assignment") or "-"),
             Text(last_exit, style="red" if last_exit else ""),
         )
+    queues = _queues(snap, agents)
+    parts: list[RenderableType] = [header]
+    if problem:
+        parts.append(Text(problem, style="bold red"))
+    parts.extend([queues, table])
+    if hidden:
+        parts.append(Text(f" … {hidden} more rows: enlarge the terminal", style="dim"))
+    return Group(*parts)
+
+
+def _queues(snap: Snapshot, agents: Mapping[str, Mapping[str, Any]]) -> Table:
+    """The queues by agent type: waiting, in flight, agents and idle ones."""
     queues = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="queues", title_justify="left")
     for col in ("type", "waiting", "in flight", "agents", "idle"):
         queues.add_column(col, justify="left" if col == "type" else "right")
@@ -204,13 +216,7 @@ def render(
             str(sum(by_type[t].values())),
             str(by_type[t]["idle"]),
         )
-    parts: list[RenderableType] = [header]
-    if problem:
-        parts.append(Text(problem, style="bold red"))
-    parts.extend([queues, table])
-    if hidden:
-        parts.append(Text(f" … {hidden} more rows: enlarge the terminal", style="dim"))
-    return Group(*parts)
+    return queues
 
 
 def _types(agents: Mapping[str, Mapping[str, Any]]) -> set[str]:
