@@ -24,7 +24,7 @@ from .ops import EVENTS_KEPT, Args
 
 if TYPE_CHECKING:
     from .._hub import Hub
-    from .handlers import Stream
+    from .stream import Stream
 
 __all__ = ["NOISY_KINDS", "EventRing", "event_json", "find_ring"]
 

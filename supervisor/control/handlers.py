@@ -8,7 +8,6 @@ that these tables and the printers cover every one.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -20,46 +19,12 @@ from .._errors import ChildNotFound, ControlError
 from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
 from .._work import ItemStatus
 from .ops import SCHEMA_VERSION, Args, parse_request
+from .stream import Stream
 
 if TYPE_CHECKING:
     from .._hub import Hub
-    from .events import EventRing
 
 __all__ = ["BUDGETS", "HANDLERS", "STREAMS", "Budget", "Handler", "Stream", "StreamHandler"]
-
-
-class Stream:
-    """Where a streaming op's handler puts its items: the hub writes each as one line.
-
-    Never blocks. :meth:`backlog` items (what the hub already keeps: the recent lines or
-    events a stream starts with) are always sent; :meth:`send` items (new ones, as they
-    happen) are dropped while ``limit`` items wait for a slow client, so a client that
-    reads slowly (or not at all) costs the hub at most ``limit`` items. The client learns
-    how many it lost, and where: ``{"ok": true, "dropped": N}`` comes before the first
-    item after the gap. ``ring``: the server's event ring (for ``events``).
-    """
-
-    def __init__(self, limit: int = 1000, ring: EventRing | None = None) -> None:
-        self.limit = limit
-        self.ring = ring
-        self.dropped = 0
-        """New items lost so far because the client read too slowly."""
-        self._gap = 0
-        self._send, self._receive = trio.open_memory_channel[tuple[int, Any]](math.inf)
-
-    def backlog(self, item: Any) -> None:
-        """Queue an item the hub already holds (never dropped)."""
-        self._send.send_nowait((self._gap, item))
-        self._gap = 0
-
-    def send(self, item: Any) -> bool:
-        """Queue a new item, or drop it (and count it) if the client is ``limit`` behind."""
-        if self._send.statistics().current_buffer_used >= self.limit:
-            self._gap += 1
-            self.dropped += 1
-            return False
-        self.backlog(item)
-        return True
 
 
 Handler = Callable[["Hub", Args, trio.Nursery], Awaitable[Any]]
