@@ -75,9 +75,7 @@ class ControlLimits:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_connections, int) or self.max_connections < 1:
-            raise ValueError(
-                f"max_connections must be an int >= 1 (got {self.max_connections!r})"
-            )
+            raise ValueError(f"max_connections must be an int >= 1 (got {self.max_connections!r})")
         for name in ("idle_timeout", "request_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
