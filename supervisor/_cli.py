@@ -10,55 +10,32 @@ also ``hubvisor ctl NAME``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import logging
 import os
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import trio
 
-from ._control import (
-    FAST_TIMEOUT,
-    OPS,
-    ControlClientError,
-    ControlLimits,
-    Field,
-    NoHubRunning,
-    Op,
-    default_socket_path,
-    dumps,
-    loads_request,
-    request,
-    serve_control,
-    stream,
-)
-from ._demo import DemoFeeder, demo_spec
-from ._errors import (
-    ConfigError,
-    ControlError,
-    InvalidSpec,
-    MaxAgentsExceeded,
-    ServiceFailed,
-    SupervisorEscalation,
-)
-from ._hub import Hub, Service
-from ._keeper import OrphanKeeper
-from ._limits import LimitsService
-from ._log import log_events, log_kinds, logger
-from ._redis import RedisMirror
-from ._registry import Registry
-from ._spec import AnySpec, SupervisorSpec, check_specs
-from ._top import top
-from ._work import WorkService
+from ._errors import ConfigError, ControlError, InvalidSpec, MaxAgentsExceeded
+from .control.client import ControlClientError, NoHubRunning, request, request_many, stream
+from .control.ops import FAST_TIMEOUT, OPS, ControlLimits, Field, Op
+from .control.paths import SOCKET_ENV, NoHubExit, default_socket_path, env_socket_path
+from .control.wire import dumps, loads_request
 
-__all__ = ["load_spec", "main", "run_hub"]
+if TYPE_CHECKING:
+    from ._hub import Service
+    from ._spec import AnySpec, SupervisorSpec
+
+# Only what every command needs is imported above: a client command (`hubvisor status`)
+# must not pay for trio, the runtime, the hub or the work queues. `run`, `demo`, `check`
+# and `top` import their parts when they run.
+
+__all__ = ["load_spec", "main"]
 
 
 def load_spec(target: str) -> SupervisorSpec | list[AnySpec]:
@@ -67,6 +44,8 @@ def load_spec(target: str) -> SupervisorSpec | list[AnySpec]:
     Without ``:attr`` the names ``spec``, ``SPEC`` and ``tree`` are tried. The attribute
     may be a :class:`SupervisorSpec`, a list of specs, or a function returning either.
     """
+    from ._spec import SupervisorSpec
+
     where, _, attr = target.partition(":")
     if where.endswith(".py") or os.sep in where:
         path = Path(where)
@@ -110,151 +89,6 @@ def load_spec(target: str) -> SupervisorSpec | list[AnySpec]:
     )
 
 
-async def _watch_signals(hub: Hub, nursery: trio.Nursery, result: dict[str, int]) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        stopping = False
-        async for signum in signals:
-            if not stopping:
-                stopping = True
-                logger.info(
-                    "%s received: stopping the tree (Ctrl-C again to kill at once)",
-                    signal.Signals(signum).name,
-                )
-                nursery.start_soon(hub.stop)
-            elif signum == signal.SIGINT:
-                logger.warning("second SIGINT: killing every child's process group now")
-                result["code"] = 130
-                hub.kill_all()
-
-
-async def _run(
-    hub: Hub,
-    duration: float | None = None,
-    output: bool = False,
-    control_socket: Path | None = None,
-    control_limits: ControlLimits | None = None,
-) -> int:
-    result = {"code": 0}
-    events = hub.bus.subscribe(log_kinds(output))  # before serving: miss no event
-    async with trio.open_nursery() as outer:
-        outer.start_soon(log_events, events)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, hub, nursery, result)
-            if control_socket is not None:
-                serve = functools.partial(serve_control, limits=control_limits or ControlLimits())
-                path = await nursery.start(serve, hub, control_socket)
-                logger.info("control socket: %s (hubvisor ctl --socket %s list)", path, path)
-            if duration is not None:
-
-                async def stop_later() -> None:
-                    await trio.sleep(duration)
-                    logger.info("--duration %gs reached: stopping the tree", duration)
-                    await hub.stop()
-
-                nursery.start_soon(stop_later)
-            try:
-                await hub.serve()
-            except (SupervisorEscalation, ServiceFailed) as exc:
-                logger.error("hubvisor: %s", exc)
-                result["code"] = 1
-            nursery.cancel_scope.cancel()
-        hub.bus.close()
-    return result["code"]
-
-
-def run_hub(
-    spec: SupervisorSpec | Sequence[AnySpec],
-    *,
-    max_agents: int | None = None,
-    duration: float | None = None,
-    output: bool = False,
-    control_socket: str | None = "auto",
-    redis: str | None = None,
-    redis_prefix: str = "hubvisor",
-    services: Sequence[Service] = (),
-    hub_id: str | None = None,
-    lease: float = 10.0,
-    metrics: str | None = None,
-    control_max_connections: int = ControlLimits().max_connections,
-    control_idle_timeout: float = ControlLimits().idle_timeout,
-    metrics_max_connections: int = 16,
-) -> int:
-    """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
-
-    ``control_socket``: ``"auto"`` serves :mod:`hubvisor ctl <supervisor._control>` requests
-    on the default path for the hub's id, a path serves them there, ``None`` disables it.
-    ``redis``: keep the work in durable queues on this Redis (shared by every hub that uses
-    it, each holding its items on a ``lease`` of seconds) and mirror the agent registry
-    there, under ``redis_prefix`` (default: both live in the hub's memory only).
-    ``hub_id``: the hub's id (default: the root spec's name); hubs sharing a Redis need
-    different ones. ``metrics``: serve Prometheus metrics on this ``HOST:PORT``
-    (:class:`~supervisor._metrics.MetricsService`). ``control_max_connections``,
-    ``control_idle_timeout``: see :class:`~supervisor._control.ControlLimits`;
-    ``metrics_max_connections``: scrapes served at once.
-    """
-    limits = ControlLimits(
-        max_connections=control_max_connections, idle_timeout=control_idle_timeout
-    )
-    registry = None
-    work = None
-    if metrics is not None:
-        from ._metrics import MetricsService  # prometheus_client is imported only when used
-
-        services = (*services, MetricsService(metrics, max_connections=metrics_max_connections))
-    if redis is not None:
-        from ._work_redis import RedisWorkQueue  # redis-py is imported only when used
-
-        mirror = RedisMirror(redis, prefix=redis_prefix)
-        logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
-        registry = Registry(mirror=mirror)
-        work = WorkService(RedisWorkQueue(redis, prefix=redis_prefix, lease=lease))
-    hub = Hub(
-        spec,
-        max_agents=max_agents,
-        registry=registry,
-        # No orphan ever: whatever the agents start dies when the hub does, however.
-        services=[OrphanKeeper(), LimitsService(), *services],
-        work=work,
-        hub_id=hub_id,
-    )
-    if work is not None:
-        store = work.queue
-        assert isinstance(store, RedisWorkQueue)
-        store.check_hub_id(hub.context.hub_id)
-    socket_path = (
-        None
-        if control_socket is None
-        else default_socket_path(hub.context.hub_id)
-        if control_socket == "auto"
-        else Path(control_socket)
-    )
-    if socket_path is not None:
-        # Agents that run `hubvisor submit ...` themselves reach their own hub.
-        hub.context.env = {SOCKET_ENV: str(socket_path), **hub.context.env}
-    if redis is not None:
-        # Agents that keep their own state in Redis find the hub's (agents.BaseAgent reads
-        # it as redis_url).
-        hub.context.env = {"REDIS_URL": redis, **hub.context.env}
-    # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
-    # inside an except* block comes out wrapped in the group it replaced (CPython
-    # gh-103590), and the CLI printed a 43-line ExceptionGroup instead of one line.
-    # No exception is raised inside an except* block anywhere (tests/test_faults_control.py).
-    try:
-        return trio.run(_run, hub, duration, output, socket_path, limits)
-    except BaseExceptionGroup as group:
-        found, rest = group.split(ControlError)
-        if found is None or rest is not None:
-            raise  # something else went wrong too: show all of it
-        error = _first_leaf(found)
-    raise error from None
-
-
-def _first_leaf(group: BaseExceptionGroup[ControlError]) -> ControlError:
-    """The first exception in ``group``, however deeply the nurseries nested it."""
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -263,6 +97,8 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
 
+
+_LIMITS = ControlLimits()
 
 _common = [
     click.option(
@@ -328,7 +164,7 @@ _common = [
     click.option(
         "--control-max-connections",
         type=click.IntRange(min=1),
-        default=ControlLimits().max_connections,
+        default=_LIMITS.max_connections,
         show_default=True,
         help="Control connections served at once; one more is told the hub is busy and "
         "closed (clients retry), so a flood of connections cannot fill the hub's fd table.",
@@ -336,7 +172,7 @@ _common = [
     click.option(
         "--control-idle-timeout",
         type=click.FloatRange(min=0, min_open=True),
-        default=ControlLimits().idle_timeout,
+        default=_LIMITS.idle_timeout,
         show_default=True,
         help="Seconds a control connection may wait between requests before the hub "
         "closes it (a following logs/events -f is never idle).",
@@ -361,6 +197,8 @@ _common = [
 def _check_redis_url(value: str | None) -> str | None:
     if value is not None:
         try:
+            from ._redis import RedisMirror  # trio and attrs: only when --redis is given
+
             RedisMirror(value)
         except ValueError as exc:  # the message never shows the password
             raise click.BadParameter(str(exc), param_hint="--redis") from None
@@ -384,7 +222,22 @@ def _with_common(f: Any) -> Any:
     return f
 
 
-@click.group()
+class _Main(click.Group):
+    """The ``hubvisor`` group; ``top`` (rich.live, /proc sampling) is loaded when named."""
+
+    _LAZY = {"top": "supervisor._top"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._LAZY and cmd_name not in self.commands:
+            module = importlib.import_module(self._LAZY[cmd_name])
+            self.add_command(getattr(module, cmd_name))
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="hubvisor")
 def main() -> None:
     """hubvisor: an OTP-style supervision tree for the processes of AI coding agents."""
@@ -400,6 +253,8 @@ def run(spec: str, **options: Any) -> None:
 
 
 def _run_or_explain(tree: Any, options: dict[str, Any], services: Sequence[Service] = ()) -> None:
+    from ._daemon import run_hub
+
     if options.get("control_socket") == "none":
         options["control_socket"] = None
     try:
@@ -435,6 +290,8 @@ def _run_or_explain(tree: Any, options: dict[str, Any], services: Sequence[Servi
 def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> None:
     """Run the demo: planning, worker, qc and review agents with work flowing through
     them; one worker crashes now and then, one hangs. Watch it with `hubvisor status`."""
+    from ._demo import DemoFeeder, demo_spec
+
     _setup_logging(False)
     _run_or_explain(
         lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate),
@@ -447,6 +304,9 @@ def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> N
 @click.argument("spec")
 def check(spec: str) -> None:
     """Load SPEC and check it without starting anything."""
+    from ._hub import Hub
+    from ._spec import check_specs
+
     try:
         tree = load_spec(spec)
         check_specs(tree)
@@ -454,16 +314,6 @@ def check(spec: str) -> None:
     except InvalidSpec as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{spec}: OK")
-
-
-SOCKET_ENV = "HUBVISOR_SOCKET"
-"""The control socket every command uses when given no ``--socket``; ``run`` and ``demo``
-put it in their agents' environment."""
-
-
-def _default_socket() -> Path:
-    env = os.environ.get(SOCKET_ENV)
-    return Path(env) if env else default_socket_path("hub")
 
 
 @main.group()
@@ -488,17 +338,13 @@ def work() -> None:
     """Work items: list them, show one, retry a dead one."""
 
 
-class _NoHub(click.ClickException):
-    """No hub listens at the socket: the message alone, exit status 3."""
-
-    exit_code = 3
-
-    def show(self, file: Any = None) -> None:
-        click.echo(self.message, err=True)
+class _Lines(list[tuple[int, Any]]):
+    """Several JSON values read from stdin, one a line: ``(line number, value)``."""
 
 
 class _JsonValue(click.ParamType[Any]):
-    """A JSON value from the command line, or from stdin for ``-``."""
+    """A JSON value from the command line, or from stdin for ``-``: one JSON value (it
+    may span lines), or JSON lines, one value a line (then a :class:`_Lines`)."""
 
     name = "json"
 
@@ -515,10 +361,33 @@ class _JsonValue(click.ParamType[Any]):
         try:
             parsed = loads_request(text)  # NaN and Infinity refused, lone surrogates replaced
         except ValueError as exc:
+            if value == "-" and sum(1 for line in text.splitlines() if line.strip()) > 1:
+                return self._lines(text, param, ctx)
             self.fail(f"{where} is not JSON ({exc}); {example}", param, ctx)
         if parsed is None:
             self.fail(f"{where} is null; {example}", param, ctx)
         return parsed
+
+    def _lines(self, text: str, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Every line of ``text`` checked before anything is sent: the first bad one stops
+        the command (exit 2) with nothing done."""
+        found = _Lines()
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = loads_request(line)
+            except ValueError as exc:
+                self.fail(
+                    f"stdin line {number} is not JSON ({exc}); nothing was sent: give one "
+                    """JSON value per line, e.g. {"n": 3}""",
+                    param,
+                    ctx,
+                )
+            if value is None:
+                self.fail(f"stdin line {number} is null; nothing was sent", param, ctx)
+            found.append((number, value))
+        return found
 
 
 def _param(f: Field) -> click.Parameter:
@@ -541,6 +410,17 @@ def _param(f: Field) -> click.Parameter:
     return click.Option(names, type=kind, default=None, required=f.required, help=text)
 
 
+def _show(op: Op, result: Any, args: dict[str, Any]) -> None:
+    """Print ``result`` with the op's printer (rich is imported here, not for every command)."""
+    from .control.printers import PRINTERS
+
+    show = PRINTERS.get(op.name)
+    if show is None:  # an op added to OPS without a printer: print it plainly
+        click.echo(result)
+    else:
+        show(result, args)
+
+
 def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeout: Any) -> None:
     args = {k: v for k, v in req.items() if k != "op"}
     try:
@@ -555,7 +435,7 @@ def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeou
             if as_json:
                 click.echo(dumps(answer["item"]))
             else:
-                op.show(answer["item"], args)
+                _show(op, answer["item"], args)
             sys.stdout.flush()  # a reader at the other end of a pipe sees each line now
     except KeyboardInterrupt:
         sys.exit(130)
@@ -563,6 +443,61 @@ def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeou
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+
+
+def _run_lines(
+    op: Op,
+    path: Path,
+    args: dict[str, Any],
+    key: str,
+    lines: _Lines,
+    as_json: bool,
+    timeout: float | None,
+) -> None:
+    """Run ``op`` once per line read from stdin (``key`` from each line), over one
+    connection, printing each result as it comes; stop at the first one the hub refuses."""
+    done = 0
+    at = 0  # the stdin line of the request being answered
+
+    def requests() -> Iterator[dict[str, Any]]:
+        nonlocal at
+        for number, value in lines:
+            at = number
+            yield {"op": op.name, **args, key: value}
+
+    try:
+        for result in request_many(path, requests(), timeout):
+            done += 1
+            if as_json:
+                click.echo(dumps(result))
+            else:
+                _show(op, result, {**args, key: lines[done - 1][1]})
+            sys.stdout.flush()
+    except NoHubRunning:
+        raise
+    except ControlClientError as exc:
+        raise click.ClickException(
+            f"stdin line {at}: {exc}; the {done} lines before it were sent (their results "
+            f"are printed above), it and the {len(lines) - done - 1} after it were not"
+        ) from exc
+
+
+def _where_options() -> list[click.Parameter]:
+    """``--socket`` and ``--hub-id``, which every control command takes."""
+    return [
+        click.Option(
+            ["--socket", "socket_path"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
+            "for --hub-id).",
+        ),
+        click.Option(
+            ["--hub-id"],
+            default=None,
+            help="The id of the hub to control (its root spec's name; default: hub).",
+        ),
+    ]
 
 
 def _ctl_command(op: Op, name: str | None = None) -> click.Command:
@@ -593,22 +528,7 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             ),
         )
     )
-    params.append(
-        click.Option(
-            ["--socket", "socket_path"],
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
-            "for --hub-id).",
-        )
-    )
-    params.append(
-        click.Option(
-            ["--hub-id"],
-            default=None,
-            help="The id of the hub to control (its root spec's name; default: hub).",
-        )
-    )
+    params.extend(_where_options())
 
     def callback(
         as_json: bool,
@@ -622,7 +542,7 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             socket_path
             or (default_socket_path(hub_id) if hub_id else None)
             or (obj if isinstance(obj, Path) else None)
-            or _default_socket()
+            or env_socket_path()
         )
         args = {
             k: list(v) if isinstance(v, tuple) else v
@@ -630,19 +550,23 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             if v is not None and v is not False and v != ()
         }
         req = {"op": op.name, **args}
+        many = [(k, v) for k, v in args.items() if isinstance(v, _Lines)]
         try:
-            if op.stream is not None:
+            if many:
+                _run_lines(op, path, args, *many[0], as_json, timeout)
+                return
+            if op.stream:
                 _print_stream(op, path, req, as_json, timeout)
                 return
             result = request(path, req, timeout)
         except NoHubRunning as exc:
-            raise _NoHub(str(exc)) from exc
+            raise NoHubExit(str(exc)) from exc
         except ControlClientError as exc:
             raise click.ClickException(str(exc)) from exc
         if as_json:
             click.echo(dumps(result, indent=2))
         else:
-            op.show(result, args)
+            _show(op, result, args)
 
     help_text = op.help + ("\n\n" + "\n\n".join(arguments) if arguments else "")
     return click.Command(name or op.name, callback=callback, params=params, help=help_text)
@@ -660,4 +584,3 @@ for _op in OPS.values():
             _parent = _sub
         _parent.add_command(_ctl_command(_op, _name))
 ctl.help = f"Control a running hub: {', '.join(ctl.commands)} (each op of the control table)."
-main.add_command(top)

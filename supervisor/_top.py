@@ -27,7 +27,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._control import ControlClientError, NoHubRunning, _secs, default_socket_path, request
+from .control.client import ControlClientError, NoHubRunning, request
+from .control.paths import NoHubExit, default_socket_path, env_socket_path
+from .control.printers import secs as _secs
 
 if TYPE_CHECKING:
     from ._metrics import GroupUsage
@@ -188,6 +190,18 @@ def render(
             Text(a.get("assignment") or "-"),
             Text(last_exit, style="red" if last_exit else ""),
         )
+    queues = _queues(snap, agents)
+    parts: list[RenderableType] = [header]
+    if problem:
+        parts.append(Text(problem, style="bold red"))
+    parts.extend([queues, table])
+    if hidden:
+        parts.append(Text(f" … {hidden} more rows: enlarge the terminal", style="dim"))
+    return Group(*parts)
+
+
+def _queues(snap: Snapshot, agents: Mapping[str, Mapping[str, Any]]) -> Table:
+    """The queues by agent type: waiting, in flight, agents and idle ones."""
     queues = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="queues", title_justify="left")
     for col in ("type", "waiting", "in flight", "agents", "idle"):
         queues.add_column(col, justify="left" if col == "type" else "right")
@@ -202,13 +216,7 @@ def render(
             str(sum(by_type[t].values())),
             str(by_type[t]["idle"]),
         )
-    parts: list[RenderableType] = [header]
-    if problem:
-        parts.append(Text(problem, style="bold red"))
-    parts.extend([queues, table])
-    if hidden:
-        parts.append(Text(f" … {hidden} more rows: enlarge the terminal", style="dim"))
-    return Group(*parts)
+    return queues
 
 
 def _types(agents: Mapping[str, Mapping[str, Any]]) -> set[str]:
@@ -280,9 +288,7 @@ def _socket(socket_path: Path | None, hub_id: str | None) -> Path:
         return socket_path
     if hub_id:
         return default_socket_path(hub_id)
-    from ._cli import _default_socket  # here, not at the top: _cli imports this module
-
-    return _default_socket()
+    return env_socket_path()
 
 
 @click.command()
@@ -313,13 +319,11 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
 
     Press q (or Ctrl-C) to quit.
     """
-    from ._cli import _NoHub  # here, not at the top: _cli imports this module
-
     path = _socket(socket_path, hub_id)
     try:
         snap = poll(path)
     except NoHubRunning as exc:
-        raise _NoHub(str(exc)) from exc
+        raise NoHubExit(str(exc)) from exc
     except ControlClientError as exc:
         raise click.ClickException(str(exc)) from exc
     cpu = _CPU()

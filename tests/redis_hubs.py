@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from supervisor._control import request
+from supervisor.control.client import request
 
 from . import raw_agent
 

@@ -264,7 +264,7 @@ async def test_run_in_process_logs_lifecycle_and_output(caplog: pytest.LogCaptur
     import logging
 
     from supervisor import ChildSpec, Hub
-    from supervisor._cli import _run
+    from supervisor._daemon import _run
 
     spec = SupervisorSpec(
         name="hub",

@@ -26,7 +26,8 @@ from click.testing import CliRunner, Result
 from strategies import Intensity
 from supervisor import ChildSpec, Event, Hub, PoolSpec, SupervisorSpec
 from supervisor._cli import main
-from supervisor._control import Stream, serve_control
+from supervisor.control.handlers import Stream
+from supervisor.control.server import serve_control
 from tests import raw_agent
 from tests.helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
 from tests.test_cli import finish, start_hubvisor
@@ -516,7 +517,7 @@ class Answers:
 
 def test_the_docs_show_every_command() -> None:
     """docs/control.md names each top-level command built from the table."""
-    from supervisor._control import OPS
+    from supervisor.control.ops import OPS
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "control.md").read_text()
     for op in OPS.values():
@@ -530,12 +531,12 @@ def test_status_colours_only_on_a_terminal(
     """On a terminal the status is coloured (piped it is plain: checked above)."""
     from rich.console import Console
 
-    from supervisor import _control
+    from supervisor.control import printers
 
     def terminal(**kw: Any) -> Console:
         return Console(force_terminal=True, color_system="standard", **{"width": 200, **kw})
 
-    monkeypatch.setattr(_control, "Console", terminal)
+    monkeypatch.setattr(printers, "Console", terminal)
     row = {
         "id": "a1",
         "type": "w",
@@ -549,7 +550,7 @@ def test_status_colours_only_on_a_terminal(
         "last_exit": "killed by SIGKILL",
     }
     hub = {"id": "hub", "pid": 1, "agents": 1, "work": {"queued": 0}}
-    _control.OPS["status"].show({"schema_version": 1, "hub": hub, "agents": [row]}, {})
+    printers.PRINTERS["status"]({"schema_version": 1, "hub": hub, "agents": [row]}, {})
 
     out = capsys.readouterr().out
     assert "\x1b[" in out and "killed by SIGKILL" in out
@@ -593,3 +594,45 @@ async def test_sigterm_to_the_hub_hands_every_held_item_back_and_leaves_nothing(
             text,
         ), text
     assert "crashed" not in text and "SIGKILL" not in text
+
+
+async def test_submit_reads_json_lines_from_stdin_over_one_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`submit TYPE -` with 100 JSON lines queues 100 items over one connection and prints
+    one id a line, in order; a line that is not JSON stops it before anything is sent,
+    naming the line; a request the hub (or the client) refuses stops it there, the lines
+    before it sent and said so."""
+    from supervisor.control import client
+
+    connects = []
+    real_connect = client._connect
+
+    def counting(path: Path, timeout: float) -> Any:
+        connects.append(path)
+        return real_connect(path, timeout)
+
+    monkeypatch.setattr(client, "_connect", counting)
+    async with served(tree(), tmp_path) as (hub, _, path):
+        lines = "".join(json.dumps({"n": n}) + "\n" for n in range(100))
+        result = await cli(path, "submit", "w", "-", "--max-deliveries", "2", stdin=lines)
+
+        assert 0 == result.exit_code, result.output
+        ids = result.stdout.split()
+        assert 100 == len(ids) == len(set(ids))
+        assert 1 == len(connects)
+        items = {item.id: item for item in hub.work.items()}
+        assert [{"n": n} for n in range(100)] == [items[i].payload for i in ids]
+        assert {2} == {item.max_deliveries for item in items.values()}
+
+        bad = await cli(path, "submit", "w", "-", stdin='{"n": 1}\n\n{"n": 2}\n{n: 3}\n')
+        assert 2 == bad.exit_code
+        assert "stdin line 4 is not JSON" in bad.output and "nothing was sent" in bad.output
+        assert 100 == len(hub.work.items())
+
+        huge = json.dumps({"blob": "x" * 70_000})
+        cut = await cli(path, "submit", "w", "-", stdin=f'{{"n": 1}}\n{huge}\n{{"n": 3}}\n')
+        assert 1 == cut.exit_code
+        assert "stdin line 2: the request is" in cut.output
+        assert "the 1 lines before it were sent" in cut.output
+        assert 101 == len(hub.work.items())

@@ -15,7 +15,9 @@ from click.testing import CliRunner
 
 from supervisor import ControlError, PoolSpec, SupervisorSpec
 from supervisor._cli import main
-from supervisor._control import ControlClientError, default_socket_path, request, serve_control
+from supervisor.control.client import ControlClientError, request
+from supervisor.control.paths import default_socket_path
+from supervisor.control.server import serve_control
 from tests.helpers import running, sleeper
 
 

@@ -19,13 +19,11 @@ import trio
 from click.testing import CliRunner
 
 from supervisor import ControlError, Hub, PoolSpec, SupervisorSpec
-from supervisor._cli import main, run_hub
-from supervisor._control import (
-    ControlClientError,
-    default_socket_path,
-    request,
-    serve_control,
-)
+from supervisor._cli import main
+from supervisor._daemon import run_hub
+from supervisor.control.client import ControlClientError, request
+from supervisor.control.paths import default_socket_path
+from supervisor.control.server import serve_control
 from tests.helpers import TIMEOUT, running, sleeper, until
 from tests.test_cli import finish, start_hubvisor
 
@@ -223,7 +221,7 @@ async def test_fault10_terminate_waits_up_to_the_childs_shutdown_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without --timeout, ctl waits the child's shutdown time on top of its own timeout."""
-    import supervisor._control as control
+    import supervisor.control.ops as control
 
     monkeypatch.setattr(control, "FAST_TIMEOUT", 0.5)
     path = tmp_path / "hub.sock"

@@ -11,7 +11,8 @@ import trio
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from supervisor import PoolSpec, SupervisorSpec
-from supervisor._control import OPS, serve_control
+from supervisor.control.ops import OPS
+from supervisor.control.server import serve_control
 from tests.helpers import TIMEOUT, running, sleeper
 
 SAFE_OPS = sorted(name for name in OPS if name != "stop")  # a fuzzed stop would end the hub

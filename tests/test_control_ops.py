@@ -14,15 +14,11 @@ from click.testing import CliRunner
 
 from supervisor import ControlError, Hub, SupervisorSpec
 from supervisor._cli import _ctl_command, ctl
-from supervisor._control import (
-    OPS,
-    ControlClientError,
-    Field,
-    Op,
-    parse_request,
-    request,
-    serve_control,
-)
+from supervisor.control.client import ControlClientError, request
+from supervisor.control.handlers import BUDGETS, HANDLERS, STREAMS
+from supervisor.control.ops import OPS, Field, Op, parse_request
+from supervisor.control.printers import PRINTERS
+from supervisor.control.server import serve_control
 from tests.helpers import running, sleeper
 
 DOCS = (Path(__file__).resolve().parent.parent / "docs" / "control.md").read_text()
@@ -91,14 +87,14 @@ async def test_one_entry_adds_an_op_to_the_socket_and_to_ctl(
     op = Op(
         "echo",
         "Say TEXT back.",
-        echo,
         fields=(
             Field("text", str, "what to say", "hi", metavar="TEXT"),
             Field("times", int, "how often", 2, required=False, minimum=1, flag="-t"),
         ),
-        show=lambda result, args: click.echo(result["said"]),
     )
     monkeypatch.setitem(OPS, "echo", op)
+    monkeypatch.setitem(HANDLERS, "echo", echo)
+    monkeypatch.setitem(PRINTERS, "echo", lambda result, args: click.echo(result["said"]))
     group = click.Group("ctl", commands=[_ctl_command(op)])
     path = tmp_path / "hub.sock"
     spec = SupervisorSpec(name="hub", children=[sleeper("solo")])
@@ -141,7 +137,7 @@ async def test_budgets_bound_how_long_an_op_may_take() -> None:
         def budget(req: dict[str, Any]) -> float:
             op, args = parse_request(req)
             assert op.budget is not None
-            return op.budget(hub, args)
+            return BUDGETS[op.name](hub, args)
 
         assert 0.0 == budget({"op": "terminate", "id": "quick"})
         assert 3.0 == budget({"op": "restart", "id": "team"})
@@ -162,7 +158,8 @@ async def test_a_handler_that_fails_unexpectedly_is_an_error_answer(
     async def broken(hub: Hub, args: Any, background: trio.Nursery) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(OPS, "broken", Op("broken", "Fail.", broken))
+    monkeypatch.setitem(OPS, "broken", Op("broken", "Fail."))
+    monkeypatch.setitem(HANDLERS, "broken", broken)
     path = tmp_path / "hub.sock"
     solo = SupervisorSpec(name="hub", children=[sleeper("solo")])
     async with running(solo) as (hub, _), trio.open_nursery() as nursery:
@@ -180,3 +177,36 @@ async def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ControlError, match="cannot listen on .*--control-socket PATH"):
         await serve_control(Hub(SupervisorSpec(name="hub", children=[sleeper("s")])), path)
+
+
+def test_handlers_and_printers_cover_every_op() -> None:
+    """Each op of the table has exactly one handler in the hub (a streaming op a stream
+    handler), a budget if it declares one, and a printer on the client."""
+    assert {n for n, op in OPS.items() if not op.stream} == set(HANDLERS)
+    assert {n for n, op in OPS.items() if op.stream} == set(STREAMS)
+    assert {n for n, op in OPS.items() if op.budget} == set(BUDGETS)
+    assert set(OPS) == set(PRINTERS)
+
+
+def test_the_table_imports_no_hub_and_no_rich() -> None:
+    """The op table, the client and the CLI load without trio, attrs, rich, the hub, the
+    runtime or the work queues (a client command starts fast)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, supervisor._cli, supervisor.control.client, supervisor.control.ops\n"
+        "heavy = {'trio', 'attrs', 'rich.table', 'supervisor._hub', 'supervisor._runtime',\n"
+        "         'supervisor._work', 'prometheus_client', 'redis'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "[]" == out.stdout.strip()
+
+
+def test_item_statuses_are_the_work_items() -> None:
+    """The table's copy of the item statuses (it imports no work module) is ItemStatus."""
+    from supervisor import ItemStatus
+    from supervisor.control.ops import ITEM_STATUSES
+
+    assert tuple(str(s) for s in ItemStatus) == ITEM_STATUSES

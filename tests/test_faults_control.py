@@ -28,15 +28,11 @@ from click.testing import CliRunner
 
 from supervisor import ConfigError, Hub, PoolSpec, SupervisorSpec
 from supervisor._cli import main
-from supervisor._control import (
-    ControlClientError,
-    ControlLimits,
-    _EventRing,
-    _rings,
-    request,
-    serve_control,
-)
 from supervisor._metrics import MetricsService
+from supervisor.control.client import ControlClientError, request
+from supervisor.control.events import EventRing
+from supervisor.control.ops import ControlLimits
+from supervisor.control.server import serve_control
 from tests.helpers import TIMEOUT, running, sleeper, until
 from tests.test_cli import finish, start_hubvisor
 from tests.test_cli_work import cli
@@ -73,13 +69,12 @@ async def test_fault14_events_n_gives_the_last_n_kept_or_all_of_them(
 ) -> None:
     """With 4 events kept, ``events -n 6`` prints all 4 (it printed 2), ``-n 3`` the last 3."""
     hub = Hub(tree())
-    ring = _EventRing(hub, keep=4)
+    ring = EventRing(keep=4)
     for n in range(4):
         ring.kept.append({"kind": "running", "n": n})
-    _rings[hub] = ring  # serve_control keeps a ring already there
     path = tmp_path / "hub.sock"
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_control, hub, path)
+        await nursery.start(functools.partial(serve_control, hub, path, events=ring))
 
         result = await trio.to_thread.run_sync(
             lambda: CliRunner().invoke(main, ["events", "-n", str(lines), "--socket", str(path)])
@@ -381,11 +376,12 @@ async def test_fault1_printing_an_item_whose_error_holds_a_lone_surrogate(
     surrogates (sent by an agent, kept by the hub) as U+FFFD instead of crashing."""
     path = tmp_path / "hub.sock"
     async with running(tree()) as (hub, _), trio.open_nursery() as nursery:
-        await nursery.start(serve_control, hub, path)
+        ring = EventRing()
+        await nursery.start(functools.partial(serve_control, hub, path, events=ring))
         item = hub.work.submit("w", {"n": 1})
         item.error = LONE  # what an agent's FAIL left before the boundary was made safe
         item.progress = {"file": LONE}
-        _rings[hub].kept.append({"kind": "work_failed", "item_id": item.id, "error": LONE})
+        ring.kept.append({"kind": "work_failed", "item_id": item.id, "error": LONE})
         argv = [a.format(id=item.id) for a in args]
 
         result = await trio.to_thread.run_sync(lambda: hubvisor(*argv, "--socket", str(path)))

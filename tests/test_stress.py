@@ -164,7 +164,7 @@ class Hub:
         return bool(status["agents"]) and all(a["status"] != "starting" for a in status["agents"])
 
     def call(self, op: str, **args: Any) -> Any:
-        from supervisor._control import request
+        from supervisor.control.client import request
 
         return request(self.socket, {"op": op, **args}, 20.0)
 

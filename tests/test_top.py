@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from supervisor._control import request
 from supervisor._metrics import GroupUsage
 from supervisor._top import _CPU, Snapshot, _bytes, _Keys, _socket, poll, render, top
+from supervisor.control.client import request
 
 from . import raw_agent
 
@@ -281,7 +281,7 @@ def _served_hub() -> Any:
     import trio
 
     from supervisor import PoolSpec, SupervisorSpec
-    from supervisor._control import serve_control
+    from supervisor.control.server import serve_control
     from tests.helpers import running, sleeper
 
     class Served:
@@ -448,7 +448,7 @@ class TestCommand:
     def test_the_socket_comes_from_the_option_the_hub_id_or_the_environment(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        from supervisor._control import default_socket_path
+        from supervisor.control.paths import default_socket_path
 
         monkeypatch.setenv("HUBVISOR_SOCKET", str(tmp_path / "env.sock"))
         assert tmp_path / "x.sock" == _socket(tmp_path / "x.sock", "other")
@@ -485,7 +485,7 @@ class TestCommand:
         """The live view polls every interval; a poll that finds no hub keeps the last
         frame and says so; q quits with status 0."""
         import supervisor._top as top_module
-        from supervisor._control import NoHubRunning
+        from supervisor.control.client import NoHubRunning
 
         r, w = os.pipe()
         polls = []

@@ -1,0 +1,311 @@
+"""The client's side of the control socket: blocking, stdlib sockets, for ``hubvisor``
+and for Python code that controls a hub (``request``, ``stream``, ``request_many``).
+
+It imports neither the runtime nor the hub (nor trio): a client command starts fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .._errors import HubvisorError
+from . import ops
+from .ops import OPS, Op, show_value
+from .paths import check_private_dir, default_base, no_hub_message
+from .wire import MAX_ANSWER, MAX_LINE, loads_answer, too_deep
+
+__all__ = [
+    "ControlClientError",
+    "HubBusy",
+    "NoHubRunning",
+    "request",
+    "request_many",
+    "stream",
+]
+
+
+class ControlClientError(HubvisorError):
+    """The control socket could not be reached, or the hub refused the request."""
+
+
+class NoHubRunning(ControlClientError):
+    """Nothing listens at the control socket (no file there, or a dead hub's file)."""
+
+
+class HubBusy(ControlClientError):
+    """The hub serves as many control connections as it may
+    (:class:`~supervisor.control.ops.ControlLimits`)."""
+
+
+class _Client:
+    """One blocking connection to a hub: requests in, answers out, every failure explained."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.buf = b""
+
+    def connect(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(self.path))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                raise NoHubRunning(no_hub_message(self.path)) from None
+            raise ControlClientError(
+                f"no hub is listening on {self.path} ({exc.strerror or exc}); is `hubvisor "
+                "run` running with that hub id, or pass --socket"
+            ) from None
+
+    def send(self, req: dict[str, Any]) -> None:
+        try:
+            line = json.dumps(req, allow_nan=False).encode() + b"\n"
+        except ValueError:
+            raise ControlClientError(
+                f"the {show_value(req.get('op'))} request holds NaN or Infinity, which JSON "
+                "does not allow (the protocol forbids them); send null, a string or a finite "
+                "number"
+            ) from None
+        if len(line) > MAX_LINE:
+            raise ControlClientError(
+                f"the request is {len(line)} bytes, over the {MAX_LINE} a control request may "
+                "have; put large inputs in a file or store and pass their name"
+            )
+        try:
+            self.sock.sendall(line)
+        except OSError as exc:
+            # A busy hub answers and closes before reading: its answer may be waiting.
+            try:
+                self.read("", 1.0)
+            except HubBusy:
+                raise
+            except (ControlClientError, OSError):
+                pass
+            raise ControlClientError(
+                f"lost the connection to the hub at {self.path} ({exc.strerror or exc})"
+            ) from None
+
+    def read(self, op: str, timeout: float | None, ended: str | None = None) -> dict[str, Any]:
+        """The next answer line; an ``ok: false`` one raises; ``ended``: the error if the
+        hub closes the connection (default: it closed it before answering)."""
+        self.sock.settimeout(timeout)
+        try:
+            while b"\n" not in self.buf:
+                if len(self.buf) > MAX_ANSWER:
+                    raise ControlClientError(
+                        f"the hub at {self.path} sent an answer longer than {MAX_ANSWER} bytes"
+                    )
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise ControlClientError(
+                        ended
+                        or f"the hub at {self.path} closed the connection before answering {op}"
+                    )
+                self.buf += chunk
+        except TimeoutError:
+            raise ControlClientError(
+                f"the hub at {self.path} did not answer {op} within {timeout:g}s; it may still "
+                "be carrying it out (see `hubvisor ctl list`); wait longer with --timeout "
+                "SECONDS"
+            ) from None
+        except OSError as exc:
+            raise ControlClientError(
+                f"lost the connection to the hub at {self.path} ({exc.strerror or exc})"
+            ) from None
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            answer = None if too_deep(line) else loads_answer(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+            raise ControlClientError(
+                f"the hub at {self.path} sent an answer that is not a hubvisor answer: "
+                f"{line[:80]!r}; is {self.path} the control socket of a hubvisor hub?"
+            )
+        if not answer["ok"]:
+            error = HubBusy if answer.get("busy") is True else ControlClientError
+            raise error(str(answer.get("error")))
+        return answer
+
+    def ask(self, req: dict[str, Any], timeout: float) -> Any:
+        op = show_value(req.get("op") if isinstance(req, dict) else req)
+        self.send(req)
+        return self.read(op, timeout).get("result")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _budget_of(client: _Client, req: dict[str, Any]) -> float:
+    wait = client.ask({"op": "budget", "request": req}, ops.FAST_TIMEOUT)
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or not math.isfinite(wait):
+        raise ControlClientError(
+            f"the hub at {client.path} gave {show_value(wait)} as the time "
+            f"{show_value(req.get('op'))} may take; pass --timeout SECONDS"
+        )
+    return max(0.0, float(wait))
+
+
+def _connect(path: Path, timeout: float) -> _Client:
+    if path.parent == default_base():
+        check_private_dir(path.parent, ControlClientError, "--socket")
+    client = _Client(path)
+    try:
+        client.connect(timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def request(path: Path, req: dict[str, Any], timeout: float | None = None) -> Any:
+    """Send one request to the hub at ``path`` and return its result (blocking client).
+
+    ``timeout``: seconds to wait for the answer. ``None``: ``FAST_TIMEOUT``, plus,
+    for an op that may take a while inside the hub (``terminate`` waits up to the
+    child's shutdown time), the time the hub says it may take. A streaming op's result
+    is the list of its items (it must not follow: see :func:`stream`).
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        ControlClientError: the socket's directory is unsafe, the hub refused the
+            request, did not answer in time, or answered garbage.
+    """
+    name = req.get("op") if isinstance(req, dict) else None
+    op = OPS.get(name) if isinstance(name, str) else None
+    if op is not None and op.stream:
+        if req.get("follow"):
+            raise ControlClientError(f"{name} with follow never ends; read it with stream()")
+        found = stream(path, req, timeout)
+        return [answer["item"] for answer in found if "item" in answer]
+    return _retry_busy(lambda: _request_once(path, req, op, timeout), timeout)
+
+
+def _request_once(path: Path, req: dict[str, Any], op: Op | None, timeout: float | None) -> Any:
+    client = _connect(path, ops.FAST_TIMEOUT if timeout is None else timeout)
+    try:
+        if timeout is None:
+            timeout = ops.FAST_TIMEOUT
+            if op is not None and op.budget:
+                timeout += _budget_of(client, req)
+        return client.ask(req, timeout)
+    finally:
+        client.close()
+
+
+def request_many(
+    path: Path, reqs: Iterable[dict[str, Any]], timeout: float | None = None
+) -> Iterator[Any]:
+    """Send requests one after another over one connection; yield each result in turn.
+
+    For many small requests (``hubvisor submit TYPE -`` with JSON lines): one connect
+    for all of them. Each waits ``timeout`` (default ``FAST_TIMEOUT``,
+    plus the op's budget as in :func:`request`); streaming ops are refused.
+    Stops at the first refused request (its error is raised; the results before it were
+    yielded). The requests are taken lazily, so the caller may stop early.
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        ControlClientError: as :func:`request`.
+    """
+    wait = ops.FAST_TIMEOUT if timeout is None else timeout
+    client: _Client | None = None
+
+    def ask(client: _Client, req: dict[str, Any], op: Op | None) -> Any:
+        budget = _budget_of(client, req) if timeout is None and op and op.budget else 0.0
+        return client.ask(req, wait + budget)
+
+    def first(req: dict[str, Any], op: Op | None) -> tuple[_Client, Any]:
+        client = _connect(path, wait)
+        try:
+            return client, ask(client, req, op)
+        except BaseException:
+            client.close()
+            raise
+
+    try:
+        for req in reqs:
+            name = req.get("op")
+            op = OPS.get(name) if isinstance(name, str) else None
+            if op is not None and op.stream:
+                raise ControlClientError(f"{name} streams; read it with stream()")
+            if client is None:  # a busy hub refuses before reading: safe to try again
+                client, result = _retry_busy(lambda: first(req, op), timeout)  # noqa: B023
+            else:
+                result = ask(client, req, op)
+            yield result
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _retry_busy(attempt: Callable[[], Any], timeout: float | None) -> Any:
+    """``attempt()``, tried again while the hub is busy (at its connection cap, see
+    :class:`~supervisor.control.ops.ControlLimits`) until ``timeout`` (default
+    :data:`~supervisor.control.ops.FAST_TIMEOUT`) runs out.
+
+    A busy hub closed the connection before reading the request: nothing was done,
+    so trying again is safe.
+    """
+    deadline = time.monotonic() + (ops.FAST_TIMEOUT if timeout is None else timeout)
+    pause = 0.05
+    while True:
+        try:
+            return attempt()
+        except HubBusy:
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
+
+
+def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Iterator[Any]:
+    """Send a streaming request; yield its answers until the stream ends (blocking client).
+
+    Each answer is ``{"item": ...}`` or ``{"dropped": N}`` (N items the hub dropped
+    there because this client read too slowly). A request with ``follow`` goes on until
+    the caller stops iterating (closing the connection ends the stream in the hub).
+    ``timeout``: seconds to wait for each answer (default: ``FAST_TIMEOUT``, and for
+    ever while following).
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        ControlClientError: the hub refused the request, ended a following stream (it
+            stopped), did not answer in time, or answered garbage.
+    """
+    name = show_value(req.get("op"))
+    follow = bool(req.get("follow"))
+    wait = timeout if timeout is not None else None if follow else ops.FAST_TIMEOUT
+    ended = f"the hub at {path} ended the stream: it stopped" if follow else None
+
+    def first() -> tuple[_Client, dict[str, Any]]:
+        client = _connect(path, ops.FAST_TIMEOUT if timeout is None else timeout)
+        try:
+            client.send(req)
+            return client, client.read(name, wait, ended)
+        except BaseException:
+            client.close()
+            raise
+
+    client, answer = _retry_busy(first, timeout)
+    try:
+        while True:
+            if answer.get("end"):
+                return
+            if "item" in answer or "dropped" in answer:
+                yield {k: answer[k] for k in ("item", "dropped") if k in answer}
+            elif "result" in answer:
+                raise ControlClientError(
+                    f"{name} is not a streaming op of the hub at {path}; is it the same "
+                    "hubvisor version?"
+                )
+            answer = client.read(name, wait, ended)
+    finally:
+        client.close()

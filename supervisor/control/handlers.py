@@ -1,0 +1,286 @@
+"""What each control op does inside the hub, keyed by the op's name.
+
+:data:`HANDLERS` answers the ops that give one answer, :data:`STREAMS` the streaming
+ones (they put items into a :class:`Stream`), :data:`BUDGETS` says how long the slow ones
+may take. The op table (:mod:`supervisor.control.ops`) declares the ops; a test checks
+that these tables and the printers cover every one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import ChildNotFound, ControlError
+from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
+from .._work import ItemStatus
+from .ops import SCHEMA_VERSION, Args, parse_request
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .._hub import Hub
+
+__all__ = ["BUDGETS", "HANDLERS", "STREAMS", "Budget", "Handler", "Stream", "StreamHandler"]
+
+
+Handler = Callable[["Hub", Args, trio.Nursery], Awaitable[Any]]
+"""``run(hub, args, background)`` carries a request out; ``args`` are the validated fields;
+``background`` is a nursery for work that outlives the answer."""
+StreamHandler = Callable[["Hub", Args, Stream], Awaitable[None]]
+"""``stream(hub, args, out)`` puts items into ``out`` and returns when the stream is over;
+raising :class:`ControlError` ends the stream with that error."""
+Budget = Callable[["Hub", Args], float]
+"""``budget(hub, args)``: the longest the op may take inside the hub, in seconds."""
+
+
+def _rows(hub: Hub) -> list[dict[str, Any]]:
+    return [
+        {
+            "supervisor": row.supervisor,
+            "id": row.info.id,
+            "kind": row.info.kind,
+            "state": row.info.state.value,
+            "pid": row.info.pid,
+            "restarts": row.info.restarts,
+            "uptime": row.info.uptime,
+            "agent_type": row.info.agent_type,
+            "last_exit": row.info.last_exit,
+        }
+        for row in hub.which_children()
+    ]
+
+
+async def _list(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return _rows(hub)
+
+
+async def _count(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return hub.count_children()
+
+
+async def _logs(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _owner(hub, args["id"])
+    return hub.logs(args["id"], args.get("lines"))
+
+
+async def _terminate(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _owner(hub, args["id"])
+    await hub.terminate_child(args["id"])
+
+
+async def _restart(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _owner(hub, args["id"])
+    await hub.restart_child(args["id"])
+
+
+def _pool(hub: Hub, name: str) -> Any:
+    try:
+        return hub.supervisor(name)
+    except ChildNotFound as exc:
+        if not str(exc).startswith("no "):
+            raise  # more than one: its message lists them
+        types = ", ".join(sorted(_agent_types(hub))) or "(none)"
+        raise ControlError(
+            f"no pool {name!r} in the hub; give an agent type ({types}), or a pool's name "
+            "or path (`hubvisor ctl list`)"
+        ) from None
+
+
+async def _resize(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    _pool(hub, args["pool"])
+    await hub.resize(args["pool"], args["size"])
+
+
+async def _stop(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    background.start_soon(hub.stop)
+    return "stopping"
+
+
+async def _budget(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    op, op_args = parse_request(args["request"])
+    return BUDGETS[op.name](hub, op_args) if op.budget else 0.0
+
+
+def _owner(hub: Hub, child_id: str) -> Any:
+    """``hub.owner(child_id)``, with an error that says how to list the agents."""
+    try:
+        return hub.owner(child_id)
+    except ChildNotFound:
+        raise ControlError(
+            f"no child {child_id!r} in the hub; `hubvisor status` lists the agents "
+            "(`hubvisor ctl list` every child)"
+        ) from None
+
+
+async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    now = trio.current_time()
+    records = {r.id: r for r in hub.registry.agents()}
+    agents = []
+    for row in hub.which_children():
+        info = row.info
+        if info.kind != "worker":
+            continue
+        rec = records.get(info.id)
+        beat = None if rec is None or rec.last_heartbeat is None else now - rec.last_heartbeat
+        assignment = hub.work.assignment(info.id)
+        status = rec.status if rec is not None else info.state.value
+        if assignment is not None and status == "idle":
+            status = "busy"  # the hub gave it work: whatever it last said, it is busy
+        agents.append(
+            {
+                "id": info.id,
+                "type": info.agent_type,
+                "supervisor": row.supervisor,
+                "pid": info.pid,
+                "status": status,
+                "uptime": info.uptime,
+                "restarts": info.restarts,
+                "heartbeat_age": None if beat is None else round(beat, 3),
+                "assignment": assignment,
+                "last_exit": info.last_exit,
+            }
+        )
+    counts: Counter[str] = Counter()
+    queues: dict[str, Counter[str]] = {}
+    for item in hub.work.items():
+        counts[item.status] += 1
+        if item.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED):
+            queues.setdefault(item.agent_type, Counter())[item.status] += 1
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "hub": {
+            "id": hub.context.hub_id,
+            "pid": os.getpid(),
+            "agents": len(agents),
+            "work": {str(s): counts.get(str(s), 0) for s in ItemStatus},
+            "queues": {
+                t: {"queued": c[ItemStatus.QUEUED], "assigned": c[ItemStatus.ASSIGNED]}
+                for t, c in sorted(queues.items())
+            },
+        },
+        "agents": agents,
+    }
+    scaling = hub.autoscaler.status()
+    if scaling:
+        result["scaling"] = scaling
+    if args.get("cluster"):
+        result["cluster"] = await hub.work.cluster()
+    return result
+
+
+def _agent_types(hub: Hub) -> set[str]:
+    """Every agent type the tree runs or may grow (a pool resized to 0 counts)."""
+    types = {r.info.agent_type for r in hub.which_children() if r.info.agent_type}
+    for sup in hub.supervisors():
+        if isinstance(sup.spec, PoolSpec) and sup.spec.agent_type:
+            types.add(sup.spec.agent_type)
+    return {t for t in types if t}
+
+
+async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    types = _agent_types(hub)
+    # With a shared store another hub may run the type; alone, the item would never go.
+    if args["type"] not in types and hub.work.store is None:
+        raise ControlError(
+            f"no agents of type {args['type']!r} in the hub, so the item would wait forever; "
+            f"the types are {', '.join(sorted(types)) or '(none)'} (`hubvisor status`)"
+        )
+    item = hub.work.submit(
+        args["type"], args["payload"], max_deliveries=args.get("max_deliveries"), source="cli"
+    )
+    # Durable before the answer when a store keeps the work (Redis): a "submitted" that
+    # only lived in the hub's memory could be lost with it. During a Redis outage the hub
+    # holds it and says so.
+    stored = await hub.work.stored(item.id)
+    return {**item.to_json(), "stored": stored}
+
+
+async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return [item.to_json() for item in hub.work.items(args.get("status"))]
+
+
+async def _work_show(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return (await hub.work.fetch(args["id"])).to_json()
+
+
+async def _work_retry(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return (await hub.work.retry_any(args["id"])).to_json()
+
+
+async def _tail(hub: Hub, args: Args, out: Stream) -> None:
+    child_id, lines = args["id"], args.get("lines")
+    _owner(hub, child_id)
+    if not args.get("follow"):
+        for at, line in hub.timed_logs(child_id, lines):
+            out.backlog({"at": at, "id": child_id, "line": line})
+        return
+    # The tap opens and the kept lines are read in one step: no line is missed or doubled.
+    with hub.tap_output() as tap:
+        for at, line in hub.timed_logs(child_id, lines):
+            out.backlog({"at": at, "id": child_id, "line": line})
+        async for new in tap:
+            if new.child_id == child_id:  # every incarnation of the agent: the same id
+                out.send({"at": new.at, "id": child_id, "line": new.line})
+
+
+async def _events(hub: Hub, args: Args, out: Stream) -> None:
+    if out.ring is None:  # pragma: no cover - serve_control always has one
+        raise ControlError("this hub keeps no events (its control server did not start)")
+    await out.ring.stream(hub, args, out)
+
+
+def _stop_time(spec: AnySpec) -> float:
+    """The longest a graceful stop of ``spec`` takes (a supervisor stops in order)."""
+    if isinstance(spec, ChildSpec):
+        return 0.0 if spec.shutdown == BRUTAL_KILL else float(spec.shutdown)
+    if isinstance(spec, PoolSpec):
+        return _stop_time(spec.template)  # members stop at once
+    return sum(_stop_time(c) for c in spec.children)
+
+
+def _child_stop_time(hub: Hub, args: Args) -> float:
+    owner = _owner(hub, args["id"])
+    spec = owner.spec
+    if isinstance(spec, PoolSpec):
+        return _stop_time(spec.template)
+    for child in spec.children:
+        if child.id == args["id"]:
+            return _stop_time(child)
+    return _stop_time(hub.spec)  # started at run time: the whole tree bounds it
+
+
+def _pool_stop_time(hub: Hub, args: Args) -> float:
+    spec = _pool(hub, args["pool"]).spec
+    return _stop_time(spec.template) if isinstance(spec, PoolSpec) else 0.0
+
+
+HANDLERS: dict[str, Handler] = {
+    "list": _list,
+    "count": _count,
+    "logs": _logs,
+    "terminate": _terminate,
+    "restart": _restart,
+    "resize": _resize,
+    "stop": _stop,
+    "status": _status,
+    "submit": _submit,
+    "work_list": _work_list,
+    "work_show": _work_show,
+    "work_retry": _work_retry,
+    "budget": _budget,
+}
+"""The handler of each op that gives one answer, by the op's name."""
+
+STREAMS: dict[str, StreamHandler] = {"tail": _tail, "events": _events}
+"""The handler of each streaming op, by the op's name."""
+
+BUDGETS: dict[str, Budget] = {
+    "terminate": _child_stop_time,
+    "restart": _child_stop_time,
+    "resize": _pool_stop_time,
+}
+"""How long each op declared with ``budget=True`` may take inside the hub."""

@@ -1,0 +1,236 @@
+"""How ``hubvisor`` prints each op's result (or each item of a stream), keyed by the
+op's name; ``--json`` prints the raw result instead.
+
+Client side only: rich and click, never the hub.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .ops import Args
+from .wire import dumps
+
+__all__ = ["PRINTERS", "Printer", "secs"]
+
+Printer = Callable[[Any, Args], None]
+"""``show(result, args)`` prints an op's result; ``args`` are the request's fields."""
+
+
+def _echo(result: Any, args: Args) -> None:
+    click.echo(result)
+
+
+def _show_list(rows: Any, args: Args) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("supervisor", "id", "state", "pid", "restarts", "uptime", "last exit"):
+        table.add_column(col, justify="right" if col in ("pid", "restarts", "uptime") else "left")
+    for r in rows:
+        table.add_row(
+            r["supervisor"],
+            r["id"],
+            r["state"],
+            str(r["pid"] or "-"),
+            str(r["restarts"]),
+            f"{r['uptime']:.1f}s" if r["uptime"] is not None else "-",
+            r["last_exit"] or "",
+        )
+    Console(width=200).print(table)
+
+
+def _show_count(counts: Any, args: Args) -> None:
+    for key, value in counts.items():
+        click.echo(f"{key}: {value}")
+
+
+def _show_lines(lines: Any, args: Args) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+def _said(word: str) -> Callable[[Any, Args], None]:
+    def show(result: Any, args: Args) -> None:
+        click.echo(f"{args['id']}: {word}")
+
+    return show
+
+
+def _show_resize(result: Any, args: Args) -> None:
+    click.echo(f"{args['pool']}: {args['size']} members")
+
+
+def _console() -> Console:
+    """Rich output: colour and the terminal's width on a terminal; plain and wide otherwise."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240, color_system=None)
+
+
+def secs(value: float | None) -> str:
+    """Seconds, minutes or hours, short (``-`` for none)."""
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.0f}m"
+    return f"{value / 3600:.1f}h"
+
+
+_STATUS_STYLE = {
+    "idle": "green",
+    "busy": "cyan",
+    "starting": "yellow",
+    "stopping": "yellow",
+    "backing_off": "red",
+    "hung": "bold red",
+    "stopped": "dim",
+}
+
+
+def _show_status(result: Any, args: Args) -> None:
+    hub, agents = result["hub"], result["agents"]
+    console = _console()
+    work = ", ".join(f"{n} {status}" for status, n in hub["work"].items() if n) or "none"
+    console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
+    table = Table(box=box.SIMPLE_HEAD)
+    right = ("pid", "uptime", "restarts", "heartbeat")
+    for col in ("id", "type", "pid", "status", "uptime", "restarts", "heartbeat", "assignment"):
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
+    table.add_column("last exit")
+    for a in agents:
+        table.add_row(
+            Text(a["id"]),
+            Text(a["type"] or "-"),
+            str(a["pid"] or "-"),
+            Text(a["status"], style=_STATUS_STYLE.get(a["status"], "")),
+            secs(a["uptime"]),
+            str(a["restarts"]),
+            secs(a["heartbeat_age"]),
+            Text(a["assignment"] or "-"),
+            Text(a["last_exit"] or "", style="red" if a["last_exit"] else ""),
+        )
+    console.print(table)
+    for pool, scale in sorted(result.get("scaling", {}).items()):
+        last = scale["last"] or "no change yet"
+        console.print(Text(f"autoscale {pool} ({scale['min']}..{scale['max']}): {last}"))
+    if "cluster" in result:
+        _show_cluster(console, result["cluster"])
+
+
+def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
+    hubs = Table(box=box.SIMPLE_HEAD, title=f"hubs sharing Redis (prefix {cluster['prefix']})")
+    for col in ("hub", "state", "host", "pid", "agents", "lease age", "holding"):
+        hubs.add_column(col, justify="right" if col in ("pid", "lease age") else "left")
+    for h in cluster["hubs"]:
+        agents = ", ".join(f"{n} {t}" for t, n in sorted(h["agents"].items())) or "-"
+        holding = ", ".join(f"{n} {t}" for t, n in sorted(h["holding"].items())) or "-"
+        hubs.add_row(
+            Text(h["id"]),
+            Text("alive" if h["alive"] else "dead", style="" if h["alive"] else "bold red"),
+            Text(h["host"] or "-"),
+            str(h["pid"] or "-"),
+            Text(agents),
+            secs(h["lease_age"]),
+            Text(holding, style="" if h["alive"] or holding == "-" else "red"),
+        )
+    console.print(hubs)
+    queues = Table(box=box.SIMPLE_HEAD, title="durable queues")
+    for col in ("type", "waiting", "in flight", "dead"):
+        queues.add_column(col, justify="left" if col == "type" else "right")
+    for agent_type, q in sorted(cluster["queues"].items()):
+        queues.add_row(Text(agent_type), str(q["waiting"]), str(q["in_flight"]), str(q["dead"]))
+    console.print(queues)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else dumps(value)
+    return text if len(text) <= width else f"{text[: width - 1]}…"
+
+
+def _show_items(items: Any, args: Args) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("id", "type", "status", "attempt", "deliveries", "agent", "source", "outcome"):
+        table.add_column(col, justify="right" if col in ("attempt", "deliveries") else "left")
+    for i in items:
+        outcome = i["error"] if i["error"] is not None else i["result"]
+        table.add_row(
+            Text(i["id"]),
+            Text(i["type"]),
+            Text(i["status"], style=_ITEM_STYLE.get(i["status"], "")),
+            str(i["attempt"]),
+            f"{i['deliveries']}/{i['max_deliveries']}",
+            Text(i["agent"] or "-"),
+            Text(i["source"]),
+            Text("" if outcome is None else _short(outcome)),
+        )
+    _console().print(table)
+
+
+_ITEM_STYLE = {"completed": "green", "assigned": "cyan", "failed": "red", "dead": "bold red"}
+
+
+def _show_item(item: Any, args: Args) -> None:
+    for key in ("id", "type", "status", "attempt", "agent", "source"):
+        click.echo(f"{key}: {item[key] if item[key] is not None else '-'}")
+    click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
+    for key in ("payload", "progress", "result", "error"):
+        if item[key] is not None or key in ("payload", "result"):
+            click.echo(f"{key}: {dumps(item[key])}")
+    for h in item["history"]:
+        reason = f" ({h['reason']})" if h["reason"] else ""
+        where = f" on {h['hub']}" if h.get("hub") else ""
+        click.echo(f"  attempt {h['attempt']} by {h['agent']}{where}: {h['outcome']}{reason}")
+
+
+def _show_submitted(item: Any, args: Args) -> None:
+    click.echo(item["id"])
+    if item.get("stored") is False:
+        click.echo(
+            "warning: Redis did not answer in time; the hub holds the item and writes it "
+            "when Redis is back (it is lost if the hub dies first)",
+            err=True,
+        )
+
+
+def _show_retried(item: Any, args: Args) -> None:
+    click.echo(f"{item['id']}: queued again ({item['max_deliveries']} deliveries)")
+
+
+def _stamp(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _show_line(item: Any, args: Args) -> None:
+    click.echo(f"{_stamp(item['at'])}  {item['line']}")
+
+
+def _show_event(event: Any, args: Args) -> None:
+    click.echo(dumps(event))
+
+
+PRINTERS: dict[str, Printer] = {
+    "list": _show_list,
+    "count": _show_count,
+    "logs": _show_lines,
+    "terminate": _said("terminated"),
+    "restart": _said("restarted"),
+    "resize": _show_resize,
+    "stop": _echo,
+    "status": _show_status,
+    "submit": _show_submitted,
+    "work_list": _show_items,
+    "work_show": _show_item,
+    "work_retry": _show_retried,
+    "tail": _show_line,
+    "events": _show_event,
+    "budget": _echo,
+}
+"""The printer of each op, by the op's name."""
