@@ -20,6 +20,7 @@ import trio
 
 from ._errors import ConfigError
 from ._events import Event
+from ._proc import sample_groups
 
 __all__ = ["ChildOverLimit", "LimitsService"]
 
@@ -99,8 +100,6 @@ class LimitsService:
     ) -> None:
         actors = _watched(hub)
         if actors:
-            from ._metrics import sample_groups  # /proc reader; prometheus only when used
-
             usage = await trio.to_thread.run_sync(sample_groups, [a.pid for a in actors])
             now = trio.current_time()
             self.checks += 1

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from supervisor._control import request
-from supervisor._metrics import GroupUsage
+from supervisor._proc import GroupUsage
 from supervisor._top import _CPU, Snapshot, _bytes, _Keys, _socket, poll, render, top
 
 from . import raw_agent
