@@ -10,6 +10,7 @@ import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._context import RuntimeContext as RuntimeContext
 from ._errors import (
     ChildNotFound as ChildNotFound,
     ConfigError as ConfigError,
@@ -73,7 +74,6 @@ from ._registry import (
 from ._runtime import (
     ChildInfo as ChildInfo,
     ChildState as ChildState,
-    RuntimeContext as RuntimeContext,
     Supervisor as Supervisor,
 )
 from ._scale import (

@@ -46,7 +46,7 @@ from ._process import ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, ChildSpec
 
 if TYPE_CHECKING:
-    from ._runtime import RuntimeContext
+    from ._context import RuntimeContext
 
 __all__ = [
     "WORK_KINDS",
@@ -429,7 +429,7 @@ class ProcessActor:
         running time*. When the deadline fires, the watchdog first reads what the child
         already sent (records that sat in the socket while the hub was busy or stopped
         are proof of life), then discounts the time the hub's own loop did not run since
-        the last record (:class:`~supervisor._runtime.StallMeter`)."""
+        the last record (:class:`~supervisor._context.StallMeter`)."""
         timeout = self.spec.heartbeat_timeout
         if timeout is None:
             await self._read_notify(source, None)

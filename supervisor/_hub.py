@@ -16,11 +16,12 @@ from strategies import BackoffPolicy, ExponentialBackoff, Intensity, IntensityPo
 
 from ._autoscaler import AutoscaleService
 from ._child import OutputLine
+from ._context import RuntimeContext
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded, ServiceFailed
 from ._events import EventBus
 from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
-from ._runtime import ChildInfo, RuntimeContext, Supervisor, _check_spec_type, _count_workers
+from ._runtime import ChildInfo, Supervisor, _check_spec_type, _count_workers
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
 from ._work import WorkService
 
