@@ -19,11 +19,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
+from ._context import AgentMessage, OutputLine, RuntimeContext
 from ._errors import SpawnError
 from ._events import (
     ChildExited,
@@ -45,11 +46,7 @@ from ._notify import (
 from ._process import ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, ChildSpec
 
-if TYPE_CHECKING:
-    from ._context import RuntimeContext
-
 __all__ = [
-    "WORK_KINDS",
     "AgentMessage",
     "ChildExit",
     "ChildPhase",
@@ -99,43 +96,6 @@ class ChildExit:
     normal: bool
     expected: bool = False
     uptime: float = 0.0
-
-
-@attrs.frozen
-class AgentMessage:
-    """A work-protocol message from an agent, as the runtime hands it to the hub's work
-    service (``RuntimeContext.agent_sink``), in the order the agent sent it."""
-
-    agent_id: str
-    agent_type: str | None
-    supervisor: str
-    pid: int
-    incarnation: int
-    kind: str
-    value: str | None
-
-
-@attrs.frozen
-class OutputLine:
-    """One line a child wrote, for output taps (``hubvisor logs -f``).
-
-    Attributes:
-        at: wall-clock time (``time.time()``) when the hub read it.
-        child_id: the child.
-        supervisor: its supervisor's path.
-        stream: ``"stdout"`` or ``"stderr"``.
-        line: the text, without the newline (cut lines end with ``…``).
-    """
-
-    at: float
-    child_id: str
-    supervisor: str
-    stream: str
-    line: str
-
-
-WORK_KINDS = frozenset({"hello", "progress", "result", "fail", "handback", "submit"})
-"""Agent-to-hub kinds that go to the work service rather than to the bus."""
 
 
 def child_env(
@@ -233,8 +193,7 @@ class ProcessActor:
         self._rejected = 0
         self._logged_at = self._beat_at = -math.inf
         self._bad_version: str | None = None
-        context.handles[handle.pid] = handle
-        context.actors[spec.id] = self
+        context.attach(self, handle)
         self._publish(
             ChildStarting,
             pid=handle.pid,
@@ -298,9 +257,7 @@ class ProcessActor:
         finally:
             if source is not None:
                 source.close()
-            self._ctx.handles.pop(handle.pid, None)
-            if self._ctx.actors.get(spec.id) is self:
-                del self._ctx.actors[spec.id]
+            self._ctx.detach(self, handle)
             was_starting = self.phase is ChildPhase.STARTING
             self.phase = ChildPhase.EXITED
             self._done.set()
@@ -504,7 +461,7 @@ class ProcessActor:
             msg = parse_notify(data)
         except InvalidNotifyMessage as exc:
             self._rejected += 1
-            self._ctx.notify_rejected += 1
+            self._ctx.reject_notify()
             if now - self._logged_at >= _BAD_NOTIFY_LOG_EVERY:
                 self._logged_at = now
                 _log.warning(
@@ -530,16 +487,15 @@ class ProcessActor:
                 f"speaks agent protocol {msg.value}, this hub speaks {PROTOCOL_VERSION} "
                 "(upgrade the agent or the hub)"
             )
-        elif msg.kind == "hello" and spec.heartbeat_timeout is None and self._warn_once():
-            _log.warning(
-                "%s/%s takes work but has no heartbeat_timeout: if it hangs, its item waits "
-                "until it exits; set ChildSpec.heartbeat_timeout",
-                self.path,
-                spec.id,
-            )
-            self._to_work(msg)
-        elif msg.kind in WORK_KINDS:
-            self._to_work(msg)
+        else:  # not the actor's own: for the hub's subscribers (the work service)
+            if msg.kind == "hello" and spec.heartbeat_timeout is None and self._warn_once():
+                _log.warning(
+                    "%s/%s takes work but has no heartbeat_timeout: if it hangs, its item "
+                    "waits until it exits; set ChildSpec.heartbeat_timeout",
+                    self.path,
+                    spec.id,
+                )
+            self._route(msg)
         return True
 
     def _warn_once(self) -> bool:
@@ -549,11 +505,10 @@ class ProcessActor:
         _WARNED.add(key)
         return True
 
-    def _to_work(self, msg: NotifyMessage) -> None:
-        sink = self._ctx.agent_sink
-        if sink is not None:
+    def _route(self, msg: NotifyMessage) -> None:
+        if self._ctx.routed:
             spec = self.spec
-            sink(
+            self._ctx.route(
                 AgentMessage(
                     spec.id,
                     spec.agent_type,
@@ -682,7 +637,7 @@ class ProcessActor:
         text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
         at = time.time()
         self._ring.append((at, prefix + text))
-        for tap in self._ctx.output_taps:
-            tap(OutputLine(at, self.spec.id, self.path, name, text))
+        if self._ctx.tapped:
+            self._ctx.tap(OutputLine(at, self.spec.id, self.path, name, text))
         if self.spec.output.events:
             self._publish(ChildOutput, stream=name, line=text)

@@ -700,18 +700,18 @@ class _HubCollector:
         yield CounterMetricFamily(
             "hubvisor_notify_rejected",
             "Notify messages from agents the hub rejected (malformed, reserved status...).",
-            value=hub.context.notify_rejected,
+            value=hub.agents.notify_rejected,
         )
         yield GaugeMetricFamily(
             "hubvisor_services_failed",
             "Hub services that raised and were left out.",
             value=len(hub.failed_services),
         )
-        if hub.context.max_agents is not None:
+        if hub.max_agents is not None:
             yield GaugeMetricFamily(
                 "hubvisor_max_agents",
                 "The most agents the hub may run at once.",
-                value=hub.context.max_agents,
+                value=hub.max_agents,
             )
         yield GaugeMetricFamily(
             "hubvisor_proc_sample_seconds",

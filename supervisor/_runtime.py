@@ -413,7 +413,7 @@ class Supervisor:
                 await self._stop_members(list(self._members), reason="shutdown")
             self.serving = False
             self.ended = True
-            self._ctx.agents -= sum(m.is_worker for m in self._members)
+            self._ctx.count_agents(-sum(m.is_worker for m in self._members))
             self._fail_pending_calls()
             self._end_stop_ops()
             if owns_reserve is not None:
@@ -812,7 +812,7 @@ class Supervisor:
         if self._index.get(m.id) is m:
             del self._index[m.id]
         if m.is_worker:
-            self._ctx.agents -= 1
+            self._ctx.count_agents(-1)
 
     # ----------------------------------------------------------------------------------
     # Control requests (run inside the loop)
@@ -831,7 +831,7 @@ class Supervisor:
         self._ctx.check_agents(_count_workers(spec), f"starting {spec.id!r}")
         m = _Member(spec)
         if m.is_worker:
-            self._ctx.agents += 1
+            self._ctx.count_agents(1)
         self._members.append(m)
         self._index[m.id] = m
         await self._start_member(m)
