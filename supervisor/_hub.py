@@ -18,10 +18,11 @@ from ._autoscaler import AutoscaleService
 from ._context import OutputLine, RuntimeContext
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded, ServiceFailed
 from ._events import EventBus
+from ._members import _check_spec_type, _count_workers
 from ._port import AgentPort
 from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
-from ._runtime import ChildInfo, Supervisor, _check_spec_type, _count_workers
+from ._runtime import ChildInfo, Supervisor
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
 from ._work import WorkService
 
