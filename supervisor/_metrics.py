@@ -203,6 +203,10 @@ class MetricsService:
         self._open: dict[str, _Open] = {}  # item id -> its times
         self._usage: dict[int, GroupUsage] = {}  # pgid -> usage, from the last sample
         self._sampling = trio.Lock()
+        self._declare()
+
+    def _declare(self) -> None:
+        """Create the event-fed metrics in :attr:`registry`, and the scrape-time ones."""
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ("type",)) -> Counter:
             return Counter(name, doc, labels, registry=self.registry)
