@@ -4,7 +4,7 @@ process groups, as CPU time and as a share of one core at one check a second.
 Usage: python benchmarks/bench_sampling.py [-n 1000] [--passes 10]
 
 N ``sleep`` processes, each in a process group of its own (as agents are), then
-``--passes`` calls of ``supervisor._metrics.sample_groups`` (the reader LimitsService and
+``--passes`` calls of ``supervisor._proc.sample_groups`` (the reader LimitsService and
 the metrics endpoint use), timed with ``time.process_time`` (CPU, not wall). Baseline in
 the same run: one ``os.listdir('/proc')``, the floor of any /proc-based sampler.
 Target (issue 11): sampling 1,000 agents once a second under 2 % of a core.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor._metrics import sample_groups
+from supervisor._proc import sample_groups
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._context import RuntimeContext as RuntimeContext
     from ._errors import (
         ChildNotFound as ChildNotFound,
         ConfigError as ConfigError,
@@ -95,7 +96,6 @@ if TYPE_CHECKING:
     from ._runtime import (
         ChildInfo as ChildInfo,
         ChildState as ChildState,
-        RuntimeContext as RuntimeContext,
         Supervisor as Supervisor,
     )
     from ._scale import (
@@ -283,7 +283,7 @@ _EXPORTS: dict[str, str] = {
     "RegistryMirror": "_registry",
     "ChildInfo": "_runtime",
     "ChildState": "_runtime",
-    "RuntimeContext": "_runtime",
+    "RuntimeContext": "_context",
     "Supervisor": "_runtime",
     "Autoscale": "_scale",
     "Decision": "_scale",

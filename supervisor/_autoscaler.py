@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
@@ -27,6 +27,10 @@ from ._errors import ConfigError, HubvisorError
 from ._events import Event
 from ._scale import PoolScaler, retirees
 from ._spec import PoolSpec
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+    from ._runtime import Supervisor
 
 __all__ = ["AutoscaleService", "PoolScaled"]
 
@@ -79,7 +83,7 @@ class AutoscaleService:
             for path, p in self.pools.items()
         }
 
-    async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
         """Look at the pools every ``tick`` while any autoscales; else wait for one."""
         started = hub.bus.subscribe(kinds=("supervisor_started",))
         task_status.started()
@@ -103,15 +107,15 @@ class AutoscaleService:
         finally:
             started.close()
 
-    async def _look(self, hub: Any, sup: Any) -> None:
-        spec: PoolSpec = sup.spec
-        assert spec.autoscale is not None
+    async def _look(self, hub: Hub, sup: Supervisor) -> None:
+        spec = sup.spec
+        assert isinstance(spec, PoolSpec) and spec.autoscale is not None
         pool = self.pools.get(sup.path)
         if pool is None or pool.scaler.policy != spec.autoscale:
             pool = self.pools[sup.path] = _Pool(PoolScaler(spec.autoscale))
         members = [c.id for c in sup.which_children()]
-        ctx = hub.context
-        room = None if ctx.max_agents is None else ctx.max_agents - hub.count_children()["workers"]
+        limit = hub.max_agents
+        room = None if limit is None else limit - hub.count_children()["workers"]
         now = trio.current_time()
         decision = pool.scaler.decide(
             current=len(members),
@@ -148,9 +152,10 @@ class AutoscaleService:
             )
         )
 
-    async def _retire(self, hub: Any, sup: Any, members: list[str], count: int) -> int:
+    async def _retire(self, hub: Hub, sup: Supervisor, members: list[str], count: int) -> int:
         """Stop ``count`` idle members of the pool (fewer if fewer are idle); the size
         the pool has after."""
+        assert isinstance(sup.spec, PoolSpec)
         idle = hub.work.idle_members(sup.spec.agent_type, members)
         claimed = hub.work.retire(retirees(members, idle, count))
         gone = 0

@@ -10,8 +10,6 @@ records: what happens next is the supervisor's decision.
 
 from __future__ import annotations
 
-import enum
-import functools
 import logging
 import math
 import os
@@ -19,37 +17,28 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
+from ._context import AgentMessage, OutputLine, RuntimeContext
 from ._errors import SpawnError
 from ._events import (
     ChildExited,
-    ChildHeartbeat,
-    ChildHung,
     ChildOutput,
-    ChildRunning,
     ChildStarting,
-    ChildStatus,
     ExitStatus,
 )
 from ._notify import (
-    PROTOCOL_VERSION,
-    InvalidNotifyMessage,
     NotifyMessage,
     NotifySource,
-    parse_notify,
 )
 from ._process import ProcessHandle, SpawnRequest
 from ._spec import BRUTAL_KILL, ChildSpec
-
-if TYPE_CHECKING:
-    from ._runtime import RuntimeContext
+from ._watchdog import ChannelWatcher, ChildPhase
 
 __all__ = [
-    "WORK_KINDS",
     "AgentMessage",
     "ChildExit",
     "ChildPhase",
@@ -59,24 +48,12 @@ __all__ = [
 ]
 
 _PUMP_GRACE = 1.0  # seconds to drain a child's pipes after it exited
-_BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
 _CANCEL_PATIENCE = 5.0  # seconds an INFINITY-shutdown child gets when the hub is cancelled
-_DRAIN_LIMIT = 1000  # records read after the exit, at most (a flood must not stall us)
 _SEND_TIMEOUT = 1.0  # seconds a hub-to-agent message may wait for room in the agent's queue
-_HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
 
 _STOP = NotifyMessage("stop")
 
 _log = logging.getLogger("hubvisor")
-_WARNED: set[str] = set()  # children already warned about (once per process each)
-
-
-class ChildPhase(enum.Enum):
-    """Where one process is, as its actor sees it."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    EXITED = "exited"
 
 
 @attrs.frozen
@@ -99,43 +76,6 @@ class ChildExit:
     normal: bool
     expected: bool = False
     uptime: float = 0.0
-
-
-@attrs.frozen
-class AgentMessage:
-    """A work-protocol message from an agent, as the runtime hands it to the hub's work
-    service (``RuntimeContext.agent_sink``), in the order the agent sent it."""
-
-    agent_id: str
-    agent_type: str | None
-    supervisor: str
-    pid: int
-    incarnation: int
-    kind: str
-    value: str | None
-
-
-@attrs.frozen
-class OutputLine:
-    """One line a child wrote, for output taps (``hubvisor logs -f``).
-
-    Attributes:
-        at: wall-clock time (``time.time()``) when the hub read it.
-        child_id: the child.
-        supervisor: its supervisor's path.
-        stream: ``"stdout"`` or ``"stderr"``.
-        line: the text, without the newline (cut lines end with ``…``).
-    """
-
-    at: float
-    child_id: str
-    supervisor: str
-    stream: str
-    line: str
-
-
-WORK_KINDS = frozenset({"hello", "progress", "result", "fail", "handback", "submit"})
-"""Agent-to-hub kinds that go to the work service rather than to the bus."""
 
 
 def child_env(
@@ -201,7 +141,7 @@ def spawn_actor(
     )
 
 
-class ProcessActor:
+class ProcessActor(ChannelWatcher):
     """The actor of one process; run :meth:`run` in a task, :meth:`stop` to stop it."""
 
     def __init__(
@@ -233,19 +173,13 @@ class ProcessActor:
         self._rejected = 0
         self._logged_at = self._beat_at = -math.inf
         self._bad_version: str | None = None
-        context.handles[handle.pid] = handle
-        context.actors[spec.id] = self
+        context.attach(self, handle)
         self._publish(
             ChildStarting,
             pid=handle.pid,
             incarnation=incarnation,
             agent_type=spec.agent_type,
         )
-
-    @property
-    def pid(self) -> int:
-        """The process id (also its process group id)."""
-        return self.handle.pid
 
     @property
     def stopping(self) -> bool:
@@ -256,11 +190,6 @@ class ProcessActor:
     def done(self) -> bool:
         """Whether the process has ended and been reaped."""
         return self._done.is_set()
-
-    def _publish(self, cls: Any, **fields: Any) -> None:
-        self._ctx.bus.publish(
-            cls(at=trio.current_time(), supervisor=self.path, child_id=self.spec.id, **fields)
-        )
 
     # ----------------------------------------------------------------------------------
 
@@ -298,9 +227,7 @@ class ProcessActor:
         finally:
             if source is not None:
                 source.close()
-            self._ctx.handles.pop(handle.pid, None)
-            if self._ctx.actors.get(spec.id) is self:
-                del self._ctx.actors[spec.id]
+            self._ctx.detach(self, handle)
             was_starting = self.phase is ChildPhase.STARTING
             self.phase = ChildPhase.EXITED
             self._done.set()
@@ -382,189 +309,6 @@ class ProcessActor:
     # ----------------------------------------------------------------------------------
     # Readiness and heartbeats
 
-    def _set_running(self) -> None:
-        if self.phase is ChildPhase.STARTING and not self._stop_asked:
-            self.phase = ChildPhase.RUNNING
-            self._publish(ChildRunning, pid=self.pid)
-
-    async def _watch(self, source: NotifySource | None, scope: trio.CancelScope) -> None:
-        """Readiness and the heartbeat watchdog; cancelled when the process exits.
-
-        The notify channel is read in this task itself, and a readiness timer gets a task
-        of its own only when there is one to wait for: each task costs memory and
-        scheduling for every child, and a pool may hold 1,000."""
-        spec = self.spec
-        with scope:
-            timer: Callable[[], Awaitable[None]] | None = None
-            if spec.ready == "start_period":
-                if spec.start_period > 0:
-                    timer = self._start_period
-                else:
-                    self._set_running()
-            elif spec.ready_timeout is not None:
-                timer = functools.partial(self._ready_deadline, spec.ready_timeout)
-            if timer is None:
-                if source is not None:
-                    await self._notify(source)
-                return
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(timer)
-                if source is not None:
-                    await self._notify(source)
-
-    async def _start_period(self) -> None:
-        await trio.sleep(self.spec.start_period)
-        self._set_running()
-
-    async def _ready_deadline(self, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await self._ready.wait()
-            return
-        await self._kill_unresponsive(f"not READY within {timeout:g}s", timeout)
-
-    async def _notify(self, source: NotifySource) -> None:
-        """Read the child's notify messages; kill it when it falls silent too long.
-
-        Silent means: no valid record for ``heartbeat_timeout`` seconds *of the hub's
-        running time*. When the deadline fires, the watchdog first reads what the child
-        already sent (records that sat in the socket while the hub was busy or stopped
-        are proof of life), then discounts the time the hub's own loop did not run since
-        the last record (:class:`~supervisor._runtime.StallMeter`)."""
-        timeout = self.spec.heartbeat_timeout
-        if timeout is None:
-            await self._read_notify(source, None)
-            return
-        stalls = self._ctx.stalls
-        stalls.watch()
-        try:
-            silence = await self._read_notify(source, timeout)
-        finally:
-            stalls.unwatch()
-        await self._kill_unresponsive(f"hung (no heartbeat for {timeout:g}s)", silence)
-
-    async def _read_notify(self, source: NotifySource, timeout: float | None) -> float:
-        """Handle records until the child has been silent for ``timeout`` seconds of the
-        hub's running time; return that silence (never returns without a timeout)."""
-        stalls = self._ctx.stalls
-        last = trio.current_time()
-        mark = stalls.stalled() if timeout is not None else 0.0
-        deadline = last + timeout if timeout is not None else math.inf
-        while True:
-            # One watchdog scope until it fires, its deadline moved on by each valid
-            # record (a fresh scope per record was a third of a heartbeat's cost).
-            with trio.CancelScope(deadline=deadline) as dog:
-                while True:
-                    try:
-                        data: bytes | None = await source.receive()
-                    except (OSError, trio.ClosedResourceError):
-                        data = None
-                    if data is None:  # every writer closed its end: no more heartbeats
-                        await trio.sleep_forever()
-                    if self._on_record(data) and timeout is not None:
-                        last = trio.current_time()
-                        mark = stalls.stalled()
-                        dog.deadline = last + timeout
-                    if self._bad_version is not None:
-                        await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
-            assert timeout is not None
-            # The deadline passed. Records the child sent while we did not read count.
-            if self._drain(source):
-                last = trio.current_time()
-                mark = stalls.stalled()
-            if self._bad_version is not None:
-                await self._kill_unresponsive(self._bad_version, 0.0, hung=False)
-            stalled = stalls.stalled() - mark
-            deadline = last + timeout + stalled
-            now = trio.current_time()
-            if deadline <= now:
-                return now - last - stalled
-
-    def _drain(self, source: NotifySource) -> bool:
-        """Handle the records already queued (a RESULT sent just before the child exited,
-        heartbeats that sat unread while the hub stalled); whether one was valid."""
-        receive_nowait = getattr(source, "receive_nowait", None)
-        if receive_nowait is None:
-            return False
-        alive = False
-        for _ in range(_DRAIN_LIMIT):
-            try:
-                data = receive_nowait()
-            except (trio.WouldBlock, OSError, trio.ClosedResourceError):
-                break
-            if data is None:
-                break
-            alive = self._on_record(data) or alive
-        return alive
-
-    def _on_record(self, data: bytes) -> bool:
-        """Handle one record; whether it was a valid message (a sign of life)."""
-        spec, pid = self.spec, self.pid
-        now = trio.current_time()
-        try:
-            msg = parse_notify(data)
-        except InvalidNotifyMessage as exc:
-            self._rejected += 1
-            self._ctx.notify_rejected += 1
-            if now - self._logged_at >= _BAD_NOTIFY_LOG_EVERY:
-                self._logged_at = now
-                _log.warning(
-                    "%s/%s (pid %d): dropped a notify message: %s (%d dropped so far)",
-                    self.path,
-                    spec.id,
-                    pid,
-                    exc,
-                    self._rejected,
-                )
-            return False
-        if msg.kind == "ready":
-            self._ready.set()
-            self._set_running()
-        elif msg.kind == "heartbeat":
-            if now - self._beat_at >= _HEARTBEAT_EVENT_GAP:
-                self._beat_at = now
-                self._publish(ChildHeartbeat, pid=pid)
-        elif msg.kind == "status":
-            self._publish(ChildStatus, pid=pid, status=msg.value)
-        elif msg.kind == "hello" and msg.value != str(PROTOCOL_VERSION):
-            self._bad_version = (
-                f"speaks agent protocol {msg.value}, this hub speaks {PROTOCOL_VERSION} "
-                "(upgrade the agent or the hub)"
-            )
-        elif msg.kind == "hello" and spec.heartbeat_timeout is None and self._warn_once():
-            _log.warning(
-                "%s/%s takes work but has no heartbeat_timeout: if it hangs, its item waits "
-                "until it exits; set ChildSpec.heartbeat_timeout",
-                self.path,
-                spec.id,
-            )
-            self._to_work(msg)
-        elif msg.kind in WORK_KINDS:
-            self._to_work(msg)
-        return True
-
-    def _warn_once(self) -> bool:
-        key = f"{self.path}/{self.spec.id}"
-        if key in _WARNED:
-            return False
-        _WARNED.add(key)
-        return True
-
-    def _to_work(self, msg: NotifyMessage) -> None:
-        sink = self._ctx.agent_sink
-        if sink is not None:
-            spec = self.spec
-            sink(
-                AgentMessage(
-                    spec.id,
-                    spec.agent_type,
-                    self.path,
-                    self.pid,
-                    self.incarnation,
-                    msg.kind,
-                    msg.value,
-                )
-            )
-
     def condemn(self, why: str) -> bool:
         """Ask for the process to be stopped gracefully because of ``why`` (e.g. over a
         resource limit): stop signal, ``shutdown``, SIGKILL, in the actor's own task. Its
@@ -585,23 +329,6 @@ class ProcessActor:
                 "%s/%s (pid %d): %s; stopping it", self.path, self.spec.id, self.pid, self._hung
             )
             await self._signal_then_kill(self._done.wait, warn=True)
-
-    async def _kill_unresponsive(self, why: str, silence: float, *, hung: bool = True) -> None:
-        """Kill a child that stopped answering (or broke the protocol) like a stop
-        (graceful, then SIGKILL); its exit then goes through the normal restart path,
-        with ``why`` in its reason. Returns only by cancellation."""
-        if self._stop_asked:
-            await trio.sleep_forever()
-        self._hung = why
-        if hung:
-            self._hang_killed = True
-            self._publish(ChildHung, pid=self.pid, silence=silence)
-        else:
-            _log.error("%s/%s (pid %d): %s; stopping it", self.path, self.spec.id, self.pid, why)
-        # A child that no longer answers gets at most `silence` to stop, even when its
-        # shutdown is INFINITY: that one is for a live agent finishing its task.
-        await self._signal_then_kill(trio.sleep_forever, patience=silence)
-        await trio.sleep_forever()
 
     # ----------------------------------------------------------------------------------
     # Stopping
@@ -682,7 +409,7 @@ class ProcessActor:
         text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
         at = time.time()
         self._ring.append((at, prefix + text))
-        for tap in self._ctx.output_taps:
-            tap(OutputLine(at, self.spec.id, self.path, name, text))
+        if self._ctx.tapped:
+            self._ctx.tap(OutputLine(at, self.spec.id, self.path, name, text))
         if self.spec.output.events:
             self._publish(ChildOutput, stream=name, line=text)

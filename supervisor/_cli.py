@@ -3,7 +3,7 @@ running hub (``status``, ``submit``, ``work``, ``scale``, ``restart``, ``stop``,
 ``events``) and ``ctl`` (every control op by its name).
 
 The control commands are built from the table of control ops (:data:`OPS
-<supervisor._control.OPS>`): an op's ``cli`` names its top-level command, and every op is
+<supervisor.control.ops.OPS>`): an op's ``cli`` names its top-level command, and every op is
 also ``hubvisor ctl NAME``.
 """
 

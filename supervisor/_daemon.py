@@ -146,7 +146,7 @@ def run_hub(
         # the protocol on another branch; until then a store may not have it.
         check_hub_id = getattr(hub.work.store, "check_hub_id", None)
         if check_hub_id is not None:
-            check_hub_id(hub.context.hub_id)
+            check_hub_id(hub.hub_id)
     socket_path = _agent_env(hub, control_socket, redis)
     # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
     # inside an except* block comes out wrapped in the group it replaced (CPython
@@ -168,17 +168,17 @@ def _agent_env(hub: Hub, control_socket: str | None, redis: str | None) -> Path 
     socket_path = (
         None
         if control_socket is None
-        else default_socket_path(hub.context.hub_id)
+        else default_socket_path(hub.hub_id)
         if control_socket == "auto"
         else Path(control_socket)
     )
     if socket_path is not None:
         # Agents that run `hubvisor submit ...` themselves reach their own hub.
-        hub.context.env = {SOCKET_ENV: str(socket_path), **hub.context.env}
+        hub.agents.add_env({SOCKET_ENV: str(socket_path)}, replace=False)
     if redis is not None:
         # Agents that keep their own state in Redis find the hub's (agents.BaseAgent reads
         # it as redis_url).
-        hub.context.env = {"REDIS_URL": redis, **hub.context.env}
+        hub.agents.add_env({"REDIS_URL": redis}, replace=False)
     return socket_path
 
 

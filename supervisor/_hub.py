@@ -15,12 +15,14 @@ import trio
 from strategies import BackoffPolicy, ExponentialBackoff, Intensity, IntensityPolicy, OneForOne
 
 from ._autoscaler import AutoscaleService
-from ._child import OutputLine
+from ._context import OutputLine, RuntimeContext
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded, ServiceFailed
 from ._events import EventBus
+from ._members import _check_spec_type, _count_workers
+from ._port import AgentPort
 from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
-from ._runtime import ChildInfo, RuntimeContext, Supervisor, _check_spec_type, _count_workers
+from ._runtime import ChildInfo, Supervisor
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
 from ._work import WorkService
 
@@ -41,9 +43,11 @@ class Service(Protocol):
     The hub starts its services beside the registry, before the tree (so they see every
     event), and stops them after the tree has stopped, by cancelling them. A service
     reaches the hub's parts through ``hub``: ``hub.bus`` (subscribe to events),
-    ``hub.registry`` (agents), and the tree's control API (``hub.which_children()``,
-    ``hub.restart_child(...)``...). It calls ``task_status.started()`` once it is ready;
-    the tree starts after every service has.
+    ``hub.registry`` (agents), ``hub.agents`` (an :class:`~supervisor._port.AgentPort`:
+    send to an agent, stop one for a reason, receive the agents' work messages, add to
+    the children's environment), and the tree's control API (``hub.which_children()``,
+    ``hub.restart_child(...)``...); never ``hub.context``, the runtime's own. It calls
+    ``task_status.started()`` once it is ready; the tree starts after every service has.
 
     Services are supervised: one whose ``run`` raises is logged and restarted after a
     backoff (``Hub(service_backoff=...)``, exponential from 0.1 s by default), at most
@@ -165,8 +169,10 @@ class Hub:
             env=dict(env or {}),
         )
         self.root = Supervisor(root, context=self.context)
+        self.agents = AgentPort(self.context)
+        """The services' door to the live agents: send, stop, subscribe, environment."""
         self.registry = registry if registry is not None else Registry()
-        self.registry.hub_id = self.context.hub_id
+        self.registry.hub_id = self.hub_id
         for svc in services:
             if not callable(getattr(svc, "run", None)):
                 raise ConfigError(
@@ -192,6 +198,16 @@ class Hub:
     def bus(self) -> EventBus:
         """The hub's event bus: ``hub.bus.subscribe()`` to receive lifecycle events."""
         return self.context.bus
+
+    @property
+    def hub_id(self) -> str:
+        """This hub's id (``HUBVISOR_HUB_ID`` of its children, the registry's hub)."""
+        return self.context.hub_id
+
+    @property
+    def max_agents(self) -> int | None:
+        """The most worker children the tree may hold at once (``None``: no limit)."""
+        return self.context.max_agents
 
     async def serve(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the tree and supervise it until :meth:`stop`.
@@ -316,8 +332,7 @@ class Hub:
 
     def kill_all(self) -> None:
         """SIGKILL the process group of every running child at once (the second Ctrl-C)."""
-        for handle in list(self.context.handles.values()):
-            handle.signal_group(signal.SIGKILL)
+        self.context.signal_all(signal.SIGKILL)
 
     # ----------------------------------------------------------------------------------
     # Finding things in the tree
@@ -392,12 +407,12 @@ class Hub:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-        self.context.output_taps.append(tap)
+        self.context.add_tap(tap)
         try:
             with receive:
                 yield receive
         finally:
-            self.context.output_taps.remove(tap)
+            self.context.remove_tap(tap)
             send.close()
 
     async def terminate_child(self, child_id: str) -> None:

@@ -28,9 +28,12 @@ import os
 import secrets
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from ._hub import Hub
 
 __all__ = ["MARK_ENV", "OrphanKeeper"]
 
@@ -97,9 +100,9 @@ class OrphanKeeper:
         """How many keepers were started (more than 1: one died and was replaced)."""
         self.pid: int | None = None
 
-    async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
         """Mark the agents (before the tree starts) and keep a keeper running."""
-        hub.context.env[MARK_ENV] = self.mark
+        hub.agents.add_env({MARK_ENV: self.mark})
         env = {k: v for k, v in os.environ.items() if k != MARK_ENV}
         argv = [sys.executable, "-I", "-c", _KEEPER, self.mark, str(self.within), "report"]
         started = False

@@ -3,7 +3,7 @@
 :class:`LimitsService` samples, every ``interval`` seconds, the process groups of the
 children whose spec sets ``memory_limit`` or ``cpu_limit`` (one pass over ``/proc``, in a
 worker thread), and asks the actor of a child over its limit to stop it gracefully
-(:meth:`ProcessActor.condemn`): its exit is then a failure whose reason says why ("over
+(``hub.agents.condemn``): its exit is then a failure whose reason says why ("over
 memory limit: 1.2 GiB > 1 GiB"), in events, ``status``, logs and metrics, and its
 supervisor's restart policy decides what follows. With no limit in the tree it samples
 nothing and costs nothing.
@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from ._errors import ConfigError
 from ._events import Event
+from ._proc import sample_groups
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+    from ._port import LiveAgent
 
 __all__ = ["ChildOverLimit", "LimitsService"]
 
@@ -68,7 +73,7 @@ class LimitsService:
         self.stopped = 0
         """How many children it stopped for a limit."""
 
-    async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
         """Check the limited children every ``interval`` until cancelled; while none runs,
         wait for one to start (an idle hub does nothing)."""
         starting = hub.bus.subscribe(kinds=("starting",))
@@ -80,7 +85,7 @@ class LimitsService:
                 if not _watched(hub):
                     last_cpu.clear()
                     strikes.clear()
-                    while not _limited(hub.context.actors.get((await starting.receive()).child_id)):
+                    while not _limited(hub.agents.get((await starting.receive()).child_id)):
                         pass  # a child without limits started: nothing to watch yet
                     continue
                 while True:  # the events meanwhile say nothing new: the scan does
@@ -93,22 +98,20 @@ class LimitsService:
 
     async def _check(
         self,
-        hub: Any,
+        hub: Hub,
         last_cpu: dict[int, tuple[float, float]],
         strikes: dict[int, int],
     ) -> None:
-        actors = _watched(hub)
-        if actors:
-            from ._metrics import sample_groups  # /proc reader; prometheus only when used
-
-            usage = await trio.to_thread.run_sync(sample_groups, [a.pid for a in actors])
+        agents = _watched(hub)
+        if agents:
+            usage = await trio.to_thread.run_sync(sample_groups, [a.pid for a in agents])
             now = trio.current_time()
             self.checks += 1
-            for actor in actors:
-                used = usage.get(actor.pid)
+            for agent in agents:
+                used = usage.get(agent.pid)
                 if used is None:
                     continue
-                spec = actor.spec
+                spec = agent.spec
                 over: tuple[str, float, float, str] | None = None
                 if spec.memory_limit is not None and used.resident_bytes > spec.memory_limit:
                     over = (
@@ -119,12 +122,12 @@ class LimitsService:
                         f"{_size(spec.memory_limit)}",
                     )
                 if spec.cpu_limit is not None:
-                    before = last_cpu.get(actor.pid)
-                    last_cpu[actor.pid] = (used.cpu_seconds, now)
+                    before = last_cpu.get(agent.pid)
+                    last_cpu[agent.pid] = (used.cpu_seconds, now)
                     if before is not None and now > before[1]:
                         cores = (used.cpu_seconds - before[0]) / (now - before[1])
-                        hits = strikes.get(actor.pid, 0) + 1 if cores > spec.cpu_limit else 0
-                        strikes[actor.pid] = hits
+                        hits = strikes.get(agent.pid, 0) + 1 if cores > spec.cpu_limit else 0
+                        strikes[agent.pid] = hits
                         if hits >= CPU_STRIKES and over is None:
                             over = (
                                 "cpu",
@@ -133,39 +136,35 @@ class LimitsService:
                                 f"over CPU limit: {cores:.2f} cores > {spec.cpu_limit:g} "
                                 f"for {hits} checks",
                             )
-                if over is not None and actor.condemn(over[3]):
+                if over is not None and hub.agents.condemn(spec.id, over[3], pid=agent.pid):
                     self.stopped += 1
                     kind, amount, allowed, reason = over
                     hub.bus.publish(
                         ChildOverLimit(
                             at=now,
-                            supervisor=actor.path,
+                            supervisor=agent.supervisor,
                             child_id=spec.id,
-                            pid=actor.pid,
+                            pid=agent.pid,
                             limit=kind,
                             used=amount,
                             allowed=allowed,
                             reason=reason,
                         )
                     )
-            live = {a.pid for a in actors}
+            live = {a.pid for a in agents}
             for table in (last_cpu, strikes):
                 for pid in [p for p in table if p not in live]:
                     del table[pid]
 
 
-def _watched(hub: Any) -> list[Any]:
-    """The actors of running children whose spec sets a limit."""
-    return [
-        a
-        for a in list(hub.context.actors.values())
-        if _limited(a) and not a.done and not a.stopping
-    ]
+def _watched(hub: Hub) -> list[LiveAgent]:
+    """The running children (not being stopped) whose spec sets a limit."""
+    return [a for a in hub.agents.running() if _limited(a)]
 
 
-def _limited(actor: Any) -> bool:
-    return actor is not None and (
-        actor.spec.memory_limit is not None or actor.spec.cpu_limit is not None
+def _limited(agent: LiveAgent | None) -> bool:
+    return agent is not None and (
+        agent.spec.memory_limit is not None or agent.spec.cpu_limit is not None
     )
 
 

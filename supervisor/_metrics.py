@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -39,6 +38,7 @@ from ._events import (
     Event,
 )
 from ._limits import ChildOverLimit
+from ._proc import GroupUsage, sample_groups
 from ._spec import AnySpec, PoolSpec, SupervisorSpec, agent_ids
 from ._work import (
     ItemStatus,
@@ -54,7 +54,7 @@ from ._work import (
 if TYPE_CHECKING:
     from ._hub import Hub, TreeRow
 
-__all__ = ["CONTENT_TYPE", "GroupUsage", "MetricsService", "parse_address", "sample_groups"]
+__all__ = ["CONTENT_TYPE", "MetricsService", "parse_address"]
 
 _log = logging.getLogger("hubvisor")
 
@@ -103,9 +103,6 @@ _MAX_TRACKED: Final = 100_000
 _MAX_HEAD: Final = 8192
 _REQUEST_TIMEOUT: Final = 10.0
 
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
-
 
 def parse_address(address: str) -> tuple[str, int]:
     """``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6) as ``(host, port)``; port 0: any free one.
@@ -127,76 +124,6 @@ def parse_address(address: str) -> tuple[str, int]:
     if number > 65535:
         raise ConfigError(f"the metrics port {number} in {address!r} is over 65535; {example}")
     return host, number
-
-
-# --------------------------------------------------------------------------------------
-# /proc
-
-
-@attrs.frozen
-class GroupUsage:
-    """What the live processes of one process group use.
-
-    Attributes:
-        cpu_seconds: user + system CPU time of the members, and of the children they
-            waited for (``cutime``/``cstime``).
-        resident_bytes: the members' resident set sizes, summed (shared pages count
-            once per process, as ``ps`` shows them).
-        processes: how many live processes the group has.
-    """
-
-    cpu_seconds: float = 0.0
-    resident_bytes: int = 0
-    processes: int = 0
-
-
-def sample_groups(pgids: Iterable[int], proc: str = "/proc") -> dict[int, GroupUsage]:
-    """CPU, resident memory and size of each process group in ``pgids``, from ``/proc``.
-
-    One pass over ``/proc/*/stat`` (a process's group is only found there), so the cost
-    grows with the processes on the host, not with the groups asked for. Groups with
-    no live process are left out. Blocking: call it from a worker thread.
-    """
-    wanted = set(pgids)
-    cpu: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    count: dict[int, int] = {}
-    if not wanted:
-        return {}
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return {}
-    for name in names:
-        if not name.isdigit():
-            continue
-        # os.open/os.read rather than open(): a fifth less time per file, and this
-        # runs once per process on the host.
-        try:
-            fd = os.open(f"{proc}/{name}/stat", os.O_RDONLY)
-        except OSError:
-            continue  # it ended meanwhile
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        # The command name may hold spaces and parentheses: split after the last ')';
-        # the fields wanted are among the first 22.
-        fields = data.rpartition(b")")[2].split(None, 22)
-        try:
-            pgrp = int(fields[2])
-            if pgrp not in wanted or fields[0] == b"Z":
-                continue
-            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-            pages = int(fields[21])
-        except (IndexError, ValueError):
-            continue
-        cpu[pgrp] = cpu.get(pgrp, 0) + ticks
-        rss[pgrp] = rss.get(pgrp, 0) + pages
-        count[pgrp] = count.get(pgrp, 0) + 1
-    return {g: GroupUsage(cpu[g] / _CLK_TCK, rss[g] * _PAGE_SIZE, count[g]) for g in count}
 
 
 # --------------------------------------------------------------------------------------
@@ -276,6 +203,10 @@ class MetricsService:
         self._open: dict[str, _Open] = {}  # item id -> its times
         self._usage: dict[int, GroupUsage] = {}  # pgid -> usage, from the last sample
         self._sampling = trio.Lock()
+        self._declare()
+
+    def _declare(self) -> None:
+        """Create the event-fed metrics in :attr:`registry`, and the scrape-time ones."""
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ("type",)) -> Counter:
             return Counter(name, doc, labels, registry=self.registry)
@@ -773,18 +704,18 @@ class _HubCollector:
         yield CounterMetricFamily(
             "hubvisor_notify_rejected",
             "Notify messages from agents the hub rejected (malformed, reserved status...).",
-            value=hub.context.notify_rejected,
+            value=hub.agents.notify_rejected,
         )
         yield GaugeMetricFamily(
             "hubvisor_services_failed",
             "Hub services that raised and were left out.",
             value=len(hub.failed_services),
         )
-        if hub.context.max_agents is not None:
+        if hub.max_agents is not None:
             yield GaugeMetricFamily(
                 "hubvisor_max_agents",
                 "The most agents the hub may run at once.",
-                value=hub.context.max_agents,
+                value=hub.max_agents,
             )
         yield GaugeMetricFamily(
             "hubvisor_proc_sample_seconds",

@@ -155,20 +155,7 @@ def decide(
     Raises:
         ConfigError: a count below 0, or more idle members than members.
     """
-    for name, value in (("current", current), ("waiting", waiting), ("idle_agents", idle_agents)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"decide({name}=...) must be an int >= 0 (got {value!r})")
-    if idle_agents > current:
-        raise ConfigError(
-            f"decide(): idle_agents {idle_agents} is more than the pool's {current} members; "
-            "count only the pool's running members that hold no item"
-        )
-    if max_agents_room is not None and (
-        not isinstance(max_agents_room, int) or isinstance(max_agents_room, bool)
-    ):
-        raise ConfigError(
-            f"decide(max_agents_room=...) must be an int or None (got {max_agents_room!r})"
-        )
+    _check_counts(current, waiting, idle_agents, max_agents_room)
     room = math.inf if max_agents_room is None else max(0, max_agents_room)
     ceiling = int(min(policy.max, current + room))  # the largest size a grow may reach
 
@@ -191,15 +178,7 @@ def decide(
             "shrink", policy.max, f"{current} members, above max {policy.max}: shrink to max"
         )
     if waiting > 0 and idle_agents == 0:
-        wanted = current + math.ceil(waiting / policy.target_waiting)
-        why = f"{waiting} item{'s' if waiting != 1 else ''} waiting and no member idle"
-        if ceiling <= current:
-            limit = f"max {policy.max}" if current >= policy.max else "the hub's max_agents"
-            return stay(f"{why}, but the pool is at {limit}")
-        target = min(wanted, ceiling)
-        capped = "" if target == wanted else f" (capped from {wanted})"
-        per = f"1 per {policy.target_waiting:g} waiting"
-        return Decision("grow", target, f"{why}: grow to {target}{capped}, {per}")
+        return _grow(policy, current, waiting, ceiling)
     if waiting == 0 and idle_agents > 0 and idle_since is not None:
         idle_for = now - idle_since
         if idle_for < policy.scale_down_after:
@@ -219,6 +198,40 @@ def decide(
     if waiting > 0:
         return stay(f"{waiting} waiting, {idle_agents} idle member(s) will take them")
     return stay("nothing waiting, no member idle")
+
+
+def _grow(policy: Autoscale, current: int, waiting: int, ceiling: int) -> Decision:
+    """Items wait and no member is idle: grow by one per ``target_waiting`` items, up to
+    ``ceiling`` (the policy's max or the hub's room)."""
+    wanted = current + math.ceil(waiting / policy.target_waiting)
+    why = f"{waiting} item{'s' if waiting != 1 else ''} waiting and no member idle"
+    if ceiling <= current:
+        limit = f"max {policy.max}" if current >= policy.max else "the hub's max_agents"
+        return Decision("stay", current, f"{why}, but the pool is at {limit}")
+    target = min(wanted, ceiling)
+    capped = "" if target == wanted else f" (capped from {wanted})"
+    per = f"1 per {policy.target_waiting:g} waiting"
+    return Decision("grow", target, f"{why}: grow to {target}{capped}, {per}")
+
+
+def _check_counts(
+    current: int, waiting: int, idle_agents: int, max_agents_room: int | None
+) -> None:
+    """The checks of :func:`decide`'s counts (see its ``Raises``)."""
+    for name, value in (("current", current), ("waiting", waiting), ("idle_agents", idle_agents)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"decide({name}=...) must be an int >= 0 (got {value!r})")
+    if idle_agents > current:
+        raise ConfigError(
+            f"decide(): idle_agents {idle_agents} is more than the pool's {current} members; "
+            "count only the pool's running members that hold no item"
+        )
+    if max_agents_room is not None and (
+        not isinstance(max_agents_room, int) or isinstance(max_agents_room, bool)
+    ):
+        raise ConfigError(
+            f"decide(max_agents_room=...) must be an int or None (got {max_agents_room!r})"
+        )
 
 
 def retirees(members: Sequence[str], idle: Iterable[str], count: int) -> list[str]:

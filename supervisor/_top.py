@@ -32,7 +32,7 @@ from .control.paths import NoHubExit, default_socket_path, env_socket_path
 from .control.printers import secs as _secs
 
 if TYPE_CHECKING:
-    from ._metrics import GroupUsage
+    from ._proc import GroupUsage
 
 __all__ = ["Snapshot", "poll", "render", "top"]
 
@@ -369,7 +369,7 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
 def _sample(snap: Snapshot) -> dict[int, GroupUsage]:
     # Imported here: `hubvisor` imports this module for every command, and only top
     # needs the metrics module (and prometheus_client, 50 ms to import).
-    from ._metrics import sample_groups
+    from ._proc import sample_groups
 
     pids = [r["pid"] for r in snap.rows if r.get("kind") == "worker" and r.get("pid")]
     with contextlib.suppress(OSError):

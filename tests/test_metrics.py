@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from strategies import FixedBackoff, Intensity
 from supervisor import ChildSpec, ChildState, ConfigError, Hub, ItemStatus, PoolSpec, Registry
-from supervisor._metrics import MetricsService, parse_address, sample_groups
+from supervisor._metrics import MetricsService, parse_address
+from supervisor._proc import sample_groups
 
 from . import raw_agent
 from .helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from supervisor._metrics import GroupUsage
+from supervisor._proc import GroupUsage
 from supervisor._top import _CPU, Snapshot, _bytes, _Keys, _socket, poll, render, top
 from supervisor.control.client import request
 

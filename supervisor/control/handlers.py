@@ -153,7 +153,7 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     result = {
         "schema_version": SCHEMA_VERSION,
         "hub": {
-            "id": hub.context.hub_id,
+            "id": hub.hub_id,
             "pid": os.getpid(),
             "agents": len(agents),
             "work": {str(s): counts.get(str(s), 0) for s in ItemStatus},

@@ -22,7 +22,7 @@ from .._events import (
     SupervisorStopped,
     SupervisorStopping,
 )
-from .._runtime import pool_member
+from .._members import pool_member
 from .._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
 from ._invariants import EPS as _EPS
 from ._run import (

@@ -26,8 +26,8 @@ from strategies import BackoffPolicy, IntensityDecision, IntensityPolicy, Restar
 from .._errors import InvalidSupervisorSpec, SupervisorEscalation
 from .._events import Event, EventBus
 from .._hub import Hub
+from .._members import pool_member
 from .._process import SpawnRequest
-from .._runtime import pool_member
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
 from .._work import WorkQueue, WorkService
 from ._errors import InvalidSchedule
