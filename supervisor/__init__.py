@@ -92,7 +92,7 @@ from ._spec import (
     SupervisorSpec as SupervisorSpec,
     check_specs as check_specs,
 )
-from ._work import (
+from .work import (
     ItemStatus as ItemStatus,
     MemoryWorkQueue as MemoryWorkQueue,
     Verdict as Verdict,
@@ -223,7 +223,7 @@ def _fixup_module_metadata() -> None:
         if name in _LAZY:
             continue
         obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("supervisor._"):
+        if getattr(obj, "__module__", "").startswith(("supervisor._", "supervisor.work.")):
             with contextlib.suppress(AttributeError, TypeError):  # e.g. a str constant
                 obj.__module__ = __name__
 

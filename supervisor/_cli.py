@@ -56,7 +56,7 @@ from ._redis import RedisMirror
 from ._registry import Registry
 from ._spec import AnySpec, SupervisorSpec, check_specs
 from ._top import top
-from ._work import WorkService
+from .work import WorkService
 
 __all__ = ["load_spec", "main", "run_hub"]
 

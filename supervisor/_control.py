@@ -50,7 +50,7 @@ from ._events import Event, check_kinds
 from ._hub import Hub
 from ._log import logger
 from ._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
-from ._work import ItemStatus
+from .work import ItemStatus
 
 __all__ = [
     "OPS",

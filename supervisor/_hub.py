@@ -22,7 +22,7 @@ from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
 from ._runtime import ChildInfo, RuntimeContext, Supervisor, _check_spec_type, _count_workers
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
-from ._work import WorkService
+from .work import WorkService
 
 __all__ = ["Hub", "Service", "TreeRow"]
 

@@ -49,10 +49,10 @@ from redis.retry import Retry
 
 from ._errors import ConfigError, ControlError, ServiceFailed
 from ._redis import redact_url
-from ._work import AttemptRecord, ItemStatus, MemoryWorkQueue, Verdict, WorkItem
+from .work import AttemptRecord, ItemStatus, MemoryWorkQueue, Verdict, WorkItem
 
 if TYPE_CHECKING:
-    from ._work import WorkService
+    from .work import WorkService
 
 __all__ = ["RedisWorkQueue", "cluster_status", "enqueue", "persistence_warning"]
 

@@ -44,7 +44,7 @@ from .._events import (
 )
 from .._runtime import pool_member
 from .._spec import AnySpec, ChildSpec, PoolSpec, RestartType, SupervisorSpec
-from .._work import (
+from ..work import (
     WorkAssigned,
     WorkCompleted,
     WorkDeadLettered,
