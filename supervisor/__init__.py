@@ -60,7 +60,6 @@ from ._process import (
     ProcessHandle as ProcessHandle,
     SpawnRequest as SpawnRequest,
 )
-from ._redis import RedisMirror as RedisMirror
 from ._registry import (
     REGISTRY_KINDS as REGISTRY_KINDS,
     RESERVED_STATUSES as RESERVED_STATUSES,
@@ -70,6 +69,7 @@ from ._registry import (
     Registry as Registry,
     RegistryMirror as RegistryMirror,
 )
+from ._registry_redis import RedisMirror as RedisMirror
 from ._runtime import (
     ChildInfo as ChildInfo,
     ChildState as ChildState,

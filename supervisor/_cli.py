@@ -52,8 +52,8 @@ from ._hub import Hub, Service
 from ._keeper import OrphanKeeper
 from ._limits import LimitsService
 from ._log import log_events, log_kinds, logger
-from ._redis import RedisMirror
 from ._registry import Registry
+from ._registry_redis import RedisMirror
 from ._spec import AnySpec, SupervisorSpec, check_specs
 from ._top import top
 from .work import WorkService

@@ -48,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._errors import ConfigError, ControlError, ServiceFailed
-from ._redis import redact_url
+from ._redis_link import redact_url
 from .work import AttemptRecord, ItemStatus, MemoryWorkQueue, Verdict, WorkItem
 
 if TYPE_CHECKING:

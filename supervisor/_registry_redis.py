@@ -37,11 +37,9 @@ import contextlib
 import logging
 import math
 import os
-import random
 import secrets
 import socket
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,6 +48,7 @@ import attrs
 import trio
 
 from ._errors import InvalidMirrorConfig
+from ._redis_link import Backoff, Outage, clean_error, in_thread, make_client, redact_url
 from ._registry import AgentRecord
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
 
     from ._registry import Registry
 
-__all__ = ["RedisMirror"]  # redact_url is for the CLI, not the API
+__all__ = ["RedisMirror"]
 
 _log = logging.getLogger("hubvisor.registry")
 
@@ -103,22 +102,6 @@ for k = 1, #KEYS do
 end
 return #KEYS
 """
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable Redis URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @attrs.frozen
@@ -218,14 +201,12 @@ class RedisMirror:
         self._offset = 0.0
         self._need_resync = True
         self._closing = False
-        self._outage_since: float | None = None
+        self._outage = Outage()
         self._hub_id = "hub"
         self.flushes = 0
         """Batches written so far."""
         self.failures = 0
         """Flushes that failed (Redis down, slow or refusing)."""
-        self.outages = 0
-        """Times Redis became unreachable."""
         self.events_dropped = 0
         """Events lost because Redis was unreachable for too long."""
         self.last_error: str | None = None
@@ -244,7 +225,12 @@ class RedisMirror:
     @property
     def connected(self) -> bool:
         """Whether the last flush succeeded."""
-        return self._outage_since is None and self.flushes > 0
+        return not self._outage.active and self.flushes > 0
+
+    @property
+    def outages(self) -> int:
+        """Times Redis became unreachable."""
+        return self._outage.count
 
     # ----------------------------------------------------------------------------------
     # Keys
@@ -325,23 +311,13 @@ class RedisMirror:
         return at + self._offset
 
     def _make_client(self) -> redis.Redis:
-        import redis  # here, not at the top: a hub without --redis never pays its import
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        try:
-            return redis.Redis.from_url(
-                self._url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                max_connections=1,  # one dedicated connection, opened in the worker thread
-                retry=Retry(NoBackoff(), 0),
-                client_name=f"hubvisor-{self._hub_id}",
-            )
-        except (ValueError, redis.RedisError) as exc:
-            raise InvalidMirrorConfig(
-                f"bad Redis URL {self.url}: {self._clean(exc)}; e.g. redis://localhost:6379/0"
-            ) from None
+        return make_client(
+            self._url,
+            timeout=self.timeout,
+            connections=1,  # one dedicated connection, opened in the worker thread
+            client_name=f"hubvisor-{self._hub_id}",
+            error=InvalidMirrorConfig,
+        )
 
     async def run(
         self, registry: Registry, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -354,7 +330,7 @@ class RedisMirror:
         task_status.started()
         refresh_every = self.lease / 3
         next_refresh = trio.current_time() + refresh_every
-        backoff = 0.0
+        backoff = Backoff(0.1, self.backoff_max, jitter=True)
         try:
             while not self._closing:
                 with trio.move_on_at(next_refresh):
@@ -372,10 +348,9 @@ class RedisMirror:
                     break
                 ok = await self._flush_once()
                 if ok:
-                    backoff = 0.0
+                    backoff.reset()
                 else:
-                    backoff = min(self.backoff_max, max(0.1, backoff * 2))
-                    await trio.sleep(backoff * (0.5 + random.random() / 2))
+                    await trio.sleep(backoff.next())
         finally:
             if self._closing is False:
                 self._close_client()
@@ -499,7 +474,7 @@ class RedisMirror:
         try:
             # Abandonable: a cancel (the end of final_flush_timeout) returns at once;
             # flush_final then shuts the connection down under the thread.
-            await trio.to_thread.run_sync(self._execute, batch, abandon_on_cancel=True)
+            await in_thread(self._execute, batch, abandon_on_cancel=True)
         except trio.Cancelled:
             self._put_back(batch)  # maybe written anyway: a retry would not duplicate it
             raise
@@ -508,9 +483,7 @@ class RedisMirror:
             self._work.set()
             self.failures += 1
             self.last_error = self._clean(exc)
-            if self._outage_since is None:
-                self._outage_since = trio.current_time()
-                self.outages += 1
+            if self._outage.down(trio.current_time()):
                 _log.warning(
                     "registry: Redis at %s is unavailable (%s); keeping the latest state of "
                     "each agent and retrying with backoff",
@@ -526,14 +499,14 @@ class RedisMirror:
             self._written[agent_id] = agent_type
         for agent_id, _ in batch.removes:
             self._written.pop(agent_id, None)
-        if self._outage_since is not None:
+        lasted = self._outage.up(trio.current_time())
+        if lasted is not None:
             _log.warning(
                 "registry: Redis at %s is back after %.1fs; resynced %d agents",
                 self.url,
-                trio.current_time() - self._outage_since,
+                lasted,
                 len(batch.writes),
             )
-            self._outage_since = None
         if self._dirty or self._events:
             self._work.set()
             if len(self._dirty) + len(self._events) >= self.batch_max:
@@ -541,15 +514,7 @@ class RedisMirror:
         return True
 
     def _clean(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        try:
-            password = urllib.parse.urlsplit(self._url).password
-        except ValueError:
-            password = None
-        if password:
-            text = text.replace(password, "***")
-            text = text.replace(urllib.parse.unquote(password), "***")
-        return text.replace(self._url, self.url)
+        return clean_error(exc, self._url)
 
     # ----------------------------------------------------------------------------------
     # In the worker thread
