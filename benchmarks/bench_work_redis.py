@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from supervisor import ChildSpec, Hub, MemoryWorkQueue, PoolSpec, WorkService  # noqa: E402
 from supervisor._control import request  # noqa: E402
-from supervisor._work_redis import RedisWorkQueue, enqueue  # noqa: E402
+from supervisor.work.redis import RedisWorkQueue, enqueue  # noqa: E402
 
 HUBVISOR = str(Path(sys.executable).with_name("hubvisor"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

@@ -201,10 +201,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._metrics import MetricsService as MetricsService
-    from ._work_redis import RedisWorkQueue as RedisWorkQueue
+    from .work.redis import RedisWorkQueue as RedisWorkQueue
 
 # They import redis-py or prometheus_client: only when used.
-_LAZY = {"RedisWorkQueue": "._work_redis", "MetricsService": "._metrics"}
+_LAZY = {"RedisWorkQueue": ".work.redis", "MetricsService": "._metrics"}
 
 
 def __getattr__(name: str) -> Any:

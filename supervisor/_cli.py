@@ -202,7 +202,7 @@ def run_hub(
 
         services = (*services, MetricsService(metrics, max_connections=metrics_max_connections))
     if redis is not None:
-        from ._work_redis import RedisWorkQueue  # redis-py is imported only when used
+        from .work.redis import RedisWorkQueue  # redis-py is imported only when used
 
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)

@@ -416,37 +416,9 @@ class Dispatch:
 
     def _answered(self, msg: AgentMessage, item: WorkItem, attempt: int) -> None:
         self.notes[msg.agent_id] = None
+        cls, fields = _answer_event(msg.kind, item)
         agent = self.agents.get(msg.agent_id)
-        if msg.kind == "result":
-            self.publish(WorkCompleted, msg.agent_id, agent=agent, item_id=item.id, attempt=attempt)
-        elif msg.kind == "handback":
-            self.publish(
-                WorkReclaimed,
-                msg.agent_id,
-                agent=agent,
-                item_id=item.id,
-                attempt=attempt,
-                reason="handback",
-            )
-        elif item.status is ItemStatus.DEAD:
-            self.publish(
-                WorkDeadLettered,
-                msg.agent_id,
-                agent=agent,
-                item_id=item.id,
-                attempt=attempt,
-                reason=item.error or "failed",
-            )
-        else:
-            self.publish(
-                WorkFailed,
-                msg.agent_id,
-                agent=agent,
-                item_id=item.id,
-                attempt=attempt,
-                error=item.error or "",
-                final=item.status is ItemStatus.FAILED,
-            )
+        self.publish(cls, msg.agent_id, agent=agent, item_id=item.id, attempt=attempt, **fields)
 
     def _refuse(self, msg: AgentMessage, item_id: str, attempt: int, reason: str) -> None:
         self.refused += 1
@@ -510,6 +482,17 @@ def _repeats(count: int) -> str:
     if count <= 1:
         return ""
     return f" ({count} times since the last report; one report per {_REFUSED_LOG_EVERY:g}s at most)"
+
+
+def _answer_event(kind: str, item: WorkItem) -> tuple[type[Event], dict[str, Any]]:
+    """The event an accepted answer of ``kind`` publishes, and its own fields."""
+    if kind == "result":
+        return WorkCompleted, {}
+    if kind == "handback":
+        return WorkReclaimed, {"reason": "handback"}
+    if item.status is ItemStatus.DEAD:
+        return WorkDeadLettered, {"reason": item.error or "failed"}
+    return WorkFailed, {"error": item.error or "", "final": item.status is ItemStatus.FAILED}
 
 
 def _assign_message(item: WorkItem) -> NotifyMessage:
