@@ -34,6 +34,26 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
     )
 
 
+class Keys:
+    """The keys of the queues under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def of(self, agent_type: str, name: str) -> str:
+        """A key of ``agent_type``'s queue: ``P:work:{T}:name``."""
+        return _type_key(self.prefix, agent_type, name)
+
+    def items(self, agent_type: str) -> str:
+        """The prefix of the item hashes of ``agent_type``."""
+        return self.of(agent_type, "item:")
+
+    def fenced(self, agent_type: str, item_id: str = "") -> tuple[str, ...]:
+        """The keys a fenced script takes: stream, dead letters, log (and the item)."""
+        keys = (self.of(agent_type, "q"), self.of(agent_type, "dead"), self.of(agent_type, "log"))
+        return (*keys, self.items(agent_type) + item_id) if item_id else keys
+
+
 def _type_key(prefix: str, agent_type: str, name: str) -> str:
     """A key of one agent type's queue; they share the hash tag ``{type}``."""
     return f"{prefix}:work:{{{agent_type}}}:{name}"

@@ -49,7 +49,7 @@ class Queries:
             return local
         agent_type = item_id.rsplit("-", 1)[0]
         client = self._client()
-        key = self.q._item_prefix(agent_type) + item_id
+        key = self.q.keys.items(agent_type) + item_id
         fields = await in_thread(lambda: _decode_map(client.hgetall(key)))
         if not fields:
             if local is not None:  # expired in Redis (keep_finished): this copy is all

@@ -45,7 +45,7 @@ from .._item import ItemStatus, Verdict, WorkItem
 from .._queue import MemoryWorkQueue
 from .._store import StoreHost
 from ._claim import HubClaim
-from ._codec import _dumps, _safe, _text, _type_key, _wall
+from ._codec import Keys, _dumps, _safe, _text, _wall
 from ._outbox import Outbox, _Op
 from ._query import Queries
 from ._scripts import _FENCED, _ID_CHARS, _RETRY, _SUBMIT
@@ -107,6 +107,7 @@ class RedisWorkQueue:
         self._stored: dict[str, trio.Event] = {}
         self.writes = Outbox(self.url, max_held, max_held_bytes)
         """The writes held for Redis (in order)."""
+        self.keys = Keys(prefix)
         self.claim = HubClaim(prefix, self.lease)
         """This incarnation's hold on its hub id."""
         self.lost = 0
@@ -181,15 +182,8 @@ class RedisWorkQueue:
     # ----------------------------------------------------------------------------------
     # keys
 
-    def _k(self, agent_type: str, name: str) -> str:
-        return _type_key(self.prefix, agent_type, name)
-
-    def _item_prefix(self, agent_type: str) -> str:
-        return self._k(agent_type, "item:")
-
     def _keys(self, agent_type: str, item_id: str = "") -> tuple[str, ...]:
-        keys = (self._k(agent_type, "q"), self._k(agent_type, "dead"), self._k(agent_type, "log"))
-        return (*keys, self._item_prefix(agent_type) + item_id) if item_id else keys
+        return self.keys.fenced(agent_type, item_id)
 
     # ----------------------------------------------------------------------------------
     # WorkQueue: local decisions, written behind
@@ -245,7 +239,7 @@ class RedisWorkQueue:
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
         args = (item.id, agent_type, _dumps(payload), max_deliveries, source, item.created_at)
-        keys = (self._k(agent_type, "q"), self._item_prefix(agent_type) + item.id)
+        keys = (self.keys.of(agent_type, "q"), self.keys.items(agent_type) + item.id)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item

@@ -294,7 +294,7 @@ class StoreActor:
         now = time.time()
         for agent_type in sorted(self.serves | set(demand)):
             base = (q.claim.hub_id, q.claim.token)
-            prefix = q._item_prefix(agent_type)
+            prefix = q.keys.items(agent_type)
             if agent_type in self.recover:
                 reads.append((_TAKE, agent_type, (*base, 1000, prefix, now, "0")))
             if claim:
@@ -377,15 +377,15 @@ class StoreActor:
         if r.beat is not None:
             q.claim.add_beat(pipe, r.beat)
         for agent_type in r.beats:
-            pipe.evalsha(_SHA[_BEAT], 1, q._k(agent_type, "alive"), q.claim.hub_id, lease_ms)
+            pipe.evalsha(_SHA[_BEAT], 1, q.keys.of(agent_type, "alive"), q.claim.hub_id, lease_ms)
         for agent_type in r.lag_types:
-            pipe.xinfo_groups(q._k(agent_type, "q"))
+            pipe.xinfo_groups(q.keys.of(agent_type, "q"))
         for item in r.checks:
-            pipe.hget(q._item_prefix(item.agent_type) + item.id, "st")
+            pipe.hget(q.keys.items(item.agent_type) + item.id, "st")
         for script, agent_type, args in r.reads:
             keys = q._keys(agent_type)
             if script is _CLAIM:
-                keys = (*keys, q._k(agent_type, "alive"))
+                keys = (*keys, q.keys.of(agent_type, "alive"))
             pipe.evalsha(_SHA[script], len(keys), *keys, *args)
 
     # ----------------------------------------------------------------------------------
