@@ -3,7 +3,7 @@ on a client of their own, never the actor's."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
@@ -12,16 +12,14 @@ from ..._redis_link import in_thread
 from .._item import ItemStatus, WorkItem
 from ._admin import cluster_status
 from ._codec import _decode_map, _item_from, _text
+from ._parts import QueueParts
 from ._scripts import _RETRY
-
-if TYPE_CHECKING:
-    from ._queue import RedisWorkQueue
 
 
 class Queries:
     """What the control ops read of one :class:`RedisWorkQueue`'s items, here or in Redis."""
 
-    def __init__(self, queue: RedisWorkQueue) -> None:
+    def __init__(self, queue: QueueParts) -> None:
         self.q = queue
         self._query: redis.Redis | None = None
 

@@ -414,7 +414,10 @@ class RedisWorkQueue:
             ServiceFailed: Redis refused the credentials or the configuration at start,
                 or another live hub holds this hub's id (at start or when Redis returns).
         """
-        await self._actor.run(host, task_status=task_status)
+        try:
+            await self._actor.run(host, task_status=task_status)
+        finally:
+            self._queries.close()
 
     def _make_client(self, connections: int) -> redis.Redis:
         return make_client(

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import redis
@@ -26,10 +26,8 @@ from .._store import StoreHost
 from ._admin import persistence_warning
 from ._codec import _item_from, _pairs, _text
 from ._outbox import _Op
+from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _SHA, _TAKE, GROUP
-
-if TYPE_CHECKING:
-    from ._queue import RedisWorkQueue
 
 _log = logging.getLogger("hubvisor")
 
@@ -81,7 +79,7 @@ class StoreActor:
     """Keeps one :class:`~supervisor.work.redis.RedisWorkQueue` in step with Redis: its
     writer, its leases, its heartbeat and its reads of new work."""
 
-    def __init__(self, queue: RedisWorkQueue) -> None:
+    def __init__(self, queue: QueueParts) -> None:
         self.q = queue
         self.host: StoreHost | None = None
         self.client: redis.Redis | None = None
@@ -461,7 +459,7 @@ def _unwritten(ops: list[_Op], error: str, url: str) -> None:
 
 
 def _adopt(
-    q: RedisWorkQueue,
+    q: QueueParts,
     host: StoreHost | None,
     reads: list[tuple[str, str, tuple[Any, ...]]],
     replies: list[Any],
@@ -498,7 +496,7 @@ def _adopt(
     return taken
 
 
-async def _final_flush(q: RedisWorkQueue, client: redis.Redis | None) -> None:
+async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
     """Give back what this hub holds (so others take it at once) and write the rest,
     waiting up to ``timeout`` for Redis; each item whose writes did not land is logged
     by id (a submitted one is lost)."""
@@ -531,12 +529,11 @@ async def _final_flush(q: RedisWorkQueue, client: redis.Redis | None) -> None:
                     break
     finally:
         client.close()
-        q._queries.close()
     if not done and ops:
         _unwritten(ops, error or f"no answer in {q.timeout:g} s", q.url)
 
 
-def _holds(q: RedisWorkQueue, item_id: str) -> bool:
+def _holds(q: QueueParts, item_id: str) -> bool:
     """Whether this hub holds ``item_id`` already (a read back of its own entries)."""
     try:
         q._local.get(item_id)
