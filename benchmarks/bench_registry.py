@@ -38,7 +38,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supervisor import ChildStarting, Registry
-from supervisor._redis import RedisMirror
+from supervisor._registry_redis import RedisMirror
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_BENCHMARK = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"

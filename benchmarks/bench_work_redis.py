@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from supervisor import ChildSpec, Hub, MemoryWorkQueue, PoolSpec, WorkService  # noqa: E402
-from supervisor._work_redis import RedisWorkQueue, enqueue  # noqa: E402
 from supervisor.control.client import request  # noqa: E402
+from supervisor.work.redis import RedisWorkQueue, enqueue  # noqa: E402
 
 HUBVISOR = str(Path(sys.executable).with_name("hubvisor"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

@@ -81,9 +81,6 @@ if TYPE_CHECKING:
         ProcessHandle as ProcessHandle,
         SpawnRequest as SpawnRequest,
     )
-    from ._redis import (
-        RedisMirror as RedisMirror,
-    )
     from ._registry import (
         REGISTRY_KINDS as REGISTRY_KINDS,
         RESERVED_STATUSES as RESERVED_STATUSES,
@@ -92,6 +89,9 @@ if TYPE_CHECKING:
         Reclaimed as Reclaimed,
         Registry as Registry,
         RegistryMirror as RegistryMirror,
+    )
+    from ._registry_redis import (
+        RedisMirror as RedisMirror,
     )
     from ._runtime import (
         ChildInfo as ChildInfo,
@@ -114,7 +114,7 @@ if TYPE_CHECKING:
         SupervisorSpec as SupervisorSpec,
         check_specs as check_specs,
     )
-    from ._work import (
+    from .work import (
         ItemStatus as ItemStatus,
         MemoryWorkQueue as MemoryWorkQueue,
         Verdict as Verdict,
@@ -129,7 +129,7 @@ if TYPE_CHECKING:
         WorkService as WorkService,
         WorkSubmitted as WorkSubmitted,
     )
-    from ._work_redis import (
+    from .work.redis import (
         RedisWorkQueue as RedisWorkQueue,
     )
 
@@ -273,7 +273,7 @@ _EXPORTS: dict[str, str] = {
     "ProcessBackend": "_process",
     "ProcessHandle": "_process",
     "SpawnRequest": "_process",
-    "RedisMirror": "_redis",
+    "RedisMirror": "_registry_redis",
     "AgentRecord": "_registry",
     "AgentStatus": "_registry",
     "REGISTRY_KINDS": "_registry",
@@ -297,20 +297,20 @@ _EXPORTS: dict[str, str] = {
     "RestartType": "_spec",
     "SupervisorSpec": "_spec",
     "check_specs": "_spec",
-    "ItemStatus": "_work",
-    "MemoryWorkQueue": "_work",
-    "Verdict": "_work",
-    "WorkAssigned": "_work",
-    "WorkCompleted": "_work",
-    "WorkDeadLettered": "_work",
-    "WorkFailed": "_work",
-    "WorkItem": "_work",
-    "WorkQueue": "_work",
-    "WorkReclaimed": "_work",
-    "WorkRefused": "_work",
-    "WorkService": "_work",
-    "WorkSubmitted": "_work",
-    "RedisWorkQueue": "_work_redis",
+    "ItemStatus": "work",
+    "MemoryWorkQueue": "work",
+    "Verdict": "work",
+    "WorkAssigned": "work",
+    "WorkCompleted": "work",
+    "WorkDeadLettered": "work",
+    "WorkFailed": "work",
+    "WorkItem": "work",
+    "WorkQueue": "work",
+    "WorkReclaimed": "work",
+    "WorkRefused": "work",
+    "WorkService": "work",
+    "WorkSubmitted": "work",
+    "RedisWorkQueue": "work.redis",
 }
 """Each public name and the private module that defines it."""
 
@@ -325,7 +325,7 @@ def __getattr__(name: str) -> Any:
     for public, home in _EXPORTS.items():
         if home == module_name:
             obj = getattr(module, public)
-            if getattr(obj, "__module__", "").startswith("supervisor._"):
+            if getattr(obj, "__module__", "").startswith(("supervisor._", "supervisor.work.")):
                 with contextlib.suppress(AttributeError, TypeError):  # e.g. a str constant
                     obj.__module__ = __name__
             globals()[public] = obj

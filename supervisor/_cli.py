@@ -197,7 +197,7 @@ _common = [
 def _check_redis_url(value: str | None) -> str | None:
     if value is not None:
         try:
-            from ._redis import RedisMirror  # trio and attrs: only when --redis is given
+            from ._registry_redis import RedisMirror  # trio and attrs: only when --redis is given
 
             RedisMirror(value)
         except ValueError as exc:  # the message never shows the password

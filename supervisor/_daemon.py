@@ -20,14 +20,14 @@ from ._hub import Hub, Service
 from ._keeper import OrphanKeeper
 from ._limits import LimitsService
 from ._log import log_events, log_kinds, logger
-from ._redis import RedisMirror
 from ._registry import Registry
+from ._registry_redis import RedisMirror
 from ._spec import AnySpec, SupervisorSpec
-from ._work import WorkService
 from .control.events import EventRing
 from .control.ops import ControlLimits
 from .control.paths import SOCKET_ENV, default_socket_path
 from .control.server import serve_control
+from .work import WorkService
 
 __all__ = ["run_hub"]
 
@@ -126,7 +126,7 @@ def run_hub(
 
         services = (*services, MetricsService(metrics, max_connections=metrics_max_connections))
     if redis is not None:
-        from ._work_redis import RedisWorkQueue  # redis-py is imported only when used
+        from .work.redis import RedisWorkQueue  # redis-py is imported only when used
 
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)

@@ -24,7 +24,7 @@ from ._process import OSProcessBackend, ProcessBackend
 from ._registry import Registry
 from ._runtime import ChildInfo, Supervisor
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec, agent_ids, check_specs
-from ._work import WorkService
+from .work import WorkService
 
 __all__ = ["Hub", "Service", "TreeRow"]
 

@@ -22,7 +22,7 @@ from ._events import (
     SupervisorStopped,
     SupervisorStopping,
 )
-from ._work import (
+from .work import (
     WorkAssigned,
     WorkCompleted,
     WorkDeadLettered,

@@ -40,7 +40,7 @@ from ._events import (
 from ._limits import ChildOverLimit
 from ._proc import GroupUsage, sample_groups
 from ._spec import AnySpec, PoolSpec, SupervisorSpec, agent_ids
-from ._work import (
+from .work import (
     ItemStatus,
     WorkAssigned,
     WorkCompleted,

@@ -70,7 +70,9 @@ class AgentStatus(enum.StrEnum):
     IDLE = "idle"
     """Running and available; every agent is idle once running until it reports otherwise."""
     BUSY = "busy"
-    """What an agent conventionally reports while it works (``STATUS=busy``)."""
+    """What an agent conventionally reports while it works (``STATUS=busy``), and what
+    an idle agent shows while it holds an assignment (the work service notes each one),
+    so this status is the one answer to "is it busy?"."""
     HUNG = "hung"
     """Silent past its heartbeat timeout; its supervisor is killing it. Hub-owned."""
     STOPPING = "stopping"
@@ -269,6 +271,7 @@ class Registry:
         self._running = False
         self._stopped = False  # stop() was called or the actor ended
         self._stopping: set[str] = set()  # paths of supervisors that are stopping
+        self._busy_by_work: set[str] = set()  # busy only because they hold an assignment
         self.updates = 0
         """How many updates the actor applied so far."""
         self.statuses_refused = 0
@@ -463,10 +466,25 @@ class Registry:
         return True
 
     def _put(self, rec: AgentRecord) -> None:
+        rec = self._busy_rule(rec)
         self._agents[rec.id] = rec
         self.updates += 1
         if self.mirror is not None:
             self.mirror.changed(rec.id)
+
+    def _busy_rule(self, rec: AgentRecord) -> AgentRecord:
+        """An idle agent that holds an assignment is busy, whatever it last said; it is
+        idle again when it holds nothing (unless it said busy itself since)."""
+        if rec.assignment is not None and rec.status == IDLE:
+            self._busy_by_work.add(rec.id)
+            return attrs.evolve(rec, status=AgentStatus.BUSY)
+        if rec.id in self._busy_by_work and (
+            rec.assignment is None or rec.status != AgentStatus.BUSY
+        ):
+            self._busy_by_work.discard(rec.id)
+            if rec.status == AgentStatus.BUSY:
+                return attrs.evolve(rec, status=IDLE)
+        return rec
 
     def _live(self, event: Any) -> AgentRecord | None:
         rec = self._agents.get(event.child_id)
@@ -505,6 +523,7 @@ class Registry:
             case ChildStatus():
                 rec = self._live(event)
                 if rec is not None and rec.status != HUNG:  # hung: being killed, ignore
+                    self._busy_by_work.discard(rec.id)  # what it says now counts
                     self._put(
                         attrs.evolve(
                             rec, status=self._reported(rec, event), last_heartbeat=event.at
@@ -581,6 +600,7 @@ class Registry:
             reason = f"hung, then {reason}"
         last = attrs.evolve(rec, status=status, last_exit=event.status.describe())
         del self._agents[rec.id]
+        self._busy_by_work.discard(rec.id)
         self.updates += 1
         if self.mirror is not None:
             self.mirror.changed(rec.id)

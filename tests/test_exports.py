@@ -19,7 +19,7 @@ _SUPERVISOR_MODULES = [
     "_keeper",
     "_limits",
     "_process",
-    "_redis",
+    "_registry_redis",
     "_registry",
     "_runtime",
     "_scale",

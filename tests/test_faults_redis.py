@@ -18,7 +18,9 @@ import trio
 
 from supervisor import ControlError, Hub, ItemStatus, WorkService
 from supervisor._errors import ServiceFailed
-from supervisor._work_redis import _FENCED, RedisWorkQueue, _Op
+from supervisor.work.redis import RedisWorkQueue
+from supervisor.work.redis._outbox import _Op
+from supervisor.work.redis._scripts import _FENCED
 
 from .helpers import TIMEOUT
 from .redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for

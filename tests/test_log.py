@@ -33,7 +33,7 @@ from supervisor._log import (
     log_events,
     log_kinds,
 )
-from supervisor._work import (
+from supervisor.work import (
     WorkAssigned,
     WorkCompleted,
     WorkDeadLettered,

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from strategies import Intensity
 from supervisor import ChildStarting, ChildState, Hub, PoolSpec, Registry, SupervisorSpec
 from supervisor._cli import main
-from supervisor._redis import RedisMirror, redact_url
+from supervisor._redis_link import redact_url
+from supervisor._registry_redis import RedisMirror
 
 from .helpers import sleeper, wait_event
 from .redis_server import RedisServer, redis_server, redis_server_factory

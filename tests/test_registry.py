@@ -176,6 +176,40 @@ class TestNotifyUnderMockClock:
             assert ["a"] == [a.id for a in hub.registry.available("worker")]
             await hub.stop()
 
+    async def test_an_idle_agent_that_holds_work_is_busy(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """One answer to "is it busy?": an idle agent holding an assignment shows busy;
+        it is idle when it holds nothing again, unless it said busy itself meanwhile."""
+        backend = SimulatedProcessBackend(default=SimBehaviour(heartbeat_interval=1.0))
+        hub = Hub([child("a", agent_type="worker")], backend=backend)
+
+        async def status() -> str:
+            await trio.sleep(0.1)
+            await hub.registry.sync()
+            rec = hub.registry.get("a")
+            assert rec is not None
+            return str(rec.status)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await trio.sleep(1.5)
+            assert "idle" == await status()
+            assert await hub.registry.assign("a", "w-1")
+            assert "busy" == await status()
+            notify = backend.current("a").notify
+            assert isinstance(notify, SimulatedNotify)
+            notify.send(b"STATUS=idle")  # whatever it says, it holds work
+            assert "busy" == await status()
+            assert await hub.registry.assign("a", None)
+            assert "idle" == await status()
+            assert await hub.registry.assign("a", "w-2")
+            notify.send(b"STATUS=busy")  # said by the agent: it stays when the work ends
+            assert "busy" == await status()
+            assert await hub.registry.assign("a", None)
+            assert "busy" == await status()
+            await hub.stop()
+
     async def test_garbage_is_dropped_and_counted(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:

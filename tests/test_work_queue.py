@@ -46,7 +46,7 @@ from hypothesis.stateful import (
 
 from supervisor import ItemStatus, MemoryWorkQueue, WorkItem, WorkQueue
 from supervisor._errors import ControlError
-from supervisor._work import Verdict
+from supervisor.work import Verdict
 
 QUEUED = ItemStatus.QUEUED
 ASSIGNED = ItemStatus.ASSIGNED

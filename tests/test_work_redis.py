@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from supervisor import ControlError, Hub, WorkService
-from supervisor._work_redis import RedisWorkQueue
+from supervisor.work.redis import RedisWorkQueue
 
 from .helpers import TIMEOUT, alive
 from .redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for

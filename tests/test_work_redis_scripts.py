@@ -26,7 +26,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from supervisor._work_redis import _CLAIM, _FENCED, _RETRY, _TAKE, enqueue
+from supervisor.work.redis import enqueue
+from supervisor.work.redis._scripts import _CLAIM, _FENCED, _RETRY, _TAKE
 
 from .redis_server import RedisServer
 

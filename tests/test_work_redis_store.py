@@ -15,18 +15,10 @@ import trio
 
 from supervisor import ConfigError, ControlError, Hub, ItemStatus, WorkService
 from supervisor._errors import ServiceFailed
-from supervisor._work_redis import (
-    _FENCED,
-    _SUBMIT,
-    _TAKE,
-    RedisWorkQueue,
-    _alive,
-    _Op,
-    _safe,
-    _wall,
-    enqueue,
-    persistence_warning,
-)
+from supervisor.work.redis import RedisWorkQueue, enqueue, persistence_warning
+from supervisor.work.redis._codec import _alive, _safe, _wall
+from supervisor.work.redis._outbox import _Op
+from supervisor.work.redis._scripts import _FENCED, _SUBMIT, _TAKE
 
 from .redis_hubs import item, record
 from .redis_server import RedisServer, free_port, redis_server, redis_server_factory

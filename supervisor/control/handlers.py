@@ -17,7 +17,7 @@ import trio
 
 from .._errors import ChildNotFound, ControlError
 from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
-from .._work import ItemStatus
+from ..work import ItemStatus
 from .ops import SCHEMA_VERSION, Args, parse_request
 from .stream import Stream
 

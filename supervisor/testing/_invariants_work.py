@@ -18,7 +18,7 @@ from .._events import (
     ChildRunning,
     ChildStarting,
 )
-from .._work import (
+from ..work import (
     WorkAssigned,
     WorkCompleted,
     WorkDeadLettered,

@@ -29,7 +29,7 @@ from .._hub import Hub
 from .._members import pool_member
 from .._process import SpawnRequest
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
-from .._work import WorkQueue, WorkService
+from ..work import WorkQueue, WorkService
 from ._errors import InvalidSchedule
 from ._schedule import Crash, Exit, Hang, Kill, Schedule, Submit
 from ._sim import SimBehaviour, SimulatedProcessBackend, SimWork, WireRecord

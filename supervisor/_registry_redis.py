@@ -37,11 +37,9 @@ import contextlib
 import logging
 import math
 import os
-import random
 import secrets
 import socket
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,6 +48,7 @@ import attrs
 import trio
 
 from ._errors import InvalidMirrorConfig
+from ._redis_link import Backoff, Outage, clean_error, in_thread, make_client, redact_url
 from ._registry import AgentRecord
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
 
     from ._registry import Registry
 
-__all__ = ["RedisMirror"]  # redact_url is for the CLI, not the API
+__all__ = ["RedisMirror"]
 
 _log = logging.getLogger("hubvisor.registry")
 
@@ -103,22 +102,6 @@ for k = 1, #KEYS do
 end
 return #KEYS
 """
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable Redis URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @attrs.frozen
@@ -170,33 +153,21 @@ class RedisMirror:
         timeout: float = 2.0,
         backoff_max: float = 5.0,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            shown = redact_url(url) if isinstance(url, str) else repr(url)
-            raise InvalidMirrorConfig(
-                f"Redis URL must start with redis://, rediss:// or unix:// (got {shown}); "
-                "e.g. redis://localhost:6379/0"
-            )
-        if not prefix or any(c.isspace() for c in prefix):
-            raise InvalidMirrorConfig(f"Redis prefix must be a non-empty word (got {prefix!r})")
-        for name, value in (
-            ("batch_interval", batch_interval),
-            ("lease", lease),
-            ("timeout", timeout),
-            ("backoff_max", backoff_max),
-        ):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise InvalidMirrorConfig(
-                    f"RedisMirror {name} must be a number > 0 (got {value!r})"
-                )
-        for name, ivalue in (
-            ("batch_max", batch_max),
-            ("events_maxlen", events_maxlen),
-            ("max_pending_events", max_pending_events),
-        ):
-            if not isinstance(ivalue, int) or ivalue < 1:
-                raise InvalidMirrorConfig(
-                    f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})"
-                )
+        _check_options(
+            url,
+            prefix,
+            {
+                "batch_interval": batch_interval,
+                "lease": lease,
+                "timeout": timeout,
+                "backoff_max": backoff_max,
+            },
+            {
+                "batch_max": batch_max,
+                "events_maxlen": events_maxlen,
+                "max_pending_events": max_pending_events,
+            },
+        )
         self._url = url
         self.prefix = prefix
         self.batch_interval = batch_interval
@@ -218,14 +189,12 @@ class RedisMirror:
         self._offset = 0.0
         self._need_resync = True
         self._closing = False
-        self._outage_since: float | None = None
+        self._outage = Outage()
         self._hub_id = "hub"
         self.flushes = 0
         """Batches written so far."""
         self.failures = 0
         """Flushes that failed (Redis down, slow or refusing)."""
-        self.outages = 0
-        """Times Redis became unreachable."""
         self.events_dropped = 0
         """Events lost because Redis was unreachable for too long."""
         self.last_error: str | None = None
@@ -244,7 +213,12 @@ class RedisMirror:
     @property
     def connected(self) -> bool:
         """Whether the last flush succeeded."""
-        return self._outage_since is None and self.flushes > 0
+        return not self._outage.active and self.flushes > 0
+
+    @property
+    def outages(self) -> int:
+        """Times Redis became unreachable."""
+        return self._outage.count
 
     # ----------------------------------------------------------------------------------
     # Keys
@@ -325,23 +299,13 @@ class RedisMirror:
         return at + self._offset
 
     def _make_client(self) -> redis.Redis:
-        import redis  # here, not at the top: a hub without --redis never pays its import
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        try:
-            return redis.Redis.from_url(
-                self._url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                max_connections=1,  # one dedicated connection, opened in the worker thread
-                retry=Retry(NoBackoff(), 0),
-                client_name=f"hubvisor-{self._hub_id}",
-            )
-        except (ValueError, redis.RedisError) as exc:
-            raise InvalidMirrorConfig(
-                f"bad Redis URL {self.url}: {self._clean(exc)}; e.g. redis://localhost:6379/0"
-            ) from None
+        return make_client(
+            self._url,
+            timeout=self.timeout,
+            connections=1,  # one dedicated connection, opened in the worker thread
+            client_name=f"hubvisor-{self._hub_id}",
+            error=InvalidMirrorConfig,
+        )
 
     async def run(
         self, registry: Registry, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -354,7 +318,7 @@ class RedisMirror:
         task_status.started()
         refresh_every = self.lease / 3
         next_refresh = trio.current_time() + refresh_every
-        backoff = 0.0
+        backoff = Backoff(0.1, self.backoff_max, jitter=True)
         try:
             while not self._closing:
                 with trio.move_on_at(next_refresh):
@@ -372,10 +336,9 @@ class RedisMirror:
                     break
                 ok = await self._flush_once()
                 if ok:
-                    backoff = 0.0
+                    backoff.reset()
                 else:
-                    backoff = min(self.backoff_max, max(0.1, backoff * 2))
-                    await trio.sleep(backoff * (0.5 + random.random() / 2))
+                    await trio.sleep(backoff.next())
         finally:
             if self._closing is False:
                 self._close_client()
@@ -441,7 +404,13 @@ class RedisMirror:
             else:
                 hb = self._wall(rec.last_heartbeat) if rec.last_heartbeat is not None else None
                 writes.append(
-                    (agent_id, self._fields(rec), rec.agent_type, self._written.get(agent_id), hb)
+                    (
+                        agent_id,
+                        _fields(rec, self._offset),
+                        rec.agent_type,
+                        self._written.get(agent_id),
+                        hb,
+                    )
                 )
         n = max(0, self.batch_max - len(ids)) if not full else len(self._events)
         events = tuple(self._events.popleft() for _ in range(min(n, len(self._events))))
@@ -458,23 +427,6 @@ class RedisMirror:
         keep = batch.events[-room:] if room > 0 else ()
         self.events_dropped += len(batch.events) - len(keep)
         self._events.extendleft(reversed(keep))
-
-    def _fields(self, rec: AgentRecord) -> dict[str, str]:
-        return {
-            "id": rec.id,
-            "type": rec.agent_type or "",
-            "status": rec.status,
-            "pid": str(rec.pid),
-            "hub": rec.hub_id,
-            "supervisor": rec.supervisor,
-            "spawned_at": f"{self._wall(rec.spawned_at):.6f}",
-            "last_heartbeat": (
-                f"{self._wall(rec.last_heartbeat):.6f}" if rec.last_heartbeat is not None else ""
-            ),
-            "assignment": rec.assignment or "",
-            "restarts": str(rec.restarts),
-            "last_exit": rec.last_exit or "",
-        }
 
     async def _flush_once(self, closing: bool = False) -> bool:
         """Write one batch; ``False`` (and everything put back) if Redis failed.
@@ -499,7 +451,7 @@ class RedisMirror:
         try:
             # Abandonable: a cancel (the end of final_flush_timeout) returns at once;
             # flush_final then shuts the connection down under the thread.
-            await trio.to_thread.run_sync(self._execute, batch, abandon_on_cancel=True)
+            await in_thread(self._execute, batch, abandon_on_cancel=True)
         except trio.Cancelled:
             self._put_back(batch)  # maybe written anyway: a retry would not duplicate it
             raise
@@ -508,9 +460,7 @@ class RedisMirror:
             self._work.set()
             self.failures += 1
             self.last_error = self._clean(exc)
-            if self._outage_since is None:
-                self._outage_since = trio.current_time()
-                self.outages += 1
+            if self._outage.down(trio.current_time()):
                 _log.warning(
                     "registry: Redis at %s is unavailable (%s); keeping the latest state of "
                     "each agent and retrying with backoff",
@@ -526,14 +476,14 @@ class RedisMirror:
             self._written[agent_id] = agent_type
         for agent_id, _ in batch.removes:
             self._written.pop(agent_id, None)
-        if self._outage_since is not None:
+        lasted = self._outage.up(trio.current_time())
+        if lasted is not None:
             _log.warning(
                 "registry: Redis at %s is back after %.1fs; resynced %d agents",
                 self.url,
-                trio.current_time() - self._outage_since,
+                lasted,
                 len(batch.writes),
             )
-            self._outage_since = None
         if self._dirty or self._events:
             self._work.set()
             if len(self._dirty) + len(self._events) >= self.batch_max:
@@ -541,15 +491,7 @@ class RedisMirror:
         return True
 
     def _clean(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        try:
-            password = urllib.parse.urlsplit(self._url).password
-        except ValueError:
-            password = None
-        if password:
-            text = text.replace(password, "***")
-            text = text.replace(urllib.parse.unquote(password), "***")
-        return text.replace(self._url, self.url)
+        return clean_error(exc, self._url)
 
     # ----------------------------------------------------------------------------------
     # In the worker thread
@@ -561,7 +503,7 @@ class RedisMirror:
         if client is None:  # closed while a flush was queued
             raise redis.ConnectionError("the mirror is closed")
         try:
-            self._write(client, batch)
+            _write(self, client, batch)
         except redis.TimeoutError:
             raise  # a stalled server: retrying now would only stall again
         except redis.ConnectionError:
@@ -571,80 +513,119 @@ class RedisMirror:
             # one fresh connection before calling it an outage. A dead server refuses
             # the new connection at once. Retrying is safe: the agent writes are
             # idempotent and the events are appended once (see _XADD_ONCE).
-            self._write(client, batch)
+            _write(self, client, batch)
 
-    def _write(self, client: redis.Redis, batch: _Batch) -> None:
-        hub = self._hub_id
-        lease_ms = int(self.lease * 1000)
-        stale: Sequence[Any] = []
-        if batch.full:
-            stale = list(client.scan_iter(match=f"{self.hub_key(hub)}:*", count=1000))
-        pipe = client.pipeline(transaction=batch.full)
-        if batch.full:
-            pipe.delete(self.hub_key(hub), *stale)
-        for agent_id, agent_type in batch.removes:
-            pipe.delete(self.agent_key(agent_id, hub))
-            pipe.srem(self.agents_key(hub), agent_id)
-            pipe.zrem(self.heartbeats_key(hub), agent_id)
-            if agent_type is not None:
-                pipe.srem(self.type_key(agent_type, hub), agent_id)
-        # The set and heartbeat updates of a batch go out as one command per key, not
-        # one per agent: each command costs the hub packing and a reply to parse, and
-        # the Python side is what limits the mirror's rate.
-        by_type: dict[str, list[str]] = {}
-        beats: dict[str, float] = {}
-        keys: list[str] = []
-        values: list[str | int] = [lease_ms]
-        for agent_id, fields, agent_type, old_type, hb in batch.writes:
-            keys.append(self.agent_key(agent_id, hub))
-            values.append(2 * len(fields))
+
+def _fields(rec: AgentRecord, offset: float) -> dict[str, str]:
+    """An agent's hash (times as Unix time: trio's plus ``offset``)."""
+    return {
+        "id": rec.id,
+        "type": rec.agent_type or "",
+        "status": rec.status,
+        "pid": str(rec.pid),
+        "hub": rec.hub_id,
+        "supervisor": rec.supervisor,
+        "spawned_at": f"{rec.spawned_at + offset:.6f}",
+        "last_heartbeat": (
+            f"{rec.last_heartbeat + offset:.6f}" if rec.last_heartbeat is not None else ""
+        ),
+        "assignment": rec.assignment or "",
+        "restarts": str(rec.restarts),
+        "last_exit": rec.last_exit or "",
+    }
+
+
+def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str, Any]) -> None:
+    """Refuse bad :class:`RedisMirror` arguments, naming the value and the fix."""
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        shown = redact_url(url) if isinstance(url, str) else repr(url)
+        raise InvalidMirrorConfig(
+            f"Redis URL must start with redis://, rediss:// or unix:// (got {shown}); "
+            "e.g. redis://localhost:6379/0"
+        )
+    if not prefix or any(c.isspace() for c in prefix):
+        raise InvalidMirrorConfig(f"Redis prefix must be a non-empty word (got {prefix!r})")
+    for name, value in floats.items():
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise InvalidMirrorConfig(f"RedisMirror {name} must be a number > 0 (got {value!r})")
+    for name, ivalue in ints.items():
+        if not isinstance(ivalue, int) or ivalue < 1:
+            raise InvalidMirrorConfig(f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})")
+
+
+def _write(m: RedisMirror, client: redis.Redis, batch: _Batch) -> None:
+    """Write ``batch`` in one pipeline (a full resync in one MULTI/EXEC)."""
+    hub = m._hub_id
+    lease_ms = int(m.lease * 1000)
+    stale: Sequence[Any] = []
+    if batch.full:
+        stale = list(client.scan_iter(match=f"{m.hub_key(hub)}:*", count=1000))
+    pipe = client.pipeline(transaction=batch.full)
+    if batch.full:
+        pipe.delete(m.hub_key(hub), *stale)
+    for agent_id, agent_type in batch.removes:
+        pipe.delete(m.agent_key(agent_id, hub))
+        pipe.srem(m.agents_key(hub), agent_id)
+        pipe.zrem(m.heartbeats_key(hub), agent_id)
+        if agent_type is not None:
+            pipe.srem(m.type_key(agent_type, hub), agent_id)
+    # The set and heartbeat updates of a batch go out as one command per key, not
+    # one per agent: each command costs the hub packing and a reply to parse, and
+    # the Python side is what limits the mirror's rate.
+    by_type: dict[str, list[str]] = {}
+    beats: dict[str, float] = {}
+    keys: list[str] = []
+    values: list[str | int] = [lease_ms]
+    for agent_id, fields, agent_type, old_type, hb in batch.writes:
+        keys.append(m.agent_key(agent_id, hub))
+        values.append(2 * len(fields))
+        for name, value in fields.items():
+            values += (name, value)
+        if old_type is not None and old_type != agent_type and not batch.full:
+            pipe.srem(m.type_key(old_type, hub), agent_id)
+        if agent_type is not None:
+            by_type.setdefault(agent_type, []).append(agent_id)
+        if hb is not None:
+            beats[agent_id] = hb
+    if batch.writes:
+        pipe.eval(_HSET_EXPIRE, len(keys), *keys, *values)
+        pipe.sadd(m.agents_key(hub), *(w[0] for w in batch.writes))
+    for agent_type, ids in by_type.items():
+        pipe.sadd(m.type_key(agent_type, hub), *ids)
+    if beats:
+        pipe.zadd(m.heartbeats_key(hub), beats)
+    types = set(by_type)
+    if batch.events:
+        args: list[str | int] = [lease_ms, m.events_maxlen]
+        for seq, fields in batch.events:
+            args += [seq, len(fields)]
             for name, value in fields.items():
-                values += (name, value)
-            if old_type is not None and old_type != agent_type and not batch.full:
-                pipe.srem(self.type_key(old_type, hub), agent_id)
-            if agent_type is not None:
-                by_type.setdefault(agent_type, []).append(agent_id)
-            if hb is not None:
-                beats[agent_id] = hb
-        if batch.writes:
-            pipe.eval(_HSET_EXPIRE, len(keys), *keys, *values)
-            pipe.sadd(self.agents_key(hub), *(w[0] for w in batch.writes))
-        for agent_type, ids in by_type.items():
-            pipe.sadd(self.type_key(agent_type, hub), *ids)
-        if beats:
-            pipe.zadd(self.heartbeats_key(hub), beats)
-        types = set(by_type)
-        if batch.events:
-            args: list[str | int] = [lease_ms, self.events_maxlen]
-            for seq, fields in batch.events:
-                args += [seq, len(fields)]
-                for name, value in fields.items():
-                    args += [name, value]
-            pipe.eval(_XADD_ONCE, 2, self.events_key, self.events_seq_key(hub), *args)
-        now = time.time()
-        if batch.closing:
-            pipe.delete(self.hub_key(hub))
-            pipe.zrem(self.hubs_key, hub)
-            pipe.delete(self.events_seq_key(hub))
-        else:
-            pipe.hset(
-                self.hub_key(hub),
-                mapping={
-                    "hub": hub,
-                    "host": socket.gethostname(),
-                    "pid": str(os.getpid()),
-                    "lease_ms": str(lease_ms),
-                    "updated_at": f"{now:.6f}",
-                },
-            )
-            for key in (
-                self.hub_key(hub),
-                self.agents_key(hub),
-                self.heartbeats_key(hub),
-                self.events_seq_key(hub),
-                *(self.type_key(t, hub) for t in types),
-            ):
-                pipe.pexpire(key, lease_ms)
-            pipe.zadd(self.hubs_key, {hub: now + self.lease})
-            pipe.zremrangebyscore(self.hubs_key, "-inf", now)
-        pipe.execute()
+                args += [name, value]
+        pipe.eval(_XADD_ONCE, 2, m.events_key, m.events_seq_key(hub), *args)
+    now = time.time()
+    if batch.closing:
+        pipe.delete(m.hub_key(hub))
+        pipe.zrem(m.hubs_key, hub)
+        pipe.delete(m.events_seq_key(hub))
+    else:
+        pipe.hset(
+            m.hub_key(hub),
+            mapping={
+                "hub": hub,
+                "host": socket.gethostname(),
+                "pid": str(os.getpid()),
+                "lease_ms": str(lease_ms),
+                "updated_at": f"{now:.6f}",
+            },
+        )
+        for key in (
+            m.hub_key(hub),
+            m.agents_key(hub),
+            m.heartbeats_key(hub),
+            m.events_seq_key(hub),
+            *(m.type_key(t, hub) for t in types),
+        ):
+            pipe.pexpire(key, lease_ms)
+        pipe.zadd(m.hubs_key, {hub: now + m.lease})
+        pipe.zremrangebyscore(m.hubs_key, "-inf", now)
+    pipe.execute()

@@ -1,0 +1,239 @@
+"""The work item, its verdicts and events, and the checks every submit passes."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from typing import Any
+
+import attrs
+import trio
+
+from .._errors import ControlError
+from .._events import Event
+from .._notify import MAX_MESSAGE
+
+DEFAULT_MAX_DELIVERIES = 3
+MAX_PAYLOAD = MAX_MESSAGE // 2  # bytes of JSON; an ASSIGN must fit in one record
+MAX_CHECKPOINT = MAX_MESSAGE // 4  # bytes of JSON; payload + checkpoint fit in one ASSIGN
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+class ItemStatus(enum.StrEnum):
+    """Where a work item is."""
+
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    COMPLETED = "completed"
+    FAILED = "failed"  # the agent said so, with retry=false: final
+    DEAD = "dead"  # used up max_deliveries: in the dead-letter list
+
+
+@attrs.frozen
+class AttemptRecord:
+    """How one attempt of an item ended."""
+
+    attempt: int
+    agent: str
+    outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop
+    reason: str
+    at: float
+    hub: str = ""  # the hub whose agent made the attempt ("" when not known)
+
+
+@attrs.define
+class WorkItem:
+    """One piece of work and everything that happened to it.
+
+    ``attempt`` is the fence: it grows with every assignment, and only the agent holding
+    the current attempt may answer. ``deliveries`` counts the attempts that count
+    against ``max_deliveries`` (a hand-back on a graceful stop does not; a crash does).
+    """
+
+    id: str
+    agent_type: str
+    payload: Any
+    max_deliveries: int
+    created_at: float
+    source: str = "api"
+    status: ItemStatus = ItemStatus.QUEUED
+    attempt: int = 0
+    deliveries: int = 0
+    agent: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    progress: Any = None
+    checkpoint: Any = None
+    history: list[AttemptRecord] = attrs.field(factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the control socket and ``--json``)."""
+        return {
+            "id": self.id,
+            "type": self.agent_type,
+            "status": str(self.status),
+            "attempt": self.attempt,
+            "deliveries": self.deliveries,
+            "max_deliveries": self.max_deliveries,
+            "agent": self.agent,
+            "payload": self.payload,
+            "result": self.result,
+            "error": self.error,
+            "progress": self.progress,
+            "source": self.source,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "history": [attrs.asdict(h) for h in self.history],
+        }
+
+
+@attrs.frozen
+class Verdict:
+    """The queue's answer to an agent's message: taken, or refused and why."""
+
+    accepted: bool
+    reason: str = ""
+    item: WorkItem | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Events
+
+
+@attrs.frozen(kw_only=True)
+class WorkSubmitted(Event):
+    """A work item was queued (``child_id``: the submitting agent, or ``""``)."""
+
+    item_id: str
+    agent_type: str
+    kind: str = attrs.field(init=False, default="work_submitted")
+
+
+@attrs.frozen(kw_only=True)
+class WorkAssigned(Event):
+    """An item was handed to agent ``child_id`` (attempt ``attempt``)."""
+
+    item_id: str
+    attempt: int
+    kind: str = attrs.field(init=False, default="work_assigned")
+
+
+@attrs.frozen(kw_only=True)
+class WorkCompleted(Event):
+    """Agent ``child_id`` completed an item."""
+
+    item_id: str
+    attempt: int
+    kind: str = attrs.field(init=False, default="work_completed")
+
+
+@attrs.frozen(kw_only=True)
+class WorkFailed(Event):
+    """Agent ``child_id`` reported a failure; ``final``: no retry (status failed)."""
+
+    item_id: str
+    attempt: int
+    error: str
+    final: bool
+    kind: str = attrs.field(init=False, default="work_failed")
+
+
+@attrs.frozen(kw_only=True)
+class WorkReclaimed(Event):
+    """An item went back to the queue: its agent exited, hung, was stopped, or handed it
+    back (``reason``: ``exit``, ``hang``, ``stop``, ``handback``, ``unreachable``)."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_reclaimed")
+
+
+@attrs.frozen(kw_only=True)
+class WorkDeadLettered(Event):
+    """An item used up its deliveries and moved to the dead-letter list."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_dead")
+
+
+@attrs.frozen(kw_only=True)
+class WorkRefused(Event):
+    """An agent's answer was refused (a stale attempt, or an item it does not hold).
+
+    One agent's refusals are reported at most once per 10 s: ``repeats`` is how many
+    refusals of that agent this event stands for (this one and those not reported since
+    the last event), so a flood of stale answers cannot flood the bus or the log.
+    """
+
+    item_id: str
+    attempt: int
+    reason: str
+    repeats: int = 1
+    kind: str = attrs.field(init=False, default="work_refused")
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _check_payload(payload: Any) -> None:
+    """Refuse a payload that is not strict JSON or is too big (see :meth:`WorkService.submit`).
+
+    A lone surrogate (e.g. a file name decoded with ``surrogateescape``) is refused, not
+    replaced: the caller holds the data and can fix it (``os.fsencode`` it, or send the
+    bytes as hex), whereas replacing it would hand agents a name that does not exist.
+    Agents' records are made safe where the hub parses them instead (see
+    :func:`supervisor._notify.safe_text`): refusing those would lose their answer.
+    """
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ControlError(
+                f"the payload holds NaN or Infinity, which JSON does not allow; send null, a "
+                f"string or a finite number (got {payload!r:.80})"
+            ) from None
+        raise ControlError(
+            f"the payload must be JSON ({type(exc).__name__}: {exc}); got {payload!r:.80}"
+        ) from None
+    except (TypeError, RecursionError) as exc:
+        raise ControlError(
+            f"the payload must be JSON ({type(exc).__name__}: {exc}); got {payload!r:.80}"
+        ) from None
+    if len(text) > MAX_PAYLOAD:
+        raise ControlError(
+            f"the payload is {len(text)} bytes of JSON, over {MAX_PAYLOAD}; put large inputs "
+            "in a file or store and pass their name"
+        )
+    if "\\u" in text:
+        bad = _SURROGATE_RE.search(json.dumps(payload, ensure_ascii=False))
+        if bad is not None:
+            raise ControlError(
+                f"the payload holds a lone surrogate ({bad.group()!r}), which is not UTF-8 "
+                "(a file name decoded with surrogateescape?); encode such names, e.g. "
+                "os.fsencode(name).hex(), or decode them with errors='replace'"
+            )
+
+
+def _used_up(item: WorkItem) -> str:
+    """Why an item is dead, from its history: e.g. ``used all 3 deliveries: failed (disk
+    full), hang, exit``."""
+    spent = [
+        f"failed ({h.reason})" if h.outcome == "failed" else h.reason
+        for h in item.history
+        if h.outcome == "failed" or h.outcome in ("reclaimed:exit", "reclaimed:hang")
+    ]
+    return f"used all {item.max_deliveries} deliveries: {', '.join(spent[-item.max_deliveries :])}"
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # outside trio (a test of the queue alone)
+        return 0.0

@@ -1,0 +1,391 @@
+"""Work for agents: per-type queues with fenced at-least-once delivery, as a hub service.
+
+Two layers, so the decisions can be tested alone:
+
+* :class:`MemoryWorkQueue` (behind the :class:`WorkQueue` protocol) holds the items and
+  makes every decision synchronously: submit, assign, complete, fail, hand back,
+  reclaim, dead-letter, retry. Every answer from an agent is *fenced*: it names the item
+  and the attempt it was given, and anything but the current attempt of an item assigned
+  to that agent is refused, so a late result from a reclaimed attempt never lands.
+* :class:`WorkService` is the hub service (an actor) that feeds it: it learns from the
+  bus which agents run, spoke ``HELLO`` and are idle, takes the agents' messages from the
+  runtime, hands an item to an idle agent of its type (one at a time, no prefetch) and
+  reclaims it the moment the agent exits or is found hung — liveness comes from the
+  hub being the agents' parent, never from a timer counted from delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from .._child import AgentMessage
+from .._errors import ConfigError, ControlError
+from .._events import Event
+from .._spec import _ID_RE
+from ._dispatch import Dispatch
+from ._item import (
+    DEFAULT_MAX_DELIVERIES,
+    ItemStatus,
+    WorkDeadLettered,
+    WorkItem,
+    WorkSubmitted,
+    _check_payload,
+    _now,
+)
+from ._queue import MemoryWorkQueue, WorkQueue
+from ._store import WorkStore
+
+_log = logging.getLogger("hubvisor")
+
+DEFAULT_MAX_QUEUED = 10_000  # items queued per agent type before submit refuses
+DEFAULT_HANDBACK_PAUSE = 1.0  # seconds an agent that handed an item back rests
+_LOST_IDS_SHOWN = 20  # item ids a memory-mode hub names when it stops with work left
+
+
+_SERVICE_KINDS = (
+    "starting",
+    "running",
+    "hung",
+    "exited",
+    "supervisor_stopping",
+    "supervisor_stopped",
+)
+
+
+class WorkService:
+    """The hub service that hands work to agents and never loses it.
+
+    Args:
+        queue: the backend (default :class:`MemoryWorkQueue`).
+        max_deliveries: deliveries an item gets by default before it is dead-lettered
+            (crash- and hang-caused deliveries count; a hand-back does not).
+        max_queued: the most items of one agent type that may wait for an agent; a
+            submit beyond it is refused (``None``: no cap).
+        handback_pause: seconds an agent that handed an item back waits before it is
+            given work again (another idle agent gets the item first; the agent is not
+            given up on).
+
+    Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
+    Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
+    surrogate), of an agent type the hub's tree runs or may grow (with a shared store,
+    any type: another hub may run it), under the type's ``max_queued``.
+    """
+
+    name = "work"
+    essential = True
+    """The hub cannot run without it: if it keeps failing, the hub stops (see
+    :class:`~supervisor.Service`)."""
+
+    def __init__(
+        self,
+        queue: WorkQueue | None = None,
+        *,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        max_queued: int | None = DEFAULT_MAX_QUEUED,
+        handback_pause: float = DEFAULT_HANDBACK_PAUSE,
+    ) -> None:
+        _check_options(max_deliveries, max_queued, handback_pause)
+        self.max_queued = max_queued
+        self.handback_pause = float(handback_pause)
+        self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
+        self._store = self.queue if isinstance(self.queue, WorkStore) else None
+        self.max_deliveries = max_deliveries
+        self._dispatch = Dispatch(
+            self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
+        )
+        self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
+        self._hub: Any = None
+        self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
+        self._progress: dict[tuple[str, int], AgentMessage] = {}  # latest unread, per agent
+        self.progress_coalesced = 0
+        """PROGRESS records superseded by a later one before the service read them."""
+        self._types: Any = None  # () -> the agent types the hub's tree may run
+        self.watched: set[str] = set()
+        """Agent types someone asked :meth:`waiting` about (an autoscaling pool's), so a
+        store counts their waiting items even while no agent of theirs runs."""
+
+    @property
+    def refused(self) -> int:
+        """Agent answers refused (stale attempts, items not held, bad payloads)."""
+        return self._dispatch.refused
+
+    @property
+    def acks_dropped(self) -> int:
+        """ACKs of refusals an agent had no room for (it does not read its channel)."""
+        return self._dispatch.acks_dropped
+
+    # ----------------------------------------------------------------------------------
+    # API (any task)
+
+    def submit(
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int | None = None,
+        source: str = "api",
+    ) -> WorkItem:
+        """Queue an item for agents of ``agent_type``; returns it (``.id``).
+
+        Raises:
+            ControlError: a bad type, a payload that is not JSON or is over
+                :data:`MAX_PAYLOAD` bytes, or a bad ``max_deliveries``.
+        """
+        if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
+            raise ControlError(
+                f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
+                f"(got {agent_type!r:.80})"
+            )
+        _check_payload(payload)
+        deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
+        if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
+            raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+        if self.store is None and self._types is not None:
+            # Alone, an item of a type the tree never runs would wait forever. (With a
+            # shared store another hub may run it: it waits there, durable.)
+            types = set(self._types())
+            if agent_type not in types:
+                raise ControlError(
+                    f"no agents of type {agent_type!r} in the hub, so the item would wait "
+                    f"forever; the types are {', '.join(sorted(types)) or '(none)'}"
+                )
+        if self.max_queued is not None:
+            waiting = int(self.queue.depth(agent_type))
+            if waiting >= self.max_queued:
+                raise ControlError(
+                    f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
+                    f"WorkService(max_queued={self.max_queued}); retry when agents have "
+                    "taken some, add agents, or raise max_queued"
+                )
+        item = self.queue.submit(
+            agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
+        )
+        self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
+        self._dispatch.poke()
+        return item
+
+    def serve_types(self, types: Any) -> None:
+        """Tell the service which agent types its hub's tree runs or may grow: ``types()``
+        returns them (the hub calls this); :meth:`submit` refuses the others."""
+        self._types = types
+
+    def retry(self, item_id: str) -> WorkItem:
+        """Queue a dead or failed item again (``hubvisor work retry ID``)."""
+        item = self.queue.retry(item_id, _now())
+        self._dispatch.poke()
+        return item
+
+    def get(self, item_id: str) -> WorkItem:
+        """The item with ``item_id``."""
+        return self.queue.get(item_id)
+
+    def items(self, status: str | None = None) -> list[WorkItem]:
+        """Every item kept (of ``status`` only, if given), oldest first."""
+        return [i for i in self.queue.items() if status is None or i.status == status]
+
+    def assignment(self, agent_id: str) -> str | None:
+        """The id of the item ``agent_id`` holds, if any."""
+        item = self.queue.held_by(agent_id)
+        return item.id if item is not None else None
+
+    @property
+    def store(self) -> WorkStore | None:
+        """The shared store behind the queue (None for the in-memory queue)."""
+        return self._store
+
+    async def stored(self, item_id: str, timeout: float = 5.0) -> bool:
+        """Whether a submitted item is durable (at once for the in-memory queue)."""
+        return True if self.store is None else await self.store.stored(item_id, timeout)
+
+    async def fetch(self, item_id: str) -> WorkItem:
+        """The item with ``item_id``, from the shared store if this hub does not hold it."""
+        return self.get(item_id) if self.store is None else await self.store.fetch(item_id)
+
+    async def retry_any(self, item_id: str) -> WorkItem:
+        """:meth:`retry`, for an item any hub sharing the store held."""
+        if self.store is None:
+            return self.retry(item_id)
+        item = await self.store.retry_any(item_id)
+        self._dispatch.poke()
+        return item
+
+    async def cluster(self) -> dict[str, Any]:
+        """Every hub sharing the store and the queues per type (``status --cluster``)."""
+        if self.store is None:
+            raise ControlError(
+                "this hub keeps its work in memory, alone; start it with --redis URL to "
+                "share durable queues with other hubs"
+            )
+        return await self.store.cluster()
+
+    # What the autoscaler asks.
+
+    def waiting(self, agent_type: str) -> int:
+        """Items of ``agent_type`` queued for an agent (with a shared store: those this hub
+        holds plus those waiting in the store, as last seen)."""
+        self.watched.add(agent_type)
+        return int(self.queue.depth(agent_type))
+
+    def idle_among(self, agent_type: str, agent_ids: Iterable[str]) -> int:
+        """How many of ``agent_ids`` are idle agents of ``agent_type`` (ready, no item)."""
+        return len(self._dispatch.idle_members(agent_type, agent_ids))
+
+    def idle_members(self, agent_type: str, agent_ids: Iterable[str]) -> list[str]:
+        """Those of ``agent_ids`` that are idle agents of ``agent_type``, in that order."""
+        return self._dispatch.idle_members(agent_type, agent_ids)
+
+    def retire(self, agent_ids: Iterable[str]) -> list[str]:
+        """Take the idle ones of ``agent_ids`` out of dispatch, to be stopped: no item
+        goes to them from now on. Returns those (an agent that got an item meanwhile is
+        left alone). :meth:`unretire` undoes it."""
+        return self._dispatch.retire(agent_ids)
+
+    def unretire(self, agent_id: str) -> None:
+        """Put an agent :meth:`retire` took back in dispatch (its stop did not happen)."""
+        self._dispatch.unretire(agent_id)
+
+    # What a store asks of the service (:class:`StoreHost`; from the service's tasks).
+
+    @property
+    def hub_id(self) -> str:
+        """The hub's id (the store's consumer name)."""
+        return str(self._hub.context.hub_id) if self._hub is not None else "hub"
+
+    def agent_types(self) -> set[str]:
+        """The agent types this hub runs now."""
+        return self._dispatch.types()
+
+    def agent_counts(self) -> dict[str, int]:
+        """Live agents per type."""
+        return self._dispatch.counts()
+
+    def idle_counts(self) -> dict[str, int]:
+        """Idle agents per type (what the store may take for)."""
+        return self._dispatch.idle_counts()
+
+    def poke(self) -> None:
+        """New items were taken from the store: dispatch."""
+        self._dispatch.poke()
+
+    def lost(self, item: WorkItem, reason: str) -> None:
+        """The store gave ``item`` to another hub (this one's lease ran out)."""
+        self._dispatch.lost(item, reason)
+
+    def dead_elsewhere(self, item: WorkItem) -> None:
+        """Taking ``item`` from a hub that lost its lease used its last delivery."""
+        self._dispatch.publish(
+            WorkDeadLettered, "", item_id=item.id, attempt=item.attempt, reason=item.error or ""
+        )
+
+    # ----------------------------------------------------------------------------------
+    # The actor
+
+    async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
+        """Serve as a hub service (see :class:`~supervisor.Service`).
+
+        A run that fails leaves the bus subscription and the agents' sink in place, so
+        what happens until the hub restarts it waits in the inbox instead of being lost;
+        the run that ends with the hub (cancelled) removes both.
+        """
+        self._hub = self._dispatch.hub = hub
+        if isinstance(self.queue, MemoryWorkQueue):
+            self.queue.hub_id = self.hub_id
+        if self._feed is None:
+            self._feed = self._send.clone()
+            hub.bus.attach(self._feed, _SERVICE_KINDS)
+        hub.context.agent_sink = self._sink
+        self._dispatch.wake_rested()  # its pause ended with the failed run
+        dispatch = self._dispatch
+        try:
+            async with trio.open_nursery() as nursery:
+                dispatch.nursery = nursery
+                if self.store is not None:
+                    await nursery.start(self.store.run, self)
+                task_status.started()
+                nursery.start_soon(dispatch.run)
+                dispatch.poke()
+                async for msg in self._inbox:
+                    if isinstance(msg, AgentMessage):
+                        if msg.kind == "progress":  # the latest one of this agent's
+                            msg = self._progress.pop((msg.agent_id, msg.pid), msg)
+                        dispatch.on_message(msg)
+                    elif msg is not None:
+                        self._on_event(msg)
+                    dispatch.poke()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: the hub is stopping
+                self._detach(hub)
+                if self.store is None:
+                    _report_unfinished(self.queue.items())
+            raise
+        finally:
+            dispatch.nursery = None
+
+    def _on_event(self, event: Event) -> None:
+        self._dispatch.on_event(event)
+
+    def _detach(self, hub: Any) -> None:
+        hub.context.agent_sink = None
+        if self._feed is not None:
+            self._feed.close()  # the bus forgets a closed subscription: nothing piles up
+            self._feed = None
+
+    def _sink(self, msg: AgentMessage) -> None:
+        """Take an agent's message (runtime side): a PROGRESS record replaces the one of
+        the same agent still unread, so a fast reporter queues one, never thousands."""
+        if msg.kind == "progress":
+            key = (msg.agent_id, msg.pid)
+            if key in self._progress:
+                self._progress[key] = msg
+                self.progress_coalesced += 1
+                return
+            self._progress[key] = msg
+        self._send.send_nowait(msg)
+
+
+def _check_options(max_deliveries: Any, max_queued: Any, handback_pause: Any) -> None:
+    """Refuse bad :class:`WorkService` arguments, naming the value and the fix."""
+    if (
+        not isinstance(max_deliveries, int)
+        or isinstance(max_deliveries, bool)
+        or (max_deliveries < 1)
+    ):
+        raise ConfigError(
+            f"WorkService(max_deliveries=...) must be an int >= 1 (got {max_deliveries!r})"
+        )
+    if max_queued is not None and (
+        not isinstance(max_queued, int) or isinstance(max_queued, bool) or max_queued < 1
+    ):
+        raise ConfigError(
+            f"WorkService(max_queued=...) must be an int >= 1 or None (got {max_queued!r}); "
+            "e.g. max_queued=10_000"
+        )
+    if (
+        not isinstance(handback_pause, int | float)
+        or isinstance(handback_pause, bool)
+        or not 0 <= handback_pause < math.inf
+    ):
+        raise ConfigError(
+            f"WorkService(handback_pause=...) must be seconds >= 0 (got {handback_pause!r})"
+        )
+
+
+def _report_unfinished(items: Iterable[WorkItem]) -> None:
+    """A memory-mode hub is stopping: say which items are lost with it."""
+    left = [i.id for i in items if i.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED)]
+    if left:
+        shown = ", ".join(left[:_LOST_IDS_SHOWN])
+        more = f" and {len(left) - _LOST_IDS_SHOWN} more" if len(left) > _LOST_IDS_SHOWN else ""
+        _log.warning(
+            "hub stopping with %d work item%s not done, kept in memory only and lost "
+            "with the hub: %s%s (give the hub --redis URL for durable queues)",
+            len(left),
+            "" if len(left) == 1 else "s",
+            shown,
+            more,
+        )

@@ -1,0 +1,85 @@
+"""What a shared store (Redis Streams) is to the work service, and what it asks back."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import trio
+
+from ._item import WorkItem
+from ._queue import WorkQueue
+
+
+class StoreHost(Protocol):
+    """What a :class:`WorkStore` asks of the service it runs under (and nothing more);
+    :class:`~supervisor.WorkService` is one. Called from the store's own task."""
+
+    @property
+    def hub_id(self) -> str:
+        """The hub's id: the store's consumer name."""
+        ...
+
+    @property
+    def watched(self) -> set[str]:
+        """Agent types whose waiting items to count even while none of their agents run
+        (an autoscaling pool's)."""
+        ...
+
+    def agent_types(self) -> set[str]:
+        """The agent types this hub runs now (the store takes items of those only)."""
+        ...
+
+    def agent_counts(self) -> dict[str, int]:
+        """Live agents per type (shown in ``status --cluster``)."""
+        ...
+
+    def idle_counts(self) -> dict[str, int]:
+        """Idle agents per type: how many items the store may take now."""
+        ...
+
+    def poke(self) -> None:
+        """The store took new items: dispatch them."""
+        ...
+
+    def lost(self, item: WorkItem, reason: str) -> None:
+        """Another hub holds ``item`` now (this hub's lease on it ran out)."""
+        ...
+
+    def dead_elsewhere(self, item: WorkItem) -> None:
+        """Taking ``item`` over from a hub that lost its lease used its last delivery."""
+        ...
+
+
+@runtime_checkable
+class WorkStore(WorkQueue, Protocol):
+    """A :class:`WorkQueue` whose record lives in a shared store (Redis Streams): it runs
+    its own actor beside the service and answers the queries that need the store."""
+
+    def check_hub_id(self, hub_id: str) -> None:
+        """Before the hub starts: raise :class:`~supervisor.ControlError` when a live hub
+        already uses ``hub_id`` in the store (a no-op for a store without hub ids)."""
+        ...
+
+    async def run(self, host: StoreHost, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep the store in step until cancelled."""
+        ...
+
+    def poke(self) -> None:
+        """Idle agents appeared: look for work soon."""
+        ...
+
+    async def stored(self, item_id: str, timeout: float) -> bool:
+        """Wait until a submitted item is durable (False after ``timeout``)."""
+        ...
+
+    async def fetch(self, item_id: str) -> WorkItem:
+        """The item, wherever it is."""
+        ...
+
+    async def retry_any(self, item_id: str) -> WorkItem:
+        """Queue a dead or failed item again, whichever hub held it."""
+        ...
+
+    async def cluster(self) -> dict[str, Any]:
+        """Every hub sharing the store, and the queues per type."""
+        ...

@@ -1,0 +1,48 @@
+"""What the store's actor and the control-op reads use of their queue: the state one
+:class:`~supervisor.work.redis.RedisWorkQueue` shares with them (so neither imports it)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from .._item import WorkItem
+from .._queue import MemoryWorkQueue
+from ._claim import HubClaim
+from ._codec import Keys
+from ._outbox import Outbox
+
+if TYPE_CHECKING:
+    import redis
+
+
+class QueueParts(Protocol):
+    """The queue's settings, its local decisions and the writes it holds for Redis."""
+
+    url: str  # without its password
+    _url: str
+    prefix: str
+    lease: float
+    timeout: float
+    writes: Outbox
+    claim: HubClaim
+    keys: Keys
+    _local: MemoryWorkQueue  # the items this hub holds
+    _pending: dict[str, WorkItem]  # submitted, not in Redis yet
+    _stored: dict[str, trio.Event]
+    _types: set[str]  # every type seen (submitted or served)
+
+    def _keys(self, agent_type: str, item_id: str = "") -> tuple[str, ...]: ...
+
+    def _make_client(self, connections: int) -> redis.Redis: ...
+
+    def _lose(self, item: WorkItem, reason: str) -> None: ...
+
+    def _release_held(self) -> None: ...
+
+    def get(self, item_id: str) -> WorkItem: ...
+
+    def retry(self, item_id: str, now: float) -> WorkItem: ...
+
+    def poke(self) -> None: ...

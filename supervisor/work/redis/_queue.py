@@ -1,0 +1,455 @@
+"""Durable work on Redis Streams, shared by several hubs.
+
+The decisions stay local and synchronous (a :class:`~supervisor.MemoryWorkQueue`
+over the items this hub holds), and Redis is the record, written behind them by one actor
+that batches every write of a round into one pipeline:
+
+* one stream and consumer group per agent type; each hub is a consumer, and an entry
+  pending on a hub is *leased* to it. The live hub renews its leases (``XCLAIM ... JUSTID``
+  resets the entry's idle time); another hub takes entries idle longer than the lease
+  (``XAUTOCLAIM``). The lease is counted by the server's clock, never the hubs'.
+* every write that acts on an item (an attempt starting, a result, a failure, a dead
+  letter, a release) is a server-side script that checks the item is still leased to this
+  hub's incarnation (hub id + boot token) before it acts, so a late answer from a hub that
+  lost its lease is refused, whatever the clocks say.
+* while Redis is unreachable the hub goes on supervising and deciding; writes wait in
+  order in memory and go out when it returns. Nothing is acknowledged (``XACK``) that was
+  not done.
+
+Key layout (``P`` is the prefix, ``T`` an agent type, ``H`` a hub id); keys of one agent
+type share the hash tag ``{T}``, so the scripts work on Redis Cluster:
+
+* ``P:work:{T}:q`` the stream, group ``hubs``; ``P:work:{T}:item:<id>`` one hash per item;
+  ``P:work:{T}:dead`` dead letters with their history; ``P:work:{T}:log`` one entry per
+  final outcome (the record).
+* ``P:work:hubs`` (sorted set of hub ids) and ``P:work:hub:{H}`` (hash with a TTL of one
+  lease: host, pid, token, agents per type) for ``hubvisor status --cluster``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import attrs
+import redis
+import trio
+
+from ..._errors import ConfigError, ControlError, ServiceFailed
+from ..._redis_link import make_client, redact_url
+from .._item import ItemStatus, Verdict, WorkItem
+from .._queue import MemoryWorkQueue
+from .._store import StoreHost
+from ._claim import HubClaim
+from ._codec import Keys, _dumps, _safe, _text, _wall
+from ._outbox import Outbox, _Op
+from ._query import Queries
+from ._scripts import _FENCED, _ID_CHARS, _RETRY, _SUBMIT
+from ._store import StoreActor
+
+__all__ = ["RedisWorkQueue"]
+
+_log = logging.getLogger("hubvisor")
+
+
+class RedisWorkQueue:
+    """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
+    every hub that uses the same Redis and prefix.
+
+    Args:
+        url: ``redis://[:password@]host[:port][/db]`` or ``rediss://`` for TLS.
+        prefix: the key prefix (shared with the registry mirror's).
+        lease: seconds an entry stays leased to a hub that stops renewing it (it renews
+            every third of that); another hub takes it after that long.
+        keep_finished: seconds a completed or failed item's hash is kept in Redis (dead
+            ones are kept until retried or deleted).
+        timeout: seconds one Redis round may take before it counts as an outage; at
+            stop, the hub waits as long for what it holds to reach Redis.
+        max_held: writes the hub holds for Redis while it does not answer; when they
+            (or ``max_held_bytes`` of them) are reached, new submits are refused until
+            Redis answers. Results, failures and attempt starts are always kept; the
+            progress of an item is kept as its latest only.
+        max_held_bytes: the bytes those held writes may take.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hubvisor",
+        lease: float = 10.0,
+        keep_finished: float = 86_400.0,
+        timeout: float = 5.0,
+        max_held: int = 10_000,
+        max_held_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if not isinstance(lease, int | float) or not (0.1 <= lease < math.inf):
+            raise ConfigError(f"RedisWorkQueue(lease=...) must be >= 0.1 seconds (got {lease!r})")
+        if not prefix or any(c in prefix for c in "{} "):
+            raise ConfigError(
+                f"RedisWorkQueue(prefix=...) must be non-empty without braces or spaces "
+                f"(got {prefix!r})"
+            )
+        self.url = redact_url(url)
+        self.prefix = prefix
+        self.lease = float(lease)
+        self.keep_finished = keep_finished
+        self.timeout = timeout
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self._url = url
+        self._local = MemoryWorkQueue()
+        self._pending: dict[str, WorkItem] = {}  # submitted, not in Redis yet
+        self._stored: dict[str, trio.Event] = {}
+        self.writes = Outbox(self.url, max_held, max_held_bytes)
+        """The writes held for Redis (in order)."""
+        self.keys = Keys(prefix)
+        self.claim = HubClaim(prefix, self.lease)
+        """This incarnation's hold on its hub id."""
+        self.lost = 0
+        """Items this hub lost to another (its lease expired before it wrote)."""
+        self._ids = 0
+        self._boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
+        self._types: set[str] = set()  # every type seen (submitted or served)
+        self._actor = StoreActor(self)
+        self._queries = Queries(self)
+
+    # What the store's actor keeps, read here.
+
+    @property
+    def hub_id(self) -> str:
+        """The hub's id (its consumer name in Redis)."""
+        return self.claim.hub_id
+
+    @property
+    def token(self) -> str:
+        """This incarnation's fence: entries are leased to (hub id, token)."""
+        return self.claim.token
+
+    @property
+    def conflict(self) -> ServiceFailed | None:
+        """Set when another live hub holds this hub's id: the store stops."""
+        return self.claim.conflict
+
+    @property
+    def outage(self) -> bool:
+        """Whether Redis is unreachable now."""
+        return self._actor.outage.active
+
+    @property
+    def rounds(self) -> int:
+        """Rounds written so far."""
+        return self._actor.rounds
+
+    @property
+    def errors(self) -> int:
+        """Rounds that failed with an error that is not an outage (logged, retried)."""
+        return self._actor.errors
+
+    @property
+    def coalesced(self) -> int:
+        """Progress writes replaced by a later progress of the same item before sent."""
+        return self.writes.coalesced
+
+    @property
+    def dropped_progress(self) -> int:
+        """Progress writes not kept because the held writes were at their cap."""
+        return self.writes.dropped_progress
+
+    @property
+    def poisoned(self) -> int:
+        """Writes dropped because they can never be sent (logged with the item's id)."""
+        return self.writes.poisoned
+
+    @property
+    def _outbox(self) -> Any:
+        return self.writes.ops
+
+    @property
+    def _held_bytes(self) -> int:
+        return self.writes.held_bytes
+
+    def _demand(self) -> dict[str, int]:
+        return self._actor.demand()
+
+    def __repr__(self) -> str:
+        return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
+
+    # ----------------------------------------------------------------------------------
+    # keys
+
+    def _keys(self, agent_type: str, item_id: str = "") -> tuple[str, ...]:
+        return self.keys.fenced(agent_type, item_id)
+
+    # ----------------------------------------------------------------------------------
+    # WorkQueue: local decisions, written behind
+
+    def get(self, item_id: str) -> WorkItem:
+        """The item, if this hub holds it or submitted it (see :meth:`fetch` for any)."""
+        if item_id in self._pending:
+            return self._pending[item_id]
+        return self._local.get(item_id)
+
+    def items(self) -> Iterable[WorkItem]:
+        """The items this hub holds or submitted, oldest first."""
+        return [*self._pending.values(), *self._local.items()]
+
+    def held_by(self, agent: str) -> WorkItem | None:
+        """The item ``agent`` holds, if any."""
+        return self._local.held_by(agent)
+
+    def depth(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting: held here for an agent, plus those no hub has
+        taken yet (as of this hub's last heartbeat round)."""
+        return self._local.depth(agent_type) + self._actor.lag.get(agent_type, 0)
+
+    def has_work(self, agent_type: str) -> bool:
+        """Whether this hub holds a queued item of ``agent_type`` (taken from Redis)."""
+        return self._local.has_work(agent_type)
+
+    def submit(
+        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+    ) -> WorkItem:
+        """Queue the item for the next round's write (:meth:`stored` waits for it).
+
+        Raises:
+            ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
+                Redis has not taken yet.
+        """
+        if self.writes.full():
+            raise ControlError(
+                f"the hub holds {len(self.writes.ops)} writes "
+                f"({self.writes.held_bytes // 1024} KiB) "
+                f"that Redis at {self.url} has not taken (its cap: {self.max_held} writes, "
+                f"{self.max_held_bytes // 1024} KiB); submit again when Redis answers"
+            )
+        self._ids += 1
+        item = WorkItem(
+            id=f"{agent_type}-{self._boot}{self._ids}",
+            agent_type=agent_type,
+            payload=payload,
+            max_deliveries=max_deliveries,
+            created_at=time.time(),
+            source=source,
+        )
+        self._pending[item.id] = item
+        self._stored[item.id] = trio.Event()
+        args = (item.id, agent_type, _dumps(payload), max_deliveries, source, item.created_at)
+        keys = (self.keys.of(agent_type, "q"), self.keys.items(agent_type) + item.id)
+        self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
+        self._types.add(agent_type)
+        return item
+
+    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
+        """Give the oldest item this hub holds to ``agent``; the attempt is written."""
+        item = self._local.assign(agent_type, agent, _wall(now))
+        if item is not None:
+            self._fenced(item, "start", item.deliveries, agent)
+        return item
+
+    def complete(self, item_id: str, attempt: int, agent: str, result: Any, now: float) -> Verdict:
+        """Decide locally; the result is written (fenced) in the next round."""
+        verdict = self._local.complete(item_id, attempt, agent, result, _wall(now))
+        if verdict.accepted and verdict.item is not None:
+            self._finish(verdict.item, agent)
+        return verdict
+
+    def fail(
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+    ) -> Verdict:
+        """Decide locally; the failure is written (fenced) in the next round."""
+        verdict = self._local.fail(item_id, attempt, agent, error, retry, _wall(now))
+        if verdict.accepted and verdict.item is not None:
+            self._after(verdict.item, agent)
+        return verdict
+
+    def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
+        """Decide locally; the item is released to the stream (no delivery spent), so any
+        agent of its type on any hub (this one's too) takes it."""
+        verdict = self._local.hand_back(item_id, attempt, agent, _wall(now))
+        if verdict.accepted and verdict.item is not None:
+            item = verdict.item
+            self._local.forget(item.id)
+            self._fenced(item, "release", item.deliveries, self._hist(item))
+        return verdict
+
+    def progress(
+        self, item_id: str, attempt: int, agent: str, progress: Any, checkpoint: Any
+    ) -> Verdict:
+        """Keep the progress; the checkpoint is written so another hub can resume."""
+        verdict = self._local.progress(item_id, attempt, agent, progress, checkpoint)
+        if verdict.accepted and verdict.item is not None:
+            ckpt = "" if checkpoint is None else _dumps(checkpoint)
+            self._fenced(verdict.item, "progress", _dumps(progress), ckpt)
+        return verdict
+
+    def reclaim(
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+    ) -> Verdict:
+        """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
+        verdict = self._local.reclaim(agent, reason, _wall(now))
+        if verdict.accepted and verdict.item is not None:
+            self._after(verdict.item, agent)
+        return verdict
+
+    def retry(self, item_id: str, now: float) -> WorkItem:
+        """Queue a dead or failed item this hub holds again (any hub's: ``retry_any``)."""
+        item = self._local.get(item_id)
+        if item.status not in (ItemStatus.DEAD, ItemStatus.FAILED):
+            raise ControlError(
+                f"work item {item_id!r} is {item.status}; only dead or failed items can be retried"
+            )
+        self._local.forget(item_id)
+        self._push(_Op(_RETRY, self._keys(item.agent_type, item_id), (item_id,), item_id, "retry"))
+        item.status = ItemStatus.QUEUED
+        item.deliveries = 0
+        item.error = None
+        return item
+
+    # ----------------------------------------------------------------------------------
+    # writes
+
+    def _push(self, op: _Op) -> None:
+        if self.writes.push(op):
+            self._actor.wake.set()
+
+    def _fenced(self, item: WorkItem, op: str, *extra: Any) -> None:
+        args = (op, self.claim.hub_id, self.claim.token, item.attempt, time.time(), *extra)
+        keys = self._keys(item.agent_type, item.id)
+        self._push(_Op(_FENCED, keys, args, item.id, op, self._on_fenced(item, op)))
+
+    def _hist(self, item: WorkItem) -> str:
+        """The item's history as written to Redis: each attempt names its hub."""
+        return _dumps(
+            [
+                {
+                    **attrs.asdict(h),
+                    "agent": h.agent if "/" in h.agent else f"{self.hub_id}/{h.agent}",
+                    "reason": _safe(h.reason),
+                }
+                for h in item.history
+            ]
+        )
+
+    def _after(self, item: WorkItem, agent: str) -> None:
+        if item.status is ItemStatus.QUEUED:  # still leased here, for another agent
+            error = _safe(item.error or "")
+            self._fenced(item, "requeue", item.deliveries, self._hist(item), error)
+        else:
+            self._finish(item, agent)
+
+    def _finish(self, item: WorkItem, agent: str) -> None:
+        result = "" if item.result is None else _dumps(item.result)
+        self._fenced(
+            item,
+            "finish",
+            str(item.status),
+            item.deliveries,
+            self._hist(item),
+            result,
+            _safe(item.error or ""),
+            agent,
+            int(self.keep_finished),
+        )
+
+    def _on_fenced(self, item: WorkItem, op: str) -> Callable[[Any], None]:
+        def on_reply(reply: Any) -> None:
+            ok, reason = int(reply[0]), _text(reply[1])
+            if ok or op == "progress":
+                return
+            if reason.startswith("lease lost") or reason.startswith("no such item"):
+                self._lose(item, reason)
+            else:
+                _log.warning("work %s: Redis refused %s: %s", item.id, op, reason)
+
+        return on_reply
+
+    def _lose(self, item: WorkItem, reason: str) -> None:
+        """Another hub holds the item now: forget it here (its agent's answer will be
+        refused) and say so."""
+        if self._local.forget(item.id) is None:
+            return
+        self.lost += 1
+        _log.warning(
+            "work %s: %s; this hub's attempt %d no longer counts", item.id, reason, item.attempt
+        )
+        if self._actor.host is not None:
+            self._actor.host.lost(item, reason)
+
+    def _release_held(self) -> None:
+        """The hub is stopping: give back what it holds, so others take it at once."""
+        for item in list(self._local.items()):
+            if item.status in (ItemStatus.QUEUED, ItemStatus.ASSIGNED):
+                if item.status is ItemStatus.ASSIGNED:  # the hub is going: not the item's fault
+                    item.deliveries = max(0, item.deliveries - 1)
+                self._fenced(item, "release", item.deliveries, self._hist(item))
+
+    # ----------------------------------------------------------------------------------
+    # the actor
+
+    async def stored(self, item_id: str, timeout: float) -> bool:
+        """Wait until the submitted item is in Redis (False after ``timeout`` seconds:
+        it is held here and written when Redis answers)."""
+        event = self._stored.get(item_id)
+        if event is None:
+            return item_id not in self._pending
+        with trio.move_on_after(timeout):
+            await event.wait()
+        return event.is_set()
+
+    def poke(self) -> None:
+        """Something changed (idle agents, new writes): run a round soon."""
+        self._actor.wake.set()
+
+    async def run(self, host: StoreHost, *, task_status: trio.TaskStatus[None]) -> None:
+        """Serve as the service's store until cancelled; then release what this hub holds
+        and write what is left, waiting up to ``timeout`` for Redis (each item whose
+        write did not land is logged by id).
+
+        Raises:
+            ServiceFailed: Redis refused the credentials or the configuration at start,
+                or another live hub holds this hub's id (at start or when Redis returns).
+        """
+        try:
+            await self._actor.run(host, task_status=task_status)
+        finally:
+            self._queries.close()
+
+    def _make_client(self, connections: int) -> redis.Redis:
+        return make_client(
+            self._url,
+            timeout=self.timeout,
+            connections=connections,
+            client_name=f"hubvisor-work-{self.claim.hub_id or 'query'}",
+            error=ConfigError,
+            # Text that is not UTF-8 (a lone surrogate from an agent's error) is
+            # written escaped, never raised on: one item's text cannot stop the store.
+            encoding_errors="backslashreplace",
+        )
+
+    def check_hub_id(self, hub_id: str) -> None:
+        """Before the hub starts: refuse (:class:`ControlError`) when a live hub already
+        uses ``hub_id`` on this Redis, or Redis refuses the credentials or the database.
+        An unreachable Redis is only logged: the hub then starts, supervises, and claims
+        its id when Redis answers (it stops if another hub holds it by then)."""
+        self.claim.check(hub_id, self._make_client(1), self._url)
+
+    # ----------------------------------------------------------------------------------
+    # queries (control ops)
+
+    async def fetch(self, item_id: str) -> WorkItem:
+        """The item, from this hub if it holds it, else from Redis (a finished item kept
+        here is read again: another hub may have retried it since)."""
+        return await self._queries.fetch(item_id)
+
+    async def retry_any(self, item_id: str) -> WorkItem:
+        """Queue a dead or failed item again, whichever hub held it."""
+        return await self._queries.retry_any(item_id)
+
+    async def cluster(self) -> dict[str, Any]:
+        """Every hub sharing this Redis and the queues per type (``status --cluster``)."""
+        return await self._queries.cluster()

@@ -1,0 +1,243 @@
+"""The Lua scripts of the work store (each atomic in Redis), called by digest.
+
+Every script that acts on an item checks first that the item is still leased to the
+calling hub's incarnation (hub id + token): the fence that makes a late write of a hub
+that lost its lease harmless, whatever the clocks say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+
+GROUP = "hubs"
+
+
+# Shared by the scripts that take entries: adopt one entry for this hub, or drop a stale
+# one. ARGV: hub, token, count, item-key prefix, now, lease ms (claim only).
+_ADOPT = r"""
+local q, dead, logk = KEYS[1], KEYS[2], KEYS[3]
+local hub, tok, prefix, now = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local out = {}
+local function adopt(eid, fields)
+  local iid = nil
+  if fields then
+    for i = 1, #fields, 2 do if fields[i] == 'item' then iid = fields[i + 1] end end
+  end
+  if not iid then redis.call('XACK', q, 'hubs', eid); return end
+  local k = prefix .. iid
+  local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'tok', 'agent', 'att', 'dlv', 'max',
+    'hist')
+  local st = h[1]
+  if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead' then
+    redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid); return
+  end
+  local prev = h[3] or ''
+  if prev == hub and h[4] == tok then
+    table.insert(out, {'mine', redis.call('HGETALL', k), prev}); return
+  end
+  if st == 'assigned' and h[3] ~= '' then
+    -- an attempt was running on a hub that is gone: it counts as a delivery
+    local hist = cjson.decode(h[9] or '[]')
+    table.insert(hist, {attempt = tonumber(h[6]), agent = h[3] .. '/' .. (h[5] or ''),
+      outcome = 'reclaimed:hub', reason = 'hub ' .. h[3] .. ' lost its lease', at = tonumber(now)})
+    while #hist > 20 do table.remove(hist, 1) end
+    local enc = cjson.encode(hist)
+    if tonumber(h[7]) >= tonumber(h[8]) then
+      local err = 'used all ' .. h[8] .. ' deliveries; the last on hub ' .. h[3] ..
+        ', which lost its lease'
+      redis.call('HSET', k, 'st', 'dead', 'hist', enc, 'error', err, 'finished', now,
+        'agent', '', 'hub', hub, 'tok', tok)
+      redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid)
+      local dl = redis.call('XADD', dead, '*', 'item', iid, 'error', err, 'history', enc)
+      redis.call('HSET', k, 'dl', dl)
+      redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', iid, 'attempt', h[6],
+        'hub', hub, 'agent', '', 'outcome', 'dead')
+      table.insert(out, {'dead', redis.call('HGETALL', k), prev}); return
+    end
+    redis.call('HSET', k, 'hist', enc)
+  end
+  redis.call('HSET', k, 'hub', hub, 'tok', tok, 'st', 'taken', 'agent', '')
+  table.insert(out, {'item', redis.call('HGETALL', k), prev})
+end
+redis.pcall('XGROUP', 'CREATE', q, 'hubs', '0', 'MKSTREAM')
+"""
+
+_TAKE = (
+    _ADOPT
+    + r"""
+local r = redis.call('XREADGROUP', 'GROUP', 'hubs', hub, 'COUNT', ARGV[3], 'STREAMS', q, ARGV[6])
+if r and r[1] then for _, e in ipairs(r[1][2]) do adopt(e[1], e[2]) end end
+return out
+"""
+)
+
+# The server's clock of one type's hubs, in the hash KEYS[4] (``P:work:{T}:alive``):
+# ``hub:<id>`` is the server time (ms) of that hub's last proof of life, ``clock:last`` the
+# last time any hub of the type was heard, ``clock:resumed`` the end of the last silence
+# longer than half a lease (the server stalled, or every hub did). Nobody is judged dead
+# until a whole lease has passed since then: every hub gets its chance to renew first.
+_CLOCK = r"""
+local function tick(alive, lease)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = tonumber(redis.call('HGET', alive, 'clock:last') or '0')
+  if now - last > lease / 2 then redis.call('HSET', alive, 'clock:resumed', now) end
+  redis.call('HSET', alive, 'clock:last', now)
+  return now
+end
+"""
+
+# A hub's proof of life for one type. KEYS: alive. ARGV: hub, lease ms.
+_BEAT = (
+    _CLOCK
+    + r"""
+local now = tick(KEYS[1], tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'hub:' .. ARGV[1], now)
+return now
+"""
+)
+
+# Take the entries of hubs whose proof of life is older than the lease (never from the
+# idle time of an entry alone: a stalled server stalls every hub's renewals with it).
+# KEYS: q, dead, log, alive. ARGV: hub, token, count, item prefix, now, lease ms.
+_CLAIM = (
+    _ADOPT
+    + _CLOCK
+    + r"""
+local lease, budget = tonumber(ARGV[6]), tonumber(ARGV[3])
+local alive = KEYS[4]
+local now = tick(alive, lease)
+local resumed = tonumber(redis.call('HGET', alive, 'clock:resumed') or '0')
+if now - resumed < lease then return out end
+local start = '-'
+for _ = 1, 10 do
+  local rows = redis.call('XPENDING', q, 'hubs', 'IDLE', lease, start, '+', budget)
+  for _, row in ipairs(rows) do
+    local eid, owner = row[1], row[2]
+    local beat = tonumber(redis.call('HGET', alive, 'hub:' .. owner) or '0')
+    if owner == hub or now - beat > lease then
+      local got = redis.call('XCLAIM', q, 'hubs', hub, lease, eid)
+      if got[1] then adopt(got[1][1], got[1][2]) else redis.call('XACK', q, 'hubs', eid) end
+    end
+    if #out >= budget then return out end
+  end
+  if #rows < budget then break end
+  start = '(' .. rows[#rows][1]
+end
+return out
+"""
+)
+
+# The hub id is a claim: the hub key holds the token of the incarnation that owns it.
+# KEYS: hub key. ARGV: token, the dead incarnation's token it may replace, lease ms, then
+# field, value pairs. Returns {1} or {0, host, pid, token} of the owner.
+_HUB = r"""
+local cur = redis.call('HGET', KEYS[1], 'token')
+if cur and cur ~= ARGV[1] and cur ~= ARGV[2] then
+  local h = redis.call('HMGET', KEYS[1], 'host', 'pid')
+  return {0, h[1] or '?', h[2] or '0', cur}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1}
+"""
+
+# A hub that stops deletes its key only if it still owns the id.
+_UNHUB = r"""
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]); return 1 end
+return 0
+"""
+
+_SUBMIT = r"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
+  'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',
+  'agent', '', 'entry', entry, 'hist', '[]')
+return 1
+"""
+
+# KEYS: q, dead, log, item. ARGV: op, hub, token, attempt, now, then per op.
+_FENCED = r"""
+local q, dead, logk, k = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op, hub, tok, a, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local h = redis.call('HMGET', k, 'st', 'hub', 'tok', 'att', 'entry', 'id', 'agent')
+local st = h[1]
+if not st then return {0, 'no such item in Redis'} end
+if h[2] ~= hub or h[3] ~= tok then
+  return {0, 'lease lost: the item is held by hub ' .. (h[2] ~= '' and h[2] or '(none)')}
+end
+local att = tonumber(h[4])
+local final = st == 'completed' or st == 'failed' or st == 'dead'
+if op == 'start' then
+  if final then return {1, 'finished'} end
+  if a < att then return {0, 'stale attempt'} end
+  redis.call('HSET', k, 'st', 'assigned', 'att', a, 'dlv', ARGV[6], 'agent', ARGV[7],
+    'started', now, 'progress', '')
+  return {1, ''}
+elseif op == 'progress' then
+  if st ~= 'assigned' or att ~= a then return {0, 'stale attempt'} end
+  redis.call('HSET', k, 'progress', ARGV[6])
+  if ARGV[7] ~= '' then redis.call('HSET', k, 'ckpt', ARGV[7]) end
+  return {1, ''}
+elseif op == 'requeue' then
+  if final then return {1, 'finished'} end
+  if a < att then return {0, 'stale attempt'} end
+  redis.call('HSET', k, 'st', 'taken', 'att', a, 'dlv', ARGV[6], 'agent', '', 'hist', ARGV[7],
+    'error', ARGV[8])
+  return {1, ''}
+elseif op == 'finish' then
+  local target = ARGV[6]
+  if final then
+    if st == target and att == a then return {1, 'done already'} end
+    return {0, 'the item is ' .. st .. ' already'}
+  end
+  if a < att then return {0, 'stale attempt'} end
+  redis.call('HSET', k, 'st', target, 'att', a, 'dlv', ARGV[7], 'hist', ARGV[8], 'result', ARGV[9],
+    'error', ARGV[10], 'finished', now, 'agent', ARGV[11])
+  redis.call('XACK', q, 'hubs', h[5]); redis.call('XDEL', q, h[5])
+  redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', h[6], 'attempt', a, 'hub', hub,
+    'agent', ARGV[11], 'outcome', target)
+  if target == 'dead' then
+    local dl = redis.call('XADD', dead, '*', 'item', h[6], 'error', ARGV[10], 'history', ARGV[8])
+    redis.call('HSET', k, 'dl', dl)
+  else
+    redis.call('EXPIRE', k, ARGV[12])
+  end
+  return {1, ''}
+elseif op == 'release' then
+  if final then return {1, 'finished'} end
+  redis.call('XACK', q, 'hubs', h[5]); redis.call('XDEL', q, h[5])
+  local entry = redis.call('XADD', q, '*', 'item', h[6])
+  redis.call('HSET', k, 'st', 'queued', 'hub', '', 'tok', '', 'agent', '', 'entry', entry,
+    'dlv', ARGV[6], 'hist', ARGV[7])
+  return {1, ''}
+elseif op == 'renew' then
+  if final then return {0, 'finished'} end
+  redis.call('XCLAIM', q, 'hubs', hub, 0, h[5], 'JUSTID')
+  return {1, ''}
+end
+return {0, 'unknown op ' .. op}
+"""
+
+_RETRY = r"""
+local k = KEYS[4]
+local st = redis.call('HGET', k, 'st')
+if not st then return {0, 'no such item'} end
+if st ~= 'dead' and st ~= 'failed' then return {0, 'it is ' .. st} end
+local dl = redis.call('HGET', k, 'dl')
+if dl and dl ~= '' then redis.call('XDEL', KEYS[2], dl) end
+local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+redis.call('HSET', k, 'st', 'queued', 'dlv', 0, 'error', '', 'hub', '', 'tok', '', 'agent', '',
+  'entry', entry, 'finished', '', 'dl', '')
+redis.call('PERSIST', k)
+return {1, ''}
+"""
+
+_ID_CHARS = string.ascii_lowercase + string.digits
+# Rounds call the scripts by digest (EVALSHA): a few bytes per call instead of the body.
+_SHA = {
+    script: hashlib.sha1(script.encode()).hexdigest()
+    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY, _BEAT, _HUB, _UNHUB)
+}
