@@ -393,3 +393,32 @@ def test_a_takeover_of_a_dead_hubs_items_is_logged(
     a.kill()
     wait_for(lambda: "took over" in b.log.read_text(), 30, "B to take A's item")
     assert re.search(r"took over 1 w item\(s\) from hub A, whose lease ran out", b.log.read_text())
+
+
+# Fault 6, on Redis: an agent's SUBMIT for a type no hub serves -------------------------
+
+
+async def test_an_agent_submitting_for_a_type_no_hub_announced_is_refused(
+    redis_server: RedisServer, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a shared store a client may queue work for hubs not started yet, but an
+    agent's SUBMIT= must name a type some hub sharing the store announced: a flood of
+    SUBMITs for a type nobody runs was held for Redis up to the cap (64 MiB of writes,
+    hub RSS 45 -> 220 MiB in tests/test_stress.py) and then queued there for ever."""
+    queue = RedisWorkQueue(redis_server.url)
+    hub = Hub([agent("a1")], work=WorkService(queue), hub_id="A")
+    with caplog.at_level(logging.WARNING, logger="hubvisor"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await until(lambda: queue.known_types is not None)
+            assert {"w"} <= (queue.known_types or set())
+            nobody = hub.work.submit("w", {"n": 1, "submit": "nobody"})
+            mine = hub.work.submit("w", {"n": 2, "submit": "w"})
+            await until(lambda: len(record(client)) >= 3)  # both, and the agent's own w item
+            await hub.stop()
+    assert {"w"} == {i.agent_type for i in hub.work.items()}
+    assert not client.exists("hubvisor:work:{nobody}:q")
+    assert "no agents of type 'nobody' on any hub sharing the store" in caplog.text
+    assert {nobody.id, mine.id} <= set(outcomes(client))
+    # A client still queues work for a type whose hubs have not started (durable meanwhile).
+    assert hub.work.submit("later", {"n": 3}).agent_type == "later"

@@ -45,7 +45,7 @@ HUB_STALL = 2.5  # > HEARTBEAT_TIMEOUT: the hub's own stall must condemn none of
 LEASE = 4.0
 REDIS_STALL = 5.0  # > LEASE: the server's own stall must take nobody's work
 IDLE_CONNECTIONS = 400  # per server (control socket and metrics)
-RSS_GROWTH_LIMIT = 150 * 2**20  # bytes hub A may grow by under the floods
+RSS_GROWTH_LIMIT = 64 * 2**20  # bytes hub A may grow by under the floods (seen: 1-15 MiB)
 FD_GROWTH_LIMIT = 300  # fds hub A may hold beyond its start, under the floods
 
 FLOODER = r"""

@@ -145,15 +145,8 @@ class WorkService:
         deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
         if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
             raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
-        if self.store is None and self._types is not None:
-            # Alone, an item of a type the tree never runs would wait forever. (With a
-            # shared store another hub may run it: it waits there, durable.)
-            types = set(self._types())
-            if agent_type not in types:
-                raise ControlError(
-                    f"no agents of type {agent_type!r} in the hub, so the item would wait "
-                    f"forever; the types are {', '.join(sorted(types)) or '(none)'}"
-                )
+        if self._types is not None:
+            self._check_type(agent_type, source)
         if self.max_queued is not None:
             waiting = int(self.queue.depth(agent_type))
             if waiting >= self.max_queued:
@@ -168,6 +161,30 @@ class WorkService:
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         self._dispatch.poke()
         return item
+
+    def _check_type(self, agent_type: str, source: str) -> None:
+        """Refuse a type no agent would ever take. Alone: one the tree never runs. With a
+        shared store, a client (the API, the CLI, the socket) may queue work for hubs not
+        started yet, durable meanwhile; an agent's ``SUBMIT=`` (machine-made, at any
+        rate) must name a type the tree runs or some hub sharing the store announced
+        (any type before the store was first read)."""
+        assert self._types is not None
+        types = set(self._types())
+        if agent_type in types:
+            return
+        where = "in the hub"
+        if self.store is not None:
+            if not source.startswith("agent:"):
+                return
+            known = self.store.known_types
+            if known is None or agent_type in known:
+                return
+            types |= known
+            where = "on any hub sharing the store"
+        raise ControlError(
+            f"no agents of type {agent_type!r} {where}, so the item would wait forever; "
+            f"the types are {', '.join(sorted(types)) or '(none)'}"
+        )
 
     def serve_types(self, types: Any) -> None:
         """Tell the service which agent types its hub's tree runs or may grow: ``types()``

@@ -55,6 +55,12 @@ class WorkStore(WorkQueue, Protocol):
     """A :class:`WorkQueue` whose record lives in a shared store (Redis Streams): it runs
     its own actor beside the service and answers the queries that need the store."""
 
+    @property
+    def known_types(self) -> set[str] | None:
+        """Every agent type some hub sharing the store serves or served, as last read
+        (``None``: not read yet); :meth:`WorkService.submit` refuses the others."""
+        ...
+
     def check_hub_id(self, hub_id: str) -> None:
         """Before the hub starts: raise :class:`~supervisor.ControlError` when a live hub
         already uses ``hub_id`` in the store (a no-op for a store without hub ids)."""

@@ -111,7 +111,9 @@ class HubClaim:
         types = json.loads(fields["types"])
         for agent_type in types:
             pipe.sadd(f"{self.prefix}:work:types", agent_type)
-        return 2 + len(types)
+        # Every type a hub sharing this Redis has announced: what a submit may name.
+        pipe.smembers(f"{self.prefix}:work:types")
+        return 3 + len(types)
 
     def add_goodbye(self, pipe: Any) -> None:
         """Give the hub id up (a stop): the last commands of the final flush."""

@@ -32,6 +32,7 @@ class QueueParts(Protocol):
     _pending: dict[str, WorkItem]  # submitted, not in Redis yet
     _stored: dict[str, trio.Event]
     _types: set[str]  # every type seen (submitted or served)
+    known_types: set[str] | None  # every type the hubs announced (None: not read yet)
 
     def _keys(self, agent_type: str, item_id: str = "") -> tuple[str, ...]: ...
 

@@ -115,6 +115,9 @@ class RedisWorkQueue:
         self._ids = 0
         self._boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
         self._types: set[str] = set()  # every type seen (submitted or served)
+        self.known_types: set[str] | None = None
+        """Every agent type a hub sharing this Redis has announced, as of the last
+        heartbeat round (``None`` before one was answered)."""
         self._actor = StoreActor(self)
         self._queries = Queries(self)
 

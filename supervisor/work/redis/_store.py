@@ -314,8 +314,13 @@ class StoreActor:
     def _checks(self) -> list[WorkItem]:
         """Dead or failed items kept here whose state in Redis is read back (another hub
         may have retried them): at most 50 a round, in turn."""
+        # Not one whose own final write is still held here: Redis shows the state before
+        # it, and forgetting the item then made its entry look like one to take back.
+        held = {op.item_id for op in self.q.writes.ops}
         final = [
-            i for i in self.q._local.items() if i.status in (ItemStatus.DEAD, ItemStatus.FAILED)
+            i
+            for i in self.q._local.items()
+            if i.status in (ItemStatus.DEAD, ItemStatus.FAILED) and i.id not in held
         ]
         if len(final) <= _CHECKS:
             return final
@@ -405,8 +410,10 @@ class StoreActor:
                 if reason != "finished":
                     q._lose(item, reason)
         if r.beat is not None:
-            claim, *_ = part(2 + len(json.loads(r.beat["types"])))
+            claim, *_, known = part(3 + len(json.loads(r.beat["types"])))
             q.claim.on_reply(claim)
+            if not isinstance(known, Exception):
+                q.known_types = {_text(t) for t in known}
         part(len(r.beats))
         self._note_lag(r.lag_types, part(len(r.lag_types)))
         for item, reply in zip(r.checks, part(len(r.checks)), strict=True):
