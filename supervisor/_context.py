@@ -179,7 +179,6 @@ class RuntimeContext:
     _handles: dict[int, ProcessHandle] = attrs.field(factory=dict, init=False)
     _notify_rejected: int = attrs.field(default=0, init=False)
     _sinks: list[Callable[[AgentMessage], None]] = attrs.field(factory=list, init=False)
-    _legacy_sink: Callable[[AgentMessage], None] | None = attrs.field(default=None, init=False)
     _taps: list[Callable[[OutputLine], None]] = attrs.field(factory=list, init=False)
     _actors: dict[str, LiveActor] = attrs.field(factory=dict, init=False)
     _stalls: StallMeter = attrs.field(factory=StallMeter, init=False)
@@ -237,26 +236,6 @@ class RuntimeContext:
         """Extra environment variables for every child (add with :meth:`add_env`)."""
         return MappingProxyType(self._env)
 
-    @env.setter
-    def env(self, env: Mapping[str, str]) -> None:
-        # Deprecated (the CLI's old path): use hub.agents.add_env(...).
-        self._env = dict(env)
-
-    @property
-    def actors(self) -> Mapping[str, LiveActor]:
-        """Deprecated, internal: the live actor of each worker child, by id. Services use
-        ``hub.agents`` (:class:`~supervisor._port.AgentPort`)."""
-        return MappingProxyType(self._actors)
-
-    @property
-    def agent_sink(self) -> Callable[[AgentMessage], None] | None:
-        """Deprecated, internal: one callback for agent messages. Services use
-        ``hub.agents.subscribe_messages(sink)``."""
-        return self._legacy_sink
-
-    @agent_sink.setter
-    def agent_sink(self, sink: Callable[[AgentMessage], None] | None) -> None:
-        self._legacy_sink = sink
 
     # ----------------------------------------------------------------------------------
     # The agent count
@@ -308,12 +287,10 @@ class RuntimeContext:
     @property
     def routed(self) -> bool:
         """Whether anybody receives agent messages (else there is no need to build one)."""
-        return self._legacy_sink is not None or bool(self._sinks)
+        return bool(self._sinks)
 
     def route(self, message: AgentMessage) -> None:
-        """Hand an agent's message to every subscriber (and the deprecated sink)."""
-        if self._legacy_sink is not None:
-            self._legacy_sink(message)
+        """Hand an agent's message to every subscriber."""
         for sink in list(self._sinks):
             sink(message)
 

@@ -649,9 +649,7 @@ class _HubCollector:
                 continue
             agent_type = info.agent_type or ""
             rec = records.get(info.id)
-            status = rec.status if rec is not None else info.state.value
-            if status == "idle" and hub.work.assignment(info.id) is not None:
-                status = "busy"
+            status = rec.status if rec is not None else info.state.value  # busy: holds an item
             statuses[agent_type, str(status)] += 1
             labels = (info.id, agent_type)
             if now is not None and rec is not None and rec.last_heartbeat is not None:

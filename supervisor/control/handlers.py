@@ -127,9 +127,8 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         rec = records.get(info.id)
         beat = None if rec is None or rec.last_heartbeat is None else now - rec.last_heartbeat
         assignment = hub.work.assignment(info.id)
+        # One answer to "is it busy": the registry's (busy while it holds an item).
         status = rec.status if rec is not None else info.state.value
-        if assignment is not None and status == "idle":
-            status = "busy"  # the hub gave it work: whatever it last said, it is busy
         agents.append(
             {
                 "id": info.id,

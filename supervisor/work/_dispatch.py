@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
 
-from .._child import AgentMessage
+from .._context import AgentMessage
 from .._errors import ControlError
 from .._events import (
     ChildExited,
@@ -37,6 +37,9 @@ from ._item import (
 )
 from ._queue import WorkQueue
 from ._store import WorkStore
+
+if TYPE_CHECKING:
+    from .._hub import Hub
 
 _log = logging.getLogger("hubvisor")
 
@@ -107,7 +110,7 @@ class Dispatch:
         self.store = store
         self.handback_pause = handback_pause
         self._submit = submit
-        self.hub: Any = None
+        self.hub: Hub | None = None  # set when the service runs
         self.nursery: trio.Nursery | None = None
         self.agents: dict[str, _Agent] = {}
         self.idle: dict[str, dict[str, None]] = {}  # type -> idle agents, oldest first
@@ -203,23 +206,29 @@ class Dispatch:
                     self._assign(agent_type, agent_id)
             self._tell_registry()
 
+    @property
+    def _host(self) -> Hub:
+        """The hub (only the running service's actor calls what needs it)."""
+        assert self.hub is not None, "the work service is not running"
+        return self.hub
+
     def _tell_registry(self) -> None:
         if self.notes:
-            self.hub.registry.note_assignments(self.notes)
+            self._host.registry.note_assignments(self.notes)
             self.notes = {}
 
-    def _actor_of(self, agent_id: str) -> Any:
-        """The live actor of the incarnation the service knows as ``agent_id``, if it is
+    def _reachable(self, agent_id: str) -> int | None:
+        """The pid of the incarnation the service knows as ``agent_id``, if it is live,
         idle and not being stopped (an id is reused by the next incarnation)."""
         agent = self.agents.get(agent_id)
-        actor = self.hub.context.actors.get(agent_id)
-        if agent is None or not agent.idle or actor is None or actor.pid != agent.pid:
+        port = self._host.agents
+        if agent is None or not agent.idle or port.live(agent_id) != agent.pid:
             return None
-        return None if actor.stopping else actor
+        return None if port.stopping(agent_id, agent.pid) else agent.pid
 
     def _assign(self, agent_type: str, agent_id: str) -> None:
-        actor = self._actor_of(agent_id)
-        if actor is None:
+        pid = self._reachable(agent_id)
+        if pid is None:
             return  # exited, replaced or being stopped: its exit event will come
         item = self.queue.assign(agent_type, agent_id, _now())
         if item is None:
@@ -232,16 +241,16 @@ class Dispatch:
         agent = self.agents[agent_id]
         self.publish(WorkAssigned, agent_id, agent=agent, item_id=item.id, attempt=item.attempt)
         self.notes[agent_id] = item.id
-        sent = actor.send_nowait(message, verify=False)
+        sent = self._host.agents.send_nowait(agent_id, message, pid=pid, verify=False)
         if sent is None and self.nursery is not None:  # a channel that can only wait
-            self.nursery.start_soon(self._send_slowly, actor, agent_id, item.attempt, message)
+            self.nursery.start_soon(self._send_slowly, pid, agent_id, item.attempt, message)
         elif not sent:
             self._unreachable(agent_id, agent)
 
     async def _send_slowly(
-        self, actor: Any, agent_id: str, attempt: int, message: NotifyMessage
+        self, pid: int, agent_id: str, attempt: int, message: NotifyMessage
     ) -> None:
-        if not await actor.send(message, verify=False):
+        if not await self._host.agents.send(agent_id, message, pid=pid, verify=False):
             held = self.queue.held_by(agent_id)
             if held is not None and held.attempt == attempt:
                 self._unreachable(agent_id, self.agents.get(agent_id))
@@ -303,8 +312,7 @@ class Dispatch:
 
     def _stopping(self, agent_id: str) -> bool:
         agent = self.agents.get(agent_id)
-        actor = self.hub.context.actors.get(agent_id)
-        return actor is not None and agent is not None and actor.pid == agent.pid and actor.stopping
+        return agent is not None and self._host.agents.stopping(agent_id, agent.pid)
 
     def not_idle(self, agent_id: str, agent: _Agent | None) -> None:
         if agent is not None and agent.agent_type is not None:
@@ -444,15 +452,16 @@ class Dispatch:
         )
 
     def _ack(self, agent_id: str, item_id: str, attempt: int, verdict: Verdict) -> None:
-        actor = self.hub.context.actors.get(agent_id)
-        if actor is None:
-            return
+        port = self._host.agents
+        if port.live(agent_id) is None:
+            return  # gone: nothing to tell it (not an ACK dropped)
         body = {"item": item_id, "attempt": attempt, "accepted": verdict.accepted}
         if verdict.reason:
             body["reason"] = verdict.reason[:200]
         # Never waits: an agent that does not read its channel loses its ACKs (counted),
         # it cannot stall the service for the others.
-        if not actor.send_nowait(NotifyMessage("ack", json.dumps(body, separators=(",", ":")))):
+        ack = NotifyMessage("ack", json.dumps(body, separators=(",", ":")))
+        if not port.send_nowait(agent_id, ack):
             self.acks_dropped += 1
 
     def _agent_submit(self, msg: AgentMessage, body: Mapping[str, Any]) -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._child import AgentMessage
+from .._context import AgentMessage
 from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
@@ -39,6 +39,9 @@ from ._item import (
 )
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
+
+if TYPE_CHECKING:
+    from .._hub import Hub
 
 _log = logging.getLogger("hubvisor")
 
@@ -99,7 +102,7 @@ class WorkService:
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
-        self._hub: Any = None
+        self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
         self._progress: dict[tuple[str, int], AgentMessage] = {}  # latest unread, per agent
         self.progress_coalesced = 0
@@ -271,7 +274,7 @@ class WorkService:
     @property
     def hub_id(self) -> str:
         """The hub's id (the store's consumer name)."""
-        return str(self._hub.context.hub_id) if self._hub is not None else "hub"
+        return self._hub.hub_id if self._hub is not None else "hub"
 
     def agent_types(self) -> set[str]:
         """The agent types this hub runs now."""
@@ -302,7 +305,7 @@ class WorkService:
     # ----------------------------------------------------------------------------------
     # The actor
 
-    async def run(self, hub: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
         """Serve as a hub service (see :class:`~supervisor.Service`).
 
         A run that fails leaves the bus subscription and the agents' sink in place, so
@@ -315,7 +318,7 @@ class WorkService:
         if self._feed is None:
             self._feed = self._send.clone()
             hub.bus.attach(self._feed, _SERVICE_KINDS)
-        hub.context.agent_sink = self._sink
+        hub.agents.subscribe_messages(self._sink)
         self._dispatch.wake_rested()  # its pause ended with the failed run
         dispatch = self._dispatch
         try:
@@ -347,7 +350,7 @@ class WorkService:
         self._dispatch.on_event(event)
 
     def _detach(self, hub: Any) -> None:
-        hub.context.agent_sink = None
+        hub.agents.unsubscribe_messages(self._sink)
         if self._feed is not None:
             self._feed.close()  # the bus forgets a closed subscription: nothing piles up
             self._feed = None
