@@ -236,7 +236,6 @@ class RuntimeContext:
         """Extra environment variables for every child (add with :meth:`add_env`)."""
         return MappingProxyType(self._env)
 
-
     # ----------------------------------------------------------------------------------
     # The agent count
 

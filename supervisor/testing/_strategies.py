@@ -182,20 +182,7 @@ def supervision_specs(
                     )
                 )
             else:
-                agent_type = next_id("p")
-                size = draw(_POOL_SIZES)
-                children.append(
-                    PoolSpec(
-                        agent_type=agent_type,
-                        template=_child(draw, "template", heartbeats),
-                        size=size,
-                        max_size=size,
-                        strategy=draw(strat),
-                        intensity=draw(inten),
-                        backoff=draw(back),
-                        restart=draw(_RESTART_TYPES),
-                    )
-                )
+                children.append(_pool(draw, next_id("p"), heartbeats, strat, inten, back))
         return SupervisorSpec(
             name=name,
             children=children,
@@ -205,6 +192,28 @@ def supervision_specs(
         )
 
     return node(0, "root")
+
+
+def _pool(
+    draw: st.DrawFn,
+    agent_type: str,
+    heartbeats: bool,
+    strat: st.SearchStrategy[RestartStrategy],
+    inten: st.SearchStrategy[IntensityPolicy],
+    back: st.SearchStrategy[BackoffPolicy],
+) -> PoolSpec:
+    """One pool of :func:`supervision_specs` (its draws in the order they always had)."""
+    size = draw(_POOL_SIZES)
+    return PoolSpec(
+        agent_type=agent_type,
+        template=_child(draw, "template", heartbeats),
+        size=size,
+        max_size=size,
+        strategy=draw(strat),
+        intensity=draw(inten),
+        backoff=draw(back),
+        restart=draw(_RESTART_TYPES),
+    )
 
 
 _DEFAULT_STRATEGIES = restart_strategies()
