@@ -151,7 +151,8 @@ def run_hub(
     # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
     # inside an except* block comes out wrapped in the group it replaced (CPython
     # gh-103590), and the CLI printed a 43-line ExceptionGroup instead of one line.
-    # No exception is raised inside an except* block anywhere (tests/test_faults_control.py).
+    # No exception is raised inside an except* block anywhere
+    # (tests/control/test_bounds_and_safe_text.py).
     try:
         return trio.run(_run, hub, duration, output, socket_path, limits)
     except BaseExceptionGroup as group:

@@ -26,7 +26,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 EXPLORE_EXAMPLES = "HUBVISOR_EXPLORE_EXAMPLES"
 """Set (to a number of examples) by ``--explore``; property tests with their own
-``max_examples`` read it through ``explore_examples`` in tests/test_toolkit.py."""
+``max_examples`` read it through ``explore_examples`` in tests/testing/test_tree_properties.py."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,5 +1,5 @@
 """The one test agent that speaks the protocol on the raw socket (what any language can
-do; tests/test_agents.py covers agents.BaseAgent). Each test steers it by the payloads it
+do; tests/agents/test_agents.py covers agents.BaseAgent). Each test steers it by the payloads it
 submits; ``argv(...)`` builds its command line.
 
 It prints ``hello from ID pid PID`` once and ``doing ITEM`` per ASSIGN, heartbeats every

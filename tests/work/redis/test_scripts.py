@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from supervisor.work.redis import enqueue
 from supervisor.work.redis._scripts import _CLAIM, _FENCED, _RETRY, _TAKE
 
-from .redis_server import RedisServer
+from ...redis_server import RedisServer
 
 T = "w"
 Q, DEAD, LOG = f"p:work:{{{T}}}:q", f"p:work:{{{T}}}:dead", f"p:work:{{{T}}}:log"

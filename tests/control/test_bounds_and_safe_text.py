@@ -33,12 +33,12 @@ from supervisor.control.client import ControlClientError, request
 from supervisor.control.events import EventRing
 from supervisor.control.ops import ControlLimits
 from supervisor.control.server import serve_control
+from tests.control.test_cli import finish, start_hubvisor
+from tests.control.test_commands import cli
+from tests.control.test_errors_and_paths import exchange
 from tests.helpers import TIMEOUT, running, sleeper, until
-from tests.test_cli import finish, start_hubvisor
-from tests.test_cli_work import cli
-from tests.test_control_faults import exchange
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

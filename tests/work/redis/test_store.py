@@ -20,10 +20,10 @@ from supervisor.work.redis._codec import _alive, _safe, _wall
 from supervisor.work.redis._outbox import _Op
 from supervisor.work.redis._scripts import _FENCED, _SUBMIT, _TAKE
 
-from .redis_hubs import item, record
-from .redis_server import RedisServer, free_port, redis_server, redis_server_factory
-from .test_faults_redis import _Service, until
-from .test_work import agent
+from ...redis_hubs import item, record
+from ...redis_server import RedisServer, free_port, redis_server, redis_server_factory
+from ..test_service import agent
+from .test_outages import _Service, until
 
 __all__ = ["redis_server", "redis_server_factory"]
 

@@ -16,7 +16,7 @@ import trio
 
 from supervisor import ChildSpec, Event, InvalidChildSpec, PoolSpec
 
-from .helpers import (
+from ..helpers import (
     PY,
     TIMEOUT,
     alive,
@@ -30,7 +30,7 @@ from .helpers import (
     wait_event,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A healthy agent: READY, then a HEARTBEAT every 0.1 s, whatever the hub does.
 HEARTBEATER = (

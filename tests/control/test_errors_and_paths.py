@@ -24,8 +24,8 @@ from supervisor._daemon import run_hub
 from supervisor.control.client import ControlClientError, request
 from supervisor.control.paths import default_socket_path
 from supervisor.control.server import serve_control
+from tests.control.test_cli import finish, start_hubvisor
 from tests.helpers import TIMEOUT, running, sleeper, until
-from tests.test_cli import finish, start_hubvisor
 
 STUBBORN = ["sh", "-c", "trap '' TERM; exec sleep 1000"]  # ignores SIGTERM: killed at shutdown
 

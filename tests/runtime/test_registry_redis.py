@@ -21,8 +21,8 @@ from supervisor._cli import main
 from supervisor._redis_link import redact_url
 from supervisor._registry_redis import RedisMirror
 
-from .helpers import sleeper, wait_event
-from .redis_server import RedisServer, redis_server, redis_server_factory
+from ..helpers import sleeper, wait_event
+from ..redis_server import RedisServer, redis_server, redis_server_factory
 
 __all__ = ["redis_server", "redis_server_factory"]  # fixtures, imported for pytest
 

@@ -1,7 +1,7 @@
 """The command line of a running hub: status, submit, work, scale, restart, stop, logs, events.
 
 Agents here are a small script that speaks the agent protocol on the raw socket (like
-tests/test_work.py's), so what the commands show is real work done by real processes.
+tests/work/test_service.py's), so what the commands show is real work done by real processes.
 Most tests serve an in-process hub on a temporary socket and run the commands with
 click's runner (or as real ``hubvisor`` processes where a follow must be interrupted);
 one runs the whole thing as a ``hubvisor run`` daemon.
@@ -29,8 +29,8 @@ from supervisor._cli import main
 from supervisor.control.handlers import Stream
 from supervisor.control.server import serve_control
 from tests import raw_agent
+from tests.control.test_cli import finish, start_hubvisor
 from tests.helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
-from tests.test_cli import finish, start_hubvisor
 
 AGENT = raw_agent.PROGRAM  # tests/raw_agent.py: steered by the payloads
 
@@ -519,7 +519,7 @@ def test_the_docs_show_every_command() -> None:
     """docs/control.md names each top-level command built from the table."""
     from supervisor.control.ops import OPS
 
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "control.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "control.md").read_text()
     for op in OPS.values():
         if op.cli is not None:
             assert f"hubvisor {op.cli}" in docs, op.cli

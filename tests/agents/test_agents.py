@@ -31,7 +31,7 @@ from supervisor._notify import (
     parse_notify,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 ECHO_AGENT = ROOT / "agents" / "examples" / "echo_agent.sh"
 TIMEOUT = 10.0

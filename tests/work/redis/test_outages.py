@@ -22,10 +22,10 @@ from supervisor.work.redis import RedisWorkQueue
 from supervisor.work.redis._outbox import _Op
 from supervisor.work.redis._scripts import _FENCED
 
-from .helpers import TIMEOUT
-from .redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
-from .redis_server import RedisServer, redis_server, redis_server_factory
-from .test_work import agent
+from ...helpers import TIMEOUT
+from ...redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
+from ...redis_server import RedisServer, redis_server, redis_server_factory
+from ..test_service import agent
 
 __all__ = ["redis_server", "redis_server_factory"]
 

@@ -23,8 +23,8 @@ from supervisor import ChildSpec, ChildState, ConfigError, Hub, ItemStatus, Pool
 from supervisor._metrics import MetricsService, parse_address
 from supervisor._proc import sample_groups
 
-from . import raw_agent
-from .helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
+from .. import raw_agent
+from ..helpers import PY, TIMEOUT, is_, running, until, wait_all, wait_event
 
 # tests/raw_agent.py, with a `sleep` in its group (so the group has two processes).
 AGENT_ARGV = raw_agent.argv("--group-sleeper")
@@ -319,7 +319,7 @@ class FakeMirror:
         pass
 
 
-DOCS = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+DOCS = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
 
 
 class TestDocs:

@@ -21,7 +21,7 @@ from supervisor.control.printers import PRINTERS
 from supervisor.control.server import serve_control
 from tests.helpers import running, sleeper
 
-DOCS = (Path(__file__).resolve().parent.parent / "docs" / "control.md").read_text()
+DOCS = (Path(__file__).resolve().parents[2] / "docs" / "control.md").read_text()
 
 
 def test_ctl_subcommands_are_the_table() -> None:

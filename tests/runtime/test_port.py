@@ -12,8 +12,8 @@ from supervisor import ChildExited, ChildSpec, Hub
 from supervisor._notify import NotifyMessage
 from supervisor._port import AgentMessage, AgentPort
 
-from . import raw_agent
-from .helpers import PY, TIMEOUT, running, until, wait_event
+from .. import raw_agent
+from ..helpers import PY, TIMEOUT, running, until, wait_event
 
 
 def agent(cid: str = "a1") -> ChildSpec:

@@ -28,8 +28,8 @@ from supervisor import (
 )
 from supervisor._notify import InvalidNotifyMessage, parse_notify
 
-from . import raw_agent
-from .helpers import PY, TIMEOUT, alive, is_, running, until, wait_event
+from .. import raw_agent
+from ..helpers import PY, TIMEOUT, alive, is_, running, until, wait_event
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from strategies import Intensity
 from supervisor import ChildExited, ChildHung, ChildStarting, Hub, SupervisorSpec
 from supervisor._notify import MAX_MESSAGE, InvalidNotifyMessage, NotifyMessage, parse_notify
 
-from .helpers import PY, python_child, sleeper, wait_event
+from ..helpers import PY, python_child, sleeper, wait_event
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "property-testing.md"
 EXAMPLE = ROOT / "docs" / "examples" / "test_my_tree.py"
 

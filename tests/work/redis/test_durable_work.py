@@ -22,10 +22,10 @@ import trio
 from supervisor import ControlError, Hub, WorkService
 from supervisor.work.redis import RedisWorkQueue
 
-from .helpers import TIMEOUT, alive
-from .redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
-from .redis_server import RedisServer, redis_server, redis_server_factory
-from .test_work import agent
+from ...helpers import TIMEOUT, alive
+from ...redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
+from ...redis_server import RedisServer, redis_server, redis_server_factory
+from ..test_service import agent
 
 __all__ = ["redis_server", "redis_server_factory"]
 

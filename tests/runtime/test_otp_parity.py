@@ -22,7 +22,7 @@ from supervisor import (
 )
 from supervisor.testing import SimBehaviour, SimulatedProcessBackend
 
-from .helpers import TIMEOUT, is_, python_child, running, sleeper, wait_event
+from ..helpers import TIMEOUT, is_, python_child, running, sleeper, wait_event
 
 
 @pytest.fixture

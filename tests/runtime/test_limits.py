@@ -12,7 +12,7 @@ import trio
 
 from supervisor import ChildSpec, Hub, InvalidChildSpec, LimitsService, MetricsService
 
-from .helpers import TIMEOUT, wait_event
+from ..helpers import TIMEOUT, wait_event
 
 pytestmark = pytest.mark.slow
 

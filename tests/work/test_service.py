@@ -1,7 +1,7 @@
 """The work service with real agent processes: dispatch, fencing, reclaim, dead letters.
 
 The agents here are tiny scripts that speak the protocol on the raw socket (what any
-language can do); tests/test_agents.py covers agents.BaseAgent.
+language can do); tests/agents/test_agents.py covers agents.BaseAgent.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from strategies import Intensity
 from supervisor import ChildSpec, Hub, ItemStatus, SupervisorSpec, WorkItem
 
-from . import raw_agent
-from .helpers import PY, TIMEOUT, is_, running, until, wait_event
+from .. import raw_agent
+from ..helpers import PY, TIMEOUT, is_, running, until, wait_event
 
 # The agents: tests/raw_agent.py (one program, steered by the payloads).
 AGENT = raw_agent.PROGRAM

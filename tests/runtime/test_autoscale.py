@@ -8,8 +8,8 @@ import trio
 
 from supervisor import Autoscale, ChildSpec, Hub, InvalidPoolSpec, PoolSpec
 
-from . import raw_agent
-from .helpers import TIMEOUT, wait_event
+from .. import raw_agent
+from ..helpers import TIMEOUT, wait_event
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import trio
 from supervisor import ChildSpec, Hub
 from supervisor._keeper import MARK_ENV, OrphanKeeper
 
-from .helpers import alive
-from .redis_hubs import HUBVISOR, wait_for
+from ..helpers import alive
+from ..redis_hubs import HUBVISOR, wait_for
 
 pytestmark = pytest.mark.slow
 

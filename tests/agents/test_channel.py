@@ -31,7 +31,7 @@ from supervisor._notify import (
     parse_notify,
 )
 
-from .helpers import PY, python_child, wait_event
+from ..helpers import PY, python_child, wait_event
 
 TO_HUB = {k.name for k in MESSAGE_KINDS if k.direction is Direction.TO_HUB}
 TO_AGENT = {k.name for k in MESSAGE_KINDS if k.direction is Direction.TO_AGENT}

@@ -31,7 +31,7 @@ from supervisor import (
 )
 from supervisor.testing import SimulatedProcessBackend
 
-from .helpers import TIMEOUT, alive, is_, running, sleeper, wait_event
+from ..helpers import TIMEOUT, alive, is_, running, sleeper, wait_event
 
 
 class _OsFailingOnce:

@@ -24,7 +24,7 @@ from supervisor._proc import GroupUsage
 from supervisor._top import _CPU, Snapshot, _bytes, _Keys, _socket, poll, render, top
 from supervisor.control.client import request
 
-from . import raw_agent
+from .. import raw_agent
 
 PY = sys.executable
 TIMEOUT = 30.0
