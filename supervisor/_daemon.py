@@ -142,11 +142,7 @@ def run_hub(
         hub_id=hub_id,
     )
     if hub.work.store is not None:
-        # WorkStore.check_hub_id (refuses an id another live hub holds) is being added to
-        # the protocol on another branch; until then a store may not have it.
-        check_hub_id = getattr(hub.work.store, "check_hub_id", None)
-        if check_hub_id is not None:
-            check_hub_id(hub.hub_id)
+        hub.work.store.check_hub_id(hub.hub_id)  # refuses an id another live hub holds
     socket_path = _agent_env(hub, control_socket, redis)
     # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
     # inside an except* block comes out wrapped in the group it replaced (CPython
