@@ -57,3 +57,29 @@ async def test_a_tap_reader_that_falls_behind_loses_lines_counted_never_slowing_
         await hub.stop()
     assert ["0", "1", "2", "3", "4"] == got
     assert 195 == hub.output_dropped
+
+
+async def test_a_metrics_request_head_over_8_kib_is_answered_400_and_closed() -> None:
+    import socket
+
+    from supervisor import MetricsService
+
+    from .helpers import running
+
+    metrics = MetricsService("127.0.0.1:0")
+    async with running([], services=[metrics]):
+
+        def huge_head() -> bytes:
+            with socket.create_connection(("127.0.0.1", metrics.port), timeout=TIMEOUT) as s:
+                # 8,193 bytes exactly: the server reads all of them before it refuses, so
+                # it closes with nothing unread (a FIN, not a reset that could eat the answer).
+                start = b"GET /metrics HTTP/1.1\r\nX-Pad: "
+                s.sendall(start + b"p" * (8193 - len(start)))
+                answer = b""
+                while chunk := s.recv(4096):  # the server closes after its answer
+                    answer += chunk
+                return answer
+
+        answer = await trio.to_thread.run_sync(huge_head)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"request head over 8192 bytes" in answer
