@@ -83,3 +83,28 @@ async def test_a_metrics_request_head_over_8_kib_is_answered_400_and_closed() ->
         answer = await trio.to_thread.run_sync(huge_head)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"request head over 8192 bytes" in answer
+
+
+async def test_a_metrics_connection_that_sends_nothing_is_closed_after_the_request_timeout() -> (
+    None
+):
+    import socket
+
+    from supervisor import MetricsService
+
+    from .helpers import running
+
+    metrics = MetricsService("127.0.0.1:0", request_timeout=0.3)
+    async with running([], services=[metrics]):
+
+        def idle() -> bytes:
+            with socket.create_connection(("127.0.0.1", metrics.port), timeout=TIMEOUT) as s:
+                answer = b""
+                while chunk := s.recv(4096):  # blocks until the server gives up on us
+                    answer += chunk
+                return answer
+
+        answer = await trio.to_thread.run_sync(idle)
+    # Closed by the server (a socket timeout here would have raised): with or without a
+    # word, the connection did not stay open for the client's TIMEOUT.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 ")
