@@ -58,6 +58,7 @@ __all__ = [
     "JSONText",
     "MessageKind",
     "MessageTable",
+    "NotJSON",
     "NotifyMessage",
     "Ping",
     "Stop",
@@ -191,12 +192,13 @@ class JSONText(str):
     data: Any
 
 
-class _ForbiddenConstant(ValueError):
-    """NaN, Infinity or -Infinity in JSON text (Python's json accepts them; JSON does not)."""
+class NotJSON(ValueError):
+    """NaN, Infinity or a number that overflows to it in JSON text: Python's json reads
+    them, JSON (and the protocol) does not."""
 
 
 def _refuse_constant(name: str) -> Any:
-    raise _ForbiddenConstant(
+    raise NotJSON(
         f"{name} is not JSON (the protocol forbids NaN and Infinity); send null, a string "
         "or a finite number"
     )
@@ -205,7 +207,7 @@ def _refuse_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999: no NaN in the text, Infinity once decoded
-        raise _ForbiddenConstant(
+        raise NotJSON(
             f"{text[:32]} overflows to Infinity, which is not JSON; send a smaller number "
             "or a string"
         )
@@ -243,13 +245,15 @@ def loads_strict(text: str) -> Any:
         RecursionError: nested too deeply.
     """
     obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    return safe_json(obj) if _SURROGATE_ESCAPE_RE.search(text) else obj
+    # A lone surrogate comes from an escape, or from text a caller decoded loosely.
+    risky = _SURROGATE_ESCAPE_RE.search(text) or _SURROGATE_RE.search(text)
+    return safe_json(obj) if risky else obj
 
 
 def _json_object(word: str, value: str, required: dict[str, type | tuple[type, ...]]) -> str:
     try:
         obj = loads_strict(value)
-    except _ForbiddenConstant as exc:
+    except NotJSON as exc:
         raise InvalidNotifyMessage(f"{word}: {exc}") from None
     except (ValueError, RecursionError):
         raise InvalidNotifyMessage(f"{word} needs a JSON object, got {value[:64]!r}") from None

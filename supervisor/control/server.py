@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from agents._protocol import NotJSON
+
 from .._errors import ControlError
 from .._log import logger
 from .events import EventRing, find_ring
 from .handlers import HANDLERS, STREAMS, Stream
 from .ops import Args, ControlLimits, Op, parse_request
 from .paths import claim, taken
-from .wire import MAX_DEPTH, MAX_LINE, NotJSON, dumps, loads_request, too_deep
+from .wire import MAX_DEPTH, MAX_LINE, dumps, loads_request, too_deep
 
 if TYPE_CHECKING:
     from .._hub import Hub

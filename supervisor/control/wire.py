@@ -15,12 +15,9 @@ __all__ = [
     "MAX_ANSWER",
     "MAX_DEPTH",
     "MAX_LINE",
-    "NotJSON",
     "dumps",
     "loads_answer",
     "loads_request",
-    "safe_json",
-    "safe_text",
     "too_deep",
 ]
 
@@ -57,32 +54,9 @@ def too_deep(line: bytes) -> bool:
 
 # JSON at the boundary: what comes in is made safe once, here ---------------------------
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """A JSON escape that may decode to a lone surrogate (a valid pair decodes to one code
 point, so any surrogate left in a decoded string is a lone one)."""
-
-
-class NotJSON(ValueError):
-    """NaN, Infinity or a number that overflows to it: Python's json reads them, JSON
-    (and the protocol) does not."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise NotJSON(
-        f"{name} is not JSON (the protocol forbids NaN and Infinity); send null, a string "
-        "or a finite number"
-    )
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise NotJSON(
-            f"{text[:32]} overflows to Infinity, which is not JSON; send a smaller number "
-            "or a string"
-        )
-    return value
 
 
 def _named_float(text: str) -> float | str:
@@ -90,37 +64,19 @@ def _named_float(text: str) -> float | str:
     return value if math.isfinite(value) else text
 
 
-def safe_text(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
-
-    A JSON escape such as ``"\\udcff"`` (what ``json.dumps`` makes of a file name read
-    with ``surrogateescape``) decodes to a lone surrogate, which nothing downstream can
-    encode: Redis, a log file, a terminal.
-    """
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def safe_json(obj: Any) -> Any:
-    """``obj`` (decoded JSON) with :func:`safe_text` applied to every string and key."""
-    if isinstance(obj, str):
-        return safe_text(obj)
-    if isinstance(obj, dict):
-        return {safe_text(str(k)): safe_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [safe_json(v) for v in obj]
-    return obj
-
-
 def loads_request(line: bytes | str) -> Any:
-    """Decode a request line: UTF-8 strictly, NaN and Infinity refused, lone surrogates
-    replaced, so whatever a client sends re-encodes anywhere in the hub.
+    """Decode a request line: UTF-8 strictly, then the agent protocol's JSON rules
+    (:func:`agents._protocol.loads_strict`: NaN and Infinity refused, lone surrogates
+    replaced), so whatever a client sends re-encodes anywhere in the hub.
 
     Raises:
-        ValueError: not UTF-8 or not JSON; :class:`NotJSON` for NaN and Infinity.
+        ValueError: not UTF-8 or not JSON; ``NotJSON`` for NaN and Infinity.
     """
-    text = line.decode() if isinstance(line, bytes) else line
-    obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    return safe_json(obj) if _SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text) else obj
+    # The protocol's rules, imported on first use: a client command that sends no JSON
+    # of its own (``status``) does not pay for the protocol's tables.
+    from agents._protocol import loads_strict
+
+    return loads_strict(line.decode() if isinstance(line, bytes) else line)
 
 
 def loads_answer(line: bytes) -> Any:
@@ -133,7 +89,11 @@ def loads_answer(line: bytes) -> Any:
     """
     text = line.decode()
     obj = json.loads(text, parse_constant=str, parse_float=_named_float)
-    return safe_json(obj) if _SURROGATE_ESCAPE.search(text) else obj
+    if not _SURROGATE_ESCAPE.search(text):
+        return obj
+    from agents._protocol import safe_json  # rare: only for an answer that needs it
+
+    return safe_json(obj)
 
 
 def dumps(obj: Any, **kw: Any) -> str:
