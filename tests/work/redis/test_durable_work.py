@@ -22,7 +22,7 @@ import trio
 from supervisor import ControlError, Hub, WorkService
 from supervisor.work.redis import RedisWorkQueue
 
-from ...helpers import TIMEOUT, alive
+from ...helpers import alive, until
 from ...redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
 from ...redis_server import RedisServer, redis_server, redis_server_factory
 from ..test_service import agent
@@ -30,20 +30,6 @@ from ..test_service import agent
 __all__ = ["redis_server", "redis_server_factory"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Any:
-    """A client of the test's server for reading the record (closed after the test)."""
-    c = redis_server.client()
-    yield c
-    c.close()
-
-
-async def until_async(predicate: Any, timeout: float = TIMEOUT) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 # In one process -----------------------------------------------------------------------
@@ -59,7 +45,7 @@ async def test_items_flow_through_redis_and_each_ends_once_in_the_record(
         await nursery.start(hub.serve)
         items = [hub.work.submit("w", {"n": n}) for n in range(30)]
         assert all([await hub.work.stored(i.id) for i in items])
-        await until_async(lambda: len(record(client)) >= 30)
+        await until(lambda: len(record(client)) >= 30)
         cluster = await hub.work.cluster()
         await hub.stop()
     assert set(outcomes(client).values()) == {1}
@@ -86,14 +72,14 @@ async def test_a_result_written_after_the_lease_moved_on_is_refused_on_the_serve
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.serve)
         done = hub.work.submit("w", {"n": 1})
-        await until_async(lambda: len(record(client)) == 1)
+        await until(lambda: len(record(client)) == 1)
         # Another incarnation took the item over in Redis (as after a lease expiry).
         key = f"hubvisor:work:{{w}}:item:{done.id}"
         client.hset(key, mapping={"st": "assigned", "tok": "someone-else"})
         replies = []
         queue._fenced(done, "finish", "completed", 1, "[]", '"forged"', "", "a1", 60)
         queue._outbox[-1] = attrs_evolve(queue._outbox[-1], replies.append)
-        await until_async(lambda: bool(replies))
+        await until(lambda: bool(replies))
         await hub.stop()
     assert replies[0][0] == 0
     assert b"lease lost" in replies[0][1]
@@ -138,7 +124,7 @@ async def test_work_queued_before_a_hub_restart_completes_after_it(
     second = Hub([agent("a1")], work=WorkService(RedisWorkQueue(redis_server.url)), hub_id="A")
     async with trio.open_nursery() as nursery:
         await nursery.start(second.serve)
-        await until_async(lambda: len(record(client)) == 5)
+        await until(lambda: len(record(client)) == 5)
         await second.stop()
     assert sorted(outcomes(client)) == sorted(ids)
 
@@ -153,23 +139,23 @@ async def test_redis_down_the_hub_supervises_on_and_writes_its_results_when_it_r
         await nursery.start(hub.serve)
         # Items the hub holds (taken) before the outage: it finishes them during it.
         held = [hub.work.submit("w", {"n": n}).id for n in range(3)]
-        await until_async(lambda: len(record(client)) == 3)
+        await until(lambda: len(record(client)) == 3)
         redis_server.kill()
         later = [hub.work.submit("w", {"n": n}) for n in range(3)]
         assert [await hub.work.stored(i.id, timeout=0.5) for i in later] == [False] * 3
-        await until_async(lambda: queue.outage)
+        await until(lambda: queue.outage)
         # Supervision goes on: an agent killed while Redis is down is restarted.
         (old,) = [r.info.pid for r in hub.which_children() if r.info.id == "a1"]
         assert old is not None
         os.kill(old, signal.SIGKILL)
-        await until_async(
+        await until(
             lambda: (
                 next(r.info.pid for r in hub.which_children() if r.info.id == "a1")
                 not in (None, old)
             )
         )
         redis_server.start()
-        await until_async(lambda: len(record(client)) == 6)
+        await until(lambda: len(record(client)) == 6)
         await hub.stop()
     assert sorted(outcomes(client)) == sorted(held + [i.id for i in later])
 
@@ -386,17 +372,17 @@ async def test_any_hub_shows_and_retries_an_item_another_hub_finished(
         await nursery.start(doer.serve)
         await nursery.start(other.serve)
         failed = other.work.submit("w", {"fail": "no such file"})  # B has no "w" agents
-        await until_async(lambda: len(record(client)) == 1)
+        await until(lambda: len(record(client)) == 1)
         seen = await other.work.fetch(failed.id)  # B never held it: read from Redis
         assert seen.status == "failed" and seen.error == "no such file"
         assert [h.agent for h in seen.history] == ["A/a1"]  # the history names the hub
         again = await other.work.retry_any(failed.id)
         # queued again with fresh deliveries (A may have taken it already: it races us)
         assert again.status in ("queued", "assigned") and again.deliveries <= 1
-        await until_async(lambda: len(record(client)) == 2)  # A took it again, failed again
+        await until(lambda: len(record(client)) == 2)  # A took it again, failed again
         assert [r["outcome"] for r in record(client)] == ["failed", "failed"]
         done = other.work.submit("w", {"n": 2})
-        await until_async(lambda: len(record(client)) == 3)
+        await until(lambda: len(record(client)) == 3)
         with pytest.raises(ControlError, match="cannot be retried: it is completed"):
             await other.work.retry_any(done.id)
         await doer.stop()

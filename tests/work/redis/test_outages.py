@@ -22,7 +22,7 @@ from supervisor.work.redis import RedisWorkQueue
 from supervisor.work.redis._outbox import _Op
 from supervisor.work.redis._scripts import _FENCED
 
-from ...helpers import TIMEOUT
+from ...helpers import until
 from ...redis_hubs import HUBVISOR, HubProc, item, outcomes, record, wait_for
 from ...redis_server import RedisServer, redis_server, redis_server_factory
 from ..test_service import agent
@@ -30,19 +30,6 @@ from ..test_service import agent
 __all__ = ["redis_server", "redis_server_factory"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Any:
-    c = redis_server.client()
-    yield c
-    c.close()
-
-
-async def until(predicate: Any, timeout: float = TIMEOUT) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 def held(hub: Hub) -> RedisWorkQueue:

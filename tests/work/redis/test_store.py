@@ -20,21 +20,15 @@ from supervisor.work.redis._codec import _alive, _safe, _wall
 from supervisor.work.redis._outbox import _Op
 from supervisor.work.redis._scripts import _FENCED, _SUBMIT, _TAKE
 
+from ...helpers import until
 from ...redis_hubs import item, record
 from ...redis_server import RedisServer, free_port, redis_server, redis_server_factory
 from ..test_service import agent
-from .test_outages import _Service, until
+from .test_outages import _Service
 
 __all__ = ["redis_server", "redis_server_factory"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Any:
-    c = redis_server.client()
-    yield c
-    c.close()
 
 
 def a_dead_pid() -> int:
