@@ -65,19 +65,30 @@ class HubProc:
         size: int = 2,
         lease: float = 1.5,
         agent_type: str = "w",
+        spec: str | None = None,
+        args: tuple[str, ...] = (),
+        call_timeout: float = 10.0,
     ):
+        """``spec``: the spec file's text (default: a pool of ``size`` raw agents of
+        ``agent_type``); ``args``: more ``hubvisor run`` arguments."""
         self.hub_id = hub_id
         self.url = url
         self.lease = lease
-        self.spec = tmp / f"spec-{agent_type}-{size}.py"
-        self.spec.write_text(SPEC.replace("{size}", str(size)).replace("{type}", agent_type))
+        self.args = args
+        self.call_timeout = call_timeout
+        if spec is None:
+            self.spec = tmp / f"spec-{agent_type}-{size}.py"
+            spec = SPEC.replace("{size}", str(size)).replace("{type}", agent_type)
+        else:
+            self.spec = tmp / f"spec-{hub_id}.py"
+        self.spec.write_text(spec)
         self.socket = tmp / f"{hub_id}.sock"
         self.log = tmp / f"{hub_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> HubProc:
         argv = [HUBVISOR, "run", str(self.spec), "--redis", self.url, "--hub-id", self.hub_id]
-        argv += ["--lease", str(self.lease), "--socket", str(self.socket)]
+        argv += ["--lease", str(self.lease), "--socket", str(self.socket), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -102,7 +113,7 @@ class HubProc:
         return self.proc.pid
 
     def call(self, op: str, **args: Any) -> Any:
-        return request(self.socket, {"op": op, **args}, 10.0)
+        return request(self.socket, {"op": op, **args}, self.call_timeout)
 
     def submit(self, payload: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.call("submit", type="w", payload=payload)

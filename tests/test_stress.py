@@ -30,7 +30,7 @@ import pytest
 import redis
 
 from . import raw_agent
-from .redis_hubs import HUBVISOR, record, wait_for
+from .redis_hubs import HubProc, record, wait_for
 from .redis_server import RedisServer, free_port, redis_server, redis_server_factory  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -129,57 +129,24 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-class Hub:
-    """One ``hubvisor run --redis`` process with its control socket and metrics port."""
+class Hub(HubProc):
+    """One ``hubvisor run --redis`` process of this test's spec, with a metrics port."""
 
     def __init__(self, tmp: Path, hub_id: str, url: str, *, flooder: bool) -> None:
-        import subprocess
-
-        self.hub_id = hub_id
-        self.spec = tmp / f"spec-{hub_id}.py"
-        self.spec.write_text(SPEC.replace("{flooder}", FLOODER_POOL if flooder else ""))
-        self.socket = tmp / f"{hub_id}.sock"
-        self.log = tmp / f"{hub_id}.log"
         self.metrics_port = free_port()
-        argv = [HUBVISOR, "run", str(self.spec), "--redis", url, "--hub-id", hub_id]
-        argv += ["--lease", str(LEASE), "--socket", str(self.socket)]
-        argv += ["--metrics", f"127.0.0.1:{self.metrics_port}"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        wait_for(self._ready, 60, f"hub {hub_id} to serve with its agents running")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"hub {self.hub_id} exited:\n{self.log.read_text()[-3000:]}")
-        try:
-            status = self.call("status")
-        except Exception:
-            return False
-        return bool(status["agents"]) and all(a["status"] != "starting" for a in status["agents"])
-
-    def call(self, op: str, **args: Any) -> Any:
-        from supervisor.control.client import request
-
-        return request(self.socket, {"op": op, **args}, 20.0)
+        super().__init__(
+            tmp,
+            hub_id,
+            url,
+            lease=LEASE,
+            spec=SPEC.replace("{flooder}", FLOODER_POOL if flooder else ""),
+            args=("--metrics", f"127.0.0.1:{self.metrics_port}"),
+            call_timeout=20.0,  # answers wait behind the floods
+        )
+        self.start()
 
     def agents(self, agent_type: str = "w") -> list[dict[str, Any]]:
         return [a for a in self.call("status")["agents"] if a["type"] == agent_type]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def open_idle(n: int, connect: Any) -> list[socket.socket]:
