@@ -108,3 +108,59 @@ async def test_a_metrics_connection_that_sends_nothing_is_closed_after_the_reque
     # Closed by the server (a socket timeout here would have raised): with or without a
     # word, the connection did not stay open for the client's TIMEOUT.
     assert answer == b"" or answer.startswith(b"HTTP/1.1 ")
+
+
+async def test_records_read_after_an_agent_exited_stop_at_1000_while_a_writer_floods() -> None:
+    """A process left in the agent's group that keeps writing to its notify channel cannot
+    stall the exit's handling: at most 1,000 queued records are read, then the reader
+    moves on (docs/bounds.md, "records read after an agent exited")."""
+    import select
+    import socket
+    import threading
+
+    from supervisor._notify import SocketNotifySource, open_notify_pair
+    from supervisor._watchdog import _DRAIN_LIMIT, ChannelWatcher
+
+    sent = 5000
+    hub_end, fd = open_notify_pair()
+    writer = socket.socket(fileno=fd)
+
+    def flood() -> None:  # blocking sends: the queue is refilled as fast as it is read
+        try:
+            for _ in range(sent):
+                writer.send(b"HEARTBEAT")
+        except OSError:  # the reader closed its end
+            pass
+        finally:
+            writer.close()
+
+    class Refilled(SocketNotifySource):
+        """The real socket, read as if the writer were always ahead of the reader: each
+        read first waits until a record (or the end) is there, so the count is exact."""
+
+        def receive_nowait(self) -> bytes | None:
+            assert self._raw is not None
+            select.select([self._raw], [], [], TIMEOUT)
+            return super().receive_nowait()
+
+    source = Refilled(hub_end._sock, hub_end._raw)
+
+    class Counting:
+        """Stands in for the process actor: counts the records it is handed."""
+
+        read = 0
+
+        def _on_record(self, data: bytes) -> bool:
+            self.read += 1
+            return data == b"HEARTBEAT"
+
+    counting = Counting()
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        alive = ChannelWatcher._drain(counting, source)  # type: ignore[arg-type]
+        assert alive
+        assert counting.read == _DRAIN_LIMIT == 1000 < sent
+    finally:
+        source.close()
+        thread.join(TIMEOUT)
