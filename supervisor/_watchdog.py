@@ -114,9 +114,24 @@ class ChannelWatcher:
         self._set_running()
 
     async def _ready_deadline(self, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await self._ready.wait()
-            return
+        """Kill the child if it is not READY after ``timeout`` seconds of the hub's
+        running time: a stall of the hub's own loop (during which a READY may sit unread)
+        moves the deadline on by the stall, as for heartbeats."""
+        stalls = self._ctx.stalls
+        stalls.watch()
+        try:
+            start = trio.current_time()
+            mark = stalls.stalled()
+            deadline = start + timeout
+            while True:
+                with trio.move_on_at(deadline):
+                    await self._ready.wait()
+                    return
+                deadline = start + timeout + (stalls.stalled() - mark)
+                if deadline <= trio.current_time():
+                    break
+        finally:
+            stalls.unwatch()
         await self._kill_unresponsive(f"not READY within {timeout:g}s", timeout)
 
     async def _notify(self, source: NotifySource) -> None:

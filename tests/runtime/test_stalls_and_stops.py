@@ -340,3 +340,34 @@ async def test_a_hang_is_logged_as_killed_after_hang() -> None:
         assert exited.hung  # type: ignore[attr-defined]
         line = format_event(exited)
         assert "killed after hang: killed by SIG" in line, line
+
+
+async def test_a_stalled_hub_does_not_fail_an_agent_that_became_ready_during_the_stall(
+    tmp_path: Path,
+) -> None:
+    """ready_timeout counts the hub's running time, like heartbeat_timeout: an agent that
+    sent READY while the hub's loop was blocked past its ready_timeout is running, not
+    killed as "not READY" (its READY sat unread in the socket)."""
+    go = tmp_path / "go"
+    code = (
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "os.write(int(os.environ['HUBVISOR_NOTIFY_FD']), b'READY')\n"
+        "time.sleep(1000)\n"
+    )
+    spec = python_child("late", code, ready="notify", ready_timeout=1.0)
+    async with running(spec) as (hub, events):
+        seen: list[Event] = []
+        await wait_event(events, is_("starting", "late"), seen)
+        # Let the readiness timer arm (this only makes the test able to fail without the
+        # rule; with it, the test passes whenever the timer armed).
+        await trio.sleep(0.3)
+        go.touch()
+        time.sleep(2.5)  # a stalled hub: the READY arrives while the loop does not run
+        await wait_event(events, is_("running", "late"), seen)
+        await trio.sleep(0.5)
+        seen += drain(events)
+        bad = [e for e in seen if e.kind in ("hung", "exited", "restarting", "failed")]
+        assert bad == []
+        assert [r.info.restarts for r in hub.which_children()] == [0]
