@@ -114,7 +114,7 @@ class Supervisor(SupervisorRequests):
     async def start_child(self, spec: ChildSpec | SupervisorSpec | PoolSpec) -> None:
         """Add a child after the others and start it (OTP ``start_child``)."""
         _check_spec_type(spec)
-        await self._call(lambda: self._do_start_child(spec))
+        await self._call(lambda: self._do_start_child(spec), about=frozenset([spec.id]))
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child; it stays stopped until restarted, and a temporary child is
