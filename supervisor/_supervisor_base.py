@@ -325,7 +325,7 @@ class SupervisorBase:
     def _on_sibling_stopped(self, msg: _SiblingStopped) -> _GroupStop | None:
         """Mark a sibling of the group restart stopped; the group once it was the last."""
         x, group = msg.member, msg.group
-        if group is not self._group:  # the supervisor is ending (see _serve)
+        if group is not self._group:  # not the group under way (the loop ends after it)
             msg.applied.set()
             return None
         was_active = msg.was_alive or x.state is _Lifecycle.BACKING_OFF
