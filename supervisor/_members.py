@@ -13,7 +13,7 @@ import trio
 
 from ._child import ChildExit, ChildPhase, ProcessActor
 from ._errors import ControlError
-from ._plan import MemberView
+from ._plan import MemberView, Plan
 from ._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ class _Stop:
 @attrs.define(eq=False)
 class _Call:
     fn: Callable[[], Awaitable[Any]]
+    # The children the request acts on (``None``: any of them, as a resize may). While a
+    # group restart stops its members, a request naming one of them waits for it.
+    about: frozenset[str] | None = frozenset()
     done: trio.Event = attrs.field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -102,7 +105,33 @@ class _Stopped:
     op: int
 
 
-_Message: TypeAlias = ChildExit | _RestartDue | _Call | _Stop | _Stopped
+@attrs.define(eq=False)
+class _GroupStop:
+    """A group restart (one-for-all, rest-for-one...) stopping its live siblings in a
+    task of its own: ``failed`` exited and ``plan`` said to stop ``siblings`` (in start
+    order; stopped in reverse, a pool's all at once). The loop applies each stop as it is
+    reported and carries the rest of the plan out once ``left`` is 0."""
+
+    failed: _Member
+    plan: Plan
+    siblings: list[_Member]
+    left: int
+    ids: frozenset[str]  # the failed member's and its siblings'
+
+
+@attrs.frozen(eq=False)
+class _SiblingStopped:
+    """The group stopper's report that ``member`` has ended (``was_alive``: it had to be
+    stopped; else it was backing off, or ended by itself first); it goes on with the next
+    member once the loop has applied this one and set ``applied``."""
+
+    group: _GroupStop
+    member: _Member
+    was_alive: bool
+    applied: trio.Event
+
+
+_Message: TypeAlias = ChildExit | _RestartDue | _Call | _Stop | _Stopped | _SiblingStopped
 
 
 class _Lifecycle(enum.Enum):

@@ -12,6 +12,7 @@ OTP's ``gen_server`` based supervisor. What to do about an exit is decided by th
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +37,9 @@ from ._members import (
     _check_spec_type,
     _Lifecycle,
     _Member,
+    _Message,
     _Pending,
+    _SiblingStopped,
     _Stop,
     _Stopped,
 )
@@ -111,25 +114,25 @@ class Supervisor(SupervisorRequests):
     async def start_child(self, spec: ChildSpec | SupervisorSpec | PoolSpec) -> None:
         """Add a child after the others and start it (OTP ``start_child``)."""
         _check_spec_type(spec)
-        await self._call(lambda: self._do_start_child(spec))
+        await self._call(lambda: self._do_start_child(spec), about=frozenset([spec.id]))
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child; it stays stopped until restarted, and a temporary child is
         forgotten (OTP). A group restart it was waiting for is called off: the siblings
         that would have restarted with it stay down too."""
-        await self._call(lambda: self._do_terminate(child_id))
+        await self._call(lambda: self._do_terminate(child_id), about=frozenset([child_id]))
 
     async def restart_child(self, child_id: str) -> None:
         """Start a stopped child, or stop and start a running one (no intensity cost)."""
-        await self._call(lambda: self._do_restart(child_id))
+        await self._call(lambda: self._do_restart(child_id), about=frozenset([child_id]))
 
     async def delete_child(self, child_id: str) -> None:
         """Stop a child if it runs and forget its spec."""
-        await self._call(lambda: self._do_delete(child_id))
+        await self._call(lambda: self._do_delete(child_id), about=frozenset([child_id]))
 
     async def resize(self, size: int) -> None:
         """Grow or shrink a pool to ``size`` members (stopping the highest-numbered)."""
-        await self._call(lambda: self._do_resize(size))
+        await self._call(lambda: self._do_resize(size), about=None)
 
     async def stop(self) -> None:
         """Stop every child in reverse start order (a pool: all at once) and end.
@@ -211,14 +214,30 @@ class Supervisor(SupervisorRequests):
         return outcome
 
     async def _loop(self) -> SupervisorEscalation | None:
+        stopping = False
         while True:
-            msg = await self._inbox.receive()
-            if isinstance(msg, _Stop):
+            if stopping and self._group is None:
+                # A group restart under way when the stop came has ended (void): the
+                # exits that waited for it are handled as the stop's, then the loop ends.
+                held, self._held = self._held, deque()
+                for msg in held:
+                    if isinstance(msg, ChildExit):
+                        await self._on_exit(msg)
+                    else:
+                        self._held.append(msg)  # a call: failed once the loop has ended
                 return None
-            if isinstance(msg, _Call):
+            msg = await self._next()
+            if isinstance(msg, _Stop):
+                stopping = True
+            elif isinstance(msg, _SiblingStopped):
+                group = self._on_sibling_stopped(msg)
+                if group is not None:
+                    await self._restart_group(group.failed, group.plan)
+            elif self._waits(msg, stopping):
+                self._held.append(msg)
+            elif isinstance(msg, _Call):
                 await self._run_call(msg)
-                if self._stop_requested:
-                    return None
+                stopping = stopping or self._stop_requested
             elif isinstance(msg, ChildExit):
                 outcome = await self._on_exit(msg)
                 if outcome is not None:
@@ -227,6 +246,29 @@ class Supervisor(SupervisorRequests):
                 await self._on_stopped(msg.op)
             else:
                 await self._on_restart_due(msg.token)
+
+    async def _next(self) -> _Message:
+        """The next message: one held for a group restart that has been carried out since,
+        else the inbox's."""
+        if self._held and self._group is None:
+            return self._held.popleft()
+        return await self._inbox.receive()
+
+    def _waits(self, msg: _Message, stopping: bool) -> bool:
+        """Whether ``msg`` waits for the group restart whose siblings are stopping.
+
+        Exits wait, as in OTP, whose supervisor takes the next exit only once a restart
+        is done: a restart decided meanwhile would see the group half stopped. So do
+        requests naming a member of the group (or any member, like a resize), and every
+        request once the supervisor is stopping. Timers, other requests and the ends of
+        stops on request do not wait.
+        """
+        if isinstance(msg, _Call):
+            if stopping:
+                return True
+            group = self._group
+            return group is not None and (msg.about is None or bool(msg.about & group.ids))
+        return isinstance(msg, ChildExit) and self._group is not None
 
     async def _run_call(self, call: _Call) -> None:
         try:
@@ -249,17 +291,19 @@ class Supervisor(SupervisorRequests):
     def _fail_pending_calls(self) -> None:
         while True:
             try:
-                msg = self._inbox.receive_nowait()
+                msg = self._held.popleft() if self._held else self._inbox.receive_nowait()
             except trio.WouldBlock:
                 return
             if isinstance(msg, _Call):
                 msg.error = ControlError(f"supervisor {self.path!r} ended before the request ran")
                 msg.done.set()
 
-    async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def _call(
+        self, fn: Callable[[], Awaitable[Any]], about: frozenset[str] | None = frozenset()
+    ) -> Any:
         if self.ended or self._nursery is None:
             raise ControlError(f"supervisor {self.path!r} is not running")
-        call = _Call(fn)
+        call = _Call(fn, about)
         self._send.send_nowait(call)
         await call.done.wait()
         if call.error is not None:
@@ -326,14 +370,24 @@ class Supervisor(SupervisorRequests):
                 self._remove(m)
             return None
         m.state = _Lifecycle.STOPPED
-        await self._stop_members(self._lookup(p.stop), "restarting")
+        siblings = self._lookup(p.stop)
+        if any(x.alive for x in siblings):
+            self._stop_group(m, p, siblings)  # restarts the group once they have ended
+            return None
+        await self._stop_members(siblings, "restarting")  # backing off: nothing to wait for
+        await self._restart_group(m, p)
+        return None
+
+    async def _restart_group(self, m: _Member, p: Plan) -> None:
+        """The rest of a restart plan, once the siblings have stopped: forget the
+        temporary ones and start the group again after the backoff."""
         group = self._lookup(p.restart)
         if self._stop_requested:
             # A stop was asked for while the siblings were stopping: the restart is void,
             # and every child of the group stays down.
             for x in group:
                 self._publish(ChildStopped, child_id=x.id, reason="shutdown")
-            return None
+            return
         for x in self._lookup(p.remove):
             self._remove(x)
         self._next_token += 1
@@ -355,7 +409,6 @@ class Supervisor(SupervisorRequests):
             self._nursery.start_soon(self._timer, p.delay, token)
         else:
             await self._on_restart_due(token)
-        return None
 
     async def _on_restart_due(self, token: int) -> None:
         for m in self._due.pop(token, ()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +25,18 @@ from ._events import (
     SupervisorStopping,
 )
 from ._members import (
+    _GroupStop,
     _Lifecycle,
     _Member,
     _Message,
     _Pending,
     _RestartDue,
+    _SiblingStopped,
     _StopOp,
     _Stopped,
     pool_member,
 )
+from ._plan import Plan
 from ._process import SpawnResourceError
 from ._spec import ChildSpec, PoolSpec, SupervisorSpec
 
@@ -76,6 +80,10 @@ class SupervisorBase:
         self._history: tuple[float, ...] = ()
         self._next_token = 0
         self._ops: dict[int, _StopOp] = {}  # stops on request in flight, by op number
+        self._group: _GroupStop | None = None  # a group restart stopping its siblings
+        # Messages that wait for that group restart to be carried out (exits, requests
+        # naming its members), in arrival order.
+        self._held: deque[_Message] = deque()
         self._stopped = trio.Event()
         # A latch, not a record: set once by stop() (from any task) so that nothing in
         # the subtree restarts from that moment on; only this task acts on it.
@@ -227,10 +235,8 @@ class SupervisorBase:
         m.stop_op = None  # a request stopping it finds it done (see _on_stopped)
         if m.alive:
             m.state = _Lifecycle.STOPPING
-            if m.sub is not None:
-                await m.sub.stop()
-            elif m.proc is not None:
-                await m.proc.stop()
+            await self._halt(m)
+            if m.proc is not None:
                 m.last_exit = m.proc.exit_reason
         m.state = _Lifecycle.STOPPED
         m.started_at = None
@@ -270,11 +276,72 @@ class SupervisorBase:
         self._nursery.start_soon(self._stopper, m, op)
 
     async def _stopper(self, m: _Member, op: int) -> None:
+        await self._halt(m)
+        self._send.send_nowait(_Stopped(op))
+
+    @staticmethod
+    async def _halt(m: _Member) -> None:
+        """Stop ``m``'s process or nested supervisor; return once it has ended."""
         if m.sub is not None:
             await m.sub.stop()
         elif m.proc is not None:
             await m.proc.stop()
-        self._send.send_nowait(_Stopped(op))
+
+    def _stop_group(self, failed: _Member, p: Plan, siblings: list[_Member]) -> None:
+        """Stop the siblings of a group restart in a task of its own, so the loop goes on
+        meanwhile (a stubborn sibling's graceful stop can take its whole ``shutdown``):
+        timers restart other members on time and requests about other members run.
+        The order stays OTP's: the task stops them in reverse start order (a pool's all
+        at once), each once the loop has applied the one before (so the events come in
+        the order of an inline stop); the loop restarts the group once all have ended."""
+        assert self._nursery is not None and self._group is None
+        ids = frozenset([failed.id, *(x.id for x in siblings)])
+        group = _GroupStop(failed, p, siblings, len(siblings), ids)
+        for x in siblings:
+            x.token = None  # the backoff it waited for no longer starts it
+            if x.alive:
+                x.state = _Lifecycle.STOPPING
+        self._group = group
+        self._nursery.start_soon(self._group_stopper, group)
+
+    async def _group_stopper(self, group: _GroupStop) -> None:
+        # Reads the members, changes nothing: the loop applies each report.
+        async def stop(x: _Member) -> None:
+            was_alive = x.alive
+            if was_alive:
+                await self._halt(x)
+            applied = trio.Event()
+            self._send.send_nowait(_SiblingStopped(group, x, was_alive, applied))
+            await applied.wait()
+
+        if self.is_pool:
+            async with trio.open_nursery() as nursery:
+                for x in group.siblings:
+                    nursery.start_soon(stop, x)
+        else:
+            for x in reversed(group.siblings):
+                await stop(x)
+
+    def _on_sibling_stopped(self, msg: _SiblingStopped) -> _GroupStop | None:
+        """Mark a sibling of the group restart stopped; the group once it was the last."""
+        x, group = msg.member, msg.group
+        if group is not self._group:  # not the group under way (the loop ends after it)
+            msg.applied.set()
+            return None
+        was_active = msg.was_alive or x.state is _Lifecycle.BACKING_OFF
+        if msg.was_alive and x.proc is not None:
+            x.last_exit = x.proc.exit_reason
+        x.state = _Lifecycle.STOPPED
+        x.started_at = None
+        x.token = None
+        if was_active:
+            self._publish(ChildStopped, child_id=x.id, reason="restarting")
+        msg.applied.set()
+        group.left -= 1
+        if group.left > 0:
+            return None
+        self._group = None
+        return group
 
     def _drain(self) -> None:
         # From the moment a stop is asked for, nothing in this subtree restarts: a

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from supervisor import ChildSpec, Event, InvalidChildSpec, PoolSpec
+from strategies import FixedBackoff
+from supervisor import ChildSpec, Event, InvalidChildSpec, PoolSpec, SupervisorSpec
+from tests.user_policies import OneAndNext
 
 from ..helpers import (
     PY,
@@ -25,6 +27,7 @@ from ..helpers import (
     is_,
     python_child,
     running,
+    sleeper,
     until,
     wait_all,
     wait_event,
@@ -251,6 +254,72 @@ async def test_fault10_a_slow_stop_does_not_block_restarts_or_requests(tmp_path:
         assert "stopped" == rows["t-agent-1"].state.value
         assert 1 == rows["t-agent-2"].restarts
         assert "t-agent-4" in rows
+
+
+async def test_a_group_restarts_slow_stop_does_not_block_other_restarts(tmp_path: Path) -> None:
+    """Fault 10's group counterpart. One-and-next over a, b, c; b's graceful stop lasts
+    until $HOLD is gone. c is SIGKILLed and backs off 2 s, then a is: its group restart
+    stops b. While b is stopping, c comes back on time and a request about c returns; a
+    request naming the group's a waits for the group. Once b has stopped, the group
+    restart goes on in OTP's order (b stopped, then a and b backing off together), and
+    the waiting terminate of a calls it off (b stays down with it)."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    b = python_child("b", TRAPS_TERM, ready="notify", shutdown=60.0, env={"HOLD": str(hold)})
+    spec = SupervisorSpec(
+        name="root",
+        strategy=OneAndNext(),
+        backoff=FixedBackoff(2.0),
+        children=[sleeper("a"), b, sleeper("c")],
+    )
+    async with running(spec) as (hub, events):
+        await wait_all(events, *(is_("running", x) for x in "abc"))
+        pids = {r.info.id: r.info.pid for r in hub.which_children()}
+
+        def states() -> dict[str, str]:
+            return {r.info.id: r.info.state.value for r in hub.which_children()}
+
+        terminated = trio.Event()
+
+        async def terminate_a() -> None:
+            await hub.terminate_child("a")
+            terminated.set()
+
+        seen: list[Event] = []
+        try:
+            os.kill(pids["c"], signal.SIGKILL)  # type: ignore[arg-type]
+            await wait_event(events, is_("backing_off", "c"), seen)
+            os.kill(pids["a"], signal.SIGKILL)  # type: ignore[arg-type]
+            await until(lambda: states()["b"] == "stopping")
+            seen += drain(events)
+            # The premise: the group's stop began well before c's backoff ended.
+            assert not [e for e in seen if is_("restarting", "c")(e)]
+            again = await wait_event(events, is_("running", "c"), seen)
+            assert again.pid != pids["c"]  # type: ignore[attr-defined]
+            assert "stopping" == states()["b"]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(terminate_a)
+                with trio.fail_after(TIMEOUT):
+                    await hub.restart_child("c")  # sent after the terminate, done first
+                assert not terminated.is_set()
+                assert "stopping" == states()["b"]
+                hold.unlink()  # b may end its stop now
+        finally:
+            hold.unlink(missing_ok=True)  # every graceful stop ends at once
+        seen += drain(events)
+        group = [
+            (e.kind, e.child_id, getattr(e, "reason", None))
+            for e in seen
+            if e.child_id in ("a", "b") and e.kind in ("stopped", "backing_off", "starting")
+        ]
+        assert [
+            ("stopped", "b", "restarting"),
+            ("backing_off", "a", None),
+            ("stopped", "a", "terminated"),
+            ("stopped", "b", "terminated"),
+        ] == group
+        assert terminated.is_set()
+        assert {"a": "stopped", "b": "stopped"} == {x: states()[x] for x in "ab"}
 
 
 # --------------------------------------------------------------------------------------

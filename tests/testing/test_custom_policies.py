@@ -129,14 +129,10 @@ def test_linear_backoff_bounds_are_its_own() -> None:
         check_backoff(trace)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: a group restart stops its members inside the supervisor's loop, so a "
-    "stubborn member's graceful stop (1 s) delays another member's backoff restart "
-    "(due at 0.25 s) to 1 s; issue 18's fault 10 made single stops asynchronous, not a "
-    "group's. Found by exploration on 2026-12-07; also fails on df8c60e.",
-)
 def test_a_group_restarts_stop_does_not_delay_another_members_backoff() -> None:
+    """Found by exploration: p1-agent-3 backs off 0.25 s, then p1-agent-1's group restart
+    stops the stubborn p1-agent-2 (1 s to SIGKILL). The group's stop ran inside the loop,
+    so p1-agent-3 restarted at 1 s; it runs in a task of its own now."""
     from strategies import Intensity
     from supervisor import PoolSpec
     from supervisor.testing import Crash, Exit
