@@ -139,6 +139,32 @@ _common = [
         "rediss:// for TLS; also $HUBVISOR_REDIS_URL, which keeps the password out of ps).",
     ),
     click.option(
+        "--work",
+        type=click.Choice(["sqlite", "memory"]),
+        default=None,
+        help="Where a hub without --redis keeps its work: 'sqlite' (the default) in a "
+        "SQLite database in --state-dir, kept across restarts and crashes; 'memory': in the "
+        "hub's memory only, lost when it stops.",
+    ),
+    click.option(
+        "--state-dir",
+        metavar="DIR",
+        envvar="HUBVISOR_STATE_DIR",
+        default=None,
+        help="The directory of the SQLite work store, created 0700; one hub at a time "
+        "(default: $XDG_STATE_HOME/hubvisor/<hub id>/, else "
+        "~/.local/state/hubvisor/<hub id>/; also $HUBVISOR_STATE_DIR).",
+    ),
+    click.option(
+        "--fsync",
+        type=click.Choice(["normal", "always"]),
+        default="normal",
+        show_default=True,
+        help="With the SQLite store: 'normal' syncs the write-ahead log at checkpoints (a "
+        "crash of the hub loses nothing acknowledged; a power loss may lose the last "
+        "commits); 'always' syncs every commit (survives a power loss, slower).",
+    ),
+    click.option(
         "--redis-prefix",
         default="hubvisor",
         show_default=True,
@@ -293,11 +319,34 @@ def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> N
     from ._demo import DemoFeeder, demo_spec
 
     _setup_logging(False)
-    _run_or_explain(
-        lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate),
-        options,
-        services=[DemoFeeder(every=every)],
+    fresh = (
+        options.get("redis") is None
+        and options.get("work") != "memory"
+        and options.get("state_dir") is None
     )
+    if not fresh:
+        _run_or_explain(
+            lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate),
+            options,
+            services=[DemoFeeder(every=every)],
+        )
+        return
+    # The demo starts clean: its SQLite store lives in a fresh directory, removed when it
+    # ends (--state-dir DIR keeps it, and a second run there resumes its work).
+    import logging
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hubvisor-demo-") as state:
+        logging.getLogger("hubvisor").info(
+            "demo: work kept in SQLite in a fresh directory, %s, removed when the demo "
+            "ends (--state-dir DIR keeps it)",
+            state,
+        )
+        _run_or_explain(
+            lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate),
+            {**options, "state_dir": state},
+            services=[DemoFeeder(every=every)],
+        )
 
 
 @main.command()

@@ -12,6 +12,7 @@ import functools
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import trio
 
@@ -102,6 +103,9 @@ def run_hub(
     control_max_connections: int = _LIMITS.max_connections,
     control_idle_timeout: float = _LIMITS.idle_timeout,
     metrics_max_connections: int = 16,
+    work: Literal["memory", "sqlite"] | None = None,
+    state_dir: str | None = None,
+    fsync: Literal["normal", "always"] = "normal",
 ) -> int:
     """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
 
@@ -115,12 +119,29 @@ def run_hub(
     (:class:`~supervisor._metrics.MetricsService`). ``control_max_connections``,
     ``control_idle_timeout``: see :class:`~supervisor.control.ops.ControlLimits`;
     ``metrics_max_connections``: scrapes served at once.
+    ``work``: where a hub without ``redis`` keeps its work: ``"sqlite"`` (the default) in
+    a SQLite database in ``state_dir`` (default: ``$XDG_STATE_HOME/hubvisor/<hub id>/``,
+    else ``~/.local/state/hubvisor/<hub id>/``), kept across restarts and crashes, each
+    commit synced as ``fsync`` says (``"always"``: ``synchronous=FULL``, survives a power
+    loss); ``"memory"``: in the hub's memory only, lost with it.
     """
+    if redis is not None and (work is not None or state_dir is not None):
+        raise ControlError(
+            "--work and --state-dir are for a hub without --redis: with --redis URL the "
+            "work lives in Redis (drop --work/--state-dir, or drop --redis)"
+        )
+    if work not in (None, "memory", "sqlite"):
+        raise ControlError(f"work must be 'memory' or 'sqlite' (got {work!r})")
+    if work == "memory" and state_dir is not None:
+        raise ControlError(
+            "--state-dir is where the SQLite store lives; --work memory keeps none (drop "
+            "one of them)"
+        )
     limits = ControlLimits(
         max_connections=control_max_connections, idle_timeout=control_idle_timeout
     )
     registry = None
-    work = None
+    service = None
     if metrics is not None:
         from ._metrics import MetricsService  # prometheus_client is imported only when used
 
@@ -131,19 +152,42 @@ def run_hub(
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
         registry = Registry(mirror=mirror)
-        work = WorkService(RedisWorkQueue(redis, prefix=redis_prefix, lease=lease))
+        service = WorkService(RedisWorkQueue(redis, prefix=redis_prefix, lease=lease))
+    elif work != "memory":
+        from .work.sqlite import SqliteWorkQueue  # sqlite3 is imported only when used
+
+        service = WorkService(SqliteWorkQueue(state_dir, fsync=fsync))
     hub = Hub(
         spec,
         max_agents=max_agents,
         registry=registry,
         # No orphan ever: whatever the agents start dies when the hub does, however.
         services=[OrphanKeeper(), LimitsService(), EventRing(), *services],
-        work=work,
+        work=service,
         hub_id=hub_id,
     )
-    if hub.work.store is not None:
-        hub.work.store.check_hub_id(hub.hub_id)  # refuses an id another live hub holds
-    socket_path = _agent_env(hub, control_socket, redis)
+    store = hub.work.store
+    try:
+        if store is not None:
+            # Refuses an id another live hub holds (Redis), a state directory another hub
+            # uses or a database that cannot be opened (SQLite).
+            store.check_hub_id(hub.hub_id)
+            logger.info("work: %s", store.describe())
+        else:
+            logger.info(
+                "work: kept in this hub's memory only (--work memory): queued and held "
+                "items are lost when the hub stops"
+            )
+        socket_path = _agent_env(hub, control_socket, redis)
+        return _run_in_trio(hub, duration, output, socket_path, limits)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run_in_trio(
+    hub: Hub, duration: float | None, output: bool, socket_path: Path | None, limits: ControlLimits
+) -> int:
     # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
     # inside an except* block comes out wrapped in the group it replaced (CPython
     # gh-103590), and the CLI printed a 43-line ExceptionGroup instead of one line.

@@ -122,6 +122,15 @@ def wait_until(predicate: object, timeout: float = 5.0) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def own_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's hubs keep their SQLite work store (the default state directory,
+    ``$XDG_STATE_HOME/hubvisor/<hub id>/``) in the test's own directory: no test sees
+    another's work, and none writes to the user's state directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("HUBVISOR_STATE_DIR", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """After each test: no marked process alive, no zombie child, no new open fd."""
     fds_before = set(os.listdir("/proc/self/fd"))

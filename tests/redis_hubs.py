@@ -1,6 +1,7 @@
-"""Real ``hubvisor run`` processes sharing one real ``redis-server``, for the durable-work
-tests: start, SIGKILL, SIGSTOP/SIGCONT and stop hubs; submit through their control
-sockets; read the record (the per-type ``log`` stream) straight from Redis.
+"""Real ``hubvisor run`` processes, alone (the SQLite store) or sharing one real
+``redis-server``, for the durable-work tests: start, SIGKILL, SIGSTOP/SIGCONT and stop
+hubs; submit through their control sockets; read the record (the per-type ``log``
+stream) straight from Redis.
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = ""
 
 
 class HubProc:
-    """One ``hubvisor run --redis`` process with its own control socket."""
+    """One ``hubvisor run`` process (``--redis`` when given a URL) with its own control
+    socket."""
 
     def __init__(
         self,
         tmp: Path,
         hub_id: str,
-        url: str,
+        url: str | None,
         *,
         size: int = 2,
         lease: float = 1.5,
@@ -69,8 +71,9 @@ class HubProc:
         args: tuple[str, ...] = (),
         call_timeout: float = 10.0,
     ):
-        """``spec``: the spec file's text (default: a pool of ``size`` raw agents of
-        ``agent_type``); ``args``: more ``hubvisor run`` arguments."""
+        """``url``: the Redis the hub shares (``None``: its own store, the SQLite default,
+        unless ``args`` say otherwise); ``spec``: the spec file's text (default: a pool of
+        ``size`` raw agents of ``agent_type``); ``args``: more ``hubvisor run`` arguments."""
         self.hub_id = hub_id
         self.url = url
         self.lease = lease
@@ -87,8 +90,10 @@ class HubProc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> HubProc:
-        argv = [HUBVISOR, "run", str(self.spec), "--redis", self.url, "--hub-id", self.hub_id]
-        argv += ["--lease", str(self.lease), "--socket", str(self.socket), *self.args]
+        argv = [HUBVISOR, "run", str(self.spec), "--hub-id", self.hub_id]
+        if self.url is not None:
+            argv += ["--redis", self.url, "--lease", str(self.lease)]
+        argv += ["--socket", str(self.socket), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -403,7 +403,8 @@ def _report_unfinished(items: Iterable[WorkItem]) -> None:
         more = f" and {len(left) - _LOST_IDS_SHOWN} more" if len(left) > _LOST_IDS_SHOWN else ""
         _log.warning(
             "hub stopping with %d work item%s not done, kept in memory only and lost "
-            "with the hub: %s%s (give the hub --redis URL for durable queues)",
+            "with the hub: %s%s (drop --work memory to keep work in SQLite across restarts, "
+            "or give the hub --redis URL to share it)",
             len(left),
             "" if len(left) == 1 else "s",
             shown,

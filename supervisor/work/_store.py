@@ -1,4 +1,4 @@
-"""What a shared store (Redis Streams) is to the work service, and what it asks back."""
+"""What a store (Redis Streams, SQLite) is to the work service, and what it asks back."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ class StoreHost(Protocol):
 
 @runtime_checkable
 class WorkStore(WorkQueue, Protocol):
-    """A :class:`WorkQueue` whose record lives in a shared store (Redis Streams): it runs
-    its own actor beside the service and answers the queries that need the store."""
+    """A :class:`WorkQueue` whose record lives in a store (Redis Streams, shared by hubs;
+    SQLite, one hub's): it runs its own actor beside the service and answers the queries
+    that need the store."""
 
     @property
     def known_types(self) -> set[str] | None:
@@ -64,6 +65,14 @@ class WorkStore(WorkQueue, Protocol):
     def check_hub_id(self, hub_id: str) -> None:
         """Before the hub starts: raise :class:`~supervisor.ControlError` when a live hub
         already uses ``hub_id`` in the store (a no-op for a store without hub ids)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the work lives, in a few words (the hub logs it at start)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what :meth:`check_hub_id` took (connections, locks); idempotent."""
         ...
 
     async def run(self, host: StoreHost, *, task_status: trio.TaskStatus[None]) -> None:

@@ -441,6 +441,16 @@ class RedisWorkQueue:
         its id when Redis answers (it stops if another hub holds it by then)."""
         self.claim.check(hub_id, self._make_client(1), self._url)
 
+    def describe(self) -> str:
+        """Where the work lives (logged at start)."""
+        return (
+            f"kept in Redis at {self.url}, prefix {self.prefix!r}, shared with every hub "
+            f"that uses it (lease {self.lease:g} s)"
+        )
+
+    def close(self) -> None:
+        """Nothing to let go of: the store's clients close when its run ends."""
+
     # ----------------------------------------------------------------------------------
     # queries (control ops)
 
