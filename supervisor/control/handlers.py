@@ -156,6 +156,7 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
             "pid": os.getpid(),
             "agents": len(agents),
             "work": {str(s): counts.get(str(s), 0) for s in ItemStatus},
+            "store": _store(hub),
             "queues": {
                 t: {"queued": c[ItemStatus.QUEUED], "assigned": c[ItemStatus.ASSIGNED]}
                 for t, c in sorted(queues.items())
@@ -180,6 +181,12 @@ def _agent_types(hub: Hub) -> set[str]:
     return {t for t in types if t}
 
 
+def _store(hub: Hub) -> str:
+    """Where the hub keeps its work, in a few words."""
+    store = hub.work.store
+    return "kept in this hub's memory only" if store is None else store.describe()
+
+
 async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     types = _agent_types(hub)
     # With a shared store another hub may run the type; alone, the item would never go.
@@ -191,9 +198,9 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     item = hub.work.submit(
         args["type"], args["payload"], max_deliveries=args.get("max_deliveries"), source="cli"
     )
-    # Durable before the answer when a store keeps the work (Redis): a "submitted" that
-    # only lived in the hub's memory could be lost with it. During a Redis outage the hub
-    # holds it and says so.
+    # Durable before the answer when a store keeps the work (SQLite, Redis): a "submitted"
+    # that only lived in the hub's memory could be lost with it. During an outage of the
+    # store the hub holds it and says so.
     stored = await hub.work.stored(item.id)
     return {**item.to_json(), "stored": stored}
 

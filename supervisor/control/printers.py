@@ -100,6 +100,8 @@ def _show_status(result: Any, args: Args) -> None:
     console = _console()
     work = ", ".join(f"{n} {status}" for status, n in hub["work"].items() if n) or "none"
     console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
+    if hub.get("store"):
+        console.print(Text(f"work {hub['store']}"))
     table = Table(box=box.SIMPLE_HEAD)
     right = ("pid", "uptime", "restarts", "heartbeat")
     for col in ("id", "type", "pid", "status", "uptime", "restarts", "heartbeat", "assignment"):
@@ -194,8 +196,9 @@ def _show_submitted(item: Any, args: Args) -> None:
     click.echo(item["id"])
     if item.get("stored") is False:
         click.echo(
-            "warning: Redis did not answer in time; the hub holds the item and writes it "
-            "when Redis is back (it is lost if the hub dies first)",
+            "warning: the work store (Redis, or the disk of the SQLite store) did not take "
+            "the item in time; the hub holds it and writes it when the store answers (it is "
+            "lost if the hub dies first)",
             err=True,
         )
 
