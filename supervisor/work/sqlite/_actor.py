@@ -16,7 +16,7 @@ from ..._redis_link import Backoff, Outage
 from .._item import ItemStatus
 from .._store import StoreHost
 from ._codec import encode, handed_back
-from ._db import Database, Opened
+from ._db import Database, Opened, Round
 from ._local import seq_of
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ _log = logging.getLogger("hubvisor")
 ROUND_ITEMS = 1000  # items written in one transaction at most
 _IDS_SHOWN = 50  # item ids one log line names
 
-__all__ = ["ROUND_ITEMS", "Actor", "wall"]
+__all__ = ["ROUND_ITEMS", "Actor", "build_round", "committed", "wall"]
 
 
 def wall(now: float) -> float:
@@ -100,7 +100,7 @@ class Actor:
             if q._closed or not q._has_writes():
                 await self.wake.wait()
                 continue
-            r = q._round(ROUND_ITEMS)
+            r = build_round(q, ROUND_ITEMS)
             try:
                 await trio.to_thread.run_sync(q._write, r, abandon_on_cancel=True)
             except Exception as exc:  # never ends the store: logged once, retried
@@ -111,7 +111,7 @@ class Actor:
             except BaseException:  # cancelled: it may still land; the final write redoes it
                 q._local.put_back(r.ids)
                 raise
-            q._committed(r)
+            committed(q, r)
             self.rounds += 1
             lasted = self.outage.up(trio.current_time())
             if lasted is not None:
@@ -144,7 +144,7 @@ class Actor:
         q = self.q
         if q._db is None or q._closed:
             return
-        r = q._round(None)
+        r = build_round(q, None)
         now = wall(trio.current_time())
         held = sorted(
             (i for i in q._local.items() if i.status is ItemStatus.ASSIGNED),
@@ -161,12 +161,52 @@ class Actor:
         r.clean = True
         error = await _bounded(lambda: q._write(r, q.timeout), q.timeout)
         if error is None:
-            q._committed(r)
+            committed(q, r)
             if held:
                 _log.info("work: %d held item(s) handed back in %s at stop", len(held), q.path)
             return
         q._local.put_back(r.ids)
         _unwritten(q, r.ids, error)
+
+
+def build_round(q: SqliteWorkQueue, limit: int | None) -> Round:
+    """The next round's rows (the oldest ``limit`` changed items, or all), from the
+    items' current state: built on the trio thread, written in a worker."""
+    local = q._local
+    ids = local.take_dirty(len(local.dirty) if limit is None else limit)
+    r = Round(ids, last_id=local.last_id, types=sorted(q._served - q._written_types))
+    if q._db_clean:
+        r.clean = False  # the hub runs again: the file no longer says it stopped
+    for item_id in ids:
+        item = local._items.get(item_id)
+        if item is None:
+            r.deletes.append(item_id)
+            continue
+        try:
+            r.upserts.append(encode(item, local.pos.get(item_id, 0)))
+        except (TypeError, ValueError, RecursionError) as exc:
+            q.poisoned += 1
+            _log.error(
+                "work %s: cannot be written to %s (%s: %s); kept in memory only",
+                item_id,
+                q.path,
+                type(exc).__name__,
+                exc,
+            )
+    return r
+
+
+def committed(q: SqliteWorkQueue, r: Round) -> None:
+    """Round ``r`` is in the file: answer the submits it held."""
+    written = {row[0] for row in r.upserts}
+    for item_id in r.ids:
+        if item_id in written:
+            event = q._waiting.pop(item_id, None)
+            if event is not None:
+                event.set()
+    q._written_types.update(r.types)
+    if r.clean is not None:
+        q._db_clean = r.clean
 
 
 async def _bounded(fn: Callable[[], None], timeout: float) -> BaseException | None:

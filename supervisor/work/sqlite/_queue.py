@@ -15,8 +15,7 @@ import trio
 from ..._errors import ConfigError, ControlError
 from .._item import ItemStatus, Verdict, WorkItem, _now
 from .._store import StoreHost
-from ._actor import Actor, wall
-from ._codec import encode
+from ._actor import Actor, build_round, committed, wall
 from ._db import Database, Opened, Round
 from ._files import DB_NAME, default_state_dir
 from ._local import TrackedQueue
@@ -189,43 +188,18 @@ class SqliteWorkQueue:
             ControlError: the write failed (the changes stay held for the next one).
         """
         self._ready(need=True)
-        r = self._round(None)
+        r = build_round(self, None)
         try:
             self._write(r)
         except Exception as exc:
             self._local.put_back(r.ids)
             raise ControlError(f"writing {self.path} failed ({type(exc).__name__}: {exc})") from exc
-        self._committed(r)
+        committed(self, r)
 
     # What the actor calls.
 
     def _has_writes(self) -> bool:
         return bool(self._local.dirty) or not self._served <= self._written_types
-
-    def _round(self, limit: int | None) -> Round:
-        """The next round's rows, from the items' current state (on the trio thread)."""
-        local = self._local
-        ids = local.take_dirty(len(local.dirty) if limit is None else limit)
-        r = Round(ids, last_id=local.last_id, types=sorted(self._served - self._written_types))
-        if self._db_clean:
-            r.clean = False
-        for item_id in ids:
-            item = local._items.get(item_id)
-            if item is None:
-                r.deletes.append(item_id)
-                continue
-            try:
-                r.upserts.append(encode(item, local.pos.get(item_id, 0)))
-            except (TypeError, ValueError, RecursionError) as exc:
-                self.poisoned += 1
-                _log.error(
-                    "work %s: cannot be written to %s (%s: %s); kept in memory only",
-                    item_id,
-                    self.path,
-                    type(exc).__name__,
-                    exc,
-                )
-        return r
 
     def _write(self, r: Round, wait: float | None = None) -> None:
         """Write one round (in a worker thread; a test may slow it down)."""
@@ -233,18 +207,6 @@ class SqliteWorkQueue:
         if db is None:
             raise ControlError(f"the work store {self.path} is closed")
         db.write(r, wait)
-
-    def _committed(self, r: Round) -> None:
-        """A round is in the file: answer the submits it held."""
-        written = {row[0] for row in r.upserts}
-        for item_id in r.ids:
-            if item_id in written:
-                event = self._waiting.pop(item_id, None)
-                if event is not None:
-                    event.set()
-        self._written_types.update(r.types)
-        if r.clean is not None:
-            self._db_clean = r.clean
 
     # ----------------------------------------------------------------------------------
     # WorkQueue: decided in memory, written behind
