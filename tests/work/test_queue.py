@@ -118,7 +118,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.q: Any = self.make_queue()
+        self.q: WorkQueue = self.make_queue()
         self.finished: list[str] = []  # finished items kept, oldest first
         self.forgotten: dict[str, tuple[int, str]] = {}  # id -> (last attempt, its agent)
         self.now = 0.0
@@ -622,17 +622,22 @@ class SqliteWorkQueueMachine(WorkQueueMachine):
         return self.open_queue()
 
     def open_queue(self) -> SqliteWorkQueue:
-        keep = {} if self.KEEP is None else {"keep_finished": self.KEEP}
-        return SqliteWorkQueue(self.dir, max_held=1000, **keep)
+        keep = 10_000 if self.KEEP is None else self.KEEP
+        return SqliteWorkQueue(self.dir, max_held=1000, keep_finished=keep)
+
+    @property
+    def file(self) -> SqliteWorkQueue:
+        assert isinstance(self.q, SqliteWorkQueue)
+        return self.q
 
     def teardown(self) -> None:
-        self.q.close()
+        self.file.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @rule()
     def flush(self) -> None:
         """Every change is written: a crash from now on goes back here."""
-        self.q.flush_sync()
+        self.file.flush_sync()
         self.saved = Saved(
             *copy.deepcopy((self.items, self.queues, self.finished, self.forgotten, self.completed))
         )
@@ -643,7 +648,7 @@ class SqliteWorkQueueMachine(WorkQueueMachine):
         the file: its agents went with the old one."""
         if flushed:
             self.flush()
-        self.q.close()
+        self.file.close()
         saved = copy.deepcopy(self.saved)
         for m in self.items.values():  # not written: gone, and an answer for it refused
             if m.id not in saved.items and m.holders:
