@@ -97,10 +97,10 @@ class Database:
             conn = open_database(self.path, fsync=self.fsync, timeout=self.timeout)
             try:
                 opened = self._load(conn, hub_id, keep_finished, max_held, now)
-            except sqlite3.Error as exc:
-                raise ControlError(explain(exc, self.path)) from None
-            except BaseException:
+            except BaseException as exc:
                 conn.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise ControlError(explain(exc, self.path)) from None
                 raise
         except BaseException:
             self.lock.release()
