@@ -4,13 +4,13 @@ after a SIGKILL), one hub per directory, and every file it refuses, with the fix
 from __future__ import annotations
 
 import fcntl
-from contextlib import closing
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,7 @@ import pytest
 
 from supervisor import ControlError, ItemStatus, SqliteWorkQueue
 from supervisor._errors import ConfigError
-from supervisor.work.sqlite import default_state_dir
-from supervisor.work.sqlite import _schema as schema
+from supervisor.work.sqlite import _schema as schema, default_state_dir
 from supervisor.work.sqlite._codec import RESTART_REASON
 
 from .conftest import meta, rows
@@ -33,7 +32,7 @@ def submit(q: SqliteWorkQueue, agent_type: str = "w", n: int = 0, deliveries: in
 
 def order(q: SqliteWorkQueue, agent_type: str) -> list[str]:
     """The ids of ``agent_type``'s queue, front first (assigning each to a fresh agent)."""
-    got = []
+    got: list[str] = []
     while (item := q.assign(agent_type, f"probe-{agent_type}-{len(got)}", 9.0)) is not None:
         got.append(item.id)
     return got
@@ -333,7 +332,7 @@ def open_read_only(target: Path, state: Path) -> str:
             target.chmod(mode)
     if shutil.which("unshare") is None:  # pragma: no cover
         pytest.skip("root, and no unshare(1) to mount a read-only file system")
-    script = f'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
     done = subprocess.run(
         ["unshare", "-m", "sh", "-c", script, "sh", str(target), *argv],
         capture_output=True,
