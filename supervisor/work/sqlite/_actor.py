@@ -174,7 +174,13 @@ def build_round(q: SqliteWorkQueue, limit: int | None) -> Round:
     items' current state: built on the trio thread, written in a worker."""
     local = q._local
     ids = local.take_dirty(len(local.dirty) if limit is None else limit)
-    r = Round(ids, last_id=local.last_id, types=sorted(q._served - q._written_types))
+    q._rounds_built += 1
+    r = Round(
+        ids,
+        number=q._rounds_built,
+        last_id=local.last_id,
+        types=sorted(q._served - q._written_types),
+    )
     if q._db_clean:
         r.clean = False  # the hub runs again: the file no longer says it stopped
     for item_id in ids:

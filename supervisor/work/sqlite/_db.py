@@ -43,6 +43,10 @@ class Round:
 
     ids: list[str]
     """The dirty ids the round stands for (dirty again if it fails)."""
+    number: int = 0
+    """Rounds are numbered as built; one older than a round already written is not
+    written (every id it held was in that one, newer: a round given up on at a stop
+    must not land after the stop's own write). 0: not numbered."""
     upserts: list[Row] = attrs.field(factory=list)
     deletes: list[str] = attrs.field(factory=list)
     last_id: int = 0
@@ -78,6 +82,7 @@ class Database:
         self.conn: sqlite3.Connection | None = None
         self._use = threading.Lock()
         self._close_later = False
+        self.written = 0  # the number of the last round written
 
     # --------------------------------------------------------------------------------
     # open
@@ -161,6 +166,8 @@ class Database:
             conn = self.conn
             if conn is None:
                 raise ControlError(f"the work store {self.path} is closed")
+            if r.number and r.number < self.written:
+                return  # stale: a newer round wrote its items as they are now
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_UPSERT, r.upserts)
@@ -176,6 +183,7 @@ class Database:
             except BaseException:
                 _rollback(conn)
                 raise
+            self.written = max(self.written, r.number)
         finally:
             if self._close_later:
                 self._close()

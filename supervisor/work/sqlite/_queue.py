@@ -81,6 +81,7 @@ class SqliteWorkQueue:
         self._served: set[str] = set()  # agent types served (the file's and this run's)
         self._written_types: set[str] = set()
         self._host: StoreHost | None = None
+        self._rounds_built = 0
         self.poisoned = 0
         """Changes that could never be written (a value that is not JSON; logged)."""
         self._actor = Actor(self)

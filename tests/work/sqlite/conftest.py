@@ -46,10 +46,11 @@ class GatedQueue(SqliteWorkQueue):
     """A store whose writer (in its worker thread) waits at ``gate`` before each write,
     or sleeps ``delay`` seconds: a disk that does not answer, or a slow one."""
 
-    def __init__(self, *args: Any, delay: float = 0.0, **kw: Any) -> None:
+    def __init__(self, *args: Any, delay: float = 0.0, gate_stop: bool = True, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.gate = threading.Event()
         self.gate.set()
+        self.gate_stop = gate_stop  # False: the stop's own write passes the gate
         self.delay = delay
         self.writing = threading.Event()  # a write is waiting at the gate or sleeping
         self.writes_done = 0
@@ -58,7 +59,8 @@ class GatedQueue(SqliteWorkQueue):
         self.writing.set()
         if self.delay:
             threading.Event().wait(self.delay)  # the slow disk (a real wait in the thread)
-        self.gate.wait(60)
+        if self.gate_stop or r.clean is not True:
+            self.gate.wait(60)
         try:
             super()._write(r, wait)
         finally:
