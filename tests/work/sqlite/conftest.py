@@ -54,6 +54,7 @@ class GatedQueue(SqliteWorkQueue):
         self.delay = delay
         self.writing = threading.Event()  # a write is waiting at the gate or sleeping
         self.writes_done = 0
+        self.sizes: list[int] = []  # rows each write held
 
     def _write(self, r: Round, wait: float | None = None) -> None:
         self.writing.set()
@@ -61,6 +62,7 @@ class GatedQueue(SqliteWorkQueue):
             threading.Event().wait(self.delay)  # the slow disk (a real wait in the thread)
         if self.gate_stop or r.clean is not True:
             self.gate.wait(60)
+        self.sizes.append(len(r.upserts) + len(r.deletes))
         try:
             super()._write(r, wait)
         finally:

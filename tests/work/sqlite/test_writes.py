@@ -71,6 +71,24 @@ async def test_submits_waiting_for_their_commit_are_capped_and_the_cap_named(
     assert [*held, later] == list(rows(tmp_path))
 
 
+async def test_a_burst_is_written_in_rounds_of_at_most_1000_items(tmp_path: Path) -> None:
+    """One transaction holds at most 1,000 items (each serialized on the trio thread:
+    a round must not stall supervision); the rest go in the next rounds at once."""
+    q = GatedQueue(tmp_path)
+    q.gate.clear()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(q.run, FakeHost())
+        burst = [submit(q, n) for n in range(2500)]
+        await until(lambda: q.writing.is_set())
+        q.gate.set()
+        for item_id in burst:
+            assert await q.stored(item_id, TIMEOUT)
+        nursery.cancel_scope.cancel()
+    q.close()
+    assert [1000, 1000, 500] == q.sizes[:3]
+    assert 2500 == len(rows(tmp_path))
+
+
 # --------------------------------------------------------------------------------------
 # A failing disk
 
