@@ -247,14 +247,16 @@ async def test_a_stop_on_a_hung_disk_waits_its_timeout_and_names_what_is_lost(
     async with trio.open_nursery() as nursery:
         await nursery.start(q.run, FakeHost())
         q.gate.clear()
-        a = submit(q)
+        ids = [submit(q, n) for n in range(60)]
         await until(lambda: q.writing.is_set())
         started = time.monotonic()
         nursery.cancel_scope.cancel()
     took = time.monotonic() - started
     assert 0.4 < took < 3.0
-    (lost,) = [m for m in warnings(caplog, "submitted item(s) not written") if a in m]
+    (lost,) = warnings(caplog, "submitted item(s) not written")
+    assert "60 submitted item(s) not written to " in lost
     assert "so lost (their submits were never answered)" in lost
+    assert lost.endswith(f"{', '.join(ids[:50])} and 10 more")  # one line, 50 ids named
     q.gate.set()
     await until(lambda: q.writes_done >= 2)  # the round given up on and the stop's write
     q.close()
