@@ -62,7 +62,9 @@ class SqliteWorkQueue:
         max_held: int = 10_000,
     ) -> None:
         _check_options(keep_finished, fsync, timeout, max_held)
-        self.state_dir: Path | None = None if state_dir is None else Path(state_dir)
+        self.state_dir: Path | None = (
+            None if state_dir is None else Path(state_dir).expanduser().absolute()
+        )
         """The state directory (``None`` until the hub id resolves it)."""
         self.path: Path | None = None if self.state_dir is None else self.state_dir / DB_NAME
         """The database file (``None`` until the state directory is known)."""
@@ -175,12 +177,14 @@ class SqliteWorkQueue:
         if db is None:
             return
         clean = not self._local.dirty and not self._waiting
+        wait = self.timeout
         if clean != self._db_clean:
             try:
-                db.write(Round([], last_id=self._local.last_id, clean=clean), self.timeout)
+                db.write(Round([], last_id=self._local.last_id, clean=clean), wait)
             except Exception as exc:
                 _log.warning("work: could not mark %s closed (%s)", db.path, exc)
-        db.close(self.timeout)
+                wait = 0.0  # a write still runs (a hung disk): waited for once already
+        db.close(wait)
 
     def flush_sync(self) -> None:
         """Write every change now, blocking (tests; a last write outside trio).
