@@ -423,3 +423,39 @@ def test_fsync_sets_the_synchronous_level(state: Path, fsync: Any, level: int) -
     assert level == q._db.conn.execute("PRAGMA synchronous").fetchone()[0]
     assert "wal" == q._db.conn.execute("PRAGMA journal_mode").fetchone()[0]
     q.close()
+
+
+def test_an_item_body_with_a_field_added_or_missing_still_loads() -> None:
+    """Items are JSON bodies: a field a later hubvisor adds is ignored here, one an
+    earlier hubvisor did not write takes its default (no migration for either)."""
+    from supervisor import WorkItem
+
+    item = WorkItem.from_json(
+        {
+            "id": "w-3",
+            "type": "w",
+            "max_deliveries": 2,
+            "priority": 5,  # unknown here
+            "history": [
+                {
+                    "attempt": 1,
+                    "agent": "a",
+                    "outcome": "failed",
+                    "reason": "x",
+                    "at": 1.0,
+                    "cost": 3,
+                }
+            ],
+        }
+    )
+    assert ("w-3", "w", QUEUED, 0, None, "api") == (
+        item.id,
+        item.agent_type,
+        item.status,
+        item.attempt,
+        item.checkpoint,
+        item.source,
+    )
+    assert ("failed", "") == (item.history[0].outcome, item.history[0].hub)
+    full = WorkItem.from_json({**item.to_json(), "checkpoint": {"line": 3}})
+    assert (item.to_json(), {"line": 3}) == (full.to_json(), full.checkpoint)
