@@ -132,6 +132,9 @@ if TYPE_CHECKING:
     from .work.redis import (
         RedisWorkQueue as RedisWorkQueue,
     )
+    from .work.sqlite import (
+        SqliteWorkQueue as SqliteWorkQueue,
+    )
 
 __all__ = [
     "BRUTAL_KILL",
@@ -196,6 +199,7 @@ __all__ = [
     "ServiceFailed",
     "SpawnError",
     "SpawnRequest",
+    "SqliteWorkQueue",
     "Subscription",
     "Supervisor",
     "SupervisorEscalated",
@@ -311,6 +315,7 @@ _EXPORTS: dict[str, str] = {
     "WorkService": "work",
     "WorkSubmitted": "work",
     "RedisWorkQueue": "work.redis",
+    "SqliteWorkQueue": "work.sqlite",
 }
 """Each public name and the private module that defines it."""
 

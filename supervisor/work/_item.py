@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -89,6 +90,46 @@ class WorkItem:
             "finished_at": self.finished_at,
             "history": [attrs.asdict(h) for h in self.history],
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WorkItem:
+        """The item :meth:`to_json` described (its ``checkpoint`` too, when ``data`` has
+        one). A field ``data`` lacks takes its default and a key the item does not know
+        is ignored, so a record written before or after a field was added still loads.
+
+        Raises:
+            KeyError, TypeError, ValueError: ``data`` is not an item's JSON.
+        """
+        status = data.get("status", "queued")
+        return cls(
+            id=str(data["id"]),
+            agent_type=str(data["type"]),
+            payload=data.get("payload"),
+            max_deliveries=int(data["max_deliveries"]),
+            created_at=float(data.get("created_at") or 0.0),
+            source=str(data.get("source") or "api"),
+            status=ItemStatus(status),
+            attempt=int(data.get("attempt") or 0),
+            deliveries=int(data.get("deliveries") or 0),
+            agent=data.get("agent"),
+            started_at=_float_or_none(data.get("started_at")),
+            finished_at=_float_or_none(data.get("finished_at")),
+            result=data.get("result"),
+            error=data.get("error"),
+            progress=data.get("progress"),
+            checkpoint=data.get("checkpoint"),
+            history=[
+                AttemptRecord(**{k: v for k, v in h.items() if k in _RECORD_FIELDS})
+                for h in data.get("history") or ()
+            ],
+        )
+
+
+_RECORD_FIELDS = frozenset(f.name for f in attrs.fields(AttemptRecord))
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @attrs.frozen

@@ -1,4 +1,4 @@
-"""MemoryWorkQueue against a small, independent model of issue 8's delivery guarantees.
+"""MemoryWorkQueue (and SqliteWorkQueue) against a small, independent model of issue 8's delivery guarantees.
 
 :class:`WorkQueueMachine` drives one :class:`~supervisor.MemoryWorkQueue` with two agent
 types and three agents (``worker-1``, ``worker-2``, ``qc-1``). Rules: submit (max
@@ -20,7 +20,9 @@ checkpoint reported and, once completed, the result of its final attempt; per ty
 queue in the order the next assignments must follow (new and retried items at the back,
 re-queued ones at the front); which finished items are kept. Every step is checked
 against it, and the invariants run after each step. :class:`BoundedWorkQueueMachine` is
-the same with ``keep_finished=3``.
+the same with ``keep_finished=3``. :class:`SqliteWorkQueueMachine` and its bounded twin
+run the same model against :class:`~supervisor.SqliteWorkQueue`, with a flush and a
+reopen (after a flush, or a crash that loses what was not written) as rules.
 
 The plain tests after the machines cover FIFO order, the keep_finished bound, the errors
 a user sees, and the fencing and dead-letter stories of issue 8 as short scripts.
@@ -28,7 +30,10 @@ a user sees, and the fencing and dead-letter stories of issue 8 as short scripts
 
 from __future__ import annotations
 
+import copy
 import itertools
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -44,9 +49,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from supervisor import ItemStatus, MemoryWorkQueue, WorkItem, WorkQueue
+from supervisor import ItemStatus, MemoryWorkQueue, SqliteWorkQueue, WorkItem, WorkQueue
 from supervisor._errors import ControlError
 from supervisor.work import Verdict
+from supervisor.work.sqlite._codec import RESTART_REASON
 
 QUEUED = ItemStatus.QUEUED
 ASSIGNED = ItemStatus.ASSIGNED
@@ -95,7 +101,7 @@ class ModelAgent:
     holding: str | None = None
 
 
-def snapshot(q: MemoryWorkQueue) -> Any:
+def snapshot(q: WorkQueue) -> Any:
     """Everything observable about the queue, to check that a refused step changed nothing."""
     items = []
     for item in q.items():
@@ -112,9 +118,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.q = (
-            MemoryWorkQueue() if self.KEEP is None else MemoryWorkQueue(keep_finished=self.KEEP)
-        )
+        self.q: WorkQueue = self.make_queue()
         self.finished: list[str] = []  # finished items kept, oldest first
         self.forgotten: dict[str, tuple[int, str]] = {}  # id -> (last attempt, its agent)
         self.now = 0.0
@@ -125,6 +129,11 @@ class WorkQueueMachine(RuleBasedStateMachine):
         self.completed: dict[str, tuple[int, Any]] = {}  # id -> (final attempt, result)
         self.tokens = itertools.count(1)
         self.steps_since_quiesce = 0
+        self.ever: set[str] = set()  # every id handed out: none is handed out twice
+
+    def make_queue(self) -> WorkQueue:
+        """The queue under test."""
+        return MemoryWorkQueue() if self.KEEP is None else MemoryWorkQueue(keep_finished=self.KEEP)
 
     # helpers ---------------------------------------------------------------------------
 
@@ -272,7 +281,8 @@ class WorkQueueMachine(RuleBasedStateMachine):
         item = self.q.submit(
             agent_type, payload, max_deliveries=max_deliveries, source="test", now=now
         )
-        assert item.id not in self.items, f"id {item.id} reused"
+        assert item.id not in self.ever, f"id {item.id} reused"
+        self.ever.add(item.id)
         assert (item.status, item.attempt, item.deliveries) == (QUEUED, 0, 0)
         assert item.agent is None and item.agent_type == agent_type
         assert item.max_deliveries == max_deliveries and item.created_at == now
@@ -584,6 +594,104 @@ BoundedWorkQueueMachine.TestCase.settings = settings(
     max_examples=75, stateful_step_count=40, deadline=None
 )
 TestBoundedWorkQueueMachine = BoundedWorkQueueMachine.TestCase
+
+
+@attrs.define
+class Saved:
+    """The model as of the last write to the file: what a crash goes back to."""
+
+    items: dict[str, ModelItem] = attrs.field(factory=dict)
+    queues: dict[str, list[str]] = attrs.field(factory=lambda: {t: [] for t in TYPES})
+    finished: list[str] = attrs.field(factory=list)
+    forgotten: dict[str, tuple[int, str]] = attrs.field(factory=dict)
+    completed: dict[str, tuple[int, Any]] = attrs.field(factory=dict)
+
+
+class SqliteWorkQueueMachine(WorkQueueMachine):
+    """The same against :class:`~supervisor.SqliteWorkQueue` on a file of its own, driven
+    synchronously, with two more rules: ``flush`` writes every change, and ``reopen``
+    closes the file (after a flush, or not: a crash that loses what was not written) and
+    opens it again in a new queue. The model then goes back to its state at the last
+    write, and the items an agent held come back at the front of their queue (the oldest
+    first) with the attempt counted (``reclaimed:exit``, the hub restarted), dead if it
+    was their last delivery; ids are never handed out twice."""
+
+    def make_queue(self) -> WorkQueue:
+        self.dir = tempfile.mkdtemp(prefix="hubvisor-machine-")
+        self.saved = Saved()
+        return self.open_queue()
+
+    def open_queue(self) -> SqliteWorkQueue:
+        keep = 10_000 if self.KEEP is None else self.KEEP
+        return SqliteWorkQueue(self.dir, max_held=1000, keep_finished=keep)
+
+    @property
+    def file(self) -> SqliteWorkQueue:
+        assert isinstance(self.q, SqliteWorkQueue)
+        return self.q
+
+    def teardown(self) -> None:
+        self.file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule()
+    def flush(self) -> None:
+        """Every change is written: a crash from now on goes back here."""
+        self.file.flush_sync()
+        self.saved = Saved(
+            *copy.deepcopy((self.items, self.queues, self.finished, self.forgotten, self.completed))
+        )
+
+    @rule(flushed=st.booleans())
+    def reopen(self, flushed: bool) -> None:
+        """The hub stops (having written everything, or dying first) and a new one opens
+        the file: its agents went with the old one."""
+        if flushed:
+            self.flush()
+        self.file.close()
+        saved = copy.deepcopy(self.saved)
+        for m in self.items.values():  # not written: gone, and an answer for it refused
+            if m.id not in saved.items and m.holders:
+                saved.forgotten[m.id] = (m.attempt, m.holders[m.attempt])
+        self.items, self.queues, self.finished = saved.items, saved.queues, saved.finished
+        self.forgotten, self.completed = saved.forgotten, saved.completed
+        self.seen_attempt = {}  # an attempt not written is handed out again
+        for a in self.agents.values():
+            a.holding = None
+            a.incarnation += 1
+        self.q = self.open_queue()
+        held = [m for m in self.items.values() if m.status is ASSIGNED]
+        for m in sorted(held, key=lambda m: int(m.id.rsplit("-", 1)[1]), reverse=True):
+            assert m.agent is not None
+            m.history.append((m.attempt, m.agent, "reclaimed:exit", RESTART_REASON))
+            m.agent = None
+            if m.deliveries >= m.max_deliveries:
+                self.finish(m, DEAD, 0.0)
+                if m.id in self.items:  # the restart's time and the deliveries it used
+                    got = self.q.get(m.id)
+                    m.finished_at, m.error = got.finished_at, got.error
+                    assert m.error is not None and RESTART_REASON in m.error
+            else:
+                self.requeue_front(m)
+        self.flush()  # the restart wrote what it took back: a crash now keeps it
+
+
+SqliteWorkQueueMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None
+)
+TestSqliteWorkQueueMachine = SqliteWorkQueueMachine.TestCase
+
+
+class BoundedSqliteWorkQueueMachine(SqliteWorkQueueMachine):
+    """SQLite with keep_finished=3: what was pruned stays pruned across a reopen."""
+
+    KEEP = 3
+
+
+BoundedSqliteWorkQueueMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=40, deadline=None
+)
+TestBoundedSqliteWorkQueueMachine = BoundedSqliteWorkQueueMachine.TestCase
 
 
 # ---------------------------------------------------------------------------------------
