@@ -99,14 +99,8 @@ def _sqlite_run(
     queue = SqliteWorkQueue(state, fsync=fsync, keep_finished=items)  # type: ignore[arg-type]
     try:
         rate = trio.run(_through, queue, agents, items)
-        costs.append(
-            {
-                "commits": float(queue.commits),
-                "rows": float(queue.rows_written),
-                "commit_seconds": float(queue.commit_seconds),
-                "items": float(items),
-            }
-        )
+        commits, rows, seconds = queue.write_stats
+        costs.append({"commits": commits, "rows": rows, "commit_seconds": seconds, "items": items})
         return rate
     finally:
         queue.close()

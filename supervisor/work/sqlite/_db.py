@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +84,12 @@ class Database:
         self._use = threading.Lock()
         self._close_later = False
         self.written = 0  # the number of the last round written
+        self.commits = 0
+        """Rounds committed (the open's own write not counted)."""
+        self.rows = 0
+        """Item rows those rounds wrote or deleted."""
+        self.commit_seconds = 0.0
+        """Seconds those transactions took, in the worker thread."""
 
     # --------------------------------------------------------------------------------
     # open
@@ -168,6 +175,7 @@ class Database:
                 raise ControlError(f"the work store {self.path} is closed")
             if r.number and r.number < self.written:
                 return  # stale: a newer round wrote its items as they are now
+            began = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_UPSERT, r.upserts)
@@ -184,6 +192,9 @@ class Database:
                 _rollback(conn)
                 raise
             self.written = max(self.written, r.number)
+            self.commits += 1
+            self.rows += len(r.upserts) + len(r.deletes)
+            self.commit_seconds += time.perf_counter() - began
         finally:
             if self._close_later:
                 self._close()

@@ -130,7 +130,7 @@ class SqliteWorkQueue:
         self._written_types |= opened.types
         queued = sum(1 for i in restored.items if i.status is ItemStatus.QUEUED)
         _log.info(
-            "work: kept in SQLite at %s (%d items queued, %d finished kept)",
+            "work: %s holds %d items queued and %d finished",
             db.path,
             queued,
             len(restored.items) - queued,
@@ -358,7 +358,19 @@ class SqliteWorkQueue:
             "--redis URL to share queues between them"
         )
 
-    # For tests and metrics.
+    def describe(self) -> str:
+        """Where the work lives (the hub logs it at start; ``status`` shows it)."""
+        where = self.path or "the state directory of the hub's id (not open yet)"
+        return f"kept in SQLite at {where} (fsync {self.fsync}; this hub alone)"
+
+    # For tests, benchmarks and metrics.
+
+    @property
+    def write_stats(self) -> tuple[int, int, float]:
+        """Since the file was opened: rounds committed, item rows they wrote or deleted,
+        and the seconds those transactions took in the worker thread."""
+        db = self._db
+        return (0, 0, 0.0) if db is None else (db.commits, db.rows, db.commit_seconds)
 
     @property
     def outage(self) -> bool:
