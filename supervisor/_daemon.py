@@ -58,6 +58,7 @@ async def _run(
     output: bool = False,
     control_socket: Path | None = None,
     control_limits: ControlLimits | None = None,
+    where: str = "",
 ) -> int:
     result = {"code": 0}
     events = hub.bus.subscribe(log_kinds(output))  # before serving: miss no event
@@ -69,6 +70,8 @@ async def _run(
                 serve = functools.partial(serve_control, limits=control_limits or ControlLimits())
                 path = await nursery.start(serve, hub, control_socket)
                 logger.info("control socket: %s (hubvisor ctl --socket %s list)", path, path)
+            if where:  # after every check that may refuse the start: one line if one does
+                logger.info("work: %s", where)
             if duration is not None:
 
                 async def stop_later() -> None:
@@ -172,21 +175,26 @@ def run_hub(
             # Refuses an id another live hub holds (Redis), a state directory another hub
             # uses or a database that cannot be opened (SQLite).
             store.check_hub_id(hub.hub_id)
-            logger.info("work: %s", store.describe())
+            where = store.describe()
         else:
-            logger.info(
-                "work: kept in this hub's memory only (--work memory): queued and held "
-                "items are lost when the hub stops"
+            where = (
+                "kept in this hub's memory only (--work memory): queued and held items "
+                "are lost when the hub stops"
             )
         socket_path = _agent_env(hub, control_socket, redis)
-        return _run_in_trio(hub, duration, output, socket_path, limits)
+        return _run_in_trio(hub, duration, output, socket_path, limits, where)
     finally:
         if store is not None:
             store.close()
 
 
 def _run_in_trio(
-    hub: Hub, duration: float | None, output: bool, socket_path: Path | None, limits: ControlLimits
+    hub: Hub,
+    duration: float | None,
+    output: bool,
+    socket_path: Path | None,
+    limits: ControlLimits,
+    where: str,
 ) -> int:
     # Not `except* ControlError: raise ...`: on Python 3.11.0-3.11.3 an exception raised
     # inside an except* block comes out wrapped in the group it replaced (CPython
@@ -194,7 +202,7 @@ def _run_in_trio(
     # No exception is raised inside an except* block anywhere
     # (tests/control/test_bounds_and_safe_text.py).
     try:
-        return trio.run(_run, hub, duration, output, socket_path, limits)
+        return trio.run(_run, hub, duration, output, socket_path, limits, where)
     except BaseExceptionGroup as group:
         found, rest = group.split(ControlError)
         if found is None or rest is not None:

@@ -129,7 +129,7 @@ class SqliteWorkQueue:
         self._served |= opened.types
         self._written_types |= opened.types
         queued = sum(1 for i in restored.items if i.status is ItemStatus.QUEUED)
-        _log.info(
+        _log.debug(
             "work: %s holds %d items queued and %d finished",
             db.path,
             queued,
