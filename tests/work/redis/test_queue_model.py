@@ -51,6 +51,7 @@ from hypothesis.stateful import invariant, precondition, rule, run_state_machine
 from supervisor import ItemStatus, WorkItem
 from supervisor._errors import ControlError, ServiceFailed
 from supervisor.work.redis import RedisWorkQueue
+from supervisor.work.redis._codec import _item_from
 from supervisor.work.redis._store import _Clock
 
 from ...redis_server import RedisServer, redis_server, redis_server_factory
@@ -304,6 +305,21 @@ class RedisQueueMachine(WorkQueueMachine):
             assert h["error"] == ""
         if m.status in (FAILED, DEAD):
             assert h["error"] == m.error, m.id
+        # what `work show` reads back (fetch): the item as the model has it
+        shown = _item_from(h)
+        assert (shown.status, shown.attempt, shown.deliveries) == (
+            m.status,
+            m.attempt,
+            m.deliveries,
+        ), m.id
+        assert shown.agent == m.agent, f"{m.id}: shown with agent {shown.agent!r}"
+        assert (shown.payload, shown.checkpoint) == (m.payload, m.checkpoint)
+        if m.status is COMPLETED:
+            assert shown.result == m.result
+        if m.status in (FAILED, DEAD):
+            assert shown.error == m.error
+        shown_history = [(x.attempt, x.agent, x.outcome, x.reason) for x in shown.history]
+        assert shown_history == expected[-HISTORY_KEPT:]
         # completed and failed items expire (keep_finished); the others never do
         assert (ttl > 0) if m.status in (COMPLETED, FAILED) else ttl == -1, (m.id, ttl)
         if m.status in (QUEUED, ASSIGNED):
