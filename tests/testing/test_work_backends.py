@@ -4,7 +4,7 @@
 trio's ``MockClock``; here its queue is a :class:`~supervisor.work.redis.RedisWorkQueue`
 on a real redis-server, and :func:`~supervisor.testing.check_all` judges the trace.
 
-Two things make that a deterministic run:
+Two things make that run faithful and deterministic:
 
 * **Redis rounds take virtual time, not real time.** The store sends each round from a
   worker thread (``trio.to_thread``); under ``MockClock(autojump_threshold=0)`` the
@@ -36,7 +36,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 import redis
@@ -44,15 +44,19 @@ import trio
 from hypothesis import HealthCheck, given, settings
 
 from strategies import Intensity, OneForAll
-from supervisor import ChildSpec, PoolSpec, SupervisorSpec, WorkItem
+from supervisor import ChildSpec, ItemStatus, PoolSpec, SupervisorSpec, Verdict, WorkItem
 from supervisor.testing import (
     Crash,
+    InvariantViolation,
     Kill,
     Schedule,
     Submit,
     Trace,
     WorkSnapshot,
     check_all,
+    check_work_completions,
+    check_work_deliveries,
+    check_work_outcomes,
     run_schedule,
     sim_result,
     specs_and_work_schedules,
@@ -69,7 +73,10 @@ pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 LEASE = 30.0
-LATENCY = 0.002  # virtual seconds a Redis round takes
+# Virtual seconds a Redis round takes (about 2 ms): a power of two, so that the sums of
+# times stay exact and an event the schedule puts at the instant a timer fires (a crash
+# when a hang is due) lands at exactly that instant, as in runs without Redis.
+LATENCY = 2.0**-9
 # Every example of a property runs on the test's one server (each run empties it first).
 ONE_SERVER = [HealthCheck.function_scoped_fixture]
 
@@ -138,15 +145,15 @@ class RecordedRedisQueue(RedisWorkQueue):
 
 
 @pytest.fixture
-def redis_queue(redis_server: RedisServer) -> Iterator[Callable[[], RedisWorkQueue]]:
-    """Makes one :class:`RecordedRedisQueue` per run, on an empty database; Redis's
-    rounds run in virtual time while the fixture is active."""
+def redis_queue(redis_server: RedisServer) -> Iterator[Callable[..., RedisWorkQueue]]:
+    """Makes one :class:`RecordedRedisQueue` (or ``cls``) per run, on an empty database;
+    Redis's rounds run in virtual time while the fixture is active."""
     made: list[RecordedRedisQueue] = []
     flush = redis_server.client()
 
-    def make() -> RedisWorkQueue:
+    def make(cls: type[RecordedRedisQueue] = RecordedRedisQueue) -> RedisWorkQueue:
         flush.flushdb()
-        made.append(RecordedRedisQueue(redis_server.url))
+        made.append(cls(redis_server.url))
         return made[-1]
 
     with rounds_in_virtual_time():
@@ -189,7 +196,7 @@ class TestWorkInvariantsHoldOnRedis:
     @given(spec_and_schedule=specs_and_work_schedules(max_depth=2))
     def test_random_trees_and_schedules(
         self,
-        redis_queue: Callable[[], RedisWorkQueue],
+        redis_queue: Callable[..., RedisWorkQueue],
         spec_and_schedule: tuple[SupervisorSpec, Schedule],
     ) -> None:
         spec, schedule = spec_and_schedule
@@ -199,7 +206,7 @@ class TestWorkInvariantsHoldOnRedis:
     @given(spec_and_schedule=specs_and_work_schedules(max_depth=1, hang=True))
     def test_random_trees_with_hangs(
         self,
-        redis_queue: Callable[[], RedisWorkQueue],
+        redis_queue: Callable[..., RedisWorkQueue],
         spec_and_schedule: tuple[SupervisorSpec, Schedule],
     ) -> None:
         spec, schedule = spec_and_schedule
@@ -208,7 +215,7 @@ class TestWorkInvariantsHoldOnRedis:
     @settings(max_examples=examples(8), deadline=None, suppress_health_check=ONE_SERVER)
     @given(schedule=work_schedules(RESILIENT, hang=True))
     def test_nothing_is_lost_while_agents_keep_being_restarted(
-        self, redis_queue: Callable[[], RedisWorkQueue], schedule: Schedule
+        self, redis_queue: Callable[..., RedisWorkQueue], schedule: Schedule
     ) -> None:
         trace = run(RESILIENT, schedule, redis_queue)
         quiesced = [r for r in trace.log if isinstance(r, WorkSnapshot) and r.quiesced]
@@ -225,7 +232,7 @@ class TestWorkInvariantsHoldOnRedis:
 
 
 def test_a_crash_mid_item_is_reclaimed_and_done_after_the_restart(
-    redis_queue: Callable[[], RedisWorkQueue],
+    redis_queue: Callable[..., RedisWorkQueue],
 ) -> None:
     spec = SupervisorSpec(name="root", children=[agent("a")])
     schedule = Schedule(
@@ -241,7 +248,7 @@ def test_a_crash_mid_item_is_reclaimed_and_done_after_the_restart(
 
 
 def test_the_hubs_stop_gives_held_items_back_to_redis_without_spending_them(
-    redis_queue: Callable[[], RedisWorkQueue],
+    redis_queue: Callable[..., RedisWorkQueue],
 ) -> None:
     spec = SupervisorSpec(name="root", children=[agent("a")])
     trace = run_schedule(
@@ -254,7 +261,7 @@ def test_the_hubs_stop_gives_held_items_back_to_redis_without_spending_them(
 
 
 def test_failures_retry_until_the_deliveries_are_used_then_dead_letter(
-    redis_queue: Callable[[], RedisWorkQueue],
+    redis_queue: Callable[..., RedisWorkQueue],
 ) -> None:
     spec = SupervisorSpec(name="root", children=[agent("a")])
     work = [
@@ -268,7 +275,7 @@ def test_failures_retry_until_the_deliveries_are_used_then_dead_letter(
 
 
 def test_one_for_all_restarts_hand_back_through_the_stream(
-    redis_queue: Callable[[], RedisWorkQueue],
+    redis_queue: Callable[..., RedisWorkQueue],
 ) -> None:
     """A sibling's crash stops the holder for a restart: it hands its item back, which
     goes back to the stream, and is finished after the restart without a delivery spent."""
@@ -287,7 +294,7 @@ def test_one_for_all_restarts_hand_back_through_the_stream(
 
 
 def test_same_inputs_same_trace_but_for_the_ids(
-    redis_queue: Callable[[], RedisWorkQueue],
+    redis_queue: Callable[..., RedisWorkQueue],
 ) -> None:
     """Rounds in virtual time make a run a function of its inputs (ids aside: each
     incarnation of the queue draws its own)."""
@@ -309,3 +316,53 @@ def test_same_inputs_same_trace_but_for_the_ids(
         return out
 
     assert shape(traces[0]) == shape(traces[1]) == shape(traces[2])
+
+
+# --------------------------------------------------------------------------------------
+# The checks read Redis's record, not only the hub's view
+
+
+class RefundsCrashes(RecordedRedisQueue):
+    """Counts a crash like a graceful stop: the delivery is given back."""
+
+    def reclaim(
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+    ) -> Verdict:
+        return super().reclaim(agent, "stop" if reason == "exit" else reason, now)
+
+
+class LosesResults(RecordedRedisQueue):
+    """Decides a completion but never writes it to Redis."""
+
+    def _finish(self, item: WorkItem, agent: str) -> None:
+        if item.status is not ItemStatus.COMPLETED:
+            super()._finish(item, agent)
+
+
+def test_a_redis_queue_that_refunds_crashes_is_caught(
+    redis_queue: Callable[..., RedisWorkQueue],
+) -> None:
+    schedule = Schedule(
+        crashes=[Crash(1.5, f"w-agent-{n}", Kill(signal.SIGKILL)) for n in (1, 2)],
+        work=[Submit(1.0, "w", {"n": 1, "seconds": 2})],
+    )
+    trace = run_schedule(RESILIENT, schedule, queue=lambda: redis_queue(RefundsCrashes))
+    with pytest.raises(InvariantViolation, match=r"\[work-deliveries\] the queue counts 1"):
+        check_work_deliveries(trace)
+
+
+def test_a_result_decided_but_never_written_to_redis_is_caught(
+    redis_queue: Callable[..., RedisWorkQueue],
+) -> None:
+    """While the hub runs, its own copy says completed; once it has stopped, Redis's
+    record is what is left, and it says the item is still running."""
+    spec = SupervisorSpec(name="root", children=[agent("a")])
+    schedule = Schedule(work=[Submit(1.0, "w", {"n": 1})])
+    trace = run_schedule(spec, schedule, queue=lambda: redis_queue(LosesResults))
+    with pytest.raises(InvariantViolation, match=r"the queue now says assigned with attempt 1"):
+        check_work_completions(trace)
+    with pytest.raises(
+        InvariantViolation,
+        match=r"is assigned in the queue after the hub stopped; its events say completed",
+    ):
+        check_work_outcomes(trace)
