@@ -15,12 +15,14 @@ streams (what is pending on the hub, what waits in line, in order), the dead let
 and the log (one entry per final outcome). After every step the hub's own view (the
 items it holds) is checked as in the memory machine.
 
-Two rules exist only here: ``restart`` (the hub dies right after a round and a new
+Three rules exist only here: ``restart`` (the hub dies right after a round and a new
 incarnation with the same hub id starts: it reads back the entries pending on its id,
 items that were running count the lost attempt, ``reclaimed:hub``, and those with no
-delivery left are dead) and ``zombie_answer`` (an earlier incarnation, frozen rather
-than dead, answers for an item its agent held: Redis refuses the write and nothing in
-the record changes).
+delivery left are dead), ``hub_killed`` (the same, but the hub dies with writes held:
+what it decided since its last round is lost, so the model goes back to what Redis has,
+and an answer the hub had taken is done again) and ``zombie_answer`` (an earlier
+incarnation, frozen rather than dead, answers for an item its agent held: Redis refuses
+the write, nothing in the record changes, and its heartbeat stops it).
 
 Where Redis differs from memory by design, the model says so where it models it
 (``# Redis:`` comments): item ids; a hand-back and a retry release the item to the
@@ -33,6 +35,7 @@ the wall clock; history written to Redis names each agent with its hub (``A/work
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -75,6 +78,18 @@ pytestmark = pytest.mark.slow
 
 HUB = "A"
 LEASE = 3600.0  # no lease runs out during a test: takeovers by expiry are tested elsewhere
+# The model's state as of the last round (restored when the hub dies with writes held).
+SAVED = (
+    "items",
+    "queues",
+    "local_n",
+    "here",
+    "finished",
+    "completed",
+    "log",
+    "entry",
+    "seen_attempt",
+)
 STATUS = {COMPLETED: "completed", FAILED: "failed", DEAD: "dead", ASSIGNED: "assigned"}
 
 
@@ -180,6 +195,7 @@ class RedisQueueMachine(WorkQueueMachine):
         self.zombies: list[RedisWorkQueue] = []
         self.rq = self.start()
         self.q = self.rq  # type: ignore[assignment]
+        self.save()
 
     def teardown(self) -> None:
         for q in [self.rq, *self.zombies]:
@@ -220,6 +236,12 @@ class RedisQueueMachine(WorkQueueMachine):
         assert self.host.dead == self.dead_at_restart, "items dead-lettered at restart"
         self.dead_at_restart, self.host.dead = [], []
         self.check_record()
+        self.save()
+
+    def save(self) -> None:
+        """What Redis has now: what a hub killed before its next round leaves."""
+        self.written = copy.deepcopy({name: getattr(self, name) for name in SAVED})
+        self.written["holding"] = {name: a.holding for name, a in self.agents.items()}
 
     @rule()
     def round(self) -> None:
@@ -451,6 +473,13 @@ class RedisQueueMachine(WorkQueueMachine):
             held = [n for n, i in enumerate(line) if i in self.unwritten]
             line.insert(held[0] if held else len(line), item_id)
             self.entry[item_id] = next(self.entries)
+            # and so it outlives a hub killed before its next round
+            w, written = self.written, self.written["items"][item_id]
+            written.status, written.deliveries, written.error = QUEUED, 0, None
+            written.finished_at = None
+            w["finished"].remove(item_id)
+            w["queues"][m.agent_type].append(item_id)
+            w["entry"][item_id] = self.entry[item_id]
         self.here.discard(item_id)
         assert (item.status, item.deliveries, item.attempt) == (QUEUED, 0, m.attempt)
         with pytest.raises(ControlError):
@@ -489,12 +518,29 @@ class RedisQueueMachine(WorkQueueMachine):
         item with none left is dead."""
         self.sync()
         old = self.rq
-        assert old._actor.client is not None
-        old._actor.client.close()
-        old._actor.client = None
         for gone in self.zombies[:-1]:
             gone._queries.close()
         self.zombies = [*self.zombies[-1:], old]  # it may wake up later (zombie_answer)
+        self.reincarnate()
+
+    @rule()
+    def hub_killed(self) -> None:
+        """The hub is SIGKILLed with writes held: what it decided since its last round
+        never reaches Redis (its submits are lost, its answers undone: the item is done
+        again, the lost attempt counted), the rest is as after ``restart``."""
+        self.rq._queries.close()  # dead: it writes nothing more
+        for name in SAVED:
+            setattr(self, name, self.written[name])
+        for name, a in self.agents.items():
+            a.holding = self.written["holding"][name]
+        self.pending, self.unwritten, self.adopted = set(), [], set()
+        self.reincarnate()
+
+    def reincarnate(self) -> None:
+        old = self.rq
+        assert old._actor.client is not None
+        old._actor.client.close()
+        old._actor.client = None
         self.client.hset(f"hubvisor:work:hub:{{{HUB}}}", "pid", self.DEAD_PID)
         self.rq = self.start()
         self.q = self.rq  # type: ignore[assignment]
