@@ -636,6 +636,21 @@ class RedisQueueMachine(WorkQueueMachine):
     # invariants ------------------------------------------------------------------------
 
     @invariant()
+    def redis_agrees_between_rounds(self) -> None:
+        """Writes go behind the decisions: an item none of whose writes the hub holds
+        is in Redis as the model has it, between rounds too."""
+        held = {op.item_id for op in self.rq.writes.ops}
+        ids = [i for i in self.items if i not in held and i not in self.pending]
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in ids:
+            t = self.items[item_id].agent_type
+            pipe.hgetall(key(t, f"item:{item_id}"))
+            pipe.ttl(key(t, f"item:{item_id}"))
+        replies = iter(pipe.execute())
+        for item_id in ids:
+            self.check_hash(self.items[item_id], next(replies), next(replies))
+
+    @invariant()
     def agrees_with_the_model(self) -> None:
         """The hub's own view: the items it holds or just submitted, as the model has them."""
         assert {i.id for i in self.q.items()} == self.here | self.pending
