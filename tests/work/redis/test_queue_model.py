@@ -12,8 +12,9 @@ taken here (as the hub's actor does when an agent becomes idle). After every rou
 whole record in Redis is checked against the model: each item's hash (status, attempt,
 deliveries, agent, history, checkpoint, result, error, lease holder, expiry), the
 streams (what is pending on the hub, what waits in line, in order), the dead letters
-and the log (one entry per final outcome). After every step the hub's own view (the
-items it holds) is checked as in the memory machine.
+and the log (one entry per final outcome); what ``work show`` reads back of each. After
+every step the hub's own view (the items it holds) is checked as in the memory machine,
+and so is the hash of every item none of whose writes the hub holds.
 
 Three rules exist only here: ``restart`` (the hub dies right after a round and a new
 incarnation with the same hub id starts: it reads back the entries pending on its id,
