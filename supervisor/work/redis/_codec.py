@@ -26,7 +26,9 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         status=ItemStatus(status) if status in set(ItemStatus) else ItemStatus.QUEUED,
         attempt=int(fields.get("att") or 0),
         deliveries=int(fields.get("dlv") or 0),
-        agent=fields.get("agent") or None,
+        # the agent holding it now (as in every queue): the hash keeps the one that
+        # finished it too, which the history names
+        agent=(fields.get("agent") or None) if status == "assigned" else None,
         result=json.loads(fields["result"]) if fields.get("result") else None,
         error=fields.get("error") or None,
         checkpoint=json.loads(fields["ckpt"]) if fields.get("ckpt") else None,

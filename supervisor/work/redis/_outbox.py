@@ -52,9 +52,13 @@ class Outbox:
 
     def push(self, op: _Op) -> bool:
         """Hold ``op`` for the next round; False when it was merged or dropped."""
+        slot = self._progress_ops.get(op.item_id) if op.kind == "progress" else None
+        if slot is not None and op.args[-1] == "":
+            # no checkpoint in this one: the checkpoint of the one it replaces still
+            # holds (as in the queue, a checkpoint stays until a newer one replaces it)
+            op.args = (*op.args[:-1], slot.args[-1])
         op.size = _size(op.args)
         if op.kind == "progress":
-            slot = self._progress_ops.get(op.item_id)
             if slot is not None:  # not sent yet: the latest progress takes its place
                 self.held_bytes += op.size - slot.size
                 slot.args, slot.size, slot.on_reply = op.args, op.size, op.on_reply

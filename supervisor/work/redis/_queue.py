@@ -301,7 +301,7 @@ class RedisWorkQueue:
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item this hub holds again (any hub's: ``retry_any``)."""
-        item = self._local.get(item_id)
+        item = self.get(item_id)  # one just submitted is known too (queued: refused)
         if item.status not in (ItemStatus.DEAD, ItemStatus.FAILED):
             raise ControlError(
                 f"work item {item_id!r} is {item.status}; only dead or failed items can be retried"
