@@ -16,11 +16,13 @@ Two layers, so the decisions can be tested alone:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from .._context import AgentMessage
@@ -361,11 +363,39 @@ class WorkService:
         if msg.kind == "progress":
             key = (msg.agent_id, msg.pid)
             if key in self._progress:
-                self._progress[key] = msg
+                self._progress[key] = _keep_checkpoint(self._progress[key], msg)
                 self.progress_coalesced += 1
                 return
             self._progress[key] = msg
         self._send.send_nowait(msg)
+
+
+def _body(msg: AgentMessage) -> dict[str, Any] | None:
+    data = getattr(msg.value, "data", None)
+    if isinstance(data, dict):
+        return data
+    try:
+        body = json.loads(msg.value or "{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _keep_checkpoint(old: AgentMessage, new: AgentMessage) -> AgentMessage:
+    """``new`` replaces ``old``, both unread PROGRESS of one agent: a checkpoint ``old``
+    carried and ``new`` does not is kept with ``new`` (a later report without a checkpoint
+    does not take the earlier one back, as it would not had both been read)."""
+    before, after = _body(old), _body(new)
+    if (
+        before is None
+        or after is None
+        or before.get("checkpoint") is None
+        or after.get("checkpoint") is not None
+        or (before.get("item"), before.get("attempt")) != (after.get("item"), after.get("attempt"))
+    ):
+        return new
+    merged = {**after, "checkpoint": before["checkpoint"]}
+    return attrs.evolve(new, value=json.dumps(merged, separators=(",", ":")))
 
 
 def _check_options(max_deliveries: Any, max_queued: Any, handback_pause: Any) -> None:

@@ -323,6 +323,30 @@ def test_progress_records_queued_for_the_service_keep_only_the_latest() -> None:
     assert '{"n": 999}' == latest.value
 
 
+def test_a_coalesced_progress_without_a_checkpoint_keeps_the_earlier_checkpoint() -> None:
+    """PROGRESS with a checkpoint, then one without, both unread: the one the service
+    reads carries the checkpoint (read one by one, the item would have kept it); a
+    checkpoint of another attempt is not carried over."""
+    from supervisor._child import AgentMessage
+
+    def progress(attempt: int, n: int, checkpoint: object = None) -> AgentMessage:
+        body: dict[str, object] = {"item": "w-1", "attempt": attempt, "progress": n}
+        if checkpoint is not None:
+            body["checkpoint"] = checkpoint
+        return AgentMessage("a", "w", "hub", 7, 1, "progress", json.dumps(body))
+
+    work = WorkService()
+    work._sink(progress(1, 1, {"done": 10}))
+    work._sink(progress(1, 2))
+    work._sink(progress(1, 3))
+    latest = json.loads(work._progress[("a", 7)].value or "")
+    assert {"item": "w-1", "attempt": 1, "progress": 3, "checkpoint": {"done": 10}} == latest
+    work._sink(progress(1, 4, {"done": 20}))  # a newer checkpoint wins
+    assert {"done": 20} == json.loads(work._progress[("a", 7)].value or "")["checkpoint"]
+    work._sink(progress(2, 5))  # another attempt: nothing carried over
+    assert "checkpoint" not in json.loads(work._progress[("a", 7)].value or "")
+
+
 # --------------------------------------------------------------------------------------
 # Fault 12: refusals summarised
 
