@@ -116,7 +116,8 @@ def run_hub(
     on the default path for the hub's id, a path serves them there, ``None`` disables it.
     ``redis``: keep the work in durable queues on this Redis (shared by every hub that uses
     it, each holding its items on a ``lease`` of seconds) and mirror the agent registry
-    there, under ``redis_prefix`` (default: both live in the hub's memory only).
+    there, under ``redis_prefix`` (default: the registry lives in the hub's memory and the
+    work as ``work`` says).
     ``hub_id``: the hub's id (default: the root spec's name); hubs sharing a Redis need
     different ones. ``metrics``: serve Prometheus metrics on this ``HOST:PORT``
     (:class:`~supervisor._metrics.MetricsService`). ``control_max_connections``,
@@ -128,38 +129,14 @@ def run_hub(
     commit synced as ``fsync`` says (``"always"``: ``synchronous=FULL``, survives a power
     loss); ``"memory"``: in the hub's memory only, lost with it.
     """
-    if redis is not None and (work is not None or state_dir is not None):
-        raise ControlError(
-            "--work and --state-dir are for a hub without --redis: with --redis URL the "
-            "work lives in Redis (drop --work/--state-dir, or drop --redis)"
-        )
-    if work not in (None, "memory", "sqlite"):
-        raise ControlError(f"work must be 'memory' or 'sqlite' (got {work!r})")
-    if work == "memory" and state_dir is not None:
-        raise ControlError(
-            "--state-dir is where the SQLite store lives; --work memory keeps none (drop "
-            "one of them)"
-        )
     limits = ControlLimits(
         max_connections=control_max_connections, idle_timeout=control_idle_timeout
     )
-    registry = None
-    service = None
     if metrics is not None:
         from ._metrics import MetricsService  # prometheus_client is imported only when used
 
         services = (*services, MetricsService(metrics, max_connections=metrics_max_connections))
-    if redis is not None:
-        from .work.redis import RedisWorkQueue  # redis-py is imported only when used
-
-        mirror = RedisMirror(redis, prefix=redis_prefix)
-        logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
-        registry = Registry(mirror=mirror)
-        service = WorkService(RedisWorkQueue(redis, prefix=redis_prefix, lease=lease))
-    elif work != "memory":
-        from .work.sqlite import SqliteWorkQueue  # sqlite3 is imported only when used
-
-        service = WorkService(SqliteWorkQueue(state_dir, fsync=fsync))
+    registry, service = _work_and_registry(work, state_dir, fsync, redis, redis_prefix, lease)
     hub = Hub(
         spec,
         max_agents=max_agents,
@@ -186,6 +163,42 @@ def run_hub(
     finally:
         if store is not None:
             store.close()
+
+
+def _work_and_registry(
+    work: str | None,
+    state_dir: str | None,
+    fsync: Literal["normal", "always"],
+    redis: str | None,
+    redis_prefix: str,
+    lease: float,
+) -> tuple[Registry | None, WorkService | None]:
+    """The registry and work service the options ask for (``None``: the hub's own
+    in-memory one), or :class:`ControlError` for options that do not go together."""
+    if redis is not None and (work is not None or state_dir is not None):
+        raise ControlError(
+            "--work and --state-dir are for a hub without --redis: with --redis URL the "
+            "work lives in Redis (drop --work/--state-dir, or drop --redis)"
+        )
+    if work not in (None, "memory", "sqlite"):
+        raise ControlError(f"work must be 'memory' or 'sqlite' (got {work!r})")
+    if work == "memory" and state_dir is not None:
+        raise ControlError(
+            "--state-dir is where the SQLite store lives; --work memory keeps none (drop "
+            "one of them)"
+        )
+    if redis is not None:
+        from .work.redis import RedisWorkQueue  # redis-py is imported only when used
+
+        mirror = RedisMirror(redis, prefix=redis_prefix)
+        logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
+        queue = RedisWorkQueue(redis, prefix=redis_prefix, lease=lease)
+        return Registry(mirror=mirror), WorkService(queue)
+    if work == "memory":
+        return None, None
+    from .work.sqlite import SqliteWorkQueue  # sqlite3 is imported only when used
+
+    return None, WorkService(SqliteWorkQueue(state_dir, fsync=fsync))
 
 
 def _run_in_trio(

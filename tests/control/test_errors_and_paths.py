@@ -152,7 +152,11 @@ async def test_fault8_socket_of_a_live_hub_is_a_clear_error_not_a_traceback(
         await first.wait_line("control socket: ")
         await first.wait_line(f"{name} started")
 
-        second = await trio.to_thread.run_sync(run_cli, "run", str(spec), "--duration", "5")
+        # --work memory: the same id's state directory (SQLite, the default) is refused
+        # first otherwise (tests/work/test_durable_default.py); this is the socket's test.
+        second = await trio.to_thread.run_sync(
+            run_cli, "run", str(spec), "--duration", "5", "--work", "memory"
+        )
 
         assert 1 == second.returncode
         assert f"another hub is already listening at {path}" in second.stderr

@@ -101,7 +101,12 @@ async def test_a_keeper_that_dies_is_replaced_and_the_agents_carry_the_mark() ->
         await nursery.start(hub.serve)
         (row,) = hub.which_children()
         assert row.info.pid is not None
-        environ = Path(f"/proc/{row.info.pid}/environ").read_bytes().split(b"\0")
+        # The pid exists from the spawn on; its environment reads empty until its exec
+        # is done (a race seen once in a full run): wait for the exec, then look.
+        environ_file = Path(f"/proc/{row.info.pid}/environ")
+        with trio.fail_after(10):
+            while not (environ := environ_file.read_bytes().split(b"\0")) or environ == [b""]:
+                await trio.sleep(0.01)
         assert f"{MARK_ENV}={keeper.mark}".encode() in environ
         first = keeper.pid
         assert first is not None

@@ -168,17 +168,6 @@ class RedisWorkQueue:
         """Writes dropped because they can never be sent (logged with the item's id)."""
         return self.writes.poisoned
 
-    @property
-    def _outbox(self) -> Any:
-        return self.writes.ops
-
-    @property
-    def _held_bytes(self) -> int:
-        return self.writes.held_bytes
-
-    def _demand(self) -> dict[str, int]:
-        return self._actor.demand()
-
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
 

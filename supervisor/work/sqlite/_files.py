@@ -70,7 +70,8 @@ class StateLock:
             os.close(fd)
             raise ControlError(
                 f"another hub (pid {pid}) uses the state directory {self.directory}; stop it "
-                "first, or give this hub its own with --state-dir"
+                "first, or give this hub its own: another hub id (--hub-id, or the root "
+                "spec's name), whose default directory differs, or --state-dir DIR"
             ) from None
         except OSError as exc:  # e.g. ENOLCK: a file system without locks
             os.close(fd)

@@ -137,10 +137,10 @@ async def test_progress_during_a_redis_freeze_is_coalesced_and_held_writes_are_c
                 for n in range(5000):
                     verdict = queue.progress(busy.id, attempt, "a1", {"n": n, "b": blob}, None)
                     assert verdict.accepted
-                assert len(queue._outbox) <= 2  # one held, at most one in flight
-                assert queue._held_bytes < 40_000
+                assert len(queue.writes.ops) <= 2  # one held, at most one in flight
+                assert queue.writes.held_bytes < 40_000
                 assert queue.coalesced >= 4990
-                before, accepted, refused = len(queue._outbox), [], None
+                before, accepted, refused = len(queue.writes.ops), [], None
                 for n in range(200):
                     try:
                         accepted.append(hub.work.submit("w", {"n": n, "hold": True}))

@@ -54,14 +54,14 @@ def test_held_writes_past_the_cap_refuse_submits_and_drop_new_progress() -> None
     first = queue.submit("w", {"n": 1}, max_deliveries=1, source="t", now=0)
     assert queue.get(first.id) is first and queue.depth("w") == 0
     queue._push(_Op(_FENCED, ("k",), ("progress", "x" * 10), "w-x", "progress"))
-    assert len(queue._outbox) == 2
+    assert len(queue.writes.ops) == 2
     queue._push(_Op(_FENCED, ("k",), ("progress", "y" * 10), "w-y", "progress"))
     assert queue.dropped_progress == 1  # a new item's progress, at the cap
     queue._push(_Op(_FENCED, ("k",), ("progress", "z" * 99), "w-x", "progress"))
-    assert queue.coalesced == 1 and queue._outbox[1].args[1] == "z" * 99
+    assert queue.coalesced == 1 and queue.writes.ops[1].args[1] == "z" * 99
     with pytest.raises(ControlError, match="submit again when Redis answers"):
         queue.submit("w", {"n": 2}, max_deliveries=1, source="t", now=0)
-    assert queue._demand() == {}
+    assert queue._actor.demand() == {}
 
 
 def test_small_helpers() -> None:
