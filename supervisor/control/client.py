@@ -271,9 +271,10 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
 
     Each answer is ``{"item": ...}`` or ``{"dropped": N}`` (N items the hub dropped
     there because this client read too slowly). A request with ``follow`` goes on until
-    the caller stops iterating (closing the connection ends the stream in the hub).
-    ``timeout``: seconds to wait for each answer (default: ``FAST_TIMEOUT``, and for
-    ever while following).
+    the caller stops iterating (closing the connection ends the stream in the hub), and
+    so may a waiting op (``work_wait``). ``timeout``: seconds to wait for each answer
+    (default: ``FAST_TIMEOUT``; for ever while following; for a wait, the request's own
+    ``timeout`` plus ``FAST_TIMEOUT``, or for ever).
 
     Raises:
         NoHubRunning: nothing listens at ``path``.
@@ -281,9 +282,18 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
             stopped), did not answer in time, or answered garbage.
     """
     name = show_value(req.get("op"))
+    op = OPS.get(req["op"]) if isinstance(req.get("op"), str) else None
     follow = bool(req.get("follow"))
     wait = timeout if timeout is not None else None if follow else ops.FAST_TIMEOUT
     ended = f"the hub at {path} ended the stream: it stopped" if follow else None
+    if op is not None and op.waits:
+        own = req.get("timeout")
+        if timeout is None:
+            wait = None if not isinstance(own, int | float) else own + ops.FAST_TIMEOUT
+        ended = (
+            f"the hub at {path} closed the connection before the wait ended: it stopped; "
+            "where the items are: `hubvisor work show ID` on a hub that serves them"
+        )
 
     def first() -> tuple[_Client, dict[str, Any]]:
         client = _connect(path, ops.FAST_TIMEOUT if timeout is None else timeout)
