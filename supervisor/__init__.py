@@ -15,6 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._aclient import AsyncClient as AsyncClient
+    from ._client import Client as Client
     from ._context import RuntimeContext as RuntimeContext
     from ._errors import (
         ChildNotFound as ChildNotFound,
@@ -117,6 +119,10 @@ if TYPE_CHECKING:
         SupervisorSpec as SupervisorSpec,
         check_specs as check_specs,
     )
+    from .control.client import (
+        ControlClientError as ControlClientError,
+        NoHubRunning as NoHubRunning,
+    )
     from .work import (
         ItemStatus as ItemStatus,
         MemoryWorkQueue as MemoryWorkQueue,
@@ -145,6 +151,7 @@ __all__ = [
     "SUBSCRIPTION_BUFFER",
     "AgentRecord",
     "AgentStatus",
+    "AsyncClient",
     "Autoscale",
     "ChildBackingOff",
     "ChildExited",
@@ -162,7 +169,9 @@ __all__ = [
     "ChildState",
     "ChildStatus",
     "ChildStopped",
+    "Client",
     "ConfigError",
+    "ControlClientError",
     "ControlError",
     "Decision",
     "Event",
@@ -182,6 +191,7 @@ __all__ = [
     "MaxAgentsExceeded",
     "MemoryWorkQueue",
     "MetricsService",
+    "NoHubRunning",
     "NotStored",
     "OSProcessBackend",
     "OrphanKeeper",
@@ -230,6 +240,10 @@ __all__ = [
 ]
 
 _EXPORTS: dict[str, str] = {
+    "AsyncClient": "_aclient",
+    "Client": "_client",
+    "ControlClientError": "control.client",
+    "NoHubRunning": "control.client",
     "ChildNotFound": "_errors",
     "ConfigError": "_errors",
     "ControlError": "_errors",
@@ -334,7 +348,8 @@ def __getattr__(name: str) -> Any:
     for public, home in _EXPORTS.items():
         if home == module_name:
             obj = getattr(module, public)
-            if getattr(obj, "__module__", "").startswith(("supervisor._", "supervisor.work.")):
+            home_module = getattr(obj, "__module__", "")
+            if home_module.startswith(("supervisor._", "supervisor.work.", "supervisor.control.")):
                 with contextlib.suppress(AttributeError, TypeError):  # e.g. a str constant
                     obj.__module__ = __name__
             globals()[public] = obj

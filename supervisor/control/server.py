@@ -191,7 +191,9 @@ async def _serve_connection(
                 with trio.move_on_at(deadline) as waiting:
                     chunk = await stream.receive_some(65536)
                 if waiting.cancelled_caught:
-                    await _goodbye(stream, _error(_timed_out(why, limits)))
+                    # "idle": no request was read, so a client may send it again elsewhere.
+                    flag = {"idle": True} if why == "idle" else {}
+                    await _goodbye(stream, {**_error(_timed_out(why, limits)), **flag})
                     return
                 if not chunk:
                     return
