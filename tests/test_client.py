@@ -5,6 +5,7 @@ work; and, where the hub's own waiters must be seen, an in-process hub.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,14 +32,15 @@ from .control.test_commands import served, tree
 from .helpers import TIMEOUT, is_, until, wait_event
 from .redis_hubs import wait_for
 
+ROOT = Path(__file__).resolve().parent.parent
 SPEC = f"""
 from supervisor import ChildSpec, PoolSpec
 from strategies import Intensity
 spec = [
     PoolSpec(
-        agent_type="w",
+        agent_type="TYPE",
         size=3,
-        template=ChildSpec(id="w", argv={raw_agent.argv()!r}, agent_type="w", shutdown=2.0),
+        template=ChildSpec(id="TYPE", argv={raw_agent.argv()!r}, agent_type="TYPE", shutdown=2.0),
         intensity=Intensity(max_restarts=100, window=1.0),
     )
 ]
@@ -48,9 +50,9 @@ spec = [
 class Hubvisor:
     """A real ``hubvisor run`` process serving its control socket at ``path``."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, agent_type: str = "w") -> None:
         spec = tmp / "spec.py"
-        spec.write_text(SPEC)
+        spec.write_text(SPEC.replace("TYPE", agent_type))
         self.path = tmp / "hub.sock"
         self.log = tmp / "hub.log"
         with self.log.open("ab") as log:
@@ -260,3 +262,29 @@ def test_the_sync_client_imports_no_trio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "[]" == out.stdout.strip()
+
+
+def test_the_docs_scheduler_example_runs_and_retries_no_task_twice(tmp_path: Path) -> None:
+    """docs/examples/scheduler.py (shown whole in docs/client.md) against a real hub: ten
+    tasks completed, the failing one retried once under its id and reported; no task
+    submitted twice."""
+    example = ROOT / "docs" / "examples" / "scheduler.py"
+    assert example.read_text() in (ROOT / "docs" / "client.md").read_text()
+    hubvisor = Hubvisor(tmp_path, agent_type="worker")
+    try:
+        env = {**os.environ, "HUBVISOR_SOCKET": str(hubvisor.path), "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, str(example)], env=env, capture_output=True, text=True, timeout=120
+        )
+        with Client(hubvisor.path) as hub:
+            items = hub.list()
+    finally:
+        hubvisor.stop()
+    assert 1 == done.returncode, done.stderr
+    failed = next(i for i in items if i["status"] == "failed")
+    assert (
+        f"10 completed, 1 failed after one retry each\n  {failed['id']}: bad input\n" == done.stdout
+    )
+    assert 11 == len(items)  # each task submitted once
+    assert ["failed", "failed"] == [h["outcome"] for h in failed["history"]]  # retried once
+    assert all(i["attempt"] == 1 for i in items if i["status"] == "completed")
