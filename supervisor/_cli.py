@@ -626,6 +626,10 @@ def _carry_out(
     if many:
         done = _run_lines(op, path, args, *many[0], as_json, None if wait else timeout, wait)
         if wait:
+            if any(item.get("stored") is False for item in done):
+                from .control.printers import warn_not_stored
+
+                warn_not_stored()
             _wait_and_exit(path, [item["id"] for item in done], timeout, as_json, single=False)
         return
     if op.stream:

@@ -187,3 +187,29 @@ async def test_a_work_wait_beyond_the_waiter_cap_is_refused_whole(tmp_path: Path
     assert 1 == refused.exit_code
     assert "0 waits for work items are under way and 3 more were asked for" in refused.stderr
     assert 0 == hub.work.waiters
+
+
+async def test_a_hub_that_closes_the_connection_mid_wait_is_reported_as_stopped(
+    tmp_path: Path,
+) -> None:
+    """When the hub's process goes (its control server cancelled before it could say why),
+    the wait ends with an error saying the hub stopped, not a hang."""
+    path = tmp_path / "fake.sock"
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(1)
+
+    async def fake_hub() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(65536)  # the work_wait request: then it "stops"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_hub)
+        with trio.fail_after(TIMEOUT):
+            done = await cli(path, "work", "wait", "w-1")
+    listener.close()
+    assert 1 == done.exit_code
+    assert f"the hub at {path} closed the connection before the wait ended: it stopped" in (
+        done.stderr
+    )
