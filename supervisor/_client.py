@@ -12,7 +12,7 @@ import builtins
 import contextlib
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,7 @@ class Client:
 
     def as_completed(
         self, ids: Iterable[str], timeout: float | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Each of ``ids`` as it ends (whatever its status: look at ``item["status"]``),
         those already ended first; one connection for all of them, closed when the
         iteration ends (stopping early: ``close()`` the iterator, or use it in

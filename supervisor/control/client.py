@@ -11,7 +11,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +336,9 @@ def stream_limits(
     return ops.FAST_TIMEOUT if timeout is None else timeout, None
 
 
-def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Iterator[Any]:
+def stream(
+    path: Path, req: dict[str, Any], timeout: float | None = None
+) -> Generator[Any, None, None]:
     """Send a streaming request; yield its answers until the stream ends (blocking client).
 
     Each answer is ``{"item": ...}`` or ``{"dropped": N}`` (N items the hub dropped
