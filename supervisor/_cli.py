@@ -343,7 +343,7 @@ def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
 
 @main.group()
 def work() -> None:
-    """Work items: list them, show one, retry a dead one."""
+    """Work items: list them, show one, retry a dead one, wait for them to end."""
 
 
 class _Lines(list[tuple[int, Any]]):

@@ -103,6 +103,7 @@ class Waiters:
         reads it, ``poll``: read it again now and then too (a store another hub shares).
         """
         _check_timeout(timeout)
+        await trio.lowlevel.checkpoint()  # even for an item that has ended already
         with self._watch(item_id) as waiter:
             item = await read(item_id)  # outside the timeout: an unknown id is an error
             pause = POLL_FIRST
