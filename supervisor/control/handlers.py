@@ -214,6 +214,8 @@ async def _work_wait(hub: Hub, args: Args, out: Stream) -> None:
     """Each item once it has ended, in the order they end (those ended already first);
     at the timeout, each one not ended yet as it is then (``final`` false)."""
     ids = list(dict.fromkeys(args["ids"]))  # each once
+    timeout = args.get("timeout")
+    deadline = None if timeout is None else trio.current_time() + timeout
     if not ids:
         raise ControlError(
             'work_wait needs one item id or more, e.g. {"op": "work_wait", "ids": ["worker-1"]}'
@@ -227,8 +229,9 @@ async def _work_wait(hub: Hub, args: Args, out: Stream) -> None:
     failure: list[ControlError] = []
 
     async def wait(item_id: str) -> None:
+        left = None if deadline is None else max(0.0, deadline - trio.current_time())
         try:
-            item = await hub.work.wait(item_id, args.get("timeout"))
+            item = await hub.work.wait(item_id, left)
         except WaitTimeout as exc:
             item = exc.items[0]
         except ControlError as exc:  # e.g. the hub stopped: the first error ends them all

@@ -6,11 +6,15 @@ that item, which read it again; nothing polls while the hub holds the work alone
 store, an item may also end on another hub sharing it, which publishes nothing here:
 then a waiter also reads the item again every :data:`POLL_FIRST` seconds, backing off
 to :data:`POLL_MAX`. Bounded: a waiter is removed when its wait returns, raises or is
-cancelled, and at most ``max_waiters`` wait at once.
+cancelled, and at most ``max_waiters`` wait at once. The waiters read the store one at a
+time (a store's query client holds few connections: Redis's two), so many waiters slow
+their own polling down, never the hub; a read the store fails (an outage) is tried again
+at the next poll, the wait goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +33,8 @@ POLL_MAX = 2.0
 """The longest pause between two reads of a waited-for item in a store."""
 
 Read = Callable[[str], Awaitable[WorkItem]]
+
+_log = logging.getLogger("hubvisor")
 
 
 class _Waiter:
@@ -55,6 +61,7 @@ class Waiters:
         """Waits under way."""
         self._by_item: dict[str, set[_Waiter]] = {}
         self._stopped: str | None = None  # why a wait ends at once: the service stopped
+        self._reading = trio.CapacityLimiter(1)  # the waiters' reads, one at a time
 
     def check_room(self, n: int = 1) -> None:
         """Refuse ``n`` more waits beyond the cap, naming it and the fix."""
@@ -105,7 +112,8 @@ class Waiters:
         _check_timeout(timeout)
         await trio.lowlevel.checkpoint()  # even for an item that has ended already
         with self._watch(item_id) as waiter:
-            item = await read(item_id)  # outside the timeout: an unknown id is an error
+            async with self._reading:  # outside the timeout: an unknown id is an error
+                item = await read(item_id)
             pause = POLL_FIRST
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 while True:
@@ -123,9 +131,22 @@ class Waiters:
                     else:
                         await waiter.changed.wait()
                     waiter.changed = trio.Event()  # before the read: no change is missed
-                    item = await read(item_id)
+                    item = await self._read_again(item_id, item, read, poll)
         assert timeout is not None
         raise WaitTimeout([item_id], timeout, [item])
+
+    async def _read_again(self, item_id: str, last: WorkItem, read: Read, poll: bool) -> WorkItem:
+        """The item read again; with a store, ``last`` when the store fails the read."""
+        try:
+            async with self._reading:
+                return await read(item_id)
+        except ControlError:
+            raise
+        except Exception as exc:  # a store outage: the wait goes on, reading later
+            if not poll:
+                raise
+            _log.debug("wait for %s: reading it failed (%s); trying again", item_id, exc)
+            return last
 
 
 def _check_timeout(timeout: object) -> None:

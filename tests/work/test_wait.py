@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from strategies import Intensity
 from supervisor import (
@@ -22,7 +23,8 @@ from supervisor import (
     WaitTimeout,
     WorkService,
 )
-from supervisor.work import FINAL
+from supervisor.work import FINAL, WorkItem
+from supervisor.work._waiters import Waiters
 
 from ..helpers import PY, TIMEOUT, is_, running, until, wait_event
 from .test_service import AGENT, agent
@@ -145,10 +147,38 @@ async def test_waiters_are_capped_and_the_cap_frees_as_waits_end() -> None:
 
 def test_final_is_the_ended_statuses_and_the_json_says_it() -> None:
     """A new final status is one entry in FINAL; an item's JSON carries ``final``."""
-    from supervisor import WorkItem
-
     assert {ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD} == set(FINAL)
     item = WorkItem(id="w-1", agent_type="w", payload=None, max_deliveries=1, created_at=0)
     assert item.to_json()["final"] is False
     item.status = ItemStatus.DEAD
     assert item.to_json()["final"] is True
+
+
+async def test_a_store_is_polled_with_backoff_and_a_failed_read_is_tried_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a store, a waiter reads its item again after 0.5 s, then 1 s, then every 2 s;
+    a read the store fails (an outage) does not end the wait. Without a store nothing is
+    read again but on the item's events."""
+    item = WorkItem(id="w-1", agent_type="w", payload=None, max_deliveries=1, created_at=0)
+    reads: list[float] = []
+
+    async def read(item_id: str) -> WorkItem:
+        reads.append(trio.current_time())
+        if len(reads) == 2:
+            raise OSError("the store does not answer")
+        if len(reads) == 4:
+            item.status = ItemStatus.COMPLETED
+        return item
+
+    start = trio.current_time()
+    got = await Waiters().wait("w-1", None, read, poll=True)
+    assert ItemStatus.COMPLETED == got.status
+    assert [0.0, 0.5, 1.5, 3.5] == [round(t - start, 3) for t in reads]
+
+    item.status, reads[:] = ItemStatus.QUEUED, []
+    waiters = Waiters()
+    with trio.move_on_after(100):
+        await waiters.wait("w-1", None, read, poll=False)
+    assert 1 == len(reads)  # memory: no polling at all
+    assert 0 == waiters.count
