@@ -226,7 +226,7 @@ async def _work_wait(hub: Hub, args: Args, out: Stream) -> None:
     for item in items:
         if item.status in FINAL:
             out.backlog(item.to_json())
-    failure: list[ControlError] = []
+    failure: list[Exception] = []
 
     async def wait(item_id: str) -> None:
         left = None if deadline is None else max(0.0, deadline - trio.current_time())
@@ -234,8 +234,8 @@ async def _work_wait(hub: Hub, args: Args, out: Stream) -> None:
             item = await hub.work.wait(item_id, left)
         except WaitTimeout as exc:
             item = exc.items[0]
-        except ControlError as exc:  # e.g. the hub stopped: the first error ends them all
-            failure.append(exc)
+        except Exception as exc:  # e.g. the hub stopped: the first error ends them all, and
+            failure.append(exc)  # is the answer itself (not a group of the tasks' errors)
             nursery.cancel_scope.cancel()
             return
         out.backlog(item.to_json())  # never dropped: at most one per id asked for
