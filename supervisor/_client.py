@@ -243,7 +243,8 @@ class Client:
 
     def call(self, op: str, **fields: Any) -> Any:
         """Any op of the control table that answers once, by name (``None`` fields are
-        left out); its result. E.g. ``call("resize", pool="worker", size=4)``."""
+        left out); its result, within the client's ``timeout``. E.g. ``call("count")``,
+        ``call("resize", pool="worker", size=4)``."""
         return self._ask({"op": op, **{k: v for k, v in fields.items() if v is not None}})
 
     # Last: the method named ``list`` shadows the builtin in the class body.
