@@ -193,14 +193,18 @@ def _show_item(item: Any, args: Args) -> None:
 def _show_submitted(item: Any, args: Args) -> None:
     click.echo(item["id"])
     if item.get("stored") is False:
-        warn_not_stored()
+        click.echo(
+            "warning: Redis did not answer in time; the hub holds the item and writes it "
+            "when Redis is back (it is lost if the hub dies first)",
+            err=True,
+        )
 
 
 def warn_not_stored() -> None:
-    """Say on stderr that a submitted item is not durable yet."""
+    """``submit --wait``: say on stderr that a submitted item is not durable yet."""
     click.echo(
-        "warning: Redis did not answer in time; the hub holds the item and writes it "
-        "when Redis is back (it is lost if the hub dies first)",
+        "warning: the work store did not take the item in time; the hub holds it and "
+        "writes it when the store answers (it is lost if the hub dies first)",
         err=True,
     )
 
