@@ -140,7 +140,7 @@ def serving(tmp: Path) -> Iterator[Path]:
     sock.unlink(missing_ok=True)
     hub = subprocess.Popen(
         [*HUBVISOR, "run", str(spec), "--socket", str(sock)],
-        env=ENV,
+        env={**ENV, "XDG_STATE_HOME": str(tmp / "state")},  # a store on disk stays in tmp
         cwd=CWD,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
