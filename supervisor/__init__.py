@@ -15,6 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._aclient import AsyncClient as AsyncClient
+    from ._client import Client as Client
     from ._context import RuntimeContext as RuntimeContext
     from ._errors import (
         ChildNotFound as ChildNotFound,
@@ -27,11 +29,14 @@ if TYPE_CHECKING:
         InvalidPoolSpec as InvalidPoolSpec,
         InvalidSpec as InvalidSpec,
         InvalidSupervisorSpec as InvalidSupervisorSpec,
+        ItemFailed as ItemFailed,
         MaxAgentsExceeded as MaxAgentsExceeded,
+        NotStored as NotStored,
         ServiceFailed as ServiceFailed,
         SpawnError as SpawnError,
         SupervisorEscalation as SupervisorEscalation,
         UnknownEventKind as UnknownEventKind,
+        WaitTimeout as WaitTimeout,
     )
     from ._events import (
         SUBSCRIPTION_BUFFER as SUBSCRIPTION_BUFFER,
@@ -114,6 +119,10 @@ if TYPE_CHECKING:
         SupervisorSpec as SupervisorSpec,
         check_specs as check_specs,
     )
+    from .control.client import (
+        ControlClientError as ControlClientError,
+        NoHubRunning as NoHubRunning,
+    )
     from .work import (
         ItemStatus as ItemStatus,
         MemoryWorkQueue as MemoryWorkQueue,
@@ -145,6 +154,7 @@ __all__ = [
     "SUBSCRIPTION_BUFFER",
     "AgentRecord",
     "AgentStatus",
+    "AsyncClient",
     "Autoscale",
     "ChildBackingOff",
     "ChildExited",
@@ -162,7 +172,9 @@ __all__ = [
     "ChildState",
     "ChildStatus",
     "ChildStopped",
+    "Client",
     "ConfigError",
+    "ControlClientError",
     "ControlError",
     "Decision",
     "Event",
@@ -176,11 +188,14 @@ __all__ = [
     "InvalidPoolSpec",
     "InvalidSpec",
     "InvalidSupervisorSpec",
+    "ItemFailed",
     "ItemStatus",
     "LimitsService",
     "MaxAgentsExceeded",
     "MemoryWorkQueue",
     "MetricsService",
+    "NoHubRunning",
+    "NotStored",
     "OSProcessBackend",
     "OrphanKeeper",
     "OutputSpec",
@@ -211,6 +226,7 @@ __all__ = [
     "TreeRow",
     "UnknownEventKind",
     "Verdict",
+    "WaitTimeout",
     "WorkAssigned",
     "WorkCompleted",
     "WorkDeadLettered",
@@ -228,6 +244,10 @@ __all__ = [
 ]
 
 _EXPORTS: dict[str, str] = {
+    "AsyncClient": "_aclient",
+    "Client": "_client",
+    "ControlClientError": "control.client",
+    "NoHubRunning": "control.client",
     "ChildNotFound": "_errors",
     "ConfigError": "_errors",
     "ControlError": "_errors",
@@ -238,11 +258,14 @@ _EXPORTS: dict[str, str] = {
     "InvalidPoolSpec": "_errors",
     "InvalidSpec": "_errors",
     "InvalidSupervisorSpec": "_errors",
+    "ItemFailed": "_errors",
     "MaxAgentsExceeded": "_errors",
+    "NotStored": "_errors",
     "ServiceFailed": "_errors",
     "SpawnError": "_errors",
     "SupervisorEscalation": "_errors",
     "UnknownEventKind": "_errors",
+    "WaitTimeout": "_errors",
     "ChildBackingOff": "_events",
     "ChildExited": "_events",
     "ChildHeartbeat": "_events",
@@ -330,7 +353,8 @@ def __getattr__(name: str) -> Any:
     for public, home in _EXPORTS.items():
         if home == module_name:
             obj = getattr(module, public)
-            if getattr(obj, "__module__", "").startswith(("supervisor._", "supervisor.work.")):
+            home_module = getattr(obj, "__module__", "")
+            if home_module.startswith(("supervisor._", "supervisor.work.", "supervisor.control.")):
                 with contextlib.suppress(AttributeError, TypeError):  # e.g. a str constant
                     obj.__module__ = __name__
             globals()[public] = obj

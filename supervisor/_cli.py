@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,15 @@ import click
 
 from ._errors import ConfigError, ControlError, InvalidSpec, MaxAgentsExceeded
 from .control.client import ControlClientError, NoHubRunning, request, request_many, stream
-from .control.ops import FAST_TIMEOUT, OPS, ControlLimits, Field, Op
+from .control.ops import (
+    FAST_TIMEOUT,
+    OPS,
+    WAIT_TIMED_OUT,
+    ControlLimits,
+    Field,
+    Op,
+    wait_exit_status,
+)
 from .control.paths import SOCKET_ENV, NoHubExit, default_socket_path, env_socket_path
 from .control.wire import dumps, loads_request
 
@@ -384,7 +392,7 @@ def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
 
 @main.group()
 def work() -> None:
-    """Work items: list them, show one, retry a dead one."""
+    """Work items: list them, show one, retry a dead one, wait for them to end."""
 
 
 class _Lines(list[tuple[int, Any]]):
@@ -442,7 +450,11 @@ class _JsonValue(click.ParamType[Any]):
 def _param(f: Field) -> click.Parameter:
     """The command-line argument or option of one field of an op."""
     kind: Any = f.kind
-    if f.minimum is not None:
+    if f.kind is float:
+        kind = click.FloatRange(min=f.minimum)
+    elif f.kind is list and f.flag is None:
+        return click.Argument([f.name], nargs=-1, required=f.required, metavar=f.metavar)
+    elif f.minimum is not None:
         kind = click.IntRange(min=f.minimum)
     elif f.choices is not None:
         kind = click.Choice(f.choices)
@@ -470,8 +482,18 @@ def _show(op: Op, result: Any, args: dict[str, Any]) -> None:
         show(result, args)
 
 
-def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeout: Any) -> None:
+def _print_stream(
+    op: Op,
+    path: Path,
+    req: dict[str, Any],
+    as_json: bool,
+    timeout: Any,
+    show: Callable[[Any, dict[str, Any]], None] | None = None,
+) -> list[Any]:
+    """Print each item of a stream as it comes (with ``show``, else the op's printer);
+    the items printed."""
     args = {k: v for k, v in req.items() if k != "op"}
+    printed = []
     try:
         for answer in stream(path, req, timeout):
             if "dropped" in answer:
@@ -481,8 +503,11 @@ def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeou
                     err=True,
                 )
                 continue
+            printed.append(answer["item"])
             if as_json:
                 click.echo(dumps(answer["item"]))
+            elif show is not None:
+                show(answer["item"], args)
             else:
                 _show(op, answer["item"], args)
             sys.stdout.flush()  # a reader at the other end of a pipe sees each line now
@@ -492,6 +517,7 @@ def _print_stream(op: Op, path: Path, req: dict[str, Any], as_json: bool, timeou
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    return printed
 
 
 def _run_lines(
@@ -502,10 +528,13 @@ def _run_lines(
     lines: _Lines,
     as_json: bool,
     timeout: float | None,
-) -> None:
+    quiet: bool = False,
+) -> list[Any]:
     """Run ``op`` once per line read from stdin (``key`` from each line), over one
-    connection, printing each result as it comes; stop at the first one the hub refuses."""
+    connection, printing each result as it comes (``quiet``: none); stop at the first one
+    the hub refuses. The results."""
     done = 0
+    results = []
     at = 0  # the stdin line of the request being answered
 
     def requests() -> Iterator[dict[str, Any]]:
@@ -517,6 +546,9 @@ def _run_lines(
     try:
         for result in request_many(path, requests(), timeout):
             done += 1
+            results.append(result)
+            if quiet:
+                continue
             if as_json:
                 click.echo(dumps(result))
             else:
@@ -529,6 +561,7 @@ def _run_lines(
             f"stdin line {at}: {exc}; the {done} lines before it were sent (their results "
             f"are printed above), it and the {len(lines) - done - 1} after it were not"
         ) from exc
+    return results
 
 
 def _where_options() -> list[click.Parameter]:
@@ -549,6 +582,27 @@ def _where_options() -> list[click.Parameter]:
     ]
 
 
+def _timeout_help(op: Op) -> str:
+    if op.name == "submit":
+        return (
+            f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}); with --wait, for "
+            "the item to end (default: as long as it takes)."
+        )
+    if op.stream:
+        return f"Seconds to wait for each line (default: {FAST_TIMEOUT:g}; for ever with -f)"
+    budget = ", plus the longest the hub may need for it" if op.budget else ""
+    return f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}{budget})"
+
+
+_WAIT_OPTION = click.Option(
+    ["--wait"],
+    is_flag=True,
+    help="Wait until the item has ended and print its result (exit 0), or its error on "
+    f"stderr (exit 1: failed, dead...); exit {WAIT_TIMED_OUT} if --timeout runs out first. "
+    "With JSON lines on stdin: every item, as `work wait` prints them.",
+)
+
+
 def _ctl_command(op: Op, name: str | None = None) -> click.Command:
     """The command of one entry of the control table (``hubvisor ctl NAME``, or ``name``)."""
     params: list[click.Parameter] = []
@@ -564,19 +618,19 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             help="Print each item as a JSON line." if op.stream else "Print the result as JSON.",
         )
     )
-    params.append(
-        click.Option(
-            ["--timeout"],
-            type=click.FloatRange(min=0, min_open=True),
-            default=None,
-            help=(
-                f"Seconds to wait for each line (default: {FAST_TIMEOUT:g}; for ever with -f)"
-                if op.stream
-                else f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}"
-                + (", plus the longest the hub may need for it)" if op.budget else ")")
-            ),
+    # An op with a timeout of its own (work_wait) takes it as --timeout instead.
+    own_timeout = any(f.name == "timeout" for f in op.fields)
+    if not own_timeout:
+        params.append(
+            click.Option(
+                ["--timeout"],
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help=_timeout_help(op),
+            )
         )
-    )
+    if op.name == "submit":
+        params.append(_WAIT_OPTION)
     params.extend(_where_options())
 
     def callback(
@@ -584,6 +638,7 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
         timeout: float | None,
         socket_path: Path | None,
         hub_id: str | None,
+        wait: bool = False,
         **values: Any,
     ) -> None:
         obj = click.get_current_context().obj
@@ -593,32 +648,71 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             or (obj if isinstance(obj, Path) else None)
             or env_socket_path()
         )
+        if own_timeout:
+            values["timeout"], timeout = timeout, None
         args = {
             k: list(v) if isinstance(v, tuple) else v
             for k, v in values.items()
             if v is not None and v is not False and v != ()
         }
-        req = {"op": op.name, **args}
-        many = [(k, v) for k, v in args.items() if isinstance(v, _Lines)]
         try:
-            if many:
-                _run_lines(op, path, args, *many[0], as_json, timeout)
-                return
-            if op.stream:
-                _print_stream(op, path, req, as_json, timeout)
-                return
-            result = request(path, req, timeout)
+            _carry_out(op, path, args, as_json, timeout, wait)
         except NoHubRunning as exc:
             raise NoHubExit(str(exc)) from exc
         except ControlClientError as exc:
             raise click.ClickException(str(exc)) from exc
-        if as_json:
-            click.echo(dumps(result, indent=2))
-        else:
-            _show(op, result, args)
 
     help_text = op.help + ("\n\n" + "\n\n".join(arguments) if arguments else "")
     return click.Command(name or op.name, callback=callback, params=params, help=help_text)
+
+
+def _carry_out(
+    op: Op, path: Path, args: dict[str, Any], as_json: bool, timeout: float | None, wait: bool
+) -> None:
+    """Send the op's request(s) and print the outcome; ``wait``: ``submit --wait``."""
+    req = {"op": op.name, **args}
+    many = [(k, v) for k, v in args.items() if isinstance(v, _Lines)]
+    if many:
+        done = _run_lines(op, path, args, *many[0], as_json, None if wait else timeout, wait)
+        if wait:
+            if any(item.get("stored") is False for item in done):
+                from .control.printers import warn_not_stored
+
+                warn_not_stored()
+            _wait_and_exit(path, [item["id"] for item in done], timeout, as_json, single=False)
+        return
+    if op.stream:
+        items = _print_stream(op, path, req, as_json, timeout)
+        if op.waits:
+            sys.exit(wait_exit_status(items))
+        return
+    result = request(path, req, None if wait else timeout)
+    if wait:
+        if result.get("stored") is False:
+            from .control.printers import warn_not_stored
+
+            warn_not_stored()
+        _wait_and_exit(path, [result["id"]], timeout, as_json, single=True)
+    if as_json:
+        click.echo(dumps(result, indent=2))
+    else:
+        _show(op, result, args)
+
+
+def _wait_and_exit(
+    path: Path, ids: list[str], timeout: float | None, as_json: bool, *, single: bool
+) -> None:
+    """Wait for the items ``ids`` to end, print them, exit with the wait's status."""
+    req: dict[str, Any] = {"op": "work_wait", "ids": ids}
+    if timeout is not None:
+        req["timeout"] = timeout
+    show = None
+    if single and not as_json:
+        from .control.printers import show_result
+
+        show = show_result
+    items = _print_stream(OPS["work_wait"], path, req, as_json, None, show)
+    sys.exit(wait_exit_status(items))
 
 
 for _op in OPS.values():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from strategies._errors import HubvisorError, InvalidPolicy
 
 __all__ = [
@@ -15,11 +18,14 @@ __all__ = [
     "InvalidPoolSpec",
     "InvalidSpec",
     "InvalidSupervisorSpec",
+    "ItemFailed",
     "MaxAgentsExceeded",
+    "NotStored",
     "ServiceFailed",
     "SpawnError",
     "SupervisorEscalation",
     "UnknownEventKind",
+    "WaitTimeout",
 ]
 
 
@@ -104,3 +110,87 @@ class UnknownEventKind(HubvisorError, ValueError):
 
 class InvalidMirrorConfig(HubvisorError, ValueError):
     """A registry mirror (e.g. :class:`~supervisor.RedisMirror`) got a bad URL or option."""
+
+
+class WaitTimeout(ControlError, TimeoutError):
+    """A wait for work items ran out of time before they ended; they go on.
+
+    Raised by :meth:`WorkService.wait <supervisor.WorkService.wait>` (in the hub) and by
+    :meth:`Client.wait <supervisor.Client.wait>` and the other waits of the clients.
+
+    Attributes:
+        item_ids: the items that had not ended.
+        timeout: the seconds waited.
+        items: each of them as last seen (a :class:`~supervisor.WorkItem` in the hub, the
+            item's JSON over the control socket), in the order of ``item_ids``.
+    """
+
+    def __init__(self, item_ids: Sequence[str], timeout: float, items: Sequence[Any] = ()) -> None:
+        self.item_ids = tuple(item_ids)
+        self.timeout = timeout
+        self.items = tuple(items)
+        shown = []
+        for n, item_id in enumerate(self.item_ids[:_SHOWN]):
+            status = _status_of(self.items[n]) if n < len(self.items) else ""
+            shown.append(f"{item_id!r} (still {status})" if status else repr(item_id))
+        if len(self.item_ids) > _SHOWN:
+            shown.append(f"{len(self.item_ids) - _SHOWN} more")
+        noun = "work item" if len(self.item_ids) == 1 else "work items"
+        super().__init__(
+            f"{noun} {', '.join(shown)} did not end within {timeout:g}s; the hub goes on with "
+            "them: wait again, or see them with `hubvisor work show ID`"
+        )
+
+
+class ItemFailed(HubvisorError):
+    """A work item ended without completing: failed, dead (or, with the work controls,
+    cancelled or timed out). Raised by the clients' :meth:`~supervisor.Client.wait`.
+
+    Attributes:
+        item_id: the item's id.
+        status: how it ended (``"failed"``, ``"dead"``, ...).
+        error: the last error (the agent's, or why it was dead-lettered).
+        item: the whole item as ``hubvisor work show ID --json`` prints it.
+        history: how each attempt ended (``item["history"]``).
+    """
+
+    def __init__(self, item: Mapping[str, Any]) -> None:
+        self.item = dict(item)
+        self.item_id = str(item.get("id"))
+        self.status = str(item.get("status"))
+        self.error = item.get("error")
+        self.history = list(item.get("history") or ())
+        super().__init__(
+            f"work item {self.item_id!r} ended {self.status}: {self.error or 'no error given'}"
+            f" ({len(self.history)} attempts; `hubvisor work show {self.item_id}` shows them, "
+            f"`hubvisor work retry {self.item_id}` queues it again)"
+        )
+
+
+class NotStored(ControlError):
+    """``submit(..., require_stored=True)``: the hub queued the item but its store did not
+    make it durable in time (Redis did not answer). The hub holds it and writes it when
+    the store is back; it is lost if the hub dies first. Submitting again would queue it
+    twice: wait, or check it with ``show(item_id)``.
+
+    Attributes:
+        item_id: the item the hub holds.
+    """
+
+    def __init__(self, item_id: str) -> None:
+        self.item_id = item_id
+        super().__init__(
+            f"work item {item_id!r} is queued in the hub but not durable yet (its store did "
+            "not answer in time); the hub writes it when the store is back and loses it only "
+            "if it dies first; do not submit it again: check it with `hubvisor work show "
+            f"{item_id}`"
+        )
+
+
+_SHOWN = 10  # item ids a WaitTimeout names
+
+
+def _status_of(item: Any) -> str:
+    """The status of an item, a :class:`WorkItem` or its JSON ("" when unknown)."""
+    status = item.get("status") if isinstance(item, Mapping) else getattr(item, "status", "")
+    return str(status or "")

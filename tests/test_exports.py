@@ -13,6 +13,8 @@ import supervisor
 
 # Modules whose public names are part of `supervisor`'s API.
 _SUPERVISOR_MODULES = [
+    "_aclient",
+    "_client",
     "_errors",
     "_events",
     "_hub",

@@ -11,7 +11,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,17 @@ from .wire import MAX_ANSWER, MAX_LINE, loads_answer, too_deep
 __all__ = [
     "ControlClientError",
     "HubBusy",
+    "HubRefused",
+    "IdleClosed",
     "NoHubRunning",
+    "connect_error",
+    "encode_request",
+    "no_answer",
+    "parse_answer",
     "request",
     "request_many",
     "stream",
+    "stream_limits",
 ]
 
 
@@ -44,6 +51,83 @@ class HubBusy(ControlClientError):
     (:class:`~supervisor.control.ops.ControlLimits`)."""
 
 
+class HubRefused(ControlClientError):
+    """The hub answered the request with an error (an unknown id, a bad field...); the
+    connection is fine for more requests."""
+
+
+class IdleClosed(ControlClientError):
+    """The hub closed the connection for being idle before it read the request (nothing
+    was done: sending it again on a new connection is safe)."""
+
+
+def connect_error(path: Path, exc: OSError) -> ControlClientError:
+    """The error of a failed connect to ``path``: :class:`NoHubRunning` when nothing
+    listens there."""
+    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        return NoHubRunning(no_hub_message(path))
+    return ControlClientError(
+        f"no hub is listening on {path} ({exc.strerror or exc}); is `hubvisor run` running "
+        "with that hub id, or pass --socket"
+    )
+
+
+def encode_request(req: dict[str, Any]) -> bytes:
+    """A request as its line, or a :class:`ControlClientError` saying why it cannot be."""
+    try:
+        line = json.dumps(req, allow_nan=False).encode() + b"\n"
+    except ValueError:
+        raise ControlClientError(
+            f"the {show_value(req.get('op'))} request holds NaN or Infinity, which JSON "
+            "does not allow (the protocol forbids them); send null, a string or a finite "
+            "number"
+        ) from None
+    if len(line) > MAX_LINE:
+        raise ControlClientError(
+            f"the request is {len(line)} bytes, over the {MAX_LINE} a control request may "
+            "have; put large inputs in a file or store and pass their name"
+        )
+    return line
+
+
+def no_answer(path: Path, op: str, timeout: float | None) -> ControlClientError:
+    """The error of an answer that did not come within ``timeout`` seconds."""
+    return ControlClientError(
+        f"the hub at {path} did not answer {op} within {timeout or 0:g}s; it may still be "
+        "carrying it out (see `hubvisor ctl list`); wait longer with --timeout SECONDS"
+    )
+
+
+def parse_answer(path: Path, line: bytes) -> dict[str, Any]:
+    """The answer on one line from the hub at ``path``; an ``ok: false`` one raises.
+
+    Raises:
+        HubBusy: the hub is at its connection cap (nothing was done).
+        IdleClosed: the hub closed the connection as idle (nothing was done).
+        HubRefused: the hub refused the request, with its error.
+        ControlClientError: the line is not a hubvisor answer.
+    """
+    try:
+        answer = None if too_deep(line) else loads_answer(line)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        raise ControlClientError(
+            f"the hub at {path} sent an answer that is not a hubvisor answer: "
+            f"{line[:80]!r}; is {path} the control socket of a hubvisor hub?"
+        )
+    if not answer["ok"]:
+        error = (
+            HubBusy
+            if answer.get("busy") is True
+            else IdleClosed
+            if answer.get("idle") is True
+            else HubRefused
+        )
+        raise error(str(answer.get("error")))
+    return answer
+
+
 class _Client:
     """One blocking connection to a hub: requests in, answers out, every failure explained."""
 
@@ -57,34 +141,17 @@ class _Client:
         try:
             self.sock.connect(str(self.path))
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-                raise NoHubRunning(no_hub_message(self.path)) from None
-            raise ControlClientError(
-                f"no hub is listening on {self.path} ({exc.strerror or exc}); is `hubvisor "
-                "run` running with that hub id, or pass --socket"
-            ) from None
+            raise connect_error(self.path, exc) from None
 
     def send(self, req: dict[str, Any]) -> None:
-        try:
-            line = json.dumps(req, allow_nan=False).encode() + b"\n"
-        except ValueError:
-            raise ControlClientError(
-                f"the {show_value(req.get('op'))} request holds NaN or Infinity, which JSON "
-                "does not allow (the protocol forbids them); send null, a string or a finite "
-                "number"
-            ) from None
-        if len(line) > MAX_LINE:
-            raise ControlClientError(
-                f"the request is {len(line)} bytes, over the {MAX_LINE} a control request may "
-                "have; put large inputs in a file or store and pass their name"
-            )
+        line = encode_request(req)
         try:
             self.sock.sendall(line)
         except OSError as exc:
             # A busy hub answers and closes before reading: its answer may be waiting.
             try:
                 self.read("", 1.0)
-            except HubBusy:
+            except (HubBusy, IdleClosed):  # the hub refused before reading: nothing done
                 raise
             except (ControlClientError, OSError):
                 pass
@@ -110,29 +177,13 @@ class _Client:
                     )
                 self.buf += chunk
         except TimeoutError:
-            raise ControlClientError(
-                f"the hub at {self.path} did not answer {op} within {timeout:g}s; it may still "
-                "be carrying it out (see `hubvisor ctl list`); wait longer with --timeout "
-                "SECONDS"
-            ) from None
+            raise no_answer(self.path, op, timeout) from None
         except OSError as exc:
             raise ControlClientError(
                 f"lost the connection to the hub at {self.path} ({exc.strerror or exc})"
             ) from None
         line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            answer = None if too_deep(line) else loads_answer(line)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
-            raise ControlClientError(
-                f"the hub at {self.path} sent an answer that is not a hubvisor answer: "
-                f"{line[:80]!r}; is {self.path} the control socket of a hubvisor hub?"
-            )
-        if not answer["ok"]:
-            error = HubBusy if answer.get("busy") is True else ControlClientError
-            raise error(str(answer.get("error")))
-        return answer
+        return parse_answer(self.path, line)
 
     def ask(self, req: dict[str, Any], timeout: float) -> Any:
         op = show_value(req.get("op") if isinstance(req, dict) else req)
@@ -266,14 +317,36 @@ def _retry_busy(attempt: Callable[[], Any], timeout: float | None) -> Any:
         pause = min(1.0, pause * 2)
 
 
-def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Iterator[Any]:
+def stream_limits(
+    path: Path, req: dict[str, Any], timeout: float | None
+) -> tuple[float | None, str | None]:
+    """How long to wait for each line of a stream (``None``: for ever), and the error when
+    the hub closes the connection in the middle (``None``: the usual one)."""
+    op = OPS.get(req["op"]) if isinstance(req.get("op"), str) else None
+    if op is not None and op.waits:
+        own = req.get("timeout")
+        if timeout is None and isinstance(own, int | float):
+            timeout = own + ops.FAST_TIMEOUT
+        return timeout, (
+            f"the hub at {path} closed the connection before the wait ended: it stopped; "
+            "where the items are: `hubvisor work show ID` on a hub that serves them"
+        )
+    if req.get("follow"):
+        return timeout, f"the hub at {path} ended the stream: it stopped"
+    return ops.FAST_TIMEOUT if timeout is None else timeout, None
+
+
+def stream(
+    path: Path, req: dict[str, Any], timeout: float | None = None
+) -> Generator[Any, None, None]:
     """Send a streaming request; yield its answers until the stream ends (blocking client).
 
     Each answer is ``{"item": ...}`` or ``{"dropped": N}`` (N items the hub dropped
     there because this client read too slowly). A request with ``follow`` goes on until
-    the caller stops iterating (closing the connection ends the stream in the hub).
-    ``timeout``: seconds to wait for each answer (default: ``FAST_TIMEOUT``, and for
-    ever while following).
+    the caller stops iterating (closing the connection ends the stream in the hub), and
+    so may a waiting op (``work_wait``). ``timeout``: seconds to wait for each answer
+    (default: ``FAST_TIMEOUT``; for ever while following; for a wait, the request's own
+    ``timeout`` plus ``FAST_TIMEOUT``, or for ever).
 
     Raises:
         NoHubRunning: nothing listens at ``path``.
@@ -281,9 +354,7 @@ def stream(path: Path, req: dict[str, Any], timeout: float | None = None) -> Ite
             stopped), did not answer in time, or answered garbage.
     """
     name = show_value(req.get("op"))
-    follow = bool(req.get("follow"))
-    wait = timeout if timeout is not None else None if follow else ops.FAST_TIMEOUT
-    ended = f"the hub at {path} ended the stream: it stopped" if follow else None
+    wait, ended = stream_limits(path, req, timeout)
 
     def first() -> tuple[_Client, dict[str, Any]]:
         client = _connect(path, ops.FAST_TIMEOUT if timeout is None else timeout)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import ChildNotFound, ControlError
+from .._errors import ChildNotFound, ControlError, WaitTimeout
 from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
-from ..work import ItemStatus
+from ..work import FINAL, ItemStatus
 from .ops import SCHEMA_VERSION, Args, parse_request
 from .stream import Stream
 
@@ -217,6 +217,43 @@ async def _work_retry(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     return (await hub.work.retry_any(args["id"])).to_json()
 
 
+async def _work_wait(hub: Hub, args: Args, out: Stream) -> None:
+    """Each item once it has ended, in the order they end (those ended already first);
+    at the timeout, each one not ended yet as it is then (``final`` false)."""
+    ids = list(dict.fromkeys(args["ids"]))  # each once
+    timeout = args.get("timeout")
+    deadline = None if timeout is None else trio.current_time() + timeout
+    if not ids:
+        raise ControlError(
+            'work_wait needs one item id or more, e.g. {"op": "work_wait", "ids": ["worker-1"]}'
+        )
+    items = [await hub.work.fetch(item_id) for item_id in ids]  # an unknown id: no wait
+    pending = [item.id for item in items if item.status not in FINAL]
+    hub.work.check_waiters(len(pending))  # all of them or none
+    for item in items:
+        if item.status in FINAL:
+            out.backlog(item.to_json())
+    failure: list[Exception] = []
+
+    async def wait(item_id: str) -> None:
+        left = None if deadline is None else max(0.0, deadline - trio.current_time())
+        try:
+            item = await hub.work.wait(item_id, left)
+        except WaitTimeout as exc:
+            item = exc.items[0]
+        except Exception as exc:  # e.g. the hub stopped: the first error ends them all, and
+            failure.append(exc)  # is the answer itself (not a group of the tasks' errors)
+            nursery.cancel_scope.cancel()
+            return
+        out.backlog(item.to_json())  # never dropped: at most one per id asked for
+
+    async with trio.open_nursery() as nursery:
+        for item_id in pending:
+            nursery.start_soon(wait, item_id)
+    if failure:
+        raise failure[0]
+
+
 async def _tail(hub: Hub, args: Args, out: Stream) -> None:
     child_id, lines = args["id"], args.get("lines")
     _owner(hub, child_id)
@@ -281,7 +318,7 @@ HANDLERS: dict[str, Handler] = {
 }
 """The handler of each op that gives one answer, by the op's name."""
 
-STREAMS: dict[str, StreamHandler] = {"tail": _tail, "events": _events}
+STREAMS: dict[str, StreamHandler] = {"tail": _tail, "events": _events, "work_wait": _work_wait}
 """The handler of each streaming op, by the op's name."""
 
 BUDGETS: dict[str, Budget] = {

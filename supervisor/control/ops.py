@@ -14,7 +14,8 @@ This module imports no hub, no trio and no rich: the client commands load it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +27,14 @@ __all__ = [
     "ITEM_STATUSES",
     "OPS",
     "SCHEMA_VERSION",
+    "WAIT_TIMED_OUT",
     "Args",
     "ControlLimits",
     "Field",
     "Op",
     "parse_request",
     "show_value",
+    "wait_exit_status",
 ]
 
 FAST_TIMEOUT = 30.0
@@ -42,6 +45,9 @@ EVENTS_KEPT = 1000
 """How many recent events the control server keeps for ``hubvisor events``."""
 ITEM_STATUSES = ("queued", "assigned", "completed", "failed", "dead")
 """The statuses of a work item (:class:`supervisor.ItemStatus`; a test keeps them in step)."""
+WAIT_TIMED_OUT = 124
+"""The exit status of ``hubvisor work wait`` and ``submit --wait`` when their ``--timeout``
+ran out before every item ended (as ``timeout(1)``'s)."""
 
 Args = Mapping[str, Any]
 
@@ -84,6 +90,7 @@ class ControlLimits:
 
 _KIND_NAMES: dict[type, str] = {
     int: "int",
+    float: "number",
     str: "string",
     dict: "object",
     bool: "boolean",
@@ -108,15 +115,16 @@ class Field:
 
     Attributes:
         name: the JSON key, and the ``hubvisor ctl`` argument or option name.
-        kind: ``int``, ``str``, ``bool``, ``dict`` (a JSON object), ``list`` (of strings)
-            or ``object`` (any JSON value); ``bool`` is never an ``int``.
+        kind: ``int``, ``float`` (any finite number: seconds), ``str``, ``bool``, ``dict``
+            (a JSON object), ``list`` (of strings) or ``object`` (any JSON value);
+            ``bool`` is never a number.
         help: what the field means (``ctl --help`` shows it).
         example: a valid value, shown in error messages as the fix.
         required: whether a request must carry it (``null`` counts as absent).
-        minimum: the smallest value of an ``int`` field.
+        minimum: the smallest value of an ``int`` or ``float`` field.
         flag: the command's option for it (e.g. ``"-n"``, or ``"--kind"`` used alone);
             without one it is an argument. A ``bool`` field is an on/off flag, a ``list``
-            field an option that may be repeated.
+            field an option that may be repeated (as an argument: one or more values).
         metavar: how ``--help`` names the argument.
         choices: the values a ``str`` field may take (``None``: any).
     """
@@ -148,6 +156,13 @@ class Field:
             return isinstance(value, bool)
         if self.kind is list:
             return isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if self.kind is float:
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and (self.minimum is None or value >= self.minimum)
+            )
         if not isinstance(value, self.kind) or isinstance(value, bool):
             return False
         if self.minimum is not None:
@@ -182,6 +197,10 @@ class Op:
         stream: a streaming op: its handler (in ``STREAMS``) puts items into a
             :class:`~supervisor.control.handlers.Stream` until the stream is over; when
             ``args["follow"]`` is true it runs until the client closes the connection.
+        waits: a streaming op that may wait long for its items (``work_wait``): like a
+            follower it takes the connection over (the hub ends it when the client
+            closes the connection, and closes the connection after its end line), no
+            idle timeout cuts it, and the client waits for each line as long as it takes.
         cli: the top-level command that runs it too, e.g. ``"work list"``
             (``hubvisor work list``); ``None``: only ``hubvisor ctl NAME``.
     """
@@ -193,6 +212,7 @@ class Op:
     command: bool = True
     stream: bool = False
     cli: str | None = None
+    waits: bool = False
 
     def example(self) -> str:
         """A valid request of this op, as JSON."""
@@ -222,6 +242,16 @@ class Op:
                 continue
             args[f.name] = f.check(self, value)
         return args
+
+
+def wait_exit_status(items: Iterable[Mapping[str, Any]]) -> int:
+    """The exit status of a wait that printed ``items`` (``work_wait``'s, as JSON): 1 when
+    one ended without completing, else :data:`WAIT_TIMED_OUT` when one had not ended
+    (``final`` false: the timeout ran out), else 0."""
+    items = list(items)
+    if any(i.get("final") and i.get("status") != "completed" for i in items):
+        return 1
+    return WAIT_TIMED_OUT if any(not i.get("final") for i in items) else 0
 
 
 def parse_request(req: object) -> tuple[Op, dict[str, Any]]:
@@ -374,6 +404,36 @@ OPS: dict[str, Op] = {
             "Queue a dead or failed work item again, its deliveries reset.",
             fields=(_ITEM_ID,),
             cli="work retry",
+        ),
+        Op(
+            "work_wait",
+            "Wait until each work item ITEM_ID... has ended; print each as it ends.\n\n"
+            "Exit status: 0 when every item completed; 1 when one failed or is dead (its "
+            f"error is printed); {WAIT_TIMED_OUT} when --timeout ran out first (the items "
+            "not ended yet are printed with their status; they go on). --json prints each "
+            "item as a JSON line (as `work show --json`; 'final' is false for one the wait "
+            "gave up on).",
+            fields=(
+                Field(
+                    "ids",
+                    list,
+                    "the work items' ids, as `hubvisor submit` printed them",
+                    ["worker-1"],
+                    metavar="ITEM_ID...",
+                ),
+                Field(
+                    "timeout",
+                    float,
+                    "seconds to wait at most (default: as long as it takes)",
+                    60,
+                    required=False,
+                    minimum=0,
+                    flag="--timeout",
+                ),
+            ),
+            stream=True,
+            waits=True,
+            cli="work wait",
         ),
         Op(
             "tail",

@@ -19,7 +19,7 @@ from rich.text import Text
 from .ops import Args
 from .wire import dumps
 
-__all__ = ["PRINTERS", "Printer", "secs"]
+__all__ = ["PRINTERS", "Printer", "secs", "show_result", "warn_not_stored"]
 
 Printer = Callable[[Any, Args], None]
 """``show(result, args)`` prints an op's result; ``args`` are the request's fields."""
@@ -195,12 +195,50 @@ def _show_item(item: Any, args: Args) -> None:
 def _show_submitted(item: Any, args: Args) -> None:
     click.echo(item["id"])
     if item.get("stored") is False:
+        warn_not_stored()
+
+
+def warn_not_stored() -> None:
+    """``submit --wait``: say on stderr that a submitted item is not durable yet."""
+    click.echo(
+        "warning: the work store (Redis, or the disk of the SQLite store) did not take "
+        "the item in time; the hub holds it and writes it when the store answers (it is "
+        "lost if the hub dies first)",
+        err=True,
+    )
+
+
+def show_result(item: Any, args: Args) -> None:
+    """``submit --wait``: the result of a completed item on stdout; how another ended,
+    or that the wait gave up, on stderr."""
+    if not item.get("final"):
         click.echo(
-            "warning: the work store (Redis, or the disk of the SQLite store) did not take "
-            "the item in time; the hub holds it and writes it when the store answers (it is "
-            "lost if the hub dies first)",
+            f"hubvisor: work item {item['id']} is still {item['status']} after "
+            f"{args.get('timeout', 0):g}s; it goes on (`hubvisor work wait {item['id']}`)",
             err=True,
         )
+    elif item["status"] == "completed":
+        click.echo(dumps(item["result"]))
+    else:
+        click.echo(
+            f"hubvisor: work item {item['id']} {item['status']}: {item['error'] or '-'}",
+            err=True,
+        )
+
+
+def _show_waited(item: Any, args: Args) -> None:
+    """One line per item as it ends: its result, or how it ended and why (on stderr), or
+    that the wait gave up on it."""
+    if not item.get("final"):
+        click.echo(
+            f"{item['id']}: still {item['status']} when the wait ended after "
+            f"{args.get('timeout', 0):g}s; it goes on (`hubvisor work wait {item['id']}`)",
+            err=True,
+        )
+    elif item["status"] == "completed":
+        click.echo(f"{item['id']}: completed: {dumps(item['result'])}")
+    else:
+        click.echo(f"{item['id']}: {item['status']}: {item['error'] or '-'}", err=True)
 
 
 def _show_retried(item: Any, args: Args) -> None:
@@ -232,6 +270,7 @@ PRINTERS: dict[str, Printer] = {
     "work_list": _show_items,
     "work_show": _show_item,
     "work_retry": _show_retried,
+    "work_wait": _show_waited,
     "tail": _show_line,
     "events": _show_event,
     "budget": _echo,

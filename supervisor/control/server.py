@@ -104,12 +104,13 @@ async def _serve_stream(
 
     The items go out as ``{"ok": true, "item": ...}`` lines, a gap as ``{"ok": true,
     "dropped": N}``, and the end as ``{"ok": true, "end": true}`` or an error answer. A
-    stream that follows (``args["follow"]``) takes the connection over: it ends when the
-    client closes the connection (whatever the client sends meanwhile is ignored).
+    stream that follows (``args["follow"]``) or waits (``op.waits``) takes the connection
+    over: it ends when the client closes the connection (whatever the client sends
+    meanwhile is ignored), and the connection closes after it.
     """
     assert op.stream
     handler = STREAMS[op.name]
-    follow = bool(args.get("follow"))
+    follow = bool(args.get("follow")) or op.waits
     out = Stream(ring=ring)
     final = {"ok": True, "end": True}
     open_ = True
@@ -190,7 +191,9 @@ async def _serve_connection(
                 with trio.move_on_at(deadline) as waiting:
                     chunk = await stream.receive_some(65536)
                 if waiting.cancelled_caught:
-                    await _goodbye(stream, _error(_timed_out(why, limits)))
+                    # "idle": no request was read, so a client may send it again elsewhere.
+                    flag = {"idle": True} if why == "idle" else {}
+                    await _goodbye(stream, {**_error(_timed_out(why, limits)), **flag})
                     return
                 if not chunk:
                     return

@@ -6,11 +6,13 @@
 * :mod:`._store`: :class:`WorkStore`, a queue whose record is shared (Redis Streams,
   :mod:`supervisor.work.redis`), and :class:`StoreHost`, what such a store asks back.
 * :mod:`._dispatch` and :mod:`._service`: :class:`WorkService`, the hub service that
-  feeds the queue and hands items to idle agents.
+  feeds the queue and hands items to idle agents; :mod:`._waiters`: its waits for items
+  to end (:meth:`WorkService.wait`).
 """
 
 from ._item import (
     DEFAULT_MAX_DELIVERIES as DEFAULT_MAX_DELIVERIES,
+    FINAL as FINAL,
     MAX_CHECKPOINT as MAX_CHECKPOINT,
     MAX_PAYLOAD as MAX_PAYLOAD,
     AttemptRecord as AttemptRecord,

@@ -110,6 +110,7 @@ class Dispatch:
         self.store = store
         self.handback_pause = handback_pause
         self._submit = submit
+        self.changed: Callable[[str], None] = lambda item_id: None  # wakes its waiters
         self.hub: Hub | None = None  # set when the service runs
         self.nursery: trio.Nursery | None = None
         self.agents: dict[str, _Agent] = {}
@@ -145,8 +146,7 @@ class Dispatch:
         return [agent_id for agent_id in agent_ids if agent_id in idle]
 
     def retire(self, agent_ids: Iterable[str]) -> list[str]:
-        """Take the idle ones of ``agent_ids`` out of dispatch (see
-        :meth:`WorkService.retire`)."""
+        """Take the idle ones of ``agent_ids`` out of dispatch (:meth:`WorkService.retire`)."""
         taken = []
         for agent_id in agent_ids:
             agent = self.agents.get(agent_id)
@@ -481,6 +481,8 @@ class Dispatch:
     def publish(
         self, cls: Any, child_id: str, *, agent: _Agent | None = None, **fields: Any
     ) -> None:
+        if "item_id" in fields:  # every work event, after the queue changed its item
+            self.changed(fields["item_id"])
         if self.hub is None:
             return
         supervisor = agent.supervisor if agent is not None else ""

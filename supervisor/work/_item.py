@@ -31,6 +31,12 @@ class ItemStatus(enum.StrEnum):
     DEAD = "dead"  # used up max_deliveries: in the dead-letter list
 
 
+FINAL: frozenset[ItemStatus] = frozenset({ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD})
+"""The statuses in which an item has ended: nothing more happens to it unless retried
+(:meth:`WorkService.wait <supervisor.WorkService.wait>` returns then; ``"final"`` in its
+JSON). A new final status is added here, and nowhere else."""
+
+
 @attrs.frozen
 class AttemptRecord:
     """How one attempt of an item ended."""
@@ -76,6 +82,7 @@ class WorkItem:
             "id": self.id,
             "type": self.agent_type,
             "status": str(self.status),
+            "final": self.status in FINAL,
             "attempt": self.attempt,
             "deliveries": self.deliveries,
             "max_deliveries": self.max_deliveries,

@@ -32,6 +32,7 @@ from .._spec import _ID_RE
 from ._dispatch import Dispatch
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
+    FINAL,
     ItemStatus,
     WorkDeadLettered,
     WorkItem,
@@ -41,6 +42,7 @@ from ._item import (
 )
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
+from ._waiters import DEFAULT_MAX_WAITERS, Waiters
 
 if TYPE_CHECKING:
     from .._hub import Hub
@@ -74,6 +76,8 @@ class WorkService:
         handback_pause: seconds an agent that handed an item back waits before it is
             given work again (another idle agent gets the item first; the agent is not
             given up on).
+        max_waiters: the most :meth:`wait` calls under way at once (one per item waited
+            for, ``hubvisor work wait`` too); one more is refused, naming the cap.
 
     Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
     Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
@@ -93,16 +97,19 @@ class WorkService:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         max_queued: int | None = DEFAULT_MAX_QUEUED,
         handback_pause: float = DEFAULT_HANDBACK_PAUSE,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
     ) -> None:
-        _check_options(max_deliveries, max_queued, handback_pause)
+        _check_options(max_deliveries, max_queued, handback_pause, max_waiters)
         self.max_queued = max_queued
         self.handback_pause = float(handback_pause)
         self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
         self._store = self.queue if isinstance(self.queue, WorkStore) else None
         self.max_deliveries = max_deliveries
+        self._waiters = Waiters(max_waiters)
         self._dispatch = Dispatch(
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
+        self._dispatch.changed = self._waiters.fire
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
@@ -228,6 +235,55 @@ class WorkService:
         """The item with ``item_id``, from the shared store if this hub does not hold it."""
         return self.get(item_id) if self.store is None else await self.store.fetch(item_id)
 
+    async def wait(self, item_id: str, timeout: float | None = None) -> WorkItem:
+        """The item once it has ended: completed, failed or dead (a status of
+        :data:`~supervisor.work.FINAL`); inspect its ``status``, ``result`` and ``error``.
+
+        Event-driven: the service wakes the waiter when something happens to the item. With
+        a store shared by other hubs (Redis) the item may end on another hub, so the waiter
+        also reads it from the store every 0.5 s, backing off to 2 s. An item already ended
+        is returned at once. Cancelling the call removes its waiter.
+
+        Args:
+            item_id: the item (of this hub, or with a store of any hub sharing it).
+            timeout: seconds to wait at most (``None``: as long as it takes).
+
+        Raises:
+            WaitTimeout: ``timeout`` ran out first (the item goes on; the error holds it
+                as last seen).
+            ControlError: no such item, a bad timeout, more than ``max_waiters`` waits at
+                once, or the hub stopped before the item ended.
+
+        .. versionadded:: 21
+        """
+        return await self._waiters.wait(item_id, timeout, self._read, self.store is not None)
+
+    async def _read(self, item_id: str) -> WorkItem:
+        """The item as a waiter sees it: this hub's copy when it has ended here (the store
+        may not have it written yet), else :meth:`fetch`."""
+        try:
+            item = self.get(item_id)
+        except ControlError:
+            item = None
+        if item is not None and (self.store is None or item.status in FINAL):
+            return item
+        return await self.fetch(item_id)
+
+    @property
+    def waiters(self) -> int:
+        """:meth:`wait` calls under way (one per item waited for)."""
+        return self._waiters.count
+
+    @property
+    def max_waiters(self) -> int:
+        """The most :meth:`wait` calls under way at once."""
+        return self._waiters.max_waiters
+
+    def check_waiters(self, n: int) -> None:
+        """Refuse ``n`` more :meth:`wait` calls beyond ``max_waiters`` (a
+        :class:`ControlError` naming the cap), before any of them starts."""
+        self._waiters.check_room(n)
+
     async def retry_any(self, item_id: str) -> WorkItem:
         """:meth:`retry`, for an item any hub sharing the store held."""
         if self.store is None:
@@ -322,6 +378,7 @@ class WorkService:
             hub.bus.attach(self._feed, _SERVICE_KINDS)
         hub.agents.subscribe_messages(self._sink)
         self._dispatch.wake_rested()  # its pause ended with the failed run
+        self._waiters.start()
         dispatch = self._dispatch
         try:
             async with trio.open_nursery() as nursery:
@@ -342,6 +399,11 @@ class WorkService:
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the hub is stopping
                 self._detach(hub)
+                self._waiters.stop(
+                    "it is lost with the hub (kept in its memory only)"
+                    if self.store is None
+                    else "its store keeps it: wait again on a hub that serves it"
+                )
                 if self.store is None:
                     _report_unfinished(self.queue.items())
             raise
@@ -398,7 +460,9 @@ def _keep_checkpoint(old: AgentMessage, new: AgentMessage) -> AgentMessage:
     return attrs.evolve(new, value=json.dumps(merged, separators=(",", ":")))
 
 
-def _check_options(max_deliveries: Any, max_queued: Any, handback_pause: Any) -> None:
+def _check_options(
+    max_deliveries: Any, max_queued: Any, handback_pause: Any, max_waiters: Any
+) -> None:
     """Refuse bad :class:`WorkService` arguments, naming the value and the fix."""
     if (
         not isinstance(max_deliveries, int)
@@ -422,6 +486,11 @@ def _check_options(max_deliveries: Any, max_queued: Any, handback_pause: Any) ->
     ):
         raise ConfigError(
             f"WorkService(handback_pause=...) must be seconds >= 0 (got {handback_pause!r})"
+        )
+    if not isinstance(max_waiters, int) or isinstance(max_waiters, bool) or max_waiters < 1:
+        raise ConfigError(
+            f"WorkService(max_waiters=...) must be an int >= 1 (got {max_waiters!r}); e.g. "
+            "max_waiters=10_000"
         )
 
 
