@@ -256,7 +256,8 @@ class WorkService:
 
         .. versionadded:: 21
         """
-        return await self._waiters.wait(item_id, timeout, self._read, self.store is not None)
+        shared = self.store is not None and self.store.shared
+        return await self._waiters.wait(item_id, timeout, self._read, shared)
 
     async def _read(self, item_id: str) -> WorkItem:
         """The item as a waiter sees it: this hub's copy when it has ended here (the store

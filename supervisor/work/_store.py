@@ -56,6 +56,10 @@ class WorkStore(WorkQueue, Protocol):
     SQLite, one hub's): it runs its own actor beside the service and answers the queries
     that need the store."""
 
+    shared: bool
+    """Whether other hubs share the store (an item may end on another hub, which
+    publishes nothing here: waiters read such a store again now and then)."""
+
     @property
     def known_types(self) -> set[str] | None:
         """Every agent type some hub sharing the store serves or served, as last read

@@ -182,3 +182,31 @@ async def test_a_store_is_polled_with_backoff_and_a_failed_read_is_tried_again(
         await waiters.wait("w-1", None, read, poll=False)
     assert 1 == len(reads)  # memory: no polling at all
     assert 0 == waiters.count
+
+
+async def test_a_wait_on_the_sqlite_store_reads_nothing_again(tmp_path: Any) -> None:
+    """The SQLite store serves one hub: every item ends here and wakes its waiters, so a
+    wait never polls the store (Redis's items may end on another hub: it reads them again
+    after 0.5 s, 1.5 s...). The store lets go of its file when the hub stops."""
+    from supervisor import SqliteWorkQueue
+    from supervisor.work.redis import RedisWorkQueue
+
+    assert SqliteWorkQueue.shared is False and RedisWorkQueue.shared is True
+    spec = SupervisorSpec(name="hub", children=[agent("a1")])
+    store = SqliteWorkQueue(tmp_path / "state")
+    reads: list[str] = []
+    async with running(spec, work=WorkService(store)) as (hub, events):
+        read = hub.work._read
+
+        async def counted(item_id: str) -> WorkItem:
+            reads.append(item_id)
+            return await read(item_id)
+
+        hub.work._read = counted  # type: ignore[method-assign]
+        # A type no agent here runs (a durable store takes it): nothing ends it.
+        item = hub.work.submit("later", {"n": 2})
+        with pytest.raises(WaitTimeout):
+            await hub.work.wait(item.id, timeout=2.0)
+        assert reads in ([], [item.id])  # at most the first look; never a poll
+    assert store.path is not None and store.path.exists()
+    assert store._db is None  # closed with the hub: no descriptor left (conftest checks)

@@ -76,6 +76,8 @@ class RedisWorkQueue:
         max_held_bytes: the bytes those held writes may take.
     """
 
+    shared = True  # every hub on the Redis: an item may end on another
+
     def __init__(
         self,
         url: str,

@@ -62,9 +62,14 @@ class Actor:
         task_status.started()
         try:
             await self._loop()
-        finally:
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._final()
+                if not isinstance(exc, Exception):
+                    # Cancelled: the hub is stopping. Let go of the file and its lock (a
+                    # failed run keeps them: the service restarts it).
+                    await trio.to_thread.run_sync(q.close)
+            raise
 
     async def _open(self, hub_id: str) -> None:
         q = self.q

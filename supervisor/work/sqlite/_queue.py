@@ -52,6 +52,9 @@ class SqliteWorkQueue:
         hub = Hub(spec, work=WorkService(SqliteWorkQueue("/var/lib/myhub")))
     """
 
+    shared = False
+    """One hub's store: every item ends here, so nobody needs to read it again."""
+
     def __init__(
         self,
         state_dir: str | os.PathLike[str] | None = None,
