@@ -145,7 +145,10 @@ async def test_status_table_and_json_schema(tmp_path: Path) -> None:
         await wait_event(events, is_("running", "a2"))
         crashing = hub.work.submit("w", {"crash_if": str(crash)}, max_deliveries=1)
         await until(lambda: hub.work.get(crashing.id).status == "dead")
-        await wait_event(events, is_("running"))  # the crashed one is back
+        crashed_id = hub.work.get(crashing.id).history[-1].agent
+        # The crashed one is back (its own running event: a1's first one may come after
+        # a2's, and an earlier heartbeat of the dead incarnation does not count).
+        await wait_event(events, is_("running", crashed_id))
         held = hub.work.submit("w", {"hold": True})
         await until(lambda: hub.work.get(held.id).status == "assigned")
         holder = hub.work.get(held.id).agent
