@@ -68,7 +68,7 @@ tree = [PoolSpec(agent_type="idle", size=1, template=ChildSpec(
 
 def _pool(size: int) -> PoolSpec:
     tpl = ChildSpec(id="w", argv=[sys.executable, "-c", AGENT], agent_type="w")
-    return PoolSpec(agent_type="w", size=size, template=tpl)
+    return PoolSpec(agent_type="w", size=size, max_size=max(size, 1), template=tpl)
 
 
 async def _through(queue: Any, agents: int, items: int) -> float:

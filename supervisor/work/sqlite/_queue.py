@@ -87,6 +87,7 @@ class SqliteWorkQueue:
         self._written_types: set[str] = set()
         self._host: StoreHost | None = None
         self._rounds_built = 0
+        self._stats: tuple[int, int, float] = (0, 0, 0.0)
         self.poisoned = 0
         """Changes that could never be written (a value that is not JSON; logged)."""
         self._actor = Actor(self)
@@ -176,6 +177,7 @@ class SqliteWorkQueue:
         flag is written when every change is (so the next start hands out ids exactly
         where this one stopped)."""
         self._closed = True
+        self._stats = self.write_stats  # the file's counts, kept once it is closed
         db, self._db = self._db, None
         if db is None:
             return
@@ -373,7 +375,7 @@ class SqliteWorkQueue:
         """Since the file was opened: rounds committed, item rows they wrote or deleted,
         and the seconds those transactions took in the worker thread."""
         db = self._db
-        return (0, 0, 0.0) if db is None else (db.commits, db.rows, db.commit_seconds)
+        return self._stats if db is None else (db.commits, db.rows, db.commit_seconds)
 
     @property
     def outage(self) -> bool:
