@@ -8,7 +8,15 @@ from collections.abc import Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._errors import ControlError
-from ._item import AttemptRecord, ItemStatus, Verdict, WorkItem, _used_up
+from ._item import (
+    FINAL,
+    AttemptRecord,
+    ItemStatus,
+    Verdict,
+    WorkItem,
+    _dependency_ended,
+    _used_up,
+)
 
 _HISTORY = 20  # attempts kept per item
 
@@ -101,6 +109,11 @@ class MemoryWorkQueue:
         self._finished: deque[str] = deque()
         self._keep = keep_finished
         self._ids = itertools.count(1)
+        self._keys: dict[tuple[str, str], str] = {}  # (type, key) -> the kept item's id
+        self._dependents: dict[str, list[str]] = {}  # item id -> ids waiting on it
+        self.settled: list[WorkItem] = []
+        """Items cancelled because a dependency ended otherwise than completed, not yet
+        reported (the work service takes them for its events)."""
 
     # reading
 
@@ -133,9 +146,27 @@ class MemoryWorkQueue:
     # transitions
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        key: str | None = None,
+        after: Iterable[str] = (),
+        require: dict[str, str] | None = None,
     ) -> WorkItem:
-        """Queue a new item; its id is ``<type>-<n>``."""
+        """Queue a new item; its id is ``<type>-<n>``. With ``key``, the kept item of
+        ``agent_type`` submitted with that key, if any, is returned instead (nothing is
+        created); with ``after``, the item waits until those items completed (see
+        :meth:`_wait_for`)."""
+        if key is not None:
+            existing = self.keyed(agent_type, key)
+            if existing is not None:
+                return existing
+        after = list(after)
+        deps = [self.get_dependency(d) for d in after]
         item = WorkItem(
             id=f"{agent_type}-{next(self._ids)}",
             agent_type=agent_type,
@@ -143,9 +174,15 @@ class MemoryWorkQueue:
             max_deliveries=max_deliveries,
             created_at=now,
             source=source,
+            key=key,
+            after=after,
+            require=dict(require or {}),
         )
         self._items[item.id] = item
-        self._queues.setdefault(agent_type, deque()).append(item.id)
+        if key is not None:
+            self._keys[(agent_type, key)] = item.id
+        if not self._wait_for(item, deps, now):
+            self._queues.setdefault(agent_type, deque()).append(item.id)
         return item
 
     def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
@@ -190,12 +227,9 @@ class MemoryWorkQueue:
         self._finished.append(item.id)
         while len(self._finished) > self._keep:
             old = self._finished.popleft()
-            if self._items.get(old) is not None and self._items[old].status in (
-                ItemStatus.COMPLETED,
-                ItemStatus.FAILED,
-                ItemStatus.DEAD,
-            ):
-                del self._items[old]
+            if self._items.get(old) is not None and self._items[old].status in FINAL:
+                self._unkey(self._items.pop(old))
+        self._settle_dependents(item, now)
 
     def _requeue(self, item: WorkItem, *, front: bool) -> None:
         item.status = ItemStatus.QUEUED
@@ -284,6 +318,7 @@ class MemoryWorkQueue:
         item = self._items.pop(item_id, None)
         if item is None:
             return None
+        self._unkey(item)
         queue = self._queues.get(item.agent_type)
         if queue is not None and item_id in queue:
             queue.remove(item_id)
@@ -305,3 +340,90 @@ class MemoryWorkQueue:
         item.finished_at = None
         self._requeue(item, front=False)
         return item
+
+    # ----------------------------------------------------------------------------------
+    # Dependencies and idempotent keys (issue 21)
+
+    def touch(self, item_id: str) -> None:
+        """An item changed outside the usual steps (a store writes it; a no-op here)."""
+
+    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
+        """The kept item of ``agent_type`` submitted with ``key``, if any. A key lasts as
+        long as its item is kept: once the item is pruned (``keep_finished``) the key is
+        free again, so the index never holds more keys than items kept."""
+        item_id = self._keys.get((agent_type, key))
+        return None if item_id is None else self._items.get(item_id)
+
+    def get_dependency(self, item_id: str) -> WorkItem:
+        """The item ``item_id`` a new item would wait for, or a :class:`ControlError`."""
+        item = self._items.get(item_id)
+        if item is None:
+            raise ControlError(
+                f"--after names {item_id!r}, which is no work item kept here (unknown, or "
+                "finished and pruned by keep_finished); `hubvisor work list` lists them"
+            )
+        return item
+
+    def _unkey(self, item: WorkItem) -> None:
+        if item.key is not None and self._keys.get((item.agent_type, item.key)) == item.id:
+            del self._keys[(item.agent_type, item.key)]
+
+    def _wait_for(self, item: WorkItem, deps: list[WorkItem], now: float) -> bool:
+        """Make the new ``item`` wait for those of ``deps`` not completed; one that ended
+        otherwise cancels it at once. True when it waits (or ended): not queued."""
+        for dep in deps:
+            if dep.status in FINAL and dep.status is not ItemStatus.COMPLETED:
+                item.error = _dependency_ended(dep)
+                self.settled.append(item)
+                self._finish(item, ItemStatus.CANCELLED, now)
+                return True
+        item.waiting_on = [d.id for d in deps if d.status is not ItemStatus.COMPLETED]
+        for dep_id in item.waiting_on:
+            self._dependents.setdefault(dep_id, []).append(item.id)
+        return bool(item.waiting_on)
+
+    def _settle_dependents(self, dep: WorkItem, now: float) -> None:
+        """``dep`` ended: its dependents stop waiting for it when it completed (queued
+        once they wait for nothing), else they are cancelled, naming it (and theirs in
+        turn)."""
+        for item_id in self._dependents.pop(dep.id, ()):
+            item = self._items.get(item_id)
+            if (
+                item is None
+                or item.status is not ItemStatus.QUEUED
+                or dep.id not in item.waiting_on
+            ):
+                continue
+            if dep.status is ItemStatus.COMPLETED:
+                item.waiting_on.remove(dep.id)
+                self.touch(item.id)
+                if not item.waiting_on:
+                    self._requeue(item, front=False)
+                continue
+            for other in item.waiting_on:
+                waiting = self._dependents.get(other)
+                if waiting is not None and item.id in waiting:
+                    waiting.remove(item.id)
+            item.waiting_on = []
+            item.error = _dependency_ended(dep)
+            self.settled.append(item)
+            del self.settled[:-10_000]  # nobody reads them (a queue alone): bounded
+            self._finish(item, ItemStatus.CANCELLED, now)
+
+    def _index_controls(self) -> None:
+        """Rebuild the key index and the waiting dependents from the items held (after
+        a store loaded them)."""
+        self._keys.clear()
+        self._dependents.clear()
+        for item in self._items.values():
+            if item.key is not None:
+                self._keys[(item.agent_type, item.key)] = item.id
+            if item.status is ItemStatus.QUEUED:
+                for dep_id in item.waiting_on:
+                    self._dependents.setdefault(dep_id, []).append(item.id)
+        # A dependency that ended while nobody settled it (it was assigned when the last
+        # hub died, and its last delivery was spent then): settle it now.
+        for dep_id in list(self._finished):  # in the order they ended
+            dep = self._items.get(dep_id)
+            if dep is not None and dep_id in self._dependents:
+                self._settle_dependents(dep, dep.finished_at or 0.0)

@@ -35,10 +35,12 @@ from ._item import (
     FINAL,
     ItemStatus,
     WorkDeadLettered,
+    WorkDependencyEnded,
     WorkItem,
     WorkSubmitted,
     _check_payload,
     _now,
+    check_controls,
 )
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
@@ -141,13 +143,30 @@ class WorkService:
         *,
         max_deliveries: int | None = None,
         source: str = "api",
+        key: str | None = None,
+        after: Iterable[str] | str | None = None,
+        require: Any = None,
     ) -> WorkItem:
         """Queue an item for agents of ``agent_type``; returns it (``.id``).
 
+        Args:
+            key: an idempotency key: while an item of ``agent_type`` submitted with it is
+                kept, that item is returned and nothing is created (docs/work-controls.md).
+            after: ids of items this one waits for: it is handed out once all of them
+                completed, and cancelled (naming the one) if one ends otherwise.
+            require: pool labels (``{"tier": "large"}`` or ``["tier=large"]``) — not
+                built yet: refused with a :class:`ControlError` on every backend.
+
         Raises:
             ControlError: a bad type, a payload that is not JSON or is over
-                :data:`MAX_PAYLOAD` bytes, or a bad ``max_deliveries``.
+                :data:`MAX_PAYLOAD` bytes, a bad ``max_deliveries``, ``key``, ``after``
+                (an unknown item) or ``require``.
         """
+        controls = _check_controls(self.queue, key, after, require)
+        if key is not None:
+            existing = _keyed(self.queue, agent_type, key)
+            if existing is not None:
+                return existing
         if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
             raise ControlError(
                 f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
@@ -167,10 +186,21 @@ class WorkService:
                     f"WorkService(max_queued={self.max_queued}); retry when agents have "
                     "taken some, add agents, or raise max_queued"
                 )
-        item = self.queue.submit(
-            agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
-        )
+        if controls:
+            item = self.queue.submit(
+                agent_type,
+                payload,
+                max_deliveries=deliveries,
+                source=source,
+                now=_now(),
+                **controls,
+            )
+        else:
+            item = self.queue.submit(
+                agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
+            )
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
+        self._publish_settled()
         self._dispatch.poke()
         return item
 
@@ -395,6 +425,7 @@ class WorkService:
                         dispatch.on_message(msg)
                     elif msg is not None:
                         self._on_event(msg)
+                    self._publish_settled()
                     dispatch.poke()
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the hub is stopping
@@ -409,6 +440,15 @@ class WorkService:
             raise
         finally:
             dispatch.nursery = None
+
+    def _publish_settled(self) -> None:
+        """Report the items a dependency's end cancelled (``work_dependency_ended``)."""
+        settled: list[WorkItem] | None = getattr(self.queue, "settled", None)
+        while settled:
+            item = settled.pop(0)
+            self._dispatch.publish(
+                WorkDependencyEnded, "", item_id=item.id, reason=item.error or ""
+            )
 
     def _on_event(self, event: Event) -> None:
         self._dispatch.on_event(event)
@@ -492,6 +532,39 @@ def _check_options(
             f"WorkService(max_waiters=...) must be an int >= 1 (got {max_waiters!r}); e.g. "
             "max_waiters=10_000"
         )
+
+
+# -- dependencies, idempotent keys, routing to tiers (issue 21) --------------------------
+
+
+def _check_controls(queue: WorkQueue, key: Any, after: Any, require: Any) -> dict[str, Any]:
+    """The submit's ``key``/``after``/``require`` for ``queue.submit`` (``{}``: none
+    given), or a :class:`ControlError` naming the option (and the backend, when it does
+    not have it)."""
+    key, deps, labels = check_controls(key, after, require)
+    if labels:
+        raise ControlError(
+            f"--require {' '.join(f'{k}={v}' for k, v in labels.items())}: routing to tiers "
+            "(pool labels) is not built yet on any work backend; submit to an agent type "
+            "per tier instead (e.g. type 'worker-large')"
+        )
+    if key is None and not deps:
+        return {}
+    if not isinstance(queue, MemoryWorkQueue) and not hasattr(queue, "keyed"):
+        option = "--key" if key is not None else "--after"
+        raise ControlError(
+            f"{option}: {type(queue).__name__} does not support idempotent keys or "
+            "dependencies yet (the memory and SQLite work stores do); submit without it"
+        )
+    return {"key": key, "after": deps}
+
+
+def _keyed(queue: WorkQueue, agent_type: str, key: str) -> WorkItem | None:
+    keyed = getattr(queue, "keyed", None)
+    return None if keyed is None else keyed(agent_type, key)
+
+
+# -- end of dependencies, keys, tiers ----------------------------------------------------
 
 
 def _report_unfinished(items: Iterable[WorkItem]) -> None:

@@ -240,15 +240,31 @@ class SqliteWorkQueue:
         return self._local.depth(agent_type)
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        key: str | None = None,
+        after: Iterable[str] = (),
+        require: dict[str, str] | None = None,
     ) -> WorkItem:
-        """Queue the item; :meth:`stored` waits for its commit.
+        """Queue the item; :meth:`stored` waits for its commit. With ``key``, the kept
+        item of that type and key is returned instead, if any (its commit, when still
+        pending, is what :meth:`stored` waits for); ``after``: see
+        :meth:`MemoryWorkQueue.submit`.
 
         Raises:
             ControlError: ``max_held`` submits already wait for their commit (the disk is
                 slow or failing), or the file cannot be opened.
         """
         self._ready(need=True)
+        if key is not None:
+            existing = self._local.keyed(agent_type, key)
+            if existing is not None:
+                return existing
         if len(self._waiting) >= self.max_held:
             raise ControlError(
                 f"{len(self._waiting)} submitted items wait to be written to {self.path}, the "
@@ -256,7 +272,14 @@ class SqliteWorkQueue:
                 "(see the hub's log): submit again when it catches up"
             )
         item = self._local.submit(
-            agent_type, payload, max_deliveries=max_deliveries, source=source, now=wall(now)
+            agent_type,
+            payload,
+            max_deliveries=max_deliveries,
+            source=source,
+            now=wall(now),
+            key=key,
+            after=after,
+            require=require,
         )
         self._waiting[item.id] = trio.Event()
         self._actor.wake.set()
@@ -294,6 +317,16 @@ class SqliteWorkQueue:
     ) -> Verdict:
         """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
         return self._changed(self._local.reclaim(agent, reason, wall(now)))
+
+    @property
+    def settled(self) -> list[WorkItem]:
+        """Items cancelled by a dependency, not reported yet (see MemoryWorkQueue)."""
+        return self._local.settled
+
+    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
+        """The kept item of ``agent_type`` submitted with ``key``, if any."""
+        self._ready()
+        return self._local.keyed(agent_type, key)
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item again, with fresh deliveries."""
