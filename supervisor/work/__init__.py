@@ -13,6 +13,7 @@
 from ._item import (
     DEFAULT_MAX_DELIVERIES as DEFAULT_MAX_DELIVERIES,
     FINAL as FINAL,
+    MAX_AFTER as MAX_AFTER,
     MAX_CHECKPOINT as MAX_CHECKPOINT,
     MAX_PAYLOAD as MAX_PAYLOAD,
     AttemptRecord as AttemptRecord,

@@ -1,0 +1,162 @@
+"""Dependent items (``submit --after``) and idempotent submits (``submit --key``) with real
+agents (tests/raw_agent.py, steered by the payloads), on the memory and SQLite backends;
+the Redis backend refuses both with an error naming the option and the backend, and every
+backend refuses ``--require`` (routing to tiers is not built yet).
+
+Every wait is on a real outcome (``hub.work.wait``), never on a sleep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from supervisor import (
+    ControlError,
+    Event,
+    Hub,
+    ItemStatus,
+    MemoryWorkQueue,
+    SqliteWorkQueue,
+    WorkService,
+)
+from supervisor.control.server import serve_control
+from supervisor.work import MAX_AFTER
+
+from ..control.test_commands import agent, cli, cli_json, tree
+from ..helpers import TIMEOUT, is_, running, wait_event
+
+BACKENDS = ("memory", "sqlite")
+
+
+def work(backend: str, tmp_path: Path, keep_finished: int = 10_000) -> WorkService:
+    if backend == "memory":
+        return WorkService(MemoryWorkQueue(keep_finished=keep_finished))
+    return WorkService(SqliteWorkQueue(tmp_path / "state", keep_finished=keep_finished))
+
+
+@asynccontextmanager
+async def served(
+    backend: str, tmp_path: Path, *children: Any, keep_finished: int = 10_000
+) -> AsyncIterator[tuple[Hub, trio.MemoryReceiveChannel[Event], Path]]:
+    """A hub with ``backend``'s work store serving its control socket."""
+    path = tmp_path / "hub.sock"
+    spec = tree(*children) if children else tree(agent("a1"), agent("a2"))
+    service = work(backend, tmp_path, keep_finished)
+    try:
+        async with (
+            running(spec, work=service, hub_id="deps") as (hub, events),
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(serve_control, hub, path)
+            yield hub, events, path
+            nursery.cancel_scope.cancel()
+    finally:
+        if isinstance(service.queue, SqliteWorkQueue):
+            service.queue.close()
+
+
+async def ended(hub: Hub, item_id: str) -> Any:
+    with trio.fail_after(TIMEOUT):
+        return await hub.work.wait(item_id)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_item_runs_only_after_its_dependencies_completed(
+    backend: str, tmp_path: Path
+) -> None:
+    """Two agents idle: the dependent item waits (queued, not handed out) until both of
+    its dependencies completed, then runs; ``work show`` names what it waits for."""
+    async with served(backend, tmp_path) as (hub, _, path):
+        slow = hub.work.submit("w", {"n": 1, "sleep": 0.4})
+        quick = hub.work.submit("w", {"n": 2})
+        shown = await cli_json(path, "submit", "w", '{"n": 3}', "--after", f"{slow.id},{quick.id}")
+        later = shown["id"]
+        assert [slow.id, quick.id] == shown["after"]
+        done = await ended(hub, later)
+        first = await ended(hub, slow.id)
+        assert ItemStatus.COMPLETED == done.status
+        assert 6 == done.result["double"]
+        assert [] == done.waiting_on
+        assert done.history[0].at >= first.finished_at  # started after its dependency ended
+        assert (done.started_at or 0) >= (first.finished_at or 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_dependency_that_fails_cancels_its_dependents_naming_it(
+    backend: str, tmp_path: Path
+) -> None:
+    """A FAIL (retry=false) of the dependency cancels the dependent, and the one waiting for
+    that in turn, with the reason; an event says so; a dependency already failed cancels a
+    new dependent at once."""
+    async with served(backend, tmp_path) as (hub, events, path):
+        bad = hub.work.submit("w", {"fail": "disk full", "sleep": 0.2})
+        mid = hub.work.submit("w", {"n": 2}, after=[bad.id])
+        last = hub.work.submit("w", {"n": 3}, after=mid.id)
+        got = await ended(hub, last.id)
+        assert ItemStatus.CANCELLED == got.status
+        assert f"dependency {mid.id} ended cancelled" in (got.error or "")
+        mid_now = await ended(hub, mid.id)
+        assert f"dependency {bad.id} ended failed: disk full" == mid_now.error
+        assert 0 == mid_now.attempt, "a cancelled dependent never ran"
+        event = await wait_event(events, is_("work_dependency_ended", item_id=mid.id))
+        assert bad.id in getattr(event, "reason", "")
+        shown = await cli_json(path, "submit", "w", '{"n": 4}', "--after", bad.id)
+        assert "cancelled" == shown["status"] and bad.id in shown["error"]
+        listed = await cli_json(path, "work", "list", "--status", "cancelled")
+        assert {mid.id, last.id, shown["id"]} == {i["id"] for i in listed}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_second_submit_with_the_same_key_answers_the_first_item(
+    backend: str, tmp_path: Path
+) -> None:
+    """Same type and key: the first item's id, nothing created (also once it completed,
+    while it is kept); another type or key: a new item. Once the item is pruned
+    (keep_finished) the key is free again."""
+    async with served(backend, tmp_path, keep_finished=1) as (hub, _, path):
+        first = await cli_json(path, "submit", "w", '{"n": 5}', "--key", "task-17")
+        again = await cli_json(path, "submit", "w", '{"n": 99}', "--key", "task-17")
+        assert first["id"] == again["id"] and "task-17" == again["key"]
+        assert {"n": 5} == again["payload"]
+        other = hub.work.submit("w", {"n": 6}, key="task-18")
+        assert other.id != first["id"]
+        assert 10 == (await ended(hub, first["id"])).result["double"]
+        assert first["id"] == hub.work.submit("w", {"n": 1}, key="task-17").id
+        await ended(hub, other.id)  # keep_finished=1: the first item is pruned now
+        fresh = hub.work.submit("w", {"n": 7}, key="task-17")
+        assert fresh.id not in (first["id"], other.id)
+        assert 3 == len({first["id"], other.id, fresh.id})
+
+
+async def test_a_key_survives_a_restart_of_a_sqlite_hub(tmp_path: Path) -> None:
+    """The key is in the item's record: a hub restarted on the file answers the same id."""
+    async with served("sqlite", tmp_path) as (hub, _, _path):
+        item = hub.work.submit("w", {"n": 1}, key="k")
+        assert await hub.work.stored(item.id)
+        await ended(hub, item.id)
+    async with served("sqlite", tmp_path) as (hub, _, _path):
+        assert item.id == hub.work.submit("w", {"n": 2}, key="k").id
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_bad_dependencies_keys_and_requirements_are_refused_naming_the_option(
+    backend: str, tmp_path: Path
+) -> None:
+    async with served(backend, tmp_path) as (hub, _, path):
+        with pytest.raises(ControlError, match="--after names 'w-404', which is no work item"):
+            hub.work.submit("w", {"n": 1}, after=["w-404"])
+        many = [f"w-{i}" for i in range(MAX_AFTER + 1)]
+        with pytest.raises(ControlError, match=f"over the cap of {MAX_AFTER}"):
+            hub.work.submit("w", {"n": 1}, after=many)
+        with pytest.raises(ControlError, match="--key must be a non-empty string"):
+            hub.work.submit("w", {"n": 1}, key="")
+        result = await cli(path, "submit", "w", '{"n": 1}', "--require", "tier=large")
+        assert 0 != result.exit_code
+        assert "--require tier=large: routing to tiers" in result.output
+        assert [] == hub.work.items(), "a refused submit created nothing"
