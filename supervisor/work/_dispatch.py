@@ -471,6 +471,7 @@ class Dispatch:
                 body.get("payload"),
                 max_deliveries=body.get("max_deliveries"),
                 source=f"agent:{msg.agent_id}",
+                **{k: body[k] for k in ("key", "after") if body.get(k) is not None},
             )
         except ControlError as exc:
             self.refused += 1

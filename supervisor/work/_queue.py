@@ -165,8 +165,8 @@ class MemoryWorkQueue:
             existing = self.keyed(agent_type, key)
             if existing is not None:
                 return existing
-        after = list(after)
-        deps = [self.get_dependency(d) for d in after]
+        deps = list({d.id: d for d in map(self.get_dependency, after)}.values())
+        after = [d.id for d in deps]
         item = WorkItem(
             id=f"{agent_type}-{next(self._ids)}",
             agent_type=agent_type,
@@ -355,7 +355,18 @@ class MemoryWorkQueue:
         return None if item_id is None else self._items.get(item_id)
 
     def get_dependency(self, item_id: str) -> WorkItem:
-        """The item ``item_id`` a new item would wait for, or a :class:`ControlError`."""
+        """The item ``item_id`` a new item would wait for, or a :class:`ControlError`.
+        ``TYPE:KEY`` names the kept item of ``TYPE`` submitted with ``KEY`` (an agent's
+        ``SUBMIT`` does not learn the ids of the items it submits; it names them so)."""
+        agent_type, colon, key = item_id.partition(":")
+        if colon:
+            keyed = self.keyed(agent_type, key)
+            if keyed is None:
+                raise ControlError(
+                    f"--after names {item_id!r}, but no kept item of type {agent_type!r} "
+                    f"was submitted with key {key!r}; submit it first (with --key)"
+                )
+            return keyed
         item = self._items.get(item_id)
         if item is None:
             raise ControlError(

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -22,6 +23,7 @@ from supervisor import (
     Hub,
     ItemStatus,
     MemoryWorkQueue,
+    PoolSpec,
     SqliteWorkQueue,
     WorkService,
 )
@@ -160,3 +162,31 @@ async def test_bad_dependencies_keys_and_requirements_are_refused_naming_the_opt
         assert 0 != result.exit_code
         assert "--require tier=large: routing to tiers" in result.output
         assert [] == hub.work.items(), "a refused submit created nothing"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_planners_review_waits_for_the_pieces_it_split_off(
+    backend: str, tmp_path: Path
+) -> None:
+    """The demo's agents (agents/planning.py, worker, qc, review as real processes): the
+    planner's task review runs only once every worker item of its pieces completed."""
+    from supervisor._demo import _agent
+
+    def pool(kind: str, size: int) -> PoolSpec:
+        template = attrs.evolve(_agent(kind), env={"HUBVISOR_DEMO_WORK_SECONDS": "0.05"})
+        return PoolSpec(agent_type=kind, template=template, size=size)
+
+    children = [pool("planning", 1), pool("worker", 2), pool("qc", 1), pool("review", 2)]
+    async with served(backend, tmp_path, *children) as (hub, _, _path):
+        plan = hub.work.submit("planning", {"task": "t", "seed": 3, "pieces": 3, "lines": 5})
+        assert ItemStatus.COMPLETED == (await ended(hub, plan.id)).status
+        review = next(
+            i for i in hub.work.items() if i.agent_type == "review" and "pieces" in i.payload
+        )
+        assert 3 == len(review.after) and review.key == f"{plan.id}/review"
+        done = await ended(hub, review.id)
+        assert {"task": "t", "pieces": 3} == done.result
+        pieces = [hub.work.get(i) for i in review.after]
+        assert all(p.status is ItemStatus.COMPLETED for p in pieces)
+        assert {f"{plan.id}/piece-{n}" for n in range(3)} == {p.key for p in pieces}
+        assert all((done.started_at or 0) >= (p.finished_at or 0) for p in pieces)
