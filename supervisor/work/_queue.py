@@ -111,6 +111,7 @@ class MemoryWorkQueue:
         self._ids = itertools.count(1)
         self._keys: dict[tuple[str, str], str] = {}  # (type, key) -> the kept item's id
         self._dependents: dict[str, list[str]] = {}  # item id -> ids waiting on it
+        self._blocked: dict[str, set[str]] = {}  # type -> ids waiting for dependencies
         self.settled: list[WorkItem] = []
         """Items cancelled because a dependency ended otherwise than completed, not yet
         reported (the work service takes them for its events)."""
@@ -391,7 +392,14 @@ class MemoryWorkQueue:
         item.waiting_on = [d.id for d in deps if d.status is not ItemStatus.COMPLETED]
         for dep_id in item.waiting_on:
             self._dependents.setdefault(dep_id, []).append(item.id)
+        if item.waiting_on:
+            self._blocked.setdefault(item.agent_type, set()).add(item.id)
         return bool(item.waiting_on)
+
+    def blocked(self, agent_type: str) -> int:
+        """How many items of ``agent_type`` wait for their dependencies (not in
+        :meth:`depth`; the service's ``max_queued`` counts them too)."""
+        return len(self._blocked.get(agent_type, ()))
 
     def _settle_dependents(self, dep: WorkItem, now: float) -> None:
         """``dep`` ended: its dependents stop waiting for it when it completed (queued
@@ -409,8 +417,10 @@ class MemoryWorkQueue:
                 item.waiting_on.remove(dep.id)
                 self.touch(item.id)
                 if not item.waiting_on:
+                    self._blocked.get(item.agent_type, set()).discard(item.id)
                     self._requeue(item, front=False)
                 continue
+            self._blocked.get(item.agent_type, set()).discard(item.id)
             for other in item.waiting_on:
                 waiting = self._dependents.get(other)
                 if waiting is not None and item.id in waiting:
@@ -426,10 +436,12 @@ class MemoryWorkQueue:
         a store loaded them)."""
         self._keys.clear()
         self._dependents.clear()
+        self._blocked.clear()
         for item in self._items.values():
             if item.key is not None:
                 self._keys[(item.agent_type, item.key)] = item.id
-            if item.status is ItemStatus.QUEUED:
+            if item.status is ItemStatus.QUEUED and item.waiting_on:
+                self._blocked.setdefault(item.agent_type, set()).add(item.id)
                 for dep_id in item.waiting_on:
                     self._dependents.setdefault(dep_id, []).append(item.id)
         # A dependency that ended while nobody settled it (it was assigned when the last

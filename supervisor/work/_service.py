@@ -179,7 +179,7 @@ class WorkService:
         if self._types is not None:
             self._check_type(agent_type, source)
         if self.max_queued is not None:
-            waiting = int(self.queue.depth(agent_type))
+            waiting = int(self.queue.depth(agent_type)) + _blocked(self.queue, agent_type)
             if waiting >= self.max_queued:
                 raise ControlError(
                     f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
@@ -557,6 +557,12 @@ def _check_controls(queue: WorkQueue, key: Any, after: Any, require: Any) -> dic
             "dependencies yet (the memory and SQLite work stores do); submit without it"
         )
     return {"key": key, "after": deps}
+
+
+def _blocked(queue: WorkQueue, agent_type: str) -> int:
+    """Items of ``agent_type`` waiting for their dependencies (0: a queue without any)."""
+    blocked = getattr(queue, "blocked", None)
+    return 0 if blocked is None else int(blocked(agent_type))
 
 
 def _keyed(queue: WorkQueue, agent_type: str, key: str) -> WorkItem | None:

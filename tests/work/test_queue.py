@@ -628,6 +628,8 @@ class WorkQueueMachine(RuleBasedStateMachine):
         for t in TYPES:
             assert self.q.depth(t) == len(self.queues[t])
             assert self.q.has_work(t) == bool(self.queues[t])
+            waiting = [m for m in self.items.values() if m.agent_type == t and m.waiting]
+            assert self.q.blocked(t) == len(waiting)  # type: ignore[attr-defined]
 
     @invariant()
     def one_holder_each_way(self) -> None:

@@ -323,6 +323,10 @@ class SqliteWorkQueue:
         """Items cancelled by a dependency, not reported yet (see MemoryWorkQueue)."""
         return self._local.settled
 
+    def blocked(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting for their dependencies."""
+        return self._local.blocked(agent_type)
+
     def keyed(self, agent_type: str, key: str) -> WorkItem | None:
         """The kept item of ``agent_type`` submitted with ``key``, if any."""
         self._ready()
