@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._errors import ControlError
@@ -186,14 +186,20 @@ class MemoryWorkQueue:
             self._queues.setdefault(agent_type, deque()).append(item.id)
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
-        """Give the oldest queued item of ``agent_type`` to ``agent``."""
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
+    ) -> WorkItem | None:
+        """Give the oldest queued item of ``agent_type`` to ``agent`` (whose pool has
+        ``labels``: the oldest one whose ``require`` they match)."""
         if agent in self._held:
             raise ControlError(f"agent {agent!r} already holds {self._held[agent]!r}")
         queue = self._queues.get(agent_type)
         if not queue:
             return None
-        item = self._items[queue.popleft()]
+        picked = _pick(queue, self._items, labels or {})
+        if picked is None:
+            return None
+        item = self._items[picked]
         item.status = ItemStatus.ASSIGNED
         item.progress = None  # the new attempt reports its own (the checkpoint stays)
         item.attempt += 1
@@ -396,6 +402,11 @@ class MemoryWorkQueue:
             self._blocked.setdefault(item.agent_type, set()).add(item.id)
         return bool(item.waiting_on)
 
+    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
+        """How many queued items of ``agent_type`` a pool with ``labels`` may take."""
+        queue = self._queues.get(agent_type, ())
+        return sum(1 for i in queue if _matches(self._items[i].require, labels))
+
     def blocked(self, agent_type: str) -> int:
         """How many items of ``agent_type`` wait for their dependencies (not in
         :meth:`depth`; the service's ``max_queued`` counts them too)."""
@@ -450,3 +461,19 @@ class MemoryWorkQueue:
             dep = self._items.get(dep_id)
             if dep is not None and dep_id in self._dependents:
                 self._settle_dependents(dep, dep.finished_at or 0.0)
+
+
+def _matches(require: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a pool with ``labels`` may take an item that requires ``require``."""
+    return all(labels.get(k) == v for k, v in require.items())
+
+
+def _pick(queue: deque[str], items: dict[str, WorkItem], labels: Mapping[str, str]) -> str | None:
+    """Take the first id of ``queue`` whose item's ``require`` matches ``labels``."""
+    for n, item_id in enumerate(queue):
+        if _matches(items[item_id].require, labels):
+            if n == 0:
+                return queue.popleft()
+            del queue[n]
+            return item_id
+    return None

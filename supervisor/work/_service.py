@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -163,6 +163,8 @@ class WorkService:
                 (an unknown item) or ``require``.
         """
         controls = _check_controls(self.queue, key, after, require)
+        if controls.get("require"):
+            _check_require(self._hub, agent_type, controls["require"])
         if key is not None:
             existing = _keyed(self.queue, agent_type, key)
             if existing is not None:
@@ -333,10 +335,14 @@ class WorkService:
 
     # What the autoscaler asks.
 
-    def waiting(self, agent_type: str) -> int:
+    def waiting(self, agent_type: str, labels: Mapping[str, str] | None = None) -> int:
         """Items of ``agent_type`` queued for an agent (with a shared store: those this hub
-        holds plus those waiting in the store, as last seen)."""
+        holds plus those waiting in the store, as last seen); with ``labels`` (a pool's),
+        those whose ``require`` they match only."""
         self.watched.add(agent_type)
+        depth_for = getattr(self.queue, "depth_for", None)
+        if labels is not None and depth_for is not None:
+            return int(depth_for(agent_type, labels))
         return int(self.queue.depth(agent_type))
 
     def idle_among(self, agent_type: str, agent_ids: Iterable[str]) -> int:
@@ -401,6 +407,7 @@ class WorkService:
         the run that ends with the hub (cancelled) removes both.
         """
         self._hub = self._dispatch.hub = hub
+        self._dispatch.labels_of = self._labels_of
         if isinstance(self.queue, MemoryWorkQueue):
             self.queue.hub_id = self.hub_id
         if self._feed is None:
@@ -440,6 +447,17 @@ class WorkService:
             raise
         finally:
             dispatch.nursery = None
+
+    def _labels_of(self, path: str) -> Mapping[str, str]:
+        """The labels of the pool at supervisor ``path`` (``{}``: not a pool)."""
+        from .._spec import PoolSpec
+
+        if self._hub is None:
+            return {}
+        for sup in self._hub.supervisors():
+            if sup.path == path and isinstance(sup.spec, PoolSpec):
+                return sup.spec.labels
+        return {}
 
     def _publish_settled(self) -> None:
         """Report the items a dependency's end cancelled (``work_dependency_ended``)."""
@@ -542,21 +560,49 @@ def _check_controls(queue: WorkQueue, key: Any, after: Any, require: Any) -> dic
     given), or a :class:`ControlError` naming the option (and the backend, when it does
     not have it)."""
     key, deps, labels = check_controls(key, after, require)
-    if labels:
-        raise ControlError(
-            f"--require {' '.join(f'{k}={v}' for k, v in labels.items())}: routing to tiers "
-            "(pool labels) is not built yet on any work backend; submit to an agent type "
-            "per tier instead (e.g. type 'worker-large')"
-        )
-    if key is None and not deps:
+    if key is None and not deps and not labels:
         return {}
     if not isinstance(queue, MemoryWorkQueue) and not hasattr(queue, "keyed"):
-        option = "--key" if key is not None else "--after"
+        option = "--key" if key is not None else "--after" if deps else "--require"
         raise ControlError(
-            f"{option}: {type(queue).__name__} does not support idempotent keys or "
-            "dependencies yet (the memory and SQLite work stores do); submit without it"
+            f"{option}: {type(queue).__name__} does not support idempotent keys, "
+            "dependencies or routing to tiers yet (the memory and SQLite work stores do); "
+            "submit without it"
         )
-    return {"key": key, "after": deps}
+    return {"key": key, "after": deps, "require": labels}
+
+
+def _pools(hub: Hub | None, agent_type: str) -> list[tuple[str, Mapping[str, str]]] | None:
+    """``(name, labels)`` of every pool of ``agent_type`` in the hub's tree (an agent
+    outside a pool has no labels), or ``None`` with no hub."""
+    if hub is None:
+        return None
+    from .._spec import PoolSpec
+
+    pools: list[tuple[str, Mapping[str, str]]] = []
+    for sup in hub.supervisors():
+        spec = sup.spec
+        if isinstance(spec, PoolSpec) and spec.agent_type == agent_type:
+            pools.append((spec.name, spec.labels))
+    return pools
+
+
+def _check_require(hub: Hub | None, agent_type: str, require: Mapping[str, str]) -> None:
+    """Refuse an item that no pool of ``agent_type`` in the hub would ever take."""
+    pools = _pools(hub, agent_type)
+    if not require or pools is None:
+        return
+    if any(all(labels.get(k) == v for k, v in require.items()) for _, labels in pools):
+        return
+    shown = ", ".join(
+        f"{name} {{{', '.join(f'{k}={v}' for k, v in labels.items())}}}" for name, labels in pools
+    )
+    wanted = " ".join(f"{k}={v}" for k, v in require.items())
+    raise ControlError(
+        f"--require {wanted}: no pool of type {agent_type!r} in the hub has those labels, so "
+        f"the item would wait forever; its pools: {shown or '(none)'} (give a pool "
+        f"PoolSpec(labels={dict(require)!r}))"
+    )
 
 
 def _blocked(queue: WorkQueue, agent_type: str) -> int:

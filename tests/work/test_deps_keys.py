@@ -160,7 +160,9 @@ async def test_bad_dependencies_keys_and_requirements_are_refused_naming_the_opt
             hub.work.submit("w", {"n": 1}, key="")
         result = await cli(path, "submit", "w", '{"n": 1}', "--require", "tier=large")
         assert 0 != result.exit_code
-        assert "--require tier=large: routing to tiers" in result.output
+        assert "--require tier=large: no pool of type 'w' in the hub has those labels" in (
+            result.output
+        )
         assert [] == hub.work.items(), "a refused submit created nothing"
 
 
@@ -190,3 +192,78 @@ async def test_the_planners_review_waits_for_the_pieces_it_split_off(
         assert all(p.status is ItemStatus.COMPLETED for p in pieces)
         assert {f"{plan.id}/piece-{n}" for n in range(3)} == {p.key for p in pieces}
         assert all((done.started_at or 0) >= (p.finished_at or 0) for p in pieces)
+
+
+def tiers(size: int = 1) -> list[PoolSpec]:
+    """Two pools of type ``w``, one per tier, with distinct member ids."""
+    return [
+        PoolSpec(
+            agent_type="w", name=f"w-{tier}", template=agent("t"), size=size, labels={"tier": tier}
+        )
+        for tier in ("small", "large")
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_item_that_requires_a_tier_goes_only_to_that_tiers_pool(
+    backend: str, tmp_path: Path
+) -> None:
+    """``--require tier=large``: done by the large pool's agent every time, while the small
+    pool's agent is idle; items without a requirement go to either; a tier no pool has is
+    refused, naming the pools."""
+    async with served(backend, tmp_path, *tiers()) as (hub, _, path):
+        large = [
+            (await cli_json(path, "submit", "w", f'{{"n": {n}}}', "--require", "tier=large"))["id"]
+            for n in range(4)
+        ]
+        plain = [hub.work.submit("w", {"n": n}).id for n in range(4)]
+        for item_id in large:
+            done = await ended(hub, item_id)
+            assert "w-large-agent-1" == done.result["by"], done.history
+            assert {"tier": "large"} == done.require
+        assert {"w-small-agent-1", "w-large-agent-1"} >= {
+            (await ended(hub, i)).result["by"] for i in plain
+        }
+        shown = await cli_json(path, "work", "show", large[0])
+        assert {"tier": "large"} == shown["require"]
+        result = await cli(path, "submit", "w", '{"n": 1}', "--require", "tier=huge")
+        assert 0 != result.exit_code
+        assert "--require tier=huge: no pool of type 'w' in the hub has those labels" in (
+            result.output
+        )
+        assert "w-small {tier=small}" in result.output
+
+
+def test_pools_of_one_type_have_distinct_member_ids_and_labels_are_checked() -> None:
+    from supervisor import InvalidPoolSpec, check_specs
+    from supervisor._spec import SupervisorSpec
+
+    small, large = tiers(size=2)
+    assert ["w-small-agent-1", "w-small-agent-2"] == [small.member_id(n) for n in (1, 2)]
+    assert "w-agent-1" == PoolSpec(agent_type="w", template=agent("t")).member_id(1)
+    check_specs(SupervisorSpec(name="hub", children=[small, large]))
+    with pytest.raises(InvalidPoolSpec, match="PoolSpec.labels must map label names"):
+        PoolSpec(agent_type="w", template=agent("t"), labels={"tier": 3})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("make", [MemoryWorkQueue, "sqlite"])
+def test_the_queue_gives_an_agent_the_oldest_item_its_labels_match(
+    make: Any, tmp_path: Path
+) -> None:
+    q = (
+        MemoryWorkQueue()
+        if make is MemoryWorkQueue
+        else SqliteWorkQueue(tmp_path, keep_finished=10)
+    )
+    try:
+        big = q.submit("w", 1, max_deliveries=1, source="t", now=0, require={"tier": "large"})  # type: ignore[call-arg]
+        small = q.submit("w", 2, max_deliveries=1, source="t", now=0)
+        got = q.assign("w", "a1", 1.0, {"tier": "small"})  # type: ignore[call-arg]
+        assert got is not None and small.id == got.id
+        assert q.assign("w", "a2", 1.0, {"tier": "small"}) is None  # type: ignore[call-arg]
+        assert q.assign("w", "a2", 1.0) is None, "no labels: no item that requires one"
+        got = q.assign("w", "a3", 1.0, {"tier": "large", "gpu": "1"})  # type: ignore[call-arg]
+        assert got is not None and big.id == got.id
+    finally:
+        if isinstance(q, SqliteWorkQueue):
+            q.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._item import FINAL, ItemStatus, Verdict, WorkItem
@@ -110,8 +110,10 @@ class TrackedQueue(MemoryWorkQueue):
         self.touch(item.id)
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
-        item = super().assign(agent_type, agent, now)
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
+    ) -> WorkItem | None:
+        item = super().assign(agent_type, agent, now, labels)
         if item is not None:
             self.touch(item.id)
         return item

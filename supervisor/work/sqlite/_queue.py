@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -285,9 +285,11 @@ class SqliteWorkQueue:
         self._actor.wake.set()
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
-        """Give the oldest queued item of ``agent_type`` to ``agent``."""
-        item = self._local.assign(agent_type, agent, wall(now))
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
+    ) -> WorkItem | None:
+        """Give the oldest queued item of ``agent_type`` (that ``labels`` match) to ``agent``."""
+        item = self._local.assign(agent_type, agent, wall(now), labels)
         if item is not None:
             self._actor.wake.set()
         return item
@@ -322,6 +324,10 @@ class SqliteWorkQueue:
     def settled(self) -> list[WorkItem]:
         """Items cancelled by a dependency, not reported yet (see MemoryWorkQueue)."""
         return self._local.settled
+
+    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
+        """Queued items of ``agent_type`` a pool with ``labels`` may take."""
+        return self._local.depth_for(agent_type, labels)
 
     def blocked(self, agent_type: str) -> int:
         """Items of ``agent_type`` waiting for their dependencies."""
