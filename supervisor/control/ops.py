@@ -396,8 +396,8 @@ OPS: dict[str, Op] = {
                 Field(
                     "require",
                     list,
-                    "LABEL=VALUE a pool must have to be given the item (repeatable; not "
-                    "built yet: refused)",
+                    "LABEL=VALUE a pool must have to be given the item (repeatable; "
+                    "PoolSpec(labels=...))",
                     ["tier=large"],
                     required=False,
                     flag="--require",

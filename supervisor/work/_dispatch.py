@@ -112,8 +112,7 @@ class Dispatch:
         self.handback_pause = handback_pause
         self._submit = submit
         self.changed: Callable[[str], None] = lambda item_id: None  # wakes its waiters
-        self.labels_of: Callable[[str], Mapping[str, str]] = lambda path: {}
-        """The labels of the pool at a supervisor path (the service sets it)."""
+        self.labels_of: Callable[[str], Mapping[str, str]] = lambda path: {}  # a pool's
         self.hub: Hub | None = None  # set when the service runs
         self.nursery: trio.Nursery | None = None
         self.agents: dict[str, _Agent] = {}
@@ -203,12 +202,7 @@ class Dispatch:
             await self._wake.wait()
             self._wake = trio.Event()
             for agent_type, idle in list(self.idle.items()):
-                for agent_id in list(idle):
-                    if not self.queue.has_work(agent_type):
-                        break
-                    del idle[agent_id]
-                    if not self._assign(agent_type, agent_id):
-                        idle[agent_id] = None  # nothing queued its pool's labels match
+                _hand_out(self, agent_type, idle)
             self._tell_registry()
 
     @property
@@ -232,16 +226,10 @@ class Dispatch:
         return None if port.stopping(agent_id, agent.pid) else agent.pid
 
     def _assign(self, agent_type: str, agent_id: str) -> bool:
-        """Give ``agent_id`` an item; False when none queued matches its pool's labels
-        (it stays idle)."""
-        pid = self._reachable(agent_id)
-        if pid is None:
+        """Give ``agent_id`` an item; False when none queued matches its pool's labels."""
+        if (pid := self._reachable(agent_id)) is None:
             return True  # exited, replaced or being stopped: its exit event will come
-        labels = self.agents[agent_id].labels
-        if labels:
-            item = self.queue.assign(agent_type, agent_id, _now(), labels)  # type: ignore[call-arg]
-        else:
-            item = self.queue.assign(agent_type, agent_id, _now())
+        item = _take(self.queue, agent_type, agent_id, self.agents[agent_id].labels)
         if item is None:
             return False
         message = _assign_message(item)
@@ -335,12 +323,7 @@ class Dispatch:
             case ChildStarting():
                 old = self.agents.get(event.child_id)
                 self.not_idle(event.child_id, old)
-                self.agents[event.child_id] = _Agent(
-                    event.agent_type,
-                    event.supervisor,
-                    event.pid,
-                    labels=self.labels_of(event.supervisor),
-                )
+                self.agents[event.child_id] = _agent_of(event, self.labels_of)
             case ChildRunning():
                 agent = self._live(event.child_id, event.pid)
                 if agent is not None:
@@ -505,6 +488,35 @@ class Dispatch:
             return
         supervisor = agent.supervisor if agent is not None else ""
         self.hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
+
+
+# -- routing to tiers (issue 21) --------------------------------------------------------
+
+
+def _hand_out(dispatch: Dispatch, agent_type: str, idle: dict[str, None]) -> None:
+    """Hand queued items of ``agent_type`` to its idle agents, oldest agent first; one
+    that no queued item's ``require`` matches (its pool's labels) stays idle."""
+    for agent_id in list(idle):
+        if not dispatch.queue.has_work(agent_type):
+            break
+        del idle[agent_id]
+        if not dispatch._assign(agent_type, agent_id):
+            idle[agent_id] = None
+
+
+def _take(
+    queue: WorkQueue, agent_type: str, agent_id: str, labels: Mapping[str, str]
+) -> WorkItem | None:
+    if labels:
+        return queue.assign(agent_type, agent_id, _now(), labels)  # type: ignore[call-arg]
+    return queue.assign(agent_type, agent_id, _now())
+
+
+def _agent_of(event: ChildStarting, labels_of: Callable[[str], Mapping[str, str]]) -> _Agent:
+    return _Agent(event.agent_type, event.supervisor, event.pid, labels=labels_of(event.supervisor))
+
+
+# -- end of routing to tiers --------------------------------------------------------------
 
 
 def _repeats(count: int) -> str:

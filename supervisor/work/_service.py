@@ -154,13 +154,11 @@ class WorkService:
                 kept, that item is returned and nothing is created (docs/work-controls.md).
             after: ids of items this one waits for: it is handed out once all of them
                 completed, and cancelled (naming the one) if one ends otherwise.
-            require: pool labels (``{"tier": "large"}`` or ``["tier=large"]``) — not
-                built yet: refused with a :class:`ControlError` on every backend.
+            require: pool labels an agent's pool must have (``{"tier": "large"}``).
 
         Raises:
-            ControlError: a bad type, a payload that is not JSON or is over
-                :data:`MAX_PAYLOAD` bytes, a bad ``max_deliveries``, ``key``, ``after``
-                (an unknown item) or ``require``.
+            ControlError: a bad type, payload (not JSON, over :data:`MAX_PAYLOAD` bytes),
+                ``max_deliveries``, ``key``, ``after`` (unknown) or ``require`` (no pool).
         """
         controls = _check_controls(self.queue, key, after, require)
         if controls.get("require"):
@@ -202,7 +200,7 @@ class WorkService:
                 agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
             )
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
-        self._publish_settled()
+        _publish_settled(self.queue, self._dispatch)
         self._dispatch.poke()
         return item
 
@@ -407,7 +405,7 @@ class WorkService:
         the run that ends with the hub (cancelled) removes both.
         """
         self._hub = self._dispatch.hub = hub
-        self._dispatch.labels_of = self._labels_of
+        self._dispatch.labels_of = lambda path: _labels_of(hub, path)
         if isinstance(self.queue, MemoryWorkQueue):
             self.queue.hub_id = self.hub_id
         if self._feed is None:
@@ -432,7 +430,7 @@ class WorkService:
                         dispatch.on_message(msg)
                     elif msg is not None:
                         self._on_event(msg)
-                    self._publish_settled()
+                    _publish_settled(self.queue, dispatch)
                     dispatch.poke()
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the hub is stopping
@@ -447,26 +445,6 @@ class WorkService:
             raise
         finally:
             dispatch.nursery = None
-
-    def _labels_of(self, path: str) -> Mapping[str, str]:
-        """The labels of the pool at supervisor ``path`` (``{}``: not a pool)."""
-        from .._spec import PoolSpec
-
-        if self._hub is None:
-            return {}
-        for sup in self._hub.supervisors():
-            if sup.path == path and isinstance(sup.spec, PoolSpec):
-                return sup.spec.labels
-        return {}
-
-    def _publish_settled(self) -> None:
-        """Report the items a dependency's end cancelled (``work_dependency_ended``)."""
-        settled: list[WorkItem] | None = getattr(self.queue, "settled", None)
-        while settled:
-            item = settled.pop(0)
-            self._dispatch.publish(
-                WorkDependencyEnded, "", item_id=item.id, reason=item.error or ""
-            )
 
     def _on_event(self, event: Event) -> None:
         self._dispatch.on_event(event)
@@ -609,6 +587,24 @@ def _blocked(queue: WorkQueue, agent_type: str) -> int:
     """Items of ``agent_type`` waiting for their dependencies (0: a queue without any)."""
     blocked = getattr(queue, "blocked", None)
     return 0 if blocked is None else int(blocked(agent_type))
+
+
+def _labels_of(hub: Hub, path: str) -> Mapping[str, str]:
+    """The labels of the pool at supervisor ``path`` (``{}``: not a pool)."""
+    from .._spec import PoolSpec
+
+    for sup in hub.supervisors():
+        if sup.path == path and isinstance(sup.spec, PoolSpec):
+            return sup.spec.labels
+    return {}
+
+
+def _publish_settled(queue: WorkQueue, dispatch: Dispatch) -> None:
+    """Report the items a dependency's end cancelled (``work_dependency_ended``)."""
+    settled: list[WorkItem] | None = getattr(queue, "settled", None)
+    while settled:
+        item = settled.pop(0)
+        dispatch.publish(WorkDependencyEnded, "", item_id=item.id, reason=item.error or "")
 
 
 def _keyed(queue: WorkQueue, agent_type: str, key: str) -> WorkItem | None:

@@ -267,3 +267,13 @@ def test_the_queue_gives_an_agent_the_oldest_item_its_labels_match(
     finally:
         if isinstance(q, SqliteWorkQueue):
             q.close()
+
+
+async def test_work_show_prints_the_key_dependencies_and_requirements(tmp_path: Path) -> None:
+    async with served("memory", tmp_path, *tiers()) as (hub, _, path):
+        first = hub.work.submit("w", {"hold": True}, key="k1", require={"tier": "large"})
+        later = hub.work.submit("w", {"n": 1}, after=[first.id])
+        shown = await cli(path, "work", "show", first.id)
+        assert "key: k1" in shown.output and "require: tier=large" in shown.output
+        shown = await cli(path, "work", "show", later.id)
+        assert f"after: {first.id} (waiting on {first.id})" in shown.output

@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
@@ -236,11 +236,8 @@ class RedisWorkQueue:
         self._types.add(agent_type)
         return item
 
-    def assign(
-        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
-    ) -> WorkItem | None:
-        """Give the oldest item this hub holds to ``agent``; the attempt is written
-        (``labels``: its pool's; no item here requires any, ``--require`` is refused)."""
+    def assign(self, agent_type: str, agent: str, now: float, **_: Any) -> WorkItem | None:
+        """Give the oldest item this hub holds to ``agent``; the attempt is written."""
         item = self._local.assign(agent_type, agent, _wall(now))
         if item is not None:
             self._fenced(item, "start", item.deliveries, agent)

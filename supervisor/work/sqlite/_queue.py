@@ -25,7 +25,35 @@ _log = logging.getLogger("hubvisor")
 __all__ = ["SqliteWorkQueue"]
 
 
-class SqliteWorkQueue:
+class _Controls:
+    """What the work service asks of a queue with dependencies, keys and tiers (issue
+    21), answered by the queue that decides (``_local``)."""
+
+    _local: TrackedQueue
+
+    def _ready(self, need: bool = False) -> bool:
+        raise NotImplementedError
+
+    @property
+    def settled(self) -> list[WorkItem]:
+        """Items cancelled by a dependency, not reported yet (see MemoryWorkQueue)."""
+        return self._local.settled
+
+    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
+        """Queued items of ``agent_type`` a pool with ``labels`` may take."""
+        return self._local.depth_for(agent_type, labels)
+
+    def blocked(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting for their dependencies."""
+        return self._local.blocked(agent_type)
+
+    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
+        """The kept item of ``agent_type`` submitted with ``key``, if any."""
+        self._ready()
+        return self._local.keyed(agent_type, key)
+
+
+class SqliteWorkQueue(_Controls):
     """A :class:`~supervisor.WorkStore` that keeps one hub's work in SQLite, so that a
     restart, a crash or a reboot of the hub loses nothing acknowledged.
 
@@ -319,24 +347,6 @@ class SqliteWorkQueue:
     ) -> Verdict:
         """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
         return self._changed(self._local.reclaim(agent, reason, wall(now)))
-
-    @property
-    def settled(self) -> list[WorkItem]:
-        """Items cancelled by a dependency, not reported yet (see MemoryWorkQueue)."""
-        return self._local.settled
-
-    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
-        """Queued items of ``agent_type`` a pool with ``labels`` may take."""
-        return self._local.depth_for(agent_type, labels)
-
-    def blocked(self, agent_type: str) -> int:
-        """Items of ``agent_type`` waiting for their dependencies."""
-        return self._local.blocked(agent_type)
-
-    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
-        """The kept item of ``agent_type`` submitted with ``key``, if any."""
-        self._ready()
-        return self._local.keyed(agent_type, key)
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item again, with fresh deliveries."""
