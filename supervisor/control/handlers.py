@@ -206,6 +206,7 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     # that only lived in the hub's memory could be lost with it. During an outage of the
     # store the hub holds it and says so.
     stored = await hub.work.stored(item.id)
+    item = await hub.work.resolve(item)  # a key Redis had: the kept item
     return {**item.to_json(), "stored": stored}
 
 

@@ -160,13 +160,9 @@ class WorkService:
             ControlError: a bad type, payload (not JSON, over :data:`MAX_PAYLOAD` bytes),
                 ``max_deliveries``, ``key``, ``after`` (unknown) or ``require`` (no pool).
         """
-        controls = _check_controls(self.queue, key, after, require)
-        if controls.get("require"):
-            _check_require(self._hub, agent_type, controls["require"])
-        if key is not None:
-            existing = _keyed(self.queue, agent_type, key)
-            if existing is not None:
-                return existing
+        controls, existing = _controls(self, agent_type, key, after, require)
+        if existing is not None:
+            return existing
         if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
             raise ControlError(
                 f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
@@ -186,19 +182,9 @@ class WorkService:
                     f"WorkService(max_queued={self.max_queued}); retry when agents have "
                     "taken some, add agents, or raise max_queued"
                 )
-        if controls:
-            item = self.queue.submit(
-                agent_type,
-                payload,
-                max_deliveries=deliveries,
-                source=source,
-                now=_now(),
-                **controls,
-            )
-        else:
-            item = self.queue.submit(
-                agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
-            )
+        item = self.queue.submit(
+            agent_type, payload, max_deliveries=deliveries, source=source, now=_now(), **controls
+        )
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         _publish_settled(self.queue, self._dispatch)
         self._dispatch.poke()
@@ -260,6 +246,11 @@ class WorkService:
     async def stored(self, item_id: str, timeout: float = 5.0) -> bool:
         """Whether a submitted item is durable (at once for the in-memory queue)."""
         return True if self.store is None else await self.store.stored(item_id, timeout)
+
+    async def resolve(self, item: WorkItem) -> WorkItem:
+        """The item a submit answers once :meth:`stored` (a key Redis had: the kept one)."""
+        kept = getattr(self.store, "dupes", {}).get(item.id, item.id)
+        return item if kept == item.id else await self.fetch(kept)
 
     async def fetch(self, item_id: str) -> WorkItem:
         """The item with ``item_id``, from the shared store if this hub does not hold it."""
@@ -605,6 +596,17 @@ def _publish_settled(queue: WorkQueue, dispatch: Dispatch) -> None:
     while settled:
         item = settled.pop(0)
         dispatch.publish(WorkDependencyEnded, "", item_id=item.id, reason=item.error or "")
+
+
+def _controls(
+    service: WorkService, agent_type: str, key: Any, after: Any, require: Any
+) -> tuple[dict[str, Any], WorkItem | None]:
+    """The submit's checked controls for the queue, and the kept item its key names."""
+    controls = _check_controls(service.queue, key, after, require)
+    if controls.get("require") and hasattr(service.queue, "depth_for"):
+        _check_require(service._hub, agent_type, controls["require"])
+    existing = None if key is None else _keyed(service.queue, agent_type, key)
+    return controls, existing
 
 
 def _keyed(queue: WorkQueue, agent_type: str, key: str) -> WorkItem | None:
