@@ -5,8 +5,8 @@ items ``{"task", "piece", "seed", "lines"}`` (piece 0 to K-1), then a ``review``
 ``{"task", "pieces": K}`` that waits for those K (``after``: it runs once every piece
 completed, and is cancelled if one is dead), and returns ``{"pieces": K}``. Each submit
 has a key made of the planning item's id, so a retried attempt creates nothing twice.
-With ``HUBVISOR_DEMO_DEPENDENCIES=0`` (the demo on Redis, which has no keys or
-dependencies yet) it submits the pieces alone. Run as ``python -m agents.planning``
+With ``HUBVISOR_DEMO_DEPENDENCIES=0`` (the demo on Redis, which has no dependencies
+yet) it submits the pieces alone. Run as ``python -m agents.planning``
 under hubvisor.
 """
 
