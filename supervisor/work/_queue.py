@@ -112,6 +112,7 @@ class MemoryWorkQueue:
         self._keys: dict[tuple[str, str], str] = {}  # (type, key) -> the kept item's id
         self._dependents: dict[str, list[str]] = {}  # item id -> ids waiting on it
         self._blocked: dict[str, set[str]] = {}  # type -> ids waiting for dependencies
+        self._settling: list[tuple[WorkItem, float]] | None = None  # a cascade under way
         self.settled: list[WorkItem] = []
         """Items cancelled because a dependency ended otherwise than completed, not yet
         reported (the work service takes them for its events)."""
@@ -414,8 +415,20 @@ class MemoryWorkQueue:
 
     def _settle_dependents(self, dep: WorkItem, now: float) -> None:
         """``dep`` ended: its dependents stop waiting for it when it completed (queued
-        once they wait for nothing), else they are cancelled, naming it (and theirs in
-        turn)."""
+        once they wait for nothing), else they are cancelled, naming it, and theirs in
+        turn — in a loop, first ended first, never by recursion (a chain of any length
+        is cancelled without growing the stack)."""
+        if self._settling is not None:  # inside a cascade: the loop below takes it
+            self._settling.append((dep, now))
+            return
+        self._settling = [(dep, now)]
+        try:
+            while self._settling:
+                self._settle_one(*self._settling.pop(0))
+        finally:
+            self._settling = None
+
+    def _settle_one(self, dep: WorkItem, now: float) -> None:
         for item_id in self._dependents.pop(dep.id, ()):
             item = self._items.get(item_id)
             if (

@@ -277,3 +277,19 @@ async def test_work_show_prints_the_key_dependencies_and_requirements(tmp_path: 
         assert "key: k1" in shown.output and "require: tier=large" in shown.output
         shown = await cli(path, "work", "show", later.id)
         assert f"after: {first.id} (waiting on {first.id})" in shown.output
+
+
+def test_a_long_chain_of_dependents_is_cancelled_without_recursion() -> None:
+    """5000 items each waiting for the one before: the first one's failure cancels them
+    all, each naming the one before it (no RecursionError)."""
+    q = MemoryWorkQueue()
+    first = q.submit("w", 0, max_deliveries=1, source="t", now=0)
+    chain = [first]
+    for n in range(5000):
+        chain.append(q.submit("w", n, max_deliveries=1, source="t", now=0, after=[chain[-1].id]))  # type: ignore[call-arg]
+    got = q.assign("w", "a1", 1.0)
+    assert got is not None and first.id == got.id
+    q.fail(first.id, 1, "a1", "boom", retry=False, now=2.0)
+    assert all(i.status is ItemStatus.CANCELLED for i in chain[1:])
+    assert f"dependency {chain[-2].id} ended cancelled" in (chain[-1].error or "")
+    assert 0 == q.blocked("w") and 0 == q.depth("w")

@@ -172,21 +172,28 @@ class WorkQueueMachine(RuleBasedStateMachine):
         if cascade:
             self.settle(m, now)
 
-    def settle(self, dep: ModelItem, now: float) -> None:
-        """``dep`` ended: its dependents stop waiting for it, or are cancelled (depth first)."""
-        for m in list(self.items.values()):
-            if m.status is not QUEUED or dep.id not in m.waiting:
-                continue
-            if dep.status is COMPLETED:
-                m.waiting.remove(dep.id)
-                if not m.waiting:
-                    event("a dependent was released")
-                    self.queues[m.agent_type].append(m.id)
-            else:
-                event("a dependency's end cancelled its dependent")
-                m.waiting = []
-                m.error = f"dependency {dep.id} ended {dep.status}"
-                self.finish(m, CANCELLED, now)
+    def settle(self, first: ModelItem, now: float) -> None:
+        """``first`` ended: its dependents stop waiting for it, or are cancelled, and
+        theirs in turn (first ended first)."""
+        todo = [first]
+        while todo:
+            dep = todo.pop(0)
+            for m in list(self.items.values()):
+                if m.status is QUEUED and dep.id in m.waiting:
+                    self.settle_one(dep, m, now, todo)
+
+    def settle_one(self, dep: ModelItem, m: ModelItem, now: float, todo: list[ModelItem]) -> None:
+        if dep.status is COMPLETED:
+            m.waiting.remove(dep.id)
+            if not m.waiting:
+                event("a dependent was released")
+                self.queues[m.agent_type].append(m.id)
+        else:
+            event("a dependency's end cancelled its dependent")
+            m.waiting = []
+            m.error = f"dependency {dep.id} ended {dep.status}"
+            self.finish(m, CANCELLED, now, cascade=False)
+            todo.append(m)
 
     def requeue_front(self, m: ModelItem) -> None:
         m.status = QUEUED
