@@ -258,6 +258,12 @@ def test_the_queue_gives_an_agent_the_oldest_item_its_labels_match(
     try:
         big = q.submit("w", 1, max_deliveries=1, source="t", now=0, require={"tier": "large"})  # type: ignore[call-arg]
         small = q.submit("w", 2, max_deliveries=1, source="t", now=0)
+        # what an autoscaling pool of each tier sees waiting
+        assert (1, 2, 2) == (
+            q.depth_for("w", {"tier": "small"}),  # type: ignore[attr-defined]
+            q.depth_for("w", {"tier": "large"}),  # type: ignore[attr-defined]
+            q.depth("w"),
+        )
         got = q.assign("w", "a1", 1.0, {"tier": "small"})  # type: ignore[call-arg]
         assert got is not None and small.id == got.id
         assert q.assign("w", "a2", 1.0, {"tier": "small"}) is None  # type: ignore[call-arg]
