@@ -367,7 +367,8 @@ MESSAGE_KINDS: tuple[MessageKind, ...] = (
         Direction.TO_HUB,
         "SUBMIT",
         payload=lambda v: _json_object("SUBMIT", v, {"type": str}),
-        doc="new work for agents of a type (a planner splitting a task, say)",
+        doc="new work for agents of a type (a planner splitting a task, say); optional "
+        '"key" (idempotent) and "after" (ids or TYPE:KEY it waits for)',
     ),
     MessageKind("ping", Direction.TO_AGENT, "PING", doc="answer with HEARTBEAT"),
     MessageKind(
@@ -649,9 +650,21 @@ def handback(item: str, attempt: int) -> bytes:
     return _fenced_record("HANDBACK", item, attempt)
 
 
-def submit(agent_type: str, payload: JSON) -> bytes:
-    """``SUBMIT=``: new work for agents of ``agent_type``."""
-    return _to_hub(f"SUBMIT={_dumps({'type': agent_type, 'payload': payload})}")
+def submit(
+    agent_type: str,
+    payload: JSON,
+    *,
+    key: str | None = None,
+    after: list[str] | tuple[str, ...] = (),
+) -> bytes:
+    """``SUBMIT=``: new work for agents of ``agent_type``; ``key``: its idempotency key,
+    ``after``: the items it waits for (ids, or ``TYPE:KEY`` of items submitted with a key)."""
+    body: dict[str, JSON] = {"type": agent_type, "payload": payload}
+    if key is not None:
+        body["key"] = key
+    if after:
+        body["after"] = list(after)
+    return _to_hub(f"SUBMIT={_dumps(body)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,14 +108,27 @@ class Assignment:
             proto.progress(self.item, self.attempt, value, self._checkpoint_sent)
         )
 
-    async def submit(self, agent_type: str, payload: JSON) -> None:
+    async def submit(
+        self,
+        agent_type: str,
+        payload: JSON,
+        *,
+        key: str | None = None,
+        after: list[str] | tuple[str, ...] = (),
+    ) -> None:
         """Submit new work for agents of ``agent_type`` (``SUBMIT``).
+
+        Args:
+            key: an idempotency key: while an item of ``agent_type`` with it is kept, the
+                hub creates no other (a retried attempt submitting again is harmless).
+            after: the items the new one waits for: ids, or ``TYPE:KEY`` for an item
+                submitted with a key (an agent does not learn the ids of its submits).
 
         Raises:
             agents._protocol.InvalidNotifyMessage: a bad type, a payload that is not JSON,
                 or a record over 64 KiB.
         """
-        await self._agent._send(proto.submit(agent_type, payload))
+        await self._agent._send(proto.submit(agent_type, payload, key=key, after=after))
 
     def __repr__(self) -> str:
         return f"Assignment(item={self.item!r}, attempt={self.attempt}, type={self.type!r})"

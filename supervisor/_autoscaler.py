@@ -119,7 +119,7 @@ class AutoscaleService:
         now = trio.current_time()
         decision = pool.scaler.decide(
             current=len(members),
-            waiting=hub.work.waiting(spec.agent_type),
+            waiting=hub.work.waiting(spec.agent_type, spec.labels),
             idle_agents=hub.work.idle_among(spec.agent_type, members),
             now=now,
             max_agents_room=room,

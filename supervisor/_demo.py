@@ -37,9 +37,14 @@ def _agent(
     )
 
 
-def demo_spec(*, crash_rate: float = 0.3, hang_rate: float = 0.2) -> SupervisorSpec:
+def demo_spec(
+    *, crash_rate: float = 0.3, hang_rate: float = 0.2, dependencies: bool = True
+) -> SupervisorSpec:
     """The demo tree; ``crash_rate`` and ``hang_rate`` are the faulty workers' chances
-    per item to crash or to hang."""
+    per item to crash or to hang. With ``dependencies`` the planner submits its pieces
+    with keys and a task review that waits for them (``after``); without (a Redis store,
+    which has no dependencies yet) it submits the pieces alone."""
+    planning_env = {} if dependencies else {"HUBVISOR_DEMO_DEPENDENCIES": "0"}
     faulty = SupervisorSpec(
         name="faulty-workers",
         strategy=OneForOne(),
@@ -81,7 +86,11 @@ def demo_spec(*, crash_rate: float = 0.3, hang_rate: float = 0.2) -> SupervisorS
                 backoff=FixedBackoff(1.0),
                 intensity=Intensity(max_restarts=5, window=60),
                 children=[
-                    PoolSpec(agent_type="planning", template=_agent("planning"), size=1),
+                    PoolSpec(
+                        agent_type="planning",
+                        template=_agent("planning", env=planning_env),
+                        size=1,
+                    ),
                     PoolSpec(agent_type="review", template=_agent("review"), size=1),
                 ],
             ),

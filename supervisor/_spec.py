@@ -515,10 +515,24 @@ class PoolSpec:
     intensity: IntensityPolicy = attrs.field(factory=lambda: Intensity(10, 10.0))
     backoff: BackoffPolicy = attrs.field(factory=NoBackoff)
     restart: RestartType = attrs.field(default=RestartType.PERMANENT, converter=_to_restart)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    """Labels of the pool (e.g. ``{"tier": "large"}``): an item submitted with
+    ``require`` goes only to members of a pool whose labels match (issue 21)."""
 
     @agent_type.validator
     def _check_type(self, attribute: attrs.Attribute[str], value: str) -> None:
         _check_id(InvalidPoolSpec, "PoolSpec", "agent_type", value)
+
+    @labels.validator
+    def _check_labels(self, attribute: attrs.Attribute[Mapping[str, str]], value: object) -> None:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and _ID_RE.match(k) and isinstance(v, str) and "=" not in k
+            for k, v in value.items()
+        ):
+            raise InvalidPoolSpec(
+                f"PoolSpec.labels must map label names (letters, digits, '_', '.' or '-') to "
+                f"strings (got {value!r:.80}); e.g. labels={{'tier': 'large'}}"
+            )
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -565,7 +579,11 @@ class PoolSpec:
         return self.name
 
     def member_id(self, n: int) -> str:
-        """The id of member number ``n`` (1-based): ``<agent_type>-agent-<n>``."""
+        """The id of member number ``n`` (1-based): ``<agent_type>-agent-<n>``, or
+        ``<name>-agent-<n>`` for a pool named otherwise than ``<agent_type>-pool`` (so
+        that several pools of one type, one per tier, have distinct member ids)."""
+        if self.name != f"{self.agent_type}-pool":
+            return f"{self.name}-agent-{n}"
         return f"{self.agent_type}-agent-{n}"
 
     def member(self, n: int) -> ChildSpec:

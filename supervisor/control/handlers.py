@@ -196,13 +196,31 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
             f"the types are {', '.join(sorted(types)) or '(none)'} (`hubvisor status`)"
         )
     item = hub.work.submit(
-        args["type"], args["payload"], max_deliveries=args.get("max_deliveries"), source="cli"
+        args["type"],
+        args["payload"],
+        max_deliveries=args.get("max_deliveries"),
+        source="cli",
+        **_submit_controls(args),
     )
     # Durable before the answer when a store keeps the work (SQLite, Redis): a "submitted"
     # that only lived in the hub's memory could be lost with it. During an outage of the
     # store the hub holds it and says so.
     stored = await hub.work.stored(item.id)
+    item = await hub.work.resolve(item)  # a key Redis had: the kept item
     return {**item.to_json(), "stored": stored}
+
+
+def _submit_controls(args: Args) -> dict[str, Any]:
+    """The submit's ``key``/``after``/``require`` (issue 21), those given only;
+    ``after`` may repeat and each value may list ids split by commas."""
+    controls: dict[str, Any] = {}
+    if args.get("key") is not None:
+        controls["key"] = args["key"]
+    if args.get("after"):
+        controls["after"] = [i for a in args["after"] for i in a.split(",") if i]
+    if args.get("require"):
+        controls["require"] = list(args["require"])
+    return controls
 
 
 async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:

@@ -43,7 +43,7 @@ SCHEMA_VERSION = 1
 """The version of ``hubvisor status --json``; it grows when a field changes meaning."""
 EVENTS_KEPT = 1000
 """How many recent events the control server keeps for ``hubvisor events``."""
-ITEM_STATUSES = ("queued", "assigned", "completed", "failed", "dead")
+ITEM_STATUSES = ("queued", "assigned", "completed", "failed", "dead", "cancelled")
 """The statuses of a work item (:class:`supervisor.ItemStatus`; a test keeps them in step)."""
 WAIT_TIMED_OUT = 124
 """The exit status of ``hubvisor work wait`` and ``submit --wait`` when their ``--timeout``
@@ -374,6 +374,35 @@ OPS: dict[str, Op] = {
                     minimum=1,
                     flag="--max-deliveries",
                 ),
+                # -- dependencies, idempotent keys, routing to tiers (issue 21) --
+                Field(
+                    "key",
+                    str,
+                    "an idempotency key: while an item of TYPE submitted with it is kept, "
+                    "its id is answered and nothing is created",
+                    "build-1234",
+                    required=False,
+                    flag="--key",
+                ),
+                Field(
+                    "after",
+                    list,
+                    "ids of items to wait for (ID[,ID...], repeatable): handed out once all "
+                    "completed, cancelled if one ends otherwise",
+                    ["worker-1"],
+                    required=False,
+                    flag="--after",
+                ),
+                Field(
+                    "require",
+                    list,
+                    "LABEL=VALUE a pool must have to be given the item (repeatable; "
+                    "PoolSpec(labels=...))",
+                    ["tier=large"],
+                    required=False,
+                    flag="--require",
+                ),
+                # -- end of dependencies, keys, tiers --
             ),
             cli="submit",
         ),

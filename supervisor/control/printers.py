@@ -176,7 +176,13 @@ def _show_items(items: Any, args: Args) -> None:
     _console().print(table)
 
 
-_ITEM_STYLE = {"completed": "green", "assigned": "cyan", "failed": "red", "dead": "bold red"}
+_ITEM_STYLE = {
+    "completed": "green",
+    "assigned": "cyan",
+    "failed": "red",
+    "dead": "bold red",
+    "cancelled": "yellow",
+}
 
 
 def _show_item(item: Any, args: Args) -> None:
@@ -186,10 +192,23 @@ def _show_item(item: Any, args: Args) -> None:
     for key in ("payload", "progress", "result", "error"):
         if item[key] is not None or key in ("payload", "result"):
             click.echo(f"{key}: {dumps(item[key])}")
+    _show_controls(item)
     for h in item["history"]:
         reason = f" ({h['reason']})" if h["reason"] else ""
         where = f" on {h['hub']}" if h.get("hub") else ""
         click.echo(f"  attempt {h['attempt']} by {h['agent']}{where}: {h['outcome']}{reason}")
+
+
+def _show_controls(item: Any) -> None:
+    """The item's key, dependencies and required labels (issue 21), those it has."""
+    if item.get("key") is not None:
+        click.echo(f"key: {item['key']}")
+    if item.get("after"):
+        waiting = item.get("waiting_on") or []
+        note = f" (waiting on {', '.join(waiting)})" if waiting else ""
+        click.echo(f"after: {', '.join(item['after'])}{note}")
+    if item.get("require"):
+        click.echo(f"require: {' '.join(f'{k}={v}' for k, v in item['require'].items())}")
 
 
 def _show_submitted(item: Any, args: Args) -> None:

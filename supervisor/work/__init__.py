@@ -13,6 +13,7 @@
 from ._item import (
     DEFAULT_MAX_DELIVERIES as DEFAULT_MAX_DELIVERIES,
     FINAL as FINAL,
+    MAX_AFTER as MAX_AFTER,
     MAX_CHECKPOINT as MAX_CHECKPOINT,
     MAX_PAYLOAD as MAX_PAYLOAD,
     AttemptRecord as AttemptRecord,
@@ -21,6 +22,7 @@ from ._item import (
     WorkAssigned as WorkAssigned,
     WorkCompleted as WorkCompleted,
     WorkDeadLettered as WorkDeadLettered,
+    WorkDependencyEnded as WorkDependencyEnded,
     WorkFailed as WorkFailed,
     WorkItem as WorkItem,
     WorkReclaimed as WorkReclaimed,
@@ -38,6 +40,7 @@ __all__ = [
     "WorkAssigned",
     "WorkCompleted",
     "WorkDeadLettered",
+    "WorkDependencyEnded",
     "WorkFailed",
     "WorkItem",
     "WorkQueue",

@@ -58,6 +58,7 @@ class _Agent:
     gone: bool = False  # hung or being stopped: gets nothing new
     resting: bool = False  # handed an item back: eligible again after a short pause
     retiring: bool = False  # chosen to be stopped by the autoscaler: gets nothing new
+    labels: Mapping[str, str] = attrs.field(factory=dict)  # its pool's (routing to tiers)
 
     @property
     def idle(self) -> bool:
@@ -111,6 +112,7 @@ class Dispatch:
         self.handback_pause = handback_pause
         self._submit = submit
         self.changed: Callable[[str], None] = lambda item_id: None  # wakes its waiters
+        self.labels_of: Callable[[str], Mapping[str, str]] = lambda path: {}  # a pool's
         self.hub: Hub | None = None  # set when the service runs
         self.nursery: trio.Nursery | None = None
         self.agents: dict[str, _Agent] = {}
@@ -200,10 +202,7 @@ class Dispatch:
             await self._wake.wait()
             self._wake = trio.Event()
             for agent_type, idle in list(self.idle.items()):
-                while idle and self.queue.has_work(agent_type):
-                    agent_id = next(iter(idle))
-                    del idle[agent_id]
-                    self._assign(agent_type, agent_id)
+                _hand_out(self, agent_type, idle)
             self._tell_registry()
 
     @property
@@ -226,13 +225,13 @@ class Dispatch:
             return None
         return None if port.stopping(agent_id, agent.pid) else agent.pid
 
-    def _assign(self, agent_type: str, agent_id: str) -> None:
-        pid = self._reachable(agent_id)
-        if pid is None:
-            return  # exited, replaced or being stopped: its exit event will come
-        item = self.queue.assign(agent_type, agent_id, _now())
+    def _assign(self, agent_type: str, agent_id: str) -> bool:
+        """Give ``agent_id`` an item; False when none queued matches its pool's labels."""
+        if (pid := self._reachable(agent_id)) is None:
+            return True  # exited, replaced or being stopped: its exit event will come
+        item = _take(self.queue, agent_type, agent_id, self.agents[agent_id].labels)
         if item is None:
-            return
+            return False
         message = _assign_message(item)
         if len(message.value or "") + 7 > MAX_MESSAGE and item.checkpoint is not None:
             _log.warning("work %s: its checkpoint is too big to send; starting over", item.id)
@@ -246,6 +245,7 @@ class Dispatch:
             self.nursery.start_soon(self._send_slowly, pid, agent_id, item.attempt, message)
         elif not sent:
             self._unreachable(agent_id, agent)
+        return True
 
     async def _send_slowly(
         self, pid: int, agent_id: str, attempt: int, message: NotifyMessage
@@ -323,7 +323,7 @@ class Dispatch:
             case ChildStarting():
                 old = self.agents.get(event.child_id)
                 self.not_idle(event.child_id, old)
-                self.agents[event.child_id] = _Agent(event.agent_type, event.supervisor, event.pid)
+                self.agents[event.child_id] = _agent_of(event, self.labels_of)
             case ChildRunning():
                 agent = self._live(event.child_id, event.pid)
                 if agent is not None:
@@ -471,6 +471,7 @@ class Dispatch:
                 body.get("payload"),
                 max_deliveries=body.get("max_deliveries"),
                 source=f"agent:{msg.agent_id}",
+                **{k: body[k] for k in ("key", "after") if body.get(k) is not None},
             )
         except ControlError as exc:
             self.refused += 1
@@ -487,6 +488,35 @@ class Dispatch:
             return
         supervisor = agent.supervisor if agent is not None else ""
         self.hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
+
+
+# -- routing to tiers (issue 21) --------------------------------------------------------
+
+
+def _hand_out(dispatch: Dispatch, agent_type: str, idle: dict[str, None]) -> None:
+    """Hand queued items of ``agent_type`` to its idle agents, oldest agent first; one
+    that no queued item's ``require`` matches (its pool's labels) stays idle."""
+    for agent_id in list(idle):
+        if not dispatch.queue.has_work(agent_type):
+            break
+        del idle[agent_id]
+        if not dispatch._assign(agent_type, agent_id):
+            idle[agent_id] = None
+
+
+def _take(
+    queue: WorkQueue, agent_type: str, agent_id: str, labels: Mapping[str, str]
+) -> WorkItem | None:
+    if labels:
+        return queue.assign(agent_type, agent_id, _now(), labels)  # type: ignore[call-arg]
+    return queue.assign(agent_type, agent_id, _now())
+
+
+def _agent_of(event: ChildStarting, labels_of: Callable[[str], Mapping[str, str]]) -> _Agent:
+    return _Agent(event.agent_type, event.supervisor, event.pid, labels=labels_of(event.supervisor))
+
+
+# -- end of routing to tiers --------------------------------------------------------------
 
 
 def _repeats(count: int) -> str:

@@ -29,9 +29,12 @@ class ItemStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # the agent said so, with retry=false: final
     DEAD = "dead"  # used up max_deliveries: in the dead-letter list
+    CANCELLED = "cancelled"  # cancelled (e.g. a dependency of it did not complete): final
 
 
-FINAL: frozenset[ItemStatus] = frozenset({ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD})
+FINAL: frozenset[ItemStatus] = frozenset(
+    {ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD, ItemStatus.CANCELLED}
+)
 """The statuses in which an item has ended: nothing more happens to it unless retried
 (:meth:`WorkService.wait <supervisor.WorkService.wait>` returns then; ``"final"`` in its
 JSON). A new final status is added here, and nowhere else."""
@@ -75,6 +78,16 @@ class WorkItem:
     progress: Any = None
     checkpoint: Any = None
     history: list[AttemptRecord] = attrs.field(factory=list)
+    # -- dependencies, idempotent keys, routing to tiers (issue 21) ---------------------
+    key: str | None = None
+    """The submit's idempotency key (one live item per type and key)."""
+    after: list[str] = attrs.field(factory=list)
+    """The items this one waits for (``submit --after``)."""
+    waiting_on: list[str] = attrs.field(factory=list)
+    """Those of ``after`` not completed yet: the item is not handed out while any is."""
+    require: dict[str, str] = attrs.field(factory=dict)
+    """Pool labels an agent's pool must have to be given the item (``submit --require``)."""
+    # -- end of dependencies, keys, tiers -------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for the control socket and ``--json``)."""
@@ -96,6 +109,7 @@ class WorkItem:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "history": [attrs.asdict(h) for h in self.history],
+            **_controls_json(self),
         }
 
     @classmethod
@@ -129,10 +143,96 @@ class WorkItem:
                 AttemptRecord(**{k: v for k, v in h.items() if k in _RECORD_FIELDS})
                 for h in data.get("history") or ()
             ],
+            **_controls_from_json(data),
         )
 
 
 _RECORD_FIELDS = frozenset(f.name for f in attrs.fields(AttemptRecord))
+
+
+# -- dependencies, idempotent keys, routing to tiers (issue 21) --------------------------
+
+MAX_AFTER = 100
+"""The most items one item may wait for (``submit --after``)."""
+MAX_KEY = 200
+"""The longest idempotency key, in characters (``submit --key``)."""
+MAX_REQUIRE = 16
+"""The most labels one item may require (``submit --require``)."""
+
+
+def _controls_json(item: WorkItem) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "after": list(item.after),
+        "waiting_on": list(item.waiting_on),
+        "require": dict(item.require),
+    }
+
+
+def _controls_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    key = data.get("key")
+    return {
+        "key": None if key is None else str(key),
+        "after": [str(i) for i in data.get("after") or ()],
+        "waiting_on": [str(i) for i in data.get("waiting_on") or ()],
+        "require": {str(k): str(v) for k, v in (data.get("require") or {}).items()},
+    }
+
+
+def check_controls(
+    key: Any, after: Any, require: Any
+) -> tuple[str | None, list[str], dict[str, str]]:
+    """``key``, ``after`` and ``require`` as a submit takes them, or a :class:`ControlError`
+    naming the option and the fix."""
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY):
+        raise ControlError(
+            f"--key must be a non-empty string of at most {MAX_KEY} characters (got "
+            f"{key!r:.80}), e.g. --key build-1234"
+        )
+    if isinstance(after, str):
+        after = [a for a in after.split(",") if a]
+    if after is None:
+        after = []
+    if not isinstance(after, list | tuple) or not all(isinstance(a, str) and a for a in after):
+        raise ControlError(
+            f"--after must name item ids, e.g. --after worker-1,worker-2 (got {after!r:.80})"
+        )
+    after = list(dict.fromkeys(after))
+    if len(after) > MAX_AFTER:
+        raise ControlError(
+            f"--after names {len(after)} items, over the cap of {MAX_AFTER}; chain through an "
+            "item that waits for some of them"
+        )
+    if require is None:
+        require = {}
+    if isinstance(require, list | tuple):
+        pairs: dict[str, str] = {}
+        for r in require:
+            name, eq, value = str(r).partition("=")
+            if not eq or not name:
+                raise ControlError(
+                    f"--require takes LABEL=VALUE, e.g. --require tier=large (got {r!r:.80})"
+                )
+            pairs[name] = value
+        require = pairs
+    if not isinstance(require, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in require.items()
+    ):
+        raise ControlError(
+            f"--require takes LABEL=VALUE, e.g. --require tier=large (got {require!r:.80})"
+        )
+    if len(require) > MAX_REQUIRE:
+        raise ControlError(f"--require names {len(require)} labels, over the cap of {MAX_REQUIRE}")
+    return key, after, dict(require)
+
+
+def _dependency_ended(dep: WorkItem) -> str:
+    """The reason a dependent item is cancelled: its dependency ``dep`` did not complete."""
+    why = f": {dep.error}" if dep.error else ""
+    return f"dependency {dep.id} ended {dep.status}{why}"[:500]
+
+
+# -- end of dependencies, keys, tiers ----------------------------------------------------
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -225,6 +325,16 @@ class WorkRefused(Event):
     reason: str
     repeats: int = 1
     kind: str = attrs.field(init=False, default="work_refused")
+
+
+@attrs.frozen(kw_only=True)
+class WorkDependencyEnded(Event):
+    """An item waiting for others (``submit --after``) was cancelled: one of them ended
+    dead, failed or cancelled (``reason`` names it)."""
+
+    item_id: str
+    reason: str
+    kind: str = attrs.field(init=False, default="work_dependency_ended")
 
 
 # --------------------------------------------------------------------------------------

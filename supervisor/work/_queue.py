@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._errors import ControlError
-from ._item import AttemptRecord, ItemStatus, Verdict, WorkItem, _used_up
+from ._item import (
+    FINAL,
+    AttemptRecord,
+    ItemStatus,
+    Verdict,
+    WorkItem,
+    _dependency_ended,
+    _used_up,
+)
 
 _HISTORY = 20  # attempts kept per item
 
@@ -101,6 +109,13 @@ class MemoryWorkQueue:
         self._finished: deque[str] = deque()
         self._keep = keep_finished
         self._ids = itertools.count(1)
+        self._keys: dict[tuple[str, str], str] = {}  # (type, key) -> the kept item's id
+        self._dependents: dict[str, list[str]] = {}  # item id -> ids waiting on it
+        self._blocked: dict[str, set[str]] = {}  # type -> ids waiting for dependencies
+        self._settling: list[tuple[WorkItem, float]] | None = None  # a cascade under way
+        self.settled: list[WorkItem] = []
+        """Items cancelled because a dependency ended otherwise than completed, not yet
+        reported (the work service takes them for its events)."""
 
     # reading
 
@@ -133,9 +148,27 @@ class MemoryWorkQueue:
     # transitions
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        key: str | None = None,
+        after: Iterable[str] = (),
+        require: dict[str, str] | None = None,
     ) -> WorkItem:
-        """Queue a new item; its id is ``<type>-<n>``."""
+        """Queue a new item; its id is ``<type>-<n>``. With ``key``, the kept item of
+        ``agent_type`` submitted with that key, if any, is returned instead (nothing is
+        created); with ``after``, the item waits until those items completed (see
+        :meth:`_wait_for`)."""
+        if key is not None:
+            existing = self.keyed(agent_type, key)
+            if existing is not None:
+                return existing
+        deps = list({d.id: d for d in map(self.get_dependency, after)}.values())
+        after = [d.id for d in deps]
         item = WorkItem(
             id=f"{agent_type}-{next(self._ids)}",
             agent_type=agent_type,
@@ -143,19 +176,31 @@ class MemoryWorkQueue:
             max_deliveries=max_deliveries,
             created_at=now,
             source=source,
+            key=key,
+            after=after,
+            require=dict(require or {}),
         )
         self._items[item.id] = item
-        self._queues.setdefault(agent_type, deque()).append(item.id)
+        if key is not None:
+            self._keys[(agent_type, key)] = item.id
+        if not self._wait_for(item, deps, now):
+            self._queues.setdefault(agent_type, deque()).append(item.id)
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
-        """Give the oldest queued item of ``agent_type`` to ``agent``."""
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
+    ) -> WorkItem | None:
+        """Give the oldest queued item of ``agent_type`` to ``agent`` (whose pool has
+        ``labels``: the oldest one whose ``require`` they match)."""
         if agent in self._held:
             raise ControlError(f"agent {agent!r} already holds {self._held[agent]!r}")
         queue = self._queues.get(agent_type)
         if not queue:
             return None
-        item = self._items[queue.popleft()]
+        picked = _pick(queue, self._items, labels or {})
+        if picked is None:
+            return None
+        item = self._items[picked]
         item.status = ItemStatus.ASSIGNED
         item.progress = None  # the new attempt reports its own (the checkpoint stays)
         item.attempt += 1
@@ -190,12 +235,9 @@ class MemoryWorkQueue:
         self._finished.append(item.id)
         while len(self._finished) > self._keep:
             old = self._finished.popleft()
-            if self._items.get(old) is not None and self._items[old].status in (
-                ItemStatus.COMPLETED,
-                ItemStatus.FAILED,
-                ItemStatus.DEAD,
-            ):
-                del self._items[old]
+            if self._items.get(old) is not None and self._items[old].status in FINAL:
+                self._unkey(self._items.pop(old))
+        self._settle_dependents(item, now)
 
     def _requeue(self, item: WorkItem, *, front: bool) -> None:
         item.status = ItemStatus.QUEUED
@@ -284,6 +326,7 @@ class MemoryWorkQueue:
         item = self._items.pop(item_id, None)
         if item is None:
             return None
+        self._unkey(item)
         queue = self._queues.get(item.agent_type)
         if queue is not None and item_id in queue:
             queue.remove(item_id)
@@ -305,3 +348,145 @@ class MemoryWorkQueue:
         item.finished_at = None
         self._requeue(item, front=False)
         return item
+
+    # ----------------------------------------------------------------------------------
+    # Dependencies and idempotent keys (issue 21)
+
+    def touch(self, item_id: str) -> None:
+        """An item changed outside the usual steps (a store writes it; a no-op here)."""
+
+    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
+        """The kept item of ``agent_type`` submitted with ``key``, if any. A key lasts as
+        long as its item is kept: once the item is pruned (``keep_finished``) the key is
+        free again, so the index never holds more keys than items kept."""
+        item_id = self._keys.get((agent_type, key))
+        return None if item_id is None else self._items.get(item_id)
+
+    def get_dependency(self, item_id: str) -> WorkItem:
+        """The item ``item_id`` a new item would wait for, or a :class:`ControlError`.
+        ``TYPE:KEY`` names the kept item of ``TYPE`` submitted with ``KEY`` (an agent's
+        ``SUBMIT`` does not learn the ids of the items it submits; it names them so)."""
+        agent_type, colon, key = item_id.partition(":")
+        if colon:
+            keyed = self.keyed(agent_type, key)
+            if keyed is None:
+                raise ControlError(
+                    f"--after names {item_id!r}, but no kept item of type {agent_type!r} "
+                    f"was submitted with key {key!r}; submit it first (with --key)"
+                )
+            return keyed
+        item = self._items.get(item_id)
+        if item is None:
+            raise ControlError(
+                f"--after names {item_id!r}, which is no work item kept here (unknown, or "
+                "finished and pruned by keep_finished); `hubvisor work list` lists them"
+            )
+        return item
+
+    def _unkey(self, item: WorkItem) -> None:
+        if item.key is not None and self._keys.get((item.agent_type, item.key)) == item.id:
+            del self._keys[(item.agent_type, item.key)]
+
+    def _wait_for(self, item: WorkItem, deps: list[WorkItem], now: float) -> bool:
+        """Make the new ``item`` wait for those of ``deps`` not completed; one that ended
+        otherwise cancels it at once. True when it waits (or ended): not queued."""
+        for dep in deps:
+            if dep.status in FINAL and dep.status is not ItemStatus.COMPLETED:
+                item.error = _dependency_ended(dep)
+                self.settled.append(item)
+                self._finish(item, ItemStatus.CANCELLED, now)
+                return True
+        item.waiting_on = [d.id for d in deps if d.status is not ItemStatus.COMPLETED]
+        for dep_id in item.waiting_on:
+            self._dependents.setdefault(dep_id, []).append(item.id)
+        if item.waiting_on:
+            self._blocked.setdefault(item.agent_type, set()).add(item.id)
+        return bool(item.waiting_on)
+
+    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
+        """How many queued items of ``agent_type`` a pool with ``labels`` may take."""
+        queue = self._queues.get(agent_type, ())
+        return sum(1 for i in queue if _matches(self._items[i].require, labels))
+
+    def blocked(self, agent_type: str) -> int:
+        """How many items of ``agent_type`` wait for their dependencies (not in
+        :meth:`depth`; the service's ``max_queued`` counts them too)."""
+        return len(self._blocked.get(agent_type, ()))
+
+    def _settle_dependents(self, dep: WorkItem, now: float) -> None:
+        """``dep`` ended: its dependents stop waiting for it when it completed (queued
+        once they wait for nothing), else they are cancelled, naming it, and theirs in
+        turn — in a loop, first ended first, never by recursion (a chain of any length
+        is cancelled without growing the stack)."""
+        if self._settling is not None:  # inside a cascade: the loop below takes it
+            self._settling.append((dep, now))
+            return
+        self._settling = [(dep, now)]
+        try:
+            while self._settling:
+                self._settle_one(*self._settling.pop(0))
+        finally:
+            self._settling = None
+
+    def _settle_one(self, dep: WorkItem, now: float) -> None:
+        for item_id in self._dependents.pop(dep.id, ()):
+            item = self._items.get(item_id)
+            if (
+                item is None
+                or item.status is not ItemStatus.QUEUED
+                or dep.id not in item.waiting_on
+            ):
+                continue
+            if dep.status is ItemStatus.COMPLETED:
+                item.waiting_on.remove(dep.id)
+                self.touch(item.id)
+                if not item.waiting_on:
+                    self._blocked.get(item.agent_type, set()).discard(item.id)
+                    self._requeue(item, front=False)
+                continue
+            self._blocked.get(item.agent_type, set()).discard(item.id)
+            for other in item.waiting_on:
+                waiting = self._dependents.get(other)
+                if waiting is not None and item.id in waiting:
+                    waiting.remove(item.id)
+            item.waiting_on = []
+            item.error = _dependency_ended(dep)
+            self.settled.append(item)
+            del self.settled[:-10_000]  # nobody reads them (a queue alone): bounded
+            self._finish(item, ItemStatus.CANCELLED, now)
+
+    def _index_controls(self) -> None:
+        """Rebuild the key index and the waiting dependents from the items held (after
+        a store loaded them)."""
+        self._keys.clear()
+        self._dependents.clear()
+        self._blocked.clear()
+        for item in self._items.values():
+            if item.key is not None:
+                self._keys[(item.agent_type, item.key)] = item.id
+            if item.status is ItemStatus.QUEUED and item.waiting_on:
+                self._blocked.setdefault(item.agent_type, set()).add(item.id)
+                for dep_id in item.waiting_on:
+                    self._dependents.setdefault(dep_id, []).append(item.id)
+        # A dependency that ended while nobody settled it (it was assigned when the last
+        # hub died, and its last delivery was spent then): settle it now.
+        for dep_id in list(self._finished):  # in the order they ended
+            dep = self._items.get(dep_id)
+            if dep is not None and dep_id in self._dependents:
+                self._settle_dependents(dep, dep.finished_at or 0.0)
+
+
+def _matches(require: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a pool with ``labels`` may take an item that requires ``require``."""
+    return all(labels.get(k) == v for k, v in require.items())
+
+
+def _pick(queue: deque[str], items: dict[str, WorkItem], labels: Mapping[str, str]) -> str | None:
+    """Take the first id of ``queue`` whose item's ``require`` matches ``labels``."""
+    for n, item_id in enumerate(queue):
+        if _matches(items[item_id].require, labels):
+            if n == 0:
+                return queue.popleft()
+            del queue[n]
+            return item_id
+    return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,10 +35,12 @@ from ._item import (
     FINAL,
     ItemStatus,
     WorkDeadLettered,
+    WorkDependencyEnded,
     WorkItem,
     WorkSubmitted,
     _check_payload,
     _now,
+    check_controls,
 )
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
@@ -141,13 +143,26 @@ class WorkService:
         *,
         max_deliveries: int | None = None,
         source: str = "api",
+        key: str | None = None,
+        after: Iterable[str] | str | None = None,
+        require: Any = None,
     ) -> WorkItem:
         """Queue an item for agents of ``agent_type``; returns it (``.id``).
 
+        Args:
+            key: an idempotency key: while an item of ``agent_type`` submitted with it is
+                kept, that item is returned and nothing is created (docs/work-controls.md).
+            after: ids of items this one waits for: it is handed out once all of them
+                completed, and cancelled (naming the one) if one ends otherwise.
+            require: pool labels an agent's pool must have (``{"tier": "large"}``).
+
         Raises:
-            ControlError: a bad type, a payload that is not JSON or is over
-                :data:`MAX_PAYLOAD` bytes, or a bad ``max_deliveries``.
+            ControlError: a bad type, payload (not JSON, over :data:`MAX_PAYLOAD` bytes),
+                ``max_deliveries``, ``key``, ``after`` (unknown) or ``require`` (no pool).
         """
+        controls, existing = _controls(self, agent_type, key, after, require)
+        if existing is not None:
+            return existing
         if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
             raise ControlError(
                 f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
@@ -160,7 +175,7 @@ class WorkService:
         if self._types is not None:
             self._check_type(agent_type, source)
         if self.max_queued is not None:
-            waiting = int(self.queue.depth(agent_type))
+            waiting = int(self.queue.depth(agent_type)) + _blocked(self.queue, agent_type)
             if waiting >= self.max_queued:
                 raise ControlError(
                     f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
@@ -168,9 +183,10 @@ class WorkService:
                     "taken some, add agents, or raise max_queued"
                 )
         item = self.queue.submit(
-            agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
+            agent_type, payload, max_deliveries=deliveries, source=source, now=_now(), **controls
         )
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
+        _publish_settled(self.queue, self._dispatch)
         self._dispatch.poke()
         return item
 
@@ -230,6 +246,11 @@ class WorkService:
     async def stored(self, item_id: str, timeout: float = 5.0) -> bool:
         """Whether a submitted item is durable (at once for the in-memory queue)."""
         return True if self.store is None else await self.store.stored(item_id, timeout)
+
+    async def resolve(self, item: WorkItem) -> WorkItem:
+        """The item a submit answers once :meth:`stored` (a key Redis had: the kept one)."""
+        kept = getattr(self.store, "dupes", {}).get(item.id, item.id)
+        return item if kept == item.id else await self.fetch(kept)
 
     async def fetch(self, item_id: str) -> WorkItem:
         """The item with ``item_id``, from the shared store if this hub does not hold it."""
@@ -304,10 +325,14 @@ class WorkService:
 
     # What the autoscaler asks.
 
-    def waiting(self, agent_type: str) -> int:
+    def waiting(self, agent_type: str, labels: Mapping[str, str] | None = None) -> int:
         """Items of ``agent_type`` queued for an agent (with a shared store: those this hub
-        holds plus those waiting in the store, as last seen)."""
+        holds plus those waiting in the store, as last seen); with ``labels`` (a pool's),
+        those whose ``require`` they match only."""
         self.watched.add(agent_type)
+        depth_for = getattr(self.queue, "depth_for", None)
+        if labels is not None and depth_for is not None:
+            return int(depth_for(agent_type, labels))
         return int(self.queue.depth(agent_type))
 
     def idle_among(self, agent_type: str, agent_ids: Iterable[str]) -> int:
@@ -372,6 +397,7 @@ class WorkService:
         the run that ends with the hub (cancelled) removes both.
         """
         self._hub = self._dispatch.hub = hub
+        self._dispatch.labels_of = lambda path: _labels_of(hub, path)
         if isinstance(self.queue, MemoryWorkQueue):
             self.queue.hub_id = self.hub_id
         if self._feed is None:
@@ -396,6 +422,7 @@ class WorkService:
                         dispatch.on_message(msg)
                     elif msg is not None:
                         self._on_event(msg)
+                    _publish_settled(self.queue, dispatch)
                     dispatch.poke()
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the hub is stopping
@@ -493,6 +520,102 @@ def _check_options(
             f"WorkService(max_waiters=...) must be an int >= 1 (got {max_waiters!r}); e.g. "
             "max_waiters=10_000"
         )
+
+
+# -- dependencies, idempotent keys, routing to tiers (issue 21) --------------------------
+
+
+def _check_controls(queue: WorkQueue, key: Any, after: Any, require: Any) -> dict[str, Any]:
+    """The submit's ``key``/``after``/``require`` for ``queue.submit`` (``{}``: none
+    given), or a :class:`ControlError` naming the option (and the backend, when it does
+    not have it)."""
+    key, deps, labels = check_controls(key, after, require)
+    if key is None and not deps and not labels:
+        return {}
+    if not isinstance(queue, MemoryWorkQueue) and not hasattr(queue, "keyed"):
+        option = "--key" if key is not None else "--after" if deps else "--require"
+        raise ControlError(
+            f"{option}: {type(queue).__name__} does not support idempotent keys, "
+            "dependencies or routing to tiers yet (the memory and SQLite work stores do); "
+            "submit without it"
+        )
+    return {"key": key, "after": deps, "require": labels}
+
+
+def _pools(hub: Hub | None, agent_type: str) -> list[tuple[str, Mapping[str, str]]] | None:
+    """``(name, labels)`` of every pool of ``agent_type`` in the hub's tree (an agent
+    outside a pool has no labels), or ``None`` with no hub."""
+    if hub is None:
+        return None
+    from .._spec import PoolSpec
+
+    pools: list[tuple[str, Mapping[str, str]]] = []
+    for sup in hub.supervisors():
+        spec = sup.spec
+        if isinstance(spec, PoolSpec) and spec.agent_type == agent_type:
+            pools.append((spec.name, spec.labels))
+    return pools
+
+
+def _check_require(hub: Hub | None, agent_type: str, require: Mapping[str, str]) -> None:
+    """Refuse an item that no pool of ``agent_type`` in the hub would ever take."""
+    pools = _pools(hub, agent_type)
+    if not require or pools is None:
+        return
+    if any(all(labels.get(k) == v for k, v in require.items()) for _, labels in pools):
+        return
+    shown = ", ".join(
+        f"{name} {{{', '.join(f'{k}={v}' for k, v in labels.items())}}}" for name, labels in pools
+    )
+    wanted = " ".join(f"{k}={v}" for k, v in require.items())
+    raise ControlError(
+        f"--require {wanted}: no pool of type {agent_type!r} in the hub has those labels, so "
+        f"the item would wait forever; its pools: {shown or '(none)'} (give a pool "
+        f"PoolSpec(labels={dict(require)!r}))"
+    )
+
+
+def _blocked(queue: WorkQueue, agent_type: str) -> int:
+    """Items of ``agent_type`` waiting for their dependencies (0: a queue without any)."""
+    blocked = getattr(queue, "blocked", None)
+    return 0 if blocked is None else int(blocked(agent_type))
+
+
+def _labels_of(hub: Hub, path: str) -> Mapping[str, str]:
+    """The labels of the pool at supervisor ``path`` (``{}``: not a pool)."""
+    from .._spec import PoolSpec
+
+    for sup in hub.supervisors():
+        if sup.path == path and isinstance(sup.spec, PoolSpec):
+            return sup.spec.labels
+    return {}
+
+
+def _publish_settled(queue: WorkQueue, dispatch: Dispatch) -> None:
+    """Report the items a dependency's end cancelled (``work_dependency_ended``)."""
+    settled: list[WorkItem] | None = getattr(queue, "settled", None)
+    while settled:
+        item = settled.pop(0)
+        dispatch.publish(WorkDependencyEnded, "", item_id=item.id, reason=item.error or "")
+
+
+def _controls(
+    service: WorkService, agent_type: str, key: Any, after: Any, require: Any
+) -> tuple[dict[str, Any], WorkItem | None]:
+    """The submit's checked controls for the queue, and the kept item its key names."""
+    controls = _check_controls(service.queue, key, after, require)
+    if controls.get("require") and hasattr(service.queue, "depth_for"):
+        _check_require(service._hub, agent_type, controls["require"])
+    existing = None if key is None else _keyed(service.queue, agent_type, key)
+    return controls, existing
+
+
+def _keyed(queue: WorkQueue, agent_type: str, key: str) -> WorkItem | None:
+    keyed = getattr(queue, "keyed", None)
+    return None if keyed is None else keyed(agent_type, key)
+
+
+# -- end of dependencies, keys, tiers ----------------------------------------------------
 
 
 def _report_unfinished(items: Iterable[WorkItem]) -> None:

@@ -214,9 +214,23 @@ async def test_pipeline_through_all_four_agent_types() -> None:
         submits, final = await hubs["planning"].work("p-1", task, type="planning")
         assert ("result", {"item": "p-1", "attempt": 1, "result": {"pieces": 3}}) == final
         assert [
-            {"type": "worker", "payload": {"task": "t1", "piece": i, "seed": 7, "lines": 5}}
+            {
+                "type": "worker",
+                "payload": {"task": "t1", "piece": i, "seed": 7, "lines": 5},
+                "key": f"p-1/piece-{i}",
+            }
             for i in range(3)
+        ] + [
+            {
+                "type": "review",
+                "payload": {"task": "t1", "pieces": 3},
+                "key": "p-1/review",
+                "after": [f"worker:p-1/piece-{i}" for i in range(3)],
+            }
         ] == submits
+        task_review = submits.pop()
+        _, final = await hubs["review"].work("r-task", task_review["payload"], type="review")
+        assert {"task": "t1", "pieces": 3} == final[1]["result"]
 
         reviews = []
         for i, sub in enumerate(submits):
@@ -575,10 +589,11 @@ def test_everything_an_agent_encodes_parses_on_the_hub(
         "fail": proto.fail(item, attempt, str(value), retry=bool(checkpoint)),
         "handback": proto.handback(item, attempt),
         "submit": proto.submit(kind, value),
+        "submit_after": proto.submit(kind, value, key=str(value)[:20], after=[item]),
     }
     for name, record in records.items():
         msg = parse_notify(record)
-        assert name == msg.kind
+        assert name.removesuffix("_after") == msg.kind
         if msg.value is not None and name not in ("hello", "status"):
             obj = json.loads(msg.value)
             assert obj.get("item", item) == item

@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 import hypothesis.strategies as st
 import pytest
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -59,7 +59,8 @@ ASSIGNED = ItemStatus.ASSIGNED
 COMPLETED = ItemStatus.COMPLETED
 FAILED = ItemStatus.FAILED
 DEAD = ItemStatus.DEAD
-FINAL = (COMPLETED, FAILED, DEAD)
+CANCELLED = ItemStatus.CANCELLED
+FINAL = (COMPLETED, FAILED, DEAD, CANCELLED)
 
 TYPES = ("worker", "qc")
 AGENTS = {"worker-1": "worker", "worker-2": "worker", "qc-1": "qc"}
@@ -91,6 +92,9 @@ class ModelItem:
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    key: str | None = None
+    after: list[str] = attrs.field(factory=list)
+    waiting: list[str] = attrs.field(factory=list)  # those of after not completed yet
 
 
 @attrs.define
@@ -130,6 +134,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
         self.tokens = itertools.count(1)
         self.steps_since_quiesce = 0
         self.ever: set[str] = set()  # every id handed out: none is handed out twice
+        self.completed_ever: set[str] = set()  # ids that completed (kept or not)
 
     def make_queue(self) -> WorkQueue:
         """The queue under test."""
@@ -153,14 +158,42 @@ class WorkQueueMachine(RuleBasedStateMachine):
         m.agent = None
         self.agents[agent].holding = None
 
-    def finish(self, m: ModelItem, status: ItemStatus, now: float) -> None:
+    def finish(self, m: ModelItem, status: ItemStatus, now: float, cascade: bool = True) -> None:
         m.status = status
         m.finished_at = now
+        if status is COMPLETED:
+            self.completed_ever.add(m.id)
         self.finished.append(m.id)
         while self.KEEP is not None and len(self.finished) > self.KEEP:
             old = self.items.pop(self.finished.pop(0))
             self.completed.pop(old.id, None)
-            self.forgotten[old.id] = (old.attempt, old.holders[old.attempt])
+            if old.holders:
+                self.forgotten[old.id] = (old.attempt, old.holders[old.attempt])
+        if cascade:
+            self.settle(m, now)
+
+    def settle(self, first: ModelItem, now: float) -> None:
+        """``first`` ended: its dependents stop waiting for it, or are cancelled, and
+        theirs in turn (first ended first)."""
+        todo = [first]
+        while todo:
+            dep = todo.pop(0)
+            for m in list(self.items.values()):
+                if m.status is QUEUED and dep.id in m.waiting:
+                    self.settle_one(dep, m, now, todo)
+
+    def settle_one(self, dep: ModelItem, m: ModelItem, now: float, todo: list[ModelItem]) -> None:
+        if dep.status is COMPLETED:
+            m.waiting.remove(dep.id)
+            if not m.waiting:
+                event("a dependent was released")
+                self.queues[m.agent_type].append(m.id)
+        else:
+            event("a dependency's end cancelled its dependent")
+            m.waiting = []
+            m.error = f"dependency {dep.id} ended {dep.status}"
+            self.finish(m, CANCELLED, now, cascade=False)
+            todo.append(m)
 
     def requeue_front(self, m: ModelItem) -> None:
         m.status = QUEUED
@@ -199,6 +232,9 @@ class WorkQueueMachine(RuleBasedStateMachine):
         # the next attempt carries the last checkpoint reported by any earlier one
         assert got.checkpoint == m.checkpoint
         assert got.payload == m.payload
+        # no item runs before its dependencies completed
+        assert all(d in self.completed_ever for d in got.after), (got.id, got.after)
+        assert not got.waiting_on
         return got
 
     def do_answer(
@@ -217,8 +253,8 @@ class WorkQueueMachine(RuleBasedStateMachine):
             self.release(m, agent, "completed", "")
             m.result = result
             m.error = None  # an earlier attempt's failure is history once it completes
-            self.finish(m, COMPLETED, now)
             self.completed[m.id] = (attempt, result)
+            self.finish(m, COMPLETED, now)
         elif kind == "fail":
             error = f"boom {next(self.tokens)}"
             verdict = self.q.fail(m.id, attempt, agent, error, retry, now)
@@ -288,6 +324,62 @@ class WorkQueueMachine(RuleBasedStateMachine):
         assert item.max_deliveries == max_deliveries and item.created_at == now
         self.items[item.id] = ModelItem(item.id, agent_type, payload, max_deliveries)
         self.queues[agent_type].append(item.id)
+
+    @precondition(lambda self: sum(m.status is QUEUED for m in self.items.values()) < 6)
+    @rule(
+        agent_type=st.sampled_from(TYPES),
+        key=st.sampled_from([None, "a", "b"]),
+        data=st.data(),
+    )
+    def submit_controlled(self, agent_type: str, key: str | None, data: st.DataObject) -> None:
+        """A submit with an idempotency key and/or dependencies on kept items: a key
+        never creates two kept items of a type; the item waits for its dependencies."""
+        kept = list(self.items)
+        after = data.draw(
+            st.lists(st.sampled_from(kept), max_size=2, unique=True) if kept else st.just([]),
+            label="after",
+        )
+        payload = {"seq": next(self.tokens)}
+        now = self.tick()
+        existing = next(
+            (
+                m
+                for m in self.items.values()
+                if key is not None and (m.agent_type, m.key) == (agent_type, key)
+            ),
+            None,
+        )
+        if existing is not None:
+            item = self.unchanged(
+                lambda: self.q.submit(
+                    agent_type,
+                    payload,
+                    max_deliveries=2,
+                    source="test",
+                    now=now,
+                    key=key,
+                    after=after,
+                )  # type: ignore[call-arg]
+            )
+            assert item.id == existing.id, "a key created a second item"
+            event("a key answered the kept item")
+            return
+        item = self.q.submit(
+            agent_type, payload, max_deliveries=2, source="test", now=now, key=key, after=after
+        )  # type: ignore[call-arg]
+        assert item.id not in self.ever, f"id {item.id} reused"
+        self.ever.add(item.id)
+        m = ModelItem(item.id, agent_type, payload, 2, key=key, after=list(after))
+        self.items[item.id] = m
+        deps = [self.items[d] for d in after]
+        bad = next((d for d in deps if d.status in (FAILED, DEAD, CANCELLED)), None)
+        if bad is not None:
+            m.error = f"dependency {bad.id} ended {bad.status}"
+            self.finish(m, CANCELLED, now)
+            return
+        m.waiting = [d.id for d in deps if d.status is not COMPLETED]
+        if not m.waiting:
+            self.queues[agent_type].append(item.id)
 
     def can_take(self) -> list[str]:
         return [a for a in self.idle_agents() if self.queues[AGENTS[a]]]
@@ -532,6 +624,10 @@ class WorkQueueMachine(RuleBasedStateMachine):
             assert history == m.history[-HISTORY_KEPT:], "history: every released attempt, in order"
             if m.status in (FAILED, DEAD) and m.error is not None:
                 assert item.error == m.error
+            assert item.key == m.key and item.after == m.after
+            assert item.waiting_on == m.waiting, m.id
+            if m.status is CANCELLED:
+                assert item.error is not None and item.error.startswith(m.error or "?"), item.error
         finished = [i.id for i in self.q.items() if i.status in FINAL]
         assert sorted(finished) == sorted(self.finished)
         if self.KEEP is not None:
@@ -539,6 +635,8 @@ class WorkQueueMachine(RuleBasedStateMachine):
         for t in TYPES:
             assert self.q.depth(t) == len(self.queues[t])
             assert self.q.has_work(t) == bool(self.queues[t])
+            waiting = [m for m in self.items.values() if m.agent_type == t and m.waiting]
+            assert self.q.blocked(t) == len(waiting)  # type: ignore[attr-defined]
 
     @invariant()
     def one_holder_each_way(self) -> None:
@@ -661,18 +759,27 @@ class SqliteWorkQueueMachine(WorkQueueMachine):
             a.incarnation += 1
         self.q = self.open_queue()
         held = [m for m in self.items.values() if m.status is ASSIGNED]
+        dead: list[ModelItem] = []
         for m in sorted(held, key=lambda m: int(m.id.rsplit("-", 1)[1]), reverse=True):
             assert m.agent is not None
             m.history.append((m.attempt, m.agent, "reclaimed:exit", RESTART_REASON))
             m.agent = None
             if m.deliveries >= m.max_deliveries:
-                self.finish(m, DEAD, 0.0)
+                self.finish(m, DEAD, 0.0, cascade=False)
+                dead.append(m)
                 if m.id in self.items:  # the restart's time and the deliveries it used
                     got = self.q.get(m.id)
                     m.finished_at, m.error = got.finished_at, got.error
                     assert m.error is not None and RESTART_REASON in m.error
             else:
                 self.requeue_front(m)
+        # their dependents are cancelled once the file is read, the dead ones in order
+        for m in dead:
+            before = {i for i, x in self.items.items() if x.status is CANCELLED}
+            self.settle(m, 0.0)
+            for i, x in self.items.items():
+                if x.status is CANCELLED and i not in before:
+                    x.finished_at = self.q.get(i).finished_at
         self.flush()  # the restart wrote what it took back: a crash now keeps it
 
 

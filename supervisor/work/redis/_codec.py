@@ -33,6 +33,7 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         error=fields.get("error") or None,
         checkpoint=json.loads(fields["ckpt"]) if fields.get("ckpt") else None,
         history=[AttemptRecord(**h) for h in hist],
+        key=fields.get("key") or None,  # issue 21: an idempotency key
     )
 
 

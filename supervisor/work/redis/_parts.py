@@ -31,6 +31,7 @@ class QueueParts(Protocol):
     _local: MemoryWorkQueue  # the items this hub holds
     _pending: dict[str, WorkItem]  # submitted, not in Redis yet
     _stored: dict[str, trio.Event]
+    dupes: dict[str, str]  # submitted with a key Redis had: -> the kept id (issue 21)
     _types: set[str]  # every type seen (submitted or served)
     known_types: set[str] | None  # every type the hubs announced (None: not read yet)
 

@@ -53,10 +53,70 @@ from ._store import StoreActor
 
 __all__ = ["RedisWorkQueue"]
 
+
+def _refuse_controls(controls: dict[str, Any]) -> None:
+    """``after`` and ``require`` are not built on Redis: a :class:`ControlError` naming
+    the option and the backend (issue 21; docs/work-controls.md)."""
+    for name, option in (("after", "--after"), ("require", "--require")):
+        if controls.pop(name, None):
+            raise ControlError(
+                f"{option}: RedisWorkQueue does not support dependencies or routing to "
+                "tiers yet (the memory and SQLite work stores do); submit without it"
+            )
+    if controls:
+        raise TypeError(f"unexpected submit options {sorted(controls)}")
+
+
 _log = logging.getLogger("hubvisor")
 
 
-class RedisWorkQueue:
+class _Counters:
+    """What the store's actor and held writes count, read on the queue (tests, metrics),
+    and the kept items by key this hub knows (issue 21)."""
+
+    _actor: StoreActor
+    writes: Outbox
+
+    def items(self) -> Iterable[WorkItem]:
+        raise NotImplementedError
+
+    @property
+    def outage(self) -> bool:
+        """Whether Redis is unreachable now."""
+        return self._actor.outage.active
+
+    @property
+    def rounds(self) -> int:
+        """Rounds written so far."""
+        return self._actor.rounds
+
+    @property
+    def errors(self) -> int:
+        """Rounds that failed with an error that is not an outage (logged, retried)."""
+        return self._actor.errors
+
+    @property
+    def coalesced(self) -> int:
+        """Progress writes replaced by a later progress of the same item before sent."""
+        return self.writes.coalesced
+
+    @property
+    def dropped_progress(self) -> int:
+        """Progress writes not kept because the held writes were at their cap."""
+        return self.writes.dropped_progress
+
+    @property
+    def poisoned(self) -> int:
+        """Writes dropped because they can never be sent (logged with the item's id)."""
+        return self.writes.poisoned
+
+    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
+        """The item of ``agent_type`` with ``key`` this hub holds or submitted, if any
+        (Redis decides for the others, atomically, when the submit is written)."""
+        return next((i for i in self.items() if (i.agent_type, i.key) == (agent_type, key)), None)
+
+
+class RedisWorkQueue(_Counters):
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 
@@ -107,6 +167,7 @@ class RedisWorkQueue:
         self._local = MemoryWorkQueue()
         self._pending: dict[str, WorkItem] = {}  # submitted, not in Redis yet
         self._stored: dict[str, trio.Event] = {}
+        self.dupes: dict[str, str] = {}  # submitted with a key Redis had: -> the kept id
         self.writes = Outbox(self.url, max_held, max_held_bytes)
         """The writes held for Redis (in order)."""
         self.keys = Keys(prefix)
@@ -139,36 +200,6 @@ class RedisWorkQueue:
     def conflict(self) -> ServiceFailed | None:
         """Set when another live hub holds this hub's id: the store stops."""
         return self.claim.conflict
-
-    @property
-    def outage(self) -> bool:
-        """Whether Redis is unreachable now."""
-        return self._actor.outage.active
-
-    @property
-    def rounds(self) -> int:
-        """Rounds written so far."""
-        return self._actor.rounds
-
-    @property
-    def errors(self) -> int:
-        """Rounds that failed with an error that is not an outage (logged, retried)."""
-        return self._actor.errors
-
-    @property
-    def coalesced(self) -> int:
-        """Progress writes replaced by a later progress of the same item before sent."""
-        return self.writes.coalesced
-
-    @property
-    def dropped_progress(self) -> int:
-        """Progress writes not kept because the held writes were at their cap."""
-        return self.writes.dropped_progress
-
-    @property
-    def poisoned(self) -> int:
-        """Writes dropped because they can never be sent (logged with the item's id)."""
-        return self.writes.poisoned
 
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
@@ -206,14 +237,25 @@ class RedisWorkQueue:
         return self._local.has_work(agent_type)
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        key: str | None = None,
+        **controls: Any,
     ) -> WorkItem:
-        """Queue the item for the next round's write (:meth:`stored` waits for it).
+        """Queue the item for the next round's write (:meth:`stored` waits for it). With
+        ``key`` the submit script decides atomically: when an item of the type with that
+        key is kept in Redis, nothing is created and :meth:`resolved` names that item.
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet.
+                Redis has not taken yet; ``after`` or ``require`` (not built on Redis).
         """
+        _refuse_controls(controls)
         if self.writes.full():
             raise ControlError(
                 f"the hub holds {len(self.writes.ops)} writes "
@@ -232,13 +274,22 @@ class RedisWorkQueue:
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
-        args = (item.id, agent_type, _dumps(payload), max_deliveries, source, item.created_at)
-        keys = (self.keys.of(agent_type, "q"), self.keys.items(agent_type) + item.id)
+        args: tuple[Any, ...] = (
+            item.id, agent_type, _dumps(payload), max_deliveries, source, item.created_at
+        )  # fmt: skip
+        keys: tuple[str, ...] = (
+            self.keys.of(agent_type, "q"),
+            self.keys.items(agent_type) + item.id,
+        )
+        if key is not None:
+            item.key = key
+            keys += (self.keys.of(agent_type, "keys"), self.keys.of(agent_type, "keyage"))
+            args += (key, self.keys.items(agent_type), item.created_at)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
+    def assign(self, agent_type: str, agent: str, now: float, **_: Any) -> WorkItem | None:
         """Give the oldest item this hub holds to ``agent``; the attempt is written."""
         item = self._local.assign(agent_type, agent, _wall(now))
         if item is not None:

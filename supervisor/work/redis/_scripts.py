@@ -151,6 +151,25 @@ return 0
 
 _SUBMIT = r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+if KEYS[3] then
+  -- an idempotency key (issue 21): KEYS[3] the type's key -> id hash, KEYS[4] the sorted
+  -- set of its keys by age; ARGV[7] the key, ARGV[8] the item-hash prefix, ARGV[9] now.
+  local have = redis.call('HGET', KEYS[3], ARGV[7])
+  if have and redis.call('EXISTS', ARGV[8] .. have) == 1 then return have end
+  -- bound the index: look at its two oldest keys; one whose item expired goes, one whose
+  -- item is kept goes to the back (so the index holds about the kept items' keys)
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[4], 0, 1)) do
+    local id = redis.call('HGET', KEYS[3], old)
+    if id and redis.call('EXISTS', ARGV[8] .. id) == 1 then
+      redis.call('ZADD', KEYS[4], ARGV[9], old)
+    else
+      redis.call('HDEL', KEYS[3], old); redis.call('ZREM', KEYS[4], old)
+    end
+  end
+  redis.call('HSET', KEYS[3], ARGV[7], ARGV[1])
+  redis.call('ZADD', KEYS[4], ARGV[9], ARGV[7])
+  redis.call('HSET', KEYS[2], 'key', ARGV[7])
+end
 local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
   'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',

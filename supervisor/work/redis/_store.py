@@ -428,6 +428,10 @@ class StoreActor:
             return
         if op.kind == "submit":
             self.q._pending.pop(op.item_id, None)
+            if isinstance(reply, bytes | str) and _text(reply) != "1":  # a kept item's key
+                self.q.dupes[op.item_id] = _text(reply)
+                while len(self.q.dupes) > 10_000:  # the oldest answers are long read
+                    del self.q.dupes[next(iter(self.q.dupes))]
             event = self.q._stored.pop(op.item_id, None)
             if event is not None:
                 event.set()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._item import ItemStatus, Verdict, WorkItem
+from .._item import FINAL, ItemStatus, Verdict, WorkItem
 from .._queue import MemoryWorkQueue
 
 __all__ = ["TrackedQueue", "seq_of"]
 
-_FINAL = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD)
+_FINAL = FINAL
 
 
 def seq_of(item_id: str) -> int:
@@ -64,7 +64,7 @@ class TrackedQueue(MemoryWorkQueue):
             self._items[item.id] = item
         order = sorted(items, key=lambda i: (pos.get(i.id, 0), seq_of(i.id)))
         for item in order:
-            if item.status is ItemStatus.QUEUED:
+            if item.status is ItemStatus.QUEUED and not item.waiting_on:
                 self._queues.setdefault(item.agent_type, deque()).append(item.id)
             elif item.status in _FINAL:
                 self._finished.append(item.id)
@@ -73,15 +73,36 @@ class TrackedQueue(MemoryWorkQueue):
         self.hi = max(self.pos.values(), default=0)
         self._ids = itertools.count(next_id)
         self.last_id = next_id - 1
+        self._index_controls()
 
     # --------------------------------------------------------------------------------
     # the memory queue's own steps, tracked
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        key: str | None = None,
+        after: Iterable[str] = (),
+        require: dict[str, str] | None = None,
     ) -> WorkItem:
+        if key is not None:
+            existing = self.keyed(agent_type, key)
+            if existing is not None:
+                return existing
         item = super().submit(
-            agent_type, payload, max_deliveries=max_deliveries, source=source, now=now
+            agent_type,
+            payload,
+            max_deliveries=max_deliveries,
+            source=source,
+            now=now,
+            key=key,
+            after=after,
+            require=require,
         )
         self.last_id = seq_of(item.id)
         self.hi += 1
@@ -89,8 +110,10 @@ class TrackedQueue(MemoryWorkQueue):
         self.touch(item.id)
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
-        item = super().assign(agent_type, agent, now)
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
+    ) -> WorkItem | None:
+        item = super().assign(agent_type, agent, now, labels)
         if item is not None:
             self.touch(item.id)
         return item
@@ -127,12 +150,14 @@ class TrackedQueue(MemoryWorkQueue):
     def _finish(self, item: WorkItem, status: ItemStatus, now: float) -> None:
         # The memory queue prunes from the left of its finished list while it is over
         # the bound: exactly these ids go, if they go.
+        # Its place is taken first: finishing it may finish (cancel) its dependents,
+        # which go after it.
         n = max(0, len(self._finished) + 1 - self._keep)
         gone = list(itertools.islice(itertools.chain(self._finished, (item.id,)), n))
-        super()._finish(item, status, now)
         self.hi += 1
         self.pos[item.id] = self.hi
         self.touch(item.id)
+        super()._finish(item, status, now)
         for old in gone:
             if old not in self._items:
                 self.pos.pop(old, None)

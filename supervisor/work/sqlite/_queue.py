@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,35 @@ _log = logging.getLogger("hubvisor")
 __all__ = ["SqliteWorkQueue"]
 
 
-class SqliteWorkQueue:
+class _Controls:
+    """What the work service asks of a queue with dependencies, keys and tiers (issue
+    21), answered by the queue that decides (``_local``)."""
+
+    _local: TrackedQueue
+
+    def _ready(self, need: bool = False) -> bool:
+        raise NotImplementedError
+
+    @property
+    def settled(self) -> list[WorkItem]:
+        """Items cancelled by a dependency, not reported yet (see MemoryWorkQueue)."""
+        return self._local.settled
+
+    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
+        """Queued items of ``agent_type`` a pool with ``labels`` may take."""
+        return self._local.depth_for(agent_type, labels)
+
+    def blocked(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting for their dependencies."""
+        return self._local.blocked(agent_type)
+
+    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
+        """The kept item of ``agent_type`` submitted with ``key``, if any."""
+        self._ready()
+        return self._local.keyed(agent_type, key)
+
+
+class SqliteWorkQueue(_Controls):
     """A :class:`~supervisor.WorkStore` that keeps one hub's work in SQLite, so that a
     restart, a crash or a reboot of the hub loses nothing acknowledged.
 
@@ -245,15 +273,31 @@ class SqliteWorkQueue:
         return self._local.depth(agent_type)
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        key: str | None = None,
+        after: Iterable[str] = (),
+        require: dict[str, str] | None = None,
     ) -> WorkItem:
-        """Queue the item; :meth:`stored` waits for its commit.
+        """Queue the item; :meth:`stored` waits for its commit. With ``key``, the kept
+        item of that type and key is returned instead, if any (its commit, when still
+        pending, is what :meth:`stored` waits for); ``after``: see
+        :meth:`MemoryWorkQueue.submit`.
 
         Raises:
             ControlError: ``max_held`` submits already wait for their commit (the disk is
                 slow or failing), or the file cannot be opened.
         """
         self._ready(need=True)
+        if key is not None:
+            existing = self._local.keyed(agent_type, key)
+            if existing is not None:
+                return existing
         if len(self._waiting) >= self.max_held:
             raise ControlError(
                 f"{len(self._waiting)} submitted items wait to be written to {self.path}, the "
@@ -261,15 +305,24 @@ class SqliteWorkQueue:
                 "(see the hub's log): submit again when it catches up"
             )
         item = self._local.submit(
-            agent_type, payload, max_deliveries=max_deliveries, source=source, now=wall(now)
+            agent_type,
+            payload,
+            max_deliveries=max_deliveries,
+            source=source,
+            now=wall(now),
+            key=key,
+            after=after,
+            require=require,
         )
         self._waiting[item.id] = trio.Event()
         self._actor.wake.set()
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
-        """Give the oldest queued item of ``agent_type`` to ``agent``."""
-        item = self._local.assign(agent_type, agent, wall(now))
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Mapping[str, str] | None = None
+    ) -> WorkItem | None:
+        """Give the oldest queued item of ``agent_type`` (that ``labels`` match) to ``agent``."""
+        item = self._local.assign(agent_type, agent, wall(now), labels)
         if item is not None:
             self._actor.wake.set()
         return item
