@@ -196,13 +196,22 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
             f"the types are {', '.join(sorted(types)) or '(none)'} (`hubvisor status`)"
         )
     item = hub.work.submit(
-        args["type"], args["payload"], max_deliveries=args.get("max_deliveries"), source="cli"
+        args["type"],
+        args["payload"],
+        max_deliveries=args.get("max_deliveries"),
+        source="cli",
+        **_ordering_args(args),
     )
     # Durable before the answer when a store keeps the work (SQLite, Redis): a "submitted"
     # that only lived in the hub's memory could be lost with it. During an outage of the
     # store the hub holds it and says so.
     stored = await hub.work.stored(item.id)
     return {**item.to_json(), "stored": stored}
+
+
+def _ordering_args(args: Args) -> dict[str, Any]:
+    """The submit's priority, delay and not_before, those given (issue 21)."""
+    return {k: args[k] for k in ("priority", "delay", "not_before") if args.get(k) is not None}
 
 
 async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -111,6 +112,8 @@ class Dispatch:
         self.handback_pause = handback_pause
         self._submit = submit
         self.changed: Callable[[str], None] = lambda item_id: None  # wakes its waiters
+        self.retry_delay: Callable[[WorkItem | None, Any], float | None] = lambda i, a: None
+        """Seconds a failed item waits before its next delivery (the service sets it)."""
         self.hub: Hub | None = None  # set when the service runs
         self.nursery: trio.Nursery | None = None
         self.agents: dict[str, _Agent] = {}
@@ -197,7 +200,12 @@ class Dispatch:
     async def run(self) -> None:
         """Hand queued items to idle agents whenever either may have changed."""
         while True:
-            await self._wake.wait()
+            at = self._next_ready_at()
+            if at is None:
+                await self._wake.wait()
+            else:  # one timer, for the earliest delayed item
+                with trio.move_on_at(at):
+                    await self._wake.wait()
             self._wake = trio.Event()
             for agent_type, idle in list(self.idle.items()):
                 while idle and self.queue.has_work(agent_type):
@@ -205,6 +213,16 @@ class Dispatch:
                     del idle[agent_id]
                     self._assign(agent_type, agent_id)
             self._tell_registry()
+
+    def _next_ready_at(self) -> float | None:
+        """Trio's time when the earliest delayed item becomes ready (its wall time moved
+        to trio's clock), or ``None``: none waits."""
+        next_ready = getattr(self.queue, "next_ready", None)
+        at = next_ready() if next_ready is not None else None
+        if at is None:
+            return None
+        clock = getattr(self.queue, "clock", time.time)
+        return float(trio.current_time() + max(0.0, at - clock()) + 0.001)
 
     @property
     def _host(self) -> Hub:
@@ -270,7 +288,11 @@ class Dispatch:
         if held is None:
             return
         attempt = held.attempt
-        verdict = self.queue.reclaim(agent_id, reason, _now())
+        if reason in ("exit", "hang"):  # its fault: retried after a delay
+            delay = self.retry_delay(held, None)
+            verdict = self.queue.reclaim(agent_id, reason, _now(), delay)
+        else:
+            verdict = self.queue.reclaim(agent_id, reason, _now())
         if not verdict.accepted or verdict.item is None:  # pragma: no cover - held above
             return
         item = verdict.item
@@ -390,7 +412,10 @@ class Dispatch:
             verdict = self.queue.complete(item_id, attempt, msg.agent_id, body.get("result"), now)
         elif msg.kind == "fail":
             retry = body.get("retry", True) is not False
-            verdict = self.queue.fail(item_id, attempt, msg.agent_id, body["error"], retry, now)
+            delay = self.retry_delay(self.queue.held_by(msg.agent_id), body.get("retry_after"))
+            verdict = self.queue.fail(
+                item_id, attempt, msg.agent_id, body["error"], retry, now, delay
+            )
         else:  # handback
             verdict = self.queue.hand_back(item_id, attempt, msg.agent_id, now)
         if verdict.accepted and verdict.item is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._errors import ControlError
@@ -22,9 +24,18 @@ class WorkQueue(Protocol):
     """
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
-        """Queue a new item and return it."""
+        """Queue a new item and return it (``priority``: higher first among the ready
+        items; ``not_before``: a Unix time before which it is not handed out)."""
         ...
 
     def has_work(self, agent_type: str) -> bool:
@@ -40,10 +51,18 @@ class WorkQueue(Protocol):
         ...
 
     def fail(
-        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+        self,
+        item_id: str,
+        attempt: int,
+        agent: str,
+        error: str,
+        retry: bool,
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
         """The agent failed the item; with ``retry`` it is queued again while deliveries
-        remain, else it is final."""
+        remain (delivered again ``retry_after`` seconds later, if given), else it is
+        final."""
         ...
 
     def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
@@ -57,9 +76,14 @@ class WorkQueue(Protocol):
         ...
 
     def reclaim(
-        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+        self,
+        agent: str,
+        reason: Literal["exit", "hang", "stop", "unreachable"],
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
-        """The agent is gone (or being killed): its item goes back, or dead-letters."""
+        """The agent is gone (or being killed): its item goes back (after
+        ``retry_after`` seconds for an exit or hang, if given), or dead-letters."""
         ...
 
     def retry(self, item_id: str, now: float) -> WorkItem:
@@ -101,6 +125,13 @@ class MemoryWorkQueue:
         self._finished: deque[str] = deque()
         self._keep = keep_finished
         self._ids = itertools.count(1)
+        # --- ordering (issue 21) ---
+        self.clock: Callable[[], float] = time.time
+        """The wall clock delays are read against (Unix seconds; a test sets its own)."""
+        self._delayed: dict[str, list[tuple[float, int, bool, str]]] = {}  # type -> heap
+        self._delayed_ids: dict[str, dict[str, None]] = {}  # type -> ids in the heap
+        self._delay_seq = itertools.count()
+        # --- end ordering ---
 
     # reading
 
@@ -123,19 +154,111 @@ class MemoryWorkQueue:
         return self._items[item_id] if item_id is not None else None
 
     def has_work(self, agent_type: str) -> bool:
-        """Whether an item of ``agent_type`` is queued."""
+        """Whether an item of ``agent_type`` is queued and ready (its delay passed)."""
+        self._promote(agent_type)
         return bool(self._queues.get(agent_type))
 
     def depth(self, agent_type: str) -> int:
-        """How many items of ``agent_type`` are queued."""
+        """How many items of ``agent_type`` are queued and ready (not delayed)."""
+        self._promote(agent_type)
         return len(self._queues.get(agent_type, ()))
+
+    # --- ordering (issue 21): priorities, delayed items ---
+
+    def delayed(self, agent_type: str) -> int:
+        """How many items of ``agent_type`` are queued but wait for their time."""
+        self._promote(agent_type)
+        return len(self._delayed_ids.get(agent_type, ()))
+
+    def next_ready(self) -> float | None:
+        """The earliest Unix time a delayed item (of any type) becomes ready, if any."""
+        best: float | None = None
+        for agent_type, heap in self._delayed.items():
+            ids = self._delayed_ids.get(agent_type, {})
+            while heap and heap[0][3] not in ids:
+                heapq.heappop(heap)  # dropped meanwhile (forgotten, cancelled)
+            if heap and (best is None or heap[0][0] < best):
+                best = heap[0][0]
+        return best
+
+    def _promote(self, agent_type: str) -> None:
+        """Move the items of ``agent_type`` whose time came to the ready queue."""
+        heap = self._delayed.get(agent_type)
+        if not heap:
+            return
+        ids = self._delayed_ids[agent_type]
+        now = self.clock()
+        while heap and heap[0][0] <= now:
+            _at, _seq, front, item_id = heapq.heappop(heap)
+            if item_id not in ids:
+                continue
+            del ids[item_id]
+            item = self._items.get(item_id)
+            if item is None or item.status is not ItemStatus.QUEUED:
+                continue
+            item.not_before = None
+            self._requeue(item, front=front)
+
+    def _unqueue(self, item: WorkItem) -> None:
+        """Take a queued item out of its ready queue or the delayed ones (its heap entry
+        is dropped lazily)."""
+        queue = self._queues.get(item.agent_type)
+        if queue is not None and item.id in queue:
+            queue.remove(item.id)
+        self._delayed_ids.get(item.agent_type, {}).pop(item.id, None)
+
+    def _place(self, item: WorkItem, *, front: bool) -> None:
+        """Put a queued item where it waits: the delayed heap until ``not_before``, else
+        its type's ready queue, in priority order (higher first), at the front or the
+        back of its priority."""
+        if item.not_before is not None and item.not_before > self.clock():
+            entry = (item.not_before, next(self._delay_seq), front, item.id)
+            heapq.heappush(self._delayed.setdefault(item.agent_type, []), entry)
+            self._delayed_ids.setdefault(item.agent_type, {})[item.id] = None
+            return
+        item.not_before = None
+        queue = self._queues.setdefault(item.agent_type, deque())
+        p = item.priority
+        if front:
+            if not queue or self._items[queue[0]].priority <= p:
+                queue.appendleft(item.id)
+                return
+            i = 0
+            while i < len(queue) and self._items[queue[i]].priority > p:
+                i += 1
+            queue.insert(i, item.id)
+        else:
+            if not queue or self._items[queue[-1]].priority >= p:
+                queue.append(item.id)
+                return
+            i = len(queue)
+            while i > 0 and self._items[queue[i - 1]].priority < p:
+                i -= 1
+            queue.insert(i, item.id)
+
+    def _retry_at(self, item: WorkItem, retry_after: float | None) -> None:
+        """Set the time a failed attempt's item is delivered again (``retry_after``
+        seconds from now; ``None`` or 0: at once)."""
+        if retry_after is not None and retry_after > 0:
+            item.not_before = self.clock() + retry_after
+
+    # --- end ordering ---
 
     # transitions
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
-        """Queue a new item; its id is ``<type>-<n>``."""
+        """Queue a new item; its id is ``<type>-<n>``. ``priority``: higher first;
+        ``not_before``: a Unix time before which it is not handed out."""
         item = WorkItem(
             id=f"{agent_type}-{next(self._ids)}",
             agent_type=agent_type,
@@ -143,9 +266,11 @@ class MemoryWorkQueue:
             max_deliveries=max_deliveries,
             created_at=now,
             source=source,
+            priority=priority,
+            not_before=not_before,
         )
         self._items[item.id] = item
-        self._queues.setdefault(agent_type, deque()).append(item.id)
+        self._place(item, front=False)
         return item
 
     def assign(self, agent_type: str, agent: str, now: float) -> WorkItem | None:
@@ -199,11 +324,8 @@ class MemoryWorkQueue:
 
     def _requeue(self, item: WorkItem, *, front: bool) -> None:
         item.status = ItemStatus.QUEUED
-        queue = self._queues.setdefault(item.agent_type, deque())
-        if front:  # it waited its turn once already
-            queue.appendleft(item.id)
-        else:
-            queue.append(item.id)
+        # front: it waited its turn once already (the front of its priority)
+        self._place(item, front=front)
 
     def complete(self, item_id: str, attempt: int, agent: str, result: Any, now: float) -> Verdict:
         """Mark the item completed with ``result`` (fenced)."""
@@ -217,9 +339,17 @@ class MemoryWorkQueue:
         return Verdict(True, item=item)
 
     def fail(
-        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+        self,
+        item_id: str,
+        attempt: int,
+        agent: str,
+        error: str,
+        retry: bool,
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
-        """Record a failure; queue again while deliveries remain, else dead-letter."""
+        """Record a failure; queue again while deliveries remain (after ``retry_after``
+        seconds, if given), else dead-letter."""
         item = self._fence(item_id, attempt, agent)
         if isinstance(item, str):
             return Verdict(False, item)
@@ -231,6 +361,7 @@ class MemoryWorkQueue:
             item.error = _used_up(item)
             self._finish(item, ItemStatus.DEAD, now)
         else:
+            self._retry_at(item, retry_after)
             self._requeue(item, front=True)
         return Verdict(True, item=item)
 
@@ -257,10 +388,15 @@ class MemoryWorkQueue:
         return Verdict(True, item=item)
 
     def reclaim(
-        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+        self,
+        agent: str,
+        reason: Literal["exit", "hang", "stop", "unreachable"],
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
         """Take back what ``agent`` holds: a stop refunds the delivery, an exit or hang
-        spends it, and an item with no deliveries left is dead-lettered."""
+        spends it (and the item waits ``retry_after`` seconds, if given), and an item
+        with no deliveries left is dead-lettered."""
         item = self.held_by(agent)
         if item is None:
             return Verdict(False, f"{agent!r} holds nothing")
@@ -271,6 +407,8 @@ class MemoryWorkQueue:
             item.error = _used_up(item)
             self._finish(item, ItemStatus.DEAD, now)
         else:
+            if reason in ("exit", "hang"):
+                self._retry_at(item, retry_after)
             self._requeue(item, front=True)
         return Verdict(True, item=item)
 
@@ -284,9 +422,7 @@ class MemoryWorkQueue:
         item = self._items.pop(item_id, None)
         if item is None:
             return None
-        queue = self._queues.get(item.agent_type)
-        if queue is not None and item_id in queue:
-            queue.remove(item_id)
+        self._unqueue(item)
         if item.agent is not None and self._held.get(item.agent) == item_id:
             del self._held[item.agent]
         return item
@@ -303,5 +439,6 @@ class MemoryWorkQueue:
         item.deliveries = 0
         item.error = None
         item.finished_at = None
+        item.not_before = None  # a retry by hand is not delayed
         self._requeue(item, front=False)
         return item

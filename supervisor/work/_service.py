@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -30,6 +31,7 @@ from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
 from ._dispatch import Dispatch
+from ._ordering import DEFAULT_RETRY_BACKOFF, BackoffPolicy, RetryDelays
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
     FINAL,
@@ -39,6 +41,8 @@ from ._item import (
     WorkSubmitted,
     _check_payload,
     _now,
+    check_priority,
+    not_before_of,
 )
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
@@ -78,6 +82,12 @@ class WorkService:
             given up on).
         max_waiters: the most :meth:`wait` calls under way at once (one per item waited
             for, ``hubvisor work wait`` too); one more is refused, naming the cap.
+        retry_backoff: how long a failed attempt's item waits before it is delivered
+            again (a FAIL with retry, an exit, a hang; never a stop or a hand-back): a
+            :mod:`strategies` backoff policy (``delay(n)`` for the item's n-th failed
+            delivery), or a mapping agent type -> policy (per pool; ``"*"``: the
+            others), or ``None``: at once. Default: 1 s doubling to 60 s, 20 % jitter. A
+            FAIL's ``retry_after`` seconds overrides it.
 
     Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
     Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
@@ -98,6 +108,7 @@ class WorkService:
         max_queued: int | None = DEFAULT_MAX_QUEUED,
         handback_pause: float = DEFAULT_HANDBACK_PAUSE,
         max_waiters: int = DEFAULT_MAX_WAITERS,
+        retry_backoff: BackoffPolicy | Mapping[str, BackoffPolicy] | None = DEFAULT_RETRY_BACKOFF,
     ) -> None:
         _check_options(max_deliveries, max_queued, handback_pause, max_waiters)
         self.max_queued = max_queued
@@ -110,6 +121,7 @@ class WorkService:
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
         self._dispatch.changed = self._waiters.fire
+        self._dispatch.retry_delay = RetryDelays(retry_backoff)
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
@@ -141,12 +153,21 @@ class WorkService:
         *,
         max_deliveries: int | None = None,
         source: str = "api",
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: float | str | None = None,
     ) -> WorkItem:
         """Queue an item for agents of ``agent_type``; returns it (``.id``).
 
+        ``priority``: higher first among the ready items of the type, FIFO within one.
+        ``delay`` (seconds) or ``not_before`` (a Unix time or an ISO 8601 time; without a
+        zone: local time): the item is not handed out before then (see
+        docs/work-controls.md).
+
         Raises:
             ControlError: a bad type, a payload that is not JSON or is over
-                :data:`MAX_PAYLOAD` bytes, or a bad ``max_deliveries``.
+                :data:`MAX_PAYLOAD` bytes, a bad ``max_deliveries``, ``priority``,
+                ``delay`` or ``not_before``, or one the queue does not support.
         """
         if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
             raise ControlError(
@@ -157,18 +178,25 @@ class WorkService:
         deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
         if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
             raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+        priority = check_priority(priority)
+        at = not_before_of(delay, not_before, time.time())
         if self._types is not None:
             self._check_type(agent_type, source)
         if self.max_queued is not None:
-            waiting = int(self.queue.depth(agent_type))
+            waiting = int(self.queue.depth(agent_type)) + self.delayed(agent_type)
             if waiting >= self.max_queued:
                 raise ControlError(
                     f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
                     f"WorkService(max_queued={self.max_queued}); retry when agents have "
                     "taken some, add agents, or raise max_queued"
                 )
+        ordering: dict[str, Any] = {}  # only when asked: a queue without them still works
+        if priority:
+            ordering["priority"] = priority
+        if at is not None:
+            ordering["not_before"] = at
         item = self.queue.submit(
-            agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
+            agent_type, payload, max_deliveries=deliveries, source=source, now=_now(), **ordering
         )
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         self._dispatch.poke()
@@ -308,6 +336,12 @@ class WorkService:
         holds plus those waiting in the store, as last seen)."""
         self.watched.add(agent_type)
         return int(self.queue.depth(agent_type))
+
+    def delayed(self, agent_type: str) -> int:
+        """Items of ``agent_type`` queued but waiting for their time (a delay, a
+        ``not_before`` or a retry delay); not counted by :meth:`waiting`."""
+        count = getattr(self.queue, "delayed", None)
+        return int(count(agent_type)) if count is not None else 0
 
     def idle_among(self, agent_type: str, agent_ids: Iterable[str]) -> int:
         """How many of ``agent_ids`` are idle agents of ``agent_type`` (ready, no item)."""

@@ -204,14 +204,24 @@ class RedisWorkQueue:
         return self._local.has_work(agent_type)
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
         """Queue the item for the next round's write (:meth:`stored` waits for it).
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet.
+                Redis has not taken yet; a ``priority`` or ``not_before`` (not supported
+                on Redis yet).
         """
+        _refuse_ordering(priority, not_before, self.url)
         if self.writes.full():
             raise ControlError(
                 f"the hub holds {len(self.writes.ops)} writes "
@@ -251,9 +261,18 @@ class RedisWorkQueue:
         return verdict
 
     def fail(
-        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+        self,
+        item_id: str,
+        attempt: int,
+        agent: str,
+        error: str,
+        retry: bool,
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
-        """Decide locally; the failure is written (fenced) in the next round."""
+        """Decide locally; the failure is written (fenced) in the next round (retried at
+        once: retry delays are not supported on Redis yet)."""
+        _note_no_retry_delay(retry_after)
         verdict = self._local.fail(item_id, attempt, agent, error, retry, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
@@ -280,9 +299,15 @@ class RedisWorkQueue:
         return verdict
 
     def reclaim(
-        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+        self,
+        agent: str,
+        reason: Literal["exit", "hang", "stop", "unreachable"],
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
-        """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
+        """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`; retried
+        at once: retry delays are not supported on Redis yet)."""
+        _note_no_retry_delay(retry_after)
         verdict = self._local.reclaim(agent, reason, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
@@ -455,3 +480,38 @@ class RedisWorkQueue:
     async def cluster(self) -> dict[str, Any]:
         """Every hub sharing this Redis and the queues per type (``status --cluster``)."""
         return await self._queries.cluster()
+
+
+# --- ordering (issue 21): not on Redis yet ---
+
+_retry_delay_noted = False
+
+
+def _refuse_ordering(priority: int, not_before: float | None, url: str) -> None:
+    """Refuse what a Redis queue cannot order yet, naming the option (never ignore it)."""
+    if priority:
+        raise ControlError(
+            f"--priority (priority={priority}) is not supported with --redis yet (the queue "
+            f"at {url} is FIFO); submit without it, or use a hub with SQLite or --work memory"
+        )
+    if not_before is not None:
+        raise ControlError(
+            f"--delay/--not-before (not_before={not_before:.3f}) is not supported with "
+            f"--redis yet (the queue at {url} hands items out at once); submit without it, "
+            "or use a hub with SQLite or --work memory"
+        )
+
+
+def _note_no_retry_delay(retry_after: float | None) -> None:
+    """Say once per process that a retry delay was asked for and not applied."""
+    global _retry_delay_noted
+    if retry_after and not _retry_delay_noted:
+        _retry_delay_noted = True
+        _log.warning(
+            "work: retry delays are not supported with --redis yet: a failed item is "
+            "delivered again at once (asked: %.1f s)",
+            retry_after,
+        )
+
+
+# --- end ordering ---

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -65,7 +64,7 @@ class TrackedQueue(MemoryWorkQueue):
         order = sorted(items, key=lambda i: (pos.get(i.id, 0), seq_of(i.id)))
         for item in order:
             if item.status is ItemStatus.QUEUED:
-                self._queues.setdefault(item.agent_type, deque()).append(item.id)
+                self._place(item, front=False)  # by priority; a delayed one waits
             elif item.status in _FINAL:
                 self._finished.append(item.id)
         self.pos.update(pos)
@@ -78,10 +77,24 @@ class TrackedQueue(MemoryWorkQueue):
     # the memory queue's own steps, tracked
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
         item = super().submit(
-            agent_type, payload, max_deliveries=max_deliveries, source=source, now=now
+            agent_type,
+            payload,
+            max_deliveries=max_deliveries,
+            source=source,
+            now=now,
+            priority=priority,
+            not_before=not_before,
         )
         self.last_id = seq_of(item.id)
         self.hi += 1

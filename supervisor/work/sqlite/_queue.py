@@ -239,8 +239,29 @@ class SqliteWorkQueue:
         self._ready()
         return self._local.depth(agent_type)
 
+    # --- ordering (issue 21) ---
+
+    def delayed(self, agent_type: str) -> int:
+        """How many items of ``agent_type`` wait for their time."""
+        self._ready()
+        return self._local.delayed(agent_type)
+
+    def next_ready(self) -> float | None:
+        """The earliest Unix time a delayed item becomes ready, if any."""
+        return self._local.next_ready()
+
+    # --- end ordering ---
+
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
         """Queue the item; :meth:`stored` waits for its commit.
 
@@ -256,7 +277,13 @@ class SqliteWorkQueue:
                 "(see the hub's log): submit again when it catches up"
             )
         item = self._local.submit(
-            agent_type, payload, max_deliveries=max_deliveries, source=source, now=wall(now)
+            agent_type,
+            payload,
+            max_deliveries=max_deliveries,
+            source=source,
+            now=wall(now),
+            priority=priority,
+            not_before=not_before,
         )
         self._waiting[item.id] = trio.Event()
         self._actor.wake.set()
@@ -274,10 +301,19 @@ class SqliteWorkQueue:
         return self._changed(self._local.complete(item_id, attempt, agent, result, wall(now)))
 
     def fail(
-        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
+        self,
+        item_id: str,
+        attempt: int,
+        agent: str,
+        error: str,
+        retry: bool,
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
         """The agent failed the item (fenced)."""
-        return self._changed(self._local.fail(item_id, attempt, agent, error, retry, wall(now)))
+        return self._changed(
+            self._local.fail(item_id, attempt, agent, error, retry, wall(now), retry_after)
+        )
 
     def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
         """The agent gives the item back; no delivery is spent (fenced)."""
@@ -290,10 +326,14 @@ class SqliteWorkQueue:
         return self._changed(self._local.progress(item_id, attempt, agent, progress, checkpoint))
 
     def reclaim(
-        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
+        self,
+        agent: str,
+        reason: Literal["exit", "hang", "stop", "unreachable"],
+        now: float,
+        retry_after: float | None = None,
     ) -> Verdict:
         """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
-        return self._changed(self._local.reclaim(agent, reason, wall(now)))
+        return self._changed(self._local.reclaim(agent, reason, wall(now), retry_after))
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item again, with fresh deliveries."""
