@@ -277,6 +277,7 @@ class MemoryWorkQueue:
         """Give the oldest queued item of ``agent_type`` to ``agent``."""
         if agent in self._held:
             raise ControlError(f"agent {agent!r} already holds {self._held[agent]!r}")
+        self._promote(agent_type)  # delayed items whose time came (issue 21)
         queue = self._queues.get(agent_type)
         if not queue:
             return None
