@@ -52,9 +52,9 @@ class RetryDelays:
         """The delay before ``item`` (just failed) is delivered again: the agent's
         ``retry_after`` when it gave a valid one, else the policy's delay for the item's
         n-th failed delivery; ``None``: at once."""
-        if isinstance(asked, int | float) and not isinstance(asked, bool):
-            if math.isfinite(asked) and asked >= 0:
-                return min(float(asked), MAX_RETRY_AFTER) or None
+        valid = isinstance(asked, int | float) and not isinstance(asked, bool)
+        if valid and math.isfinite(asked) and asked >= 0:
+            return min(float(asked), MAX_RETRY_AFTER) or None
         if item is None:
             return None
         policy = self.policy(item.agent_type)

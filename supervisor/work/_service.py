@@ -31,7 +31,6 @@ from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
 from ._dispatch import Dispatch
-from ._ordering import DEFAULT_RETRY_BACKOFF, BackoffPolicy, RetryDelays
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
     FINAL,
@@ -44,6 +43,7 @@ from ._item import (
     check_priority,
     not_before_of,
 )
+from ._ordering import DEFAULT_RETRY_BACKOFF, BackoffPolicy, RetryDelays
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
 from ._waiters import DEFAULT_MAX_WAITERS, Waiters

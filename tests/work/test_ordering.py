@@ -23,11 +23,11 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from strategies import ExponentialBackoff, FixedBackoff
 from supervisor import ItemStatus, MemoryWorkQueue, SqliteWorkQueue, WorkItem
 from supervisor._errors import ControlError
 from supervisor.work._item import not_before_of
 from supervisor.work._ordering import RetryDelays
-from strategies import ExponentialBackoff, FixedBackoff
 
 TYPES = ("worker", "qc")
 AGENTS = {"worker-1": "worker", "worker-2": "worker", "qc-1": "qc"}

@@ -3,11 +3,12 @@ the memory queue and the SQLite store (Redis: tests/work/redis/test_ordering_red
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,7 +117,7 @@ async def test_a_failed_attempt_is_retried_after_the_pools_backoff(
         assert done.status is ItemStatus.DEAD
         ats = [h.at for h in done.history]
         assert len(ats) == 3
-        gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(ats)]
         assert all(g >= 0.29 for g in gaps), gaps
 
 
@@ -133,7 +134,7 @@ async def test_fail_retry_after_overrides_the_backoff(
         assert got.not_before == pytest.approx(time.time() + 0.4, abs=0.2)
         done = await finished(hub, item, events)
         ats = [h.at for h in done.history]
-        assert all(b - a >= 0.39 for a, b in zip(ats, ats[1:], strict=False)), ats
+        assert all(b - a >= 0.39 for a, b in itertools.pairwise(ats)), ats
 
 
 async def test_a_stop_hands_back_without_delay() -> None:
