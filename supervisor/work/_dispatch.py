@@ -214,6 +214,16 @@ class Dispatch:
                     self._assign(agent_type, agent_id)
             self._tell_registry()
 
+    def _retry_later(self, item: WorkItem, asked: Any) -> None:
+        """A failed attempt put ``item`` back: hold it for its retry delay (the agent's
+        ``retry_after``, else the pool's backoff), if the queue can (issue 21)."""
+        if item.status is not ItemStatus.QUEUED:
+            return  # final, or dead-lettered
+        retry_later = getattr(self.queue, "retry_later", None)
+        delay = self.retry_delay(item, asked)
+        if retry_later is not None and delay:
+            retry_later(item.id, delay)
+
     def _next_ready_at(self) -> float | None:
         """Trio's time when the earliest delayed item becomes ready (its wall time moved
         to trio's clock), or ``None``: none waits."""
@@ -288,14 +298,12 @@ class Dispatch:
         if held is None:
             return
         attempt = held.attempt
-        if reason in ("exit", "hang"):  # its fault: retried after a delay
-            delay = self.retry_delay(held, None)
-            verdict = self.queue.reclaim(agent_id, reason, _now(), delay)
-        else:
-            verdict = self.queue.reclaim(agent_id, reason, _now())
+        verdict = self.queue.reclaim(agent_id, reason, _now())
         if not verdict.accepted or verdict.item is None:  # pragma: no cover - held above
             return
         item = verdict.item
+        if reason in ("exit", "hang"):  # its fault: delivered again after a delay
+            self._retry_later(item, None)
         agent = self.agents.get(agent_id)
         self.notes[agent_id] = None
         if item.status is ItemStatus.DEAD:
@@ -412,10 +420,9 @@ class Dispatch:
             verdict = self.queue.complete(item_id, attempt, msg.agent_id, body.get("result"), now)
         elif msg.kind == "fail":
             retry = body.get("retry", True) is not False
-            delay = self.retry_delay(self.queue.held_by(msg.agent_id), body.get("retry_after"))
-            verdict = self.queue.fail(
-                item_id, attempt, msg.agent_id, body["error"], retry, now, delay
-            )
+            verdict = self.queue.fail(item_id, attempt, msg.agent_id, body["error"], retry, now)
+            if verdict.accepted and verdict.item is not None:
+                self._retry_later(verdict.item, body.get("retry_after"))
         else:  # handback
             verdict = self.queue.hand_back(item_id, attempt, msg.agent_id, now)
         if verdict.accepted and verdict.item is not None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, Protocol, runtime_checkable
+
+import trio
 
 from .._errors import ControlError
 from ._item import AttemptRecord, ItemStatus, Verdict, WorkItem, _used_up
@@ -52,18 +55,10 @@ class WorkQueue(Protocol):
         ...
 
     def fail(
-        self,
-        item_id: str,
-        attempt: int,
-        agent: str,
-        error: str,
-        retry: bool,
-        now: float,
-        retry_after: float | None = None,
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
     ) -> Verdict:
         """The agent failed the item; with ``retry`` it is queued again while deliveries
-        remain (delivered again ``retry_after`` seconds later, if given), else it is
-        final."""
+        remain, else it is final."""
         ...
 
     def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
@@ -77,14 +72,9 @@ class WorkQueue(Protocol):
         ...
 
     def reclaim(
-        self,
-        agent: str,
-        reason: Literal["exit", "hang", "stop", "unreachable"],
-        now: float,
-        retry_after: float | None = None,
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
     ) -> Verdict:
-        """The agent is gone (or being killed): its item goes back (after
-        ``retry_after`` seconds for an exit or hang, if given), or dead-letters."""
+        """The agent is gone (or being killed): its item goes back, or dead-letters."""
         ...
 
     def retry(self, item_id: str, now: float) -> WorkItem:
@@ -107,6 +97,24 @@ class WorkQueue(Protocol):
         """Items of ``agent_type`` waiting for an agent (the service's ``max_queued`` cap
         and the autoscaler read it)."""
         ...
+
+
+_trio_offset: tuple[object, float] | None = None  # (trio run, Unix time - trio time)
+
+
+def wall_clock() -> float:
+    """Unix time as trio's clock moves (issue 21's delays): ``time.time()`` read once per
+    trio run, then advanced by ``trio.current_time()``, so a delay runs out in virtual
+    time under a ``MockClock`` as it does in real time (outside trio: ``time.time()``)."""
+    global _trio_offset
+    try:
+        run = trio.lowlevel.current_root_task()
+        now = trio.current_time()
+    except RuntimeError:
+        return time.time()
+    if _trio_offset is None or _trio_offset[0] is not run:
+        _trio_offset = (run, time.time() - now)
+    return now + _trio_offset[1]
 
 
 class Lanes:
@@ -153,7 +161,9 @@ class Lanes:
         return item_id
 
     def remove(self, item_id: str) -> None:
-        for priority, lane in self._lanes.items():
+        own = self._priority_of(item_id)  # its lane first (a queued item's is)
+        lanes = sorted(self._lanes.items(), key=lambda kv: kv[0] != own)
+        for priority, lane in lanes:
             if item_id in lane:
                 lane.remove(item_id)
                 self._len -= 1
@@ -199,7 +209,7 @@ class MemoryWorkQueue:
         self._keep = keep_finished
         self._ids = itertools.count(1)
         # --- ordering (issue 21) ---
-        self.clock: Callable[[], float] = time.time
+        self.clock: Callable[[], float] = wall_clock
         """The wall clock delays are read against (Unix seconds; a test sets its own)."""
         self._delayed: dict[str, list[tuple[float, int, bool, str]]] = {}  # type -> heap
         self._delayed_ids: dict[str, dict[str, None]] = {}  # type -> ids in the heap
@@ -276,8 +286,9 @@ class MemoryWorkQueue:
         """Take a queued item out of its ready queue or the delayed ones (its heap entry
         is dropped lazily)."""
         queue = self._queues.get(item.agent_type)
-        if queue is not None and item.id in queue:
-            queue.remove(item.id)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(item.id)
         self._delayed_ids.get(item.agent_type, {}).pop(item.id, None)
 
     def _place(self, item: WorkItem, *, front: bool) -> None:
@@ -302,11 +313,18 @@ class MemoryWorkQueue:
         item = self._items.get(item_id)
         return item.priority if item is not None else 0
 
-    def _retry_at(self, item: WorkItem, retry_after: float | None) -> None:
-        """Set the time a failed attempt's item is delivered again (``retry_after``
-        seconds from now; ``None`` or 0: at once)."""
-        if retry_after is not None and retry_after > 0:
-            item.not_before = self.clock() + retry_after
+    def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
+        """Hold a queued item (one a failed attempt just put back) for ``seconds`` before
+        it is delivered again: out of the ready queue, into the delayed ones, at the
+        front of its priority when its time comes. The item, or ``None`` when it is not
+        queued (nothing done). A queue without this method retries at once."""
+        item = self._items.get(item_id)
+        if item is None or item.status is not ItemStatus.QUEUED or seconds <= 0:
+            return None
+        self._unqueue(item)
+        item.not_before = self.clock() + seconds
+        self._place(item, front=True)
+        return item
 
     # --- end ordering ---
 
@@ -406,17 +424,9 @@ class MemoryWorkQueue:
         return Verdict(True, item=item)
 
     def fail(
-        self,
-        item_id: str,
-        attempt: int,
-        agent: str,
-        error: str,
-        retry: bool,
-        now: float,
-        retry_after: float | None = None,
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
     ) -> Verdict:
-        """Record a failure; queue again while deliveries remain (after ``retry_after``
-        seconds, if given), else dead-letter."""
+        """Record a failure; queue again while deliveries remain, else dead-letter."""
         item = self._fence(item_id, attempt, agent)
         if isinstance(item, str):
             return Verdict(False, item)
@@ -428,7 +438,6 @@ class MemoryWorkQueue:
             item.error = _used_up(item)
             self._finish(item, ItemStatus.DEAD, now)
         else:
-            self._retry_at(item, retry_after)
             self._requeue(item, front=True)
         return Verdict(True, item=item)
 
@@ -455,15 +464,10 @@ class MemoryWorkQueue:
         return Verdict(True, item=item)
 
     def reclaim(
-        self,
-        agent: str,
-        reason: Literal["exit", "hang", "stop", "unreachable"],
-        now: float,
-        retry_after: float | None = None,
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
     ) -> Verdict:
         """Take back what ``agent`` holds: a stop refunds the delivery, an exit or hang
-        spends it (and the item waits ``retry_after`` seconds, if given), and an item
-        with no deliveries left is dead-lettered."""
+        spends it, and an item with no deliveries left is dead-lettered."""
         item = self.held_by(agent)
         if item is None:
             return Verdict(False, f"{agent!r} holds nothing")
@@ -474,8 +478,6 @@ class MemoryWorkQueue:
             item.error = _used_up(item)
             self._finish(item, ItemStatus.DEAD, now)
         else:
-            if reason in ("exit", "hang"):
-                self._retry_at(item, retry_after)
             self._requeue(item, front=True)
         return Verdict(True, item=item)
 

@@ -179,7 +179,7 @@ class WorkService:
         if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
             raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
         priority = check_priority(priority)
-        at = not_before_of(delay, not_before, time.time())
+        at = not_before_of(delay, not_before, getattr(self.queue, "clock", time.time)())
         if self._types is not None:
             self._check_type(agent_type, source)
         if self.max_queued is not None:

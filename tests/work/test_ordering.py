@@ -134,14 +134,16 @@ class OrderingMachine(RuleBasedStateMachine):
         if how == "result":
             assert self.q.complete(item_id, attempt, agent, 1, 0.0).accepted
         elif how == "fail":
-            assert self.q.fail(item_id, attempt, agent, "x", True, 0.0, after).accepted
+            assert self.q.fail(item_id, attempt, agent, "x", True, 0.0).accepted
         elif how == "handback":
             assert self.q.hand_back(item_id, attempt, agent, 0.0).accepted
         else:
-            assert self.q.reclaim(agent, how, 0.0, after).accepted
+            assert self.q.reclaim(agent, how, 0.0).accepted
         if item.status in FINAL:
             self.done.add(item_id)
             return
+        if how in ("fail", "exit") and after is not None:  # what the dispatch does then
+            self.q.retry_later(item_id, after)
         delayed = how in ("fail", "exit") and after
         self.wait_or_place(item_id, self.wall + after if delayed else None, front=True)  # type: ignore[operator]
 

@@ -261,18 +261,9 @@ class RedisWorkQueue:
         return verdict
 
     def fail(
-        self,
-        item_id: str,
-        attempt: int,
-        agent: str,
-        error: str,
-        retry: bool,
-        now: float,
-        retry_after: float | None = None,
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
     ) -> Verdict:
-        """Decide locally; the failure is written (fenced) in the next round (retried at
-        once: retry delays are not supported on Redis yet)."""
-        _note_no_retry_delay(retry_after)
+        """Decide locally; the failure is written (fenced) in the next round."""
         verdict = self._local.fail(item_id, attempt, agent, error, retry, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
@@ -299,19 +290,18 @@ class RedisWorkQueue:
         return verdict
 
     def reclaim(
-        self,
-        agent: str,
-        reason: Literal["exit", "hang", "stop", "unreachable"],
-        now: float,
-        retry_after: float | None = None,
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
     ) -> Verdict:
-        """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`; retried
-        at once: retry delays are not supported on Redis yet)."""
-        _note_no_retry_delay(retry_after)
+        """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
         verdict = self._local.reclaim(agent, reason, _wall(now))
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
         return verdict
+
+    def retry_later(self, item_id: str, seconds: float) -> None:
+        """Retry delays are not supported on Redis yet: the item is delivered again at
+        once (logged once per process)."""
+        _note_no_retry_delay(seconds)
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item this hub holds again (any hub's: ``retry_any``)."""

@@ -250,6 +250,18 @@ class SqliteWorkQueue:
         """The earliest Unix time a delayed item becomes ready, if any."""
         return self._local.next_ready()
 
+    def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
+        """Hold a queued item ``seconds`` (see :meth:`MemoryWorkQueue.retry_later`)."""
+        item = self._local.retry_later(item_id, seconds)
+        if item is not None:
+            self._local.touch(item_id)
+            self._actor.wake.set()
+        return item
+
+    def clock(self) -> float:
+        """The wall clock delays are read against (the decisions' own)."""
+        return self._local.clock()
+
     # --- end ordering ---
 
     def submit(
@@ -301,19 +313,10 @@ class SqliteWorkQueue:
         return self._changed(self._local.complete(item_id, attempt, agent, result, wall(now)))
 
     def fail(
-        self,
-        item_id: str,
-        attempt: int,
-        agent: str,
-        error: str,
-        retry: bool,
-        now: float,
-        retry_after: float | None = None,
+        self, item_id: str, attempt: int, agent: str, error: str, retry: bool, now: float
     ) -> Verdict:
         """The agent failed the item (fenced)."""
-        return self._changed(
-            self._local.fail(item_id, attempt, agent, error, retry, wall(now), retry_after)
-        )
+        return self._changed(self._local.fail(item_id, attempt, agent, error, retry, wall(now)))
 
     def hand_back(self, item_id: str, attempt: int, agent: str, now: float) -> Verdict:
         """The agent gives the item back; no delivery is spent (fenced)."""
@@ -326,14 +329,10 @@ class SqliteWorkQueue:
         return self._changed(self._local.progress(item_id, attempt, agent, progress, checkpoint))
 
     def reclaim(
-        self,
-        agent: str,
-        reason: Literal["exit", "hang", "stop", "unreachable"],
-        now: float,
-        retry_after: float | None = None,
+        self, agent: str, reason: Literal["exit", "hang", "stop", "unreachable"], now: float
     ) -> Verdict:
         """Take back what ``agent`` holds (see :meth:`MemoryWorkQueue.reclaim`)."""
-        return self._changed(self._local.reclaim(agent, reason, wall(now), retry_after))
+        return self._changed(self._local.reclaim(agent, reason, wall(now)))
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item again, with fresh deliveries."""
