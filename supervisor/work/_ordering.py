@@ -42,7 +42,6 @@ class RetryDelays:
         else:
             _check_policy(policy, "retry_backoff")
             self._policies = {"*": policy}
-        self._rng = random.Random()
 
     def policy(self, agent_type: str) -> BackoffPolicy | None:
         """The policy for ``agent_type`` (``None``: retried at once)."""
@@ -60,7 +59,10 @@ class RetryDelays:
         policy = self.policy(item.agent_type)
         if policy is None:
             return None
-        return policy.delay(max(1, item.deliveries), self._rng) or None
+        # The jitter is drawn from the item and its delivery: spread over items, the same
+        # in every run of one schedule (simulated runs replay exactly).
+        rng = random.Random(f"{item.id}:{item.deliveries}")
+        return policy.delay(max(1, item.deliveries), rng) or None
 
 
 def _check_policy(policy: Any, name: str) -> None:
