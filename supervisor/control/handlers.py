@@ -164,6 +164,8 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         },
         "agents": agents,
     }
+    for agent_type, queue in result["hub"]["queues"].items():  # type: ignore[index]
+        queue["delayed"] = hub.work.delayed(agent_type)  # issue 21: of the queued
     scaling = hub.autoscaler.status()
     if scaling:
         result["scaling"] = scaling

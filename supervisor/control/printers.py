@@ -100,6 +100,9 @@ def _show_status(result: Any, args: Args) -> None:
     hub, agents = result["hub"], result["agents"]
     console = _console()
     work = ", ".join(f"{n} {status}" for status, n in hub["work"].items() if n) or "none"
+    delayed = sum(q.get("delayed", 0) for q in hub.get("queues", {}).values())
+    if delayed:  # issue 21: queued, waiting for their time
+        work += f" ({delayed} of the queued delayed)"
     console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
     if hub.get("store"):
         console.print(Text(f"work {hub['store']}"))
