@@ -298,10 +298,28 @@ class RedisWorkQueue:
             self._after(verdict.item, agent)
         return verdict
 
-    def retry_later(self, item_id: str, seconds: float) -> None:
-        """Retry delays are not supported on Redis yet: the item is delivered again at
-        once (logged once per process)."""
-        _note_no_retry_delay(seconds)
+    # --- ordering (issue 21): retry delays, held by this hub ---
+
+    def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
+        """Hold a failed item ``seconds`` before this hub delivers it again. The item
+        stays leased to this hub (renewed as any it holds) and waits in its memory, so
+        the delay is this hub's: if the hub dies, the hub that takes the item over
+        delivers it at once (a graceful stop releases it to the stream, ready)."""
+        return self._local.retry_later(item_id, seconds)
+
+    def delayed(self, agent_type: str) -> int:
+        """Items of ``agent_type`` this hub holds for their retry delay."""
+        return self._local.delayed(agent_type)
+
+    def next_ready(self) -> float | None:
+        """The earliest Unix time an item this hub holds for a delay becomes ready."""
+        return self._local.next_ready()
+
+    def clock(self) -> float:
+        """The wall clock delays are read against."""
+        return self._local.clock()
+
+    # --- end ordering ---
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item this hub holds again (any hub's: ``retry_any``)."""
@@ -474,8 +492,6 @@ class RedisWorkQueue:
 
 # --- ordering (issue 21): not on Redis yet ---
 
-_retry_delay_noted = False
-
 
 def _refuse_ordering(priority: int, not_before: float | None, url: str) -> None:
     """Refuse what a Redis queue cannot order yet, naming the option (never ignore it)."""
@@ -489,18 +505,6 @@ def _refuse_ordering(priority: int, not_before: float | None, url: str) -> None:
             f"--delay/--not-before (not_before={not_before:.3f}) is not supported with "
             f"--redis yet (the queue at {url} hands items out at once); submit without it, "
             "or use a hub with SQLite or --work memory"
-        )
-
-
-def _note_no_retry_delay(retry_after: float | None) -> None:
-    """Say once per process that a retry delay was asked for and not applied."""
-    global _retry_delay_noted
-    if retry_after and not _retry_delay_noted:
-        _retry_delay_noted = True
-        _log.warning(
-            "work: retry delays are not supported with --redis yet: a failed item is "
-            "delivered again at once (asked: %.1f s)",
-            retry_after,
         )
 
 
