@@ -33,6 +33,7 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         error=fields.get("error") or None,
         checkpoint=json.loads(fields["ckpt"]) if fields.get("ckpt") else None,
         history=[AttemptRecord(**h) for h in hist],
+        not_before=int(fields["nb"]) / 1000 if fields.get("nb") else None,  # issue 21
     )
 
 

@@ -221,7 +221,7 @@ class RedisWorkQueue:
                 Redis has not taken yet; a ``priority`` or ``not_before`` (not supported
                 on Redis yet).
         """
-        _refuse_ordering(priority, not_before, self.url)
+        _refuse_ordering(priority, self.url)
         if self.writes.full():
             raise ControlError(
                 f"the hub holds {len(self.writes.ops)} writes "
@@ -237,11 +237,25 @@ class RedisWorkQueue:
             max_deliveries=max_deliveries,
             created_at=time.time(),
             source=source,
+            not_before=not_before,
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
-        args = (item.id, agent_type, _dumps(payload), max_deliveries, source, item.created_at)
-        keys = (self.keys.of(agent_type, "q"), self.keys.items(agent_type) + item.id)
+        args: tuple[Any, ...] = (
+            item.id,
+            agent_type,
+            _dumps(payload),
+            max_deliveries,
+            source,
+            item.created_at,
+        )
+        keys: tuple[str, ...] = (
+            self.keys.of(agent_type, "q"),
+            self.keys.items(agent_type) + item.id,
+        )
+        if not_before is not None:  # issue 21: waits in the delayed set, server-side
+            keys = (*keys, self.keys.of(agent_type, "delayed"))
+            args = (*args, int(not_before * 1000))
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
@@ -493,18 +507,12 @@ class RedisWorkQueue:
 # --- ordering (issue 21): not on Redis yet ---
 
 
-def _refuse_ordering(priority: int, not_before: float | None, url: str) -> None:
+def _refuse_ordering(priority: int, url: str) -> None:
     """Refuse what a Redis queue cannot order yet, naming the option (never ignore it)."""
     if priority:
         raise ControlError(
             f"--priority (priority={priority}) is not supported with --redis yet (the queue "
             f"at {url} is FIFO); submit without it, or use a hub with SQLite or --work memory"
-        )
-    if not_before is not None:
-        raise ControlError(
-            f"--delay/--not-before (not_before={not_before:.3f}) is not supported with "
-            f"--redis yet (the queue at {url} hands items out at once); submit without it, "
-            "or use a hub with SQLite or --work memory"
         )
 
 

@@ -63,8 +63,29 @@ end
 redis.pcall('XGROUP', 'CREATE', q, 'hubs', '0', 'MKSTREAM')
 """
 
+# Delayed items (issue 21): a submit with a not-before time waits in the sorted set
+# ``P:work:{T}:delayed`` (score: Unix ms) instead of the stream; a take first moves the
+# due ones (by the server's clock) into the stream, oldest time first, so no hub reads
+# one before its time. KEYS[4]: that set (absent: nothing moved).
+_DUE = r"""
+if KEYS[4] then
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ms, 'LIMIT', 0, 1000)
+  for _, iid in ipairs(due) do
+    redis.call('ZREM', KEYS[4], iid)
+    local k = prefix .. iid
+    if redis.call('HGET', k, 'st') == 'queued' and redis.call('HGET', k, 'entry') == '' then
+      local entry = redis.call('XADD', q, '*', 'item', iid)
+      redis.call('HSET', k, 'entry', entry, 'nb', '')
+    end
+  end
+end
+"""
+
 _TAKE = (
     _ADOPT
+    + _DUE
     + r"""
 local r = redis.call('XREADGROUP', 'GROUP', 'hubs', hub, 'COUNT', ARGV[3], 'STREAMS', q, ARGV[6])
 if r and r[1] then for _, e in ipairs(r[1][2]) do adopt(e[1], e[2]) end end
@@ -149,12 +170,20 @@ if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1
 return 0
 """
 
+# KEYS: q, item[, delayed]. ARGV: id, type, payload, max, source, created[, not-before ms]:
+# with a not-before time the item waits in the delayed set, not the stream (see _DUE).
 _SUBMIT = r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
-local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+local entry, nb = '', ARGV[7] or ''
+if nb ~= '' and KEYS[3] then
+  redis.call('ZADD', KEYS[3], nb, ARGV[1])
+else
+  nb = ''
+  entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+end
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
   'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',
-  'agent', '', 'entry', entry, 'hist', '[]')
+  'agent', '', 'entry', entry, 'hist', '[]', 'nb', nb)
 return 1
 """
 
