@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import shutil
 import tempfile
 import time
@@ -279,3 +280,17 @@ def test_retry_delays_per_type_and_retry_after() -> None:
     assert RetryDelays(None)(item) is None
     with pytest.raises(Exception, match="backoff policy"):
         RetryDelays("fast")  # type: ignore[arg-type]
+
+
+def test_fail_records_carry_an_optional_retry_after_checked_by_the_table() -> None:
+    from agents import _protocol as proto
+
+    table = proto.MESSAGES
+    ok = table.parse(proto.fail("w-1", 1, "slow down", retry=True, retry_after=2.5))
+    assert ok.value is not None and json.loads(ok.value)["retry_after"] == 2.5
+    plain = proto.fail("w-1", 1, "x", retry=True)
+    assert b"retry_after" not in plain
+    for bad in ('"soon"', "-1", "true"):
+        record = f'FAIL={{"item":"w-1","attempt":1,"error":"x","retry_after":{bad}}}'.encode()
+        with pytest.raises(proto.InvalidNotifyMessage, match="retry_after"):
+            table.parse(record)
