@@ -254,8 +254,12 @@ class MemoryWorkQueue:
         return len(self._delayed_ids.get(agent_type, ()))
 
     def next_ready(self) -> float | None:
-        """The earliest Unix time a delayed item (of any type) becomes ready, if any."""
+        """The earliest Unix time a delayed item (of any type) becomes ready, if any:
+        always in the future (the items whose time came are made ready first, so a
+        dispatch that sleeps until then never spins on an item no agent takes yet)."""
         best: float | None = None
+        for agent_type in list(self._delayed):
+            self._promote(agent_type)
         for agent_type, heap in self._delayed.items():
             ids = self._delayed_ids.get(agent_type, {})
             while heap and heap[0][3] not in ids:

@@ -294,3 +294,18 @@ def test_fail_records_carry_an_optional_retry_after_checked_by_the_table() -> No
         record = f'FAIL={{"item":"w-1","attempt":1,"error":"x","retry_after":{bad}}}'.encode()
         with pytest.raises(proto.InvalidNotifyMessage, match="retry_after"):
             table.parse(record)
+
+
+def test_next_ready_is_never_in_the_past_so_dispatch_does_not_spin() -> None:
+    """An item whose time came but that no agent takes yet is ready, not "due": the
+    dispatch's one timer is set only for times still ahead."""
+    wall = [100.0]
+    q = MemoryWorkQueue()
+    q.clock = lambda: wall[0]
+    q.submit("w", 1, max_deliveries=3, source="t", now=0.0, not_before=105.0)
+    q.submit("w", 2, max_deliveries=3, source="t", now=0.0, not_before=110.0)
+    assert q.next_ready() == 105.0
+    wall[0] = 106.0
+    assert q.next_ready() == 110.0 and q.depth("w") == 1
+    wall[0] = 120.0
+    assert q.next_ready() is None and q.depth("w") == 2
