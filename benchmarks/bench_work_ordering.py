@@ -32,7 +32,16 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_work import _all_idle, _hub, _p
+from bench_work import AGENT, _all_idle, _p
+
+from supervisor import ChildSpec, Hub, PoolSpec, WorkService
+
+
+def _hub(agents: int) -> Hub:
+    """bench_work's hub of no-op agents, its queue uncapped (the delayed items count)."""
+    template = ChildSpec(id="t", argv=[sys.executable, "-c", AGENT], shutdown=2.0)
+    pool = PoolSpec(agent_type="noop", template=template, size=agents, max_size=agents)
+    return Hub([pool], work=WorkService(max_queued=None))
 
 
 async def latency(samples: int, delayed: int, ordered: bool) -> list[float]:
