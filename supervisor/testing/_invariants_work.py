@@ -523,7 +523,7 @@ def _check_outcomes_at(
                     f"{item!r} is still assigned to {child!r} {when}, whose process "
                     f"{'is gone' if pid not in agents.live else 'was stopped'}: it is lost",
                 )
-        elif s.status == "queued" and not snap.final and s.not_before is None:
+        elif s.status == "queued" and not snap.final and not s.delayed:
             idle = sorted(
                 child
                 for child, pid in agents.current.items()

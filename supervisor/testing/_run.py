@@ -143,7 +143,7 @@ class ItemState:
     max_deliveries: int
     agent: str | None
     result: object = None
-    not_before: float | None = None  # issue 21: queued, waiting for its (retry) delay
+    delayed: bool = False  # issue 21: queued, waiting for its time (a delay, a retry delay)
 
 
 @attrs.frozen(kw_only=True)
@@ -646,7 +646,7 @@ def _work_snapshot(hub: Hub, *, quiesced: bool = False, final: bool = False) -> 
             max_deliveries=i.max_deliveries,
             agent=i.agent,
             result=i.result,
-            not_before=i.not_before,
+            delayed=i.not_before is not None,
         )
         for i in hub.work.items()
     )

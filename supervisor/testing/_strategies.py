@@ -404,7 +404,8 @@ def submissions(
 ) -> tuple[Submit, ...]:
     """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
     ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
-    with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default."""
+    with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default, some of
+    a priority other than 0 or with a delay (issue 21: :func:`check_work_order`)."""
     types = agent_types(spec)
     if not types:
         raise InvalidSchedule(
@@ -420,6 +421,8 @@ def submissions(
                     agent_type=st.sampled_from(types),
                     payload=_PAYLOADS,
                     max_deliveries=_MAX_DELIVERIES,
+                    priority=st.sampled_from([0, 0, 0, 1, 5]),
+                    delay=st.sampled_from([None, None, None, 0.5, 2.0]),
                 ),
                 min_size=1,
                 max_size=max_items,
