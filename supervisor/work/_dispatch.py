@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +35,7 @@ from ._item import (
     WorkRefused,
     _now,
 )
+from ._ordering import fail_then_delay, reclaim_then_delay, wait_for_wake
 from ._queue import WorkQueue
 from ._store import WorkStore
 
@@ -112,8 +112,6 @@ class Dispatch:
         self.handback_pause = handback_pause
         self._submit = submit
         self.changed: Callable[[str], None] = lambda item_id: None  # wakes its waiters
-        self.retry_delay: Callable[[WorkItem | None, Any], float | None] = lambda i, a: None
-        """Seconds a failed item waits before its next delivery (the service sets it)."""
         self.hub: Hub | None = None  # set when the service runs
         self.nursery: trio.Nursery | None = None
         self.agents: dict[str, _Agent] = {}
@@ -200,12 +198,7 @@ class Dispatch:
     async def run(self) -> None:
         """Hand queued items to idle agents whenever either may have changed."""
         while True:
-            at = self._next_ready_at()
-            if at is None:
-                await self._wake.wait()
-            else:  # one timer, for the earliest delayed item
-                with trio.move_on_at(at):
-                    await self._wake.wait()
+            await wait_for_wake(self._wake, self.queue)  # or the earliest delayed item
             self._wake = trio.Event()
             for agent_type, idle in list(self.idle.items()):
                 while idle and self.queue.has_work(agent_type):
@@ -213,26 +206,6 @@ class Dispatch:
                     del idle[agent_id]
                     self._assign(agent_type, agent_id)
             self._tell_registry()
-
-    def _retry_later(self, item: WorkItem, asked: Any) -> None:
-        """A failed attempt put ``item`` back: hold it for its retry delay (the agent's
-        ``retry_after``, else the pool's backoff), if the queue can (issue 21)."""
-        if item.status is not ItemStatus.QUEUED:
-            return  # final, or dead-lettered
-        retry_later = getattr(self.queue, "retry_later", None)
-        delay = self.retry_delay(item, asked)
-        if retry_later is not None and delay:
-            retry_later(item.id, delay)
-
-    def _next_ready_at(self) -> float | None:
-        """Trio's time when the earliest delayed item becomes ready (its wall time moved
-        to trio's clock), or ``None``: none waits."""
-        next_ready = getattr(self.queue, "next_ready", None)
-        at = next_ready() if next_ready is not None else None
-        if at is None:
-            return None
-        clock = getattr(self.queue, "clock", time.time)
-        return float(trio.current_time() + max(0.0, at - clock()) + 0.001)
 
     @property
     def _host(self) -> Hub:
@@ -298,12 +271,10 @@ class Dispatch:
         if held is None:
             return
         attempt = held.attempt
-        verdict = self.queue.reclaim(agent_id, reason, _now())
+        verdict = reclaim_then_delay(self, agent_id, reason, _now())  # exit, hang: delayed
         if not verdict.accepted or verdict.item is None:  # pragma: no cover - held above
             return
         item = verdict.item
-        if reason in ("exit", "hang"):  # its fault: delivered again after a delay
-            self._retry_later(item, None)
         agent = self.agents.get(agent_id)
         self.notes[agent_id] = None
         if item.status is ItemStatus.DEAD:
@@ -420,9 +391,7 @@ class Dispatch:
             verdict = self.queue.complete(item_id, attempt, msg.agent_id, body.get("result"), now)
         elif msg.kind == "fail":
             retry = body.get("retry", True) is not False
-            verdict = self.queue.fail(item_id, attempt, msg.agent_id, body["error"], retry, now)
-            if verdict.accepted and verdict.item is not None:
-                self._retry_later(verdict.item, body.get("retry_after"))
+            verdict = fail_then_delay(self, msg.agent_id, body, retry, now)
         else:  # handback
             verdict = self.queue.hand_back(item_id, attempt, msg.agent_id, now)
         if verdict.accepted and verdict.item is not None:

@@ -43,7 +43,7 @@ from ._item import (
     check_priority,
     not_before_of,
 )
-from ._ordering import DEFAULT_RETRY_BACKOFF, BackoffPolicy, RetryDelays
+from ._ordering import DEFAULT_RETRY_BACKOFF, RETRY_DELAYS, BackoffPolicy, RetryDelays
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
 from ._waiters import DEFAULT_MAX_WAITERS, Waiters
@@ -121,7 +121,7 @@ class WorkService:
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
         self._dispatch.changed = self._waiters.fire
-        self._dispatch.retry_delay = RetryDelays(retry_backoff)
+        RETRY_DELAYS[self._dispatch] = RetryDelays(retry_backoff)
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None

@@ -42,6 +42,7 @@ import trio
 from ..._errors import ConfigError, ControlError, ServiceFailed
 from ..._redis_link import make_client, redact_url
 from .._item import ItemStatus, Verdict, WorkItem
+from .._ordering import LocalOrdering
 from .._queue import MemoryWorkQueue
 from .._store import StoreHost
 from ._claim import HubClaim
@@ -56,7 +57,7 @@ __all__ = ["RedisWorkQueue"]
 _log = logging.getLogger("hubvisor")
 
 
-class RedisWorkQueue:
+class RedisWorkQueue(LocalOrdering):  # retry delays: held by this hub
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 
@@ -203,25 +204,15 @@ class RedisWorkQueue:
         """Whether this hub holds a queued item of ``agent_type`` (taken from Redis)."""
         return self._local.has_work(agent_type)
 
-    def submit(
-        self,
-        agent_type: str,
-        payload: Any,
-        *,
-        max_deliveries: int,
-        source: str,
-        now: float,
-        priority: int = 0,
-        not_before: float | None = None,
-    ) -> WorkItem:
-        """Queue the item for the next round's write (:meth:`stored` waits for it).
+    def submit(self, agent_type: str, payload: Any, **kw: Any) -> WorkItem:
+        """Queue the item for the next round's write (:meth:`stored` waits for it); ``kw``:
+        ``max_deliveries``, ``source``, ``now`` and ``not_before`` (see :class:`WorkQueue`).
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet; a ``priority`` or ``not_before`` (not supported
-                on Redis yet).
+                Redis has not taken yet; a ``priority`` (not supported on Redis yet).
         """
-        _refuse_ordering(priority, self.url)
+        max_deliveries, source, not_before = _options(kw, self.url)
         if self.writes.full():
             raise ControlError(
                 f"the hub holds {len(self.writes.ops)} writes "
@@ -241,21 +232,8 @@ class RedisWorkQueue:
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
-        args: tuple[Any, ...] = (
-            item.id,
-            agent_type,
-            _dumps(payload),
-            max_deliveries,
-            source,
-            item.created_at,
-        )
-        keys: tuple[str, ...] = (
-            self.keys.of(agent_type, "q"),
-            self.keys.items(agent_type) + item.id,
-        )
-        if not_before is not None:  # issue 21: waits in the delayed set, server-side
-            keys = (*keys, self.keys.of(agent_type, "delayed"))
-            args = (*args, int(not_before * 1000))
+        args = (item.id, agent_type, _dumps(payload), max_deliveries, source, item.created_at)
+        keys, args = _submit_keys(self.keys, agent_type, item.id, args, not_before)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
@@ -311,29 +289,6 @@ class RedisWorkQueue:
         if verdict.accepted and verdict.item is not None:
             self._after(verdict.item, agent)
         return verdict
-
-    # --- ordering (issue 21): retry delays, held by this hub ---
-
-    def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
-        """Hold a failed item ``seconds`` before this hub delivers it again. The item
-        stays leased to this hub (renewed as any it holds) and waits in its memory, so
-        the delay is this hub's: if the hub dies, the hub that takes the item over
-        delivers it at once (a graceful stop releases it to the stream, ready)."""
-        return self._local.retry_later(item_id, seconds)
-
-    def delayed(self, agent_type: str) -> int:
-        """Items of ``agent_type`` this hub holds for their retry delay."""
-        return self._local.delayed(agent_type)
-
-    def next_ready(self) -> float | None:
-        """The earliest Unix time an item this hub holds for a delay becomes ready."""
-        return self._local.next_ready()
-
-    def clock(self) -> float:
-        """The wall clock delays are read against."""
-        return self._local.clock()
-
-    # --- end ordering ---
 
     def retry(self, item_id: str, now: float) -> WorkItem:
         """Queue a dead or failed item this hub holds again (any hub's: ``retry_any``)."""
@@ -504,16 +459,30 @@ class RedisWorkQueue:
         return await self._queries.cluster()
 
 
-# --- ordering (issue 21): not on Redis yet ---
+# --- ordering (issue 21) ---
 
 
-def _refuse_ordering(priority: int, url: str) -> None:
-    """Refuse what a Redis queue cannot order yet, naming the option (never ignore it)."""
+def _submit_keys(
+    keys: Keys, agent_type: str, item_id: str, args: tuple[Any, ...], at: float | None
+) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The keys and arguments of a submit: one with a not-before time waits in the type's
+    delayed set (server-side), the time in ms its last argument."""
+    base = (keys.of(agent_type, "q"), keys.items(agent_type) + item_id)
+    if at is None:
+        return base, args
+    return (*base, keys.of(agent_type, "delayed")), (*args, int(at * 1000))
+
+
+def _options(kw: dict[str, Any], url: str) -> tuple[int, str, float | None]:
+    """``max_deliveries``, ``source`` and ``not_before`` of a submit; a ``priority`` is
+    refused, naming the option (never ignored): Redis's queue is FIFO for now."""
+    priority = kw.get("priority", 0)
     if priority:
         raise ControlError(
             f"--priority (priority={priority}) is not supported with --redis yet (the queue "
             f"at {url} is FIFO); submit without it, or use a hub with SQLite or --work memory"
         )
+    return int(kw["max_deliveries"]), str(kw.get("source", "api")), kw.get("not_before")
 
 
 # --- end ordering ---

@@ -14,6 +14,7 @@ import trio
 
 from ..._errors import ConfigError, ControlError
 from .._item import ItemStatus, Verdict, WorkItem, _now
+from .._ordering import LocalOrdering
 from .._store import StoreHost
 from ._actor import Actor, build_round, committed, wall
 from ._db import Database, Opened, Round
@@ -25,7 +26,7 @@ _log = logging.getLogger("hubvisor")
 __all__ = ["SqliteWorkQueue"]
 
 
-class SqliteWorkQueue:
+class SqliteWorkQueue(LocalOrdering):
     """A :class:`~supervisor.WorkStore` that keeps one hub's work in SQLite, so that a
     restart, a crash or a reboot of the hub loses nothing acknowledged.
 
@@ -239,16 +240,7 @@ class SqliteWorkQueue:
         self._ready()
         return self._local.depth(agent_type)
 
-    # --- ordering (issue 21) ---
-
-    def delayed(self, agent_type: str) -> int:
-        """How many items of ``agent_type`` wait for their time."""
-        self._ready()
-        return self._local.delayed(agent_type)
-
-    def next_ready(self) -> float | None:
-        """The earliest Unix time a delayed item becomes ready, if any."""
-        return self._local.next_ready()
+    # --- ordering (issue 21; the rest: LocalOrdering) ---
 
     def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
         """Hold a queued item ``seconds`` (see :meth:`MemoryWorkQueue.retry_later`)."""
@@ -257,10 +249,6 @@ class SqliteWorkQueue:
             self._local.touch(item_id)
             self._actor.wake.set()
         return item
-
-    def clock(self) -> float:
-        """The wall clock delays are read against (the decisions' own)."""
-        return self._local.clock()
 
     # --- end ordering ---
 
