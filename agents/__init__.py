@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .base import Assignment, BaseAgent, HandBack
+    from .base import Assignment, BaseAgent, HandBack, RetryAfter
 
-__all__ = ["Assignment", "BaseAgent", "HandBack"]
+__all__ = ["Assignment", "BaseAgent", "HandBack", "RetryAfter"]
 
 
 def __getattr__(name: str) -> Any:

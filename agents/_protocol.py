@@ -311,6 +311,20 @@ def _fenced(word: str, **extra: type | tuple[type, ...]) -> PayloadCheck:
     return lambda value: _json_object(word, value, required)
 
 
+def _fail_payload(value: str) -> str:
+    """``FAIL=``: fenced, with an error; an optional ``retry_after`` (seconds >= 0)."""
+    text = _fenced("FAIL", error=str)(value)
+    after = getattr(text, "data", {}).get("retry_after")
+    if after is not None and (
+        not isinstance(after, int | float) or isinstance(after, bool) or not 0 <= after < 1e9
+    ):
+        raise InvalidNotifyMessage(
+            f"FAIL: field 'retry_after' must be seconds >= 0 (got {after!r:.64}); e.g. "
+            'FAIL={"item":"w-1","attempt":1,"error":"rate limited","retry_after":30}'
+        )
+    return text
+
+
 MESSAGE_KINDS: tuple[MessageKind, ...] = (
     MessageKind("ready", Direction.TO_HUB, "READY", aliases=("READY=1",), doc="the agent is up"),
     MessageKind(
@@ -352,8 +366,9 @@ MESSAGE_KINDS: tuple[MessageKind, ...] = (
         "fail",
         Direction.TO_HUB,
         "FAIL",
-        payload=_fenced("FAIL", error=str),
-        doc="the held item failed; retry=false makes the failure final",
+        payload=_fail_payload,
+        doc="the held item failed; retry=false makes the failure final; "
+        "retry_after=SECONDS (optional) delays the next delivery",
     ),
     MessageKind(
         "handback",
@@ -640,9 +655,16 @@ def result(item: str, attempt: int, value: JSON) -> bytes:
     return _fenced_record("RESULT", item, attempt, result=value)
 
 
-def fail(item: str, attempt: int, error: str, *, retry: bool) -> bytes:
-    """``FAIL=``: the held item failed; ``retry=False`` makes the failure final."""
-    return _fenced_record("FAIL", item, attempt, error=str(error), retry=bool(retry))
+def fail(
+    item: str, attempt: int, error: str, *, retry: bool, retry_after: float | None = None
+) -> bytes:
+    """``FAIL=``: the held item failed; ``retry=False`` makes the failure final;
+    ``retry_after``: seconds before the hub delivers it again (else the pool's backoff)."""
+    if retry_after is None:
+        return _fenced_record("FAIL", item, attempt, error=str(error), retry=bool(retry))
+    return _fenced_record(
+        "FAIL", item, attempt, error=str(error), retry=bool(retry), retry_after=float(retry_after)
+    )
 
 
 def handback(item: str, attempt: int) -> bytes:

@@ -64,6 +64,22 @@ class HandBack(Exception):
     offers it again without spending an attempt."""
 
 
+class RetryAfter(Exception):
+    """Raise from ``do_work`` to fail the attempt and ask the hub to deliver the item
+    again no sooner than ``seconds`` from now (``FAIL`` with ``retry_after``), e.g. on
+    a rate limit: ``raise RetryAfter(30, "rate limited")``. It spends a delivery."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not 0 <= seconds < 1e9
+        ):
+            raise ValueError(f"RetryAfter needs seconds >= 0 (got {seconds!r:.64})")
+        super().__init__(message or f"retry after {seconds:g} s")
+        self.seconds = float(seconds)
+
+
 class Assignment:
     """One item the hub assigned, as ``do_work`` sees it.
 
@@ -456,7 +472,8 @@ class BaseAgent:
             record = proto.handback(item, attempt)
         elif failure is not None:
             self.log(f"item {item} attempt {attempt} failed: {_describe(failure)}")
-            record = proto.fail(item, attempt, _describe(failure), retry=True)
+            after = failure.seconds if isinstance(failure, RetryAfter) else None
+            record = proto.fail(item, attempt, _describe(failure), retry=True, retry_after=after)
         else:
             try:
                 record = proto.result(item, attempt, value)

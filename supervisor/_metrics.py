@@ -687,6 +687,7 @@ class _HubCollector:
             flight.add_metric((t,), counts[t, ItemStatus.ASSIGNED])
         yield depth
         yield flight
+        yield _waiting_by_reason(hub, types)
 
     def _hub_counts(self, hub: Hub) -> Iterator[Metric]:
         yield CounterMetricFamily(
@@ -745,3 +746,24 @@ class _HubCollector:
                 "1 if the mirror's last flush succeeded.",
                 value=int(connected),
             )
+
+
+# --- ordering (issue 21) ---
+
+
+def _waiting_by_reason(hub: Hub, types: set[str]) -> GaugeMetricFamily:
+    """``hubvisor_work_waiting{type, reason}``: queued items that may go to an agent now
+    (``ready``) and those waiting for their time (``delayed``: a delay, a not-before, a
+    retry delay)."""
+    gauge = GaugeMetricFamily(
+        "hubvisor_work_waiting",
+        "Queued work items by why they wait: ready (for an agent) or delayed (for their time).",
+        labels=("type", "reason"),
+    )
+    for t in sorted(types):
+        gauge.add_metric((t, "ready"), int(hub.work.queue.depth(t)))
+        gauge.add_metric((t, "delayed"), hub.work.delayed(t))
+    return gauge
+
+
+# --- end ordering ---

@@ -15,6 +15,7 @@ It prints ``hello from ID pid PID`` once and ``doing ITEM`` per ASSIGN, heartbea
 * ``{"fail": "why"}`` -> FAIL retry=false (``{"fail_bytes": HEX}``: the error is those
   bytes decoded with surrogateescape, so its JSON holds a lone surrogate); ``{"stale": true}`` -> first a RESULT for
   attempt+1 (refused); ``{"exit_after": true}`` -> exits right after its RESULT
+* ``{"fail_retry": "why"}`` -> FAIL retry=true (with ``"retry_after": s`` if given)
 * ``{"handback_if": ID}`` -> the agent named ID hands the item back
 * ``{"submit": TYPE}`` -> also submits ``{"n": n}`` for TYPE
 * ``{"spew": N, "size": S}`` -> prints N lines of S characters, then ``spew done``
@@ -84,6 +85,12 @@ while True:
         send("SUBMIT=" + json.dumps({"type": p["submit"], "payload": {"n": p.get("n", 0)}}))
     if "fail_bytes" in p:  # an error read with surrogateescape: JSON carries a lone surrogate
         p["fail"] = bytes.fromhex(p["fail_bytes"]).decode("utf-8", "surrogateescape")
+    if "fail_retry" in p:  # FAIL retry=true, with "retry_after" when given (issue 21)
+        f = {"item": item, "attempt": attempt, "error": p["fail_retry"], "retry": True}
+        if "retry_after" in p:
+            f["retry_after"] = p["retry_after"]
+        send("FAIL=" + json.dumps(f))
+        continue
     if "fail" in p:
         send("FAIL=" + json.dumps({"item": item, "attempt": attempt, "error": p["fail"], "retry": False}))
         continue

@@ -148,8 +148,8 @@ def test_typed_errors_for_a_failed_item_a_timeout_and_an_unknown_id(hubvisor: Hu
             hub.wait("w-404")
         with pytest.raises(HubRefused, match="no work item 'w-404'"):
             hub.show("w-404")
-        with pytest.raises(HubRefused, match="has no field 'priority'"):
-            hub.submit("w", {"n": 1}, priority=5)  # an option this hub does not know
+        with pytest.raises(HubRefused, match="has no field 'flavour'"):
+            hub.submit("w", {"n": 1}, flavour=5)  # an option this hub does not know
         again = hub.retry(bad)
         assert again["status"] in ("queued", "assigned") and again["deliveries"] <= 1
     with (

@@ -164,6 +164,8 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         },
         "agents": agents,
     }
+    for agent_type, queue in result["hub"]["queues"].items():  # type: ignore[index]
+        queue["delayed"] = hub.work.delayed(agent_type)  # issue 21: of the queued
     scaling = hub.autoscaler.status()
     if scaling:
         result["scaling"] = scaling
@@ -201,6 +203,7 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         max_deliveries=args.get("max_deliveries"),
         source="cli",
         **_submit_controls(args),
+        **_ordering_args(args),
     )
     # Durable before the answer when a store keeps the work (SQLite, Redis): a "submitted"
     # that only lived in the hub's memory could be lost with it. During an outage of the
@@ -221,6 +224,11 @@ def _submit_controls(args: Args) -> dict[str, Any]:
     if args.get("require"):
         controls["require"] = list(args["require"])
     return controls
+
+
+def _ordering_args(args: Args) -> dict[str, Any]:
+    """The submit's priority, delay and not_before, those given (issue 21)."""
+    return {k: args[k] for k in ("priority", "delay", "not_before") if args.get(k) is not None}
 
 
 async def _work_list(hub: Hub, args: Args, background: trio.Nursery) -> Any:

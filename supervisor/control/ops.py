@@ -403,6 +403,34 @@ OPS: dict[str, Op] = {
                     flag="--require",
                 ),
                 # -- end of dependencies, keys, tiers --
+                # --- ordering (issue 21) ---
+                Field(
+                    "priority",
+                    int,
+                    "higher first among the ready items of TYPE, FIFO within one (default 0)",
+                    10,
+                    required=False,
+                    flag="--priority",
+                ),
+                Field(
+                    "delay",
+                    float,
+                    "seconds before the item may be handed out",
+                    30,
+                    required=False,
+                    minimum=0,
+                    flag="--delay",
+                ),
+                Field(
+                    "not_before",
+                    str,
+                    "an ISO 8601 time before which it is not handed out (no zone: the "
+                    "hub's local time)",
+                    "2026-12-07T09:30:00+00:00",
+                    required=False,
+                    flag="--not-before",
+                ),
+                # --- end ordering ---
             ),
             cli="submit",
         ),

@@ -7,6 +7,7 @@ Client side only: rich and click, never the hub.
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,6 +100,9 @@ def _show_status(result: Any, args: Args) -> None:
     hub, agents = result["hub"], result["agents"]
     console = _console()
     work = ", ".join(f"{n} {status}" for status, n in hub["work"].items() if n) or "none"
+    delayed = sum(q.get("delayed", 0) for q in hub.get("queues", {}).values())
+    if delayed:  # issue 21: queued, waiting for their time
+        work += f" ({delayed} of the queued delayed)"
     console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
     if hub.get("store"):
         console.print(Text(f"work {hub['store']}"))
@@ -166,7 +170,7 @@ def _show_items(items: Any, args: Args) -> None:
         table.add_row(
             Text(i["id"]),
             Text(i["type"]),
-            Text(i["status"], style=_ITEM_STYLE.get(i["status"], "")),
+            Text(i["status"] + _waits(i), style=_ITEM_STYLE.get(i["status"], "")),
             str(i["attempt"]),
             f"{i['deliveries']}/{i['max_deliveries']}",
             Text(i["agent"] or "-"),
@@ -189,6 +193,7 @@ def _show_item(item: Any, args: Args) -> None:
     for key in ("id", "type", "status", "attempt", "agent", "source"):
         click.echo(f"{key}: {item[key] if item[key] is not None else '-'}")
     click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
+    _show_ordering(item)
     for key in ("payload", "progress", "result", "error"):
         if item[key] is not None or key in ("payload", "result"):
             click.echo(f"{key}: {dumps(item[key])}")
@@ -209,6 +214,32 @@ def _show_controls(item: Any) -> None:
         click.echo(f"after: {', '.join(item['after'])}{note}")
     if item.get("require"):
         click.echo(f"require: {' '.join(f'{k}={v}' for k, v in item['require'].items())}")
+
+
+# --- ordering (issue 21) ---
+
+
+def _waits(item: Any) -> str:
+    """`` until 09:30:05`` for a queued item that waits for its time; `` p5`` for a
+    priority other than 0."""
+    text = ""
+    if item.get("priority"):
+        text += f" p{item['priority']}"
+    if item.get("not_before") is not None and item["status"] == "queued":
+        text += f" until {time.strftime('%H:%M:%S', time.localtime(item['not_before']))}"
+    return text
+
+
+def _show_ordering(item: Any) -> None:
+    if item.get("priority"):
+        click.echo(f"priority: {item['priority']}")
+    at = item.get("not_before")
+    if at is not None and item["status"] == "queued":
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(at))
+        click.echo(f"waits until: {when} (in {max(0.0, at - time.time()):.1f} s)")
+
+
+# --- end ordering ---
 
 
 def _show_submitted(item: Any, args: Args) -> None:

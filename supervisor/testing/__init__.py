@@ -39,6 +39,7 @@ from ._invariants_work import (
     check_work_completions as check_work_completions,
     check_work_deliveries as check_work_deliveries,
     check_work_holders as check_work_holders,
+    check_work_order as check_work_order,
     check_work_outcomes as check_work_outcomes,
     check_work_reclaim as check_work_reclaim,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "check_work_completions",
     "check_work_deliveries",
     "check_work_holders",
+    "check_work_order",
     "check_work_outcomes",
     "check_work_reclaim",
     "crash_schedules",

@@ -41,6 +41,7 @@ __all__ = [
     "check_work_completions",
     "check_work_deliveries",
     "check_work_holders",
+    "check_work_order",
     "check_work_outcomes",
     "check_work_reclaim",
 ]
@@ -522,7 +523,7 @@ def _check_outcomes_at(
                     f"{item!r} is still assigned to {child!r} {when}, whose process "
                     f"{'is gone' if pid not in agents.live else 'was stopped'}: it is lost",
                 )
-        elif s.status == "queued" and not snap.final:
+        elif s.status == "queued" and not snap.final and not s.delayed:
             idle = sorted(
                 child
                 for child, pid in agents.current.items()
@@ -543,13 +544,65 @@ def _check_outcomes_at(
                 )
 
 
+# --- ordering (issue 21) ---
+
+
+def check_work_order(trace: Trace) -> None:
+    """No item is handed out before its delay passed, and priorities are respected among
+    ready items: when an item of a type is assigned, no item of that type that was
+    submitted, never assigned yet and whose delay has passed has a higher priority
+    (an item put back after an attempt may go first within its priority, and waits out
+    a retry delay the trace does not know: it is only checked not to jump a higher
+    priority either).
+    """
+    submitted: dict[str, SubmitApplied] = {}
+    fresh: dict[str, SubmitApplied] = {}  # never assigned yet
+    for i, r in enumerate(trace.log):
+        if isinstance(r, SubmitApplied):
+            submitted[r.item_id] = fresh[r.item_id] = r
+        elif isinstance(r, WorkAssigned) and r.item_id in submitted:
+            sub = submitted[r.item_id]
+            ready_at = sub.at + (sub.submit.delay or 0.0)
+            if r.at < ready_at - _EPS:
+                raise _fail(
+                    trace,
+                    i,
+                    "work-order",
+                    f"{r.item_id!r} was assigned at {r.at:g}, before its delay passed "
+                    f"(submitted at {sub.at:g} with delay={sub.submit.delay:g})",
+                )
+            fresh.pop(r.item_id, None)
+            mine = sub.submit
+            jumped = [
+                f.item_id
+                for f in fresh.values()
+                if f.submit.agent_type == mine.agent_type
+                and f.submit.priority > mine.priority
+                and f.at + (f.submit.delay or 0.0) < r.at - 1e-6
+            ]
+            if jumped:
+                raise _fail(
+                    trace,
+                    i,
+                    "work-order",
+                    f"{r.item_id!r} (priority {mine.priority}) was assigned while "
+                    f"{jumped[0]!r} (priority {submitted[jumped[0]].submit.priority}) of the "
+                    "same type was ready: higher priorities go first",
+                )
+
+
+# --- end ordering ---
+
+
 def check_work(trace: Trace) -> None:
     """Every work invariant: :func:`check_work_outcomes`, :func:`check_work_holders`,
-    :func:`check_work_completions`, :func:`check_work_reclaim` and
-    :func:`check_work_deliveries` (:func:`check_all` runs them when work was submitted).
+    :func:`check_work_completions`, :func:`check_work_reclaim`,
+    :func:`check_work_deliveries` and :func:`check_work_order` (:func:`check_all` runs
+    them when work was submitted).
     """
     check_work_holders(trace)
     check_work_reclaim(trace)
     check_work_completions(trace)
     check_work_deliveries(trace)
     check_work_outcomes(trace)
+    check_work_order(trace)

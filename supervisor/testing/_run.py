@@ -143,6 +143,7 @@ class ItemState:
     max_deliveries: int
     agent: str | None
     result: object = None
+    delayed: bool = False  # issue 21: queued, waiting for its time (a delay, a retry delay)
 
 
 @attrs.frozen(kw_only=True)
@@ -618,7 +619,14 @@ def _apply(backend: SimulatedProcessBackend, crash: Crash) -> CrashApplied:
 
 
 def _submit(hub: Hub, submit: Submit) -> SubmitApplied:
-    item = hub.work.submit(submit.agent_type, submit.payload, max_deliveries=submit.max_deliveries)
+    ordering: dict[str, Any] = {}  # issue 21: only when given
+    if submit.priority:
+        ordering["priority"] = submit.priority
+    if submit.delay is not None:
+        ordering["delay"] = submit.delay
+    item = hub.work.submit(
+        submit.agent_type, submit.payload, max_deliveries=submit.max_deliveries, **ordering
+    )
     return SubmitApplied(
         at=trio.current_time(),
         submit=submit,
@@ -638,6 +646,7 @@ def _work_snapshot(hub: Hub, *, quiesced: bool = False, final: bool = False) -> 
             max_deliveries=i.max_deliveries,
             agent=i.agent,
             result=i.result,
+            delayed=i.not_before is not None,
         )
         for i in hub.work.items()
     )

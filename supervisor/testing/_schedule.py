@@ -114,6 +114,18 @@ def _check_max_deliveries(instance: object, attribute: attrs.Attribute[Any], val
         )
 
 
+def _check_priority(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidSchedule(f"Submit.priority must be an int (got {value!r})")
+
+
+def _check_delay(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e6
+    ):
+        raise InvalidSchedule(f"Submit.delay must be seconds >= 0 or None (got {value!r})")
+
+
 @attrs.frozen(eq=False)
 class Submit:
     """At ``at`` virtual seconds after the tree started, submit an item of work for agents
@@ -132,6 +144,12 @@ class Submit:
     agent_type: str = attrs.field(validator=_check_agent_type)
     payload: Any = attrs.field(default=None, validator=_check_payload)
     max_deliveries: int | None = attrs.field(default=None, validator=_check_max_deliveries)
+    # --- ordering (issue 21) ---
+    priority: int = attrs.field(default=0, validator=_check_priority)
+    """``submit(priority=...)``: higher first among the ready items of the type."""
+    delay: float | None = attrs.field(default=None, validator=_check_delay)
+    """``submit(delay=...)``: virtual seconds before the item may be handed out."""
+    # --- end ordering ---
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Submit):
@@ -141,9 +159,9 @@ class Submit:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def _key(self) -> tuple[float, str, str, int | None]:
+    def _key(self) -> tuple[float, str, str, int | None, int, float | None]:
         payload = json.dumps(self.payload, sort_keys=True)
-        return (self.at, self.agent_type, payload, self.max_deliveries)
+        return (self.at, self.agent_type, payload, self.max_deliveries, self.priority, self.delay)
 
 
 def _to_work(value: Iterable[Submit]) -> tuple[Submit, ...]:

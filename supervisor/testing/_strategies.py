@@ -401,10 +401,13 @@ def submissions(
     max_items: int = 6,
     step: float = 0.25,
     max_at: float = 20.0,
+    ordering: bool = True,
 ) -> tuple[Submit, ...]:
     """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
     ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
-    with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default."""
+    with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default, some of
+    a priority other than 0 or with a delay (issue 21: :func:`check_work_order`; none with
+    ``ordering=False``, for a queue without priorities such as Redis's)."""
     types = agent_types(spec)
     if not types:
         raise InvalidSchedule(
@@ -420,6 +423,8 @@ def submissions(
                     agent_type=st.sampled_from(types),
                     payload=_PAYLOADS,
                     max_deliveries=_MAX_DELIVERIES,
+                    priority=st.sampled_from([0, 0, 0, 1, 5] if ordering else [0]),
+                    delay=st.sampled_from([None, None, None, 0.5, 2.0] if ordering else [None]),
                 ),
                 min_size=1,
                 max_size=max_items,
@@ -436,16 +441,23 @@ def work_schedules(
     max_crashes: int = 8,
     max_items: int = 6,
     hang: bool = False,
+    ordering: bool = True,
 ) -> Schedule:
     """A :class:`Schedule` with work: :func:`submissions` plus crashes (and hangs, with
     ``hang=True``) of the tree's agents in the same stretch of time, so agents often
     crash or hang while they hold an item, and some children that ignore SIGTERM."""
     base = draw(schedules(spec, max_crashes=max_crashes, hang=hang))
-    return attrs.evolve(base, work=draw(submissions(spec, max_items=max_items)))
+    work = draw(submissions(spec, max_items=max_items, ordering=ordering))
+    return attrs.evolve(base, work=work)
 
 
 def specs_and_work_schedules(
-    *, max_crashes: int = 8, max_items: int = 6, hang: bool = False, **spec_options: Any
+    *,
+    max_crashes: int = 8,
+    max_items: int = 6,
+    hang: bool = False,
+    ordering: bool = True,
+    **spec_options: Any,
 ) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
     """A tree from :func:`agent_specs` (``spec_options`` go there) and a
     :func:`work_schedules` for it; ``hang=True`` also gives agents heartbeats and
@@ -455,6 +467,8 @@ def specs_and_work_schedules(
     return agent_specs(**spec_options).flatmap(
         lambda spec: st.tuples(
             st.just(spec),
-            work_schedules(spec, max_crashes=max_crashes, max_items=max_items, hang=hang),
+            work_schedules(
+                spec, max_crashes=max_crashes, max_items=max_items, hang=hang, ordering=ordering
+            ),
         )
     )

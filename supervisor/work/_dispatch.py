@@ -35,6 +35,7 @@ from ._item import (
     WorkRefused,
     _now,
 )
+from ._ordering import fail_then_delay, reclaim_then_delay, wait_for_wake
 from ._queue import WorkQueue
 from ._store import WorkStore
 
@@ -199,7 +200,7 @@ class Dispatch:
     async def run(self) -> None:
         """Hand queued items to idle agents whenever either may have changed."""
         while True:
-            await self._wake.wait()
+            await wait_for_wake(self._wake, self.queue)  # or the earliest delayed item
             self._wake = trio.Event()
             for agent_type, idle in list(self.idle.items()):
                 _hand_out(self, agent_type, idle)
@@ -270,7 +271,7 @@ class Dispatch:
         if held is None:
             return
         attempt = held.attempt
-        verdict = self.queue.reclaim(agent_id, reason, _now())
+        verdict = reclaim_then_delay(self, agent_id, reason, _now())  # exit, hang: delayed
         if not verdict.accepted or verdict.item is None:  # pragma: no cover - held above
             return
         item = verdict.item
@@ -390,7 +391,7 @@ class Dispatch:
             verdict = self.queue.complete(item_id, attempt, msg.agent_id, body.get("result"), now)
         elif msg.kind == "fail":
             retry = body.get("retry", True) is not False
-            verdict = self.queue.fail(item_id, attempt, msg.agent_id, body["error"], retry, now)
+            verdict = fail_then_delay(self, msg.agent_id, body, retry, now)
         else:  # handback
             verdict = self.queue.hand_back(item_id, attempt, msg.agent_id, now)
         if verdict.accepted and verdict.item is not None:

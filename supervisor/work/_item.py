@@ -88,6 +88,13 @@ class WorkItem:
     require: dict[str, str] = attrs.field(factory=dict)
     """Pool labels an agent's pool must have to be given the item (``submit --require``)."""
     # -- end of dependencies, keys, tiers -------------------------------------------------
+    # --- ordering (issue 21): priority, delayed items, retry delays ---
+    priority: int = 0
+    """Higher first among the ready items of its type; FIFO within a priority."""
+    not_before: float | None = None
+    """Unix time (wall clock) before which the item is not handed out: a ``--delay`` /
+    ``--not-before`` or a retry delay (``None``: ready)."""
+    # --- end ordering ---
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for the control socket and ``--json``)."""
@@ -110,6 +117,8 @@ class WorkItem:
             "finished_at": self.finished_at,
             "history": [attrs.asdict(h) for h in self.history],
             **_controls_json(self),
+            "priority": self.priority,
+            "not_before": self.not_before,
         }
 
     @classmethod
@@ -144,6 +153,8 @@ class WorkItem:
                 for h in data.get("history") or ()
             ],
             **_controls_from_json(data),
+            priority=int(data.get("priority") or 0),
+            not_before=_float_or_none(data.get("not_before")),
         )
 
 
@@ -388,6 +399,77 @@ def _used_up(item: WorkItem) -> str:
         if h.outcome == "failed" or h.outcome in ("reclaimed:exit", "reclaimed:hang")
     ]
     return f"used all {item.max_deliveries} deliveries: {', '.join(spent[-item.max_deliveries :])}"
+
+
+# --- ordering (issue 21) ---
+MAX_PRIORITY = 1_000_000  # |priority| at most this (a sane bound, named in the error)
+MAX_DELAY = 366 * 86_400.0  # seconds a delay may be at most (a year)
+
+
+def check_priority(priority: Any) -> int:
+    """The ``priority`` of a submit, or :class:`ControlError` naming it and the fix."""
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not -MAX_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise ControlError(
+            f"priority must be an int from {-MAX_PRIORITY} to {MAX_PRIORITY} (higher first; "
+            f"got {priority!r:.80})"
+        )
+    return priority
+
+
+def not_before_of(delay: Any, not_before: Any, wall: float) -> float | None:
+    """The Unix time before which a submitted item waits, from ``delay`` (seconds from
+    ``wall``) or ``not_before`` (a Unix time, or an ISO 8601 time; one without a zone is
+    local time); both ``None``: ready at once.
+
+    Raises:
+        ControlError: both given, a negative or non-finite delay, a delay over a year,
+            or a time that does not parse.
+    """
+    import datetime
+    import math
+
+    if delay is not None and not_before is not None:
+        raise ControlError("give either delay or not_before, not both")
+    if delay is not None:
+        if (
+            not isinstance(delay, int | float)
+            or isinstance(delay, bool)
+            or not math.isfinite(delay)
+            or not 0 <= delay <= MAX_DELAY
+        ):
+            raise ControlError(
+                f"delay must be seconds from 0 to {MAX_DELAY:.0f} (a year); got {delay!r:.80}"
+            )
+        return wall + float(delay) if delay > 0 else None
+    if not_before is None:
+        return None
+    if isinstance(not_before, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(not_before)
+        except ValueError:
+            raise ControlError(
+                f"not_before must be an ISO 8601 time such as 2026-12-07T09:30:00+00:00 "
+                f"(without a zone: local time) or a Unix time; got {not_before!r:.80}"
+            ) from None
+        at = parsed.timestamp()  # a naive time is taken as local time
+    elif isinstance(not_before, int | float) and not isinstance(not_before, bool):
+        at = float(not_before)
+    else:
+        raise ControlError(
+            f"not_before must be an ISO 8601 time or a Unix time; got {not_before!r:.80}"
+        )
+    if not math.isfinite(at) or at - wall > MAX_DELAY:
+        raise ControlError(
+            f"not_before {not_before!r:.80} is more than a year ahead; give a nearer time"
+        )
+    return at if at > wall else None
+
+
+# --- end ordering ---
 
 
 def _now() -> float:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import heapq
 import itertools
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import trio
+
 from .._errors import ControlError
+from ._deps import DependencyIndex, _matches
 from ._item import (
     FINAL,
     AttemptRecord,
     ItemStatus,
     Verdict,
     WorkItem,
-    _dependency_ended,
     _used_up,
 )
 
@@ -30,9 +36,18 @@ class WorkQueue(Protocol):
     """
 
     def submit(
-        self, agent_type: str, payload: Any, *, max_deliveries: int, source: str, now: float
+        self,
+        agent_type: str,
+        payload: Any,
+        *,
+        max_deliveries: int,
+        source: str,
+        now: float,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
-        """Queue a new item and return it."""
+        """Queue a new item and return it (``priority``: higher first among the ready
+        items; ``not_before``: a Unix time before which it is not handed out)."""
         ...
 
     def has_work(self, agent_type: str) -> bool:
@@ -92,7 +107,99 @@ class WorkQueue(Protocol):
         ...
 
 
-class MemoryWorkQueue:
+_trio_offset: tuple[object, float] | None = None  # (trio run, Unix time - trio time)
+
+
+def wall_clock() -> float:
+    """Unix time as trio's clock moves (issue 21's delays): ``time.time()`` read once per
+    trio run, then advanced by ``trio.current_time()``, so a delay runs out in virtual
+    time under a ``MockClock`` as it does in real time (outside trio: ``time.time()``)."""
+    global _trio_offset
+    try:
+        run = trio.lowlevel.current_root_task()
+        now = trio.current_time()
+    except RuntimeError:
+        return time.time()
+    if _trio_offset is None or _trio_offset[0] is not run:
+        _trio_offset = (run, time.time() - now)
+    return now + _trio_offset[1]
+
+
+class Lanes:
+    """One type's ready items (issue 21): a FIFO per priority, the highest first, behind
+    the API of the ``deque`` the queue used before (``append`` and ``appendleft`` go to
+    the back or the front of the item's own priority; ``popleft`` takes the first of the
+    highest). Every operation is O(1) but ``remove`` and ``in`` (O(n), as a deque's)."""
+
+    def __init__(self, priority_of: Callable[[str], int], ids: Iterable[str] = ()) -> None:
+        self._priority_of = priority_of
+        self._lanes: dict[int, deque[str]] = {}
+        self._keys: list[int] = []  # the lanes' priorities, negated, ascending
+        self._len = 0
+        for item_id in ids:
+            self.append(item_id)
+
+    def _lane(self, priority: int) -> deque[str]:
+        lane = self._lanes.get(priority)
+        if lane is None:
+            lane = self._lanes[priority] = deque()
+            bisect.insort(self._keys, -priority)
+        return lane
+
+    def _drop_if_empty(self, priority: int) -> None:
+        if not self._lanes[priority]:
+            del self._lanes[priority]
+            self._keys.remove(-priority)
+
+    def append(self, item_id: str) -> None:
+        self._lane(self._priority_of(item_id)).append(item_id)
+        self._len += 1
+
+    def appendleft(self, item_id: str) -> None:
+        self._lane(self._priority_of(item_id)).appendleft(item_id)
+        self._len += 1
+
+    def popleft(self) -> str:
+        if not self._keys:
+            raise IndexError("pop from an empty queue")
+        priority = -self._keys[0]
+        item_id = self._lanes[priority].popleft()
+        self._len -= 1
+        self._drop_if_empty(priority)
+        return item_id
+
+    def remove(self, item_id: str) -> None:
+        own = self._priority_of(item_id)  # its lane first (a queued item's is)
+        lanes = sorted(self._lanes.items(), key=lambda kv: kv[0] != own)
+        for priority, lane in lanes:
+            if item_id in lane:
+                lane.remove(item_id)
+                self._len -= 1
+                self._drop_if_empty(priority)
+                return
+        raise ValueError(f"{item_id!r} is not queued")
+
+    def __contains__(self, item_id: object) -> bool:
+        return any(item_id in lane for lane in self._lanes.values())
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self._lanes[-k] for k in self._keys)
+
+    def __getitem__(self, index: int) -> str:
+        if index == 0 and self._keys:
+            return self._lanes[-self._keys[0]][0]
+        if index == -1 and self._keys:
+            return self._lanes[-self._keys[-1]][-1]
+        return list(self)[index]
+
+
+class MemoryWorkQueue(DependencyIndex):
     """The in-memory :class:`WorkQueue` (the embedded default): lost with the hub.
 
     Args:
@@ -104,7 +211,7 @@ class MemoryWorkQueue:
         self.hub_id = ""
         """The hub named in each :class:`AttemptRecord` (the work service sets it)."""
         self._items: dict[str, WorkItem] = {}
-        self._queues: dict[str, deque[str]] = {}
+        self._queues: dict[str, Lanes] = {}  # type -> its ready items (by priority)
         self._held: dict[str, str] = {}  # agent -> item id
         self._finished: deque[str] = deque()
         self._keep = keep_finished
@@ -116,6 +223,13 @@ class MemoryWorkQueue:
         self.settled: list[WorkItem] = []
         """Items cancelled because a dependency ended otherwise than completed, not yet
         reported (the work service takes them for its events)."""
+        # --- ordering (issue 21) ---
+        self.clock: Callable[[], float] = wall_clock
+        """The wall clock delays are read against (Unix seconds; a test sets its own)."""
+        self._delayed: dict[str, list[tuple[float, int, bool, str]]] = {}  # type -> heap
+        self._delayed_ids: dict[str, dict[str, None]] = {}  # type -> ids in the heap
+        self._delay_seq = itertools.count()
+        # --- end ordering ---
 
     # reading
 
@@ -138,12 +252,100 @@ class MemoryWorkQueue:
         return self._items[item_id] if item_id is not None else None
 
     def has_work(self, agent_type: str) -> bool:
-        """Whether an item of ``agent_type`` is queued."""
+        """Whether an item of ``agent_type`` is queued and ready (its delay passed)."""
+        self._promote(agent_type)
         return bool(self._queues.get(agent_type))
 
     def depth(self, agent_type: str) -> int:
-        """How many items of ``agent_type`` are queued."""
+        """How many items of ``agent_type`` are queued and ready (not delayed)."""
+        self._promote(agent_type)
         return len(self._queues.get(agent_type, ()))
+
+    # --- ordering (issue 21): priorities, delayed items ---
+
+    def delayed(self, agent_type: str) -> int:
+        """How many items of ``agent_type`` are queued but wait for their time."""
+        self._promote(agent_type)
+        return len(self._delayed_ids.get(agent_type, ()))
+
+    def next_ready(self) -> float | None:
+        """The earliest Unix time a delayed item (of any type) becomes ready, if any:
+        always in the future (the items whose time came are made ready first, so a
+        dispatch that sleeps until then never spins on an item no agent takes yet)."""
+        best: float | None = None
+        for agent_type in list(self._delayed):
+            self._promote(agent_type)
+        for agent_type, heap in self._delayed.items():
+            ids = self._delayed_ids.get(agent_type, {})
+            while heap and heap[0][3] not in ids:
+                heapq.heappop(heap)  # dropped meanwhile (forgotten, cancelled)
+            if heap and (best is None or heap[0][0] < best):
+                best = heap[0][0]
+        return best
+
+    def _promote(self, agent_type: str) -> None:
+        """Move the items of ``agent_type`` whose time came to the ready queue."""
+        heap = self._delayed.get(agent_type)
+        if not heap:
+            return
+        ids = self._delayed_ids[agent_type]
+        now = self.clock()
+        while heap and heap[0][0] <= now:
+            _at, _seq, front, item_id = heapq.heappop(heap)
+            if item_id not in ids:
+                continue
+            del ids[item_id]
+            item = self._items.get(item_id)
+            if item is None or item.status is not ItemStatus.QUEUED:
+                continue
+            item.not_before = None
+            self._requeue(item, front=front)
+
+    def _unqueue(self, item: WorkItem) -> None:
+        """Take a queued item out of its ready queue or the delayed ones (its heap entry
+        is dropped lazily)."""
+        queue = self._queues.get(item.agent_type)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(item.id)
+        self._delayed_ids.get(item.agent_type, {}).pop(item.id, None)
+
+    def _place(self, item: WorkItem, *, front: bool) -> None:
+        """Put a queued item where it waits: the delayed heap until ``not_before``, else
+        its type's ready queue, in priority order (higher first), at the front or the
+        back of its priority."""
+        if item.not_before is not None and item.not_before > self.clock():
+            entry = (item.not_before, next(self._delay_seq), front, item.id)
+            heapq.heappush(self._delayed.setdefault(item.agent_type, []), entry)
+            self._delayed_ids.setdefault(item.agent_type, {})[item.id] = None
+            return
+        item.not_before = None
+        lanes = self._queues.get(item.agent_type)
+        if lanes is None:
+            lanes = self._queues[item.agent_type] = Lanes(self._priority_of)
+        if front:
+            lanes.appendleft(item.id)
+        else:
+            lanes.append(item.id)
+
+    def _priority_of(self, item_id: str) -> int:
+        item = self._items.get(item_id)
+        return item.priority if item is not None else 0
+
+    def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
+        """Hold a queued item (one a failed attempt just put back) for ``seconds`` before
+        it is delivered again: out of the ready queue, into the delayed ones, at the
+        front of its priority when its time comes. The item, or ``None`` when it is not
+        queued (nothing done). A queue without this method retries at once."""
+        item = self._items.get(item_id)
+        if item is None or item.status is not ItemStatus.QUEUED or seconds <= 0:
+            return None
+        self._unqueue(item)
+        item.not_before = self.clock() + seconds
+        self._place(item, front=True)
+        return item
+
+    # --- end ordering ---
 
     # transitions
 
@@ -158,11 +360,14 @@ class MemoryWorkQueue:
         key: str | None = None,
         after: Iterable[str] = (),
         require: dict[str, str] | None = None,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
         """Queue a new item; its id is ``<type>-<n>``. With ``key``, the kept item of
         ``agent_type`` submitted with that key, if any, is returned instead (nothing is
         created); with ``after``, the item waits until those items completed (see
-        :meth:`_wait_for`)."""
+        :meth:`_wait_for`). ``priority``: higher first; ``not_before``: a Unix time
+        before which it is not handed out."""
         if key is not None:
             existing = self.keyed(agent_type, key)
             if existing is not None:
@@ -179,12 +384,14 @@ class MemoryWorkQueue:
             key=key,
             after=after,
             require=dict(require or {}),
+            priority=priority,
+            not_before=not_before,
         )
         self._items[item.id] = item
         if key is not None:
             self._keys[(agent_type, key)] = item.id
         if not self._wait_for(item, deps, now):
-            self._queues.setdefault(agent_type, deque()).append(item.id)
+            self._place(item, front=False)
         return item
 
     def assign(
@@ -194,6 +401,7 @@ class MemoryWorkQueue:
         ``labels``: the oldest one whose ``require`` they match)."""
         if agent in self._held:
             raise ControlError(f"agent {agent!r} already holds {self._held[agent]!r}")
+        self._promote(agent_type)  # delayed items whose time came (issue 21)
         queue = self._queues.get(agent_type)
         if not queue:
             return None
@@ -241,11 +449,8 @@ class MemoryWorkQueue:
 
     def _requeue(self, item: WorkItem, *, front: bool) -> None:
         item.status = ItemStatus.QUEUED
-        queue = self._queues.setdefault(item.agent_type, deque())
-        if front:  # it waited its turn once already
-            queue.appendleft(item.id)
-        else:
-            queue.append(item.id)
+        # front: it waited its turn once already (the front of its priority)
+        self._place(item, front=front)
 
     def complete(self, item_id: str, attempt: int, agent: str, result: Any, now: float) -> Verdict:
         """Mark the item completed with ``result`` (fenced)."""
@@ -327,9 +532,7 @@ class MemoryWorkQueue:
         if item is None:
             return None
         self._unkey(item)
-        queue = self._queues.get(item.agent_type)
-        if queue is not None and item_id in queue:
-            queue.remove(item_id)
+        self._unqueue(item)
         if item.agent is not None and self._held.get(item.agent) == item_id:
             del self._held[item.agent]
         return item
@@ -346,147 +549,18 @@ class MemoryWorkQueue:
         item.deliveries = 0
         item.error = None
         item.finished_at = None
+        item.not_before = None  # a retry by hand is not delayed
         self._requeue(item, front=False)
         return item
 
-    # ----------------------------------------------------------------------------------
-    # Dependencies and idempotent keys (issue 21)
 
-    def touch(self, item_id: str) -> None:
-        """An item changed outside the usual steps (a store writes it; a no-op here)."""
-
-    def keyed(self, agent_type: str, key: str) -> WorkItem | None:
-        """The kept item of ``agent_type`` submitted with ``key``, if any. A key lasts as
-        long as its item is kept: once the item is pruned (``keep_finished``) the key is
-        free again, so the index never holds more keys than items kept."""
-        item_id = self._keys.get((agent_type, key))
-        return None if item_id is None else self._items.get(item_id)
-
-    def get_dependency(self, item_id: str) -> WorkItem:
-        """The item ``item_id`` a new item would wait for, or a :class:`ControlError`.
-        ``TYPE:KEY`` names the kept item of ``TYPE`` submitted with ``KEY`` (an agent's
-        ``SUBMIT`` does not learn the ids of the items it submits; it names them so)."""
-        agent_type, colon, key = item_id.partition(":")
-        if colon:
-            keyed = self.keyed(agent_type, key)
-            if keyed is None:
-                raise ControlError(
-                    f"--after names {item_id!r}, but no kept item of type {agent_type!r} "
-                    f"was submitted with key {key!r}; submit it first (with --key)"
-                )
-            return keyed
-        item = self._items.get(item_id)
-        if item is None:
-            raise ControlError(
-                f"--after names {item_id!r}, which is no work item kept here (unknown, or "
-                "finished and pruned by keep_finished); `hubvisor work list` lists them"
-            )
-        return item
-
-    def _unkey(self, item: WorkItem) -> None:
-        if item.key is not None and self._keys.get((item.agent_type, item.key)) == item.id:
-            del self._keys[(item.agent_type, item.key)]
-
-    def _wait_for(self, item: WorkItem, deps: list[WorkItem], now: float) -> bool:
-        """Make the new ``item`` wait for those of ``deps`` not completed; one that ended
-        otherwise cancels it at once. True when it waits (or ended): not queued."""
-        for dep in deps:
-            if dep.status in FINAL and dep.status is not ItemStatus.COMPLETED:
-                item.error = _dependency_ended(dep)
-                self.settled.append(item)
-                self._finish(item, ItemStatus.CANCELLED, now)
-                return True
-        item.waiting_on = [d.id for d in deps if d.status is not ItemStatus.COMPLETED]
-        for dep_id in item.waiting_on:
-            self._dependents.setdefault(dep_id, []).append(item.id)
-        if item.waiting_on:
-            self._blocked.setdefault(item.agent_type, set()).add(item.id)
-        return bool(item.waiting_on)
-
-    def depth_for(self, agent_type: str, labels: Mapping[str, str]) -> int:
-        """How many queued items of ``agent_type`` a pool with ``labels`` may take."""
-        queue = self._queues.get(agent_type, ())
-        return sum(1 for i in queue if _matches(self._items[i].require, labels))
-
-    def blocked(self, agent_type: str) -> int:
-        """How many items of ``agent_type`` wait for their dependencies (not in
-        :meth:`depth`; the service's ``max_queued`` counts them too)."""
-        return len(self._blocked.get(agent_type, ()))
-
-    def _settle_dependents(self, dep: WorkItem, now: float) -> None:
-        """``dep`` ended: its dependents stop waiting for it when it completed (queued
-        once they wait for nothing), else they are cancelled, naming it, and theirs in
-        turn — in a loop, first ended first, never by recursion (a chain of any length
-        is cancelled without growing the stack)."""
-        if self._settling is not None:  # inside a cascade: the loop below takes it
-            self._settling.append((dep, now))
-            return
-        self._settling = [(dep, now)]
-        try:
-            while self._settling:
-                self._settle_one(*self._settling.pop(0))
-        finally:
-            self._settling = None
-
-    def _settle_one(self, dep: WorkItem, now: float) -> None:
-        for item_id in self._dependents.pop(dep.id, ()):
-            item = self._items.get(item_id)
-            if (
-                item is None
-                or item.status is not ItemStatus.QUEUED
-                or dep.id not in item.waiting_on
-            ):
-                continue
-            if dep.status is ItemStatus.COMPLETED:
-                item.waiting_on.remove(dep.id)
-                self.touch(item.id)
-                if not item.waiting_on:
-                    self._blocked.get(item.agent_type, set()).discard(item.id)
-                    self._requeue(item, front=False)
-                continue
-            self._blocked.get(item.agent_type, set()).discard(item.id)
-            for other in item.waiting_on:
-                waiting = self._dependents.get(other)
-                if waiting is not None and item.id in waiting:
-                    waiting.remove(item.id)
-            item.waiting_on = []
-            item.error = _dependency_ended(dep)
-            self.settled.append(item)
-            del self.settled[:-10_000]  # nobody reads them (a queue alone): bounded
-            self._finish(item, ItemStatus.CANCELLED, now)
-
-    def _index_controls(self) -> None:
-        """Rebuild the key index and the waiting dependents from the items held (after
-        a store loaded them)."""
-        self._keys.clear()
-        self._dependents.clear()
-        self._blocked.clear()
-        for item in self._items.values():
-            if item.key is not None:
-                self._keys[(item.agent_type, item.key)] = item.id
-            if item.status is ItemStatus.QUEUED and item.waiting_on:
-                self._blocked.setdefault(item.agent_type, set()).add(item.id)
-                for dep_id in item.waiting_on:
-                    self._dependents.setdefault(dep_id, []).append(item.id)
-        # A dependency that ended while nobody settled it (it was assigned when the last
-        # hub died, and its last delivery was spent then): settle it now.
-        for dep_id in list(self._finished):  # in the order they ended
-            dep = self._items.get(dep_id)
-            if dep is not None and dep_id in self._dependents:
-                self._settle_dependents(dep, dep.finished_at or 0.0)
-
-
-def _matches(require: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """Whether a pool with ``labels`` may take an item that requires ``require``."""
-    return all(labels.get(k) == v for k, v in require.items())
-
-
-def _pick(queue: deque[str], items: dict[str, WorkItem], labels: Mapping[str, str]) -> str | None:
-    """Take the first id of ``queue`` whose item's ``require`` matches ``labels``."""
+def _pick(queue: Lanes, items: dict[str, WorkItem], labels: Mapping[str, str]) -> str | None:
+    """Take the first id of ``queue`` (priority order) whose item's ``require`` matches
+    ``labels``."""
     for n, item_id in enumerate(queue):
         if _matches(items[item_id].require, labels):
             if n == 0:
                 return queue.popleft()
-            del queue[n]
+            queue.remove(item_id)
             return item_id
     return None

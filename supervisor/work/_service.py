@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,10 @@ from ._item import (
     _check_payload,
     _now,
     check_controls,
+    check_priority,
+    not_before_of,
 )
+from ._ordering import DEFAULT_RETRY_BACKOFF, RETRY_DELAYS, BackoffPolicy, RetryDelays
 from ._queue import MemoryWorkQueue, WorkQueue
 from ._store import WorkStore
 from ._waiters import DEFAULT_MAX_WAITERS, Waiters
@@ -80,6 +84,12 @@ class WorkService:
             given up on).
         max_waiters: the most :meth:`wait` calls under way at once (one per item waited
             for, ``hubvisor work wait`` too); one more is refused, naming the cap.
+        retry_backoff: how long a failed attempt's item waits before it is delivered
+            again (a FAIL with retry, an exit, a hang; never a stop or a hand-back): a
+            :mod:`strategies` backoff policy (``delay(n)`` for the item's n-th failed
+            delivery), or a mapping agent type -> policy (per pool; ``"*"``: the
+            others), or ``None``: at once. Default: 1 s doubling to 60 s, 20 % jitter. A
+            FAIL's ``retry_after`` seconds overrides it.
 
     Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
     Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
@@ -100,6 +110,7 @@ class WorkService:
         max_queued: int | None = DEFAULT_MAX_QUEUED,
         handback_pause: float = DEFAULT_HANDBACK_PAUSE,
         max_waiters: int = DEFAULT_MAX_WAITERS,
+        retry_backoff: BackoffPolicy | Mapping[str, BackoffPolicy] | None = DEFAULT_RETRY_BACKOFF,
     ) -> None:
         _check_options(max_deliveries, max_queued, handback_pause, max_waiters)
         self.max_queued = max_queued
@@ -112,6 +123,7 @@ class WorkService:
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
         self._dispatch.changed = self._waiters.fire
+        RETRY_DELAYS[self._dispatch] = RetryDelays(retry_backoff)
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
@@ -146,19 +158,20 @@ class WorkService:
         key: str | None = None,
         after: Iterable[str] | str | None = None,
         require: Any = None,
+        priority: int = 0,
+        delay: float | None = None,
+        not_before: float | str | None = None,
     ) -> WorkItem:
         """Queue an item for agents of ``agent_type``; returns it (``.id``).
 
-        Args:
-            key: an idempotency key: while an item of ``agent_type`` submitted with it is
-                kept, that item is returned and nothing is created (docs/work-controls.md).
-            after: ids of items this one waits for: it is handed out once all of them
-                completed, and cancelled (naming the one) if one ends otherwise.
-            require: pool labels an agent's pool must have (``{"tier": "large"}``).
+        ``key``: while an item of the type submitted with it is kept, that item is
+        returned. ``after``: ids it waits for (cancelled if one ends otherwise). ``require``:
+        pool labels. ``priority``: higher first. ``delay`` (s) / ``not_before`` (Unix or ISO
+        8601 time): not before then (docs/work-controls.md).
 
         Raises:
-            ControlError: a bad type, payload (not JSON, over :data:`MAX_PAYLOAD` bytes),
-                ``max_deliveries``, ``key``, ``after`` (unknown) or ``require`` (no pool).
+            ControlError: a bad type, payload (not JSON, over :data:`MAX_PAYLOAD` bytes) or
+                option, or one the queue does not support.
         """
         controls, existing = _controls(self, agent_type, key, after, require)
         if existing is not None:
@@ -172,47 +185,40 @@ class WorkService:
         deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
         if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
             raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+        priority = check_priority(priority)
+        at = not_before_of(delay, not_before, getattr(self.queue, "clock", time.time)())
         if self._types is not None:
-            self._check_type(agent_type, source)
+            _check_type(self._types(), self.store, agent_type, source)
         if self.max_queued is not None:
-            waiting = int(self.queue.depth(agent_type)) + _blocked(self.queue, agent_type)
+            waiting = (
+                int(self.queue.depth(agent_type))
+                + _blocked(self.queue, agent_type)
+                + self.delayed(agent_type)
+            )
             if waiting >= self.max_queued:
                 raise ControlError(
                     f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
                     f"WorkService(max_queued={self.max_queued}); retry when agents have "
                     "taken some, add agents, or raise max_queued"
                 )
+        ordering: dict[str, Any] = {}  # only when asked: a queue without them still works
+        if priority:
+            ordering["priority"] = priority
+        if at is not None:
+            ordering["not_before"] = at
         item = self.queue.submit(
-            agent_type, payload, max_deliveries=deliveries, source=source, now=_now(), **controls
+            agent_type,
+            payload,
+            max_deliveries=deliveries,
+            source=source,
+            now=_now(),
+            **controls,
+            **ordering,
         )
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         _publish_settled(self.queue, self._dispatch)
         self._dispatch.poke()
         return item
-
-    def _check_type(self, agent_type: str, source: str) -> None:
-        """Refuse a type no agent would ever take. Alone: one the tree never runs. With a
-        shared store, a client (the API, the CLI, the socket) may queue work for hubs not
-        started yet, durable meanwhile; an agent's ``SUBMIT=`` (machine-made, at any
-        rate) must name a type the tree runs or some hub sharing the store announced
-        (any type before the store was first read)."""
-        assert self._types is not None
-        types = set(self._types())
-        if agent_type in types:
-            return
-        where = "in the hub"
-        if self.store is not None:
-            if not source.startswith("agent:"):
-                return
-            known = self.store.known_types
-            if known is None or agent_type in known:
-                return
-            types |= known
-            where = "on any hub sharing the store"
-        raise ControlError(
-            f"no agents of type {agent_type!r} {where}, so the item would wait forever; "
-            f"the types are {', '.join(sorted(types)) or '(none)'}"
-        )
 
     def serve_types(self, types: Any) -> None:
         """Tell the service which agent types its hub's tree runs or may grow: ``types()``
@@ -334,6 +340,12 @@ class WorkService:
         if labels is not None and depth_for is not None:
             return int(depth_for(agent_type, labels))
         return int(self.queue.depth(agent_type))
+
+    def delayed(self, agent_type: str) -> int:
+        """Items of ``agent_type`` queued but waiting for their time (a delay, a
+        ``not_before`` or a retry delay); not counted by :meth:`waiting`."""
+        count = getattr(self.queue, "delayed", None)
+        return int(count(agent_type)) if count is not None else 0
 
     def idle_among(self, agent_type: str, agent_ids: Iterable[str]) -> int:
         """How many of ``agent_ids`` are idle agents of ``agent_type`` (ready, no item)."""
@@ -458,6 +470,32 @@ class WorkService:
                 return
             self._progress[key] = msg
         self._send.send_nowait(msg)
+
+
+def _check_type(
+    types: Iterable[str], store: WorkStore | None, agent_type: str, source: str
+) -> None:
+    """Refuse a type no agent would ever take. Alone: one the tree never runs. With a
+    durable store, a client (the API, the CLI, the socket) may queue work for hubs not
+    started yet, durable meanwhile; an agent's ``SUBMIT=`` (machine-made, at any rate)
+    must name a type the tree runs or the store has seen served (any type before the
+    store was first read)."""
+    served = set(types)
+    if agent_type in served:
+        return
+    where = "in the hub"
+    if store is not None:
+        if not source.startswith("agent:"):
+            return
+        known = store.known_types
+        if known is None or agent_type in known:
+            return
+        served |= known
+        where = "on any hub sharing the store"
+    raise ControlError(
+        f"no agents of type {agent_type!r} {where}, so the item would wait forever; "
+        f"the types are {', '.join(sorted(served)) or '(none)'}"
+    )
 
 
 def _body(msg: AgentMessage) -> dict[str, Any] | None:

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 CUSTOM_AGENT = """
 import time, trio
-from agents.base import BaseAgent, HandBack
+from agents.base import BaseAgent, HandBack, RetryAfter
 
 class Custom(BaseAgent):
     agent_type = "custom"
@@ -57,6 +57,8 @@ class Custom(BaseAgent):
             return float("nan")
         if p == "back":
             raise HandBack()
+        if p == "later":
+            raise RetryAfter(30, "rate limited")
         if isinstance(p, dict) and "sleep" in p:
             await trio.to_thread.run_sync(time.sleep, p["sleep"], abandon_on_cancel=True)
         return {"echo": p}
@@ -301,6 +303,13 @@ async def test_validate_failure_is_final_and_work_failure_retries() -> None:
         assert ("handback", {"item": "c-4", "attempt": 1}) == final
         _, final = await hub.work("c-5", [1, "two"], type="custom", attempt=3)
         assert ("result", {"item": "c-5", "attempt": 3, "result": {"echo": [1, "two"]}}) == final
+        _, final = await hub.work("c-6", "later", type="custom")  # issue 21: retry_after
+        assert ("fail", True, 30.0, "RetryAfter: rate limited") == (
+            final[0],
+            final[1]["retry"],
+            final[1]["retry_after"],
+            final[1]["error"],
+        )
 
 
 async def test_heartbeats_continue_while_do_work_is_busy() -> None:

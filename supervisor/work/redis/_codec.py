@@ -34,6 +34,7 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         checkpoint=json.loads(fields["ckpt"]) if fields.get("ckpt") else None,
         history=[AttemptRecord(**h) for h in hist],
         key=fields.get("key") or None,  # issue 21: an idempotency key
+        not_before=int(fields["nb"]) / 1000 if fields.get("nb") else None,  # issue 21
     )
 
 

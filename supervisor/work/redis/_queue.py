@@ -42,6 +42,7 @@ import trio
 from ..._errors import ConfigError, ControlError, ServiceFailed
 from ..._redis_link import make_client, redact_url
 from .._item import ItemStatus, Verdict, WorkItem
+from .._ordering import LocalOrdering
 from .._queue import MemoryWorkQueue
 from .._store import StoreHost
 from ._claim import HubClaim
@@ -116,7 +117,7 @@ class _Counters:
         return next((i for i in self.items() if (i.agent_type, i.key) == (agent_type, key)), None)
 
 
-class RedisWorkQueue(_Counters):
+class RedisWorkQueue(_Counters, LocalOrdering):  # retry delays: held by this hub
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 
@@ -237,25 +238,20 @@ class RedisWorkQueue(_Counters):
         return self._local.has_work(agent_type)
 
     def submit(
-        self,
-        agent_type: str,
-        payload: Any,
-        *,
-        max_deliveries: int,
-        source: str,
-        now: float,
-        key: str | None = None,
-        **controls: Any,
+        self, agent_type: str, payload: Any, *, key: str | None = None, **kw: Any
     ) -> WorkItem:
-        """Queue the item for the next round's write (:meth:`stored` waits for it). With
-        ``key`` the submit script decides atomically: when an item of the type with that
-        key is kept in Redis, nothing is created and :meth:`resolved` names that item.
+        """Queue the item for the next round's write (:meth:`stored` waits for it); ``kw``:
+        ``max_deliveries``, ``source``, ``now`` and ``not_before`` (see :class:`WorkQueue`).
+        With ``key`` the submit script decides atomically: when an item of the type with
+        that key is kept in Redis, nothing is created and :meth:`resolved` names that item.
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet; ``after`` or ``require`` (not built on Redis).
+                Redis has not taken yet; a ``priority``, ``after`` or ``require`` (not
+                supported on Redis yet).
         """
-        _refuse_controls(controls)
+        _refuse_controls({k: kw.pop(k) for k in ("after", "require") if k in kw})
+        max_deliveries, source, not_before = _options(kw, self.url)
         if self.writes.full():
             raise ControlError(
                 f"the hub holds {len(self.writes.ops)} writes "
@@ -271,6 +267,7 @@ class RedisWorkQueue(_Counters):
             max_deliveries=max_deliveries,
             created_at=time.time(),
             source=source,
+            not_before=not_before,
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
@@ -281,10 +278,15 @@ class RedisWorkQueue(_Counters):
             self.keys.of(agent_type, "q"),
             self.keys.items(agent_type) + item.id,
         )
-        if key is not None:
+        if key is not None or not_before is not None:
             item.key = key
-            keys += (self.keys.of(agent_type, "keys"), self.keys.of(agent_type, "keyage"))
-            args += (key, self.keys.items(agent_type), item.created_at)
+            keys += (
+                self.keys.of(agent_type, "keys"),
+                self.keys.of(agent_type, "keyage"),
+                self.keys.of(agent_type, "delayed"),
+            )
+            nb = "" if not_before is None else int(not_before * 1000)
+            args += (key or "", self.keys.items(agent_type), item.created_at, nb)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
@@ -508,3 +510,21 @@ class RedisWorkQueue(_Counters):
     async def cluster(self) -> dict[str, Any]:
         """Every hub sharing this Redis and the queues per type (``status --cluster``)."""
         return await self._queries.cluster()
+
+
+# --- ordering (issue 21) ---
+
+
+def _options(kw: dict[str, Any], url: str) -> tuple[int, str, float | None]:
+    """``max_deliveries``, ``source`` and ``not_before`` of a submit; a ``priority`` is
+    refused, naming the option (never ignored): Redis's queue is FIFO for now."""
+    priority = kw.get("priority", 0)
+    if priority:
+        raise ControlError(
+            f"--priority (priority={priority}) is not supported with --redis yet (the queue "
+            f"at {url} is FIFO); submit without it, or use a hub with SQLite or --work memory"
+        )
+    return int(kw["max_deliveries"]), str(kw.get("source", "api")), kw.get("not_before")
+
+
+# --- end ordering ---

@@ -63,8 +63,29 @@ end
 redis.pcall('XGROUP', 'CREATE', q, 'hubs', '0', 'MKSTREAM')
 """
 
+# Delayed items (issue 21): a submit with a not-before time waits in the sorted set
+# ``P:work:{T}:delayed`` (score: Unix ms) instead of the stream; a take first moves the
+# due ones (by the server's clock) into the stream, oldest time first, so no hub reads
+# one before its time. KEYS[4]: that set (absent: nothing moved).
+_DUE = r"""
+if KEYS[4] then
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ms, 'LIMIT', 0, 1000)
+  for _, iid in ipairs(due) do
+    redis.call('ZREM', KEYS[4], iid)
+    local k = prefix .. iid
+    if redis.call('HGET', k, 'st') == 'queued' and redis.call('HGET', k, 'entry') == '' then
+      local entry = redis.call('XADD', q, '*', 'item', iid)
+      redis.call('HSET', k, 'entry', entry, 'nb', '')
+    end
+  end
+end
+"""
+
 _TAKE = (
     _ADOPT
+    + _DUE
     + r"""
 local r = redis.call('XREADGROUP', 'GROUP', 'hubs', hub, 'COUNT', ARGV[3], 'STREAMS', q, ARGV[6])
 if r and r[1] then for _, e in ipairs(r[1][2]) do adopt(e[1], e[2]) end end
@@ -149,12 +170,17 @@ if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1
 return 0
 """
 
+# KEYS: q, item[, keys, keyage, delayed]. ARGV: id, type, payload, max, source, created[,
+# key, item-hash prefix, now, not-before ms] ('' where not given): with a key, a kept item
+# of the type with that key is answered (its id) and nothing is created; with a not-before
+# time the item waits in the delayed set, not the stream (see _DUE).
 _SUBMIT = r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
-if KEYS[3] then
+local key, nb, entry = ARGV[7] or '', ARGV[10] or '', ''
+if key ~= '' then
   -- an idempotency key (issue 21): KEYS[3] the type's key -> id hash, KEYS[4] the sorted
   -- set of its keys by age; ARGV[7] the key, ARGV[8] the item-hash prefix, ARGV[9] now.
-  local have = redis.call('HGET', KEYS[3], ARGV[7])
+  local have = redis.call('HGET', KEYS[3], key)
   if have and redis.call('EXISTS', ARGV[8] .. have) == 1 then return have end
   -- bound the index: look at its two oldest keys; one whose item expired goes, one whose
   -- item is kept goes to the back (so the index holds about the kept items' keys)
@@ -166,14 +192,19 @@ if KEYS[3] then
       redis.call('HDEL', KEYS[3], old); redis.call('ZREM', KEYS[4], old)
     end
   end
-  redis.call('HSET', KEYS[3], ARGV[7], ARGV[1])
-  redis.call('ZADD', KEYS[4], ARGV[9], ARGV[7])
-  redis.call('HSET', KEYS[2], 'key', ARGV[7])
+  redis.call('HSET', KEYS[3], key, ARGV[1])
+  redis.call('ZADD', KEYS[4], ARGV[9], key)
+  redis.call('HSET', KEYS[2], 'key', key)
 end
-local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+if nb ~= '' then
+  -- a not-before time (issue 21): the item waits in the delayed set KEYS[5] (see _DUE)
+  redis.call('ZADD', KEYS[5], nb, ARGV[1])
+else
+  entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+end
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
   'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',
-  'agent', '', 'entry', entry, 'hist', '[]')
+  'agent', '', 'entry', entry, 'hist', '[]', 'nb', nb)
 return 1
 """
 

@@ -389,6 +389,8 @@ class StoreActor:
             keys = q._keys(agent_type)
             if script is _CLAIM:
                 keys = (*keys, q.keys.of(agent_type, "alive"))
+            elif script is _TAKE:  # due delayed items move into the stream first
+                keys = (*keys, q.keys.of(agent_type, "delayed"))
             pipe.evalsha(_SHA[script], len(keys), *keys, *args)
 
     # ----------------------------------------------------------------------------------

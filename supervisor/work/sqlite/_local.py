@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,7 +64,7 @@ class TrackedQueue(MemoryWorkQueue):
         order = sorted(items, key=lambda i: (pos.get(i.id, 0), seq_of(i.id)))
         for item in order:
             if item.status is ItemStatus.QUEUED and not item.waiting_on:
-                self._queues.setdefault(item.agent_type, deque()).append(item.id)
+                self._place(item, front=False)  # by priority; a delayed one waits
             elif item.status in _FINAL:
                 self._finished.append(item.id)
         self.pos.update(pos)
@@ -89,6 +88,8 @@ class TrackedQueue(MemoryWorkQueue):
         key: str | None = None,
         after: Iterable[str] = (),
         require: dict[str, str] | None = None,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
         if key is not None:
             existing = self.keyed(agent_type, key)
@@ -103,6 +104,8 @@ class TrackedQueue(MemoryWorkQueue):
             key=key,
             after=after,
             require=require,
+            priority=priority,
+            not_before=not_before,
         )
         self.last_id = seq_of(item.id)
         self.hi += 1

@@ -14,6 +14,7 @@ import trio
 
 from ..._errors import ConfigError, ControlError
 from .._item import ItemStatus, Verdict, WorkItem, _now
+from .._ordering import LocalOrdering
 from .._store import StoreHost
 from ._actor import Actor, build_round, committed, wall
 from ._db import Database, Opened, Round
@@ -53,7 +54,30 @@ class _Controls:
         return self._local.keyed(agent_type, key)
 
 
-class SqliteWorkQueue(_Controls):
+class _Reporting:
+    """Where the store is and what it wrote (the start line, ``status``, benchmarks)."""
+
+    path: Path | None
+    fsync: Literal["normal", "always"]
+    _db: Database | None
+    _stats: tuple[int, int, float]
+
+    def describe(self) -> str:
+        """Where the work lives (the hub logs it at start; ``status`` shows it)."""
+        where = self.path or "the state directory of the hub's id (not open yet)"
+        return f"kept in SQLite at {where} (fsync {self.fsync}; this hub alone)"
+
+    # For tests, benchmarks and metrics.
+
+    @property
+    def write_stats(self) -> tuple[int, int, float]:
+        """Since the file was opened: rounds committed, item rows they wrote or deleted,
+        and the seconds those transactions took in the worker thread."""
+        db = self._db
+        return self._stats if db is None else (db.commits, db.rows, db.commit_seconds)
+
+
+class SqliteWorkQueue(_Controls, _Reporting, LocalOrdering):
     """A :class:`~supervisor.WorkStore` that keeps one hub's work in SQLite, so that a
     restart, a crash or a reboot of the hub loses nothing acknowledged.
 
@@ -272,6 +296,18 @@ class SqliteWorkQueue(_Controls):
         self._ready()
         return self._local.depth(agent_type)
 
+    # --- ordering (issue 21; the rest: LocalOrdering) ---
+
+    def retry_later(self, item_id: str, seconds: float) -> WorkItem | None:
+        """Hold a queued item ``seconds`` (see :meth:`MemoryWorkQueue.retry_later`)."""
+        item = self._local.retry_later(item_id, seconds)
+        if item is not None:
+            self._local.touch(item_id)
+            self._actor.wake.set()
+        return item
+
+    # --- end ordering ---
+
     def submit(
         self,
         agent_type: str,
@@ -283,6 +319,8 @@ class SqliteWorkQueue(_Controls):
         key: str | None = None,
         after: Iterable[str] = (),
         require: dict[str, str] | None = None,
+        priority: int = 0,
+        not_before: float | None = None,
     ) -> WorkItem:
         """Queue the item; :meth:`stored` waits for its commit. With ``key``, the kept
         item of that type and key is returned instead, if any (its commit, when still
@@ -313,6 +351,8 @@ class SqliteWorkQueue(_Controls):
             key=key,
             after=after,
             require=require,
+            priority=priority,
+            not_before=not_before,
         )
         self._waiting[item.id] = trio.Event()
         self._actor.wake.set()
@@ -415,20 +455,6 @@ class SqliteWorkQueue(_Controls):
             f"this hub keeps its work in SQLite at {self.path}, alone; start hubs with "
             "--redis URL to share queues between them"
         )
-
-    def describe(self) -> str:
-        """Where the work lives (the hub logs it at start; ``status`` shows it)."""
-        where = self.path or "the state directory of the hub's id (not open yet)"
-        return f"kept in SQLite at {where} (fsync {self.fsync}; this hub alone)"
-
-    # For tests, benchmarks and metrics.
-
-    @property
-    def write_stats(self) -> tuple[int, int, float]:
-        """Since the file was opened: rounds committed, item rows they wrote or deleted,
-        and the seconds those transactions took in the worker thread."""
-        db = self._db
-        return self._stats if db is None else (db.commits, db.rows, db.commit_seconds)
 
     @property
     def outage(self) -> bool:
