@@ -43,7 +43,7 @@ SCHEMA_VERSION = 1
 """The version of ``hubvisor status --json``; it grows when a field changes meaning."""
 EVENTS_KEPT = 1000
 """How many recent events the control server keeps for ``hubvisor events``."""
-ITEM_STATUSES = ("queued", "assigned", "completed", "failed", "dead")
+ITEM_STATUSES = ("queued", "assigned", "completed", "failed", "dead", "cancelled")
 """The statuses of a work item (:class:`supervisor.ItemStatus`; a test keeps them in step)."""
 WAIT_TIMED_OUT = 124
 """The exit status of ``hubvisor work wait`` and ``submit --wait`` when their ``--timeout``
@@ -374,6 +374,17 @@ OPS: dict[str, Op] = {
                     minimum=1,
                     flag="--max-deliveries",
                 ),
+                # -- cancel and time limits (issue 21) --
+                Field(
+                    "time_limit",
+                    float,
+                    "seconds each attempt may run; then the agent is told to give it up "
+                    "(the attempt ends timed_out, a delivery spent) (default: the pool's)",
+                    600,
+                    required=False,
+                    minimum=0,
+                    flag="--time-limit",
+                ),
             ),
             cli="submit",
         ),
@@ -404,6 +415,25 @@ OPS: dict[str, Op] = {
             "Queue a dead or failed work item again, its deliveries reset.",
             fields=(_ITEM_ID,),
             cli="work retry",
+        ),
+        # -- cancel and time limits (issue 21) --
+        Op(
+            "work_cancel",
+            "Cancel a queued or assigned work item: it ends cancelled; the agent holding it "
+            "is told to give it up (CANCEL; protocol v1 agents are stopped) and any later "
+            "answer for it is refused.",
+            fields=(
+                _ITEM_ID,
+                Field(
+                    "reason",
+                    str,
+                    "why, kept in the item's error",
+                    "not needed",
+                    required=False,
+                    flag="--reason",
+                ),
+            ),
+            cli="work cancel",
         ),
         Op(
             "work_wait",

@@ -245,6 +245,10 @@ def _show_retried(item: Any, args: Args) -> None:
     click.echo(f"{item['id']}: queued again ({item['max_deliveries']} deliveries)")
 
 
+def _show_cancelled(item: Any, args: Args) -> None:
+    click.echo(f"{item['id']}: cancelled")
+
+
 def _stamp(at: float) -> str:
     return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
@@ -270,6 +274,7 @@ PRINTERS: dict[str, Printer] = {
     "work_list": _show_items,
     "work_show": _show_item,
     "work_retry": _show_retried,
+    "work_cancel": _show_cancelled,
     "work_wait": _show_waited,
     "tail": _show_line,
     "events": _show_event,

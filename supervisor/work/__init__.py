@@ -19,6 +19,7 @@ from ._item import (
     ItemStatus as ItemStatus,
     Verdict as Verdict,
     WorkAssigned as WorkAssigned,
+    WorkCancelled as WorkCancelled,
     WorkCompleted as WorkCompleted,
     WorkDeadLettered as WorkDeadLettered,
     WorkFailed as WorkFailed,
@@ -26,6 +27,7 @@ from ._item import (
     WorkReclaimed as WorkReclaimed,
     WorkRefused as WorkRefused,
     WorkSubmitted as WorkSubmitted,
+    WorkTimedOut as WorkTimedOut,
 )
 from ._queue import MemoryWorkQueue as MemoryWorkQueue, WorkQueue as WorkQueue
 from ._service import WorkService as WorkService
@@ -36,6 +38,7 @@ __all__ = [
     "MemoryWorkQueue",
     "Verdict",
     "WorkAssigned",
+    "WorkCancelled",
     "WorkCompleted",
     "WorkDeadLettered",
     "WorkFailed",
@@ -46,4 +49,5 @@ __all__ = [
     "WorkService",
     "WorkStore",
     "WorkSubmitted",
+    "WorkTimedOut",
 ]

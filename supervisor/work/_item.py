@@ -29,9 +29,12 @@ class ItemStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # the agent said so, with retry=false: final
     DEAD = "dead"  # used up max_deliveries: in the dead-letter list
+    CANCELLED = "cancelled"  # `hubvisor work cancel`: final, its agent told to give it up
 
 
-FINAL: frozenset[ItemStatus] = frozenset({ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD})
+FINAL: frozenset[ItemStatus] = frozenset(
+    {ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD, ItemStatus.CANCELLED}
+)
 """The statuses in which an item has ended: nothing more happens to it unless retried
 (:meth:`WorkService.wait <supervisor.WorkService.wait>` returns then; ``"final"`` in its
 JSON). A new final status is added here, and nowhere else."""
@@ -43,7 +46,7 @@ class AttemptRecord:
 
     attempt: int
     agent: str
-    outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop
+    outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop, cancelled, timed_out
     reason: str
     at: float
     hub: str = ""  # the hub whose agent made the attempt ("" when not known)
@@ -75,6 +78,8 @@ class WorkItem:
     progress: Any = None
     checkpoint: Any = None
     history: list[AttemptRecord] = attrs.field(factory=list)
+    # -- cancel and time limits (issue 21) --
+    time_limit: float | None = None  # seconds per attempt (None: the pool's default, if any)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for the control socket and ``--json``)."""
@@ -96,6 +101,7 @@ class WorkItem:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "history": [attrs.asdict(h) for h in self.history],
+            "time_limit": self.time_limit,
         }
 
     @classmethod
@@ -129,6 +135,7 @@ class WorkItem:
                 AttemptRecord(**{k: v for k, v in h.items() if k in _RECORD_FIELDS})
                 for h in data.get("history") or ()
             ],
+            time_limit=_float_or_none(data.get("time_limit")),
         )
 
 
@@ -227,6 +234,45 @@ class WorkRefused(Event):
     kind: str = attrs.field(init=False, default="work_refused")
 
 
+# -- cancel and time limits (issue 21) --
+
+
+@attrs.frozen(kw_only=True)
+class WorkCancelled(Event):
+    """An item was cancelled (``hubvisor work cancel``); ``child_id``: the agent that held
+    it and is told to give it up (``""`` when it was queued)."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_cancelled")
+
+
+@attrs.frozen(kw_only=True)
+class WorkTimedOut(Event):
+    """Agent ``child_id`` ran past the item's time limit: the attempt ended ``timed_out``
+    (a delivery spent); ``final``: no delivery was left (the item is dead)."""
+
+    item_id: str
+    attempt: int
+    time_limit: float
+    final: bool
+    kind: str = attrs.field(init=False, default="work_timed_out")
+
+
+def _check_time_limit(value: Any, where: str = "time_limit") -> float | None:
+    """``value`` as seconds > 0, or None; a :class:`ControlError` naming it otherwise."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value < float("inf")
+    ):
+        raise ControlError(f"{where} must be seconds > 0, e.g. 600 (got {value!r:.80})")
+    return float(value)
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -275,7 +321,7 @@ def _used_up(item: WorkItem) -> str:
     spent = [
         f"failed ({h.reason})" if h.outcome == "failed" else h.reason
         for h in item.history
-        if h.outcome == "failed" or h.outcome in ("reclaimed:exit", "reclaimed:hang")
+        if h.outcome in ("failed", "timed_out", "reclaimed:exit", "reclaimed:hang")
     ]
     return f"used all {item.max_deliveries} deliveries: {', '.join(spent[-item.max_deliveries :])}"
 

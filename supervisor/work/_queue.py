@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._errors import ControlError
-from ._item import AttemptRecord, ItemStatus, Verdict, WorkItem, _used_up
+from ._item import FINAL, AttemptRecord, ItemStatus, Verdict, WorkItem, _used_up
 
 _HISTORY = 20  # attempts kept per item
 
@@ -81,6 +81,19 @@ class WorkQueue(Protocol):
     def depth(self, agent_type: str) -> int:
         """Items of ``agent_type`` waiting for an agent (the service's ``max_queued`` cap
         and the autoscaler read it)."""
+        ...
+
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End a queued or assigned item ``cancelled`` (an assigned one's attempt is
+        released: any later answer for it is refused); a :class:`ControlError` for an
+        item already ended."""
+        ...
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """The attempt ran past its time limit: it ends ``timed_out`` (its delivery
+        spent); the item is queued again while deliveries remain, else dead."""
         ...
 
 
@@ -190,11 +203,7 @@ class MemoryWorkQueue:
         self._finished.append(item.id)
         while len(self._finished) > self._keep:
             old = self._finished.popleft()
-            if self._items.get(old) is not None and self._items[old].status in (
-                ItemStatus.COMPLETED,
-                ItemStatus.FAILED,
-                ItemStatus.DEAD,
-            ):
+            if self._items.get(old) is not None and self._items[old].status in FINAL:
                 del self._items[old]
 
     def _requeue(self, item: WorkItem, *, front: bool) -> None:
@@ -305,3 +314,45 @@ class MemoryWorkQueue:
         item.finished_at = None
         self._requeue(item, front=False)
         return item
+
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End a queued or assigned item ``cancelled``: a queued one leaves its queue, an
+        assigned one's attempt is released (recorded ``cancelled``; a later answer for it
+        is refused by the fence). Returns the item (its last history record names the
+        agent that held it)."""
+        item = self.get(item_id)
+        if item.status is ItemStatus.QUEUED:
+            queue = self._queues.get(item.agent_type)
+            if queue is not None and item_id in queue:
+                queue.remove(item_id)
+        elif item.status is ItemStatus.ASSIGNED:
+            self._release(item, item.agent or "", "cancelled", reason, now)
+        else:
+            raise ControlError(
+                f"work item {item_id!r} has ended ({item.status}); only queued or assigned "
+                "items can be cancelled"
+            )
+        item.error = f"cancelled: {reason}" if reason else "cancelled"
+        self._finish(item, ItemStatus.CANCELLED, now)
+        return item
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """End attempt ``attempt`` ``timed_out`` (fenced: it must be the current one): its
+        delivery stays spent; the item is queued again at the front while deliveries
+        remain, else dead-lettered."""
+        item = self._items.get(item_id)
+        if item is None or item.agent is None:
+            return Verdict(False, f"{item_id!r} is not assigned")
+        fenced = self._fence(item_id, attempt, item.agent)
+        if isinstance(fenced, str):
+            return Verdict(False, fenced)
+        self._release(item, item.agent, "timed_out", reason, now)
+        item.error = f"timed out: {reason}"
+        if item.deliveries >= item.max_deliveries:
+            item.error = _used_up(item)
+            self._finish(item, ItemStatus.DEAD, now)
+        else:
+            self._requeue(item, front=True)
+        return Verdict(True, item=item)

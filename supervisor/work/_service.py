@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -29,7 +29,7 @@ from .._context import AgentMessage
 from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
-from ._dispatch import Dispatch
+from ._dispatch import DEFAULT_CANCEL_GRACE, Dispatch
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
     FINAL,
@@ -38,6 +38,7 @@ from ._item import (
     WorkItem,
     WorkSubmitted,
     _check_payload,
+    _check_time_limit,
     _now,
 )
 from ._queue import MemoryWorkQueue, WorkQueue
@@ -78,6 +79,11 @@ class WorkService:
             given up on).
         max_waiters: the most :meth:`wait` calls under way at once (one per item waited
             for, ``hubvisor work wait`` too); one more is refused, naming the cap.
+        time_limits: the default time limit per attempt, in seconds, of each agent
+            type's items (its pool's), e.g. ``{"worker": 600}``; an item's own
+            ``time_limit`` wins. No entry: no limit.
+        cancel_grace: seconds an agent told ``CANCEL`` (a cancelled or timed-out item)
+            has to give the item up before it is stopped.
 
     Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
     Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
@@ -98,8 +104,11 @@ class WorkService:
         max_queued: int | None = DEFAULT_MAX_QUEUED,
         handback_pause: float = DEFAULT_HANDBACK_PAUSE,
         max_waiters: int = DEFAULT_MAX_WAITERS,
+        time_limits: Mapping[str, float] | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
     ) -> None:
         _check_options(max_deliveries, max_queued, handback_pause, max_waiters)
+        limits = _check_limits(time_limits, cancel_grace)
         self.max_queued = max_queued
         self.handback_pause = float(handback_pause)
         self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
@@ -110,6 +119,8 @@ class WorkService:
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
         self._dispatch.changed = self._waiters.fire
+        self._dispatch.time_limits = limits
+        self._dispatch.cancel_grace = float(cancel_grace)
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
@@ -141,8 +152,12 @@ class WorkService:
         *,
         max_deliveries: int | None = None,
         source: str = "api",
+        time_limit: float | None = None,
     ) -> WorkItem:
         """Queue an item for agents of ``agent_type``; returns it (``.id``).
+
+        ``time_limit``: seconds each attempt may run (default: the type's entry in
+        ``time_limits``, else none); see docs/work-controls.md.
 
         Raises:
             ControlError: a bad type, a payload that is not JSON or is over
@@ -167,9 +182,17 @@ class WorkService:
                     f"WorkService(max_queued={self.max_queued}); retry when agents have "
                     "taken some, add agents, or raise max_queued"
                 )
+        limit = _check_time_limit(time_limit)
+        if limit is not None and not getattr(self.queue, "stores_time_limit", True):
+            raise ControlError(
+                f"time_limit is not supported with the {type(self.queue).__name__} backend "
+                "yet; set a default per agent type with WorkService(time_limits=...) instead"
+            )
         item = self.queue.submit(
             agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
         )
+        if limit is not None:
+            _set_time_limit(self.queue, item, limit)
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         self._dispatch.poke()
         return item
@@ -212,6 +235,32 @@ class WorkService:
     def get(self, item_id: str) -> WorkItem:
         """The item with ``item_id``."""
         return self.queue.get(item_id)
+
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str = "") -> WorkItem:
+        """End a queued or assigned item ``cancelled`` (``hubvisor work cancel ID``): a
+        queued one at once; the agent holding an assigned one is sent ``CANCEL`` (protocol
+        v2; stopped after ``cancel_grace`` if it has not answered) or stopped (v1), and
+        any later answer for the attempt is refused. Waits on it end.
+
+        Raises:
+            ControlError: no such item, or it has ended already.
+        """
+        item = self._dispatch.cancel(item_id, reason)
+        self._dispatch.poke()
+        return item
+
+    async def cancel_any(self, item_id: str, reason: str = "") -> WorkItem:
+        """:meth:`cancel`, for an item any hub sharing the store holds."""
+        if self.store is None or not hasattr(self.store, "cancel_any"):
+            return self.cancel(item_id, reason)
+        try:
+            self.get(item_id)
+        except ControlError:
+            item: WorkItem = await self.store.cancel_any(item_id, reason)
+            return item
+        return self.cancel(item_id, reason)
 
     def items(self, status: str | None = None) -> list[WorkItem]:
         """Every item kept (of ``status`` only, if given), oldest first."""
@@ -492,6 +541,43 @@ def _check_options(
             f"WorkService(max_waiters=...) must be an int >= 1 (got {max_waiters!r}); e.g. "
             "max_waiters=10_000"
         )
+
+
+def _check_limits(time_limits: Any, cancel_grace: Any) -> dict[str, float]:
+    """Refuse bad ``time_limits`` and ``cancel_grace``, naming the value and the fix."""
+    if (
+        not isinstance(cancel_grace, int | float)
+        or isinstance(cancel_grace, bool)
+        or not 0 <= cancel_grace < math.inf
+    ):
+        raise ConfigError(
+            f"WorkService(cancel_grace=...) must be seconds >= 0 (got {cancel_grace!r})"
+        )
+    if time_limits is None:
+        return {}
+    if not isinstance(time_limits, Mapping):
+        raise ConfigError(
+            "WorkService(time_limits=...) must map agent types to seconds, e.g. "
+            f'{{"worker": 600}} (got {time_limits!r:.80})'
+        )
+    limits = {}
+    for agent_type, seconds in time_limits.items():
+        try:
+            limit = _check_time_limit(seconds, f"WorkService(time_limits=...)[{agent_type!r}]")
+        except ControlError as exc:
+            raise ConfigError(str(exc)) from None
+        if limit is not None:
+            limits[str(agent_type)] = limit
+    return limits
+
+
+def _set_time_limit(queue: WorkQueue, item: WorkItem, limit: float) -> None:
+    """Give a just-submitted item its time limit, in the queue's record too."""
+    setter = getattr(queue, "set_time_limit", None)
+    if setter is not None:
+        setter(item, limit)
+    else:
+        item.time_limit = limit
 
 
 def _report_unfinished(items: Iterable[WorkItem]) -> None:

@@ -103,9 +103,9 @@ class FakeHub:
                 return got
             assert got[0] in skip, f"expected {kinds}, got {got}"
 
-    async def start(self) -> None:
-        """HELLO=1 then READY."""
-        assert ("hello", "1") == await self.expect("hello", skip=())
+    async def start(self, version: int = proto.PROTOCOL_VERSION) -> None:
+        """HELLO=<version> then READY (BaseAgent speaks the newest, v2)."""
+        assert ("hello", str(version)) == await self.expect("hello", skip=())
         assert ("ready", None) == await self.expect("ready", skip=())
 
     async def assign(
@@ -455,7 +455,7 @@ async def test_bash_agent_speaks_the_protocol(end: str) -> None:
     ASSIGN of 20 KB echoed in one RESULT record; STOP, SIGTERM or the hub's close end it
     with status 0 and nothing left running."""
     async with agent(["bash", str(ECHO_AGENT)], HUBVISOR_HEARTBEAT_INTERVAL="0.1") as hub:
-        await hub.start()
+        await hub.start(version=1)  # the shell example stays v1 (no CANCEL)
         await hub.expect("heartbeat", skip=())
         await hub.send("ping")
         await hub.expect("heartbeat", skip=())

@@ -302,6 +302,47 @@ class RedisWorkQueue:
         item.error = None
         return item
 
+    # -- cancel and time limits (issue 21) --
+
+    stores_time_limit = False
+    """An item's own ``time_limit`` is not written to Redis yet (a per-type default,
+    ``WorkService(time_limits=...)``, works): submit refuses it."""
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End an item this hub holds ``cancelled``, written (fenced) in the next round.
+
+        Raises:
+            ControlError: the item ended, or this hub does not hold it (cancelling an
+                item queued in Redis or held by another hub is not supported yet).
+        """
+        if item_id in self._pending:
+            raise ControlError(
+                f"work item {item_id!r} is not in Redis yet; cancel it once `hubvisor "
+                "submit` has answered"
+            )
+        try:
+            self._local.get(item_id)
+        except ControlError:
+            raise ControlError(
+                f"work item {item_id!r} is not held by this hub; with Redis only the hub "
+                "holding an item can cancel it (not supported yet: cancel on that hub)"
+            ) from None
+        item = self._local.cancel(item_id, reason, _wall(now))
+        agent = item.history[-1].agent if item.history else ""
+        self._finish(item, agent)
+        return item
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """Decide locally; the timed-out attempt is written (fenced) in the next round."""
+        try:
+            agent = self._local.get(item_id).agent
+        except ControlError:
+            agent = None
+        verdict = self._local.time_out(item_id, attempt, reason, _wall(now))
+        if verdict.accepted and verdict.item is not None:
+            self._after(verdict.item, agent or "")
+        return verdict
+
     # ----------------------------------------------------------------------------------
     # writes
 

@@ -29,7 +29,8 @@ local function adopt(eid, fields)
   local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'tok', 'agent', 'att', 'dlv', 'max',
     'hist')
   local st = h[1]
-  if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead' then
+  if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead'
+      or st == 'cancelled' then
     redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid); return
   end
   local prev = h[3] or ''
@@ -169,7 +170,7 @@ if h[2] ~= hub or h[3] ~= tok then
   return {0, 'lease lost: the item is held by hub ' .. (h[2] ~= '' and h[2] or '(none)')}
 end
 local att = tonumber(h[4])
-local final = st == 'completed' or st == 'failed' or st == 'dead'
+local final = st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled'
 if op == 'start' then
   if final then return {1, 'finished'} end
   if a < att then return {0, 'stale attempt'} end

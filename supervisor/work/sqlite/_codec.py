@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 
 from ..._errors import ControlError
-from .._item import AttemptRecord, ItemStatus, WorkItem, _used_up
+from .._item import FINAL, AttemptRecord, ItemStatus, WorkItem, _used_up
 from .._queue import _HISTORY
 from ._local import seq_of
 
@@ -21,7 +21,7 @@ STOP_REASON = "stop"
 Row = tuple[str, int, str, str, int, str]
 """``(id, seq, type, status, pos, body)``: one row of ``items``."""
 
-_FINAL = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD)
+_FINAL = FINAL
 
 __all__ = ["RESTART_REASON", "Restored", "Row", "decode", "encode", "handed_back", "restore"]
 

@@ -7,12 +7,12 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from .._item import ItemStatus, Verdict, WorkItem
+from .._item import FINAL, ItemStatus, Verdict, WorkItem
 from .._queue import MemoryWorkQueue
 
 __all__ = ["TrackedQueue", "seq_of"]
 
-_FINAL = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD)
+_FINAL = FINAL
 
 
 def seq_of(item_id: str) -> int:

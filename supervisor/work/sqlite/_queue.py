@@ -302,6 +302,19 @@ class SqliteWorkQueue:
         self._actor.wake.set()
         return item
 
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End a queued or assigned item ``cancelled`` (see :meth:`MemoryWorkQueue.cancel`)."""
+        self._ready()
+        item = self._local.cancel(item_id, reason, wall(now))
+        self._actor.wake.set()
+        return item
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """End the attempt ``timed_out`` (see :meth:`MemoryWorkQueue.time_out`)."""
+        return self._changed(self._local.time_out(item_id, attempt, reason, wall(now)))
+
     def _changed(self, verdict: Verdict) -> Verdict:
         if verdict.accepted:
             self._actor.wake.set()
