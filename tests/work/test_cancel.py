@@ -1,0 +1,220 @@
+"""Cancel and time limits with real agents, on each backend (memory, SQLite, Redis).
+
+The agents are tests/raw_agent.py: ``--v2`` speaks protocol 2 and honours ``CANCEL``
+(answering FAIL), the default speaks 1 (stopped instead). See docs/work-controls.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from supervisor import ChildSpec, ControlError, Hub, ItemStatus, WorkItem, WorkService
+from supervisor.work import FINAL, MemoryWorkQueue
+from supervisor.work.sqlite import SqliteWorkQueue
+
+from .. import raw_agent
+from ..helpers import PY, TIMEOUT, is_, until, wait_event
+from ..redis_server import RedisServer, redis_server_factory
+
+__all__ = ["redis_server_factory"]
+
+BACKENDS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.slow)]
+
+
+def agent(cid: str, *flags: str, **kw: Any) -> ChildSpec:
+    kw.setdefault("shutdown", 2.0)
+    kw.setdefault("heartbeat_timeout", 2.0)
+    return ChildSpec(id=cid, argv=[PY, "-c", raw_agent.PROGRAM, *flags], agent_type="w", **kw)
+
+
+@pytest.fixture(params=BACKENDS)
+def make_queue(request: Any, tmp_path: Path) -> Iterator[Any]:
+    """A factory of the backend's queue (one Redis server per test when it is Redis)."""
+    if request.param == "memory":
+        yield MemoryWorkQueue
+    elif request.param == "sqlite":
+        made: list[SqliteWorkQueue] = []
+
+        def make() -> SqliteWorkQueue:
+            made.append(SqliteWorkQueue(tmp_path / "state"))
+            return made[-1]
+
+        yield make
+        for q in made:
+            q.close()
+    else:
+        from supervisor.work.redis import RedisWorkQueue
+
+        factory = request.getfixturevalue("redis_server_factory")
+        server: RedisServer = factory()
+        yield lambda: RedisWorkQueue(server.url, lease=2)
+
+
+async def _serve(specs: list[ChildSpec], service: WorkService) -> AsyncIterator[Any]:
+    hub = Hub(specs, work=service, hub_id="A")
+    events = hub.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        try:
+            yield hub, events
+        finally:
+            await hub.stop()
+
+
+def serve(specs: list[ChildSpec], service: WorkService) -> Any:
+    import contextlib
+
+    return contextlib.asynccontextmanager(_serve)(specs, service)
+
+
+async def ended(hub: Hub, item_id: str) -> WorkItem:
+    """The item once it has ended (a final status)."""
+    with trio.fail_after(TIMEOUT):
+        return await hub.work.wait(item_id)
+
+
+async def held(hub: Hub, agent_id: str, item_id: str) -> None:
+    await until(lambda: hub.work.assignment(agent_id) == item_id)
+
+
+def is_redis(hub: Hub) -> bool:
+    return type(hub.work.queue).__name__ == "RedisWorkQueue"
+
+
+# Cancel -------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_held_item_is_given_up_by_a_v2_agent_which_stays(
+    make_queue: Any,
+) -> None:
+    """A v2 agent holding the item gets CANCEL, answers FAIL (refused: the attempt is
+    over); the item ends cancelled, the wait ends with it, and the same process takes
+    the next item (not stopped)."""
+    async with serve([agent("a1", "--v2")], WorkService(make_queue())) as (hub, events):
+        running = await wait_event(events, is_("running", "a1"))
+        item = hub.work.submit("w", {"hold": True})
+        await held(hub, "a1", item.id)
+        cancelled = hub.work.cancel(item.id, "not needed")
+        assert ItemStatus.CANCELLED == cancelled.status
+        done = await ended(hub, item.id)
+        assert ItemStatus.CANCELLED == done.status
+        assert "cancelled: not needed" == done.error
+        assert ["cancelled"] == [h.outcome for h in done.history]
+        refused = await wait_event(events, is_("work_refused"))
+        assert item.id == refused.item_id  # type: ignore[attr-defined]
+        nxt = hub.work.submit("w", {"n": 4})
+        after = await ended(hub, nxt.id)
+        assert (ItemStatus.COMPLETED, 8) == (after.status, after.result["double"])
+        assert running.pid == hub.agents.live("a1")  # type: ignore[attr-defined]
+        assert ItemStatus.CANCELLED == (await hub.work.fetch(item.id)).status
+        with pytest.raises(ControlError, match="has ended"):
+            hub.work.cancel(item.id)
+
+
+async def test_a_v1_agent_holding_a_cancelled_item_is_stopped(make_queue: Any) -> None:
+    async with serve([agent("a1")], WorkService(make_queue())) as (hub, events):
+        running = await wait_event(events, is_("running", "a1"))
+        item = hub.work.submit("w", {"hold": True})
+        await held(hub, "a1", item.id)
+        hub.work.cancel(item.id)
+        exited = await wait_event(events, is_("exited", "a1"))
+        assert running.pid == exited.pid  # type: ignore[attr-defined]
+        assert ItemStatus.CANCELLED == (await ended(hub, item.id)).status
+        nxt = hub.work.submit("w", {"n": 1})  # the restarted agent takes it
+        assert ItemStatus.COMPLETED == (await ended(hub, nxt.id)).status
+        assert ItemStatus.CANCELLED == hub.work.get(item.id).status
+
+
+async def test_a_v2_agent_that_does_not_give_up_is_stopped_after_the_grace(
+    make_queue: Any,
+) -> None:
+    service = WorkService(make_queue(), cancel_grace=0.5)
+    async with serve([agent("a1", "--v2")], service) as (hub, events):
+        await wait_event(events, is_("running", "a1"))
+        item = hub.work.submit("w", {"hold": True, "deaf": True})
+        await held(hub, "a1", item.id)
+        with trio.fail_after(TIMEOUT):
+            start = trio.current_time()
+            hub.work.cancel(item.id)
+            exited = await wait_event(events, is_("exited", "a1"))
+        assert trio.current_time() - start >= 0.5
+        assert not exited.expected  # type: ignore[attr-defined]
+        assert ItemStatus.CANCELLED == (await ended(hub, item.id)).status
+
+
+async def test_a_queued_item_is_cancelled_at_once_and_never_runs(make_queue: Any) -> None:
+    """Memory and SQLite: the item leaves its queue. Redis: an item waiting in the stream
+    (no hub holds it) cannot be cancelled yet, and says so."""
+    async with serve([agent("a1", "--v2")], WorkService(make_queue())) as (hub, events):
+        await wait_event(events, is_("running", "a1"))
+        busy = hub.work.submit("w", {"hold": True})
+        await held(hub, "a1", busy.id)
+        queued = hub.work.submit("w", {"n": 1})
+        assert await hub.work.stored(queued.id)
+        if is_redis(hub):
+            with pytest.raises(ControlError, match="not held by this hub"):
+                hub.work.cancel(queued.id)
+            return
+        assert ItemStatus.CANCELLED == hub.work.cancel(queued.id).status
+        assert 0 == hub.work.queue.depth("w")
+        hub.work.cancel(busy.id)
+        done = await ended(hub, queued.id)
+        assert (ItemStatus.CANCELLED, 0, []) == (done.status, done.attempt, done.history)
+
+
+# Time limits --------------------------------------------------------------------------
+
+
+async def test_an_attempt_past_its_time_limit_ends_timed_out_and_counts(
+    make_queue: Any,
+) -> None:
+    """Per-type default of 0.5 s, two deliveries: each attempt times out (CANCEL, the
+    agent gives up), the item is retried once, then dead; the agent stays."""
+    service = WorkService(make_queue(), time_limits={"w": 0.5}, max_deliveries=2)
+    async with serve([agent("a1", "--v2")], service) as (hub, events):
+        running = await wait_event(events, is_("running", "a1"))
+        item = hub.work.submit("w", {"sleep": 60})
+        seen: list[Any] = []
+        await wait_event(events, is_("work_dead"), seen)
+        done = await ended(hub, item.id)
+        assert ItemStatus.DEAD == done.status
+        assert ["timed_out", "timed_out"] == [h.outcome for h in done.history]
+        assert "time limit 0.5s" in (done.error or "")
+        timed = [e for e in seen if e.kind == "work_timed_out"]
+        assert [False, True] == [e.final for e in timed]  # type: ignore[attr-defined]
+        assert running.pid == hub.agents.live("a1")  # type: ignore[attr-defined]
+        quick = hub.work.submit("w", {"n": 2})  # under the limit: completes
+        assert ItemStatus.COMPLETED == (await ended(hub, quick.id)).status
+
+
+async def test_an_items_own_time_limit_wins_and_a_v1_agent_is_stopped(
+    make_queue: Any,
+) -> None:
+    service = WorkService(make_queue(), time_limits={"w": 600}, max_deliveries=1)
+    async with serve([agent("a1")], service) as (hub, events):
+        await wait_event(events, is_("running", "a1"))
+        if is_redis(hub):
+            with pytest.raises(ControlError, match="time_limit is not supported"):
+                hub.work.submit("w", {"sleep": 60}, time_limit=0.5)
+            return
+        item = hub.work.submit("w", {"sleep": 60}, time_limit=0.5)
+        assert 0.5 == item.time_limit
+        await wait_event(events, is_("exited", "a1"))
+        done = await ended(hub, item.id)
+        assert (ItemStatus.DEAD, ["timed_out"]) == (
+            done.status,
+            [h.outcome for h in done.history],
+        )
+
+
+def test_bad_time_limits_are_refused_naming_the_value() -> None:
+    with pytest.raises(Exception, match=r"time_limits=\.\.\.\)\['w'\] must be seconds > 0"):
+        WorkService(time_limits={"w": 0})
+    with pytest.raises(Exception, match="cancel_grace"):
+        WorkService(cancel_grace=-1)
+    assert ItemStatus.CANCELLED in FINAL
