@@ -501,9 +501,13 @@ class Dispatch:
     def cancel(self, item_id: str, reason: str) -> WorkItem:
         """End the item ``cancelled`` (:meth:`WorkService.cancel`); an agent holding it is
         told to give it up (``CANCEL``, v2) or stopped (v1)."""
-        before = self.queue.get(item_id)
-        agent_id = before.agent if before.status is ItemStatus.ASSIGNED else None
-        attempt = before.attempt
+        try:
+            before: WorkItem | None = self.queue.get(item_id)
+        except ControlError:
+            before = None  # the queue's cancel says why
+        assigned = before is not None and before.status is ItemStatus.ASSIGNED
+        agent_id = before.agent if before is not None and assigned else None
+        attempt = before.attempt if before is not None else 0
         item = self.queue.cancel(item_id, reason, _now())
         agent = self.agents.get(agent_id) if agent_id else None
         if agent_id:

@@ -259,6 +259,7 @@ class WorkService:
             self.get(item_id)
         except ControlError:
             item: WorkItem = await self.store.cancel_any(item_id, reason)
+            self._dispatch.changed(item_id)  # a waiter here reads it again
             return item
         return self.cancel(item_id, reason)
 

@@ -19,6 +19,7 @@ from supervisor.work.sqlite import SqliteWorkQueue
 
 from .. import raw_agent
 from ..helpers import PY, TIMEOUT, is_, until, wait_event
+from ..redis_hubs import record
 from ..redis_server import RedisServer, redis_server_factory
 
 __all__ = ["redis_server_factory"]
@@ -148,21 +149,20 @@ async def test_a_v2_agent_that_does_not_give_up_is_stopped_after_the_grace(
 
 
 async def test_a_queued_item_is_cancelled_at_once_and_never_runs(make_queue: Any) -> None:
-    """Memory and SQLite: the item leaves its queue. Redis: an item waiting in the stream
-    (no hub holds it) cannot be cancelled yet, and says so."""
+    """The item leaves its queue (with Redis: the stream, by the server-side script, as
+    no hub holds it yet) and ends cancelled; the agent never sees it."""
     async with serve([agent("a1", "--v2")], WorkService(make_queue())) as (hub, events):
         await wait_event(events, is_("running", "a1"))
         busy = hub.work.submit("w", {"hold": True})
         await held(hub, "a1", busy.id)
         queued = hub.work.submit("w", {"n": 1})
         assert await hub.work.stored(queued.id)
-        if is_redis(hub):
-            with pytest.raises(ControlError, match="not held by this hub"):
-                hub.work.cancel(queued.id)
-            return
-        assert ItemStatus.CANCELLED == hub.work.cancel(queued.id).status
-        assert 0 == hub.work.queue.depth("w")
-        hub.work.cancel(busy.id)
+        assert ItemStatus.CANCELLED == (await hub.work.cancel_any(queued.id)).status
+        if not is_redis(hub):
+            assert 0 == hub.work.queue.depth("w")
+        await hub.work.cancel_any(busy.id)
+        nxt = hub.work.submit("w", {"n": 3})
+        assert ItemStatus.COMPLETED == (await ended(hub, nxt.id)).status
         done = await ended(hub, queued.id)
         assert (ItemStatus.CANCELLED, 0, []) == (done.status, done.attempt, done.history)
 
@@ -218,3 +218,51 @@ def test_bad_time_limits_are_refused_naming_the_value() -> None:
     with pytest.raises(Exception, match="cancel_grace"):
         WorkService(cancel_grace=-1)
     assert ItemStatus.CANCELLED in FINAL
+
+
+@pytest.mark.slow
+async def test_with_redis_a_hub_cancels_an_item_another_hub_holds(
+    redis_server_factory: Any,
+) -> None:
+    """Hub B cancels an item hub A's agent runs: Redis ends it at once (atomically, one
+    log entry); A learns it at its next lease renewal and sends its agent CANCEL; the
+    agent stays and takes the next item."""
+    from supervisor.work.redis import RedisWorkQueue
+
+    server = redis_server_factory()
+    a = Hub(
+        [agent("a1", "--v2")], work=WorkService(RedisWorkQueue(server.url, lease=1.5)), hub_id="A"
+    )
+    other = ChildSpec(id="o1", argv=[PY, "-c", raw_agent.PROGRAM], agent_type="o", shutdown=2.0)
+    b = Hub([other], work=WorkService(RedisWorkQueue(server.url, lease=1.5)), hub_id="B")
+    events = a.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        try:
+            running = await wait_event(events, is_("running", "a1"))
+            item = a.work.submit("w", {"hold": True})
+            await held(a, "a1", item.id)
+            cancelled = await b.work.cancel_any(item.id, "from B")
+            assert (ItemStatus.CANCELLED, "cancelled: from B") == (
+                cancelled.status,
+                cancelled.error,
+            )
+            seen = await wait_event(events, is_("work_cancelled", "a1"))
+            assert item.id == seen.item_id  # type: ignore[attr-defined]
+            await until(lambda: a.work.assignment("a1") is None)
+            nxt = a.work.submit("w", {"n": 5})
+            assert ItemStatus.COMPLETED == (await ended(a, nxt.id)).status
+            assert running.pid == a.agents.live("a1")  # type: ignore[attr-defined]
+            assert ItemStatus.CANCELLED == (await b.work.fetch(item.id)).status
+            client = server.client()
+            try:
+                ends = [r["outcome"] for r in record(client) if r["item"] == item.id]
+                assert ["cancelled"] == ends
+            finally:
+                client.close()
+            with pytest.raises(ControlError, match="has ended"):
+                await b.work.cancel_any(item.id)
+        finally:
+            await b.stop()
+            await a.stop()

@@ -312,8 +312,8 @@ class RedisWorkQueue:
         """End an item this hub holds ``cancelled``, written (fenced) in the next round.
 
         Raises:
-            ControlError: the item ended, or this hub does not hold it (cancelling an
-                item queued in Redis or held by another hub is not supported yet).
+            ControlError: the item ended, or this hub does not hold it (then
+                :meth:`cancel_any` cancels it in Redis).
         """
         if item_id in self._pending:
             raise ControlError(
@@ -324,8 +324,8 @@ class RedisWorkQueue:
             self._local.get(item_id)
         except ControlError:
             raise ControlError(
-                f"work item {item_id!r} is not held by this hub; with Redis only the hub "
-                "holding an item can cancel it (not supported yet: cancel on that hub)"
+                f"work item {item_id!r} is not held by this hub; cancel it with "
+                "`hubvisor work cancel` (or WorkService.cancel_any), which reaches Redis"
             ) from None
         item = self._local.cancel(item_id, reason, _wall(now))
         agent = item.history[-1].agent if item.history else ""
@@ -394,6 +394,8 @@ class RedisWorkQueue:
             ok, reason = int(reply[0]), _text(reply[1])
             if ok or op == "progress":
                 return
+            if reason == "the item is cancelled already":
+                return  # another hub cancelled it: this hub ended it too (quietly)
             if reason.startswith("lease lost") or reason.startswith("no such item"):
                 self._lose(item, reason)
             else:
@@ -492,6 +494,10 @@ class RedisWorkQueue:
     async def retry_any(self, item_id: str) -> WorkItem:
         """Queue a dead or failed item again, whichever hub held it."""
         return await self._queries.retry_any(item_id)
+
+    async def cancel_any(self, item_id: str, reason: str) -> WorkItem:
+        """Cancel an item whichever hub holds it (see :meth:`cancel` for one held here)."""
+        return await self._queries.cancel_any(item_id, reason)
 
     async def cluster(self) -> dict[str, Any]:
         """Every hub sharing this Redis and the queues per type (``status --cluster``)."""

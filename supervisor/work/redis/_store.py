@@ -407,7 +407,9 @@ class StoreActor:
         for (item, _keys, _args), reply in zip(r.renewals, part(len(r.renewals)), strict=True):
             if not isinstance(reply, Exception) and not int(reply[0]):
                 reason = _text(reply[1])
-                if reason != "finished":
+                if reason == "cancelled":  # by another hub: tell the agent holding it
+                    _cancelled_elsewhere(self.host, item)
+                elif reason != "finished":
                     q._lose(item, reason)
         if r.beat is not None:
             claim, *_, known = part(3 + len(json.loads(r.beat["types"])))
@@ -443,6 +445,18 @@ class StoreActor:
                     if _text(g.get("name")) == GROUP:
                         lag = int(g.get("lag") or 0)
             self.lag[agent_type] = lag
+
+
+def _cancelled_elsewhere(host: Any, item: WorkItem) -> None:
+    """Another hub cancelled ``item`` in Redis: the service ends it here too (its agent is
+    told to give it up; the write of that end is refused as done already)."""
+    cancel = getattr(host, "cancel", None)
+    if cancel is None:
+        return
+    try:
+        cancel(item.id, "cancelled on another hub")
+    except ControlError:
+        pass  # it ended here meanwhile
 
 
 def _unwritten(ops: list[_Op], error: str, url: str) -> None:
