@@ -35,14 +35,15 @@ from supervisor._log import (
 )
 from supervisor.work import (
     WorkAssigned,
+    WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
     WorkSubmitted,
+    WorkTimedOut,
 )
-from supervisor.work import WorkCancelled, WorkTimedOut
 
 WHERE = {"at": 1.0, "supervisor": "hub/pool", "child_id": "w-agent-2"}
 SIGKILL = ExitStatus(signal=signal.SIGKILL)

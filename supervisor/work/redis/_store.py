@@ -9,6 +9,7 @@ backoff; the hub goes on supervising and deciding meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -453,10 +454,8 @@ def _cancelled_elsewhere(host: Any, item: WorkItem) -> None:
     cancel = getattr(host, "cancel", None)
     if cancel is None:
         return
-    try:
+    with contextlib.suppress(ControlError):  # it ended here meanwhile
         cancel(item.id, "cancelled on another hub")
-    except ControlError:
-        pass  # it ended here meanwhile
 
 
 def _unwritten(ops: list[_Op], error: str, url: str) -> None:
