@@ -497,7 +497,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
         """Cancel any item: a queued one leaves its queue, an assigned one's attempt is
         released (``cancelled``; its agent's later answers are stale), both end
         cancelled; an ended one is refused, changing nothing."""
-        item_id = data.draw(st.sampled_from(sorted(self.items)), label="item")
+        item_id = data.draw(st.sampled_from(list(self.items)), label="item")
         m = self.items[item_id]
         if m.status in FINAL:
 

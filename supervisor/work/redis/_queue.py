@@ -327,9 +327,10 @@ class RedisWorkQueue:
                 f"work item {item_id!r} is not held by this hub; cancel it with "
                 "`hubvisor work cancel` (or WorkService.cancel_any), which reaches Redis"
             ) from None
+        held_by = self._local.get(item_id).agent
         item = self._local.cancel(item_id, reason, _wall(now))
-        agent = item.history[-1].agent if item.history else ""
-        self._finish(item, agent)
+        last = item.history[-1].agent.split("/")[-1] if item.history else ""
+        self._finish(item, held_by or last)
         return item
 
     def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
