@@ -156,9 +156,8 @@ async def test_status_table_and_json_schema(tmp_path: Path) -> None:
 
     assert 1 == status["schema_version"]
     assert {"id": "hub", "agents": 2} == {k: status["hub"][k] for k in ("id", "agents")}
-    assert {"queued": 0, "assigned": 1, "completed": 0, "failed": 0, "dead": 1} == status["hub"][
-        "work"
-    ]
+    work = {"queued": 0, "assigned": 1, "completed": 0, "failed": 0, "dead": 1, "cancelled": 0}
+    assert work == status["hub"]["work"]
     agents = {a["id"]: a for a in status["agents"]}
     assert {"a1", "a2"} == set(agents)
     assert all(

@@ -147,7 +147,12 @@ async def test_waiters_are_capped_and_the_cap_frees_as_waits_end() -> None:
 
 def test_final_is_the_ended_statuses_and_the_json_says_it() -> None:
     """A new final status is one entry in FINAL; an item's JSON carries ``final``."""
-    assert {ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD} == set(FINAL)
+    assert {
+        ItemStatus.COMPLETED,
+        ItemStatus.FAILED,
+        ItemStatus.DEAD,
+        ItemStatus.CANCELLED,
+    } == set(FINAL)
     item = WorkItem(id="w-1", agent_type="w", payload=None, max_deliveries=1, created_at=0)
     assert item.to_json()["final"] is False
     item.status = ItemStatus.DEAD
