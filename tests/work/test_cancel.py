@@ -266,3 +266,88 @@ async def test_with_redis_a_hub_cancels_an_item_another_hub_holds(
         finally:
             await b.stop()
             await a.stop()
+
+
+# The time limit's clock --------------------------------------------------------------
+
+
+class _Stalls:
+    """A stall meter the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.watchers = 0
+
+    def stalled(self) -> float:
+        return self.total
+
+    def watch(self) -> None:
+        self.watchers += 1
+
+    def unwatch(self) -> None:
+        self.watchers -= 1
+
+
+class _Port:
+    def __init__(self) -> None:
+        self.stalls = _Stalls()
+        self.condemned: list[str] = []
+
+    def condemn(self, agent_id: str, why: str, *, pid: int | None = None) -> bool:
+        self.condemned.append(why)
+        return True
+
+
+async def test_a_stall_of_the_hub_does_not_count_against_the_time_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 10 s limit with 4 s of the hub's own stall in it runs out at 14 s, not 10 s."""
+    from supervisor.work._dispatch import Dispatch, _Agent
+
+    queue = MemoryWorkQueue()
+    dispatch = Dispatch(queue, None, handback_pause=0, submit=lambda *a, **k: None)
+    port = _Port()
+    dispatch.hub = type("FakeHub", (), {"agents": port, "bus": None})()  # type: ignore[assignment]
+    dispatch.publish = lambda *a, **k: None  # type: ignore[method-assign]
+    dispatch.agents["a1"] = _Agent("w", "hub", 42, hello=True, running=True)
+    item = queue.submit("w", None, max_deliveries=2, source="test", now=0.0)
+    queue.assign("w", "a1", 0.0)
+    async with trio.open_nursery() as nursery:
+        dispatch.nursery = nursery
+        nursery.start_soon(dispatch._watch_limit, "a1", item.id, 1, 10.0)
+        await trio.sleep(5)
+        port.stalls.total = 4.0  # the hub did not run for 4 s of those
+        await trio.sleep(8.9)  # 13.9 s
+        assert ItemStatus.ASSIGNED == queue.get(item.id).status
+        await trio.sleep(0.2)  # 14.1 s
+        assert ItemStatus.QUEUED == queue.get(item.id).status
+        assert ["timed_out"] == [h.outcome for h in queue.get(item.id).history]
+        assert ["a1 ran past its time limit 10s (protocol v1: no CANCEL)"] == [
+            why.replace(item.id, "a1") for why in port.condemned
+        ]
+        assert 0 == port.stalls.watchers
+        nursery.cancel_scope.cancel()
+
+
+def test_sqlite_keeps_the_time_limit_and_the_cancelled_status_across_a_reopen(
+    tmp_path: Path,
+) -> None:
+    q = SqliteWorkQueue(tmp_path)
+    try:
+        a = q.submit("w", None, max_deliveries=1, source="test", now=1.0)
+        a.time_limit = 30.0  # as WorkService.submit sets it, before the write
+        b = q.submit("w", None, max_deliveries=1, source="test", now=1.0)
+        q.cancel(b.id, "not needed", 2.0)
+        q.flush_sync()
+    finally:
+        q.close()
+    again = SqliteWorkQueue(tmp_path)
+    try:
+        assert 30.0 == again.get(a.id).time_limit
+        assert (ItemStatus.CANCELLED, "cancelled: not needed") == (
+            again.get(b.id).status,
+            again.get(b.id).error,
+        )
+        assert [a.id] == [i.id for i in again.items() if i.status is ItemStatus.QUEUED]
+    finally:
+        again.close()
