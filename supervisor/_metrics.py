@@ -270,12 +270,8 @@ class MetricsService:
             "Agents' answers the queue refused (stale attempts, items not held), by the "
             "agent's type.",
         )
-        # -- cancel and time limits (issue 21) --
         self.cancelled = counter("hubvisor_work_cancelled", "Work items cancelled, by type.")
-        self.timed_out = counter(
-            "hubvisor_work_timed_out",
-            "Attempts that ran past their item's time limit (each a delivery spent), by type.",
-        )
+        self.timed_out = counter("hubvisor_work_timed_out", "Attempts past their time limit.")
         self.wait_time = Histogram(
             "hubvisor_work_wait_seconds",
             "Seconds an item waited in its queue before an agent got it (per delivery).",

@@ -176,13 +176,21 @@ def _show_items(items: Any, args: Args) -> None:
     _console().print(table)
 
 
-_ITEM_STYLE = {"completed": "green", "assigned": "cyan", "failed": "red", "dead": "bold red"}
+_ITEM_STYLE = {
+    "completed": "green",
+    "assigned": "cyan",
+    "failed": "red",
+    "dead": "bold red",
+    "cancelled": "yellow",
+}
 
 
 def _show_item(item: Any, args: Args) -> None:
     for key in ("id", "type", "status", "attempt", "agent", "source"):
         click.echo(f"{key}: {item[key] if item[key] is not None else '-'}")
     click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
+    if item.get("time_limit") is not None:
+        click.echo(f"time_limit: {item['time_limit']:g}s per attempt")
     for key in ("payload", "progress", "result", "error"):
         if item[key] is not None or key in ("payload", "result"):
             click.echo(f"{key}: {dumps(item[key])}")

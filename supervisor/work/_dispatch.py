@@ -27,14 +27,12 @@ from ._item import (
     ItemStatus,
     Verdict,
     WorkAssigned,
-    WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
     WorkFailed,
     WorkItem,
     WorkReclaimed,
     WorkRefused,
-    WorkTimedOut,
     _now,
 )
 from ._queue import WorkQueue
@@ -46,7 +44,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("hubvisor")
 
 _REFUSED_LOG_EVERY = 10.0  # seconds between two reports of one agent's refused messages
-DEFAULT_CANCEL_GRACE = 10.0  # seconds a v2 agent has to give up a cancelled item
 
 
 @attrs.define
@@ -130,9 +127,6 @@ class Dispatch:
         self._refusals = _Summary(_REFUSED_LOG_EVERY)
         self.refused = 0
         self.acks_dropped = 0
-        # -- cancel and time limits (issue 21) --
-        self.cancel_grace = DEFAULT_CANCEL_GRACE
-        self.time_limits: Mapping[str, float] = {}  # agent type -> default seconds
 
     # ----------------------------------------------------------------------------------
     # What the service asks (any task)
@@ -253,7 +247,6 @@ class Dispatch:
             message = _assign_message(item)
         agent = self.agents[agent_id]
         self.publish(WorkAssigned, agent_id, agent=agent, item_id=item.id, attempt=item.attempt)
-        self._start_limit(agent_id, item)
         self.notes[agent_id] = item.id
         sent = self._host.agents.send_nowait(agent_id, message, pid=pid, verify=False)
         if sent is None and self.nursery is not None:  # a channel that can only wait
@@ -373,7 +366,6 @@ class Dispatch:
             return  # an incarnation already gone: whatever it held was reclaimed
         if msg.kind == "hello":
             agent.hello = True
-            agent.version = int(str(msg.value or "1"))
             self.set_idle(msg.agent_id)
             return
         # Validated (and decoded) by the message table.
@@ -401,8 +393,6 @@ class Dispatch:
             if not verdict.accepted:
                 self._refuse(msg, item_id, attempt, verdict.reason)
             return
-        if agent.giving_up == (item_id, attempt):  # its answer: it gave the attempt up
-            agent.giving_up = None
         if msg.kind == "result":
             verdict = self.queue.complete(item_id, attempt, msg.agent_id, body.get("result"), now)
         elif msg.kind == "fail":
@@ -494,141 +484,6 @@ class Dispatch:
             repeats = self._refusals.due(f"{msg.agent_id} SUBMIT", _now())
             if repeats:
                 _log.warning("%s: refused SUBMIT: %s%s", msg.agent_id, exc, _repeats(repeats))
-
-    # ----------------------------------------------------------------------------------
-    # Cancel and time limits (issue 21)
-
-    def cancel(self, item_id: str, reason: str) -> WorkItem:
-        """End the item ``cancelled`` (:meth:`WorkService.cancel`); an agent holding it is
-        told to give it up (``CANCEL``, v2) or stopped (v1)."""
-        try:
-            before: WorkItem | None = self.queue.get(item_id)
-        except ControlError:
-            before = None  # the queue's cancel says why
-        assigned = before is not None and before.status is ItemStatus.ASSIGNED
-        agent_id = before.agent if before is not None and assigned else None
-        attempt = before.attempt if before is not None else 0
-        item = self.queue.cancel(item_id, reason, _now())
-        agent = self.agents.get(agent_id) if agent_id else None
-        if agent_id:
-            self.notes[agent_id] = None
-        self.publish(
-            WorkCancelled,
-            agent_id or "",
-            agent=agent,
-            item_id=item.id,
-            attempt=attempt,
-            reason=reason,
-        )
-        if agent_id:
-            self._give_up(
-                agent_id, item.id, attempt, "cancelled" + (f": {reason}" if reason else "")
-            )
-        return item
-
-    def _start_limit(self, agent_id: str, item: WorkItem) -> None:
-        limit = (
-            item.time_limit
-            if item.time_limit is not None
-            else self.time_limits.get(item.agent_type)
-        )
-        if limit is not None and self.nursery is not None:
-            self.nursery.start_soon(self._watch_limit, agent_id, item.id, item.attempt, limit)
-
-    async def _watch_limit(self, agent_id: str, item_id: str, attempt: int, limit: float) -> None:
-        """Time the attempt in the hub's running time: a stall of the hub's loop moves
-        the deadline on by the stall (as heartbeats are judged)."""
-        stalls = self._host.agents.stalls
-        stalls.watch()
-        try:
-            mark = stalls.stalled()
-            deadline = trio.current_time() + limit
-            while True:
-                await trio.sleep_until(deadline + (stalls.stalled() - mark))
-                if not self._holds(agent_id, item_id, attempt):
-                    return  # answered, reclaimed or cancelled first
-                if trio.current_time() >= deadline + (stalls.stalled() - mark):
-                    break
-        finally:
-            stalls.unwatch()
-        reason = f"time limit {limit:g}s"
-        verdict = self.queue.time_out(item_id, attempt, reason, _now())
-        if not verdict.accepted or verdict.item is None:
-            return
-        item = verdict.item
-        agent = self.agents.get(agent_id)
-        self.notes[agent_id] = None
-        dead = item.status is ItemStatus.DEAD
-        self.publish(
-            WorkTimedOut,
-            agent_id,
-            agent=agent,
-            item_id=item_id,
-            attempt=attempt,
-            time_limit=limit,
-            final=dead,
-        )
-        if dead:
-            self.publish(
-                WorkDeadLettered,
-                agent_id,
-                agent=agent,
-                item_id=item_id,
-                attempt=attempt,
-                reason=item.error or reason,
-            )
-            _log.warning("work %s dead-lettered: %s", item_id, item.error)
-        self._give_up(agent_id, item_id, attempt, f"ran past its {reason}")
-        self.poke()
-
-    def _holds(self, agent_id: str, item_id: str, attempt: int) -> bool:
-        held = self.queue.held_by(agent_id)
-        return held is not None and held.id == item_id and held.attempt == attempt
-
-    def _give_up(self, agent_id: str, item_id: str, attempt: int, why: str) -> None:
-        """The agent's attempt was taken from it: a v2 agent is sent ``CANCEL`` and
-        stopped if it has not answered within ``cancel_grace``; a v1 agent is stopped at
-        once. It gets no new item until it answered (or is gone)."""
-        agent = self.agents.get(agent_id)
-        if agent is None:
-            return
-        self.not_idle(agent_id, agent)
-        agent.giving_up = (item_id, attempt)
-        port = self._host.agents
-        if agent.version < 2:
-            port.condemn(agent_id, f"{item_id} {why} (protocol v1: no CANCEL)", pid=agent.pid)
-            return
-        body = {"item": item_id, "attempt": attempt, "reason": why[:200]}
-        cancel = NotifyMessage("cancel", json.dumps(body, separators=(",", ":")))
-        sent = port.send_nowait(agent_id, cancel, pid=agent.pid, verify=False)
-        if sent is False:
-            port.condemn(agent_id, f"{item_id} {why}; CANCEL could not be sent", pid=agent.pid)
-            return
-        if self.nursery is not None:
-            if sent is None:  # a channel that can only wait
-                self.nursery.start_soon(
-                    lambda: port.send(agent_id, cancel, pid=agent.pid, verify=False)
-                )
-            self.nursery.start_soon(self._grace, agent_id, agent, item_id, attempt, why)
-
-    async def _grace(
-        self, agent_id: str, agent: _Agent, item_id: str, attempt: int, why: str
-    ) -> None:
-        await trio.sleep(self.cancel_grace)
-        if self.agents.get(agent_id) is agent and agent.giving_up == (item_id, attempt):
-            _log.warning(
-                "%s did not give up %s within %gs of CANCEL; stopping it",
-                agent_id,
-                item_id,
-                self.cancel_grace,
-            )
-            self._host.agents.condemn(
-                agent_id,
-                f"{item_id} {why}, not given up within {self.cancel_grace:g}s",
-                pid=agent.pid,
-            )
-
-    # ----------------------------------------------------------------------------------
 
     def publish(
         self, cls: Any, child_id: str, *, agent: _Agent | None = None, **fields: Any

@@ -29,7 +29,8 @@ from .._context import AgentMessage
 from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
-from ._dispatch import DEFAULT_CANCEL_GRACE, Dispatch
+from ._controls import DEFAULT_CANCEL_GRACE, Controls
+from ._dispatch import Dispatch
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
     FINAL,
@@ -38,7 +39,6 @@ from ._item import (
     WorkItem,
     WorkSubmitted,
     _check_payload,
-    _check_time_limit,
     _now,
 )
 from ._queue import MemoryWorkQueue, WorkQueue
@@ -108,7 +108,6 @@ class WorkService:
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
     ) -> None:
         _check_options(max_deliveries, max_queued, handback_pause, max_waiters)
-        limits = _check_limits(time_limits, cancel_grace)
         self.max_queued = max_queued
         self.handback_pause = float(handback_pause)
         self.queue: WorkQueue = queue if queue is not None else MemoryWorkQueue()
@@ -118,9 +117,8 @@ class WorkService:
         self._dispatch = Dispatch(
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
-        self._dispatch.changed = self._waiters.fire
-        self._dispatch.time_limits = limits
-        self._dispatch.cancel_grace = float(cancel_grace)
+        self._controls = Controls(self._dispatch, time_limits, cancel_grace)
+        self._dispatch.changed = self._changed
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
@@ -182,17 +180,11 @@ class WorkService:
                     f"WorkService(max_queued={self.max_queued}); retry when agents have "
                     "taken some, add agents, or raise max_queued"
                 )
-        limit = _check_time_limit(time_limit)
-        if limit is not None and not getattr(self.queue, "stores_time_limit", True):
-            raise ControlError(
-                f"time_limit is not supported with the {type(self.queue).__name__} backend "
-                "yet; set a default per agent type with WorkService(time_limits=...) instead"
-            )
+        limit = self._controls.check_submit(time_limit)
         item = self.queue.submit(
             agent_type, payload, max_deliveries=deliveries, source=source, now=_now()
         )
-        if limit is not None:
-            _set_time_limit(self.queue, item, limit)
+        item.time_limit = limit
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         self._dispatch.poke()
         return item
@@ -239,29 +231,18 @@ class WorkService:
     # -- cancel and time limits (issue 21) --
 
     def cancel(self, item_id: str, reason: str = "") -> WorkItem:
-        """End a queued or assigned item ``cancelled`` (``hubvisor work cancel ID``): a
-        queued one at once; the agent holding an assigned one is sent ``CANCEL`` (protocol
-        v2; stopped after ``cancel_grace`` if it has not answered) or stopped (v1), and
-        any later answer for the attempt is refused. Waits on it end.
-
-        Raises:
-            ControlError: no such item, or it has ended already.
-        """
-        item = self._dispatch.cancel(item_id, reason)
-        self._dispatch.poke()
-        return item
+        """End a queued or assigned item ``cancelled``; its agent is told ``CANCEL`` (v2;
+        stopped after ``cancel_grace``) or stopped (v1), and later answers for the attempt
+        are refused (docs/work-controls.md). ControlError: unknown, or ended already."""
+        return self._controls.cancel(item_id, reason)
 
     async def cancel_any(self, item_id: str, reason: str = "") -> WorkItem:
         """:meth:`cancel`, for an item any hub sharing the store holds."""
-        if self.store is None or not hasattr(self.store, "cancel_any"):
-            return self.cancel(item_id, reason)
-        try:
-            self.get(item_id)
-        except ControlError:
-            item: WorkItem = await self.store.cancel_any(item_id, reason)
-            self._dispatch.changed(item_id)  # a waiter here reads it again
-            return item
-        return self.cancel(item_id, reason)
+        return await self._controls.cancel_any(self.store, item_id, reason)
+
+    def _changed(self, item_id: str) -> None:
+        self._waiters.fire(item_id)
+        self._controls.changed(item_id)
 
     def items(self, status: str | None = None) -> list[WorkItem]:
         """Every item kept (of ``status`` only, if given), oldest first."""
@@ -440,6 +421,7 @@ class WorkService:
                 dispatch.poke()
                 async for msg in self._inbox:
                     if isinstance(msg, AgentMessage):
+                        self._controls.on_message(msg)
                         if msg.kind == "progress":  # the latest one of this agent's
                             msg = self._progress.pop((msg.agent_id, msg.pid), msg)
                         dispatch.on_message(msg)
@@ -542,43 +524,6 @@ def _check_options(
             f"WorkService(max_waiters=...) must be an int >= 1 (got {max_waiters!r}); e.g. "
             "max_waiters=10_000"
         )
-
-
-def _check_limits(time_limits: Any, cancel_grace: Any) -> dict[str, float]:
-    """Refuse bad ``time_limits`` and ``cancel_grace``, naming the value and the fix."""
-    if (
-        not isinstance(cancel_grace, int | float)
-        or isinstance(cancel_grace, bool)
-        or not 0 <= cancel_grace < math.inf
-    ):
-        raise ConfigError(
-            f"WorkService(cancel_grace=...) must be seconds >= 0 (got {cancel_grace!r})"
-        )
-    if time_limits is None:
-        return {}
-    if not isinstance(time_limits, Mapping):
-        raise ConfigError(
-            "WorkService(time_limits=...) must map agent types to seconds, e.g. "
-            f'{{"worker": 600}} (got {time_limits!r:.80})'
-        )
-    limits = {}
-    for agent_type, seconds in time_limits.items():
-        try:
-            limit = _check_time_limit(seconds, f"WorkService(time_limits=...)[{agent_type!r}]")
-        except ControlError as exc:
-            raise ConfigError(str(exc)) from None
-        if limit is not None:
-            limits[str(agent_type)] = limit
-    return limits
-
-
-def _set_time_limit(queue: WorkQueue, item: WorkItem, limit: float) -> None:
-    """Give a just-submitted item its time limit, in the queue's record too."""
-    setter = getattr(queue, "set_time_limit", None)
-    if setter is not None:
-        setter(item, limit)
-    else:
-        item.time_limit = limit
 
 
 def _report_unfinished(items: Iterable[WorkItem]) -> None:

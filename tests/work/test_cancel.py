@@ -302,6 +302,7 @@ async def test_a_stall_of_the_hub_does_not_count_against_the_time_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A 10 s limit with 4 s of the hub's own stall in it runs out at 14 s, not 10 s."""
+    from supervisor.work._controls import Controls
     from supervisor.work._dispatch import Dispatch, _Agent
 
     queue = MemoryWorkQueue()
@@ -314,7 +315,8 @@ async def test_a_stall_of_the_hub_does_not_count_against_the_time_limit(
     queue.assign("w", "a1", 0.0)
     async with trio.open_nursery() as nursery:
         dispatch.nursery = nursery
-        nursery.start_soon(dispatch._watch_limit, "a1", item.id, 1, 10.0)
+        controls = Controls(dispatch, None, 10.0)
+        nursery.start_soon(controls._watch_limit, "a1", item.id, 1, 10.0)
         await trio.sleep(5)
         port.stalls.total = 4.0  # the hub did not run for 4 s of those
         await trio.sleep(8.9)  # 13.9 s

@@ -44,6 +44,7 @@ from ..._redis_link import make_client, redact_url
 from .._item import ItemStatus, Verdict, WorkItem
 from .._queue import MemoryWorkQueue
 from .._store import StoreHost
+from ._cancel import CancelParts
 from ._claim import HubClaim
 from ._codec import Keys, _dumps, _safe, _text, _wall
 from ._outbox import Outbox, _Op
@@ -56,7 +57,7 @@ __all__ = ["RedisWorkQueue"]
 _log = logging.getLogger("hubvisor")
 
 
-class RedisWorkQueue:
+class RedisWorkQueue(CancelParts):
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 
@@ -302,48 +303,6 @@ class RedisWorkQueue:
         item.error = None
         return item
 
-    # -- cancel and time limits (issue 21) --
-
-    stores_time_limit = False
-    """An item's own ``time_limit`` is not written to Redis yet (a per-type default,
-    ``WorkService(time_limits=...)``, works): submit refuses it."""
-
-    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
-        """End an item this hub holds ``cancelled``, written (fenced) in the next round.
-
-        Raises:
-            ControlError: the item ended, or this hub does not hold it (then
-                :meth:`cancel_any` cancels it in Redis).
-        """
-        if item_id in self._pending:
-            raise ControlError(
-                f"work item {item_id!r} is not in Redis yet; cancel it once `hubvisor "
-                "submit` has answered"
-            )
-        try:
-            self._local.get(item_id)
-        except ControlError:
-            raise ControlError(
-                f"work item {item_id!r} is not held by this hub; cancel it with "
-                "`hubvisor work cancel` (or WorkService.cancel_any), which reaches Redis"
-            ) from None
-        held_by = self._local.get(item_id).agent
-        item = self._local.cancel(item_id, reason, _wall(now))
-        last = item.history[-1].agent.split("/")[-1] if item.history else ""
-        self._finish(item, held_by or last)
-        return item
-
-    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
-        """Decide locally; the timed-out attempt is written (fenced) in the next round."""
-        try:
-            agent = self._local.get(item_id).agent
-        except ControlError:
-            agent = None
-        verdict = self._local.time_out(item_id, attempt, reason, _wall(now))
-        if verdict.accepted and verdict.item is not None:
-            self._after(verdict.item, agent or "")
-        return verdict
-
     # ----------------------------------------------------------------------------------
     # writes
 
@@ -395,8 +354,6 @@ class RedisWorkQueue:
             ok, reason = int(reply[0]), _text(reply[1])
             if ok or op == "progress":
                 return
-            if reason == "the item is cancelled already":
-                return  # another hub cancelled it: this hub ended it too (quietly)
             if reason.startswith("lease lost") or reason.startswith("no such item"):
                 self._lose(item, reason)
             else:
@@ -495,10 +452,6 @@ class RedisWorkQueue:
     async def retry_any(self, item_id: str) -> WorkItem:
         """Queue a dead or failed item again, whichever hub held it."""
         return await self._queries.retry_any(item_id)
-
-    async def cancel_any(self, item_id: str, reason: str) -> WorkItem:
-        """Cancel an item whichever hub holds it (see :meth:`cancel` for one held here)."""
-        return await self._queries.cancel_any(item_id, reason)
 
     async def cluster(self) -> dict[str, Any]:
         """Every hub sharing this Redis and the queues per type (``status --cluster``)."""
