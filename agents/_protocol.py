@@ -1,4 +1,5 @@
-"""The agent protocol v1, both sides: the message table, parsing, encoding and limits.
+"""The agent protocol (v2; v1 agents are served too), both sides: the message table,
+parsing, encoding and limits.
 
 Stdlib only, so an agent (:mod:`agents.base`, :mod:`agents.notify`) imports it without
 trio, attrs or the hub; the hub's transport (:mod:`supervisor._notify`) imports it too, so
@@ -22,7 +23,8 @@ From the agent to the hub:
 Agents that take work (protocol version :data:`PROTOCOL_VERSION`) also send ``HELLO=<n>``
 first, then ``PROGRESS=``, ``RESULT=``, ``FAIL=``, ``HANDBACK=`` (each a JSON object
 fenced by ``item`` and ``attempt``) and ``SUBMIT=`` (new work); the hub sends them
-``ASSIGN=``, ``ACK=``, ``STOP`` and ``PING``. The agent's side builds its records with
+``ASSIGN=``, ``ACK=``, ``STOP`` and ``PING``, and (version 2) ``CANCEL=`` (give the held
+item up: the hub cancelled it or its time limit ran out). The agent's side builds its records with
 :func:`hello`, :func:`result`... and reads the hub's with :func:`decode`.
 
 A message is at most :data:`MAX_MESSAGE` bytes of UTF-8 without control characters; one
@@ -49,9 +51,11 @@ __all__ = [
     "MESSAGE_KINDS",
     "NOTIFY_FD_ENV",
     "PROTOCOL_VERSION",
+    "PROTOCOL_VERSIONS",
     "RESERVED_STATUSES",
     "Ack",
     "Assign",
+    "Cancel",
     "Direction",
     "FromHub",
     "InvalidNotifyMessage",
@@ -91,8 +95,13 @@ NOTIFY_FD_ENV = "HUBVISOR_NOTIFY_FD"
 MAX_MESSAGE = 65536
 """The largest message on the agent channel, in bytes, either way; longer ones are dropped."""
 
-PROTOCOL_VERSION = 1
-"""The agent protocol version this hub speaks; an agent says its own in ``HELLO=<n>``."""
+PROTOCOL_VERSION = 2
+"""The newest agent protocol version this hub speaks; an agent says its own in
+``HELLO=<n>``. Version 2 adds ``CANCEL=`` (hub to agent)."""
+
+PROTOCOL_VERSIONS: frozenset[int] = frozenset({1, 2})
+"""The versions the hub accepts in ``HELLO=``: a version-1 agent never gets ``CANCEL=``
+(it is stopped instead when its item is cancelled or runs out of time)."""
 
 RESERVED_STATUSES: frozenset[str] = frozenset(
     {"starting", "hung", "stopping", "stopped", "crashed"}
@@ -299,6 +308,7 @@ _EXAMPLES = {
     "SUBMIT": '{"type":"worker","payload":{"n":1}}',
     "ASSIGN": '{"item":"w-1","attempt":1,"type":"worker","payload":{},"checkpoint":null}',
     "ACK": '{"item":"w-1","attempt":1,"accepted":true}',
+    "CANCEL": '{"item":"w-1","attempt":1,"reason":"cancelled"}',
 }
 
 
@@ -399,6 +409,13 @@ MESSAGE_KINDS: tuple[MessageKind, ...] = (
         "ACK",
         payload=_fenced("ACK", accepted=bool),
         doc="whether the hub took the agent's RESULT/FAIL/HANDBACK (a stale one is refused)",
+    ),
+    MessageKind(
+        "cancel",
+        Direction.TO_AGENT,
+        "CANCEL",
+        payload=_fenced("CANCEL"),
+        doc="(v2) give up the held item: stop its work and answer FAIL with retry=false",
     ),
     MessageKind(
         "stop",
@@ -721,7 +738,17 @@ class Ack:
     reason: str = ""
 
 
-FromHub: TypeAlias = Ping | Stop | Assign | Ack
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """``CANCEL=`` (protocol v2): give up the held item ``item`` attempt ``attempt`` (the
+    hub cancelled it, or its time limit ran out); answer ``FAIL`` with ``retry=false``."""
+
+    item: str
+    attempt: int
+    reason: str = ""
+
+
+FromHub: TypeAlias = Ping | Stop | Assign | Ack | Cancel
 """A decoded hub-to-agent message."""
 
 
@@ -744,6 +771,8 @@ def decode(data: bytes) -> FromHub:
             obj["item"], obj["attempt"], obj["type"], obj.get("payload"), obj.get("checkpoint")
         )
     reason = obj.get("reason", "")
+    if message.kind == "cancel":
+        return Cancel(obj["item"], obj["attempt"], reason if isinstance(reason, str) else "")
     return Ack(
         obj["item"], obj["attempt"], obj["accepted"], reason if isinstance(reason, str) else ""
     )

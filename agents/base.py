@@ -1,4 +1,4 @@
-"""``BaseAgent``: a trio program that takes work from its hub (agent protocol v1).
+"""``BaseAgent``: a trio program that takes work from its hub (agent protocol v2).
 
 A subclass overrides only the work::
 
@@ -18,7 +18,7 @@ A subclass overrides only the work::
 
 The lifecycle (``docs/agent-protocol.md`` has the protocol itself):
 
-1. Open the channel the hub passed in ``HUBVISOR_NOTIFY_FD`` and send ``HELLO=1`` and
+1. Open the channel the hub passed in ``HUBVISOR_NOTIFY_FD`` and send ``HELLO=2`` and
    ``READY``.
 2. Heartbeat every ``HUBVISOR_HEARTBEAT_INTERVAL`` seconds (default 1) in a task of its
    own, whatever ``do_work`` is doing, as long as it does not block the event loop: run
@@ -263,6 +263,8 @@ class BaseAgent:
         self._busy = False  # an ASSIGN was taken and not yet finished
         self._idle_scope: trio.CancelScope | None = None
         self._work_scope: trio.CancelScope | None = None
+        self._holding: tuple[str, int] | None = None  # the item do_work runs, if any
+        self._cancelled: tuple[str, int] | None = None  # the item the hub cancelled
         self._last_final: tuple[str, int] | None = None
         self._last_final_acked = trio.Event()
         self._last_final_at = -math.inf
@@ -389,6 +391,8 @@ class BaseAgent:
                 await self._chan.send(proto.heartbeat())
             elif isinstance(message, proto.Stop):
                 self.request_stop("STOP from the hub")
+            elif isinstance(message, proto.Cancel):
+                self._cancel(message)
             elif isinstance(message, proto.Ack):
                 if not message.accepted:
                     self.log(
@@ -405,7 +409,21 @@ class BaseAgent:
                 )
             else:
                 self._busy = True
+                self._holding = (message.item, message.attempt)
                 self._assign_send.send_nowait(message)
+
+    def _cancel(self, message: proto.Cancel) -> None:
+        """``CANCEL``: cancel ``do_work`` if it runs that item's attempt (else ignore it: the
+        answer that ended it already went out, and tells the hub)."""
+        if self._holding != (message.item, message.attempt):
+            return
+        self.log(
+            f"item {message.item} attempt {message.attempt} cancelled by the hub: "
+            f"{message.reason or 'no reason given'}"
+        )
+        self._cancelled = self._holding
+        if self._work_scope is not None:
+            self._work_scope.cancel()
 
     async def _work_loop(self) -> None:
         while self._stop_at is None:
@@ -449,6 +467,9 @@ class BaseAgent:
         value: JSON = None
         with trio.CancelScope() as scope:
             self._work_scope = scope
+            self._holding = (item, attempt)
+            if self._cancelled == self._holding:  # CANCEL came before do_work started
+                scope.cancel()
             if self._stop_at is not None:
                 scope.deadline = self._stop_at + self.grace
             try:
@@ -456,6 +477,11 @@ class BaseAgent:
             except Exception as exc:
                 failure = exc
         self._work_scope = None
+        self._holding = None
+        if self._cancelled == (item, attempt):
+            self._cancelled = None
+            await self._finish(item, attempt, proto.fail(item, attempt, "cancelled", retry=False))
+            return
         if failure is not None and not isinstance(failure, HandBack) and self._stop_at is None:
             # A stop signal sent to the whole process group (kill_mode="group", Ctrl-C in
             # a terminal) can kill a subprocess of do_work before this process has seen

@@ -226,6 +226,15 @@ class AsyncClient:
         item: dict[str, Any] = await self._ask({"op": "work_retry", "id": item_id})
         return item
 
+    async def cancel(self, item_id: str, reason: str = "") -> dict[str, Any]:
+        """Cancel a queued or assigned item (``hubvisor work cancel``); the item, ended
+        ``cancelled``. A :class:`ControlError` for an item that has ended."""
+        req = {"op": "work_cancel", "id": item_id}
+        if reason:
+            req["reason"] = reason
+        item: dict[str, Any] = await self._ask(req)
+        return item
+
     async def status(self, *, cluster: bool = False) -> dict[str, Any]:
         """``hubvisor status --json``."""
         found: dict[str, Any] = await self._ask({"op": "status", "cluster": cluster or None})

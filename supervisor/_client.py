@@ -235,6 +235,15 @@ class Client:
         item: dict[str, Any] = self._ask({"op": "work_retry", "id": item_id})
         return item
 
+    def cancel(self, item_id: str, reason: str = "") -> dict[str, Any]:
+        """Cancel a queued or assigned item (``hubvisor work cancel``); the item, ended
+        ``cancelled``. A :class:`ControlError` for an item that has ended."""
+        req = {"op": "work_cancel", "id": item_id}
+        if reason:
+            req["reason"] = reason
+        item: dict[str, Any] = self._ask(req)
+        return item
+
     def status(self, *, cluster: bool = False) -> dict[str, Any]:
         """``hubvisor status --json``: the hub, its work counts and agents (``cluster``:
         also every hub sharing its Redis)."""

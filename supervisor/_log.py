@@ -24,12 +24,14 @@ from ._events import (
 )
 from .work import (
     WorkAssigned,
+    WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
     WorkSubmitted,
+    WorkTimedOut,
 )
 
 __all__ = [
@@ -44,7 +46,15 @@ __all__ = [
 logger = logging.getLogger("hubvisor")
 
 WORK_LOG_KINDS = frozenset(
-    {"work_completed", "work_failed", "work_reclaimed", "work_dead", "work_refused"}
+    {
+        "work_completed",
+        "work_failed",
+        "work_reclaimed",
+        "work_dead",
+        "work_refused",
+        "work_cancelled",
+        "work_timed_out",
+    }
 )
 """The work events the log shows (submitted and assigned ones would drown the rest)."""
 
@@ -136,6 +146,15 @@ def format_event(event: Event) -> str:
                 f"work {item}: refused an answer from {event.child_id} (attempt {attempt}): "
                 f"{reason}{more}"
             )
+        case WorkCancelled(item_id=item, attempt=attempt, reason=reason):
+            held = f" (held by {event.child_id}, attempt {attempt})" if event.child_id else ""
+            return f"work {item} cancelled{held}" + (f": {reason}" if reason else "")
+        case WorkTimedOut(item_id=item, attempt=attempt, time_limit=limit, final=final):
+            then = "; no delivery left" if final else "; it will be retried"
+            return (
+                f"work {item} timed out on {event.child_id} (attempt {attempt}, time limit "
+                f"{limit:g}s){then}"
+            )
     return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
 
 
@@ -147,7 +166,14 @@ def log_kinds(output: bool = False) -> frozenset[str]:
 
 def event_level(event: Event) -> int:
     """WARNING for failures (crashes, failed starts, escalations), INFO for the rest."""
-    if event.kind in ("escalated", "spawn_failed", "hung", "work_dead", "work_reclaimed"):
+    if event.kind in (
+        "escalated",
+        "spawn_failed",
+        "hung",
+        "work_dead",
+        "work_reclaimed",
+        "work_timed_out",
+    ):
         return logging.WARNING
     if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
         return logging.WARNING

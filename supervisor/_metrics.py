@@ -43,12 +43,14 @@ from ._spec import AnySpec, PoolSpec, SupervisorSpec, agent_ids
 from .work import (
     ItemStatus,
     WorkAssigned,
+    WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
     WorkSubmitted,
+    WorkTimedOut,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +76,8 @@ _EVENT_KINDS: Final = (
     "work_reclaimed",
     "work_dead",
     "work_refused",
+    "work_cancelled",
+    "work_timed_out",
     "over_limit",
     "scaled",
 )
@@ -266,6 +270,8 @@ class MetricsService:
             "Agents' answers the queue refused (stale attempts, items not held), by the "
             "agent's type.",
         )
+        self.cancelled = counter("hubvisor_work_cancelled", "Work items cancelled, by type.")
+        self.timed_out = counter("hubvisor_work_timed_out", "Attempts past their time limit.")
         self.wait_time = Histogram(
             "hubvisor_work_wait_seconds",
             "Seconds an item waited in its queue before an agent got it (per delivery).",
@@ -385,6 +391,14 @@ class MetricsService:
                 item = self._ended(event.item_id, event.child_id, "dead", event.at)
                 self.dead.labels(item.agent_type).inc()
                 self._open.pop(event.item_id, None)
+            case WorkCancelled():
+                item = self._ended(event.item_id, event.child_id, "cancelled", event.at)
+                self.cancelled.labels(item.agent_type).inc()
+                self._open.pop(event.item_id, None)
+            case WorkTimedOut():
+                item = self._ended(event.item_id, event.child_id, "timed_out", event.at)
+                self.timed_out.labels(item.agent_type).inc()
+                item.queued_at = event.at
             case WorkRefused():
                 # One event stands for ``repeats`` refusals (they are reported per interval).
                 self.refused.labels(self._type_of(event.child_id)).inc(event.repeats)

@@ -14,7 +14,7 @@ from typing import Final
 
 import attrs
 
-from ._context import AgentMessage, LiveActor, RuntimeContext
+from ._context import AgentMessage, LiveActor, RuntimeContext, StallMeter
 from ._notify import NotifyMessage
 from ._spec import ChildSpec
 
@@ -107,6 +107,12 @@ class AgentPort:
         it is already stopping or ended."""
         actor = self._actor(agent_id, pid)
         return actor is not None and actor.condemn(why)
+
+    @property
+    def stalls(self) -> StallMeter:
+        """The hub's stall meter: a deadline counted in the hub's running time (a time
+        limit) extends itself by the stall, as the watchdogs do."""
+        return self._ctx.stalls
 
     def subscribe_messages(self, sink: Callable[[AgentMessage], None]) -> None:
         """Call ``sink`` (from the hub's trio thread, without waiting) with every agent

@@ -22,7 +22,7 @@ import trio
 from ._context import AgentMessage, RuntimeContext
 from ._events import ChildHeartbeat, ChildHung, ChildRunning, ChildStatus
 from ._notify import (
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
     InvalidNotifyMessage,
     NotifyMessage,
     NotifySource,
@@ -237,9 +237,10 @@ class ChannelWatcher:
                 self._publish(ChildHeartbeat, pid=pid)
         elif msg.kind == "status":
             self._publish(ChildStatus, pid=pid, status=msg.value)
-        elif msg.kind == "hello" and msg.value != str(PROTOCOL_VERSION):
+        elif msg.kind == "hello" and msg.value not in {str(v) for v in PROTOCOL_VERSIONS}:
             self._bad_version = (
-                f"speaks agent protocol {msg.value}, this hub speaks {PROTOCOL_VERSION} "
+                f"speaks agent protocol {msg.value}, this hub speaks "
+                f"{', '.join(map(str, sorted(PROTOCOL_VERSIONS)))} "
                 "(upgrade the agent or the hub)"
             )
         else:  # not the actor's own: for the hub's subscribers (the work service)

@@ -19,6 +19,11 @@ It prints ``hello from ID pid PID`` once and ``doing ITEM`` per ASSIGN, heartbea
 * ``{"handback_if": ID}`` -> the agent named ID hands the item back
 * ``{"submit": TYPE}`` -> also submits ``{"n": n}`` for TYPE
 * ``{"spew": N, "size": S}`` -> prints N lines of S characters, then ``spew done``
+
+With ``--v2`` it says ``HELLO=2`` and honours ``CANCEL``: it prints ``cancel ITEM`` and
+answers ``FAIL`` (``"cancelled"``, retry false) for the attempt; a ``{"sleep": s}`` item
+then sleeps in a thread (the agent keeps reading) and its RESULT is not sent once
+cancelled. ``{"deaf": true}`` (with ``hold``) ignores the CANCEL.
 """
 
 from __future__ import annotations
@@ -45,8 +50,15 @@ def beat():
 threading.Thread(target=beat, daemon=True).start()
 print(f"hello from {me} pid {os.getpid()}", flush=True)
 send("HEARTBEAT")  # a first one at once: a heartbeat age from the start
-send("HELLO=1")
+v2 = "--v2" in sys.argv
+send("HELLO=2" if v2 else "HELLO=1")
 send("READY")
+cancelled, deaf = set(), set()
+def later(item, attempt, p):
+    time.sleep(p["sleep"])
+    if (item, attempt) not in cancelled:
+        result = {"double": 2 * p.get("n", 0), "by": me}
+        send("RESULT=" + json.dumps({"item": item, "attempt": attempt, "result": result}))
 while True:
     data = s.recv(65536)
     if not data:
@@ -54,6 +66,13 @@ while True:
     word, _, rest = data.decode().partition("=")
     if word == "STOP":
         sys.exit(0)
+    if word == "CANCEL" and v2:
+        c = json.loads(rest)
+        print(f"cancel {c['item']}", flush=True)
+        if c["item"] not in deaf:
+            cancelled.add((c["item"], c["attempt"]))
+            send("FAIL=" + json.dumps({"item": c["item"], "attempt": c["attempt"], "error": "cancelled", "retry": False}))
+        continue
     if word != "ASSIGN":
         continue
     a = json.loads(rest)
@@ -61,7 +80,12 @@ while True:
     if not isinstance(p, dict):
         p = {}
     print(f"doing {item}", flush=True)
+    if p.get("deaf"):
+        deaf.add(item)
     if p.get("hold") is True:
+        continue
+    if v2 and "sleep" in p:
+        threading.Thread(target=later, args=(item, attempt, p), daemon=True).start()
         continue
     if p.get("crash") and attempt == 1:
         os._exit(3)
@@ -107,5 +131,6 @@ while True:
 
 def argv(*flags: str) -> list[str]:
     """The agent's command line (``"--group-sleeper"``: start a ``sleep`` in its group;
-    ``"--who"``: say which hub, agent and pid did each item)."""
+    ``"--who"``: say which hub, agent and pid did each item; ``"--v2"``: protocol v2,
+    honouring ``CANCEL``)."""
     return [sys.executable, "-c", PROGRAM, *flags]

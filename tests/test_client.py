@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -288,3 +289,53 @@ def test_the_docs_scheduler_example_runs_and_retries_no_task_twice(tmp_path: Pat
     assert 11 == len(items)  # each task submitted once
     assert ["failed", "failed"] == [h["outcome"] for h in failed["history"]]  # retried once
     assert all(i["attempt"] == 1 for i in items if i["status"] == "completed")
+
+
+# -- cancel and time limits (issue 21) --
+
+
+def test_cancel_and_time_limit_through_the_client_and_the_cli(hubvisor: Hubvisor) -> None:
+    """``Client.cancel`` ends a held item cancelled (its v1 agent is stopped; the wait
+    raises ItemFailed); ``submit(..., time_limit=)`` ends each attempt timed_out and the
+    item dead when no delivery is left; ``hubvisor work cancel`` refuses an ended item
+    (exit 1) and ``--time-limit`` is a submit option of the CLI."""
+    with Client(hubvisor.path) as hub:
+        held = hub.submit("w", {"hold": True})
+        until_sync(lambda: hub.show(held)["status"] == "assigned")
+        cancelled = hub.cancel(held, reason="not needed")
+        assert ("cancelled", True) == (cancelled["status"], cancelled["final"])
+        with pytest.raises(ItemFailed) as failed:
+            hub.wait(held, timeout=TIMEOUT)
+        assert ("cancelled", "cancelled: not needed") == (
+            failed.value.status,
+            failed.value.error,
+        )
+        slow = hub.submit("w", {"sleep": 60}, time_limit=0.3, max_deliveries=1)
+        with pytest.raises(ItemFailed) as dead:
+            hub.wait(slow, timeout=TIMEOUT)
+        assert "dead" == dead.value.status
+        assert ["timed_out"] == [h["outcome"] for h in dead.value.history]
+        assert 0.3 == hub.show(slow)["time_limit"]
+    cli = [sys.executable, "-m", "supervisor"]
+    sock = ["--socket", str(hubvisor.path)]
+    again = subprocess.run(
+        [*cli, "work", "cancel", held, *sock], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert 1 == again.returncode
+    assert "has ended (cancelled)" in again.stderr
+    out = subprocess.run(
+        [*cli, "submit", "w", '{"hold": true}', "--time-limit", "600", *sock],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert 0 == out.returncode, out.stderr
+    item_id = out.stdout.strip()
+    done = subprocess.run(
+        [*cli, "work", "cancel", item_id, *sock], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert (0, f"{item_id}: cancelled") == (done.returncode, done.stdout.strip())
+
+
+def until_sync(predicate: Any) -> None:
+    wait_for(predicate, TIMEOUT, "the condition")

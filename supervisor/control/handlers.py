@@ -204,6 +204,7 @@ async def _submit(hub: Hub, args: Args, background: trio.Nursery) -> Any:
         source="cli",
         **_submit_controls(args),
         **_ordering_args(args),
+        **_cancel_options(args),
     )
     # Durable before the answer when a store keeps the work (SQLite, Redis): a "submitted"
     # that only lived in the hub's memory could be lost with it. During an outage of the
@@ -241,6 +242,18 @@ async def _work_show(hub: Hub, args: Args, background: trio.Nursery) -> Any:
 
 async def _work_retry(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     return (await hub.work.retry_any(args["id"])).to_json()
+
+
+# -- cancel and time limits (issue 21) --
+
+
+def _cancel_options(args: Args) -> dict[str, Any]:
+    """The submit options of cancel and time limits the request gives."""
+    return {"time_limit": args["time_limit"]} if args.get("time_limit") is not None else {}
+
+
+async def _work_cancel(hub: Hub, args: Args, background: trio.Nursery) -> Any:
+    return (await hub.work.cancel_any(args["id"], args.get("reason") or "")).to_json()
 
 
 async def _work_wait(hub: Hub, args: Args, out: Stream) -> None:
@@ -340,6 +353,7 @@ HANDLERS: dict[str, Handler] = {
     "work_list": _work_list,
     "work_show": _work_show,
     "work_retry": _work_retry,
+    "work_cancel": _work_cancel,
     "budget": _budget,
 }
 """The handler of each op that gives one answer, by the op's name."""

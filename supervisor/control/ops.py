@@ -431,6 +431,17 @@ OPS: dict[str, Op] = {
                     flag="--not-before",
                 ),
                 # --- end ordering ---
+                # -- cancel and time limits (issue 21) --
+                Field(
+                    "time_limit",
+                    float,
+                    "seconds each attempt may run; then the agent is told to give it up "
+                    "(the attempt ends timed_out, a delivery spent) (default: the pool's)",
+                    600,
+                    required=False,
+                    minimum=0,
+                    flag="--time-limit",
+                ),
             ),
             cli="submit",
         ),
@@ -461,6 +472,25 @@ OPS: dict[str, Op] = {
             "Queue a dead or failed work item again, its deliveries reset.",
             fields=(_ITEM_ID,),
             cli="work retry",
+        ),
+        # -- cancel and time limits (issue 21) --
+        Op(
+            "work_cancel",
+            "Cancel a queued or assigned work item: it ends cancelled; the agent holding it "
+            "is told to give it up (CANCEL; protocol v1 agents are stopped) and any later "
+            "answer for it is refused.",
+            fields=(
+                _ITEM_ID,
+                Field(
+                    "reason",
+                    str,
+                    "why, kept in the item's error",
+                    "not needed",
+                    required=False,
+                    flag="--reason",
+                ),
+            ),
+            cli="work cancel",
         ),
         Op(
             "work_wait",

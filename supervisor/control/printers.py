@@ -194,6 +194,8 @@ def _show_item(item: Any, args: Args) -> None:
         click.echo(f"{key}: {item[key] if item[key] is not None else '-'}")
     click.echo(f"deliveries: {item['deliveries']} of {item['max_deliveries']}")
     _show_ordering(item)
+    if item.get("time_limit") is not None:
+        click.echo(f"time_limit: {item['time_limit']:g}s per attempt")
     for key in ("payload", "progress", "result", "error"):
         if item[key] is not None or key in ("payload", "result"):
             click.echo(f"{key}: {dumps(item[key])}")
@@ -295,6 +297,10 @@ def _show_retried(item: Any, args: Args) -> None:
     click.echo(f"{item['id']}: queued again ({item['max_deliveries']} deliveries)")
 
 
+def _show_cancelled(item: Any, args: Args) -> None:
+    click.echo(f"{item['id']}: cancelled")
+
+
 def _stamp(at: float) -> str:
     return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
@@ -320,6 +326,7 @@ PRINTERS: dict[str, Printer] = {
     "work_list": _show_items,
     "work_show": _show_item,
     "work_retry": _show_retried,
+    "work_cancel": _show_cancelled,
     "work_wait": _show_waited,
     "tail": _show_line,
     "events": _show_event,

@@ -20,12 +20,14 @@ from .._events import (
 )
 from ..work import (
     WorkAssigned,
+    WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
     WorkSubmitted,
+    WorkTimedOut,
 )
 from ._invariants import EPS as _EPS, fail as _fail
 from ._run import (
@@ -473,6 +475,8 @@ def check_work_outcomes(trace: Trace) -> None:
             status[r.item_id] = "assigned"
             holder[r.item_id] = r.child_id
         elif isinstance(r, WorkCompleted):
+            if status.get(r.item_id) == "cancelled":
+                raise _fail(trace, i, "work-cancelled", f"{r.item_id!r} completed after a cancel")
             status[r.item_id] = "completed"
         elif isinstance(r, WorkFailed):
             status[r.item_id] = "failed" if r.final else "queued"
@@ -480,6 +484,10 @@ def check_work_outcomes(trace: Trace) -> None:
             status[r.item_id] = "queued"
         elif isinstance(r, WorkDeadLettered):
             status[r.item_id] = "dead"
+        elif isinstance(r, WorkCancelled):  # issue 21: final, its agent gives it up
+            status[r.item_id] = "cancelled"
+        elif isinstance(r, WorkTimedOut):  # a delivery spent: queued again, or dead
+            status[r.item_id] = "dead" if r.final else "queued"
         elif isinstance(r, WorkSnapshot) and (r.quiesced or r.final):
             _check_outcomes_at(trace, i, r, agents, status, types, holder)
 

@@ -20,6 +20,7 @@ from ._item import (
     ItemStatus as ItemStatus,
     Verdict as Verdict,
     WorkAssigned as WorkAssigned,
+    WorkCancelled as WorkCancelled,
     WorkCompleted as WorkCompleted,
     WorkDeadLettered as WorkDeadLettered,
     WorkDependencyEnded as WorkDependencyEnded,
@@ -28,6 +29,7 @@ from ._item import (
     WorkReclaimed as WorkReclaimed,
     WorkRefused as WorkRefused,
     WorkSubmitted as WorkSubmitted,
+    WorkTimedOut as WorkTimedOut,
 )
 from ._queue import MemoryWorkQueue as MemoryWorkQueue, WorkQueue as WorkQueue
 from ._service import WorkService as WorkService
@@ -38,6 +40,7 @@ __all__ = [
     "MemoryWorkQueue",
     "Verdict",
     "WorkAssigned",
+    "WorkCancelled",
     "WorkCompleted",
     "WorkDeadLettered",
     "WorkDependencyEnded",
@@ -49,4 +52,5 @@ __all__ = [
     "WorkService",
     "WorkStore",
     "WorkSubmitted",
+    "WorkTimedOut",
 ]

@@ -93,6 +93,15 @@ class DependencyIndex:
         :meth:`depth`; the service's ``max_queued`` counts them too)."""
         return len(self._blocked.get(agent_type, ()))
 
+    def _unblock(self, item: WorkItem) -> None:
+        """Forget that ``item`` (cancelled while queued) waits for its dependencies."""
+        self._blocked.get(item.agent_type, set()).discard(item.id)
+        for other in item.waiting_on:
+            waiting = self._dependents.get(other)
+            if waiting is not None and item.id in waiting:
+                waiting.remove(item.id)
+        item.waiting_on = []
+
     def _settle_dependents(self, dep: WorkItem, now: float) -> None:
         """``dep`` ended: its dependents stop waiting for it when it completed (queued
         once they wait for nothing), else they are cancelled, naming it, and theirs in

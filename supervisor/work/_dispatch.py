@@ -60,11 +60,18 @@ class _Agent:
     resting: bool = False  # handed an item back: eligible again after a short pause
     retiring: bool = False  # chosen to be stopped by the autoscaler: gets nothing new
     labels: Mapping[str, str] = attrs.field(factory=dict)  # its pool's (routing to tiers)
+    version: int = 1  # the protocol version of its HELLO (2: it honours CANCEL)
+    giving_up: tuple[str, int] | None = None  # told to give up this attempt: gets nothing new
 
     @property
     def idle(self) -> bool:
         return (
-            self.hello and self.running and not self.gone and not self.resting and not self.retiring
+            self.hello
+            and self.running
+            and not self.gone
+            and not self.resting
+            and not self.retiring
+            and self.giving_up is None
         )
 
 

@@ -29,7 +29,7 @@ class ItemStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # the agent said so, with retry=false: final
     DEAD = "dead"  # used up max_deliveries: in the dead-letter list
-    CANCELLED = "cancelled"  # cancelled (e.g. a dependency of it did not complete): final
+    CANCELLED = "cancelled"  # `work cancel`, or a dependency did not complete: final
 
 
 FINAL: frozenset[ItemStatus] = frozenset(
@@ -46,7 +46,7 @@ class AttemptRecord:
 
     attempt: int
     agent: str
-    outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop
+    outcome: str  # completed, failed, handed_back, reclaimed:exit|hang|stop, cancelled, timed_out
     reason: str
     at: float
     hub: str = ""  # the hub whose agent made the attempt ("" when not known)
@@ -95,6 +95,8 @@ class WorkItem:
     """Unix time (wall clock) before which the item is not handed out: a ``--delay`` /
     ``--not-before`` or a retry delay (``None``: ready)."""
     # --- end ordering ---
+    # -- cancel and time limits (issue 21) --
+    time_limit: float | None = None  # seconds per attempt (None: the pool's default, if any)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (for the control socket and ``--json``)."""
@@ -119,6 +121,7 @@ class WorkItem:
             **_controls_json(self),
             "priority": self.priority,
             "not_before": self.not_before,
+            "time_limit": self.time_limit,
         }
 
     @classmethod
@@ -155,6 +158,7 @@ class WorkItem:
             **_controls_from_json(data),
             priority=int(data.get("priority") or 0),
             not_before=_float_or_none(data.get("not_before")),
+            time_limit=_float_or_none(data.get("time_limit")),
         )
 
 
@@ -348,6 +352,45 @@ class WorkDependencyEnded(Event):
     kind: str = attrs.field(init=False, default="work_dependency_ended")
 
 
+# -- cancel and time limits (issue 21) --
+
+
+@attrs.frozen(kw_only=True)
+class WorkCancelled(Event):
+    """An item was cancelled (``hubvisor work cancel``); ``child_id``: the agent that held
+    it and is told to give it up (``""`` when it was queued)."""
+
+    item_id: str
+    attempt: int
+    reason: str
+    kind: str = attrs.field(init=False, default="work_cancelled")
+
+
+@attrs.frozen(kw_only=True)
+class WorkTimedOut(Event):
+    """Agent ``child_id`` ran past the item's time limit: the attempt ended ``timed_out``
+    (a delivery spent); ``final``: no delivery was left (the item is dead)."""
+
+    item_id: str
+    attempt: int
+    time_limit: float
+    final: bool
+    kind: str = attrs.field(init=False, default="work_timed_out")
+
+
+def _check_time_limit(value: Any, where: str = "time_limit") -> float | None:
+    """``value`` as seconds > 0, or None; a :class:`ControlError` naming it otherwise."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value < float("inf")
+    ):
+        raise ControlError(f"{where} must be seconds > 0, e.g. 600 (got {value!r:.80})")
+    return float(value)
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -396,7 +439,7 @@ def _used_up(item: WorkItem) -> str:
     spent = [
         f"failed ({h.reason})" if h.outcome == "failed" else h.reason
         for h in item.history
-        if h.outcome == "failed" or h.outcome in ("reclaimed:exit", "reclaimed:hang")
+        if h.outcome in ("failed", "timed_out", "reclaimed:exit", "reclaimed:hang")
     ]
     return f"used all {item.max_deliveries} deliveries: {', '.join(spent[-item.max_deliveries :])}"
 

@@ -106,6 +106,19 @@ class WorkQueue(Protocol):
         and the autoscaler read it)."""
         ...
 
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End a queued or assigned item ``cancelled`` (an assigned one's attempt is
+        released: any later answer for it is refused); a :class:`ControlError` for an
+        item already ended."""
+        ...
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """The attempt ran past its time limit: it ends ``timed_out`` (its delivery
+        spent); the item is queued again while deliveries remain, else dead."""
+        ...
+
 
 _trio_offset: tuple[object, float] | None = None  # (trio run, Unix time - trio time)
 
@@ -552,6 +565,47 @@ class MemoryWorkQueue(DependencyIndex):
         item.not_before = None  # a retry by hand is not delayed
         self._requeue(item, front=False)
         return item
+
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End a queued or assigned item ``cancelled``: a queued one leaves its queue, an
+        assigned one's attempt is released (recorded ``cancelled``; a later answer for it
+        is refused by the fence). Returns the item (its last history record names the
+        agent that held it)."""
+        item = self.get(item_id)
+        if item.status is ItemStatus.QUEUED:
+            self._unqueue(item)  # ready, delayed or waiting for its dependencies
+            self._unblock(item)
+        elif item.status is ItemStatus.ASSIGNED:
+            self._release(item, item.agent or "", "cancelled", reason, now)
+        else:
+            raise ControlError(
+                f"work item {item_id!r} has ended ({item.status}); only queued or assigned "
+                "items can be cancelled"
+            )
+        item.error = f"cancelled: {reason}" if reason else "cancelled"
+        self._finish(item, ItemStatus.CANCELLED, now)
+        return item
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """End attempt ``attempt`` ``timed_out`` (fenced: it must be the current one): its
+        delivery stays spent; the item is queued again at the front while deliveries
+        remain, else dead-lettered."""
+        item = self._items.get(item_id)
+        if item is None or item.agent is None:
+            return Verdict(False, f"{item_id!r} is not assigned")
+        fenced = self._fence(item_id, attempt, item.agent)
+        if isinstance(fenced, str):
+            return Verdict(False, fenced)
+        self._release(item, item.agent, "timed_out", reason, now)
+        item.error = f"timed out: {reason}"
+        if item.deliveries >= item.max_deliveries:
+            item.error = _used_up(item)
+            self._finish(item, ItemStatus.DEAD, now)
+        else:
+            self._requeue(item, front=True)
+        return Verdict(True, item=item)
 
 
 def _pick(queue: Lanes, items: dict[str, WorkItem], labels: Mapping[str, str]) -> str | None:

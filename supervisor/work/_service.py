@@ -30,6 +30,7 @@ from .._context import AgentMessage
 from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
+from ._controls import DEFAULT_CANCEL_GRACE, Controls
 from ._dispatch import Dispatch
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
@@ -90,6 +91,11 @@ class WorkService:
             delivery), or a mapping agent type -> policy (per pool; ``"*"``: the
             others), or ``None``: at once. Default: 1 s doubling to 60 s, 20 % jitter. A
             FAIL's ``retry_after`` seconds overrides it.
+        time_limits: the default time limit per attempt, in seconds, of each agent
+            type's items (its pool's), e.g. ``{"worker": 600}``; an item's own
+            ``time_limit`` wins. No entry: no limit.
+        cancel_grace: seconds an agent told ``CANCEL`` (a cancelled or timed-out item)
+            has to give the item up before it is stopped.
 
     Submit with :meth:`submit` (the hub API and the CLI) or from an agent (``SUBMIT=``).
     Every path is checked the same way: a JSON payload (no NaN or Infinity, no lone
@@ -111,6 +117,8 @@ class WorkService:
         handback_pause: float = DEFAULT_HANDBACK_PAUSE,
         max_waiters: int = DEFAULT_MAX_WAITERS,
         retry_backoff: BackoffPolicy | Mapping[str, BackoffPolicy] | None = DEFAULT_RETRY_BACKOFF,
+        time_limits: Mapping[str, float] | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
     ) -> None:
         _check_options(max_deliveries, max_queued, handback_pause, max_waiters)
         self.max_queued = max_queued
@@ -122,8 +130,9 @@ class WorkService:
         self._dispatch = Dispatch(
             self.queue, self._store, handback_pause=self.handback_pause, submit=self.submit
         )
-        self._dispatch.changed = self._waiters.fire
         RETRY_DELAYS[self._dispatch] = RetryDelays(retry_backoff)
+        self._controls = Controls(self._dispatch, time_limits, cancel_grace)
+        self._dispatch.changed = self._changed
         self._send, self._inbox = trio.open_memory_channel[Event | AgentMessage | None](math.inf)
         self._hub: Hub | None = None
         self._feed: trio.MemorySendChannel[Event | AgentMessage | None] | None = None
@@ -161,13 +170,15 @@ class WorkService:
         priority: int = 0,
         delay: float | None = None,
         not_before: float | str | None = None,
+        time_limit: float | None = None,
     ) -> WorkItem:
         """Queue an item for agents of ``agent_type``; returns it (``.id``).
 
         ``key``: while an item of the type submitted with it is kept, that item is
-        returned. ``after``: ids it waits for (cancelled if one ends otherwise). ``require``:
-        pool labels. ``priority``: higher first. ``delay`` (s) / ``not_before`` (Unix or ISO
-        8601 time): not before then (docs/work-controls.md).
+        returned. ``after``: ids it waits for. ``require``: pool labels. ``priority``:
+        higher first. ``delay`` (s) / ``not_before`` (Unix or ISO 8601 time): not before
+        then. ``time_limit``: seconds per attempt (default: ``time_limits``). See
+        docs/work-controls.md.
 
         Raises:
             ControlError: a bad type, payload (not JSON, over :data:`MAX_PAYLOAD` bytes) or
@@ -176,36 +187,16 @@ class WorkService:
         controls, existing = _controls(self, agent_type, key, after, require)
         if existing is not None:
             return existing
-        if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
-            raise ControlError(
-                f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
-                f"(got {agent_type!r:.80})"
-            )
+        _check_agent_type(agent_type)
         _check_payload(payload)
-        deliveries = self.max_deliveries if max_deliveries is None else max_deliveries
-        if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
-            raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+        deliveries = _deliveries(self.max_deliveries if max_deliveries is None else max_deliveries)
         priority = check_priority(priority)
         at = not_before_of(delay, not_before, getattr(self.queue, "clock", time.time)())
         if self._types is not None:
             _check_type(self._types(), self.store, agent_type, source)
-        if self.max_queued is not None:
-            waiting = (
-                int(self.queue.depth(agent_type))
-                + _blocked(self.queue, agent_type)
-                + self.delayed(agent_type)
-            )
-            if waiting >= self.max_queued:
-                raise ControlError(
-                    f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
-                    f"WorkService(max_queued={self.max_queued}); retry when agents have "
-                    "taken some, add agents, or raise max_queued"
-                )
-        ordering: dict[str, Any] = {}  # only when asked: a queue without them still works
-        if priority:
-            ordering["priority"] = priority
-        if at is not None:
-            ordering["not_before"] = at
+        _check_room(self, agent_type)
+        ordering = _ordering(priority, at)  # only when asked: a queue without them works
+        limit = self._controls.check_submit(time_limit)
         item = self.queue.submit(
             agent_type,
             payload,
@@ -215,6 +206,7 @@ class WorkService:
             **controls,
             **ordering,
         )
+        item.time_limit = limit
         self._dispatch.publish(WorkSubmitted, "", item_id=item.id, agent_type=agent_type)
         _publish_settled(self.queue, self._dispatch)
         self._dispatch.poke()
@@ -234,6 +226,22 @@ class WorkService:
     def get(self, item_id: str) -> WorkItem:
         """The item with ``item_id``."""
         return self.queue.get(item_id)
+
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str = "") -> WorkItem:
+        """End a queued or assigned item ``cancelled``; its agent is told ``CANCEL`` (v2;
+        stopped after ``cancel_grace``) or stopped (v1), and later answers for the attempt
+        are refused (docs/work-controls.md). ControlError: unknown, or ended already."""
+        return self._controls.cancel(item_id, reason)
+
+    async def cancel_any(self, item_id: str, reason: str = "") -> WorkItem:
+        """:meth:`cancel`, for an item any hub sharing the store holds."""
+        return await self._controls.cancel_any(self.store, item_id, reason)
+
+    def _changed(self, item_id: str) -> None:
+        self._waiters.fire(item_id)
+        self._controls.changed(item_id)
 
     def items(self, status: str | None = None) -> list[WorkItem]:
         """Every item kept (of ``status`` only, if given), oldest first."""
@@ -342,8 +350,7 @@ class WorkService:
         return int(self.queue.depth(agent_type))
 
     def delayed(self, agent_type: str) -> int:
-        """Items of ``agent_type`` queued but waiting for their time (a delay, a
-        ``not_before`` or a retry delay); not counted by :meth:`waiting`."""
+        """Items of ``agent_type`` queued but waiting for their time (not in :meth:`waiting`)."""
         count = getattr(self.queue, "delayed", None)
         return int(count(agent_type)) if count is not None else 0
 
@@ -429,6 +436,7 @@ class WorkService:
                 dispatch.poke()
                 async for msg in self._inbox:
                     if isinstance(msg, AgentMessage):
+                        self._controls.on_message(msg)
                         if msg.kind == "progress":  # the latest one of this agent's
                             msg = self._progress.pop((msg.agent_id, msg.pid), msg)
                         dispatch.on_message(msg)
@@ -438,14 +446,7 @@ class WorkService:
                     dispatch.poke()
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the hub is stopping
-                self._detach(hub)
-                self._waiters.stop(
-                    "it is lost with the hub (kept in its memory only)"
-                    if self.store is None
-                    else "its store keeps it: wait again on a hub that serves it"
-                )
-                if self.store is None:
-                    _report_unfinished(self.queue.items())
+                _stopping(self, hub)
             raise
         finally:
             dispatch.nursery = None
@@ -470,6 +471,57 @@ class WorkService:
                 return
             self._progress[key] = msg
         self._send.send_nowait(msg)
+
+
+def _ordering(priority: int, at: float | None) -> dict[str, Any]:
+    ordering: dict[str, Any] = {}
+    if priority:
+        ordering["priority"] = priority
+    if at is not None:
+        ordering["not_before"] = at
+    return ordering
+
+
+def _stopping(service: WorkService, hub: Any) -> None:
+    """The hub stops (the run was cancelled): let go of the bus and the agents, end the
+    waits, and name the items lost with an in-memory queue."""
+    service._detach(hub)
+    service._waiters.stop(
+        "it is lost with the hub (kept in its memory only)"
+        if service.store is None
+        else "its store keeps it: wait again on a hub that serves it"
+    )
+    if service.store is None:
+        _report_unfinished(service.queue.items())
+
+
+def _check_agent_type(agent_type: Any) -> None:
+    if not isinstance(agent_type, str) or not _ID_RE.match(agent_type):
+        raise ControlError(
+            f"work needs an agent type: letters, digits, '_', '.' or '-', e.g. 'worker' "
+            f"(got {agent_type!r:.80})"
+        )
+
+
+def _deliveries(deliveries: Any) -> int:
+    if not isinstance(deliveries, int) or isinstance(deliveries, bool) or deliveries < 1:
+        raise ControlError(f"max_deliveries must be an int >= 1 (got {deliveries!r})")
+    return deliveries
+
+
+def _check_room(service: WorkService, agent_type: str) -> None:
+    """Refuse a submit beyond the type's ``max_queued`` (ready, delayed and blocked)."""
+    if service.max_queued is None:
+        return
+    queue = service.queue
+    waiting = int(queue.depth(agent_type)) + _blocked(queue, agent_type)
+    waiting += service.delayed(agent_type)
+    if waiting >= service.max_queued:
+        raise ControlError(
+            f"the queue of {agent_type!r} is full: {waiting} items wait, the cap is "
+            f"WorkService(max_queued={service.max_queued}); retry when agents have "
+            "taken some, add agents, or raise max_queued"
+        )
 
 
 def _check_type(

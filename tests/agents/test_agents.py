@@ -105,9 +105,9 @@ class FakeHub:
                 return got
             assert got[0] in skip, f"expected {kinds}, got {got}"
 
-    async def start(self) -> None:
-        """HELLO=1 then READY."""
-        assert ("hello", "1") == await self.expect("hello", skip=())
+    async def start(self, version: int = proto.PROTOCOL_VERSION) -> None:
+        """HELLO=<version> then READY (BaseAgent speaks the newest, v2)."""
+        assert ("hello", str(version)) == await self.expect("hello", skip=())
         assert ("ready", None) == await self.expect("ready", skip=())
 
     async def assign(
@@ -478,7 +478,7 @@ async def test_bash_agent_speaks_the_protocol(end: str) -> None:
     ASSIGN of 20 KB echoed in one RESULT record; STOP, SIGTERM or the hub's close end it
     with status 0 and nothing left running."""
     async with agent(["bash", str(ECHO_AGENT)], HUBVISOR_HEARTBEAT_INTERVAL="0.1") as hub:
-        await hub.start()
+        await hub.start(version=1)  # the shell example stays v1 (no CANCEL)
         await hub.expect("heartbeat", skip=())
         await hub.send("ping")
         await hub.expect("heartbeat", skip=())
@@ -672,3 +672,31 @@ def test_the_agent_side_refuses_what_the_hub_would_refuse() -> None:
         with pytest.raises(proto.InvalidNotifyMessage):
             proto.decode(bad)
     assert isinstance(proto.decode(b"STOP\n"), proto.Stop)
+
+
+async def test_cancel_gives_up_the_held_item_and_the_agent_takes_the_next() -> None:
+    """CANCEL (protocol v2) for the held attempt cancels ``do_work`` (a thread sleeping
+    60 s is abandoned) and is answered with FAIL retry=false; a CANCEL for an attempt the
+    agent does not hold is ignored; the next item runs as usual."""
+    async with agent([PY, "-c", CUSTOM_AGENT]) as hub:
+        await hub.start()
+        await hub.assign("c-1", {"sleep": 60})
+
+        async def cancel(item: str, attempt: int) -> None:
+            body = json.dumps({"item": item, "attempt": attempt, "reason": "time limit 1s"})
+            await hub.chan.send_to_agent(NotifyMessage("cancel", body))
+
+        await cancel("c-1", 1)
+        kind, value = await hub.expect(
+            "fail", "result", "handback", skip=("heartbeat", "status", "progress")
+        )
+        assert ("fail", "c-1", 1, "cancelled", False) == (
+            kind,
+            value["item"],
+            value["attempt"],
+            value["error"],
+            value["retry"],
+        )
+        await cancel("c-9", 1)  # not held: ignored
+        _, final = await hub.work("c-2", {"n": 1})
+        assert ("result", "c-2") == (final[0], final[1]["item"])

@@ -173,9 +173,13 @@ class TestDemo:
         for kind in ("worker", "qc", "planning", "review"):
             assert f"{kind}-agent-1 starting" in text
             assert re.search(rf"work {kind}-\d+ completed by", text), kind
-        crashed = re.search(r"work (worker-\d+) reclaimed from worker-crashy \(attempt 1\)", text)
+        crashed = re.findall(r"work (worker-\d+) reclaimed from worker-crashy \(attempt 1\)", text)
         assert crashed, text
-        assert re.search(rf"work {crashed.group(1)} completed by \S+ \(attempt 2\)", text)
+        # Some reclaimed item finished elsewhere (the last may be reclaimed too near the end
+        # of the demo to run again: its retry delay is about a second).
+        assert any(
+            re.search(rf"work {item} completed by \S+ \(attempt [2-9]\)", text) for item in crashed
+        ), text
         assert "worker-crashy crashed: exited with code 1" in text
         assert "worker-hangy HUNG" in text
         assert re.search(r"reclaimed from worker-hangy \(attempt 1\): its agent hung", text)

@@ -35,12 +35,14 @@ from supervisor._log import (
 )
 from supervisor.work import (
     WorkAssigned,
+    WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
     WorkSubmitted,
+    WorkTimedOut,
 )
 
 WHERE = {"at": 1.0, "supervisor": "hub/pool", "child_id": "w-agent-2"}
@@ -188,6 +190,16 @@ LINES: list[tuple[Event, str, int]] = [
         "work w-1: refused an answer from w-agent-2 (attempt 1): stale attempt "
         "(350 refusals since the last line)",
         logging.INFO,
+    ),
+    (
+        WorkCancelled(**WHERE, item_id="w-1", attempt=2, reason="not needed"),
+        "work w-1 cancelled (held by w-agent-2, attempt 2): not needed",
+        logging.INFO,
+    ),
+    (
+        WorkTimedOut(**WHERE, item_id="w-1", attempt=1, time_limit=30.0, final=False),
+        "work w-1 timed out on w-agent-2 (attempt 1, time limit 30s); it will be retried",
+        logging.WARNING,
     ),
 ]
 

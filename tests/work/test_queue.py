@@ -167,7 +167,7 @@ class WorkQueueMachine(RuleBasedStateMachine):
         while self.KEEP is not None and len(self.finished) > self.KEEP:
             old = self.items.pop(self.finished.pop(0))
             self.completed.pop(old.id, None)
-            if old.holders:
+            if old.attempt in old.holders:  # never assigned (cancelled queued): no answer
                 self.forgotten[old.id] = (old.attempt, old.holders[old.attempt])
         if cascade:
             self.settle(m, now)
@@ -191,7 +191,8 @@ class WorkQueueMachine(RuleBasedStateMachine):
         else:
             event("a dependency's end cancelled its dependent")
             m.waiting = []
-            m.error = f"dependency {dep.id} ended {dep.status}"
+            why = f": {dep.error}" if dep.error else ""
+            m.error = f"dependency {dep.id} ended {dep.status}{why}"[:500]
             self.finish(m, CANCELLED, now, cascade=False)
             todo.append(m)
 
@@ -374,7 +375,8 @@ class WorkQueueMachine(RuleBasedStateMachine):
         deps = [self.items[d] for d in after]
         bad = next((d for d in deps if d.status in (FAILED, DEAD, CANCELLED)), None)
         if bad is not None:
-            m.error = f"dependency {bad.id} ended {bad.status}"
+            why = f": {bad.error}" if bad.error else ""
+            m.error = f"dependency {bad.id} ended {bad.status}{why}"[:500]
             self.finish(m, CANCELLED, now)
             return
         m.waiting = [d.id for d in deps if d.status is not COMPLETED]
@@ -579,6 +581,84 @@ class WorkQueueMachine(RuleBasedStateMachine):
         assert item is self.q.get(item_id)
         assert (item.status, item.deliveries, item.attempt) == (QUEUED, 0, m.attempt)
 
+    # cancel and time limits (issue 21) ------------------------------------------------
+
+    @precondition(lambda self: self.items)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """Cancel any item: a queued one leaves its queue, an assigned one's attempt is
+        released (``cancelled``; its agent's later answers are stale), both end
+        cancelled; an ended one is refused, changing nothing."""
+        item_id = data.draw(st.sampled_from(list(self.items)), label="item")
+        m = self.items[item_id]
+        if m.status in FINAL:
+
+            def cancel_ended() -> None:
+                with pytest.raises(ControlError, match="has ended"):
+                    self.q.cancel(item_id, "why", self.now)
+
+            self.unchanged(cancel_ended)
+            return
+        now = self.tick()
+        before = m.deliveries
+        got = self.q.cancel(item_id, "not needed", now)
+        if m.status is QUEUED:
+            if m.waiting:  # waiting for its dependencies: not in a ready queue
+                event("a waiting item was cancelled")
+                m.waiting = []
+            else:
+                self.queues[m.agent_type].remove(item_id)
+        else:
+            assert m.agent is not None
+            self.release(m, m.agent, "cancelled", "not needed")
+        m.error = "cancelled: not needed"
+        self.finish(m, CANCELLED, now)
+        assert got is self.q.get(item_id)
+        assert (got.status, got.deliveries, got.error) == (CANCELLED, before, m.error)
+
+    @precondition(lambda self: self.busy_agents())
+    @rule(data=st.data())
+    def time_out(self, data: st.DataObject) -> None:
+        """The held attempt ran past its time limit: ``timed_out``, its delivery spent;
+        queued again at the front, or dead with no delivery left. Its agent's later
+        answers are stale."""
+        agent = data.draw(st.sampled_from(self.busy_agents()), label="agent")
+        m = self.items[self.agents[agent].holding or ""]
+        before = m.deliveries
+        now = self.tick()
+        verdict = self.q.time_out(m.id, m.attempt, "time limit 5s", now)
+        assert verdict.accepted, verdict.reason
+        self.release(m, agent, "timed_out", "time limit 5s")
+        if m.deliveries >= m.max_deliveries:
+            m.error = self.q.get(m.id).error  # before finish: its dependents name it
+            assert m.error is not None and m.error.endswith("time limit 5s")
+            self.finish(m, DEAD, now)
+        else:
+            m.error = "timed out: time limit 5s"
+            self.requeue_front(m)
+        got = verdict.item
+        assert got is self.q.get(m.id)
+        assert (got.status, got.deliveries) == (m.status, before)
+
+    @precondition(lambda self: any(m.holders for m in self.items.values()))
+    @rule(data=st.data())
+    def stale_time_out(self, data: st.DataObject) -> None:
+        """A time limit that fires for an attempt that is not the current one (it ended
+        first) is refused, changing nothing."""
+        stale = [
+            (m.id, attempt)
+            for m in self.items.values()
+            for attempt in m.holders
+            if not (m.status is ASSIGNED and attempt == m.attempt)
+        ]
+        if not stale:
+            return
+        item_id, attempt = data.draw(st.sampled_from(stale), label="stale")
+        verdict = self.unchanged(lambda: self.q.time_out(item_id, attempt, "late", self.now))
+        assert not verdict.accepted
+
+    # ------------------------------------------------------------------------------------
+
     @precondition(lambda self: self.steps_since_quiesce >= 15)
     @rule()
     def quiesce(self) -> None:
@@ -622,8 +702,11 @@ class WorkQueueMachine(RuleBasedStateMachine):
             assert item.finished_at == m.finished_at
             history = [(h.attempt, h.agent, h.outcome, h.reason) for h in item.history]
             assert history == m.history[-HISTORY_KEPT:], "history: every released attempt, in order"
-            if m.status in (FAILED, DEAD) and m.error is not None:
-                assert item.error == m.error
+            if m.status in (FAILED, DEAD, CANCELLED) and m.error is not None:
+                if m.error.startswith("dependency "):  # the model may not know dep's error
+                    assert (item.error or "").startswith(m.error), (item.error, m.error)
+                else:
+                    assert item.error == m.error
             assert item.key == m.key and item.after == m.after
             assert item.waiting_on == m.waiting, m.id
             if m.status is CANCELLED:
@@ -666,7 +749,14 @@ class WorkQueueMachine(RuleBasedStateMachine):
             if item.status is DEAD:
                 # dead exactly when the deliveries ran out through exit, hang or FAIL
                 assert item.deliveries == item.max_deliveries
-                assert item.history[-1].outcome in ("failed", "reclaimed:exit", "reclaimed:hang")
+                assert item.history[-1].outcome in (
+                    "failed",
+                    "timed_out",
+                    "reclaimed:exit",
+                    "reclaimed:hang",
+                )
+            if item.status is CANCELLED:
+                assert item.id not in self.completed, "a cancelled item completed"
             if item.status is COMPLETED:
                 final_attempt, result = self.completed[item.id]
                 assert item.result == result, "a completed result changed"

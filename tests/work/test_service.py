@@ -120,14 +120,15 @@ async def test_stopping_the_hub_hands_held_items_back_without_spending_them() ->
 
 
 async def test_a_protocol_version_mismatch_is_a_clear_failed_start() -> None:
-    script = AGENT.replace('send("HELLO=1")', 'send("HELLO=7")')
+    script = AGENT.replace('send("HELLO=2" if v2 else "HELLO=1")', 'send("HELLO=7")')
+    assert script != AGENT
     spec = ChildSpec(id="a1", argv=[PY, "-c", script], agent_type="w", shutdown=1.0)
     async with running([spec]) as (hub, events):
         exited = await wait_event(events, is_("exited", "a1"))
         assert not exited.expected  # type: ignore[attr-defined]
         await wait_event(events, is_("starting", "a1"))  # restarted: the exit was handled
         (row,) = hub.which_children()
-        assert "speaks agent protocol 7, this hub speaks 1" in (row.info.last_exit or "")
+        assert "speaks agent protocol 7, this hub speaks 1, 2" in (row.info.last_exit or "")
 
 
 def test_submit_refuses_bad_payloads() -> None:

@@ -24,6 +24,7 @@ class QueueParts(Protocol):
     _url: str
     prefix: str
     lease: float
+    keep_finished: float
     timeout: float
     writes: Outbox
     claim: HubClaim

@@ -3,6 +3,7 @@ on a client of their own, never the actor's."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -13,7 +14,7 @@ from .._item import ItemStatus, WorkItem
 from ._admin import cluster_status
 from ._codec import _decode_map, _item_from, _text
 from ._parts import QueueParts
-from ._scripts import _RETRY
+from ._scripts import _CANCEL, _RETRY
 
 
 class Queries:
@@ -78,6 +79,26 @@ class Queries:
                 "failed items can"
             )
         self.q.poke()
+        return await self.fetch(item_id)
+
+    async def cancel_any(self, item_id: str, reason: str) -> WorkItem:
+        """Cancel an item this hub does not hold, in Redis (one atomic script): a queued
+        one ends at once; the hub holding one learns it at its next lease renewal and
+        tells its agent."""
+        agent_type = item_id.rsplit("-", 1)[0]
+        client = self._client()
+        keys = self.q._keys(agent_type, item_id)
+        error = f"cancelled: {reason}" if reason else "cancelled"
+        args = (item_id, time.time(), error, int(self.q.keep_finished))
+        reply = await in_thread(lambda: client.eval(_CANCEL, 4, *keys, *args))
+        if not int(reply[0]):
+            why = _text(reply[1])
+            if why == "no such item":
+                raise ControlError(f"no work item {item_id!r}; `hubvisor work list` lists them")
+            raise ControlError(
+                f"work item {item_id!r} cannot be cancelled: {why}; only queued or "
+                "assigned items can"
+            )
         return await self.fetch(item_id)
 
     async def cluster(self) -> dict[str, Any]:

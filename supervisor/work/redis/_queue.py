@@ -45,6 +45,7 @@ from .._item import ItemStatus, Verdict, WorkItem
 from .._ordering import LocalOrdering
 from .._queue import MemoryWorkQueue
 from .._store import StoreHost
+from ._cancel import CancelParts
 from ._claim import HubClaim
 from ._codec import Keys, _dumps, _safe, _text, _wall
 from ._outbox import Outbox, _Op
@@ -117,7 +118,7 @@ class _Counters:
         return next((i for i in self.items() if (i.agent_type, i.key) == (agent_type, key)), None)
 
 
-class RedisWorkQueue(_Counters, LocalOrdering):  # retry delays: held by this hub
+class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: held by this hub
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 

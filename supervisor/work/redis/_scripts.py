@@ -29,7 +29,8 @@ local function adopt(eid, fields)
   local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'tok', 'agent', 'att', 'dlv', 'max',
     'hist')
   local st = h[1]
-  if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead' then
+  if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead'
+      or st == 'cancelled' then
     redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid); return
   end
   local prev = h[3] or ''
@@ -219,7 +220,7 @@ if h[2] ~= hub or h[3] ~= tok then
   return {0, 'lease lost: the item is held by hub ' .. (h[2] ~= '' and h[2] or '(none)')}
 end
 local att = tonumber(h[4])
-local final = st == 'completed' or st == 'failed' or st == 'dead'
+local final = st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled'
 if op == 'start' then
   if final then return {1, 'finished'} end
   if a < att then return {0, 'stale attempt'} end
@@ -264,6 +265,7 @@ elseif op == 'release' then
     'dlv', ARGV[6], 'hist', ARGV[7])
   return {1, ''}
 elseif op == 'renew' then
+  if st == 'cancelled' then return {0, 'cancelled', h[7] or ''} end
   if final then return {0, 'finished'} end
   redis.call('XCLAIM', q, 'hubs', hub, 0, h[5], 'JUSTID')
   return {1, ''}
@@ -285,9 +287,42 @@ redis.call('PERSIST', k)
 return {1, ''}
 """
 
+# -- cancel and time limits (issue 21) --
+# Cancel an item whatever hub holds it, at once and atomically: it ends cancelled in the
+# record (its entry acked and deleted, so no hub takes it again; one log entry). A hub
+# holding it learns it from its next lease renewal (reply {0, 'cancelled'}) and tells its
+# agent; its own later writes for the item are refused (the item has ended).
+# KEYS: q, dead, log, item. ARGV: item id, now, error, seconds kept.
+# Returns {1, hub holding it or ''} or {0, why}.
+_CANCEL = r"""
+local q, logk, k = KEYS[1], KEYS[3], KEYS[4]
+local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'att', 'agent')
+local st = h[1]
+if not st then return {0, 'no such item'} end
+if st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled' then
+  return {0, 'it has ended (' .. st .. ')'}
+end
+local holder = h[3] or ''
+local hist = cjson.decode(redis.call('HGET', k, 'hist') or '[]')
+if st == 'assigned' then
+  table.insert(hist, {attempt = tonumber(h[4]), agent = holder .. '/' .. (h[5] or ''),
+    outcome = 'cancelled', reason = ARGV[3], at = tonumber(ARGV[2]), hub = holder})
+  while #hist > 20 do table.remove(hist, 1) end
+end
+redis.call('HSET', k, 'st', 'cancelled', 'error', ARGV[3], 'finished', ARGV[2],
+  'hist', cjson.encode(hist))
+if h[2] and h[2] ~= '' then
+  redis.call('XACK', q, 'hubs', h[2]); redis.call('XDEL', q, h[2])
+end
+redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', ARGV[1], 'attempt', h[4] or '0',
+  'hub', holder, 'agent', h[5] or '', 'outcome', 'cancelled')
+redis.call('EXPIRE', k, ARGV[4])
+return {1, holder}
+"""
+
 _ID_CHARS = string.ascii_lowercase + string.digits
 # Rounds call the scripts by digest (EVALSHA): a few bytes per call instead of the body.
 _SHA = {
     script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY, _BEAT, _HUB, _UNHUB)
+    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY, _BEAT, _HUB, _UNHUB, _CANCEL)
 }

@@ -9,6 +9,7 @@ backoff; the hub goes on supervising and deciding meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -409,7 +410,9 @@ class StoreActor:
         for (item, _keys, _args), reply in zip(r.renewals, part(len(r.renewals)), strict=True):
             if not isinstance(reply, Exception) and not int(reply[0]):
                 reason = _text(reply[1])
-                if reason != "finished":
+                if reason == "cancelled":  # by another hub: tell the agent holding it
+                    _cancelled_elsewhere(self.host, item)
+                elif reason != "finished":
                     q._lose(item, reason)
         if r.beat is not None:
             claim, *_, known = part(3 + len(json.loads(r.beat["types"])))
@@ -449,6 +452,16 @@ class StoreActor:
                     if _text(g.get("name")) == GROUP:
                         lag = int(g.get("lag") or 0)
             self.lag[agent_type] = lag
+
+
+def _cancelled_elsewhere(host: Any, item: WorkItem) -> None:
+    """Another hub cancelled ``item`` in Redis: the service ends it here too (its agent is
+    told to give it up; the write of that end is refused as done already)."""
+    cancel = getattr(host, "cancel", None)
+    if cancel is None:
+        return
+    with contextlib.suppress(ControlError):  # it ended here meanwhile
+        cancel(item.id, "cancelled on another hub")
 
 
 def _unwritten(ops: list[_Op], error: str, url: str) -> None:

@@ -61,6 +61,8 @@ class _Reporting:
     fsync: Literal["normal", "always"]
     _db: Database | None
     _stats: tuple[int, int, float]
+    _actor: Actor
+    _waiting: dict[str, trio.Event]
 
     def describe(self) -> str:
         """Where the work lives (the hub logs it at start; ``status`` shows it)."""
@@ -75,6 +77,26 @@ class _Reporting:
         and the seconds those transactions took in the worker thread."""
         db = self._db
         return self._stats if db is None else (db.commits, db.rows, db.commit_seconds)
+
+    @property
+    def outage(self) -> bool:
+        """Whether writes to the file fail now."""
+        return self._actor.outage.active
+
+    @property
+    def rounds(self) -> int:
+        """Rounds written so far by the actor."""
+        return self._actor.rounds
+
+    @property
+    def errors(self) -> int:
+        """Rounds that failed (logged once per outage, retried)."""
+        return self._actor.errors
+
+    @property
+    def held(self) -> int:
+        """Submits waiting for their commit."""
+        return len(self._waiting)
 
 
 class SqliteWorkQueue(_Controls, _Reporting, LocalOrdering):
@@ -400,6 +422,19 @@ class SqliteWorkQueue(_Controls, _Reporting, LocalOrdering):
         self._actor.wake.set()
         return item
 
+    # -- cancel and time limits (issue 21) --
+
+    def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
+        """End a queued or assigned item ``cancelled`` (see :meth:`MemoryWorkQueue.cancel`)."""
+        self._ready()
+        item = self._local.cancel(item_id, reason, wall(now))
+        self._actor.wake.set()
+        return item
+
+    def time_out(self, item_id: str, attempt: int, reason: str, now: float) -> Verdict:
+        """End the attempt ``timed_out`` (see :meth:`MemoryWorkQueue.time_out`)."""
+        return self._changed(self._local.time_out(item_id, attempt, reason, wall(now)))
+
     def _changed(self, verdict: Verdict) -> Verdict:
         if verdict.accepted:
             self._actor.wake.set()
@@ -455,26 +490,6 @@ class SqliteWorkQueue(_Controls, _Reporting, LocalOrdering):
             f"this hub keeps its work in SQLite at {self.path}, alone; start hubs with "
             "--redis URL to share queues between them"
         )
-
-    @property
-    def outage(self) -> bool:
-        """Whether writes to the file fail now."""
-        return self._actor.outage.active
-
-    @property
-    def rounds(self) -> int:
-        """Rounds written so far by the actor."""
-        return self._actor.rounds
-
-    @property
-    def errors(self) -> int:
-        """Rounds that failed (logged once per outage, retried)."""
-        return self._actor.errors
-
-    @property
-    def held(self) -> int:
-        """Submits waiting for their commit."""
-        return len(self._waiting)
 
 
 def _check_options(keep_finished: Any, fsync: Any, timeout: Any, max_held: Any) -> None:

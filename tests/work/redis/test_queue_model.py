@@ -91,7 +91,13 @@ SAVED = (
     "entry",
     "seen_attempt",
 )
-STATUS = {COMPLETED: "completed", FAILED: "failed", DEAD: "dead", ASSIGNED: "assigned"}
+STATUS = {
+    COMPLETED: "completed",
+    FAILED: "failed",
+    DEAD: "dead",
+    ASSIGNED: "assigned",
+    ItemStatus.CANCELLED: "cancelled",
+}
 
 
 def store_round(q: RedisWorkQueue) -> int:
@@ -326,7 +332,7 @@ class RedisQueueMachine(WorkQueueMachine):
         if m.status is COMPLETED:
             assert json.loads(h["result"]) == m.result
             assert h["error"] == ""
-        if m.status in (FAILED, DEAD):
+        if m.status in (FAILED, DEAD, ItemStatus.CANCELLED):
             assert h["error"] == m.error, m.id
         # what `work show` reads back (fetch): the item as the model has it
         shown = _item_from(h)
@@ -344,7 +350,8 @@ class RedisQueueMachine(WorkQueueMachine):
         shown_history = [(x.attempt, x.agent, x.outcome, x.reason) for x in shown.history]
         assert shown_history == expected[-HISTORY_KEPT:]
         # completed and failed items expire (keep_finished); the others never do
-        assert (ttl > 0) if m.status in (COMPLETED, FAILED) else ttl == -1, (m.id, ttl)
+        expires = (COMPLETED, FAILED, ItemStatus.CANCELLED)
+        assert (ttl > 0) if m.status in expires else ttl == -1, (m.id, ttl)
         if m.status in (QUEUED, ASSIGNED):
             holder = (HUB, self.rq.token) if m.id in self.here else ("", "")
             assert (h["hub"], h["tok"]) == holder, f"{m.id}: the lease"
@@ -490,6 +497,63 @@ class RedisQueueMachine(WorkQueueMachine):
         assert (item.status, item.deliveries, item.attempt) == (QUEUED, 0, m.attempt)
         with pytest.raises(ControlError):
             self.q.get(item_id)
+
+    # cancel (issue 21) -----------------------------------------------------------------
+
+    @precondition(lambda self: self.items)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """As ``hubvisor work cancel`` does, right after a round: an item this hub holds
+        is cancelled here and written (fenced) in the next round; any other one by the
+        atomic server-side script at once (Redis: its log entry names no hub, no agent);
+        an ended one is refused, changing nothing."""
+        self.sync()  # cancels after a round: the writes held meanwhile are not modelled
+        item_id = data.draw(st.sampled_from(list(self.items)), label="item")
+        m = self.items[item_id]
+        mine = item_id in self.here or item_id in self.pending
+        if m.status in FINAL or item_id in self.pending:
+            match = "not in Redis yet" if item_id in self.pending else "has ended"
+
+            def refused() -> None:
+                with pytest.raises(ControlError, match=match):
+                    if mine:
+                        self.q.cancel(item_id, "why", self.now)
+                    else:
+                        trio.run(self.rq.cancel_any, item_id, "why")
+
+            self.unchanged(refused)
+            return
+        if m.status is ASSIGNED and not mine:
+            return  # held by an earlier incarnation until the next round adopts it
+        if mine:
+            line = self.queues[m.agent_type]
+            if m.status is QUEUED:
+                assert line.index(item_id) < self.local_n[m.agent_type]
+                line.remove(item_id)
+                self.local_n[m.agent_type] -= 1
+            now = self.tick()
+            got = self.q.cancel(item_id, "not needed", now)
+            if m.status is ASSIGNED:
+                assert m.agent is not None
+                self.release(m, m.agent, "cancelled", "not needed")
+            m.error = "cancelled: not needed"
+            self.finish(m, ItemStatus.CANCELLED, now)
+            assert got.status is ItemStatus.CANCELLED
+            return
+        # queued in the stream: the script, at once
+        got = trio.run(self.rq.cancel_any, item_id, "not needed")
+        now = self.tick()
+        self.queues[m.agent_type].remove(item_id)
+        m.status, m.error, m.finished_at = ItemStatus.CANCELLED, "cancelled: not needed", now
+        self.finished.append(item_id)
+        self.log.append((item_id, m.attempt, "", "", "cancelled"))
+        assert (got.status, got.error) == (ItemStatus.CANCELLED, m.error)
+        # and so it outlives a hub killed before its next round
+        w, written = self.written, self.written["items"][item_id]
+        written.status, written.error, written.finished_at = m.status, m.error, now
+        w["finished"].append(item_id)
+        w["queues"][m.agent_type].remove(item_id)
+        w["log"].append(self.log[-1])
 
     @precondition(lambda self: self.steps_since_quiesce >= 15)
     @rule()
