@@ -40,7 +40,7 @@ import math
 import re
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -695,14 +695,29 @@ def submit(
     *,
     key: str | None = None,
     after: list[str] | tuple[str, ...] = (),
+    priority: int = 0,
+    delay: float | None = None,
+    require: Mapping[str, str] | None = None,
+    time_limit: float | None = None,
 ) -> bytes:
     """``SUBMIT=``: new work for agents of ``agent_type``; ``key``: its idempotency key,
-    ``after``: the items it waits for (ids, or ``TYPE:KEY`` of items submitted with a key)."""
+    ``after``: the items it waits for (ids, or ``TYPE:KEY`` of items submitted with a key);
+    ``priority``, ``delay`` (seconds), ``require`` (pool labels) and ``time_limit``
+    (seconds per attempt) as for ``hubvisor submit`` (docs/work-controls.md)."""
     body: dict[str, JSON] = {"type": agent_type, "payload": payload}
     if key is not None:
         body["key"] = key
     if after:
         body["after"] = list(after)
+    if priority:
+        body["priority"] = priority
+    if delay is not None:
+        body["delay"] = delay
+    if require:
+        labels: dict[str, JSON] = dict(require)
+        body["require"] = labels
+    if time_limit is not None:
+        body["time_limit"] = time_limit
     return _to_hub(f"SUBMIT={_dumps(body)}")
 
 

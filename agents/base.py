@@ -131,6 +131,10 @@ class Assignment:
         *,
         key: str | None = None,
         after: list[str] | tuple[str, ...] = (),
+        priority: int = 0,
+        delay: float | None = None,
+        require: Mapping[str, str] | None = None,
+        time_limit: float | None = None,
     ) -> None:
         """Submit new work for agents of ``agent_type`` (``SUBMIT``).
 
@@ -139,12 +143,24 @@ class Assignment:
                 hub creates no other (a retried attempt submitting again is harmless).
             after: the items the new one waits for: ids, or ``TYPE:KEY`` for an item
                 submitted with a key (an agent does not learn the ids of its submits).
+            priority, delay, require, time_limit: as for ``hubvisor submit``
+                (docs/work-controls.md); a value the hub refuses is logged by the hub.
 
         Raises:
             agents._protocol.InvalidNotifyMessage: a bad type, a payload that is not JSON,
                 or a record over 64 KiB.
         """
-        await self._agent._send(proto.submit(agent_type, payload, key=key, after=after))
+        record = proto.submit(
+            agent_type,
+            payload,
+            key=key,
+            after=after,
+            priority=priority,
+            delay=delay,
+            require=require,
+            time_limit=time_limit,
+        )
+        await self._agent._send(record)
 
     def __repr__(self) -> str:
         return f"Assignment(item={self.item!r}, attempt={self.attempt}, type={self.type!r})"

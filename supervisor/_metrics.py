@@ -52,6 +52,7 @@ from .work import (
     WorkSubmitted,
     WorkTimedOut,
 )
+from .work._deps import blocked_count
 
 if TYPE_CHECKING:
     from ._hub import Hub, TreeRow
@@ -767,16 +768,18 @@ class _HubCollector:
 
 def _waiting_by_reason(hub: Hub, types: set[str]) -> GaugeMetricFamily:
     """``hubvisor_work_waiting{type, reason}``: queued items that may go to an agent now
-    (``ready``) and those waiting for their time (``delayed``: a delay, a not-before, a
-    retry delay)."""
+    (``ready``), those waiting for their time (``delayed``: a delay, a not-before, a
+    retry delay) and those waiting for other items (``dependencies``: ``--after``)."""
     gauge = GaugeMetricFamily(
         "hubvisor_work_waiting",
-        "Queued work items by why they wait: ready (for an agent) or delayed (for their time).",
+        "Queued work items by why they wait: ready (for an agent), delayed (for their time) "
+        "or dependencies (for other items).",
         labels=("type", "reason"),
     )
     for t in sorted(types):
         gauge.add_metric((t, "ready"), int(hub.work.queue.depth(t)))
         gauge.add_metric((t, "delayed"), hub.work.delayed(t))
+        gauge.add_metric((t, "dependencies"), blocked_count(hub.work.queue, t))
     return gauge
 
 

@@ -58,6 +58,8 @@ class Snapshot:
         queued: ``(type, count)`` of the items waiting, by agent type.
         assigned: the same for the items agents hold.
         at: ``time.monotonic()`` when it was taken.
+        later: of the queued items, those not ready yet, by agent type: waiting for
+            their time (a delay or a retry delay) or for other items (``--after``).
     """
 
     rows: Sequence[Mapping[str, Any]]
@@ -65,6 +67,7 @@ class Snapshot:
     queued: Mapping[str, int]
     assigned: Mapping[str, int]
     at: float
+    later: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def poll(path: Path, timeout: float = 5.0) -> Snapshot:
@@ -86,7 +89,11 @@ def poll(path: Path, timeout: float = 5.0) -> Snapshot:
         for state in counts:
             items = request(path, {"op": "work_list", "status": state}, timeout)
             counts[state] = Counter(str(i.get("type")) for i in items)
-    return Snapshot(rows, status, counts["queued"], counts["assigned"], time.monotonic())
+    later = {
+        str(t): int(c.get("delayed", 0)) + int(c.get("blocked", 0))
+        for t, c in (queues or {}).items()
+    }
+    return Snapshot(rows, status, counts["queued"], counts["assigned"], time.monotonic(), later)
 
 
 @attrs.define
@@ -201,9 +208,10 @@ def render(
 
 
 def _queues(snap: Snapshot, agents: Mapping[str, Mapping[str, Any]]) -> Table:
-    """The queues by agent type: waiting, in flight, agents and idle ones."""
+    """The queues by agent type: waiting (ready for an agent), later (delayed or waiting
+    for other items), in flight, agents and idle ones."""
     queues = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="queues", title_justify="left")
-    for col in ("type", "waiting", "in flight", "agents", "idle"):
+    for col in ("type", "waiting", "later", "in flight", "agents", "idle"):
         queues.add_column(col, justify="left" if col == "type" else "right")
     by_type: dict[str, Counter[str]] = defaultdict(Counter)
     for a in agents.values():
@@ -211,7 +219,8 @@ def _queues(snap: Snapshot, agents: Mapping[str, Mapping[str, Any]]) -> Table:
     for t in sorted(set(by_type) | set(snap.queued) | set(snap.assigned)):
         queues.add_row(
             Text(t),
-            str(snap.queued.get(t, 0)),
+            str(snap.queued.get(t, 0) - snap.later.get(t, 0)),  # ready for an agent
+            str(snap.later.get(t, 0)),
             str(snap.assigned.get(t, 0)),
             str(sum(by_type[t].values())),
             str(by_type[t]["idle"]),

@@ -106,7 +106,8 @@ while True:
             sys.stdout.write("x" * p["size"] + "\n")
         print("spew done", flush=True)
     if p.get("submit"):
-        send("SUBMIT=" + json.dumps({"type": p["submit"], "payload": {"n": p.get("n", 0)}}))
+        sub = {"type": p["submit"], "payload": {"n": p.get("n", 0)}, **p.get("submit_opts", {})}
+        send("SUBMIT=" + json.dumps(sub))
     if "fail_bytes" in p:  # an error read with surrogateescape: JSON carries a lone surrogate
         p["fail"] = bytes.fromhex(p["fail_bytes"]).decode("utf-8", "surrogateescape")
     if "fail_retry" in p:  # FAIL retry=true, with "retry_after" when given (issue 21)

@@ -18,6 +18,7 @@ import trio
 from .._errors import ChildNotFound, ControlError, WaitTimeout
 from .._spec import BRUTAL_KILL, AnySpec, ChildSpec, PoolSpec
 from ..work import FINAL, ItemStatus
+from ..work._deps import blocked_count
 from .ops import SCHEMA_VERSION, Args, parse_request
 from .stream import Stream
 
@@ -166,6 +167,7 @@ async def _status(hub: Hub, args: Args, background: trio.Nursery) -> Any:
     }
     for agent_type, queue in result["hub"]["queues"].items():  # type: ignore[index]
         queue["delayed"] = hub.work.delayed(agent_type)  # issue 21: of the queued
+        queue["blocked"] = blocked_count(hub.work.queue, agent_type)  # waiting on others
     scaling = hub.autoscaler.status()
     if scaling:
         result["scaling"] = scaling

@@ -10,7 +10,7 @@ from typing import Any
 from .._errors import ControlError
 from ._item import FINAL, ItemStatus, WorkItem, _dependency_ended
 
-__all__ = ["DependencyIndex"]
+__all__ = ["DependencyIndex", "blocked_count"]
 
 
 class DependencyIndex:
@@ -168,3 +168,10 @@ class DependencyIndex:
 def _matches(require: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Whether a pool with ``labels`` may take an item that requires ``require``."""
     return all(labels.get(k) == v for k, v in require.items())
+
+
+def blocked_count(queue: Any, agent_type: str) -> int:
+    """Items of ``agent_type`` waiting for their dependencies in ``queue`` (0: a queue
+    without dependencies)."""
+    blocked = getattr(queue, "blocked", None)
+    return 0 if blocked is None else int(blocked(agent_type))

@@ -479,7 +479,7 @@ class Dispatch:
                 body.get("payload"),
                 max_deliveries=body.get("max_deliveries"),
                 source=f"agent:{msg.agent_id}",
-                **{k: body[k] for k in ("key", "after") if body.get(k) is not None},
+                **{k: body[k] for k in _AGENT_SUBMIT_OPTIONS if body.get(k) is not None},
             )
         except ControlError as exc:
             self.refused += 1
@@ -497,6 +497,16 @@ class Dispatch:
         supervisor = agent.supervisor if agent is not None else ""
         self.hub.bus.publish(cls(at=_now(), supervisor=supervisor, child_id=child_id, **fields))
 
+
+_AGENT_SUBMIT_OPTIONS = (
+    "key",
+    "after",
+    "priority",
+    "delay",
+    "not_before",
+    "require",
+    "time_limit",
+)  # the work controls (issue 21) an agent's SUBMIT may carry, checked as any submit's
 
 # -- routing to tiers (issue 21) --------------------------------------------------------
 

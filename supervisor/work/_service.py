@@ -31,6 +31,7 @@ from .._errors import ConfigError, ControlError
 from .._events import Event
 from .._spec import _ID_RE
 from ._controls import DEFAULT_CANCEL_GRACE, Controls
+from ._deps import blocked_count
 from ._dispatch import Dispatch
 from ._item import (
     DEFAULT_MAX_DELIVERIES,
@@ -665,10 +666,7 @@ def _check_require(hub: Hub | None, agent_type: str, require: Mapping[str, str])
     )
 
 
-def _blocked(queue: WorkQueue, agent_type: str) -> int:
-    """Items of ``agent_type`` waiting for their dependencies (0: a queue without any)."""
-    blocked = getattr(queue, "blocked", None)
-    return 0 if blocked is None else int(blocked(agent_type))
+_blocked = blocked_count
 
 
 def _labels_of(hub: Hub, path: str) -> Mapping[str, str]:

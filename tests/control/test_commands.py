@@ -146,13 +146,18 @@ async def test_status_table_and_json_schema(tmp_path: Path) -> None:
         crashing = hub.work.submit("w", {"crash_if": str(crash)}, max_deliveries=1)
         await until(lambda: hub.work.get(crashing.id).status == "dead")
         crashed_id = hub.work.get(crashing.id).history[-1].agent
-        # The crashed one is back (its own running event: a1's first one may come after
-        # a2's, and an earlier heartbeat of the dead incarnation does not count).
-        await wait_event(events, is_("running", crashed_id))
+        # The crashed one is back: its new incarnation's running event and heartbeat (a1's
+        # first running event may come after a2's, and the dead incarnation's events can
+        # still be unread: only the new pid counts).
+        rows = {r.info.id: r for r in hub.which_children()}
+        await until(lambda: _restarted_pid(hub, crashed_id) is not None)
+        new_pid = _restarted_pid(hub, crashed_id)
+        await wait_event(events, is_("running", crashed_id, pid=new_pid))
         held = hub.work.submit("w", {"hold": True})
         await until(lambda: hub.work.get(held.id).status == "assigned")
         holder = hub.work.get(held.id).agent
-        await wait_all(events, is_("heartbeat", "a1"), is_("heartbeat", "a2"))
+        other = next(i for i in rows if i != crashed_id)
+        await wait_all(events, is_("heartbeat", crashed_id, pid=new_pid), is_("heartbeat", other))
 
         status = await cli_json(path, "status")
         table = await cli(path, "status")
@@ -638,3 +643,12 @@ async def test_submit_reads_json_lines_from_stdin_over_one_connection(
         assert "stdin line 2: the request is" in cut.output
         assert "the 1 lines before it were sent" in cut.output
         assert 101 == len(hub.work.items())
+
+
+def _restarted_pid(hub: Any, child_id: str) -> int | None:
+    """The pid of ``child_id`` once it was restarted (None before)."""
+    for row in hub.which_children():
+        if row.info.id == child_id and row.info.restarts >= 1:
+            pid: int | None = row.info.pid
+            return pid
+    return None

@@ -47,3 +47,27 @@ async def test_submit_with_priority_delay_and_not_before_and_how_they_show(
     hub_status = json.loads(status.stdout)["hub"]
     assert hub_status["queues"]["w"]["delayed"] == 1
     assert "(1 of the queued delayed)" in plain.stdout
+
+
+async def test_status_metrics_and_top_count_the_items_waiting_on_others(tmp_path: Path) -> None:
+    """An item waiting for a delayed one: ``status`` counts it ``blocked`` beside the
+    delayed one, ``hubvisor_work_waiting{reason="dependencies"}`` is 1, and top's queue
+    line shows both as ``later``, none ready."""
+    from supervisor._metrics import _waiting_by_reason
+    from supervisor._top import poll
+
+    async with served(tree(), tmp_path) as (hub, events, path):
+        with trio.fail_after(TIMEOUT):
+            first = await cli(path, "submit", "w", '{"n": 1}', "--delay", "3600")
+            then = await cli(path, "submit", "w", '{"n": 2}', "--after", first.stdout.strip())
+            status = await cli(path, "status", "--json")
+            snap = await trio.to_thread.run_sync(poll, path)
+        gauge = _waiting_by_reason(hub, {"w"})
+
+    assert (0, 0) == (first.exit_code, then.exit_code), then.output
+    assert {"queued": 2, "assigned": 0, "delayed": 1, "blocked": 1} == (
+        json.loads(status.stdout)["hub"]["queues"]["w"]
+    )
+    by_reason = {s.labels["reason"]: s.value for s in gauge.samples}
+    assert {"ready": 0, "delayed": 1, "dependencies": 1} == by_reason
+    assert (snap.queued["w"], snap.later["w"]) == (2, 2)

@@ -154,13 +154,13 @@ class TestTop:
         self, hub: Path, tmux: Tmux, tmp_path: Path
     ) -> None:
         """Five items for two agents that hold them: the screen shows both agents busy
-        with an item, the queue line `w  3 waiting  2 in flight  2 agents  0 idle`, and
+        with an item, the queue line `w  3 waiting  0 later  2 in flight  2 agents  0 idle`, and
         CPU and memory read from /proc; q ends top with status 0."""
         rc = tmp_path / "rc"
         tmux.start(top_command(hub, rc))
         for _ in range(5):
             request(hub, {"op": "submit", "type": "w", "payload": {"sleep": 60}})
-        queue = re.compile(r"^\s*w\s+3\s+2\s+2\s+0\s*$", re.M)
+        queue = re.compile(r"^\s*w\s+3\s+0\s+2\s+2\s+0\s*$", re.M)
         busy = re.compile(
             r"^\s+(w-agent-[12])\s+w\s+\d+\s+busy\s+\d+%\s+[\d.]+M\s+0\s+[\d.]+s\s+w-\d",
             re.M,
@@ -231,7 +231,7 @@ class TestFrame:
                  "assignment": None, "last_exit": None},
             ],
         }  # fmt: skip
-        snap = Snapshot(rows, status, {"w": 4}, {"w": 1}, 0.0)
+        snap = Snapshot(rows, status, {"w": 4}, {"w": 1}, 0.0, later={"w": 1})
         console = Console(width=160, record=True, color_system=None)
         console.print(render(snap, {42: GroupUsage(1.0, 3 * 1024 * 1024, 2)}, {42: 12.4}))
         text = console.export_text()
@@ -241,7 +241,8 @@ class TestFrame:
             lines["inner-agent"],
         )
         assert re.search(r"^\s{1}lonely\s+w\s+-\s+backing_off\s+-\s+-\s+1\s+-\s+-", lines["lonely"])
-        assert re.search(r"^\s*w\s+4\s+1\s+2\s+0\s*$", lines["w"])
+        # waiting 3 (ready), later 1 (delayed or waiting on others), in flight 1, 2 agents
+        assert re.search(r"^\s*w\s+3\s+1\s+1\s+2\s+0\s*$", lines["w"])
         assert "work: 4 queued" in text
         json.dumps(status)  # the frame needs nothing the control socket cannot send
 
@@ -263,7 +264,7 @@ class TestFrame:
         console.print(render(snap, {}, {}, height=30))
         lines = console.export_text().rstrip("\n").split("\n")
         assert len(lines) <= 30
-        assert any(re.match(r"^\s*w\s+7\s+0\s+0\s+0\s*$", line) for line in lines)
+        assert any(re.match(r"^\s*w\s+7\s+0\s+0\s+0\s+0\s*$", line) for line in lines)
         shown = sum(1 for line in lines if re.match(r"^\s*w-agent-\d+\s", line))
         assert f"… {100 - shown} more rows: enlarge the terminal" in lines[-2] + lines[-1]
         assert shown >= 15
@@ -442,7 +443,7 @@ class TestCommand:
 
         assert 0 == result.exit_code, result.output
         assert "hubvisor top  hub hub" in result.output
-        assert re.search(r"^\s*w\s+1\s+0\s+2\s+0\s*$", result.output, re.M), result.output
+        assert re.search(r"^\s*w\s+1\s+0\s+0\s+2\s+0\s*$", result.output, re.M), result.output
         assert "w-agent-2" in result.output
 
     def test_the_socket_comes_from_the_option_the_hub_id_or_the_environment(

@@ -148,3 +148,24 @@ async def test_a_stop_hands_back_without_delay() -> None:
         reclaimed = await wait_event(events, is_("work_reclaimed", "a1"))
         assert reclaimed.reason == "stop"  # type: ignore[attr-defined]
         assert hub.work.get(item.id).not_before is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_agents_submit_carries_the_work_controls(
+    backend: str, service: Callable[..., WorkService]
+) -> None:
+    """An agent's SUBMIT with priority, delay, time_limit and require makes an item with
+    them (checked as any submit); one with a bad value is refused, creating nothing."""
+    async with running([agent("a1")], work=service(backend)) as (hub, events):
+        opts = {"priority": 7, "delay": 600, "time_limit": 30, "require": {}}
+        parent = hub.work.submit("w", {"submit": "w", "n": 1, "submit_opts": opts})
+        assert (await finished(hub, parent, events)).status is ItemStatus.COMPLETED
+        (child,) = [i for i in hub.work.items() if i.source == "agent:a1"]
+        assert (child.priority, child.time_limit) == (7, 30.0)
+        assert child.not_before is not None and child.not_before > time.time() + 500
+        assert (child.status, hub.work.delayed("w")) == (ItemStatus.QUEUED, 1)
+
+        bad = hub.work.submit("w", {"submit": "w", "n": 2, "submit_opts": {"priority": "high"}})
+        assert (await finished(hub, bad, events)).status is ItemStatus.COMPLETED
+        assert [child.id] == [i.id for i in hub.work.items() if i.source == "agent:a1"]
+        assert hub.work.refused >= 1
