@@ -32,7 +32,7 @@ from .control.ops import (
     Op,
     wait_exit_status,
 )
-from .control.paths import SOCKET_ENV, NoHubExit, default_socket_path, env_socket_path
+from .control.paths import NoHubExit, default_socket_path, env_socket_path, no_hub_report
 from .control.wire import dumps, loads_request
 
 if TYPE_CHECKING:
@@ -375,21 +375,28 @@ def check(spec: str) -> None:
     click.echo(f"{spec}: OK")
 
 
+_SOCKET_HELP = (
+    "The hub's control socket (default: $HUBVISOR_SOCKET, else the default path for --hub-id)."
+)
+_HUB_ID_HELP = (
+    "The id of the hub to control (its root spec's name; default: $HUBVISOR_HUB_ID, else "
+    "the one hub running, else hub)."
+)
+
+
 @main.group()
 @click.option(
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar=SOCKET_ENV,
     default=None,
-    help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path for "
-    "--hub-id).",
+    help=_SOCKET_HELP,
 )
-@click.option("--hub-id", default="hub", show_default=True, help="The id of the hub to control.")
+@click.option("--hub-id", default=None, help=_HUB_ID_HELP)
 @click.pass_context
-def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
+def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str | None) -> None:
     """Control a running hub."""
-    ctx.obj = socket_path or default_socket_path(hub_id)
+    ctx.obj = socket_path or (default_socket_path(hub_id) if hub_id else None)
 
 
 @main.group()
@@ -573,14 +580,9 @@ def _where_options() -> list[click.Parameter]:
             ["--socket", "socket_path"],
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
-            "for --hub-id).",
+            help=_SOCKET_HELP,
         ),
-        click.Option(
-            ["--hub-id"],
-            default=None,
-            help="The id of the hub to control (its root spec's name; default: hub).",
-        ),
+        click.Option(["--hub-id"], default=None, help=_HUB_ID_HELP),
     ]
 
 
@@ -660,7 +662,7 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
         try:
             _carry_out(op, path, args, as_json, timeout, wait)
         except NoHubRunning as exc:
-            raise NoHubExit(str(exc)) from exc
+            raise NoHubExit(no_hub_report(path)) from exc
         except ControlClientError as exc:
             raise click.ClickException(str(exc)) from exc
 
