@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -97,18 +96,35 @@ def load_spec(target: str) -> SupervisorSpec | list[AnySpec]:
     )
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+def _setup_logging(options: dict[str, Any]) -> None:
+    """Log as ``--log-level`` and ``--log-format`` say (taken out of ``options``)."""
+    from ._log import setup_logging
+
+    setup_logging(options.pop("log_level"), options.pop("log_format"))
 
 
 _LIMITS = ControlLimits()
 
 _common = [
+    click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        envvar="HUBVISOR_LOG_LEVEL",
+        help="The least severe log lines written (debug: also one line per completed "
+        "item). Also $HUBVISOR_LOG_LEVEL.",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        envvar="HUBVISOR_LOG_FORMAT",
+        help="text: ISO 8601 time, level, message; json: one JSON object a line (time, "
+        "level, event, supervisor, agent, item, message; docs/logging.md). Also "
+        "$HUBVISOR_LOG_FORMAT.",
+    ),
     click.option(
         "--max-agents",
         type=click.IntRange(min=0),
@@ -282,7 +298,7 @@ def main() -> None:
 @_with_common
 def run(spec: str, **options: Any) -> None:
     """Run the supervision tree SPEC (path/to/file.py[:attr] or module[:attr])."""
-    _setup_logging(False)
+    _setup_logging(options)
     _run_or_explain(lambda: load_spec(spec), options)
 
 
@@ -326,7 +342,7 @@ def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> N
     them; one worker crashes now and then, one hangs. Watch it with `hubvisor status`."""
     from ._demo import DemoFeeder, demo_spec
 
-    _setup_logging(False)
+    _setup_logging(options)
     fresh = (
         options.get("redis") is None
         and options.get("work") != "memory"

@@ -1,8 +1,12 @@
-"""Lifecycle events as readable log lines."""
+"""Lifecycle events as readable log lines, as text or JSON lines (``--log-format``)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from datetime import datetime
+from typing import Any, TextIO
 
 import trio
 
@@ -34,11 +38,17 @@ from .work import (
 
 __all__ = [
     "LIFECYCLE_KINDS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "SUMMARY_EVERY",
     "WORK_LOG_KINDS",
+    "JsonFormatter",
+    "TextFormatter",
     "event_level",
     "format_event",
     "log_events",
     "log_kinds",
+    "setup_logging",
 ]
 
 logger = logging.getLogger("hubvisor")
@@ -146,7 +156,11 @@ def log_kinds(output: bool = False) -> frozenset[str]:
 
 
 def event_level(event: Event) -> int:
-    """WARNING for failures (crashes, failed starts, escalations), INFO for the rest."""
+    """WARNING for failures (crashes, failed starts, escalations), DEBUG for an item
+    completed on its first attempt (the log sums them up every :data:`SUMMARY_EVERY`
+    seconds), INFO for the rest (an item completed after a failure or reclaim too)."""
+    if isinstance(event, WorkCompleted) and event.attempt <= 1:
+        return logging.DEBUG
     if event.kind in ("escalated", "spawn_failed", "hung", "work_dead", "work_reclaimed"):
         return logging.WARNING
     if isinstance(event, ChildExited) and not event.expected and not event.status.normal:
@@ -154,14 +168,128 @@ def event_level(event: Event) -> int:
     return logging.INFO
 
 
-async def log_events(events: trio.abc.ReceiveChannel[Event]) -> None:
-    """Log each event of ``events`` as one line until the channel ends.
+SUMMARY_EVERY = 10.0
+"""Seconds between two lines ``work: N completed, M failed in the last 10 s`` (INFO;
+only when something ended)."""
+
+_SUMMED = ("work_completed", "work_failed")
+
+
+async def log_events(
+    events: trio.abc.ReceiveChannel[Event], summary_every: float = SUMMARY_EVERY
+) -> None:
+    """Log each event of ``events`` as one line until the channel ends, and every
+    ``summary_every`` seconds how many items completed and failed (when any did; once
+    more for the rest when the channel ends).
 
     Example::
 
         events = hub.bus.subscribe(log_kinds(output=True))  # before hub.serve()
         nursery.start_soon(log_events, events)
     """
-    async with events:
+    counts = dict.fromkeys(_SUMMED, 0)
+    since = [trio.current_time()]
+
+    def summarise() -> None:
+        now = trio.current_time()
+        if any(counts.values()):
+            logger.info(
+                "work: %d completed, %d failed in the last %.3g s",
+                counts["work_completed"],
+                counts["work_failed"],
+                now - since[0],
+                extra={"event_kind": "work_summary", **counts},
+            )
+        counts.update(dict.fromkeys(_SUMMED, 0))
+        since[0] = now
+
+    async def tick() -> None:
+        while True:
+            await trio.sleep(summary_every)
+            summarise()
+
+    async with events, trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
         async for event in events:
-            logger.log(event_level(event), "%s", format_event(event))
+            if event.kind in counts:
+                counts[event.kind] += 1
+            logger.log(event_level(event), "%s", format_event(event), extra=_fields(event))
+        nursery.cancel_scope.cancel()
+    summarise()
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    """What a JSON log line says of ``event`` besides its message."""
+    about_supervisor = event.kind in (
+        "supervisor_started",
+        "supervisor_stopping",
+        "supervisor_stopped",
+    )
+    return {
+        "event_kind": event.kind,
+        "supervisor": event.supervisor,
+        "agent": None if about_supervisor else event.child_id,
+        "item": getattr(event, "item_id", None),
+    }
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""The values of ``--log-level``."""
+LOG_FORMATS = ("text", "json")
+"""The values of ``--log-format``."""
+
+
+def _iso(created: float) -> str:
+    """``created`` (Unix time) in ISO 8601 with milliseconds and the local zone's offset."""
+    return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-12-07T09:30:00.123+01:00 INFO    message``: one line a record (a traceback,
+    when there is one, follows it)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso(record.created)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (ISO 8601 with the zone), ``level`` (``debug``,
+    ``info``, ``warning``, ``error``), ``event`` (the event's kind, ``work_summary`` for
+    the summaries, ``null`` for other lines), ``supervisor``, ``agent`` (the child),
+    ``item`` (the work item), each ``null`` when it does not apply, ``message`` (the text
+    line), and ``traceback`` when there is one; a summary also has ``completed`` and
+    ``failed``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event_kind", None),
+            "supervisor": getattr(record, "supervisor", None),
+            "agent": getattr(record, "agent", None),
+            "item": getattr(record, "item", None),
+            "message": record.getMessage(),
+        }
+        if line["event"] == "work_summary":
+            line["completed"] = getattr(record, "work_completed", 0)
+            line["failed"] = getattr(record, "work_failed", 0)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Log to ``stream`` (default stderr) at ``level`` (one of :data:`LOG_LEVELS`) as
+    ``fmt`` (``text`` or ``json``), unless the root logger has a handler already (as
+    :func:`logging.basicConfig`)."""
+    if level not in LOG_LEVELS or fmt not in LOG_FORMATS:
+        raise ValueError(
+            f"log level {level!r} / format {fmt!r}: the level must be one of "
+            f"{', '.join(LOG_LEVELS)} and the format text or json"
+        )
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
