@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
@@ -36,10 +36,15 @@ from .work import (
     WorkSubmitted,
 )
 
+if TYPE_CHECKING:
+    from ._hub import Hub
+
 __all__ = [
     "LIFECYCLE_KINDS",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_LOG_ERROR",
+    "STOP_KINDS",
     "SUMMARY_EVERY",
     "WORK_LOG_KINDS",
     "JsonFormatter",
@@ -48,6 +53,7 @@ __all__ = [
     "format_event",
     "log_events",
     "log_kinds",
+    "log_stop_summary",
     "setup_logging",
 ]
 
@@ -123,6 +129,7 @@ def format_event(event: Event) -> str:
             return f"work {item} completed by {event.child_id} (attempt {attempt})"
         case WorkFailed(item_id=item, attempt=attempt, error=error, final=final):
             then = "for good" if final else "; it will be retried"
+            error = _bounded(error)
             return f"work {item} failed on {event.child_id} (attempt {attempt}): {error} {then}"
         case WorkReclaimed(item_id=item, attempt=attempt, reason=reason):
             why = {
@@ -137,6 +144,7 @@ def format_event(event: Event) -> str:
                 "queued again"
             )
         case WorkDeadLettered(item_id=item, attempt=attempt, reason=reason):
+            reason = _bounded(reason)
             return (
                 f"work {item} DEAD after attempt {attempt}: {reason} (hubvisor work retry {item})"
             )
@@ -147,6 +155,15 @@ def format_event(event: Event) -> str:
                 f"{reason}{more}"
             )
     return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
+
+
+MAX_LOG_ERROR = 300
+"""The most characters of an item's error a log line shows (then ``…``); ``hubvisor work
+show ID`` shows it whole (a dead item's summary cuts each attempt's error at 200)."""
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_LOG_ERROR else text[:MAX_LOG_ERROR] + "…"
 
 
 def log_kinds(output: bool = False) -> frozenset[str]:
@@ -218,6 +235,53 @@ async def log_events(
     summarise()
 
 
+STOP_KINDS = frozenset({"stopped", "supervisor_stopped", "work_reclaimed"})
+"""The event kinds :func:`log_stop_summary` counts."""
+
+
+async def log_stop_summary(hub: Hub, events: trio.abc.ReceiveChannel[Event]) -> None:
+    """Count the agents stopped and the items handed back until ``events`` (subscribed
+    to :data:`STOP_KINDS` before the hub started) ends, as the hub's bus does after its
+    stop; then log one line of what the hub leaves: those counts, and the items not done
+    that its work store keeps (or that are lost, in memory only)."""
+    stopped: list[str] = []
+    supervisors: set[str] = set()
+    handed_back = 0
+    async with events:
+        async for event in events:
+            if isinstance(event, ChildStopped) and event.reason == "shutdown":
+                stopped.append(f"{event.supervisor}/{event.child_id}")
+            elif isinstance(event, SupervisorStopped):
+                supervisors.add(event.supervisor)
+            elif isinstance(event, WorkReclaimed) and event.reason == "stop":
+                handed_back += 1
+    agents = sum(1 for path in stopped if path not in supervisors)  # not nested supervisors
+    unfinished = sum(1 for i in hub.work.items() if i.status in ("queued", "assigned"))
+    kept = hub.work.store is not None
+    where = "kept by the work store" if kept else "lost with the hub (--work memory)"
+    logger.info(
+        "hub stop: %d agent%s stopped, %d item%s handed back, %d item%s not done %s",
+        agents,
+        _s(agents),
+        handed_back,
+        _s(handed_back),
+        unfinished,
+        _s(unfinished),
+        where,
+        extra={
+            "event_kind": "hub_stop",
+            "agents_stopped": agents,
+            "handed_back": handed_back,
+            "not_done": unfinished,
+            "kept": kept,
+        },
+    )
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def _fields(event: Event) -> dict[str, Any]:
     """What a JSON log line says of ``event`` besides its message."""
     about_supervisor = event.kind in (
@@ -276,6 +340,9 @@ class JsonFormatter(logging.Formatter):
         if line["event"] == "work_summary":
             line["completed"] = getattr(record, "work_completed", 0)
             line["failed"] = getattr(record, "work_failed", 0)
+        if line["event"] == "hub_stop":
+            for key in ("agents_stopped", "handed_back", "not_done", "kept"):
+                line[key] = getattr(record, key, None)
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)

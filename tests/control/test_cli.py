@@ -191,11 +191,13 @@ class TestDemo:
         assert re.search(r"reclaimed from worker-hangy \(attempt 1\): its agent hung", text)
         assert "restarting" in text
         # The last line, but for the warning naming the queued items lost with the hub.
-        # and the last summary of the work done.
+        # and the summaries of the work done and of the stop.
         tail = [
             line
             for line in text.rstrip().splitlines()
-            if "lost with the hub" not in line and " INFO    work: " not in line
+            if "lost with the hub" not in line
+            and " INFO    work: " not in line
+            and " INFO    hub stop: " not in line
         ]
         assert tail[-1].endswith("hub stopped"), text[-2000:]
 

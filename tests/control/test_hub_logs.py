@@ -21,6 +21,7 @@ ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
 
 def write_tree(tmp_path: Path, size: int = 1) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     script = tmp_path / "agent.py"
     script.write_text(raw_agent.PROGRAM)
     spec = tmp_path / "tree.py"
@@ -99,3 +100,78 @@ async def test_text_lines_start_with_an_iso_time(tmp_path: Path) -> None:
     assert lines and all(re.match(rf"{ISO} (INFO|WARNING|ERROR) ", line) for line in lines), lines
     assert not [line for line in lines if " completed by " in line]
     assert [line for line in lines if re.search(r"work: 1 completed, 0 failed in the last", line)]
+
+
+async def test_a_dead_item_says_its_error_once_and_bounded(tmp_path: Path) -> None:
+    """An item that failed three times with the same long error: one DEAD line, the
+    error said once, cut at MAX_LOG_ERROR characters with "…"; `work show` keeps it whole."""
+    path = tmp_path / "hub.sock"
+    error = "disk full " + "x" * 500
+    hv = await start_hubvisor("run", str(write_tree(tmp_path)), "--socket", str(path))
+    try:
+        await hv.wait_line("logs started")
+        payload = json.dumps({"fail_retry": error, "retry_after": 0})
+        dead = await cli(path, "submit", "w", payload, "--max-deliveries", "3", "--wait")
+        assert 1 == dead.exit_code, dead.output
+        shown = json.loads((await cli(path, "work", "show", "w-1", "--json")).stdout)
+        assert [error] * 3 == [h["reason"] for h in shown["history"]]  # kept whole
+        hv.proc.terminate()
+        code, lines = await all_lines(hv)
+        assert 0 == code, lines
+    finally:
+        if hv.proc.returncode is None:
+            hv.proc.kill()
+            await finish(hv)
+
+    dead_lines = [line for line in lines if "DEAD" in line or "dead-lettered" in line]
+    assert 1 == len(dead_lines), dead_lines
+    (line,) = dead_lines
+    assert 1 == line.count("disk full") and "x…) (3 times) (hubvisor work retry" in line
+    assert "x" * 190 + "…" in line and "x" * 191 not in line  # cut at 200 characters
+    assert len(line) < 350
+
+
+async def stop_summary(tmp_path: Path, *options: str) -> dict[str, Any]:
+    """A one-agent hub holding one item with another queued, stopped by SIGTERM: its
+    summary line (JSON)."""
+    path = tmp_path / "hub.sock"
+    spec = write_tree(tmp_path)
+    hv = await start_hubvisor(
+        "run", str(spec), "--socket", str(path), "--log-format", "json", *options
+    )
+    try:
+        await hv.wait_line("logs started")
+        for payload in ('{"hold": true}', '{"n": 1}'):
+            assert 0 == (await cli(path, "submit", "w", payload)).exit_code
+        await hv.wait_line("w-agent-1 running")
+        with trio.fail_after(TIMEOUT):
+            while (await cli(path, "status", "--json")).stdout.count('"assignment": null'):
+                await trio.sleep(0.05)  # until the agent holds the first item
+        hv.proc.terminate()
+        code, lines = await all_lines(hv)
+        assert 0 == code, lines
+    finally:
+        if hv.proc.returncode is None:
+            hv.proc.kill()
+            await finish(hv)
+    records = [json.loads(line) for line in lines]
+    summaries = [r for r in records if r["event"] == "hub_stop"]
+    assert 1 == len(summaries), lines
+    return summaries[0]
+
+
+async def test_a_stop_says_what_it_leaves(tmp_path: Path) -> None:
+    """The stop's summary: agents stopped, items handed back, items not done kept by
+    the store (SQLite) or lost (memory)."""
+    kept = await stop_summary(tmp_path / "a", "--state-dir", str(tmp_path / "state"))
+    assert (1, 1, 2, True) == (
+        kept["agents_stopped"],
+        kept["handed_back"],
+        kept["not_done"],
+        kept["kept"],
+    )
+    assert kept["message"] == (
+        "hub stop: 1 agent stopped, 1 item handed back, 2 items not done kept by the work store"
+    )
+    lost = await stop_summary(tmp_path / "b", "--work", "memory")
+    assert lost["message"].endswith("2 items not done lost with the hub (--work memory)")

@@ -31,6 +31,7 @@ from supervisor._events import (
 )
 from supervisor._log import (
     LIFECYCLE_KINDS,
+    MAX_LOG_ERROR,
     SUMMARY_EVERY,
     WORK_LOG_KINDS,
     JsonFormatter,
@@ -316,3 +317,13 @@ def test_json_lines_say_time_level_event_agent_item_and_message() -> None:
     )
     text = TextFormatter().format(plain)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d WARNING a b", text)
+
+
+def test_a_long_error_is_cut_in_the_log_line() -> None:
+    """A dead or failed item's error shows at most MAX_LOG_ERROR characters, then "…"."""
+    dead = WorkDeadLettered(**WHERE, item_id="w-1", attempt=3, reason="e" * 5000)
+    failed = WorkFailed(**WHERE, item_id="w-1", attempt=1, error="e" * 5000, final=True)
+
+    for event in (dead, failed):
+        line = format_event(event)
+        assert "e" * MAX_LOG_ERROR + "…" in line and "e" * (MAX_LOG_ERROR + 1) not in line
