@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ._errors import ConfigError, ControlError, InvalidSpec, MaxAgentsExceeded
-from .control.client import ControlClientError, NoHubRunning, request, request_many, stream
+from .control.client import (
+    ControlClientError,
+    NoHubRunning,
+    request,
+    request_many,
+    stop_and_wait,
+    stream,
+)
 from .control.ops import (
     FAST_TIMEOUT,
     OPS,
@@ -610,6 +617,11 @@ def _timeout_help(op: Op) -> str:
         )
     if op.stream:
         return f"Seconds to wait for each line (default: {FAST_TIMEOUT:g}; for ever with -f)"
+    if op.name == "stop":
+        return (
+            f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}); with --wait, for "
+            "the hub to be gone (default: as long as it takes)."
+        )
     budget = ", plus the longest the hub may need for it" if op.budget else ""
     return f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}{budget})"
 
@@ -621,6 +633,51 @@ _WAIT_OPTION = click.Option(
     f"stderr (exit 1: failed, dead...); exit {WAIT_TIMED_OUT} if --timeout runs out first. "
     "With JSON lines on stdin: every item, as `work wait` prints them.",
 )
+
+
+_STOP_WAIT_OPTION = click.Option(
+    ["--wait"],
+    is_flag=True,
+    help="Wait until the hub has stopped and its process is gone; exit with the hub's "
+    f"exit status (0 when it does not say), or {WAIT_TIMED_OUT} if --timeout runs out "
+    "first.",
+)
+
+
+def _stop_and_exit(path: Path, timeout: float | None) -> None:
+    """``hubvisor stop --wait``: stop the hub, wait until it is gone, exit with its status."""
+    import time
+
+    start = time.monotonic()
+    try:
+        code, pid = stop_and_wait(path, timeout)
+    except TimeoutError as exc:
+        click.echo(f"hubvisor: {exc}; it goes on stopping", err=True)
+        sys.exit(WAIT_TIMED_OUT)
+    while pid is not None and _alive(pid):  # it stopped serving: wait for its exit
+        if timeout is not None and time.monotonic() - start > timeout:
+            click.echo(f"hubvisor: the hub (pid {pid}) had not exited after {timeout:g}s", err=True)
+            sys.exit(WAIT_TIMED_OUT)
+        time.sleep(0.02)
+    click.echo("stopped" if code is None else f"stopped (exit status {code})")
+    sys.exit(code or 0)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _ctl_command(op: Op, name: str | None = None) -> click.Command:
@@ -651,6 +708,8 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
         )
     if op.name == "submit":
         params.append(_WAIT_OPTION)
+    if op.name == "stop":
+        params.append(_STOP_WAIT_OPTION)
     params.extend(_where_options())
 
     def callback(
@@ -676,6 +735,8 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             if v is not None and v is not False and v != ()
         }
         try:
+            if op.name == "stop" and wait:
+                _stop_and_exit(path, timeout)
             _carry_out(op, path, args, as_json, timeout, wait)
         except NoHubRunning as exc:
             raise NoHubExit(no_hub_report(path)) from exc

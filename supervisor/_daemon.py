@@ -69,7 +69,11 @@ async def _run(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, hub, nursery, result)
             if control_socket is not None:
-                serve = functools.partial(serve_control, limits=control_limits or ControlLimits())
+                serve = functools.partial(
+                    serve_control,
+                    limits=control_limits or ControlLimits(),
+                    exit_code=lambda: result.get("final"),  # told to followers at the end
+                )
                 path = await nursery.start(serve, hub, control_socket)
                 logger.info("control socket: %s (hubvisor ctl --socket %s list)", path, path)
             if where:  # after every check that may refuse the start: one line if one does
@@ -87,6 +91,7 @@ async def _run(
             except (SupervisorEscalation, ServiceFailed) as exc:
                 logger.error("hubvisor: %s", exc)
                 result["code"] = 1
+            result["final"] = result["code"]
             nursery.cancel_scope.cancel()
         hub.bus.close()
     return result["code"]

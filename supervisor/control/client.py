@@ -18,7 +18,7 @@ from typing import Any
 from .._errors import HubvisorError
 from . import ops
 from .ops import OPS, Op, show_value
-from .paths import check_private_dir, default_base, no_hub_message
+from .paths import check_private_dir, default_base, no_hub_message, peer_pid
 from .wire import MAX_ANSWER, MAX_LINE, loads_answer, too_deep
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "parse_answer",
     "request",
     "request_many",
+    "stop_and_wait",
     "stream",
     "stream_limits",
 ]
@@ -332,7 +333,9 @@ def stream_limits(
             "where the items are: `hubvisor work show ID` on a hub that serves them"
         )
     if req.get("follow"):
-        return timeout, f"the hub at {path} ended the stream: it stopped"
+        return timeout, (
+            f"the hub at {path} ended the stream without saying why: it was killed or died"
+        )
     return ops.FAST_TIMEOUT if timeout is None else timeout, None
 
 
@@ -348,10 +351,14 @@ def stream(
     (default: ``FAST_TIMEOUT``; for ever while following; for a wait, the request's own
     ``timeout`` plus ``FAST_TIMEOUT``, or for ever).
 
+    A following stream ends (the generator returns) when the hub stops with exit status
+    0.
+
     Raises:
         NoHubRunning: nothing listens at ``path``.
-        ControlClientError: the hub refused the request, ended a following stream (it
-            stopped), did not answer in time, or answered garbage.
+        ControlClientError: the hub refused the request, ended a following stream
+            without saying why (it died), stopped with a nonzero exit status, did not
+            answer in time, or answered garbage.
     """
     name = show_value(req.get("op"))
     wait, ended = stream_limits(path, req, timeout)
@@ -369,7 +376,10 @@ def stream(
     try:
         while True:
             if answer.get("end"):
-                return
+                code = answer.get("code")
+                if answer.get("stopped") and isinstance(code, int) and code != 0:
+                    raise ControlClientError(f"the hub at {path} stopped with exit status {code}")
+                return  # the stream's end, or the end of a follow when the hub stopped well
             if "item" in answer or "dropped" in answer:
                 yield {k: answer[k] for k in ("item", "dropped") if k in answer}
             elif "result" in answer:
@@ -378,5 +388,45 @@ def stream(
                     "hubvisor version?"
                 )
             answer = client.read(name, wait, ended)
+    finally:
+        client.close()
+
+
+def stop_and_wait(path: Path, timeout: float | None = None) -> tuple[int | None, int | None]:
+    """Ask the hub at ``path`` to stop and wait until it has stopped serving (``hubvisor
+    stop --wait``): its exit status (``None``: it did not say, e.g. it was killed) and
+    its pid (``None``: not known), for the caller to wait for the process to end.
+
+    A following stream is opened first, so the hub's last line to it carries its exit
+    status; ``timeout``: seconds to wait at most (default: as long as it takes).
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        TimeoutError: the hub had not stopped after ``timeout`` seconds.
+        ControlClientError: as :func:`request`.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    gone = f"the hub at {path} closed the connection"
+    client = _retry_busy(lambda: _connect(path, ops.FAST_TIMEOUT), timeout)
+    try:
+        pid = peer_pid(client.sock)
+        client.send({"op": "events", "follow": True, "lines": 1})
+        client.read("events", ops.FAST_TIMEOUT, gone)  # served: the last event kept
+        request(path, {"op": "stop"})
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"the hub at {path} had not stopped after {timeout:g}s")
+            try:
+                answer = client.read("events", left, gone)
+            except ControlClientError as exc:
+                if str(exc) == gone:  # it died without a word
+                    return None, pid
+                if deadline is not None and time.monotonic() >= deadline:
+                    continue  # the read timed out: said above
+                raise
+            if answer.get("end"):
+                code = answer.get("code")
+                return (code if isinstance(code, int) else None), pid
     finally:
         client.close()

@@ -35,6 +35,7 @@ __all__ = [
     "env_socket_path",
     "no_hub_message",
     "no_hub_report",
+    "peer_pid",
     "running_hubs",
     "taken",
 ]
@@ -116,15 +117,22 @@ def _probe(path: Path) -> tuple[bool, int | None]:
     except OSError:
         return False, None
     try:
-        option = getattr(socket, "SO_PEERCRED", None)  # Linux: (pid, uid, gid)
-        if option is None:  # pragma: no cover - not Linux
-            return True, None
-        pid, _, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, option, 12))
-        return True, pid or None
-    except OSError:  # pragma: no cover - the hub closed the connection at once
-        return True, None
+        return True, peer_pid(probe)
     finally:
         probe.close()
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket (Linux's SO_PEERCRED),
+    else ``None``."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - not Linux
+        return None
+    try:
+        pid: int = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, 12))[0]
+    except OSError:  # pragma: no cover - the peer is gone already
+        return None
+    return pid or None
 
 
 def check_private_dir(directory: Path, error: type[Exception], option: str) -> None:
