@@ -646,38 +646,13 @@ _STOP_WAIT_OPTION = click.Option(
 
 def _stop_and_exit(path: Path, timeout: float | None) -> None:
     """``hubvisor stop --wait``: stop the hub, wait until it is gone, exit with its status."""
-    import time
-
-    start = time.monotonic()
     try:
-        code, pid = stop_and_wait(path, timeout)
+        code = stop_and_wait(path, timeout)
     except TimeoutError as exc:
         click.echo(f"hubvisor: {exc}; it goes on stopping", err=True)
         sys.exit(WAIT_TIMED_OUT)
-    while pid is not None and _alive(pid):  # it stopped serving: wait for its exit
-        if timeout is not None and time.monotonic() - start > timeout:
-            click.echo(f"hubvisor: the hub (pid {pid}) had not exited after {timeout:g}s", err=True)
-            sys.exit(WAIT_TIMED_OUT)
-        time.sleep(0.02)
     click.echo("stopped" if code is None else f"stopped (exit status {code})")
     sys.exit(code or 0)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, ended but not reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # pragma: no cover - no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _ctl_command(op: Op, name: str | None = None) -> click.Command:

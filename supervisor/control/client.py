@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -392,10 +393,10 @@ def stream(
         client.close()
 
 
-def stop_and_wait(path: Path, timeout: float | None = None) -> tuple[int | None, int | None]:
-    """Ask the hub at ``path`` to stop and wait until it has stopped serving (``hubvisor
-    stop --wait``): its exit status (``None``: it did not say, e.g. it was killed) and
-    its pid (``None``: not known), for the caller to wait for the process to end.
+def stop_and_wait(path: Path, timeout: float | None = None) -> int | None:
+    """Ask the hub at ``path`` to stop and wait until it has stopped and its process is
+    gone (``hubvisor stop --wait``): its exit status (``None``: it did not say, e.g. it
+    was killed meanwhile).
 
     A following stream is opened first, so the hub's last line to it carries its exit
     status; ``timeout``: seconds to wait at most (default: as long as it takes).
@@ -406,27 +407,55 @@ def stop_and_wait(path: Path, timeout: float | None = None) -> tuple[int | None,
         ControlClientError: as :func:`request`.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        if deadline is None:
+            return None
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the hub at {path} had not stopped after {timeout:g}s")
+        return deadline - time.monotonic()
+
     gone = f"the hub at {path} closed the connection"
     client = _retry_busy(lambda: _connect(path, ops.FAST_TIMEOUT), timeout)
+    code = None
     try:
         pid = peer_pid(client.sock)
         client.send({"op": "events", "follow": True, "lines": 1})
         client.read("events", ops.FAST_TIMEOUT, gone)  # served: the last event kept
         request(path, {"op": "stop"})
         while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"the hub at {path} had not stopped after {timeout:g}s")
+            wait = left()
             try:
-                answer = client.read("events", left, gone)
+                answer = client.read("events", wait, gone)
             except ControlClientError as exc:
                 if str(exc) == gone:  # it died without a word
-                    return None, pid
+                    break
                 if deadline is not None and time.monotonic() >= deadline:
-                    continue  # the read timed out: said above
+                    continue  # the read timed out: left() says so
                 raise
             if answer.get("end"):
-                code = answer.get("code")
-                return (code if isinstance(code, int) else None), pid
+                code = answer.get("code") if isinstance(answer.get("code"), int) else None
+                break
     finally:
         client.close()
+    while pid is not None and _running(pid):  # it stopped serving: wait for its exit
+        left()
+        time.sleep(0.02)
+    return code
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
