@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ._errors import ConfigError, ControlError, InvalidSpec, MaxAgentsExceeded
-from .control.client import ControlClientError, NoHubRunning, request, request_many, stream
+from .control.client import (
+    ControlClientError,
+    NoHubRunning,
+    request,
+    request_many,
+    stop_and_wait,
+    stream,
+)
 from .control.ops import (
     FAST_TIMEOUT,
     OPS,
@@ -32,7 +38,7 @@ from .control.ops import (
     Op,
     wait_exit_status,
 )
-from .control.paths import SOCKET_ENV, NoHubExit, default_socket_path, env_socket_path
+from .control.paths import NoHubExit, default_socket_path, env_socket_path, no_hub_report
 from .control.wire import dumps, loads_request
 
 if TYPE_CHECKING:
@@ -97,18 +103,35 @@ def load_spec(target: str) -> SupervisorSpec | list[AnySpec]:
     )
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+def _setup_logging(options: dict[str, Any]) -> None:
+    """Log as ``--log-level`` and ``--log-format`` say (taken out of ``options``)."""
+    from ._log import setup_logging
+
+    setup_logging(options.pop("log_level"), options.pop("log_format"))
 
 
 _LIMITS = ControlLimits()
 
 _common = [
+    click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        envvar="HUBVISOR_LOG_LEVEL",
+        help="The least severe log lines written (debug: also one line per completed "
+        "item). Also $HUBVISOR_LOG_LEVEL.",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        envvar="HUBVISOR_LOG_FORMAT",
+        help="text: ISO 8601 time, level, message; json: one JSON object a line (time, "
+        "level, event, supervisor, agent, item, message; docs/logging.md). Also "
+        "$HUBVISOR_LOG_FORMAT.",
+    ),
     click.option(
         "--max-agents",
         type=click.IntRange(min=0),
@@ -282,7 +305,7 @@ def main() -> None:
 @_with_common
 def run(spec: str, **options: Any) -> None:
     """Run the supervision tree SPEC (path/to/file.py[:attr] or module[:attr])."""
-    _setup_logging(False)
+    _setup_logging(options)
     _run_or_explain(lambda: load_spec(spec), options)
 
 
@@ -326,7 +349,7 @@ def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> N
     them; one worker crashes now and then, one hangs. Watch it with `hubvisor status`."""
     from ._demo import DemoFeeder, demo_spec
 
-    _setup_logging(False)
+    _setup_logging(options)
     fresh = (
         options.get("redis") is None
         and options.get("work") != "memory"
@@ -375,21 +398,28 @@ def check(spec: str) -> None:
     click.echo(f"{spec}: OK")
 
 
+_SOCKET_HELP = (
+    "The hub's control socket (default: $HUBVISOR_SOCKET, else the default path for --hub-id)."
+)
+_HUB_ID_HELP = (
+    "The id of the hub to control (its root spec's name; default: $HUBVISOR_HUB_ID, else "
+    "the one hub running, else hub)."
+)
+
+
 @main.group()
 @click.option(
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar=SOCKET_ENV,
     default=None,
-    help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path for "
-    "--hub-id).",
+    help=_SOCKET_HELP,
 )
-@click.option("--hub-id", default="hub", show_default=True, help="The id of the hub to control.")
+@click.option("--hub-id", default=None, help=_HUB_ID_HELP)
 @click.pass_context
-def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str) -> None:
+def ctl(ctx: click.Context, socket_path: Path | None, hub_id: str | None) -> None:
     """Control a running hub."""
-    ctx.obj = socket_path or default_socket_path(hub_id)
+    ctx.obj = socket_path or (default_socket_path(hub_id) if hub_id else None)
 
 
 @main.group()
@@ -573,14 +603,9 @@ def _where_options() -> list[click.Parameter]:
             ["--socket", "socket_path"],
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            help="The hub's control socket (default: $HUBVISOR_SOCKET, else the default path "
-            "for --hub-id).",
+            help=_SOCKET_HELP,
         ),
-        click.Option(
-            ["--hub-id"],
-            default=None,
-            help="The id of the hub to control (its root spec's name; default: hub).",
-        ),
+        click.Option(["--hub-id"], default=None, help=_HUB_ID_HELP),
     ]
 
 
@@ -592,6 +617,11 @@ def _timeout_help(op: Op) -> str:
         )
     if op.stream:
         return f"Seconds to wait for each line (default: {FAST_TIMEOUT:g}; for ever with -f)"
+    if op.name == "stop":
+        return (
+            f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}); with --wait, for "
+            "the hub to be gone (default: as long as it takes)."
+        )
     budget = ", plus the longest the hub may need for it" if op.budget else ""
     return f"Seconds to wait for the answer (default: {FAST_TIMEOUT:g}{budget})"
 
@@ -603,6 +633,26 @@ _WAIT_OPTION = click.Option(
     f"stderr (exit 1: failed, dead...); exit {WAIT_TIMED_OUT} if --timeout runs out first. "
     "With JSON lines on stdin: every item, as `work wait` prints them.",
 )
+
+
+_STOP_WAIT_OPTION = click.Option(
+    ["--wait"],
+    is_flag=True,
+    help="Wait until the hub has stopped and its process is gone; exit with the hub's "
+    f"exit status (0 when it does not say), or {WAIT_TIMED_OUT} if --timeout runs out "
+    "first.",
+)
+
+
+def _stop_and_exit(path: Path, timeout: float | None) -> None:
+    """``hubvisor stop --wait``: stop the hub, wait until it is gone, exit with its status."""
+    try:
+        code = stop_and_wait(path, timeout)
+    except TimeoutError as exc:
+        click.echo(f"hubvisor: {exc}; it goes on stopping", err=True)
+        sys.exit(WAIT_TIMED_OUT)
+    click.echo("stopped" if code is None else f"stopped (exit status {code})")
+    sys.exit(code or 0)
 
 
 def _ctl_command(op: Op, name: str | None = None) -> click.Command:
@@ -633,6 +683,8 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
         )
     if op.name == "submit":
         params.append(_WAIT_OPTION)
+    if op.name == "stop":
+        params.append(_STOP_WAIT_OPTION)
     params.extend(_where_options())
 
     def callback(
@@ -658,9 +710,11 @@ def _ctl_command(op: Op, name: str | None = None) -> click.Command:
             if v is not None and v is not False and v != ()
         }
         try:
+            if op.name == "stop" and wait:
+                _stop_and_exit(path, timeout)
             _carry_out(op, path, args, as_json, timeout, wait)
         except NoHubRunning as exc:
-            raise NoHubExit(str(exc)) from exc
+            raise NoHubExit(no_hub_report(path)) from exc
         except ControlClientError as exc:
             raise click.ClickException(str(exc)) from exc
 

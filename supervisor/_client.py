@@ -37,7 +37,7 @@ __all__ = ["Client"]
 
 def find_socket(socket_path: str | os.PathLike[str] | None, hub_id: str | None) -> Path:
     """Where the hub listens, found as ``hubvisor`` finds it: ``socket_path``, else the
-    default path of ``hub_id``, else ``$HUBVISOR_SOCKET``, else the hub id ``hub``'s."""
+    default path of ``hub_id``, else :func:`~supervisor.control.paths.env_socket_path`."""
     if socket_path is not None:
         return Path(socket_path)
     if hub_id is not None:

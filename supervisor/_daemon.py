@@ -20,7 +20,7 @@ from ._errors import ControlError, ServiceFailed, SupervisorEscalation
 from ._hub import Hub, Service
 from ._keeper import OrphanKeeper
 from ._limits import LimitsService
-from ._log import log_events, log_kinds, logger
+from ._log import STOP_KINDS, log_events, log_kinds, log_stop_summary, logger
 from ._registry import Registry
 from ._registry_redis import RedisMirror
 from ._spec import AnySpec, SupervisorSpec
@@ -62,12 +62,18 @@ async def _run(
 ) -> int:
     result = {"code": 0}
     events = hub.bus.subscribe(log_kinds(output))  # before serving: miss no event
+    stop_events = hub.bus.subscribe(STOP_KINDS)
     async with trio.open_nursery() as outer:
         outer.start_soon(log_events, events)
+        outer.start_soon(log_stop_summary, hub, stop_events)  # a line once the bus closes
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, hub, nursery, result)
             if control_socket is not None:
-                serve = functools.partial(serve_control, limits=control_limits or ControlLimits())
+                serve = functools.partial(
+                    serve_control,
+                    limits=control_limits or ControlLimits(),
+                    exit_code=lambda: result.get("final"),  # told to followers at the end
+                )
                 path = await nursery.start(serve, hub, control_socket)
                 logger.info("control socket: %s (hubvisor ctl --socket %s list)", path, path)
             if where:  # after every check that may refuse the start: one line if one does
@@ -85,6 +91,7 @@ async def _run(
             except (SupervisorEscalation, ServiceFailed) as exc:
                 logger.error("hubvisor: %s", exc)
                 result["code"] = 1
+            result["final"] = result["code"]
             nursery.cancel_scope.cancel()
         hub.bus.close()
     return result["code"]

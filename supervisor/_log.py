@@ -1,8 +1,12 @@
-"""Lifecycle events as readable log lines."""
+"""Lifecycle events as readable log lines, as text or JSON lines (``--log-format``)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
@@ -34,13 +38,25 @@ from .work import (
     WorkTimedOut,
 )
 
+if TYPE_CHECKING:
+    from ._hub import Hub
+
 __all__ = [
     "LIFECYCLE_KINDS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_LOG_ERROR",
+    "STOP_KINDS",
+    "SUMMARY_EVERY",
     "WORK_LOG_KINDS",
+    "JsonFormatter",
+    "TextFormatter",
     "event_level",
     "format_event",
     "log_events",
     "log_kinds",
+    "log_stop_summary",
+    "setup_logging",
 ]
 
 logger = logging.getLogger("hubvisor")
@@ -123,6 +139,7 @@ def format_event(event: Event) -> str:
             return f"work {item} completed by {event.child_id} (attempt {attempt})"
         case WorkFailed(item_id=item, attempt=attempt, error=error, final=final):
             then = "for good" if final else "; it will be retried"
+            error = _bounded(error)
             return f"work {item} failed on {event.child_id} (attempt {attempt}): {error} {then}"
         case WorkReclaimed(item_id=item, attempt=attempt, reason=reason):
             why = {
@@ -137,6 +154,7 @@ def format_event(event: Event) -> str:
                 "queued again"
             )
         case WorkDeadLettered(item_id=item, attempt=attempt, reason=reason):
+            reason = _bounded(reason)
             return (
                 f"work {item} DEAD after attempt {attempt}: {reason} (hubvisor work retry {item})"
             )
@@ -158,6 +176,15 @@ def format_event(event: Event) -> str:
     return f"{who} {event.kind}"  # pragma: no cover - every event type is matched above
 
 
+MAX_LOG_ERROR = 300
+"""The most characters of an item's error a log line shows (then ``…``); ``hubvisor work
+show ID`` shows it whole (a dead item's summary cuts each attempt's error at 200)."""
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_LOG_ERROR else text[:MAX_LOG_ERROR] + "…"
+
+
 def log_kinds(output: bool = False) -> frozenset[str]:
     """The event kinds the log shows: lifecycle and work outcomes, plus child output
     lines if ``output``."""
@@ -165,7 +192,12 @@ def log_kinds(output: bool = False) -> frozenset[str]:
 
 
 def event_level(event: Event) -> int:
-    """WARNING for failures (crashes, failed starts, escalations), INFO for the rest."""
+    """WARNING for failures (crashes, failed starts, escalations, time limits), DEBUG for
+    an item completed on its first attempt (the log sums them up every
+    :data:`SUMMARY_EVERY` seconds), INFO for the rest (an item completed after a failure or
+    reclaim too)."""
+    if isinstance(event, WorkCompleted) and event.attempt <= 1:
+        return logging.DEBUG
     if event.kind in (
         "escalated",
         "spawn_failed",
@@ -180,14 +212,178 @@ def event_level(event: Event) -> int:
     return logging.INFO
 
 
-async def log_events(events: trio.abc.ReceiveChannel[Event]) -> None:
-    """Log each event of ``events`` as one line until the channel ends.
+SUMMARY_EVERY = 10.0
+"""Seconds between two lines ``work: N completed, M failed in the last 10 s`` (INFO;
+only when something ended)."""
+
+_SUMMED = ("work_completed", "work_failed")
+
+
+async def log_events(
+    events: trio.abc.ReceiveChannel[Event], summary_every: float = SUMMARY_EVERY
+) -> None:
+    """Log each event of ``events`` as one line until the channel ends, and every
+    ``summary_every`` seconds how many items completed and failed (when any did; once
+    more for the rest when the channel ends).
 
     Example::
 
         events = hub.bus.subscribe(log_kinds(output=True))  # before hub.serve()
         nursery.start_soon(log_events, events)
     """
+    counts = dict.fromkeys(_SUMMED, 0)
+    since = [trio.current_time()]
+
+    def summarise() -> None:
+        now = trio.current_time()
+        if any(counts.values()):
+            logger.info(
+                "work: %d completed, %d failed in the last %.3g s",
+                counts["work_completed"],
+                counts["work_failed"],
+                now - since[0],
+                extra={"event_kind": "work_summary", **counts},
+            )
+        counts.update(dict.fromkeys(_SUMMED, 0))
+        since[0] = now
+
+    async def tick() -> None:
+        while True:
+            await trio.sleep(summary_every)
+            summarise()
+
+    async with events, trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
+        async for event in events:
+            if event.kind in counts:
+                counts[event.kind] += 1
+            logger.log(event_level(event), "%s", format_event(event), extra=_fields(event))
+        nursery.cancel_scope.cancel()
+    summarise()
+
+
+STOP_KINDS = frozenset({"stopped", "supervisor_stopped", "work_reclaimed"})
+"""The event kinds :func:`log_stop_summary` counts."""
+
+
+async def log_stop_summary(hub: Hub, events: trio.abc.ReceiveChannel[Event]) -> None:
+    """Count the agents stopped and the items handed back until ``events`` (subscribed
+    to :data:`STOP_KINDS` before the hub started) ends, as the hub's bus does after its
+    stop; then log one line of what the hub leaves: those counts, and the items not done
+    that its work store keeps (or that are lost, in memory only)."""
+    stopped: list[str] = []
+    supervisors: set[str] = set()
+    handed_back = 0
     async with events:
         async for event in events:
-            logger.log(event_level(event), "%s", format_event(event))
+            if isinstance(event, ChildStopped) and event.reason == "shutdown":
+                stopped.append(f"{event.supervisor}/{event.child_id}")
+            elif isinstance(event, SupervisorStopped):
+                supervisors.add(event.supervisor)
+            elif isinstance(event, WorkReclaimed) and event.reason == "stop":
+                handed_back += 1
+    agents = sum(1 for path in stopped if path not in supervisors)  # not nested supervisors
+    unfinished = sum(1 for i in hub.work.items() if i.status in ("queued", "assigned"))
+    kept = hub.work.store is not None
+    where = "kept by the work store" if kept else "lost with the hub (--work memory)"
+    logger.info(
+        "hub stop: %d agent%s stopped, %d item%s handed back, %d item%s not done %s",
+        agents,
+        _s(agents),
+        handed_back,
+        _s(handed_back),
+        unfinished,
+        _s(unfinished),
+        where,
+        extra={
+            "event_kind": "hub_stop",
+            "agents_stopped": agents,
+            "handed_back": handed_back,
+            "not_done": unfinished,
+            "kept": kept,
+        },
+    )
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    """What a JSON log line says of ``event`` besides its message."""
+    about_supervisor = event.kind in (
+        "supervisor_started",
+        "supervisor_stopping",
+        "supervisor_stopped",
+    )
+    return {
+        "event_kind": event.kind,
+        "supervisor": event.supervisor,
+        "agent": None if about_supervisor else event.child_id,
+        "item": getattr(event, "item_id", None),
+    }
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""The values of ``--log-level``."""
+LOG_FORMATS = ("text", "json")
+"""The values of ``--log-format``."""
+
+
+def _iso(created: float) -> str:
+    """``created`` (Unix time) in ISO 8601 with milliseconds and the local zone's offset."""
+    return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-12-07T09:30:00.123+01:00 INFO    message``: one line a record (a traceback,
+    when there is one, follows it)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso(record.created)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (ISO 8601 with the zone), ``level`` (``debug``,
+    ``info``, ``warning``, ``error``), ``event`` (the event's kind, ``work_summary`` for
+    the summaries, ``null`` for other lines), ``supervisor``, ``agent`` (the child),
+    ``item`` (the work item), each ``null`` when it does not apply, ``message`` (the text
+    line), and ``traceback`` when there is one; a summary also has ``completed`` and
+    ``failed``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event_kind", None),
+            "supervisor": getattr(record, "supervisor", None),
+            "agent": getattr(record, "agent", None),
+            "item": getattr(record, "item", None),
+            "message": record.getMessage(),
+        }
+        if line["event"] == "work_summary":
+            line["completed"] = getattr(record, "work_completed", 0)
+            line["failed"] = getattr(record, "work_failed", 0)
+        if line["event"] == "hub_stop":
+            for key in ("agents_stopped", "handed_back", "not_done", "kept"):
+                line[key] = getattr(record, key, None)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Log to ``stream`` (default stderr) at ``level`` (one of :data:`LOG_LEVELS`) as
+    ``fmt`` (``text`` or ``json``), unless the root logger has a handler already (as
+    :func:`logging.basicConfig`)."""
+    if level not in LOG_LEVELS or fmt not in LOG_FORMATS:
+        raise ValueError(
+            f"log level {level!r} / format {fmt!r}: the level must be one of "
+            f"{', '.join(LOG_LEVELS)} and the format text or json"
+        )
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .control.client import ControlClientError, NoHubRunning, request
-from .control.paths import NoHubExit, default_socket_path, env_socket_path
+from .control.paths import NoHubExit, default_socket_path, env_socket_path, no_hub_report
 from .control.printers import secs as _secs
 
 if TYPE_CHECKING:
@@ -312,7 +312,8 @@ def _socket(socket_path: Path | None, hub_id: str | None) -> Path:
 @click.option(
     "--hub-id",
     default=None,
-    help="The id of the hub to watch (its root spec's name; default: hub).",
+    help="The id of the hub to watch (its root spec's name; default: $HUBVISOR_HUB_ID, "
+    "else the one hub running, else hub).",
 )
 @click.option(
     "--interval",
@@ -332,7 +333,7 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
     try:
         snap = poll(path)
     except NoHubRunning as exc:
-        raise NoHubExit(str(exc)) from exc
+        raise NoHubExit(no_hub_report(path)) from exc
     except ControlClientError as exc:
         raise click.ClickException(str(exc)) from exc
     cpu = _CPU()

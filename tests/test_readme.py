@@ -44,3 +44,16 @@ def test_custom_policy_example_is_the_tested_one() -> None:
 
     assert block is not None
     assert block.group(1) in tested
+
+
+def test_the_environment_is_activated_before_a_bare_hubvisor() -> None:
+    """Commands before the first bare ``hubvisor`` in a shell block are
+    ``.venv/bin/hubvisor``; the text says to activate the environment before it."""
+    blocks = [m.start() for m in re.finditer(r"```sh\n", README)]
+    first_bare = min(
+        start
+        for start in blocks
+        if re.search(r"^hubvisor ", README[start : README.index("```", start + 5)], re.M)
+    )
+    before = README[:first_bare]
+    assert ". .venv/bin/activate" in before[before.rindex("```") :]

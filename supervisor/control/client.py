@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 from .._errors import HubvisorError
 from . import ops
 from .ops import OPS, Op, show_value
-from .paths import check_private_dir, default_base, no_hub_message
+from .paths import check_private_dir, default_base, no_hub_message, peer_pid
 from .wire import MAX_ANSWER, MAX_LINE, loads_answer, too_deep
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "parse_answer",
     "request",
     "request_many",
+    "stop_and_wait",
     "stream",
     "stream_limits",
 ]
@@ -332,7 +334,9 @@ def stream_limits(
             "where the items are: `hubvisor work show ID` on a hub that serves them"
         )
     if req.get("follow"):
-        return timeout, f"the hub at {path} ended the stream: it stopped"
+        return timeout, (
+            f"the hub at {path} ended the stream without saying why: it was killed or died"
+        )
     return ops.FAST_TIMEOUT if timeout is None else timeout, None
 
 
@@ -348,10 +352,14 @@ def stream(
     (default: ``FAST_TIMEOUT``; for ever while following; for a wait, the request's own
     ``timeout`` plus ``FAST_TIMEOUT``, or for ever).
 
+    A following stream ends (the generator returns) when the hub stops with exit status
+    0.
+
     Raises:
         NoHubRunning: nothing listens at ``path``.
-        ControlClientError: the hub refused the request, ended a following stream (it
-            stopped), did not answer in time, or answered garbage.
+        ControlClientError: the hub refused the request, ended a following stream
+            without saying why (it died), stopped with a nonzero exit status, did not
+            answer in time, or answered garbage.
     """
     name = show_value(req.get("op"))
     wait, ended = stream_limits(path, req, timeout)
@@ -369,7 +377,10 @@ def stream(
     try:
         while True:
             if answer.get("end"):
-                return
+                code = answer.get("code")
+                if answer.get("stopped") and isinstance(code, int) and code != 0:
+                    raise ControlClientError(f"the hub at {path} stopped with exit status {code}")
+                return  # the stream's end, or the end of a follow when the hub stopped well
             if "item" in answer or "dropped" in answer:
                 yield {k: answer[k] for k in ("item", "dropped") if k in answer}
             elif "result" in answer:
@@ -380,3 +391,71 @@ def stream(
             answer = client.read(name, wait, ended)
     finally:
         client.close()
+
+
+def stop_and_wait(path: Path, timeout: float | None = None) -> int | None:
+    """Ask the hub at ``path`` to stop and wait until it has stopped and its process is
+    gone (``hubvisor stop --wait``): its exit status (``None``: it did not say, e.g. it
+    was killed meanwhile).
+
+    A following stream is opened first, so the hub's last line to it carries its exit
+    status; ``timeout``: seconds to wait at most (default: as long as it takes).
+
+    Raises:
+        NoHubRunning: nothing listens at ``path``.
+        TimeoutError: the hub had not stopped after ``timeout`` seconds.
+        ControlClientError: as :func:`request`.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        if deadline is None:
+            return None
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the hub at {path} had not stopped after {timeout:g}s")
+        return deadline - time.monotonic()
+
+    gone = f"the hub at {path} closed the connection"
+    client = _retry_busy(lambda: _connect(path, ops.FAST_TIMEOUT), timeout)
+    code = None
+    try:
+        pid = peer_pid(client.sock)
+        client.send({"op": "events", "follow": True, "lines": 1})
+        client.read("events", ops.FAST_TIMEOUT, gone)  # served: the last event kept
+        request(path, {"op": "stop"})
+        while True:
+            wait = left()
+            try:
+                answer = client.read("events", wait, gone)
+            except ControlClientError as exc:
+                if str(exc) == gone:  # it died without a word
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    continue  # the read timed out: left() says so
+                raise
+            if answer.get("end"):
+                code = answer.get("code") if isinstance(answer.get("code"), int) else None
+                break
+    finally:
+        client.close()
+    while pid is not None and _running(pid):  # it stopped serving: wait for its exit
+        left()
+        time.sleep(0.02)
+    return code
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -13,7 +13,9 @@ import errno
 import os
 import socket
 import stat
+import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,19 @@ import click
 from .._errors import ControlError
 
 __all__ = [
+    "HUB_ID_ENV",
     "SOCKET_ENV",
     "NoHubExit",
+    "RunningHub",
     "check_private_dir",
     "claim",
     "default_base",
     "default_socket_path",
     "env_socket_path",
     "no_hub_message",
+    "no_hub_report",
+    "peer_pid",
+    "running_hubs",
     "taken",
 ]
 
@@ -51,10 +58,81 @@ def default_socket_path(hub_id: str) -> Path:
     return default_base() / f"{hub_id}.sock"
 
 
+HUB_ID_ENV = "HUBVISOR_HUB_ID"
+"""The hub id every command uses when given neither ``--socket`` nor ``--hub-id`` (and
+``$HUBVISOR_SOCKET`` is not set); ``run`` and ``demo`` take it as their own id."""
+
+
 def env_socket_path() -> Path:
-    """``$HUBVISOR_SOCKET``, else the default path of the hub id ``hub``."""
+    """The socket of a command given neither ``--socket`` nor ``--hub-id``:
+    ``$HUBVISOR_SOCKET``, else the default path of ``$HUBVISOR_HUB_ID``, else the socket
+    of the one hub running in the default directory, else the default path of the hub id
+    ``hub`` (the hub of a tree named ``hub``; when none runs there, the command's error
+    lists the hubs that do)."""
     env = os.environ.get(SOCKET_ENV)
-    return Path(env) if env else default_socket_path("hub")
+    if env:
+        return Path(env)
+    hub_id = os.environ.get(HUB_ID_ENV)
+    if hub_id:
+        return default_socket_path(hub_id)
+    hubs = running_hubs()
+    return hubs[0].socket if len(hubs) == 1 else default_socket_path("hub")
+
+
+@dataclass(frozen=True)
+class RunningHub:
+    """A hub listening on a socket of the default directory."""
+
+    id: str
+    """The hub's id: the socket's name without ``.sock``."""
+    pid: int | None
+    """The hub's process id, from the socket's peer credentials (``None``: unknown)."""
+    socket: Path
+
+
+def running_hubs(base: Path | None = None) -> list[RunningHub]:
+    """The hubs listening on the sockets in ``base`` (default: :func:`default_base`), by
+    id. A socket nothing listens on (left by a hub that was killed) is not a running hub;
+    a directory that is missing or unsafe (:func:`check_private_dir`) holds none."""
+    base = default_base() if base is None else base
+    try:
+        check_private_dir(base, ControlError, "--socket")
+        paths = sorted(base.glob("*.sock"))
+    except (ControlError, OSError):
+        return []
+    found = []
+    for path in paths:
+        alive, pid = _probe(path)
+        if alive:
+            found.append(RunningHub(path.name.removesuffix(".sock"), pid, path))
+    return found
+
+
+def _probe(path: Path) -> tuple[bool, int | None]:
+    """Whether something listens at ``path``, and its pid if the system tells it."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False, None
+    try:
+        return True, peer_pid(probe)
+    finally:
+        probe.close()
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket (Linux's SO_PEERCRED),
+    else ``None``."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - not Linux
+        return None
+    try:
+        pid: int = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, 12))[0]
+    except OSError:  # pragma: no cover - the peer is gone already
+        return None
+    return pid or None
 
 
 def check_private_dir(directory: Path, error: type[Exception], option: str) -> None:
@@ -98,6 +176,22 @@ def check_private_dir(directory: Path, error: type[Exception], option: str) -> N
 def no_hub_message(path: Path) -> str:
     """What every command says when no hub listens at ``path`` (it exits 3)."""
     return f"no hub is running at {path}; start one with `hubvisor run SPEC`"
+
+
+def no_hub_report(path: Path) -> str:
+    """What a command says when no hub listens at ``path``: :func:`no_hub_message`, and
+    the hubs that run in the default directory, or that none does."""
+    base = default_base()
+    hubs = [hub for hub in running_hubs(base) if hub.socket != path]
+    if not hubs:
+        return f"{no_hub_message(path)} (no hub runs in {base})"
+    rows = "\n".join(
+        f"  {hub.id}  pid {hub.pid if hub.pid is not None else '?'}  {hub.socket}" for hub in hubs
+    )
+    return (
+        f"no hub is running at {path}; the hubs running (id, pid, socket):\n{rows}\n"
+        "name one with --hub-id ID (or HUBVISOR_HUB_ID=ID), or pass --socket PATH"
+    )
 
 
 class NoHubExit(click.ClickException):

@@ -97,8 +97,28 @@ def _encode(answer: dict[str, Any]) -> bytes:
         return dumps(_error(f"the result cannot be sent as JSON: {exc}")).encode() + b"\n"
 
 
+async def _farewell(sock: trio.SocketStream, exit_code: Callable[[], int | None] | None) -> None:
+    """Tell a follower the hub is stopping (the stream's end, with the hub's exit code when
+    known), if it takes the line at once; shielded: the hub is being cancelled."""
+    code = exit_code() if exit_code is not None else None
+    end: dict[str, Any] = {"ok": True, "end": True, "stopped": True}
+    if code is not None:
+        end["code"] = code
+    gone = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+    with (
+        trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0),
+        contextlib.suppress(*gone),
+    ):
+        await sock.send_all(_encode(end))
+
+
 async def _serve_stream(
-    hub: Hub, op: Op, args: Args, sock: trio.SocketStream, ring: EventRing | None = None
+    hub: Hub,
+    op: Op,
+    args: Args,
+    sock: trio.SocketStream,
+    ring: EventRing | None = None,
+    exit_code: Callable[[], int | None] | None = None,
 ) -> bool:
     """Run a streaming op on the connection; whether the connection may go on.
 
@@ -106,7 +126,9 @@ async def _serve_stream(
     "dropped": N}``, and the end as ``{"ok": true, "end": true}`` or an error answer. A
     stream that follows (``args["follow"]``) or waits (``op.waits``) takes the connection
     over: it ends when the client closes the connection (whatever the client sends
-    meanwhile is ignored), and the connection closes after it.
+    meanwhile is ignored), and the connection closes after it. A following stream still
+    open when the hub stops (the server is cancelled) ends with ``{"ok": true, "end":
+    true, "stopped": true, "code": N}`` (``code``: the hub's exit status, when known).
     """
     assert op.stream
     handler = STREAMS[op.name]
@@ -146,6 +168,10 @@ async def _serve_stream(
             await sock.send_all(_encode(final))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             open_ = False
+        except trio.Cancelled:
+            if args.get("follow") and open_:  # the hub is stopping, not the client leaving
+                await _farewell(sock, exit_code)
+            raise
         nursery.cancel_scope.cancel()
     return open_ and not follow
 
@@ -173,6 +199,7 @@ async def _serve_connection(
     background: trio.Nursery,
     limits: ControlLimits = _DEFAULT_LIMITS,
     ring: EventRing | None = None,
+    exit_code: Callable[[], int | None] | None = None,
 ) -> None:
     too_long = _error(
         f"request line longer than {MAX_LINE} bytes; it was skipped up to its newline"
@@ -212,7 +239,7 @@ async def _serve_connection(
                         if isinstance(parsed, dict):
                             await _send(stream, _encode(parsed), limits)
                         elif parsed[0].stream:
-                            if not await _serve_stream(hub, *parsed, stream, ring):
+                            if not await _serve_stream(hub, *parsed, stream, ring, exit_code):
                                 return
                         else:
                             answer = await _carry_out(hub, *parsed, background)
@@ -283,6 +310,7 @@ async def serve_control(
     *,
     limits: ControlLimits = _DEFAULT_LIMITS,
     events: EventRing | None = None,
+    exit_code: Callable[[], int | None] | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve control requests for ``hub`` on the Unix socket ``path`` until cancelled.
@@ -290,6 +318,8 @@ async def serve_control(
     ``limits`` bounds the connections (how many at once, how long idle or slow); see
     :class:`ControlLimits`. ``events``: the ring the ``events`` op reads (default: the
     hub's :class:`EventRing` service); the server runs it if nothing does yet.
+    ``exit_code``: the hub's exit status once it has stopped (``None``: not known), told
+    to the followers still open when the server is cancelled.
 
     Raises:
         ControlError: another hub listens at ``path``, or its directory is unsafe or
@@ -323,7 +353,7 @@ async def serve_control(
             gate = _Gate(limits)
 
             async def serve(stream: trio.SocketStream) -> None:
-                await _serve_connection(hub, stream, nursery, limits, ring)
+                await _serve_connection(hub, stream, nursery, limits, ring, exit_code)
 
             async def handler(stream: trio.SocketStream) -> None:
                 await gate.serve(stream, serve)

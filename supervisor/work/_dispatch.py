@@ -293,7 +293,6 @@ class Dispatch:
                 attempt=attempt,
                 reason=item.error or reason,
             )
-            _log.warning("work %s dead-lettered: %s", item.id, item.error)
         else:
             self.publish(
                 WorkReclaimed,

@@ -437,11 +437,30 @@ def _used_up(item: WorkItem) -> str:
     """Why an item is dead, from its history: e.g. ``used all 3 deliveries: failed (disk
     full), hang, exit``."""
     spent = [
-        f"failed ({h.reason})" if h.outcome == "failed" else h.reason
+        f"failed ({_cut(h.reason)})" if h.outcome == "failed" else h.reason
         for h in item.history
         if h.outcome in ("failed", "timed_out", "reclaimed:exit", "reclaimed:hang")
     ]
-    return f"used all {item.max_deliveries} deliveries: {', '.join(spent[-item.max_deliveries :])}"
+    return f"used all {item.max_deliveries} deliveries: {_once_each(spent[-item.max_deliveries :])}"
+
+
+_MAX_REASON = 200  # characters of one attempt's error in a dead item's summary (then …)
+
+
+def _cut(error: str) -> str:
+    """``error`` cut at ``_MAX_REASON`` characters (the history keeps it whole)."""
+    return error if len(error) <= _MAX_REASON else error[:_MAX_REASON] + "…"
+
+
+def _once_each(reasons: list[str]) -> str:
+    """``reasons`` joined, a run of equal ones said once: ``failed (disk full) (3 times)``."""
+    runs: list[list[Any]] = []
+    for reason in reasons:
+        if runs and runs[-1][0] == reason:
+            runs[-1][1] += 1
+        else:
+            runs.append([reason, 1])
+    return ", ".join(r if n == 1 else f"{r} ({n} times)" for r, n in runs)
 
 
 # --- ordering (issue 21) ---

@@ -165,7 +165,17 @@ class TestDemo:
         whose item is reclaimed and finished elsewhere, a hang detected and killed, and a
         clean stop."""
         hv = await start_hubvisor(
-            "demo", "--duration", "9", "--every", "0.5", "--crash-rate", "1", "--hang-rate", "1"
+            "demo",
+            "--duration",
+            "9",
+            "--every",
+            "0.5",
+            "--crash-rate",
+            "1",
+            "--hang-rate",
+            "1",
+            "--log-level",
+            "debug",  # a line per completed item, not only the summaries
         )
         code, text = await finish(hv)
 
@@ -185,7 +195,14 @@ class TestDemo:
         assert re.search(r"reclaimed from worker-hangy \(attempt 1\): its agent hung", text)
         assert "restarting" in text
         # The last line, but for the warning naming the queued items lost with the hub.
-        tail = [line for line in text.rstrip().splitlines() if "lost with the hub" not in line]
+        # and the summaries of the work done and of the stop.
+        tail = [
+            line
+            for line in text.rstrip().splitlines()
+            if "lost with the hub" not in line
+            and " INFO    work: " not in line
+            and " INFO    hub stop: " not in line
+        ]
         assert tail[-1].endswith("hub stopped"), text[-2000:]
 
 

@@ -217,7 +217,7 @@ def test_no_hub_is_exit_3_with_the_message(tmp_path: Path, args: list[str]) -> N
     result = CliRunner().invoke(main, args)
 
     assert 3 == result.exit_code
-    assert f"no hub is running at {path}; start one with `hubvisor run SPEC`\n" == result.stderr
+    assert result.stderr.startswith(f"no hub is running at {path}; ")
     assert "" == result.stdout
 
 

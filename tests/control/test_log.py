@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import signal
+from datetime import datetime
 
 import pytest
 import trio
+import trio.testing
 
 from supervisor._events import (
     ChildBackingOff,
@@ -27,7 +31,12 @@ from supervisor._events import (
 )
 from supervisor._log import (
     LIFECYCLE_KINDS,
+    MAX_LOG_ERROR,
+    SUMMARY_EVERY,
     WORK_LOG_KINDS,
+    JsonFormatter,
+    TextFormatter,
+    _fields,
     event_level,
     format_event,
     log_events,
@@ -148,7 +157,12 @@ LINES: list[tuple[Event, str, int]] = [
     (
         WorkCompleted(**WHERE, item_id="w-1", attempt=2),
         "work w-1 completed by w-agent-2 (attempt 2)",
-        logging.INFO,
+        logging.INFO,  # after a failure or a reclaim: worth a line
+    ),
+    (
+        WorkCompleted(**WHERE, item_id="w-1", attempt=1),
+        "work w-1 completed by w-agent-2 (attempt 1)",
+        logging.DEBUG,  # summed up every SUMMARY_EVERY seconds instead
     ),
     (
         WorkFailed(**WHERE, item_id="w-1", attempt=1, error="boom", final=False),
@@ -251,3 +265,77 @@ async def test_log_events_logs_each_event_until_the_channel_ends(
         (logging.INFO, "hub/pool/w-agent-2 running (pid 7)"),
         (logging.WARNING, "hub/pool/w-agent-2 crashed: exited with code 3 after 2.2s"),
     ] == [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "hubvisor"]
+
+
+async def test_completed_items_are_summed_up_every_interval(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A completed item is a DEBUG line; every SUMMARY_EVERY seconds one INFO line says
+    how many completed and failed, only when any did, and once more for the rest when
+    the channel ends."""
+    send, receive = trio.open_memory_channel[Event](100)
+    caplog.set_level(logging.DEBUG, logger="hubvisor")
+
+    async def feed() -> None:
+        async with send:
+            for n in range(5):
+                await send.send(WorkCompleted(**WHERE, item_id=f"w-{n}", attempt=1))
+            await send.send(WorkFailed(**WHERE, item_id="w-9", attempt=1, error="x", final=False))
+            await trio.sleep(SUMMARY_EVERY * 3.5)  # two quiet intervals: no line
+            await send.send(WorkCompleted(**WHERE, item_id="w-7", attempt=1))
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        await log_events(receive)
+
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debugs = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [
+        "work w-9 failed on w-agent-2 (attempt 1): x ; it will be retried",
+        "work: 5 completed, 1 failed in the last 10 s",
+        "work: 1 completed, 0 failed in the last 6 s",
+    ] == infos
+    assert 6 == len(debugs) and all(" completed by w-agent-2 " in d for d in debugs)
+
+
+def test_json_lines_say_time_level_event_agent_item_and_message() -> None:
+    """A JSON line per record: ISO 8601 time with its zone; the event's kind, agent and
+    item when it is about one (null otherwise)."""
+    done = WorkCompleted(**WHERE, item_id="w-1", attempt=2)
+    record = logging.LogRecord("hubvisor", logging.DEBUG, __file__, 1, "%s", ("hi",), None)
+    for key, value in _fields(done).items():
+        setattr(record, key, value)
+    plain = logging.LogRecord("hubvisor", logging.WARNING, __file__, 1, "a %s", ("b",), None)
+
+    line = json.loads(JsonFormatter().format(record))
+    other = json.loads(JsonFormatter().format(plain))
+
+    assert datetime.fromisoformat(line["time"]).tzinfo is not None
+    assert {
+        "level": "debug",
+        "event": "work_completed",
+        "supervisor": "hub/pool",
+        "agent": "w-agent-2",
+        "item": "w-1",
+        "message": "hi",
+    }.items() <= line.items()
+    assert ("warning", None, None, None, "a b") == (
+        other["level"],
+        other["event"],
+        other["agent"],
+        other["item"],
+        other["message"],
+    )
+    text = TextFormatter().format(plain)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d WARNING a b", text)
+
+
+def test_a_long_error_is_cut_in_the_log_line() -> None:
+    """A dead or failed item's error shows at most MAX_LOG_ERROR characters, then "…"."""
+    dead = WorkDeadLettered(**WHERE, item_id="w-1", attempt=3, reason="e" * 5000)
+    failed = WorkFailed(**WHERE, item_id="w-1", attempt=1, error="e" * 5000, final=True)
+
+    for event in (dead, failed):
+        line = format_event(event)
+        assert "e" * MAX_LOG_ERROR + "…" in line and "e" * (MAX_LOG_ERROR + 1) not in line
