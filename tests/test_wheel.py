@@ -110,18 +110,43 @@ def build(kind: str, source: Path, dist: Path) -> Path:
     return dist / name
 
 
+def fresh_venv(where: Path, python: str = sys.executable) -> Path:
+    """A venv without pip at ``where`` whose dependencies come from this environment;
+    its interpreter."""
+    run([sys.executable, "-m", "venv", "--without-pip", where], where.parent)
+    new = where / "bin" / "python"
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = run([new, "-c", code], where.parent).split("\n", 1)[0]
+    # trio, attrs, click, rich... from this environment, after the venv's own packages.
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    Path(purelib, "zz_test_dependencies.pth").write_text("\n".join(deps) + "\n")
+    return new
+
+
+def pip_install(python: Path, *args: str | Path) -> None:
+    """Install into ``python``'s venv with this environment's pip, offline."""
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
+    run([*pip, "--no-index", "--no-build-isolation", *args], python.parent.parent.parent)
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(sdist, wheel): the sdist of a clean copy of the checkout, the wheel of the sdist."""
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean copy of the checkout (no .git, .venv, caches or build output)."""
     version = importlib.metadata.version("setuptools")
     if tuple(int(p) for p in version.split(".")[:1]) < SETUPTOOLS_NEEDED:
         pytest.fail(
             f"setuptools {version} cannot build hubvisor (license = 'MIT' needs >= 77); "
             "reinstall the test extra: .venv/bin/pip install -e '.[test]'"
         )
+    copy = tmp_path_factory.mktemp("checkout") / "hubvisor"
+    shutil.copytree(ROOT, copy, ignore=IGNORE)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def built(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel): the sdist of a clean copy of the checkout, the wheel of the sdist."""
     base = tmp_path_factory.mktemp("wheel")
-    source = base / "source"
-    shutil.copytree(ROOT, source, ignore=IGNORE)
     dist = base / "dist"
     dist.mkdir()
     sdist = build("sdist", source, dist)
@@ -174,16 +199,8 @@ def test_the_wheel_works_installed_in_a_fresh_venv(
     """check, a hub running a BaseAgent, and mypy --strict, all from the installed wheel."""
     _, wheel = built
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path)
-    python = venv / "bin" / "python"
-    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
-    run([*pip, "--no-index", wheel], tmp_path)
-    purelib = run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path
-    ).split("\n", 1)[0]
-    # The dependencies (trio, attrs, click, rich...) from this environment, after the venv's own.
-    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
-    Path(purelib, "zz_test_dependencies.pth").write_text("\n".join(deps) + "\n")
+    python = fresh_venv(venv)
+    pip_install(python, wheel)
     work = tmp_path / "work"
     work.mkdir()
     (work / "agent.py").write_text(AGENT)
@@ -209,3 +226,25 @@ def test_the_wheel_works_installed_in_a_fresh_venv(
     assert 'bad_agent.py:7: error: Dict entry 0 has incompatible type "str": "set[str]"' in (
         bad.stdout
     )
+
+
+@pytest.mark.slow
+def test_an_editable_install_is_visible_to_mypy_from_any_directory(
+    source: Path, tmp_path: Path
+) -> None:
+    """`pip install -e .` (README, scripts/quickstart) puts the checkout on sys.path with a
+    static .pth file, not setuptools' import hook (which mypy cannot see): mypy run
+    outside the checkout finds hubvisor's types."""
+    python = fresh_venv(tmp_path / "venv")
+    pip_install(python, "-e", source)
+    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "agent.py").write_text(AGENT)
+
+    assert [] == list(site.glob("__editable__*finder*.py"))
+    assert [str(source)] == (site / "__editable__.hubvisor-0.1.0.pth").read_text().split()
+    where = run([python, "-c", "import agents; print(agents.__file__)"], work)
+    assert where.startswith(str(source)), where
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental"]
+    run([*mypy, "--python-executable", python, "agent.py"], work)
