@@ -35,7 +35,7 @@ from supervisor import ChildSpec, SupervisorSpec
 
 spec = SupervisorSpec(
     name="hub",
-    children=[ChildSpec(id="a", argv=[sys.executable, "-m", "agents.placeholder"], shutdown=5)],
+    children=[ChildSpec(id="lonely-agent", argv=[sys.executable, "-m", "agents.placeholder"], shutdown=5)],
 )
 """
 
@@ -115,8 +115,8 @@ def test_check_and_run_work_without_the_extras(tmp_path: Path) -> None:
 
     assert 0 == checked.returncode, checked.stderr
     assert 0 == ran.returncode, ran.stderr
-    assert "hub stopped" in ran.stderr
     assert "Traceback" not in ran.stderr
+    assert "lonely-agent" in ran.stderr  # it was started
 
 
 @pytest.mark.slow
@@ -126,5 +126,4 @@ def test_the_demo_works_without_the_extras() -> None:
 
     assert 0 == result.returncode, result.stderr[-2000:]
     assert "worker-agent-1" in result.stderr
-    assert "hub stopped" in result.stderr
     assert "Traceback" not in result.stderr
