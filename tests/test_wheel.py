@@ -110,7 +110,7 @@ def build(kind: str, source: Path, dist: Path) -> Path:
     return dist / name
 
 
-def fresh_venv(where: Path, python: str = sys.executable) -> Path:
+def fresh_venv(where: Path) -> Path:
     """A venv without pip at ``where`` whose dependencies come from this environment;
     its interpreter."""
     run([sys.executable, "-m", "venv", "--without-pip", where], where.parent)
