@@ -86,8 +86,10 @@ __all__ = [
     "submit",
 ]
 
-JSON: TypeAlias = Any
-"""Any value ``json.dumps`` takes: None, bool, int, float, str, list, dict."""
+JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
+"""A JSON value: None, bool, int, float, str, and lists and dicts with str keys of them
+(what ``json.loads`` returns). A ``set``, a tuple or an object is not one: ``mypy
+--strict`` refuses them where an agent returns, reports or submits JSON."""
 
 NOTIFY_FD_ENV = "HUBVISOR_NOTIFY_FD"
 """The environment variable naming the child's end of its notify channel."""
@@ -739,8 +741,8 @@ class Assign:
     item: str
     attempt: int
     type: str
-    payload: JSON = field(repr=False)
-    checkpoint: JSON = field(repr=False)
+    payload: Any = field(repr=False)  # JSON, typed as json.loads returns it
+    checkpoint: Any = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -780,7 +782,7 @@ def decode(data: bytes) -> FromHub:
     if message.kind == "stop":
         return Stop()
     assert isinstance(message.value, JSONText)
-    obj: dict[str, JSON] = message.value.data
+    obj: dict[str, Any] = message.value.data  # its fields checked by parse_from_hub
     if message.kind == "assign":
         return Assign(
             obj["item"], obj["attempt"], obj["type"], obj.get("payload"), obj.get("checkpoint")

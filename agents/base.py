@@ -47,7 +47,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
@@ -56,7 +56,7 @@ from ._protocol import CREDS_SPACE, JSON
 
 __all__ = ["JSON", "Assignment", "BaseAgent", "HandBack"]
 
-_KEEP: JSON = object()
+_KEEP: Any = object()  # progress()'s "no new checkpoint"
 
 
 class HandBack(Exception):
@@ -83,13 +83,10 @@ class RetryAfter(Exception):
 class Assignment:
     """One item the hub assigned, as ``do_work`` sees it.
 
-    Attributes:
-        item: the item id.
-        attempt: which delivery of the item this is (1 for the first).
-        type: the agent type the item is for.
-        payload: the item's JSON payload.
-        checkpoint: the last checkpoint an earlier attempt of this item reported with
-            :meth:`progress` (``None`` on a first attempt or when there was none).
+    What comes from the hub (:attr:`payload`, :attr:`checkpoint`) is typed ``Any``, as
+    ``json.loads`` returns it: check its shape in :meth:`BaseAgent.validate_assignment`.
+    What goes back (``do_work``'s result, :meth:`progress`, :meth:`submit`) is typed
+    :data:`JSON`, so ``mypy --strict`` refuses e.g. a ``set`` there.
     """
 
     __slots__ = ("_agent", "_checkpoint_sent", "attempt", "checkpoint", "item", "payload", "type")
@@ -97,10 +94,18 @@ class Assignment:
     def __init__(self, agent: BaseAgent, assign: proto.Assign) -> None:
         self._agent = agent
         self.item: str = assign.item
+        """The item's id, as ``hubvisor submit`` printed it."""
         self.attempt: int = assign.attempt
+        """Which delivery of the item this is: 1 for the first, more when an earlier
+        attempt's agent crashed or hung, or it failed with ``retry``."""
         self.type: str = assign.type
-        self.payload: JSON = assign.payload
-        self.checkpoint: JSON = assign.checkpoint
+        """The agent type the item was submitted for."""
+        self.payload: Any = assign.payload
+        """The item's payload: the JSON value given to ``submit`` (dict, list, str,
+        int, float, bool or None), the same on every attempt."""
+        self.checkpoint: Any = assign.checkpoint
+        """The last checkpoint an earlier attempt of this item sent with
+        :meth:`progress` (JSON), or ``None`` on a first attempt or when there was none."""
         self._checkpoint_sent: JSON = assign.checkpoint
 
     @property
@@ -289,8 +294,9 @@ class BaseAgent:
     # ----------------------------------------------------------------------------------
     # What subclasses override
 
-    def validate_assignment(self, payload: JSON) -> None:
-        """Check an item's payload before any work; raise (any Exception) to refuse it.
+    def validate_assignment(self, payload: Any) -> None:
+        """Check an item's payload (JSON, typed ``Any`` as ``json.loads`` returns it)
+        before any work; raise (any Exception) to refuse it.
 
         A refusal is final: ``FAIL`` with ``retry=false`` and the exception's text.
         """

@@ -7,6 +7,8 @@ item with the payload plus ``"sha256"`` and ``"words"`` and returns ``{"sha256":
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from ._demo_work import digest, generate_text, require, simulate_work
@@ -15,7 +17,7 @@ from .base import JSON, Assignment, BaseAgent
 __all__ = ["WorkerAgent"]
 
 
-def compute(payload: JSON) -> dict[str, JSON]:
+def compute(payload: dict[str, Any]) -> dict[str, JSON]:
     """``{"sha256", "words"}`` of the piece's generated text."""
     return digest(generate_text(payload["seed"], payload["piece"], payload["lines"]))
 

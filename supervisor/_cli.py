@@ -264,9 +264,9 @@ def _check_redis_url(value: str | None) -> str | None:
 
 def _check_metrics(value: str | None) -> str | None:
     if value is not None:
-        from ._metrics import parse_address
+        try:  # MissingExtra (a ConfigError) without hubvisor[metrics]
+            from ._metrics import parse_address
 
-        try:
             parse_address(value)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--metrics") from None

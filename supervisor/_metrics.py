@@ -23,9 +23,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import generate_latest
+except ImportError as exc:  # installed without hubvisor[metrics]: say so
+    from ._extras import explain
+
+    explain("metrics", exc)
+    raise
 
 from ._autoscaler import PoolScaled
 from ._errors import ConfigError, HubvisorError

@@ -48,6 +48,7 @@ import attrs
 import trio
 
 from ._errors import InvalidMirrorConfig
+from ._extras import require
 from ._redis_link import Backoff, Outage, clean_error, in_thread, make_client, redact_url
 from ._registry import AgentRecord
 
@@ -536,7 +537,9 @@ def _fields(rec: AgentRecord, offset: float) -> dict[str, str]:
 
 
 def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str, Any]) -> None:
-    """Refuse bad :class:`RedisMirror` arguments, naming the value and the fix."""
+    """Refuse bad :class:`RedisMirror` arguments, naming the value and the fix, and a
+    missing redis-py now rather than at the first flush (MissingExtra names the extra)."""
+    require("redis")
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         raise InvalidMirrorConfig(
