@@ -92,7 +92,7 @@ LIFECYCLE_KINDS = frozenset(
 )
 
 
-def format_event(event: Event) -> str:
+def format_event(event: Event) -> str:  # long: one case per event type of a closed table
     """One line for ``event``, e.g. ``hub/worker-pool/worker-agent-2 exited with code 1``."""
     who = f"{event.supervisor}/{event.child_id}"
     match event:
