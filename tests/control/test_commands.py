@@ -178,7 +178,7 @@ async def test_status_table_and_json_schema(tmp_path: Path) -> None:
     assert header.split() == [
         "id", "type", "pid", "status", "uptime", "restarts", "heartbeat", "assignment", "last", "exit"
     ]  # fmt: skip
-    assert re.search(rf"{holder} +w +\d+ +\w+ .* {held.id} ", table.output)
+    assert re.search(rf"{holder} +w +\d+ +\w+ .* {held.id}( |$)", table.output, re.M)
     assert re.search(r"exited with code 3", table.output)
     assert table.output.startswith("hub hub (pid ")
 
