@@ -336,7 +336,7 @@ async def test_errors_name_the_value_and_how_to_list(tmp_path: Path) -> None:
             (["restart", "ghost"], "no child 'ghost' in the hub; `hubvisor status` lists"),
             (["logs", "ghost"], "no child 'ghost' in the hub; `hubvisor status` lists"),
             (["logs", "ghost", "-f"], "no child 'ghost'"),
-            (["scale", "nope", "1"], "no pool 'nope' in the hub; give an agent type (w)"),
+            (["scale", "nope", "1"], "no pool 'nope' in the hub; give a pool's agent type (w)"),
             (["events", "--kind", "nope"], "unknown event kind(s) ['nope']"),
         ]:
             result = await cli(path, *args)
