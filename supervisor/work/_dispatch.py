@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .._hub import Hub
 
 _log = logging.getLogger("hubvisor")
+_Why = Literal["exit", "hang", "stop", "unreachable"]  # why an agent's item is reclaimed
 
 _REFUSED_LOG_EVERY = 10.0  # seconds between two reports of one agent's refused messages
 
@@ -264,12 +265,7 @@ class Dispatch:
             agent.gone = True
         self._reclaim(agent_id, "unreachable")
 
-    def _reclaim(
-        self,
-        agent_id: str,
-        reason: Literal["exit", "hang", "stop", "unreachable"],
-        gone: _Agent | None = None,
-    ) -> None:
+    def _reclaim(self, agent_id: str, reason: _Why, gone: _Agent | None = None) -> None:
         held = self.queue.held_by(agent_id)
         if held is None:
             return
