@@ -18,6 +18,7 @@ from ._autoscaler import AutoscaleService
 from ._context import OutputLine, RuntimeContext
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded, ServiceFailed
 from ._events import EventBus
+from ._keeper import OrphanKeeper
 from ._members import _check_spec_type, _count_workers
 from ._port import AgentPort
 from ._process import OSProcessBackend, ProcessBackend
@@ -112,6 +113,11 @@ class Hub:
             on it (an essential one: the hub stops with :class:`ServiceFailed`).
         work: the work service (default: a :class:`WorkService` on the in-memory queue);
             ``hub.work.submit(agent_type, payload)`` hands work to the agents.
+        keeper: start an :class:`OrphanKeeper` as ``hubvisor run`` does (the default),
+            so whatever the agents start dies with the hub however it ends; only for
+            real OS processes (the default ``backend``), and not when ``services``
+            holds one already. ``False``: none (the agents' process groups and the
+            parent-death signal remain).
 
     Example::
 
@@ -137,6 +143,7 @@ class Hub:
         work: WorkService | None = None,
         service_backoff: BackoffPolicy = SERVICE_BACKOFF,
         service_intensity: IntensityPolicy = SERVICE_INTENSITY,
+        keeper: bool = True,
     ) -> None:
         if isinstance(spec, SupervisorSpec):
             root = spec
@@ -187,7 +194,10 @@ class Hub:
         self._service_failure: ServiceFailed | None = None
         self.autoscaler = AutoscaleService()
         """Resizes the pools that declare ``autoscale`` (idle when none does)."""
-        self.services = (self.work, self.autoscaler, *services)
+        self.keeper = _keeper(keeper, self.context.backend, services)
+        """The orphan keeper the hub started itself (``None``: none, or one in ``services``)."""
+        own = (self.keeper,) if self.keeper is not None else ()
+        self.services = (self.work, self.autoscaler, *own, *services)
         self.failed_services: list[str] = []
         """Names of the services the hub gave up on (each was logged); supervision went on."""
         self._start_lock = trio.Lock()
@@ -478,6 +488,17 @@ class Hub:
     async def resize(self, pool: str, size: int) -> None:
         """Resize the pool named ``pool`` (its name, path or agent type)."""
         await self.supervisor(pool).resize(size)
+
+
+def _keeper(
+    wanted: bool, backend: ProcessBackend, services: Sequence[Service]
+) -> OrphanKeeper | None:
+    """The keeper a hub starts itself: wanted, real processes, none given already."""
+    if not wanted or not isinstance(backend, OSProcessBackend):
+        return None
+    if any(isinstance(s, OrphanKeeper) for s in services):
+        return None
+    return OrphanKeeper()
 
 
 def _find(exc: BaseException, kind: type[ServiceFailed]) -> ServiceFailed | None:

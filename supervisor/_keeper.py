@@ -87,8 +87,8 @@ class OrphanKeeper:
         within: seconds the keeper keeps sweeping after the hub is gone (a descendant
             that forks faster than that could outlast it; none does in practice).
 
-    ``hubvisor run`` and ``hubvisor demo`` start one; in Python,
-    ``Hub(spec, services=[OrphanKeeper()])``.
+    ``hubvisor run``, ``hubvisor demo`` and ``Hub(spec)`` start one (``Hub(spec,
+    keeper=False)``: none; ``Hub(spec, services=[OrphanKeeper(within=...)])``: this one).
     """
 
     name = "keeper"

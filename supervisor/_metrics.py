@@ -2,7 +2,7 @@
 
 :class:`MetricsService` counts what happens from the event bus (restarts, exits, hangs,
 work submitted, completed, reclaimed...) and reads what *is* from the hub when scraped
-(agents by status, heartbeat ages, queue depth, CPU and memory of each agent's process
+(agents by status, last heartbeats, queue depth, CPU and memory of each agent's process
 group from ``/proc``). The exposition is ``prometheus_client``'s text format, from a
 registry of its own (never the process-global one), served by a small trio HTTP handler;
 the ``/proc`` reads run in a worker thread, so a scrape never blocks supervision.
@@ -15,6 +15,7 @@ them. ``docs/metrics.md`` lists every metric.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import time
 from collections import Counter as Tally
@@ -25,7 +26,15 @@ import attrs
 import trio
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        GCCollector,
+        Histogram,
+        PlatformCollector,
+        ProcessCollector,
+    )
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.exposition import generate_latest
 except ImportError as exc:  # installed without hubvisor[metrics]: say so
@@ -45,7 +54,10 @@ from ._events import (
     Event,
 )
 from ._limits import ChildOverLimit
+from ._members import ChildState
+from ._metrics_http import serve
 from ._proc import GroupUsage, sample_groups
+from ._registry import AgentStatus
 from ._spec import AnySpec, PoolSpec, SupervisorSpec, agent_ids
 from .work import (
     ItemStatus,
@@ -64,7 +76,7 @@ from .work._deps import blocked_count
 if TYPE_CHECKING:
     from ._hub import Hub, TreeRow
 
-__all__ = ["CONTENT_TYPE", "MetricsService", "parse_address"]
+__all__ = ["CONTENT_TYPE", "STATUS_LABELS", "MetricsService", "parse_address", "status_label"]
 
 _log = logging.getLogger("hubvisor")
 
@@ -112,7 +124,6 @@ _TIME_BUCKETS: Final = (
 """Histogram buckets in seconds: from a quick item (5 ms) to an agent's hour of work."""
 _MAX_TRACKED: Final = 100_000
 """Open items whose times are kept; beyond that the oldest are forgotten (no timing)."""
-_MAX_HEAD: Final = 8192
 _REQUEST_TIMEOUT: Final = 10.0
 
 
@@ -296,6 +307,7 @@ class MetricsService:
             registry=self.registry,
         )
         self.registry.register(_HubCollector(self))
+        _declare_process(self.registry)
 
     @property
     def url(self) -> str:
@@ -456,6 +468,11 @@ class MetricsService:
     async def scrape(self) -> bytes:
         """Sample the agents' process groups (in a worker thread), then render every
         metric in the Prometheus text format."""
+        return await trio.to_thread.run_sync(generate_latest, await self.collect())
+
+    async def collect(self) -> _Families:
+        """Sample the agents' process groups (in a worker thread), then collect every
+        metric: a snapshot any ``prometheus_client`` encoder renders (``collect()``)."""
         async with self._sampling:
             pgids = [pid for _, _, pid in self._agents()]
             started = time.perf_counter()
@@ -463,8 +480,7 @@ class MetricsService:
             self.last_sample_seconds = time.perf_counter() - started
         # Every metric is read here, on the hub's thread, in one step (no checkpoint);
         # only the formatting of that snapshot goes to a thread.
-        families = _Families([_uncreated(m) for m in self.registry.collect()])
-        return await trio.to_thread.run_sync(generate_latest, families)
+        return _Families([_uncreated(m) for m in self.registry.collect()])
 
     def _agents(self) -> Iterator[tuple[str, str, int]]:
         """``(agent id, type, pid)`` of every worker child with a live process."""
@@ -506,35 +522,7 @@ class MetricsService:
             self.connections -= 1
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        # The scraper may go away or stall at any point: nothing to tell it then.
-        with contextlib.suppress(
-            trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
-        ):
-            with trio.fail_after(self.request_timeout):
-                status, kind, body, method = "200 OK", CONTENT_TYPE, b"", b"GET"
-                try:
-                    head = await _read_head(stream)
-                except _BadRequest as exc:
-                    status, kind, body = "400 Bad Request", "text/plain", f"{exc}\n".encode()
-                else:
-                    method, _, rest = head.partition(b" ")
-                    target = rest.partition(b" ")[0].partition(b"?")[0]
-                    if method not in (b"GET", b"HEAD"):
-                        status, kind, body = "405 Method Not Allowed", "text/plain", b"use GET\n"
-                    elif target != b"/metrics":
-                        status, kind = "404 Not Found", "text/plain"
-                        body = b"hubvisor serves its metrics at /metrics\n"
-                    else:
-                        body = await self.scrape()
-                header = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                ).encode()
-                await stream.send_all(header if method == b"HEAD" else header + body)
-
-
-class _BadRequest(Exception):
-    pass
+        await serve(stream, self._hub, self.collect, self.request_timeout)
 
 
 def _uncreated(metric: Metric) -> Metric:
@@ -558,17 +546,37 @@ class _Families:
         return self.families
 
 
-async def _read_head(stream: trio.SocketStream) -> bytes:
-    """The request's head (request line and headers), up to the blank line."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        if len(data) > _MAX_HEAD:
-            raise _BadRequest(f"request head over {_MAX_HEAD} bytes")
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            raise _BadRequest("the connection ended before the request did")
-        data += chunk
-    return data
+STATUS_LABELS: Final = frozenset(
+    {s.value for s in AgentStatus} | {s.value for s in ChildState} | {"other"}
+)
+"""The values of ``hubvisor_agents{status}``: the registry's and the tree's own words;
+any other word an agent says with ``STATUS=`` is counted as ``other`` (docs/bounds.md)."""
+
+
+def status_label(status: str) -> str:
+    """``status`` if it is one of :data:`STATUS_LABELS`, else ``"other"``."""
+    return status if status in STATUS_LABELS else "other"
+
+
+def _declare_process(registry: CollectorRegistry) -> None:
+    """The hub's own process (``process_*``: CPU, memory, fds), its Python
+    (``python_*``) and ``hubvisor_build_info``, in ``registry``."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Gauge(
+        "hubvisor_build_info",
+        "The hubvisor version serving these metrics (the value is always 1).",
+        ("version",),
+        registry=registry,
+    ).labels(_version()).set(1)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hubvisor")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown"
 
 
 def _exit_reason(event: ChildExited, hung: bool) -> str:
@@ -638,15 +646,15 @@ class _HubCollector:
         yield from self._mirror(hub)
 
     def _agents(self, hub: Hub, rows: list[TreeRow]) -> Iterator[Metric]:
-        try:
-            now: float | None = trio.current_time()
-        except RuntimeError:  # rendered outside trio: no clock to age heartbeats with
-            now = None
+        try:  # Unix time = the hub's clock + this offset
+            offset: float | None = time.time() - trio.current_time()
+        except RuntimeError:  # rendered outside trio: no clock to date heartbeats with
+            offset = None
         records = {r.id: r for r in hub.registry.agents()}
         statuses: Tally[tuple[str, str]] = Tally()
         beat = GaugeMetricFamily(
-            "hubvisor_agent_heartbeat_age_seconds",
-            "Seconds since the agent's last heartbeat or status message.",
+            "hubvisor_agent_last_heartbeat_timestamp_seconds",
+            "Unix time of the agent's last heartbeat, status message or READY.",
             labels=("agent", "type"),
         )
         cpu = CounterMetricFamily(
@@ -672,10 +680,10 @@ class _HubCollector:
             agent_type = info.agent_type or ""
             rec = records.get(info.id)
             status = rec.status if rec is not None else info.state.value  # busy: holds an item
-            statuses[agent_type, str(status)] += 1
+            statuses[agent_type, status_label(str(status))] += 1
             labels = (info.id, agent_type)
-            if now is not None and rec is not None and rec.last_heartbeat is not None:
-                beat.add_metric(labels, max(0.0, now - rec.last_heartbeat))
+            if offset is not None and rec is not None and rec.last_heartbeat is not None:
+                beat.add_metric(labels, rec.last_heartbeat + offset)
             used = usage.get(info.pid) if info.pid is not None else None
             if used is not None:
                 cpu.add_metric(labels, used.cpu_seconds)

@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import click
@@ -34,7 +34,11 @@ from .control.printers import secs as _secs
 if TYPE_CHECKING:
     from ._proc import GroupUsage
 
-__all__ = ["Snapshot", "poll", "render", "top"]
+__all__ = ["ONCE_SAMPLE_GAP", "Snapshot", "poll", "render", "top"]
+
+ONCE_SAMPLE_GAP: Final = 0.5
+"""``top --once``: seconds between the two samples its CPU column is measured over (at
+most ``--interval``)."""
 
 _STATUS_STYLE = {
     "idle": "green",
@@ -144,7 +148,7 @@ def render(
     work = ", ".join(f"{n} {s}" for s, n in hub.get("work", {}).items() if n) or "none"
     header = Text.assemble(
         ("hubvisor top", "bold"),
-        f"  hub {hub.get('id', '?')} (pid {hub.get('pid', '?')})  "
+        f"  hub: {hub.get('id', '?')} (pid {hub.get('pid', '?')})  "
         f"{hub.get('agents', len(agents))} agents  work: {work}  "
         f"every {interval:g}s, q quits",
     )
@@ -340,6 +344,10 @@ def top(socket_path: Path | None, hub_id: str | None, interval: float, once: boo
     usage = _sample(snap)
     load = cpu.update(usage, time.monotonic())
     if once:
+        # CPU is a rate: a second sample a moment later gives it (one alone shows "-").
+        time.sleep(min(interval, ONCE_SAMPLE_GAP))
+        usage = _sample(snap)
+        load = cpu.update(usage, time.monotonic())
         console = Console()
         if not console.is_terminal:  # a pipe or a log: every column, no colour codes
             console = Console(width=200, color_system=None)

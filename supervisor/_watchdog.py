@@ -231,7 +231,7 @@ class ChannelWatcher:
         if msg.kind == "ready":
             self._ready.set()
             self._set_running()
-        elif msg.kind == "heartbeat":
+        if msg.kind in ("ready", "heartbeat"):  # READY is a proof of life too
             if now - self._beat_at >= _HEARTBEAT_EVENT_GAP:
                 self._beat_at = now
                 self._publish(ChildHeartbeat, pid=pid)

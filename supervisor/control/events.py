@@ -41,9 +41,10 @@ def _plain(inst: Any, field: Any, value: Any) -> Any:
 
 
 def event_json(event: Event, wall: float) -> dict[str, Any]:
-    """An event as a JSON-ready dict: ``kind``, ``time`` (Unix time), then its fields."""
+    """An event as a JSON-ready dict: ``kind``, ``time`` (Unix time), then its fields,
+    ``at`` in Unix time too (one clock for users; the hub's own clock stays inside)."""
     fields = attrs.asdict(event, value_serializer=_plain)
-    return {"kind": event.kind, "time": round(wall, 6), **fields}
+    return {"kind": event.kind, "time": round(wall, 6), **fields, "at": round(wall, 6)}
 
 
 class EventRing:

@@ -84,11 +84,23 @@ def _pool(hub: Hub, name: str) -> Any:
     except ChildNotFound as exc:
         if not str(exc).startswith("no "):
             raise  # more than one: its message lists them
-        types = ", ".join(sorted(_agent_types(hub))) or "(none)"
-        raise ControlError(
-            f"no pool {name!r} in the hub; give an agent type ({types}), or a pool's name "
-            "or path (`hubvisor ctl list`)"
-        ) from None
+        raise ControlError(_no_pool(hub, name)) from None
+
+
+def _no_pool(hub: Hub, name: str) -> str:
+    """Why ``name`` does not scale, and the names that do: the agent types of pools
+    only (fixed agents of a type have no pool to resize)."""
+    pools = {s.spec.agent_type for s in hub.supervisors() if isinstance(s.spec, PoolSpec)}
+    choices = ", ".join(sorted(t for t in pools if t)) or "the hub has no pools"
+    fixed = (
+        f"the {name!r} agents are fixed children, not a pool, so they do not scale; "
+        if name in _agent_types(hub)
+        else ""
+    )
+    return (
+        f"no pool {name!r} in the hub; {fixed}give a pool's agent type ({choices}), or a "
+        "pool's name or path (`hubvisor ctl list`)"
+    )
 
 
 async def _resize(hub: Hub, args: Args, background: trio.Nursery) -> Any:

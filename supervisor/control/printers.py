@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 import click
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -31,20 +32,19 @@ def _echo(result: Any, args: Args) -> None:
 
 
 def _show_list(rows: Any, args: Args) -> None:
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("supervisor", "id", "state", "pid", "restarts", "uptime", "last exit"):
-        table.add_column(col, justify="right" if col in ("pid", "restarts", "uptime") else "left")
-    for r in rows:
-        table.add_row(
-            r["supervisor"],
-            r["id"],
-            r["state"],
+    cells = [
+        (
+            Text(r["supervisor"]),
+            Text(r["id"]),
+            Text(r["state"]),
             str(r["pid"] or "-"),
             str(r["restarts"]),
             f"{r['uptime']:.1f}s" if r["uptime"] is not None else "-",
-            r["last_exit"] or "",
+            Text(r["last_exit"] or ""),
         )
-    Console(width=200).print(table)
+        for r in rows
+    ]
+    _print_fitted(_console(), LIST_COLUMNS, cells)
 
 
 def _show_count(counts: Any, args: Args) -> None:
@@ -106,13 +106,8 @@ def _show_status(result: Any, args: Args) -> None:
     console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
     if hub.get("store"):
         console.print(Text(f"work {hub['store']}"))
-    table = Table(box=box.SIMPLE_HEAD)
-    right = ("pid", "uptime", "restarts", "heartbeat")
-    for col in ("id", "type", "pid", "status", "uptime", "restarts", "heartbeat", "assignment"):
-        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
-    table.add_column("last exit")
-    for a in agents:
-        table.add_row(
+    rows = [
+        (
             Text(a["id"]),
             Text(a["type"] or "-"),
             str(a["pid"] or "-"),
@@ -123,7 +118,9 @@ def _show_status(result: Any, args: Args) -> None:
             Text(a["assignment"] or "-"),
             Text(a["last_exit"] or "", style="red" if a["last_exit"] else ""),
         )
-    console.print(table)
+        for a in agents
+    ]
+    _print_fitted(console, STATUS_COLUMNS, rows)
     for pool, scale in sorted(result.get("scaling", {}).items()):
         last = scale["last"] or "no change yet"
         console.print(Text(f"autoscale {pool} ({scale['min']}..{scale['max']}): {last}"))
@@ -162,22 +159,22 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def _show_items(items: Any, args: Args) -> None:
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("id", "type", "status", "attempt", "deliveries", "agent", "source", "outcome"):
-        table.add_column(col, justify="right" if col in ("attempt", "deliveries") else "left")
+    rows: list[tuple[Cell, ...]] = []
     for i in items:
         outcome = i["error"] if i["error"] is not None else i["result"]
-        table.add_row(
-            Text(i["id"]),
-            Text(i["type"]),
-            Text(i["status"] + _waits(i), style=_ITEM_STYLE.get(i["status"], "")),
-            str(i["attempt"]),
-            f"{i['deliveries']}/{i['max_deliveries']}",
-            Text(i["agent"] or "-"),
-            Text(i["source"]),
-            Text("" if outcome is None else _short(outcome)),
+        rows.append(
+            (
+                Text(i["id"]),
+                Text(i["type"]),
+                Text(i["status"] + _waits(i), style=_ITEM_STYLE.get(i["status"], "")),
+                str(i["attempt"]),
+                f"{i['deliveries']}/{i['max_deliveries']}",
+                Text(i["agent"] or "-"),
+                Text(i["source"]),
+                Text("" if outcome is None else _short(outcome)),
+            )
         )
-    _console().print(table)
+    _print_fitted(_console(), ITEM_COLUMNS, rows)
 
 
 _ITEM_STYLE = {
@@ -311,6 +308,132 @@ def _show_line(item: Any, args: Args) -> None:
 
 def _show_event(event: Any, args: Args) -> None:
     click.echo(dumps(event))
+
+
+# --- fitting a table to the terminal (issue 22) ---
+
+
+class Column(NamedTuple):
+    """A column of a table that fits the terminal: when the terminal is too narrow the
+    columns of the highest ``drop`` go first (0: never dropped), as pm2 does; a ``wrap``
+    column wraps its text instead of being cut."""
+
+    name: str
+    drop: int = 0
+    right: bool = False
+    wrap: bool = False
+
+
+Cell = str | Text
+_WRAP_MIN: Final = 20
+"""A wrapping column is never narrowed below this many cells to fit."""
+_PIPED_WIDTH: Final = 10_000
+"""Piped output: no width to fit (lines are as long as their text, without padding)."""
+_Plain: Final = Console  # measures and renders off screen (tests replace ``Console``)
+
+
+def _table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in columns:
+        table.add_column(
+            col.name,
+            justify="right" if col.right else "left",
+            no_wrap=not col.wrap,
+            overflow="fold" if col.wrap else "ellipsis",
+        )
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _cells(cell: Cell) -> int:
+    return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
+
+
+def fit_table(
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int | None
+) -> tuple[Table, list[str]]:
+    """A table of ``rows`` no wider than ``width`` (``None``: any width), and the names
+    of the columns dropped to fit it."""
+    shown = list(range(len(columns)))
+    measure = _Plain(width=_PIPED_WIDTH, color_system=None)
+    while True:
+        table = _table([columns[i] for i in shown], [[r[i] for i in shown] for r in rows])
+        if width is None:
+            break
+        slack = sum(
+            max(0, max([cell_len(columns[i].name), *(_cells(r[i]) for r in rows)]) - _WRAP_MIN)
+            for i in shown
+            if columns[i].wrap
+        )
+        droppable = [i for i in shown if columns[i].drop > 0]
+        if measure.measure(table).maximum - slack <= width or not droppable:
+            break
+        shown.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
+    return table, [c.name for i, c in enumerate(columns) if i not in shown]
+
+
+def _print_fitted(
+    console: Console, columns: Sequence[Column], rows: Sequence[Sequence[Cell]]
+) -> None:
+    """On a terminal: the table fitted to its width, and which columns did not fit.
+    Piped: every column, each line without trailing spaces."""
+    if console.is_terminal:
+        table, hidden = fit_table(columns, rows, console.width)
+        console.print(table)
+        if hidden:
+            console.print(
+                Text(
+                    f"(hidden to fit {console.width} columns: {', '.join(hidden)}; "
+                    "--json has every field)",
+                    style="dim",
+                )
+            )
+        return
+    table, _ = fit_table(columns, rows, None)
+    plain = _Plain(width=_PIPED_WIDTH, color_system=None)
+    with plain.capture() as captured:
+        plain.print(table)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
+
+
+STATUS_COLUMNS: Final = (
+    Column("id"),
+    Column("type", drop=2),
+    Column("pid", drop=3, right=True),
+    Column("status"),
+    Column("uptime", drop=5, right=True),
+    Column("restarts", drop=4, right=True),
+    Column("heartbeat", drop=6, right=True),
+    Column("assignment", drop=1),
+    Column("last exit", drop=2, wrap=True),
+)
+"""``hubvisor status``'s agent table; on a narrow terminal heartbeat goes first, then
+uptime, restarts, pid, type and last exit (id, status and assignment always show)."""
+ITEM_COLUMNS: Final = (
+    Column("id"),
+    Column("type", drop=3),
+    Column("status"),
+    Column("attempt", drop=5, right=True),
+    Column("deliveries", drop=4, right=True),
+    Column("agent", drop=2),
+    Column("source", drop=6),
+    Column("outcome", drop=1, wrap=True),
+)
+"""``hubvisor work list``'s table (source goes first, then attempt, deliveries...)."""
+LIST_COLUMNS: Final = (
+    Column("supervisor", drop=2),
+    Column("id"),
+    Column("state"),
+    Column("pid", drop=3, right=True),
+    Column("restarts", drop=4, right=True),
+    Column("uptime", drop=5, right=True),
+    Column("last exit", drop=1, wrap=True),
+)
+"""``hubvisor ctl list``'s table."""
+
+# --- end fitting ---
 
 
 PRINTERS: dict[str, Printer] = {

@@ -23,8 +23,8 @@ import trio.testing
 
 from strategies import BackoffPolicy, IntensityDecision, IntensityPolicy, RestartStrategy
 
-from .._errors import InvalidSupervisorSpec, SupervisorEscalation
-from .._events import Event, EventBus
+from .._errors import InvalidSupervisorSpec, SupervisorEscalation, UnknownEventKind
+from .._events import Event, EventBus, event_kinds
 from .._hub import Hub
 from .._members import pool_member
 from .._process import SpawnRequest
@@ -287,6 +287,8 @@ class _RecordingBus(EventBus):
 # --------------------------------------------------------------------------------------
 # The trace
 
+_NO_FIELD = object()  # a field the event does not have: equal to no value
+
 
 @attrs.frozen(kw_only=True)
 class Trace:
@@ -326,6 +328,57 @@ class Trace:
     def kinds(self) -> list[str]:
         """The ``kind`` of every event, e.g. ``["starting", "supervisor_started", ...]``."""
         return [e.kind for e in self.events]
+
+    # --- helpers for your own properties (issue 22) ---
+
+    def select(
+        self, kind: str | None = None, child_id: str | None = None, **fields: object
+    ) -> list[Event]:
+        """The events of ``kind`` (any if ``None``) about ``child_id`` (any if ``None``)
+        whose ``fields`` have the values given, in order, e.g.
+        ``trace.select("exited", "planner", expected=False)``.
+
+        Raises:
+            UnknownEventKind: ``kind`` is no event's kind (a typo would match nothing).
+        """
+        if kind is not None and kind not in event_kinds():
+            raise UnknownEventKind(
+                f"no event has kind {kind!r}; the kinds are {sorted(event_kinds())}"
+            )
+        return [
+            e
+            for e in self.events
+            if (kind is None or e.kind == kind)
+            and (child_id is None or e.child_id == child_id)
+            and all(getattr(e, k, _NO_FIELD) == v for k, v in fields.items())
+        ]
+
+    def count(self, kind: str | None = None, child_id: str | None = None, **fields: object) -> int:
+        """How many events :meth:`select` gives, e.g. ``trace.count("restarting")``."""
+        return len(self.select(kind, child_id, **fields))
+
+    @property
+    def hub_survived(self) -> bool:
+        """Whether the root never gave up: the hub supervised until the run stopped it
+        (``outcome`` is ``None``)."""
+        return self.outcome is None
+
+    @property
+    def never_escalated(self) -> bool:
+        """Whether no supervisor, nested ones included, gave up (no ``escalated`` event)."""
+        return self.outcome is None and not self.select("escalated")
+
+    @property
+    def crashes_applied(self) -> list[CrashApplied]:
+        """The scheduled crashes that hit a process (one whose child had none did nothing)."""
+        return [r for r in self.log if isinstance(r, CrashApplied) and r.pid is not None]
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """The :class:`Snapshot` of the tree after each schedule step, in order."""
+        return [r for r in self.log if isinstance(r, Snapshot)]
+
+    # --- end helpers ---
 
     def format(self, *, probes: bool = True) -> str:
         """One line per record, for failure messages and debugging."""

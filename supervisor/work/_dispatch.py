@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .._hub import Hub
 
 _log = logging.getLogger("hubvisor")
+_Why = Literal["exit", "hang", "stop", "unreachable"]  # why an agent's item is reclaimed
 
 _REFUSED_LOG_EVERY = 10.0  # seconds between two reports of one agent's refused messages
 
@@ -271,9 +272,7 @@ class Dispatch:
             agent.gone = True
         self._reclaim(agent_id, "unreachable")
 
-    def _reclaim(
-        self, agent_id: str, reason: Literal["exit", "hang", "stop", "unreachable"]
-    ) -> None:
+    def _reclaim(self, agent_id: str, reason: _Why, gone: _Agent | None = None) -> None:
         held = self.queue.held_by(agent_id)
         if held is None:
             return
@@ -282,7 +281,7 @@ class Dispatch:
         if not verdict.accepted or verdict.item is None:  # pragma: no cover - held above
             return
         item = verdict.item
-        agent = self.agents.get(agent_id)
+        agent = self.agents.get(agent_id) or gone  # gone: an exited agent (its supervisor)
         self.notes[agent_id] = None
         if item.status is ItemStatus.DEAD:
             self.publish(
@@ -347,7 +346,7 @@ class Dispatch:
                 if agent is not None:
                     self.not_idle(event.child_id, agent)
                     del self.agents[event.child_id]
-                    self._reclaim(event.child_id, "stop" if event.expected else "exit")
+                    self._reclaim(event.child_id, "stop" if event.expected else "exit", agent)
             case SupervisorStopping():
                 for agent_id, agent in self.agents.items():
                     if _under(agent.supervisor, event.supervisor):

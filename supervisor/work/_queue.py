@@ -138,6 +138,16 @@ def wall_clock() -> float:
     return now + _trio_offset[1]
 
 
+def unix_time(at: float) -> float:
+    """The Unix time of ``at`` on trio's clock, as :func:`wall_clock` reads it (issue 22:
+    what users see is Unix time on every backend); outside trio: ``at`` as it is."""
+    try:
+        now = trio.current_time()
+    except RuntimeError:
+        return at
+    return at - now + wall_clock()
+
+
 class Lanes:
     """One type's ready items (issue 21): a FIFO per priority, the highest first, behind
     the API of the ``deque`` the queue used before (``append`` and ``appendleft`` go to
@@ -243,6 +253,9 @@ class MemoryWorkQueue(DependencyIndex):
         self._delayed_ids: dict[str, dict[str, None]] = {}  # type -> ids in the heap
         self._delay_seq = itertools.count()
         # --- end ordering ---
+        self.stamp: Callable[[float], float] = unix_time
+        """The Unix time stored in an item for the ``now`` its methods get (the hub's
+        trio clock; a store whose methods get Unix time already sets ``float``)."""
 
     # reading
 
@@ -392,7 +405,7 @@ class MemoryWorkQueue(DependencyIndex):
             agent_type=agent_type,
             payload=payload,
             max_deliveries=max_deliveries,
-            created_at=now,
+            created_at=self.stamp(now),
             source=source,
             key=key,
             after=after,
@@ -427,7 +440,7 @@ class MemoryWorkQueue(DependencyIndex):
         item.attempt += 1
         item.deliveries += 1
         item.agent = agent
-        item.started_at = now
+        item.started_at = self.stamp(now)
         self._held[agent] = item.id
         return item
 
@@ -445,14 +458,15 @@ class MemoryWorkQueue(DependencyIndex):
         return item
 
     def _release(self, item: WorkItem, agent: str, outcome: str, reason: str, now: float) -> None:
-        item.history.append(AttemptRecord(item.attempt, agent, outcome, reason, now, self.hub_id))
+        at = self.stamp(now)
+        item.history.append(AttemptRecord(item.attempt, agent, outcome, reason, at, self.hub_id))
         del item.history[:-_HISTORY]
         self._held.pop(agent, None)
         item.agent = None
 
     def _finish(self, item: WorkItem, status: ItemStatus, now: float) -> None:
         item.status = status
-        item.finished_at = now
+        item.finished_at = self.stamp(now)
         self._finished.append(item.id)
         while len(self._finished) > self._keep:
             old = self._finished.popleft()

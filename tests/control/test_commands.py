@@ -183,7 +183,7 @@ async def test_status_table_and_json_schema(tmp_path: Path) -> None:
     assert header.split() == [
         "id", "type", "pid", "status", "uptime", "restarts", "heartbeat", "assignment", "last", "exit"
     ]  # fmt: skip
-    assert re.search(rf"{holder} +w +\d+ +\w+ .* {held.id} ", table.output)
+    assert re.search(rf"{holder} +w +\d+ +\w+ .* {held.id}( |$)", table.output, re.M)
     assert re.search(r"exited with code 3", table.output)
     assert table.output.startswith("hub hub (pid ")
 
@@ -341,7 +341,7 @@ async def test_errors_name_the_value_and_how_to_list(tmp_path: Path) -> None:
             (["restart", "ghost"], "no child 'ghost' in the hub; `hubvisor status` lists"),
             (["logs", "ghost"], "no child 'ghost' in the hub; `hubvisor status` lists"),
             (["logs", "ghost", "-f"], "no child 'ghost'"),
-            (["scale", "nope", "1"], "no pool 'nope' in the hub; give an agent type (w)"),
+            (["scale", "nope", "1"], "no pool 'nope' in the hub; give a pool's agent type (w)"),
             (["events", "--kind", "nope"], "unknown event kind(s) ['nope']"),
         ]:
             result = await cli(path, *args)

@@ -158,8 +158,9 @@ class TestScrape:
                 assert rss is not None and 4 << 20 < rss < 1 << 30
                 cpu = value(found, "hubvisor_agent_cpu_seconds_total", agent=agent, type="w")
                 assert cpu is not None and 0 < cpu < 60
-                age = value(found, "hubvisor_agent_heartbeat_age_seconds", agent=agent, type="w")
-                assert age is not None and 0 <= age < 5
+                name = "hubvisor_agent_last_heartbeat_timestamp_seconds"
+                beat = value(found, name, agent=agent, type="w")
+                assert beat is not None and 0 <= time.time() - beat < 5
 
     async def test_hangs_and_spawn_failures_are_counted_by_type(self) -> None:
         """An agent that goes silent holding an item: one hang, one exit with reason
@@ -214,7 +215,7 @@ class TestScrape:
         metrics = MetricsService("127.0.0.1:0")
         async with running([pool(size=0)], services=[metrics]):
             status, _, body = await trio.to_thread.run_sync(get, metrics.url[: -len("metrics")])
-            assert (404, "hubvisor serves its metrics at /metrics\n") == (status, body)
+            assert 404 == status and "its metrics at /metrics and its health at /healthz" in body
 
             def post() -> int:
                 req = urllib.request.Request(metrics.url, data=b"x", method="POST")
@@ -338,7 +339,11 @@ class TestDocs:
             for f in text_string_to_metric_families(text)
         }
         documented = set(re.findall(r"^\| `(hubvisor_[a-z_]+)`", DOCS, re.M))
-        assert served == documented
+        assert {s for s in served if s.startswith("hubvisor_")} == documented
+        # The hub's own process and Python, from prometheus_client's collectors.
+        assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= served
+        assert "python_info" in served
+        assert {s.split("_")[0] for s in served} == {"hubvisor", "process", "python"}
 
 
 class TestConfig:

@@ -169,7 +169,7 @@ class TestTop:
             "the agents busy and the queue line",
             lambda s: bool(queue.search(s)) and len(busy.findall(s)) == 2,
         )
-        assert "hubvisor top  hub tophub" in screen
+        assert "hubvisor top  hub: tophub (pid " in screen
         assert {"w-agent-1", "w-agent-2"} == {m for m in re.findall(r"w-agent-\d", screen)}
         assert "pool/" in screen  # the pool's supervisor heads its agents
         assert not rc.exists()  # still running
@@ -442,9 +442,12 @@ class TestCommand:
         result = CliRunner().invoke(top, ["--socket", str(served), "--once"])
 
         assert 0 == result.exit_code, result.output
-        assert "hubvisor top  hub hub" in result.output
+        assert "hubvisor top  hub: hub (pid " in result.output
         assert re.search(r"^\s*w\s+1\s+0\s+0\s+2\s+0\s*$", result.output, re.M), result.output
         assert "w-agent-2" in result.output
+        # Two samples: CPU is a number (one sample alone could only show "-").
+        rows = [line for line in result.output.splitlines() if "w-agent-" in line]
+        assert 2 == len(rows) and all(re.search(r" \d+% ", r) for r in rows), result.output
 
     def test_the_socket_comes_from_the_option_the_hub_id_or_the_environment(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

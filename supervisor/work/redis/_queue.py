@@ -167,6 +167,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         self.max_held_bytes = max_held_bytes
         self._url = url
         self._local = MemoryWorkQueue()
+        self._local.stamp = float  # its methods get Unix time (_wall) already
         self._pending: dict[str, WorkItem] = {}  # submitted, not in Redis yet
         self._stored: dict[str, trio.Event] = {}
         self.dupes: dict[str, str] = {}  # submitted with a key Redis had: -> the kept id

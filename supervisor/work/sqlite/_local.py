@@ -34,6 +34,7 @@ class TrackedQueue(MemoryWorkQueue):
 
     def __init__(self, *, keep_finished: int) -> None:
         super().__init__(keep_finished=keep_finished)
+        self.stamp = float  # its methods get Unix time (the queue's wall()) already
         self.dirty: dict[str, None] = {}
         self.pos: dict[str, int] = {}
         self.lo = 0  # the front of every queue (a smaller pos goes first)
