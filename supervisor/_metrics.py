@@ -782,9 +782,8 @@ class _HubCollector:
 
 
 def _waiting_by_reason(hub: Hub, types: set[str]) -> GaugeMetricFamily:
-    """``hubvisor_work_waiting{type, reason}``: queued items that may go to an agent now
-    (``ready``), those waiting for their time (``delayed``: a delay, a not-before, a
-    retry delay) and those waiting for other items (``dependencies``: ``--after``)."""
+    """``hubvisor_work_waiting{type, reason}``: queued items by why they wait (``ready``,
+    ``delayed``: a delay or a retry delay, ``dependencies``: ``--after``)."""
     gauge = GaugeMetricFamily(
         "hubvisor_work_waiting",
         "Queued work items by why they wait: ready (for an agent), delayed (for their time) "
