@@ -48,7 +48,9 @@ def demo_spec(
     faulty = SupervisorSpec(
         name="faulty-workers",
         strategy=OneForOne(),
-        backoff=ExponentialBackoff(initial=0.5, factor=2, cap=8, jitter=0.2, reset_after=10),
+        # Restarts wait longer than an item's first retry delay (about 1 s): the item a
+        # faulty worker dropped goes to a healthy worker, not back to the faulty one.
+        backoff=ExponentialBackoff(initial=2.0, factor=2, cap=8, jitter=0.2, reset_after=10),
         intensity=Intensity(max_restarts=20, window=60),
         children=[
             _agent(

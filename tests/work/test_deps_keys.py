@@ -126,10 +126,12 @@ async def test_a_second_submit_with_the_same_key_answers_the_first_item(
         again = await cli_json(path, "submit", "w", '{"n": 99}', "--key", "task-17")
         assert first["id"] == again["id"] and "task-17" == again["key"]
         assert {"n": 5} == again["payload"]
-        other = hub.work.submit("w", {"n": 6}, key="task-18")
-        assert other.id != first["id"]
         assert 10 == (await ended(hub, first["id"])).result["double"]
         assert first["id"] == hub.work.submit("w", {"n": 1}, key="task-17").id
+        # Submitted once the first ended, so it ends last (two agents could otherwise
+        # finish it first, and keep_finished=1 would prune it instead of the first).
+        other = hub.work.submit("w", {"n": 6}, key="task-18")
+        assert other.id != first["id"]
         await ended(hub, other.id)  # keep_finished=1: the first item is pruned now
         fresh = hub.work.submit("w", {"n": 7}, key="task-17")
         assert fresh.id not in (first["id"], other.id)
