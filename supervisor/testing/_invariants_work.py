@@ -23,6 +23,7 @@ from ..work import (
     WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
+    WorkDependencyEnded,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
@@ -30,6 +31,7 @@ from ..work import (
     WorkTimedOut,
 )
 from ._invariants import EPS as _EPS, fail as _fail
+from ._invariants_deps import check_work_dependencies, check_work_keys, dependencies_of
 from ._run import (
     Record,
     SubmitApplied,
@@ -42,7 +44,9 @@ __all__ = [
     "check_work",
     "check_work_completions",
     "check_work_deliveries",
+    "check_work_dependencies",
     "check_work_holders",
+    "check_work_keys",
     "check_work_order",
     "check_work_outcomes",
     "check_work_reclaim",
@@ -484,7 +488,7 @@ def check_work_outcomes(trace: Trace) -> None:
             status[r.item_id] = "queued"
         elif isinstance(r, WorkDeadLettered):
             status[r.item_id] = "dead"
-        elif isinstance(r, WorkCancelled):  # issue 21: final, its agent gives it up
+        elif isinstance(r, WorkCancelled | WorkDependencyEnded):  # issue 21: final
             status[r.item_id] = "cancelled"
         elif isinstance(r, WorkTimedOut):  # a delivery spent: queued again, or dead
             status[r.item_id] = "dead" if r.final else "queued"
@@ -531,7 +535,7 @@ def _check_outcomes_at(
                     f"{item!r} is still assigned to {child!r} {when}, whose process "
                     f"{'is gone' if pid not in agents.live else 'was stopped'}: it is lost",
                 )
-        elif s.status == "queued" and not snap.final and not s.delayed:
+        elif s.status == "queued" and not snap.final and not s.delayed and not s.blocked:
             idle = sorted(
                 child
                 for child, pid in agents.current.items()
@@ -565,8 +569,12 @@ def check_work_order(trace: Trace) -> None:
     """
     submitted: dict[str, SubmitApplied] = {}
     fresh: dict[str, SubmitApplied] = {}  # never assigned yet
+    deps = dependencies_of(trace)
+    completed: dict[str, float] = {}  # item -> when (an item waiting for one is not ready)
     for i, r in enumerate(trace.log):
-        if isinstance(r, SubmitApplied):
+        if isinstance(r, WorkCompleted):
+            completed.setdefault(r.item_id, r.at)
+        if isinstance(r, SubmitApplied) and r.item_id not in submitted:  # a key answers once
             submitted[r.item_id] = fresh[r.item_id] = r
         elif isinstance(r, WorkAssigned) and r.item_id in submitted:
             sub = submitted[r.item_id]
@@ -587,6 +595,7 @@ def check_work_order(trace: Trace) -> None:
                 if f.submit.agent_type == mine.agent_type
                 and f.submit.priority > mine.priority
                 and f.at + (f.submit.delay or 0.0) < r.at - 1e-6
+                and all(completed.get(d, r.at) < r.at - 1e-6 for d in deps.get(f.item_id, ()))
             ]
             if jumped:
                 raise _fail(
@@ -605,7 +614,8 @@ def check_work_order(trace: Trace) -> None:
 def check_work(trace: Trace) -> None:
     """Every work invariant: :func:`check_work_outcomes`, :func:`check_work_holders`,
     :func:`check_work_completions`, :func:`check_work_reclaim`,
-    :func:`check_work_deliveries` and :func:`check_work_order` (:func:`check_all` runs
+    :func:`check_work_deliveries`, :func:`check_work_order`,
+    :func:`check_work_dependencies` and :func:`check_work_keys` (:func:`check_all` runs
     them when work was submitted).
     """
     check_work_holders(trace)
@@ -614,3 +624,5 @@ def check_work(trace: Trace) -> None:
     check_work_deliveries(trace)
     check_work_outcomes(trace)
     check_work_order(trace)
+    check_work_dependencies(trace)  # issue 21: dependencies and keys
+    check_work_keys(trace)
