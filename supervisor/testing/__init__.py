@@ -44,6 +44,7 @@ from ._invariants_work import (
     check_work_order as check_work_order,
     check_work_outcomes as check_work_outcomes,
     check_work_reclaim as check_work_reclaim,
+    check_work_time_limits as check_work_time_limits,
 )
 from ._run import (
     BackoffChosen as BackoffChosen,
@@ -145,6 +146,7 @@ __all__ = [
     "check_work_order",
     "check_work_outcomes",
     "check_work_reclaim",
+    "check_work_time_limits",
     "crash_schedules",
     "crashes",
     "intensities",

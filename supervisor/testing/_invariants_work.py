@@ -32,6 +32,7 @@ from ..work import (
 )
 from ._invariants import EPS as _EPS, fail as _fail
 from ._invariants_deps import check_work_dependencies, check_work_keys, dependencies_of
+from ._invariants_limits import check_work_time_limits
 from ._run import (
     Record,
     SubmitApplied,
@@ -50,6 +51,7 @@ __all__ = [
     "check_work_order",
     "check_work_outcomes",
     "check_work_reclaim",
+    "check_work_time_limits",
 ]
 
 
@@ -90,7 +92,15 @@ class _Agents:
         return self.current.get(child)
 
 
-_RELEASES = (WorkCompleted, WorkFailed, WorkReclaimed, WorkDeadLettered)
+# A cancel and a time-out (issue 21) end the attempt too: its agent holds nothing after.
+_RELEASES = (
+    WorkCompleted,
+    WorkFailed,
+    WorkReclaimed,
+    WorkDeadLettered,
+    WorkCancelled,
+    WorkTimedOut,
+)
 
 
 def _item_event(r: Record) -> str | None:
@@ -157,6 +167,7 @@ def check_work_reclaim(trace: Trace) -> None:
     due: dict[str, tuple[int, float, tuple[str, ...], str]] = {}
     wired = any(isinstance(r, WireRecord) for r in trace.log)
     failed: set[tuple[object, object, int | None]] = set()  # FAILs sent: item, attempt, pid
+    timed_dead: set[tuple[str, int]] = set()  # issue 21: final time-outs, dead-lettered next
     for i, r in enumerate(trace.log):
         if isinstance(r, WireRecord) and r.sender == "agent" and r.word == "FAIL":
             body = r.body if isinstance(r.body, dict) else {}
@@ -191,9 +202,16 @@ def check_work_reclaim(trace: Trace) -> None:
                     ("unreachable", "exit", "stop", "hang"),
                     f"it was assigned to {r.child_id!r}, whose process was gone",
                 )
+        elif isinstance(r, WorkDeadLettered) and (r.item_id, r.attempt) in timed_dead:
+            timed_dead.discard((r.item_id, r.attempt))
         elif isinstance(r, WorkReclaimed | WorkDeadLettered):
             expect = due.pop(r.item_id, None)
             _check_release(trace, i, r, held.pop(r.item_id, None), expect, wired, failed)
+        elif isinstance(r, WorkCancelled | WorkTimedOut):  # issue 21: the attempt ended
+            held.pop(r.item_id, None)
+            due.pop(r.item_id, None)  # (a time limit at the instant of its holder's exit)
+            if isinstance(r, WorkTimedOut) and r.final:
+                timed_dead.add((r.item_id, r.attempt))  # its work_dead follows
         elif isinstance(r, WorkCompleted | WorkFailed):
             held.pop(r.item_id, None)
             expect = due.pop(r.item_id, None)
@@ -426,13 +444,14 @@ def check_work_deliveries(trace: Trace) -> None:
                     f"{r.item_id!r} went back to the queue ({r.reason}) after using all its "
                     f"{limit} deliveries; it should have been dead-lettered",
                 )
-        elif isinstance(r, WorkFailed) and not r.final:
+        elif isinstance(r, WorkFailed | WorkTimedOut) and not r.final:
             if item in limits and count.get(r.item_id, 0) >= limit:
                 raise _fail(
                     trace,
                     i,
                     "work-deliveries",
-                    f"{r.item_id!r} failed (retry) and went back to the queue after using "
+                    f"{r.item_id!r} {_how(r)}"
+                    " and went back to the queue after using "
                     f"all its {limit} deliveries; it should have been dead-lettered",
                 )
         elif isinstance(r, WorkDeadLettered):
@@ -615,8 +634,8 @@ def check_work(trace: Trace) -> None:
     """Every work invariant: :func:`check_work_outcomes`, :func:`check_work_holders`,
     :func:`check_work_completions`, :func:`check_work_reclaim`,
     :func:`check_work_deliveries`, :func:`check_work_order`,
-    :func:`check_work_dependencies` and :func:`check_work_keys` (:func:`check_all` runs
-    them when work was submitted).
+    :func:`check_work_dependencies`, :func:`check_work_keys` and
+    :func:`check_work_time_limits` (:func:`check_all` runs them when work was submitted).
     """
     check_work_holders(trace)
     check_work_reclaim(trace)
@@ -626,3 +645,8 @@ def check_work(trace: Trace) -> None:
     check_work_order(trace)
     check_work_dependencies(trace)  # issue 21: dependencies and keys
     check_work_keys(trace)
+    check_work_time_limits(trace)  # issue 21: time limits
+
+
+def _how(r: WorkFailed | WorkTimedOut) -> str:
+    return "timed out" if isinstance(r, WorkTimedOut) else "failed (retry)"

@@ -30,6 +30,7 @@ from .._members import pool_member
 from .._process import SpawnRequest
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
 from ..work import WorkQueue, WorkService
+from ..work._controls import DEFAULT_CANCEL_GRACE
 from ._errors import InvalidSchedule
 from ._schedule import Crash, Exit, Hang, Kill, Schedule, Submit
 from ._sim import SimBehaviour, SimulatedProcessBackend, SimWork, WireRecord
@@ -317,6 +318,8 @@ class Trace:
             happened.
         outcome: the root's escalation, if the whole tree gave up.
         leftover: pids of simulated processes still alive after the run (should be none).
+        cancel_grace: the work service's ``cancel_grace`` (issue 21): seconds an agent
+            told ``CANCEL`` has to give the attempt up before it is stopped.
     """
 
     spec: SupervisorSpec
@@ -326,6 +329,7 @@ class Trace:
     log: tuple[Record, ...]
     outcome: SupervisorEscalation | None
     leftover: tuple[int, ...]
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
 
     @property
     def events(self) -> list[Event]:
@@ -364,6 +368,8 @@ def _controls(submit: Submit) -> str:
         parts.append(f"key={submit.key!r}")
     if submit.after:
         parts.append(f"after={list(submit.after)!r}")
+    if submit.time_limit is not None:
+        parts.append(f"time_limit={submit.time_limit:g}")
     return "".join(f" {p}" for p in parts)
 
 
@@ -621,7 +627,14 @@ async def _run(
         log=tuple(log.records),
         outcome=outcome,
         leftover=tuple(p.pid for p in backend.live()),
+        cancel_grace=_cancel_grace(hub),
     )
+
+
+def _cancel_grace(hub: Hub) -> float:
+    """The hub's work service's ``cancel_grace`` (its default if it does not say)."""
+    controls = getattr(hub.work, "_controls", None)
+    return float(getattr(controls, "cancel_grace", DEFAULT_CANCEL_GRACE))
 
 
 def _apply(backend: SimulatedProcessBackend, crash: Crash) -> CrashApplied:
@@ -661,6 +674,8 @@ def _submit(hub: Hub, submit: Submit) -> SubmitApplied | SubmitRefused:
         ordering["key"] = submit.key
     if submit.after:
         ordering["after"] = list(submit.after)
+    if submit.time_limit is not None:
+        ordering["time_limit"] = submit.time_limit
     known = {i.id for i in hub.work.items()} if submit.key is not None else set()
     try:
         item = hub.work.submit(

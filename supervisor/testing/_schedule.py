@@ -170,6 +170,16 @@ def _to_after(value: object) -> tuple[str, ...]:
 # --- end dependencies and keys ---
 
 
+def _check_time_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf
+    ):
+        raise InvalidSchedule(
+            f"Submit.time_limit must be seconds > 0 or None (got {value!r}); "
+            "e.g. Submit(at=1.0, agent_type='worker', payload={'seconds': 5}, time_limit=2)"
+        )
+
+
 @attrs.frozen(eq=False)
 class Submit:
     """At ``at`` virtual seconds after the tree started, submit an item of work for agents
@@ -209,6 +219,9 @@ class Submit:
     """``submit(after=...)``: ``'TYPE:KEY'`` names of earlier submits of the schedule (with
     that ``agent_type`` and ``key``) the item waits for."""
     # --- end dependencies and keys ---
+    time_limit: float | None = attrs.field(default=None, validator=_check_time_limit, kw_only=True)
+    """``submit(time_limit=...)``: virtual seconds each attempt may run (issue 21); a
+    :class:`~supervisor.testing.SimWork` agent whose ``seconds`` exceed it runs too long."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Submit):
@@ -229,6 +242,7 @@ class Submit:
             self.delay,
             self.key,
             self.after,
+            self.time_limit,
         )
 
 

@@ -403,6 +403,7 @@ def submissions(
     max_at: float = 20.0,
     ordering: bool = True,
     dependencies: bool = False,
+    time_limits: bool = False,
 ) -> tuple[Submit, ...]:
     """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
     ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
@@ -411,7 +412,9 @@ def submissions(
     ``ordering=False``, for a queue without priorities such as Redis's). With
     ``dependencies=True`` (issue 21: :func:`check_work_dependencies`,
     :func:`check_work_keys`) some get a key of a few (so keys repeat) and some wait for
-    earlier keyed ones (``after``); off by default, for queues without them."""
+    earlier keyed ones (``after``); off by default, for queues without them. With
+    ``time_limits=True`` (:func:`check_work_time_limits`) some get a ``time_limit`` of
+    0.5 to 3 s, and some of those ``"ignore_cancel"`` in their payload."""
     types = agent_types(spec)
     if not types:
         raise InvalidSchedule(
@@ -435,7 +438,24 @@ def submissions(
             )
         )
     )
-    return _with_dependencies(draw, work) if dependencies else work
+    work = _with_dependencies(draw, work) if dependencies else work
+    return _with_time_limits(draw, work) if time_limits else work
+
+
+_LIMITS = st.sampled_from([None, None, 0.5, 1.5, 3.0])
+_IGNORE_CANCEL: st.SearchStrategy[bool] = st.booleans()
+
+
+def _with_time_limits(draw: st.DrawFn, work: tuple[Submit, ...]) -> tuple[Submit, ...]:
+    """Give some of ``work`` a time limit (often shorter than its work), and some of
+    those an agent that ignores ``CANCEL`` (shrinks to none)."""
+    out = []
+    for w in work:
+        limit = draw(_LIMITS)
+        if limit is not None and isinstance(w.payload, dict) and draw(_IGNORE_CANCEL):
+            w = attrs.evolve(w, payload={**w.payload, "ignore_cancel": True})
+        out.append(attrs.evolve(w, time_limit=limit))
+    return tuple(out)
 
 
 _KEYS = st.sampled_from([None, None, "a", "b", "c"])
@@ -473,13 +493,20 @@ def work_schedules(
     hang: bool = False,
     ordering: bool = True,
     dependencies: bool = False,
+    time_limits: bool = False,
 ) -> Schedule:
     """A :class:`Schedule` with work: :func:`submissions` plus crashes (and hangs, with
     ``hang=True``) of the tree's agents in the same stretch of time, so agents often
     crash or hang while they hold an item, and some children that ignore SIGTERM."""
     base = draw(schedules(spec, max_crashes=max_crashes, hang=hang))
     work = draw(
-        submissions(spec, max_items=max_items, ordering=ordering, dependencies=dependencies)
+        submissions(
+            spec,
+            max_items=max_items,
+            ordering=ordering,
+            dependencies=dependencies,
+            time_limits=time_limits,
+        )
     )
     return attrs.evolve(base, work=work)
 
@@ -491,6 +518,7 @@ def specs_and_work_schedules(
     hang: bool = False,
     ordering: bool = True,
     dependencies: bool = False,
+    time_limits: bool = False,
     **spec_options: Any,
 ) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
     """A tree from :func:`agent_specs` (``spec_options`` go there) and a
@@ -508,6 +536,7 @@ def specs_and_work_schedules(
                 hang=hang,
                 ordering=ordering,
                 dependencies=dependencies,
+                time_limits=time_limits,
             ),
         )
     )
