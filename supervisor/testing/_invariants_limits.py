@@ -41,10 +41,12 @@ def check_work_time_limits(trace: Trace) -> None:
     the deadline, not before (a time-out spends the delivery: see
     :func:`check_work_deliveries`). No answer for a timed-out attempt is accepted after
     (no ``work_completed``, ``work_failed`` or hand-back for it). Its agent, if it still
-    ran, is told ``CANCEL`` for that attempt and gives it up (answers it) or has exited
+    ran, is told at once (``CANCEL`` for that attempt, or ``STOP``) and gives it up
+    (answers it) or has exited
     within the service's ``cancel_grace`` plus its ``shutdown`` time, and by the quiet
     moment before the stop in any case.
     """
+    _check_told(trace)
     limits: dict[str, float] = {}
     current: dict[str, int | None] = {}  # child -> newest pid
     live: set[int] = set()
@@ -105,6 +107,50 @@ def check_work_time_limits(trace: Trace) -> None:
                 f"{a.child!r} (pid {a.pid}) still holds {a.item!r} attempt {a.attempt}, "
                 "which timed out: it was neither given up nor stopped",
             )
+
+
+def _check_told(trace: Trace) -> None:
+    """:func:`check_work_time_limits`: the live holder of a timed-out attempt is told at
+    once, ``CANCEL`` for that attempt or ``STOP`` (a protocol-1 agent), unless it exits
+    or answers the attempt at that instant (traces with wire records only)."""
+    if not any(isinstance(r, WireRecord) for r in trace.log):
+        return
+    current: dict[str, int] = {}
+    live: set[int] = set()
+    due: dict[int, tuple[int, float, str, int]] = {}  # pid -> index, at, item, attempt
+    for i, r in enumerate(trace.log):
+        for pid, (j, at, item, attempt) in due.items():
+            if r.at > at + _EPS:
+                raise _fail(
+                    trace,
+                    j,
+                    "work-time-limits",
+                    f"{item!r} attempt {attempt} timed out, but its agent (pid {pid}) was "
+                    "never told CANCEL for it (nor stopped)",
+                )
+        if isinstance(r, ChildStarting):
+            current[r.child_id] = r.pid
+            live.add(r.pid)
+        elif isinstance(r, ChildExited):
+            live.discard(r.pid)
+            due.pop(r.pid, None)
+        elif isinstance(r, WorkTimedOut):
+            holder = current.get(r.child_id)
+            if holder is not None and holder in live:
+                due[holder] = (i, r.at, r.item_id, r.attempt)
+        elif isinstance(r, WireRecord) and r.pid in due:
+            body = r.body if isinstance(r.body, dict) else {}
+            fenced = (body.get("item"), body.get("attempt")) == due[r.pid][2:]
+            if r.word == "STOP" or (fenced and (r.word == "CANCEL" or r.sender == "agent")):
+                del due[r.pid]
+    for pid, (j, _, item, attempt) in due.items():
+        raise _fail(
+            trace,
+            j,
+            "work-time-limits",
+            f"{item!r} attempt {attempt} timed out, but its "
+            f"agent (pid {pid}) was never told CANCEL for it (nor stopped)",
+        )
 
 
 def _check_overdue(

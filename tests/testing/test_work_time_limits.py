@@ -160,6 +160,21 @@ def test_an_agent_not_stopped_within_the_grace_is_caught() -> None:
         check_work_time_limits(attrs.evolve(trace, cancel_grace=1.0))
 
 
+def test_an_agent_never_told_to_cancel_is_caught() -> None:
+    trace = run_schedule(RESILIENT, SCHEDULE)
+    log = [
+        r
+        for r in trace.log
+        if not (isinstance(r, WireRecord) and r.word in ("CANCEL", "FAIL", "RESULT", "STOP"))
+    ]
+    with pytest.raises(
+        InvariantViolation,
+        match=r"\[work-time-limits\] 'w-1' attempt 1 timed out, but its agent \(pid 10002\) "
+        r"was never told CANCEL for it \(nor stopped\)",
+    ):
+        check_work_time_limits(attrs.evolve(trace, log=tuple(log)))
+
+
 @pytest.mark.parametrize("value", [0, -1, float("inf"), "2", True])
 def test_bad_time_limits_are_invalid_schedules(value: object) -> None:
     with pytest.raises(InvalidSchedule, match=r"Submit.time_limit must be seconds > 0 or None"):
