@@ -197,6 +197,8 @@ def check_restart_types(trace: Trace) -> None:
     for i, r in enumerate(log):
         if isinstance(r, ChildHung):
             hung.add(r.pid)
+        elif isinstance(r, WireRecord) and r.sender == "hub" and r.word == "STOP":
+            hung.add(r.pid)  # issue 21: stopped by the hub (a CANCEL not obeyed): a failure
         if (
             isinstance(r, ChildRestarting)
             and tree.restart(r.supervisor, r.child_id) is RestartType.TEMPORARY

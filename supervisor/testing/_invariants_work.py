@@ -23,6 +23,7 @@ from ..work import (
     WorkCancelled,
     WorkCompleted,
     WorkDeadLettered,
+    WorkDependencyEnded,
     WorkFailed,
     WorkReclaimed,
     WorkRefused,
@@ -30,6 +31,8 @@ from ..work import (
     WorkTimedOut,
 )
 from ._invariants import EPS as _EPS, fail as _fail
+from ._invariants_deps import check_work_dependencies, check_work_keys, dependencies_of
+from ._invariants_limits import check_work_time_limits
 from ._run import (
     Record,
     SubmitApplied,
@@ -42,10 +45,13 @@ __all__ = [
     "check_work",
     "check_work_completions",
     "check_work_deliveries",
+    "check_work_dependencies",
     "check_work_holders",
+    "check_work_keys",
     "check_work_order",
     "check_work_outcomes",
     "check_work_reclaim",
+    "check_work_time_limits",
 ]
 
 
@@ -86,7 +92,15 @@ class _Agents:
         return self.current.get(child)
 
 
-_RELEASES = (WorkCompleted, WorkFailed, WorkReclaimed, WorkDeadLettered)
+# A cancel and a time-out (issue 21) end the attempt too: its agent holds nothing after.
+_RELEASES = (
+    WorkCompleted,
+    WorkFailed,
+    WorkReclaimed,
+    WorkDeadLettered,
+    WorkCancelled,
+    WorkTimedOut,
+)
 
 
 def _item_event(r: Record) -> str | None:
@@ -153,6 +167,7 @@ def check_work_reclaim(trace: Trace) -> None:
     due: dict[str, tuple[int, float, tuple[str, ...], str]] = {}
     wired = any(isinstance(r, WireRecord) for r in trace.log)
     failed: set[tuple[object, object, int | None]] = set()  # FAILs sent: item, attempt, pid
+    timed_dead: set[tuple[str, int]] = set()  # issue 21: final time-outs, dead-lettered next
     for i, r in enumerate(trace.log):
         if isinstance(r, WireRecord) and r.sender == "agent" and r.word == "FAIL":
             body = r.body if isinstance(r.body, dict) else {}
@@ -187,9 +202,16 @@ def check_work_reclaim(trace: Trace) -> None:
                     ("unreachable", "exit", "stop", "hang"),
                     f"it was assigned to {r.child_id!r}, whose process was gone",
                 )
+        elif isinstance(r, WorkDeadLettered) and (r.item_id, r.attempt) in timed_dead:
+            timed_dead.discard((r.item_id, r.attempt))
         elif isinstance(r, WorkReclaimed | WorkDeadLettered):
             expect = due.pop(r.item_id, None)
             _check_release(trace, i, r, held.pop(r.item_id, None), expect, wired, failed)
+        elif isinstance(r, WorkCancelled | WorkTimedOut):  # issue 21: the attempt ended
+            held.pop(r.item_id, None)
+            due.pop(r.item_id, None)  # (a time limit at the instant of its holder's exit)
+            if isinstance(r, WorkTimedOut) and r.final:
+                timed_dead.add((r.item_id, r.attempt))  # its work_dead follows
         elif isinstance(r, WorkCompleted | WorkFailed):
             held.pop(r.item_id, None)
             expect = due.pop(r.item_id, None)
@@ -422,13 +444,14 @@ def check_work_deliveries(trace: Trace) -> None:
                     f"{r.item_id!r} went back to the queue ({r.reason}) after using all its "
                     f"{limit} deliveries; it should have been dead-lettered",
                 )
-        elif isinstance(r, WorkFailed) and not r.final:
+        elif isinstance(r, WorkFailed | WorkTimedOut) and not r.final:
             if item in limits and count.get(r.item_id, 0) >= limit:
                 raise _fail(
                     trace,
                     i,
                     "work-deliveries",
-                    f"{r.item_id!r} failed (retry) and went back to the queue after using "
+                    f"{r.item_id!r} {_how(r)}"
+                    " and went back to the queue after using "
                     f"all its {limit} deliveries; it should have been dead-lettered",
                 )
         elif isinstance(r, WorkDeadLettered):
@@ -484,7 +507,7 @@ def check_work_outcomes(trace: Trace) -> None:
             status[r.item_id] = "queued"
         elif isinstance(r, WorkDeadLettered):
             status[r.item_id] = "dead"
-        elif isinstance(r, WorkCancelled):  # issue 21: final, its agent gives it up
+        elif isinstance(r, WorkCancelled | WorkDependencyEnded):  # issue 21: final
             status[r.item_id] = "cancelled"
         elif isinstance(r, WorkTimedOut):  # a delivery spent: queued again, or dead
             status[r.item_id] = "dead" if r.final else "queued"
@@ -531,7 +554,7 @@ def _check_outcomes_at(
                     f"{item!r} is still assigned to {child!r} {when}, whose process "
                     f"{'is gone' if pid not in agents.live else 'was stopped'}: it is lost",
                 )
-        elif s.status == "queued" and not snap.final and not s.delayed:
+        elif s.status == "queued" and not snap.final and not s.delayed and not s.blocked:
             idle = sorted(
                 child
                 for child, pid in agents.current.items()
@@ -565,8 +588,12 @@ def check_work_order(trace: Trace) -> None:
     """
     submitted: dict[str, SubmitApplied] = {}
     fresh: dict[str, SubmitApplied] = {}  # never assigned yet
+    deps = dependencies_of(trace)
+    completed: dict[str, float] = {}  # item -> when (an item waiting for one is not ready)
     for i, r in enumerate(trace.log):
-        if isinstance(r, SubmitApplied):
+        if isinstance(r, WorkCompleted):
+            completed.setdefault(r.item_id, r.at)
+        if isinstance(r, SubmitApplied) and r.item_id not in submitted:  # a key answers once
             submitted[r.item_id] = fresh[r.item_id] = r
         elif isinstance(r, WorkAssigned) and r.item_id in submitted:
             sub = submitted[r.item_id]
@@ -587,6 +614,7 @@ def check_work_order(trace: Trace) -> None:
                 if f.submit.agent_type == mine.agent_type
                 and f.submit.priority > mine.priority
                 and f.at + (f.submit.delay or 0.0) < r.at - 1e-6
+                and all(completed.get(d, r.at) < r.at - 1e-6 for d in deps.get(f.item_id, ()))
             ]
             if jumped:
                 raise _fail(
@@ -605,8 +633,9 @@ def check_work_order(trace: Trace) -> None:
 def check_work(trace: Trace) -> None:
     """Every work invariant: :func:`check_work_outcomes`, :func:`check_work_holders`,
     :func:`check_work_completions`, :func:`check_work_reclaim`,
-    :func:`check_work_deliveries` and :func:`check_work_order` (:func:`check_all` runs
-    them when work was submitted).
+    :func:`check_work_deliveries`, :func:`check_work_order`,
+    :func:`check_work_dependencies`, :func:`check_work_keys` and
+    :func:`check_work_time_limits` (:func:`check_all` runs them when work was submitted).
     """
     check_work_holders(trace)
     check_work_reclaim(trace)
@@ -614,3 +643,10 @@ def check_work(trace: Trace) -> None:
     check_work_deliveries(trace)
     check_work_outcomes(trace)
     check_work_order(trace)
+    check_work_dependencies(trace)  # issue 21: dependencies and keys
+    check_work_keys(trace)
+    check_work_time_limits(trace)  # issue 21: time limits
+
+
+def _how(r: WorkFailed | WorkTimedOut) -> str:
+    return "timed out" if isinstance(r, WorkTimedOut) else "failed (retry)"

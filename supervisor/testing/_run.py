@@ -23,13 +23,14 @@ import trio.testing
 
 from strategies import BackoffPolicy, IntensityDecision, IntensityPolicy, RestartStrategy
 
-from .._errors import InvalidSupervisorSpec, SupervisorEscalation, UnknownEventKind
+from .._errors import ControlError, InvalidSupervisorSpec, SupervisorEscalation, UnknownEventKind
 from .._events import Event, EventBus, event_kinds
 from .._hub import Hub
 from .._members import pool_member
 from .._process import SpawnRequest
 from .._spec import AnySpec, ChildSpec, PoolSpec, SupervisorSpec
 from ..work import WorkQueue, WorkService
+from ..work._controls import DEFAULT_CANCEL_GRACE
 from ._errors import InvalidSchedule
 from ._schedule import Crash, Exit, Hang, Kill, Schedule, Submit
 from ._sim import SimBehaviour, SimulatedProcessBackend, SimWork, WireRecord
@@ -43,6 +44,7 @@ __all__ = [
     "Snapshot",
     "StrategyChosen",
     "SubmitApplied",
+    "SubmitRefused",
     "Trace",
     "WorkSnapshot",
     "run_schedule",
@@ -128,7 +130,20 @@ class SubmitApplied:
     submit: Submit
     item_id: str
     max_deliveries: int
+    created: bool = True
+    """False when ``submit.key`` named a kept item: the service answered it, made none."""
     kind: str = attrs.field(init=False, default="submit")
+
+
+@attrs.frozen(kw_only=True)
+class SubmitRefused:
+    """The work service refused ``submit`` (a ``ControlError``, whose text is ``error``):
+    no item was made; the run goes on (issue 21: e.g. an ``after`` a queue cannot keep)."""
+
+    at: float
+    submit: Submit
+    error: str
+    kind: str = attrs.field(init=False, default="submit_refused")
 
 
 @attrs.frozen(kw_only=True)
@@ -144,6 +159,7 @@ class ItemState:
     agent: str | None
     result: object = None
     delayed: bool = False  # issue 21: queued, waiting for its time (a delay, a retry delay)
+    blocked: bool = False  # issue 21: queued, waiting for its dependencies (``waiting_on``)
 
 
 @attrs.frozen(kw_only=True)
@@ -170,6 +186,7 @@ Record: TypeAlias = (
     | CrashApplied
     | Snapshot
     | SubmitApplied
+    | SubmitRefused
     | WireRecord
     | WorkSnapshot
 )
@@ -303,6 +320,8 @@ class Trace:
             happened.
         outcome: the root's escalation, if the whole tree gave up.
         leftover: pids of simulated processes still alive after the run (should be none).
+        cancel_grace: the work service's ``cancel_grace`` (issue 21): seconds an agent
+            told ``CANCEL`` has to give the attempt up before it is stopped.
     """
 
     spec: SupervisorSpec
@@ -312,6 +331,7 @@ class Trace:
     log: tuple[Record, ...]
     outcome: SupervisorEscalation | None
     leftover: tuple[int, ...]
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
 
     @property
     def events(self) -> list[Event]:
@@ -390,6 +410,22 @@ class Trace:
         return "\n".join(lines)
 
 
+def _controls(submit: Submit) -> str:
+    """The issue-21 options of a submit, for a trace line (empty when none)."""
+    parts = []
+    if submit.priority:
+        parts.append(f"priority={submit.priority}")
+    if submit.delay is not None:
+        parts.append(f"delay={submit.delay:g}")
+    if submit.key is not None:
+        parts.append(f"key={submit.key!r}")
+    if submit.after:
+        parts.append(f"after={list(submit.after)!r}")
+    if submit.time_limit is not None:
+        parts.append(f"time_limit={submit.time_limit:g}")
+    return "".join(f" {p}" for p in parts)
+
+
 def _describe(r: Record) -> str:
     if isinstance(r, CrashApplied):
         applied = f"pid {r.pid}" if r.pid is not None else "no live process: skipped"
@@ -399,8 +435,11 @@ def _describe(r: Record) -> str:
     if isinstance(r, SubmitApplied):
         return (
             f"submit     {r.submit.agent_type} {r.item_id} payload={r.submit.payload!r} "
-            f"max_deliveries={r.max_deliveries}"
+            f"max_deliveries={r.max_deliveries}{_controls(r.submit)}"
+            + ("" if r.created else " (key answered: nothing created)")
         )
+    if isinstance(r, SubmitRefused):
+        return f"submit     {r.submit.agent_type} refused{_controls(r.submit)}: {r.error}"
     if isinstance(r, WireRecord):
         arrow = "->" if r.sender == "agent" else "<-"
         body = f" {r.body}" if r.body is not None else ""
@@ -641,7 +680,14 @@ async def _run(
         log=tuple(log.records),
         outcome=outcome,
         leftover=tuple(p.pid for p in backend.live()),
+        cancel_grace=_cancel_grace(hub),
     )
+
+
+def _cancel_grace(hub: Hub) -> float:
+    """The hub's work service's ``cancel_grace`` (its default if it does not say)."""
+    controls = getattr(hub.work, "_controls", None)
+    return float(getattr(controls, "cancel_grace", DEFAULT_CANCEL_GRACE))
 
 
 def _apply(backend: SimulatedProcessBackend, crash: Crash) -> CrashApplied:
@@ -671,20 +717,31 @@ def _apply(backend: SimulatedProcessBackend, crash: Crash) -> CrashApplied:
     return CrashApplied(at=now, crash=crash, pid=proc.pid)
 
 
-def _submit(hub: Hub, submit: Submit) -> SubmitApplied:
+def _submit(hub: Hub, submit: Submit) -> SubmitApplied | SubmitRefused:
     ordering: dict[str, Any] = {}  # issue 21: only when given
     if submit.priority:
         ordering["priority"] = submit.priority
     if submit.delay is not None:
         ordering["delay"] = submit.delay
-    item = hub.work.submit(
-        submit.agent_type, submit.payload, max_deliveries=submit.max_deliveries, **ordering
-    )
+    if submit.key is not None:
+        ordering["key"] = submit.key
+    if submit.after:
+        ordering["after"] = list(submit.after)
+    if submit.time_limit is not None:
+        ordering["time_limit"] = submit.time_limit
+    known = {i.id for i in hub.work.items()} if submit.key is not None else set()
+    try:
+        item = hub.work.submit(
+            submit.agent_type, submit.payload, max_deliveries=submit.max_deliveries, **ordering
+        )
+    except ControlError as exc:
+        return SubmitRefused(at=trio.current_time(), submit=submit, error=str(exc))
     return SubmitApplied(
         at=trio.current_time(),
         submit=submit,
         item_id=item.id,
         max_deliveries=item.max_deliveries,
+        created=item.id not in known,
     )
 
 
@@ -700,6 +757,7 @@ def _work_snapshot(hub: Hub, *, quiesced: bool = False, final: bool = False) -> 
             agent=i.agent,
             result=i.result,
             delayed=i.not_before is not None,
+            blocked=bool(getattr(i, "waiting_on", ())),
         )
         for i in hub.work.items()
     )

@@ -6,7 +6,7 @@ import json
 import math
 import signal
 from collections.abc import Iterable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import attrs
 
@@ -126,6 +126,60 @@ def _check_delay(instance: object, attribute: attrs.Attribute[Any], value: objec
         raise InvalidSchedule(f"Submit.delay must be seconds >= 0 or None (got {value!r})")
 
 
+# --- dependencies and keys (issue 21) ---
+
+MAX_KEY = 200  # supervisor.work.MAX_KEY
+MAX_AFTER = 100  # supervisor.work.MAX_AFTER
+
+
+def _check_key(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_KEY):
+        raise InvalidSchedule(
+            f"Submit.key must be a non-empty string of at most {MAX_KEY} characters or None "
+            f"(got {value!r:.80}); e.g. Submit(at=1.0, agent_type='worker', key='task-1')"
+        )
+
+
+def _to_after(value: object) -> tuple[str, ...]:
+    example = "e.g. Submit(at=2.0, agent_type='worker', after=('worker:task-1',))"
+    if isinstance(value, str) or value is None:
+        raise InvalidSchedule(
+            f"Submit.after must be a sequence of 'TYPE:KEY' names (got {value!r}); {example}"
+        )
+    try:
+        names = tuple(cast(Iterable[object], value))
+    except TypeError:
+        raise InvalidSchedule(
+            f"Submit.after must be a sequence of 'TYPE:KEY' names (got {value!r}); {example}"
+        ) from None
+    for name in names:
+        agent_type, colon, key = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not (colon and agent_type and key):
+            raise InvalidSchedule(
+                f"Submit.after names {name!r}; name an earlier submit of the schedule as "
+                f"'TYPE:KEY' (its agent_type and key); {example}"
+            )
+    if len(names) > MAX_AFTER:
+        raise InvalidSchedule(
+            f"Submit.after names {len(names)} items; at most {MAX_AFTER} (the work service's "
+            "MAX_AFTER): wait for some of them through an item that waits for the rest"
+        )
+    return names  # type: ignore[return-value]  # each checked a 'TYPE:KEY' str above
+
+
+# --- end dependencies and keys ---
+
+
+def _check_time_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf
+    ):
+        raise InvalidSchedule(
+            f"Submit.time_limit must be seconds > 0 or None (got {value!r}); "
+            "e.g. Submit(at=1.0, agent_type='worker', payload={'seconds': 5}, time_limit=2)"
+        )
+
+
 @attrs.frozen(eq=False)
 class Submit:
     """At ``at`` virtual seconds after the tree started, submit an item of work for agents
@@ -135,9 +189,16 @@ class Submit:
     item for a :class:`~supervisor.testing.SimWork` agent can steer its work (how long it
     takes, a failure...): see :class:`~supervisor.testing.SimWork`.
 
+    ``key`` and ``after`` (issue 21) are the dependencies and idempotent keys of
+    docs/work-controls.md: ``after`` names earlier submits of the schedule by
+    ``'TYPE:KEY'``; the run passes both to ``hub.work.submit`` and records the id answered
+    (:class:`~supervisor.testing.SubmitApplied`) or the refusal.
+
     Example::
 
         Submit(at=1.0, agent_type="worker", payload={"n": 1, "seconds": 2.5})
+        Submit(at=1.0, agent_type="worker", key="a")
+        Submit(at=2.0, agent_type="review", after=("worker:a",))
     """
 
     at: float = attrs.field(validator=_check_submit_at)
@@ -150,6 +211,17 @@ class Submit:
     delay: float | None = attrs.field(default=None, validator=_check_delay)
     """``submit(delay=...)``: virtual seconds before the item may be handed out."""
     # --- end ordering ---
+    # --- dependencies and keys (issue 21) ---
+    key: str | None = attrs.field(default=None, validator=_check_key, kw_only=True)
+    """``submit(key=...)``: a second submit of the type and key, while the first item is
+    kept, answers that item and creates none."""
+    after: tuple[str, ...] = attrs.field(default=(), converter=_to_after, kw_only=True)
+    """``submit(after=...)``: ``'TYPE:KEY'`` names of earlier submits of the schedule (with
+    that ``agent_type`` and ``key``) the item waits for."""
+    # --- end dependencies and keys ---
+    time_limit: float | None = attrs.field(default=None, validator=_check_time_limit, kw_only=True)
+    """``submit(time_limit=...)``: virtual seconds each attempt may run (issue 21); a
+    :class:`~supervisor.testing.SimWork` agent whose ``seconds`` exceed it runs too long."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Submit):
@@ -159,9 +231,19 @@ class Submit:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def _key(self) -> tuple[float, str, str, int | None, int, float | None]:
+    def _key(self) -> tuple[Any, ...]:
         payload = json.dumps(self.payload, sort_keys=True)
-        return (self.at, self.agent_type, payload, self.max_deliveries, self.priority, self.delay)
+        return (
+            self.at,
+            self.agent_type,
+            payload,
+            self.max_deliveries,
+            self.priority,
+            self.delay,
+            self.key,
+            self.after,
+            self.time_limit,
+        )
 
 
 def _to_work(value: Iterable[Submit]) -> tuple[Submit, ...]:
@@ -175,7 +257,26 @@ def _to_work(value: Iterable[Submit]) -> tuple[Submit, ...]:
                 f"Schedule.work must hold Submit objects (got {w!r}); "
                 "e.g. Schedule(work=[Submit(at=1.0, agent_type='worker')])"
             )
-    return tuple(sorted(work, key=lambda w: w.at))
+    ordered = tuple(sorted(work, key=lambda w: w.at))
+    _check_names(ordered)
+    return ordered
+
+
+def _check_names(work: tuple[Submit, ...]) -> None:
+    """Each ``after`` name must be the ``TYPE:KEY`` of an earlier submit (in time order,
+    stable for equal times), so the run applies it after the item it names."""
+    named: set[str] = set()
+    for w in work:
+        for name in w.after:
+            if name not in named:
+                raise InvalidSchedule(
+                    f"Submit(at={w.at:g}, agent_type={w.agent_type!r}).after names {name!r}, "
+                    "which no earlier submit of the schedule has as its agent_type:key; "
+                    f"submit it first, e.g. Submit(at=0.0, agent_type={name.partition(':')[0]!r}, "
+                    f"key={name.partition(':')[2]!r})"
+                )
+        if w.key is not None:
+            named.add(f"{w.agent_type}:{w.key}")
 
 
 def _to_crashes(value: Iterable[Crash]) -> tuple[Crash, ...]:

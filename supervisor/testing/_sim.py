@@ -68,7 +68,12 @@ class SimWork:
       completes the next;
     * ``"stale": true``: first sends a forged ``RESULT`` for the next attempt (the hub
       must refuse it), then the real one;
-    * ``"twice": true``: sends its ``RESULT`` twice (the second must be refused).
+    * ``"twice": true``: sends its ``RESULT`` twice (the second must be refused);
+    * ``"ignore_cancel": true``: keeps working on the item when the hub says ``CANCEL``
+      (its time limit ran out, or it was cancelled), so the hub stops it after its
+      ``cancel_grace``. Otherwise a ``CANCEL`` for the attempt it works on (or has in
+      its buffer) makes it give the attempt up at once and answer ``FAIL`` with
+      ``retry=false``, as :class:`agents.BaseAgent` does (the hub refuses that answer).
 
     Args:
         duration: virtual seconds an item takes by default.
@@ -290,7 +295,9 @@ class SimulatedNotify:
             self._ready_sent = True
             self._queue.append(b"READY")
         elif what == "answer":
-            self._answer()
+            # (a CANCEL at the very instant it was due may have taken the item already)
+            if self.holding is not None and trio.current_time() >= self._due:
+                self._answer()
         else:
             self._beats += 1
             self._queue.append(b"HEARTBEAT")
@@ -376,6 +383,31 @@ class SimulatedNotify:
         elif message.kind == "ping":
             self._queue.append(b"HEARTBEAT")
             self._wake.set()
+        elif message.kind == "cancel":
+            self._on_cancel(body)
+
+    def _on_cancel(self, body: Mapping[str, Any]) -> None:
+        """``CANCEL``: give the attempt up (the held one, or one waiting in the buffer)
+        and answer ``FAIL``, unless its payload says ``"ignore_cancel"``."""
+        fenced = (body.get("item"), body.get("attempt"))
+        held = [self.holding] if self.holding is not None else []
+        for assign in [*held, *self._inbox]:
+            if (assign.get("item"), assign.get("attempt")) != fenced:
+                continue
+            payload = assign.get("payload")
+            if isinstance(payload, dict) and payload.get("ignore_cancel"):
+                return
+            if assign is self.holding:
+                self.holding, self._due = None, math.inf
+            else:
+                self._inbox.remove(assign)
+            error = f"cancelled: {body.get('reason', '')}"
+            self._say(
+                "FAIL", {"item": fenced[0], "attempt": fenced[1], "error": error, "retry": False}
+            )
+            if self.holding is None and self._inbox:
+                self._begin(self._inbox.popleft())
+            return
 
     def _wire(self, sender: Literal["agent", "hub"], word: str, body: Any) -> None:
         if self.on_wire is not None and self.process is not None:

@@ -402,19 +402,26 @@ def submissions(
     step: float = 0.25,
     max_at: float = 20.0,
     ordering: bool = True,
+    dependencies: bool = False,
+    time_limits: bool = False,
 ) -> tuple[Submit, ...]:
     """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
     ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
     with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default, some of
     a priority other than 0 or with a delay (issue 21: :func:`check_work_order`; none with
-    ``ordering=False``, for a queue without priorities such as Redis's)."""
+    ``ordering=False``, for a queue without priorities such as Redis's). With
+    ``dependencies=True`` (issue 21: :func:`check_work_dependencies`,
+    :func:`check_work_keys`) some get a key of a few (so keys repeat) and some wait for
+    earlier keyed ones (``after``); off by default, for queues without them. With
+    ``time_limits=True`` (:func:`check_work_time_limits`) some get a ``time_limit`` of
+    0.5 to 3 s, and some of those ``"ignore_cancel"`` in their payload."""
     types = agent_types(spec)
     if not types:
         raise InvalidSchedule(
             "submissions() needs a tree with agents (children with an agent_type); "
             "draw it from agent_specs()"
         )
-    return tuple(
+    work = tuple(
         draw(
             st.lists(
                 st.builds(
@@ -431,6 +438,49 @@ def submissions(
             )
         )
     )
+    work = _with_dependencies(draw, work) if dependencies else work
+    return _with_time_limits(draw, work) if time_limits else work
+
+
+_LIMITS = st.sampled_from([None, None, 0.5, 1.5, 3.0])
+_IGNORE_CANCEL: st.SearchStrategy[bool] = st.booleans()
+
+
+def _with_time_limits(draw: st.DrawFn, work: tuple[Submit, ...]) -> tuple[Submit, ...]:
+    """Give some of ``work`` a time limit (often shorter than its work), and some of
+    those an agent that ignores ``CANCEL`` (shrinks to none)."""
+    out = []
+    for w in work:
+        limit = draw(_LIMITS)
+        if limit is not None and isinstance(w.payload, dict) and draw(_IGNORE_CANCEL):
+            w = attrs.evolve(w, payload={**w.payload, "ignore_cancel": True})
+        out.append(attrs.evolve(w, time_limit=limit))
+    return tuple(out)
+
+
+_KEYS = st.sampled_from([None, None, "a", "b", "c"])
+_MOVE: st.SearchStrategy[bool] = st.booleans()
+
+
+def _with_dependencies(draw: st.DrawFn, work: tuple[Submit, ...]) -> tuple[Submit, ...]:
+    """Give some of ``work`` (in time order) a key, and some an ``after`` naming keys of
+    earlier submits, often moved to the time of the last one named so that it waits
+    (shrinks to none of either)."""
+    named: dict[str, float] = {}  # TYPE:KEY -> when it was first submitted
+    out: list[Submit] = []
+    for w in sorted(work, key=lambda w: w.at):
+        after: tuple[str, ...] = ()
+        at = w.at
+        if named:
+            after = tuple(draw(st.lists(st.sampled_from(sorted(named)), max_size=2, unique=True)))
+            move: bool = bool(after) and draw(_MOVE)
+            if move:
+                at = max(named[n] for n in after)
+        key = draw(_KEYS)
+        out.append(attrs.evolve(w, at=at, key=key, after=after))
+        if key is not None:
+            named.setdefault(f"{w.agent_type}:{key}", at)
+    return tuple(out)
 
 
 @st.composite
@@ -442,12 +492,22 @@ def work_schedules(
     max_items: int = 6,
     hang: bool = False,
     ordering: bool = True,
+    dependencies: bool = False,
+    time_limits: bool = False,
 ) -> Schedule:
     """A :class:`Schedule` with work: :func:`submissions` plus crashes (and hangs, with
     ``hang=True``) of the tree's agents in the same stretch of time, so agents often
     crash or hang while they hold an item, and some children that ignore SIGTERM."""
     base = draw(schedules(spec, max_crashes=max_crashes, hang=hang))
-    work = draw(submissions(spec, max_items=max_items, ordering=ordering))
+    work = draw(
+        submissions(
+            spec,
+            max_items=max_items,
+            ordering=ordering,
+            dependencies=dependencies,
+            time_limits=time_limits,
+        )
+    )
     return attrs.evolve(base, work=work)
 
 
@@ -457,6 +517,8 @@ def specs_and_work_schedules(
     max_items: int = 6,
     hang: bool = False,
     ordering: bool = True,
+    dependencies: bool = False,
+    time_limits: bool = False,
     **spec_options: Any,
 ) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
     """A tree from :func:`agent_specs` (``spec_options`` go there) and a
@@ -468,7 +530,13 @@ def specs_and_work_schedules(
         lambda spec: st.tuples(
             st.just(spec),
             work_schedules(
-                spec, max_crashes=max_crashes, max_items=max_items, hang=hang, ordering=ordering
+                spec,
+                max_crashes=max_crashes,
+                max_items=max_items,
+                hang=hang,
+                ordering=ordering,
+                dependencies=dependencies,
+                time_limits=time_limits,
             ),
         )
     )
