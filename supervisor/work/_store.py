@@ -102,3 +102,25 @@ class WorkStore(WorkQueue, Protocol):
     async def cluster(self) -> dict[str, Any]:
         """Every hub sharing the store, and the queues per type."""
         ...
+
+
+class ActorCounters:
+    """What a store's write-behind actor counts, read on the store (tests, metrics,
+    ``status``): the SQLite and Redis stores share it (their actor: ``_actor``)."""
+
+    _actor: Any  # an actor with ``outage`` (an Outage), ``rounds`` and ``errors``
+
+    @property
+    def outage(self) -> bool:
+        """Whether the store is unreachable (Redis) or its writes fail (SQLite) now."""
+        return bool(self._actor.outage.active)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds written so far by the actor."""
+        return int(self._actor.rounds)
+
+    @property
+    def errors(self) -> int:
+        """Rounds that failed with an error that is not an outage (logged, retried)."""
+        return int(self._actor.errors)

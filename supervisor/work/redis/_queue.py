@@ -44,7 +44,7 @@ from ..._redis_link import make_client, redact_url
 from .._item import ItemStatus, Verdict, WorkItem
 from .._ordering import LocalOrdering
 from .._queue import MemoryWorkQueue
-from .._store import StoreHost
+from .._store import ActorCounters, StoreHost
 from ._cancel import CancelParts
 from ._claim import HubClaim
 from ._codec import Keys, _dumps, _safe, _text, _wall
@@ -72,7 +72,7 @@ def _refuse_controls(controls: dict[str, Any]) -> None:
 _log = logging.getLogger("hubvisor")
 
 
-class _Counters:
+class _Counters(ActorCounters):
     """What the store's actor and held writes count, read on the queue (tests, metrics),
     and the kept items by key this hub knows (issue 21)."""
 
@@ -81,21 +81,6 @@ class _Counters:
 
     def items(self) -> Iterable[WorkItem]:
         raise NotImplementedError
-
-    @property
-    def outage(self) -> bool:
-        """Whether Redis is unreachable now."""
-        return self._actor.outage.active
-
-    @property
-    def rounds(self) -> int:
-        """Rounds written so far."""
-        return self._actor.rounds
-
-    @property
-    def errors(self) -> int:
-        """Rounds that failed with an error that is not an outage (logged, retried)."""
-        return self._actor.errors
 
     @property
     def coalesced(self) -> int:

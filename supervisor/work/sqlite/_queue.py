@@ -15,7 +15,7 @@ import trio
 from ..._errors import ConfigError, ControlError
 from .._item import ItemStatus, Verdict, WorkItem, _now
 from .._ordering import LocalOrdering
-from .._store import StoreHost
+from .._store import ActorCounters, StoreHost
 from ._actor import Actor, build_round, committed, wall
 from ._db import Database, Opened, Round
 from ._files import DB_NAME, default_state_dir
@@ -54,14 +54,13 @@ class _Controls:
         return self._local.keyed(agent_type, key)
 
 
-class _Reporting:
+class _Reporting(ActorCounters):
     """Where the store is and what it wrote (the start line, ``status``, benchmarks)."""
 
     path: Path | None
     fsync: Literal["normal", "always"]
     _db: Database | None
     _stats: tuple[int, int, float]
-    _actor: Actor
     _waiting: dict[str, trio.Event]
 
     def describe(self) -> str:
@@ -77,21 +76,6 @@ class _Reporting:
         and the seconds those transactions took in the worker thread."""
         db = self._db
         return self._stats if db is None else (db.commits, db.rows, db.commit_seconds)
-
-    @property
-    def outage(self) -> bool:
-        """Whether writes to the file fail now."""
-        return self._actor.outage.active
-
-    @property
-    def rounds(self) -> int:
-        """Rounds written so far by the actor."""
-        return self._actor.rounds
-
-    @property
-    def errors(self) -> int:
-        """Rounds that failed (logged once per outage, retried)."""
-        return self._actor.errors
 
     @property
     def held(self) -> int:
