@@ -254,7 +254,7 @@ _common = [
 # --- Redis behind Sentinel (issue 23) ---
 from . import _redis_sentinel  # noqa: E402
 
-_common.append(_redis_sentinel.CLI_OPTION)
+_common += [_redis_sentinel.CLI_OPTION, _redis_sentinel.REPLICAS_OPTION]
 # --- end Sentinel ---
 
 

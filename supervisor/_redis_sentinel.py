@@ -23,7 +23,15 @@ if TYPE_CHECKING:
 SCHEME = "redis+sentinel"
 EXAMPLE = "redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/mymaster/0"
 
-__all__ = ["CLI_OPTION", "SCHEME", "parse", "sentinel_client", "sentinel_url", "with_sentinel"]
+__all__ = [
+    "CLI_OPTION",
+    "REPLICAS_OPTION",
+    "SCHEME",
+    "parse",
+    "sentinel_client",
+    "sentinel_url",
+    "with_sentinel",
+]
 
 
 def parse(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
@@ -165,6 +173,18 @@ CLI_OPTION = click.option(
     "$HUBVISOR_REDIS_SENTINEL.",
 )
 """``hubvisor run``'s ``--redis-sentinel MASTER`` (with the common options)."""
+
+REPLICAS_OPTION = click.option(
+    "--redis-replicas",
+    metavar="N",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --redis: a submit's answer, a result and a dead letter count as written "
+    "only once WAIT N confirmed that N replicas have them (held and sent again until "
+    "then, as in an outage), so a failover loses nothing the hub said is stored.",
+)
+"""``hubvisor run``'s ``--redis-replicas N``."""
 
 
 def with_sentinel(options: dict[str, Any]) -> None:

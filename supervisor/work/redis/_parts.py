@@ -26,6 +26,8 @@ class QueueParts(Protocol):
     lease: float
     keep_finished: float
     timeout: float
+    replicas: int  # WAIT for this many replicas after a round that writes (0: no WAIT)
+    replicas_timeout: float
     writes: Outbox
     claim: HubClaim
     keys: Keys

@@ -8,13 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+from supervisor import Hub, WorkService
 from supervisor._errors import ConfigError
 from supervisor._redis_link import clean_error, make_client, redact_url
 from supervisor._redis_sentinel import parse, sentinel_url
+from supervisor.work.redis import RedisWorkQueue
 
+from ...helpers import until
 from ...redis_hubs import HubProc, item, outcomes, record, wait_for
 from ...redis_sentinel import MASTER, SentinelTopology, sentinel_env, sentinels
+from ..test_service import agent
 
 __all__ = ["sentinel_env", "sentinels"]
 
@@ -151,3 +156,53 @@ def test_redis_sentinel_without_redis_naming_the_sentinels_is_refused(tmp_path: 
     )
     assert result.exit_code == 2
     assert "redis://host:port" in result.output
+
+
+# --redis-replicas: acknowledged means replicated -------------------------------------
+
+
+async def test_with_replicas_1_every_acknowledged_write_is_on_the_replica(
+    sentinel_env: SentinelTopology,
+) -> None:
+    queue = RedisWorkQueue(sentinel_env.url(), lease=5, replicas=1)
+    hub = Hub([agent("a1"), agent("a2")], work=WorkService(queue), hub_id="A")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        items = [hub.work.submit("w", {"n": n}) for n in range(20)]
+        assert all([await hub.work.stored(i.id) for i in items])
+        # stored means on the replica too, at the moment of the answer
+        with sentinel_env.replica().client() as replica:
+            assert all(replica.exists(f"hubvisor:work:{{w}}:item:{i.id}") for i in items)
+        with sentinel_env.master().client() as client:
+            await until(lambda: len(record(client)) >= 20)
+        await hub.stop()
+    with sentinel_env.replica().client() as replica:
+        assert sorted(outcomes(replica)) == sorted(i.id for i in items)
+        assert set(outcomes(replica).values()) == {1}
+
+
+async def test_replicas_that_never_confirm_hold_the_writes_and_submit_says_not_stored(
+    sentinel_env: SentinelTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """N=2 with one replica: WAIT never confirms; the submit answers stored: false after
+    its timeout, the write is held (logged once) and sent again, nothing is lost."""
+    queue = RedisWorkQueue(sentinel_env.url(), lease=5, replicas=2, replicas_timeout=0.2)
+    hub = Hub([agent("a1")], work=WorkService(queue), hub_id="A")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        first = hub.work.submit("w", {"n": 1})
+        assert not await hub.work.stored(first.id, 2.0)
+        second = hub.work.submit("w", {"n": 2})
+        assert not await hub.work.stored(second.id, 1.0)
+        # still held as submitted (not yet written), in the round in flight or the outbox
+        assert {i.id for i in queue.items()} >= {first.id, second.id}
+        assert all(i.status == "queued" for i in queue.items())
+        assert queue.outage
+        await hub.stop()
+    warned = [r.message for r in caplog.records if "WAIT confirmed" in r.message]
+    assert len(warned) == 1, warned  # once for the whole condition
+    assert "WAIT confirmed 1 of 2 replica(s)" in warned[0]
+    with sentinel_env.master().client() as client:  # on the master: held, not lost
+        assert client.exists(f"hubvisor:work:{{w}}:item:{first.id}")
+        assert client.exists(f"hubvisor:work:{{w}}:item:{second.id}")
+        assert not record(client)  # no result was counted as written
