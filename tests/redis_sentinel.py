@@ -248,7 +248,8 @@ class SentinelTopology:
 
     def kill_master(self) -> Node:
         """SIGKILL the master (the Sentinels promote the replica); the killed node."""
-        node = self.master()
+        port = wait_until(self.master_port, 30, "the Sentinels to agree on a master")
+        node = next(n for n in self.nodes if n.port == port)
         node.kill()
         return node
 

@@ -93,6 +93,8 @@ class StoreActor:
         self.outage = Outage()
         # Never back off past a quarter lease: the hub must renew within its lease.
         self.backoff = Backoff(0.05, min(2.0, queue.lease / 4))
+        if queue._url.startswith("redis+sentinel://"):  # a failover is brief: ask often
+            self.backoff.cap = min(self.backoff.cap, 0.5)
         self.failures = 0
         self.errors = 0
         self.rounds = 0
