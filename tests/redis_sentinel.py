@@ -239,8 +239,13 @@ class SentinelTopology:
         down = [n for n in self.nodes if not n.running]
         if len(down) == 2:
             raise AssertionError("both data nodes are down: the topology cannot heal")
-        if down:
-            port = wait_until(self.master_port, timeout, "the Sentinels to agree on a master")
+        if down:  # after a failover: the Sentinels name the node that is up
+
+            def promoted() -> int | None:
+                port = self.master_port()
+                return port if port != down[0].port else None
+
+            port = wait_until(promoted, timeout, "the Sentinels to promote the replica")
             master = next(n for n in self.nodes if n.port == port)
             node = down[0]
             node.start(self._data_argv(node, master))

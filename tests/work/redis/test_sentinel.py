@@ -281,3 +281,41 @@ def test_sigkill_of_the_master_while_work_flows_loses_nothing_and_restarts_no_ag
         log = h.log.read_text()
         assert "lease lost" not in log and "took over" not in log, log[-3000:]
     assert pause < 30, pause
+
+
+def test_a_hub_sigkilled_during_the_failover_has_its_work_taken_on_the_new_master(
+    sentinel_env: SentinelTopology, sentinel_hubs: Any
+) -> None:
+    """The master and hub A are SIGKILLed together while both hubs hold work: B writes
+    its held writes to the promoted replica and, once A's lease ran out there, takes A's
+    items; every item submitted completes exactly once, B restarts no agent."""
+    args = ("--redis-replicas", "1")
+    a = sentinel_hubs("A", size=2, lease=4.0, args=args).start()
+    b = sentinel_hubs("B", size=2, lease=4.0, args=args).start()
+    b_agents = sorted(b.agent_pids())
+    ids = [(a if n % 2 else b).submit({"n": n, "sleep": 1.0})["id"] for n in range(16)]
+    with sentinel_env.master().client() as client:
+
+        def both_busy() -> bool:
+            held = [item(client, i).get("hub") for i in ids]
+            return {"A", "B"} <= {h for h, i in zip(held, ids, strict=True) if h} and (
+                sum(item(client, i).get("st") == "assigned" for i in ids) >= 3
+            )
+
+        wait_for(both_busy, 60, "both hubs to hold work")
+    sentinel_env.kill_master()
+    a.kill()
+    sentinel_env.wait_whole()  # promoted, and the old master back as its replica
+    with sentinel_env.master().client() as client:
+        try:
+            wait_for(lambda: set(ids) <= set(outcomes(client)), 90, "every item to complete")
+        except AssertionError:
+            missing = [i for i in ids if i not in outcomes(client)]
+            raise AssertionError(
+                f"{len(missing)} never completed: {[item(client, i) for i in missing[:3]]}"
+                f"\nB:\n{b.log.read_text()[-4000:]}"
+            ) from None
+        counts = outcomes(client)
+        assert set(counts) == set(ids)
+        assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    assert sorted(b.agent_pids()) == b_agents
