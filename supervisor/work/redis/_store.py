@@ -546,6 +546,7 @@ def _adopt(
                     host.dead_elsewhere(_item_from(fields))
                 continue
             if kind == "mine" and _holds(q, fields["id"]):
+                _write_final_again(q, fields["id"])
                 continue
             item = _item_from(fields)
             item.status = ItemStatus.QUEUED
@@ -605,6 +606,20 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
         client.close()
     if not done and ops:
         _unwritten(ops, error or f"no answer in {q.timeout:g} s", q.url)
+
+
+def _write_final_again(q: QueueParts, item_id: str) -> None:
+    """Redis gave back as pending on this hub an item this hub finished: its final write
+    was lost (a failover to a replica that lacked it, without ``--redis-replicas``).
+    Write it again, else the item would stay pending here while this hub lives."""
+    item = q._local.get(item_id)
+    final = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD)
+    if item.status not in final or any(op.item_id == item_id for op in q.writes.ops):
+        return
+    _log.warning(
+        "work %s: Redis lost its %s outcome (a failover?); written again", item_id, item.status
+    )
+    q._finish(item, item.history[-1].agent if item.history else "")
 
 
 def _holds(q: QueueParts, item_id: str) -> bool:

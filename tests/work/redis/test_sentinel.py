@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import trio
 
 from supervisor import Hub, WorkService
@@ -22,9 +23,10 @@ from supervisor.work.redis import RedisWorkQueue
 from ...helpers import until
 from ...redis_hubs import HubProc, item, outcomes, record, wait_for
 from ...redis_sentinel import MASTER, SentinelTopology, sentinel_env, sentinels
+from ...redis_server import RedisServer, redis_server, redis_server_factory
 from ..test_service import agent
 
-__all__ = ["sentinel_env", "sentinels"]
+__all__ = ["redis_server", "redis_server_factory", "sentinel_env", "sentinels"]
 
 pytestmark = pytest.mark.slow
 
@@ -319,3 +321,38 @@ def test_a_hub_sigkilled_during_the_failover_has_its_work_taken_on_the_new_maste
         assert set(counts) == set(ids)
         assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
     assert sorted(b.agent_pids()) == b_agents
+
+
+async def test_a_final_write_that_a_failover_lost_is_written_again(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without --redis-replicas a failover can promote a replica that lacks a result the
+    hub wrote: the item is pending on the hub again. The hub's read-back after the outage
+    finds it, finished here, and writes its outcome again (it never stays pending)."""
+    raw = redis.Redis(port=redis_server.port)  # bytes: DUMP and RESTORE
+    c = redis_server.client()
+    q, log, key = "hubvisor:work:{w}:q", "hubvisor:work:{w}:log", "hubvisor:work:{w}:item:"
+    queue = RedisWorkQueue(redis_server.url, lease=5)
+    hub = Hub([agent("a1")], work=WorkService(queue), hub_id="A")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            it = hub.work.submit("w", {"n": 4, "sleep": 1.0})
+            key += it.id
+            await until(lambda: c.hget(key, "st") == "assigned")
+            replica = {k: raw.dump(k) for k in (q, key)}  # what a lagging replica had
+            await until(lambda: len(record(c)) == 1)
+            for k, value in replica.items():  # the failover: that replica is the master
+                raw.restore(k, 0, value, replace=True)
+            raw.delete(log)
+            assert c.xpending(q, "hubs")["pending"] == 1
+            raw.client_kill_filter(_type="normal", skipme=True)  # the hub's link breaks
+            await until(lambda: len(record(c)) == 1)
+            await until(lambda: c.xpending(q, "hubs")["pending"] == 0)
+            await hub.stop()
+        assert c.hget(key, "st") == "completed"
+        assert outcomes(c) == {it.id: 1}
+        assert any("written again" in r.message for r in caplog.records)
+    finally:
+        raw.close()
+        c.close()
