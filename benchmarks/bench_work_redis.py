@@ -3,6 +3,7 @@ redis-server SIGKILL loses under each persistence setting; baselines in the same
 
 Usage: python benchmarks/bench_work_redis.py [--agents 20] [--items 3000] [--reclaims 5]
                                              [--lease 1.0] [--loss] [--json FILE]
+       python benchmarks/bench_work_redis.py --wait-cost [--json FILE]
 
 A private ``redis-server`` (``appendonly yes``, ``appendfsync everysec``) on a free
 loopback port serves every measurement; it is stopped at the end.
@@ -20,6 +21,9 @@ loopback port serves every measurement; it is stopped at the end.
 * ``--loss``: for no persistence, ``everysec`` and ``always``: submit 200 items through
   ``hubvisor submit``'s op, SIGKILL redis-server right after the last answer, restart
   it, count the items that survived.
+* ``--wait-cost`` (alone): a master and one replica; one hub in this process submits,
+  awaiting each submit until stored, without and with ``WAIT 1`` (``--redis-replicas
+  1``), alternating in the same run: ms per acknowledged submit, and a batch's rate.
 """
 
 from __future__ import annotations
@@ -89,13 +93,14 @@ class Server:
         self.fsync = fsync
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra: list[str] = []  # more redis-server arguments (e.g. --replicaof)
 
     def start(self) -> Server:
         persist = ["--appendonly", "no"]
         if self.fsync is not None:
             persist = ["--appendonly", "yes", "--appendfsync", self.fsync]
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--dir", self.dir, *persist, "--loglevel", "warning"]
+        argv += ["--dir", self.dir, *persist, "--loglevel", "warning", *self.extra]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -248,6 +253,71 @@ def _loss(tmp: Path, fsync: str | None, items: int = 200) -> int:
         server.close()
 
 
+async def _submit_cost(url: str, replicas: int, sequential: int, batch: int) -> dict[str, float]:
+    """One hub in this process (no agent of the submitted type): ``sequential`` submits,
+    each awaited until stored (ms per acknowledged submit, median and p99), then a batch
+    of ``batch`` submitted at once and awaited (stored items/s)."""
+    hub = Hub([_pool("idle", 1)], work=WorkService(RedisWorkQueue(url, replicas=replicas)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await trio.sleep(0.5)
+        took = []
+        for n in range(sequential):
+            start = time.perf_counter()
+            item = hub.work.submit("w", n)
+            assert await hub.work.stored(item.id)
+            took.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        items = [hub.work.submit("w", n) for n in range(batch)]
+        for item in items:
+            assert await hub.work.stored(item.id, 30)
+        rate = batch / (time.perf_counter() - start)
+        await hub.stop()
+    took.sort()
+    return {
+        "median_ms": statistics.median(took),
+        "p99_ms": took[int(len(took) * 0.99) - 1],
+        "batch_per_s": rate,
+    }
+
+
+def _wait_cost(rounds: int, sequential: int, batch: int) -> dict[str, Any]:
+    """``--redis-replicas``: the cost of ``WAIT 1`` per submit, with one replica linked to
+    the master, alternating without and with WAIT in the same run."""
+    master = Server(fsync=None).start()
+    replica = Server(fsync=None)
+    replica.extra = ["--replicaof", "127.0.0.1", str(master.port)]
+    replica.start()
+    try:
+        deadline = time.monotonic() + 30
+        while replica.client().info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not link to the master")
+            time.sleep(0.05)
+        runs: dict[str, list[dict[str, float]]] = {"0": [], "1": []}
+        for _ in range(rounds):
+            for n in (0, 1):
+                master.client().flushall()
+                runs[str(n)].append(trio.run(_submit_cost, master.url, n, sequential, batch))
+    finally:
+        replica.close()
+        master.close()
+    return {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
+
+
+def _print_wait_cost(cost: dict[str, Any], sequential: int, batch: int) -> None:
+    print(f"--redis-replicas: one submit awaited until stored ({sequential} in a row), and")
+    print(f"{batch} submitted at once; medians of the rounds, one replica on loopback:")
+    for n, label in (("0", "no WAIT          "), ("1", "--redis-replicas 1")):
+        c = cost[n]
+        print(
+            f"  {label}: {c['median_ms']:6.2f} ms per submit (p99 {c['p99_ms']:6.2f} ms), "
+            f"batch {c['batch_per_s']:7,.0f} stored/s"
+        )
+    extra = cost["1"]["median_ms"] - cost["0"]["median_ms"]
+    print(f"  WAIT adds {extra:+.2f} ms per acknowledged submit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=20)
@@ -256,8 +326,19 @@ def main() -> None:
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--loss", action="store_true", help="also measure the loss windows")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--wait-cost",
+        action="store_true",
+        help="only measure the cost of --redis-replicas 1 (WAIT) per submit",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.wait_cost:
+        cost = _wait_cost(rounds=3, sequential=300, batch=2000)
+        _print_wait_cost(cost, 300, 2000)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"wait_cost": cost}, indent=2))
+        return
     results: dict[str, Any] = {"agents": args.agents, "items": args.items}
     server = Server().start()
     tmp = Path(tempfile.mkdtemp(prefix="hubvisor-bench-work-redis-"))

@@ -251,6 +251,13 @@ _common = [
 ]
 
 
+# --- Redis behind Sentinel (issue 23) ---
+from . import _redis_sentinel  # noqa: E402
+
+_common += [_redis_sentinel.CLI_OPTION, _redis_sentinel.REPLICAS_OPTION]
+# --- end Sentinel ---
+
+
 def _check_redis_url(value: str | None) -> str | None:
     if value is not None:
         try:
@@ -312,6 +319,7 @@ def run(spec: str, **options: Any) -> None:
 def _run_or_explain(tree: Any, options: dict[str, Any], services: Sequence[Service] = ()) -> None:
     from ._daemon import run_hub
 
+    _redis_sentinel.with_sentinel(options)
     if options.get("control_socket") == "none":
         options["control_socket"] = None
     try:

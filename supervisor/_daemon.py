@@ -116,6 +116,7 @@ def run_hub(
     work: Literal["memory", "sqlite"] | None = None,
     state_dir: str | None = None,
     fsync: Literal["normal", "always"] = "normal",
+    redis_replicas: int = 0,
 ) -> int:
     """Run a tree in the foreground until Ctrl-C/SIGTERM (or ``duration``); the exit code.
 
@@ -135,6 +136,8 @@ def run_hub(
     else ``~/.local/state/hubvisor/<hub id>/``), kept across restarts and crashes, each
     commit synced as ``fsync`` says (``"always"``: ``synchronous=FULL``, survives a power
     loss); ``"memory"``: in the hub's memory only, lost with it.
+    ``redis_replicas``: with N > 0 a submit, a result or a dead letter counts as written
+    only once ``WAIT N`` confirmed it (see :class:`~supervisor.work.redis.RedisWorkQueue`).
     """
     limits = ControlLimits(
         max_connections=control_max_connections, idle_timeout=control_idle_timeout
@@ -143,7 +146,11 @@ def run_hub(
         from ._metrics import MetricsService  # prometheus_client is imported only when used
 
         services = (*services, MetricsService(metrics, max_connections=metrics_max_connections))
-    registry, service = _work_and_registry(work, state_dir, fsync, redis, redis_prefix, lease)
+    if redis_replicas and redis is None:  # issue 23: acknowledged means replicated
+        raise ControlError("--redis-replicas N is for a hub with --redis (add --redis URL)")
+    registry, service = _work_and_registry(
+        work, state_dir, fsync, redis, redis_prefix, lease, redis_replicas
+    )
     hub = Hub(
         spec,
         max_agents=max_agents,
@@ -179,6 +186,7 @@ def _work_and_registry(
     redis: str | None,
     redis_prefix: str,
     lease: float,
+    replicas: int = 0,
 ) -> tuple[Registry | None, WorkService | None]:
     """The registry and work service the options ask for (``None``: the hub's own
     in-memory one), or :class:`ControlError` for options that do not go together."""
@@ -199,7 +207,7 @@ def _work_and_registry(
 
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)
-        queue = RedisWorkQueue(redis, prefix=redis_prefix, lease=lease)
+        queue = RedisWorkQueue(redis, prefix=redis_prefix, lease=lease, replicas=replicas)
         return Registry(mirror=mirror), WorkService(queue)
     if work == "memory":
         return None, None

@@ -3,8 +3,9 @@
 One place for what both need from redis-py's *sync* client, called from trio:
 
 * :func:`make_client`: a client from a ``redis://``/``rediss://``/``unix://`` URL (auth
-  and TLS in the URL), with socket timeouts and no retries of its own (the caller
-  retries, with :class:`Backoff`), refused with the caller's error when the URL is bad;
+  and TLS in the URL) or a ``redis+sentinel://`` one (Sentinels and a master's name),
+  with socket timeouts and no retries of its own (the caller retries, with
+  :class:`Backoff`), refused with the caller's error when the URL is bad;
 * :func:`redact_url`, :func:`clean_error`: URLs and errors without the password, for
   logs and messages; :func:`config_problem`: the fix, when Redis refuses the
   credentials or the database (that never heals by waiting, so it is no outage);
@@ -51,10 +52,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    # the hosts as written (several, comma-separated, in a redis+sentinel:// URL)
+    netloc = f"{user}:***@{parts.netloc.rpartition('@')[2]}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -91,6 +90,8 @@ def make_client(
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    if url.startswith("redis+sentinel://"):  # Sentinels and the master's name (issue 23)
+        return _sentinel_client(url, timeout, connections, client_name, error, options)
     try:
         return redis.Redis.from_url(
             url,
@@ -105,6 +106,27 @@ def make_client(
         raise error(
             f"bad Redis URL {redact_url(url)}: {clean_error(exc, url)}; "
             "e.g. redis://localhost:6379/0"
+        ) from None
+
+
+def _sentinel_client(
+    url: str,
+    timeout: float,
+    connections: int,
+    client_name: str,
+    error: type[Exception],
+    options: dict[str, Any],
+) -> redis.Redis:
+    """make_client for a ``redis+sentinel://`` URL (see :mod:`._redis_sentinel`)."""
+    from ._redis_sentinel import EXAMPLE, sentinel_client
+
+    try:
+        return sentinel_client(
+            url, timeout=timeout, connections=connections, client_name=client_name, **options
+        )
+    except ValueError as exc:
+        raise error(
+            f"bad Redis Sentinel URL {redact_url(url)}: {clean_error(exc, url)}; e.g. {EXAMPLE}"
         ) from None
 
 

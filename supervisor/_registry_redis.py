@@ -540,12 +540,22 @@ def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str
     """Refuse bad :class:`RedisMirror` arguments, naming the value and the fix, and a
     missing redis-py now rather than at the first flush (MissingExtra names the extra)."""
     require("redis")
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+    if not isinstance(url, str) or not url.startswith(schemes):
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         raise InvalidMirrorConfig(
             f"Redis URL must start with redis://, rediss:// or unix:// (got {shown}); "
             "e.g. redis://localhost:6379/0"
         )
+    if url.startswith("redis+sentinel://"):  # issue 23: checked now, not at the first flush
+        from ._redis_sentinel import EXAMPLE, parse
+
+        try:
+            parse(url)
+        except ValueError as exc:
+            raise InvalidMirrorConfig(
+                f"bad Redis Sentinel URL {redact_url(url)}: {exc}; e.g. {EXAMPLE}"
+            ) from None
     if not prefix or any(c.isspace() for c in prefix):
         raise InvalidMirrorConfig(f"Redis prefix must be a non-empty word (got {prefix!r})")
     for name, value in floats.items():

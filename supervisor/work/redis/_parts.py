@@ -26,6 +26,8 @@ class QueueParts(Protocol):
     lease: float
     keep_finished: float
     timeout: float
+    replicas: int  # WAIT for this many replicas after a round that writes (0: no WAIT)
+    replicas_timeout: float
     writes: Outbox
     claim: HubClaim
     keys: Keys
@@ -41,6 +43,8 @@ class QueueParts(Protocol):
     def _make_client(self, connections: int) -> redis.Redis: ...
 
     def _lose(self, item: WorkItem, reason: str) -> None: ...
+
+    def _finish(self, item: WorkItem, agent: str) -> None: ...
 
     def _release_held(self) -> None: ...
 

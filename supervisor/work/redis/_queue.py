@@ -121,6 +121,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             Redis answers. Results, failures and attempt starts are always kept; the
             progress of an item is kept as its latest only.
         max_held_bytes: the bytes those held writes may take.
+        replicas: N > 0: writes count as written once ``WAIT N`` confirmed them (held
+            and sent again until then); ``replicas_timeout``: WAIT's seconds.
     """
 
     shared = True  # every hub on the Redis: an item may end on another
@@ -135,6 +137,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         timeout: float = 5.0,
         max_held: int = 10_000,
         max_held_bytes: int = 64 * 1024 * 1024,
+        replicas: int = 0,
+        replicas_timeout: float | None = None,
     ) -> None:
         if not isinstance(lease, int | float) or not (0.1 <= lease < math.inf):
             raise ConfigError(f"RedisWorkQueue(lease=...) must be >= 0.1 seconds (got {lease!r})")
@@ -143,6 +147,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 f"RedisWorkQueue(prefix=...) must be non-empty without braces or spaces "
                 f"(got {prefix!r})"
             )
+        self.replicas = replicas
+        self.replicas_timeout = _check_replicas(replicas, replicas_timeout, timeout)
         self.url = redact_url(url)
         self.prefix = prefix
         self.lease = float(lease)
@@ -497,6 +503,20 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
     async def cluster(self) -> dict[str, Any]:
         """Every hub sharing this Redis and the queues per type (``status --cluster``)."""
         return await self._queries.cluster()
+
+
+def _check_replicas(replicas: Any, replicas_timeout: Any, timeout: float) -> float:
+    """WAIT's timeout; a bad ``replicas``/``replicas_timeout`` refused (issue 23)."""
+    if replicas_timeout is None:
+        replicas_timeout = min(1.0, timeout / 2)
+    if not isinstance(replicas, int) or replicas < 0:
+        raise ConfigError(f"RedisWorkQueue(replicas=...) must be an int >= 0 (got {replicas!r})")
+    if not isinstance(replicas_timeout, int | float) or not 0 < replicas_timeout < timeout:
+        raise ConfigError(
+            f"RedisWorkQueue(replicas_timeout=...) must be > 0 and below timeout={timeout:g} "
+            f"s (got {replicas_timeout!r}): WAIT must answer before the round times out"
+        )
+    return float(replicas_timeout)
 
 
 # --- ordering (issue 21) ---

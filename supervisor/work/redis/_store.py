@@ -34,7 +34,12 @@ _log = logging.getLogger("hubvisor")
 
 _CHECKS = 50  # finished items read back per round at most
 
-__all__ = ["StoreActor"]
+__all__ = ["NotReplicated", "StoreActor"]
+
+
+class NotReplicated(redis.ConnectionError):
+    """``WAIT`` after a round confirmed fewer replicas than ``replicas`` asks: the round's
+    writes are held and sent again, as in an outage (issue 23)."""
 
 
 @attrs.define
@@ -88,6 +93,8 @@ class StoreActor:
         self.outage = Outage()
         # Never back off past a quarter lease: the hub must renew within its lease.
         self.backoff = Backoff(0.05, min(2.0, queue.lease / 4))
+        if queue._url.startswith("redis+sentinel://"):  # a failover is brief: ask often
+            self.backoff.cap = min(self.backoff.cap, 0.5)
         self.failures = 0
         self.errors = 0
         self.rounds = 0
@@ -216,7 +223,17 @@ class StoreActor:
     def _down(self, exc: BaseException) -> None:
         """Redis did not answer a round."""
         q = self.q
-        if self.outage.down(trio.current_time()):
+        if not self.outage.down(trio.current_time()):
+            pass  # logged when it began
+        elif isinstance(exc, NotReplicated):
+            _log.warning(
+                "work: Redis at %s: %s; %d writes held (not yet counted as written) and "
+                "sent again until the replicas confirm them; supervising on",
+                q.url,
+                exc,
+                len(q.writes.ops),
+            )
+        else:
             problem = config_problem(exc, q._url)
             _log.warning(
                 "work: Redis at %s unreachable (%s); supervising on, %d writes held",
@@ -358,11 +375,14 @@ class StoreActor:
         for _ in range(2):
             pipe = client.pipeline(transaction=False)
             self._fill(pipe, r)
+            waits = _add_wait(self.q, pipe, r)
             replies: list[Any] = pipe.execute(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
                     raise reply
             if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                if waits:
+                    _confirmed(self.q, replies.pop())
                 break
             # A restarted (or flushed) server forgot the scripts: none of them ran, so
             # the round runs again once they are loaded (the other commands are
@@ -454,6 +474,25 @@ class StoreActor:
             self.lag[agent_type] = lag
 
 
+def _add_wait(q: QueueParts, pipe: Any, r: _Round) -> bool:
+    """With ``replicas``: one ``WAIT`` after a round that writes (its reply comes last);
+    whether it was added."""
+    if not (q.replicas and r.ops):
+        return False
+    pipe.wait(q.replicas, int(q.replicas_timeout * 1000))
+    return True
+
+
+def _confirmed(q: QueueParts, reply: Any) -> None:
+    """Raise :class:`NotReplicated` unless WAIT's ``reply`` confirms enough replicas."""
+    got = reply if isinstance(reply, int) else -1
+    if got < q.replicas:
+        shown = got if got >= 0 else f"an error ({reply})"
+        raise NotReplicated(
+            f"WAIT confirmed {shown} of {q.replicas} replica(s) in {q.replicas_timeout:g} s"
+        )
+
+
 def _cancelled_elsewhere(host: Any, item: WorkItem) -> None:
     """Another hub cancelled ``item`` in Redis: the service ends it here too (its agent is
     told to give it up; the write of that end is refused as done already)."""
@@ -507,6 +546,7 @@ def _adopt(
                     host.dead_elsewhere(_item_from(fields))
                 continue
             if kind == "mine" and _holds(q, fields["id"]):
+                _write_final_again(q, fields["id"])
                 continue
             item = _item_from(fields)
             item.status = ItemStatus.QUEUED
@@ -538,7 +578,16 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
             pipe.eval(op.script, len(op.keys), *op.keys, *op.args)
         if claimed:
             q.claim.add_goodbye(pipe)
-        pipe.execute(raise_on_error=False)
+        if q.replicas and ops:  # issue 23: say so when the replicas do not confirm them
+            pipe.wait(q.replicas, int(q.replicas_timeout * 1000))
+        replies = pipe.execute(raise_on_error=False)
+        if q.replicas and ops and not (isinstance(replies[-1], int) and replies[-1] >= q.replicas):
+            _log.warning(
+                "work: the writes at stop were not confirmed by %d replica(s) (WAIT: %s); a "
+                "failover now could lose them",
+                q.replicas,
+                replies[-1],
+            )
 
     done, error = not ops and not claimed, ""
     try:
@@ -557,6 +606,20 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
         client.close()
     if not done and ops:
         _unwritten(ops, error or f"no answer in {q.timeout:g} s", q.url)
+
+
+def _write_final_again(q: QueueParts, item_id: str) -> None:
+    """Redis gave back as pending on this hub an item this hub finished: its final write
+    was lost (a failover to a replica that lacked it, without ``--redis-replicas``).
+    Write it again, else the item would stay pending here while this hub lives."""
+    item = q._local.get(item_id)
+    final = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.DEAD)
+    if item.status not in final or any(op.item_id == item_id for op in q.writes.ops):
+        return
+    _log.warning(
+        "work %s: Redis lost its %s outcome (a failover?); written again", item_id, item.status
+    )
+    q._finish(item, item.history[-1].agent if item.history else "")
 
 
 def _holds(q: QueueParts, item_id: str) -> bool:
