@@ -252,6 +252,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 supported on Redis yet).
         """
         _refuse_controls({k: kw.pop(k) for k in ("after", "require") if k in kw})
+        time_limit = kw.pop("time_limit", None)  # issue 21: written in the item's hash
         max_deliveries, source, not_before = _options(kw, self.url)
         if self.writes.full():
             raise ControlError(
@@ -269,6 +270,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             created_at=time.time(),
             source=source,
             not_before=not_before,
+            time_limit=time_limit,
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
@@ -279,7 +281,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             self.keys.of(agent_type, "q"),
             self.keys.items(agent_type) + item.id,
         )
-        if key is not None or not_before is not None:
+        if key is not None or not_before is not None or time_limit is not None:
             item.key = key
             keys += (
                 self.keys.of(agent_type, "keys"),
@@ -287,7 +289,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 self.keys.of(agent_type, "delayed"),
             )
             nb = "" if not_before is None else int(not_before * 1000)
-            args += (key or "", self.keys.items(agent_type), item.created_at, nb)
+            tl = "" if time_limit is None else repr(float(time_limit))
+            args += (key or "", self.keys.items(agent_type), item.created_at, nb, tl)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item

@@ -172,9 +172,10 @@ return 0
 """
 
 # KEYS: q, item[, keys, keyage, delayed]. ARGV: id, type, payload, max, source, created[,
-# key, item-hash prefix, now, not-before ms] ('' where not given): with a key, a kept item
-# of the type with that key is answered (its id) and nothing is created; with a not-before
-# time the item waits in the delayed set, not the stream (see _DUE).
+# key, item-hash prefix, now, not-before ms, time limit s] ('' where not given): with a
+# key, a kept item of the type with that key is answered (its id) and nothing is created;
+# with a not-before time the item waits in the delayed set, not the stream (see _DUE); a
+# time limit is kept in the item's hash (``tl``), applied by whichever hub takes it.
 _SUBMIT = r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local key, nb, entry = ARGV[7] or '', ARGV[10] or '', ''
@@ -206,6 +207,7 @@ end
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
   'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',
   'agent', '', 'entry', entry, 'hist', '[]', 'nb', nb)
+if (ARGV[11] or '') ~= '' then redis.call('HSET', KEYS[2], 'tl', ARGV[11]) end
 return 1
 """
 
