@@ -402,12 +402,14 @@ def submissions(
     step: float = 0.25,
     max_at: float = 20.0,
     ordering: bool = True,
+    delays: bool | None = None,
 ) -> tuple[Submit, ...]:
     """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
     ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
     with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default, some of
     a priority other than 0 or with a delay (issue 21: :func:`check_work_order`; none with
-    ``ordering=False``, for a queue without priorities such as Redis's)."""
+    ``ordering=False``; ``delays=False``: priorities without delays, for a queue whose
+    delays run on another clock than the run's, such as Redis's, by its server's)."""
     types = agent_types(spec)
     if not types:
         raise InvalidSchedule(
@@ -424,7 +426,9 @@ def submissions(
                     payload=_PAYLOADS,
                     max_deliveries=_MAX_DELIVERIES,
                     priority=st.sampled_from([0, 0, 0, 1, 5] if ordering else [0]),
-                    delay=st.sampled_from([None, None, None, 0.5, 2.0] if ordering else [None]),
+                    delay=st.sampled_from(
+                        [None, None, None, 0.5, 2.0] if ordering and delays is not False else [None]
+                    ),
                 ),
                 min_size=1,
                 max_size=max_items,
@@ -442,12 +446,13 @@ def work_schedules(
     max_items: int = 6,
     hang: bool = False,
     ordering: bool = True,
+    delays: bool | None = None,
 ) -> Schedule:
     """A :class:`Schedule` with work: :func:`submissions` plus crashes (and hangs, with
     ``hang=True``) of the tree's agents in the same stretch of time, so agents often
     crash or hang while they hold an item, and some children that ignore SIGTERM."""
     base = draw(schedules(spec, max_crashes=max_crashes, hang=hang))
-    work = draw(submissions(spec, max_items=max_items, ordering=ordering))
+    work = draw(submissions(spec, max_items=max_items, ordering=ordering, delays=delays))
     return attrs.evolve(base, work=work)
 
 
@@ -457,6 +462,7 @@ def specs_and_work_schedules(
     max_items: int = 6,
     hang: bool = False,
     ordering: bool = True,
+    delays: bool | None = None,
     **spec_options: Any,
 ) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
     """A tree from :func:`agent_specs` (``spec_options`` go there) and a
@@ -468,7 +474,12 @@ def specs_and_work_schedules(
         lambda spec: st.tuples(
             st.just(spec),
             work_schedules(
-                spec, max_crashes=max_crashes, max_items=max_items, hang=hang, ordering=ordering
+                spec,
+                max_crashes=max_crashes,
+                max_items=max_items,
+                hang=hang,
+                ordering=ordering,
+                delays=delays,
             ),
         )
     )

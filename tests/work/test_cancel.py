@@ -294,8 +294,11 @@ async def test_with_redis_an_items_time_limit_travels_with_it_to_the_hub_that_ta
             await wait_event(events, is_("running", "a1"))
             item = b.work.submit("w", {"sleep": 60}, time_limit=0.5)
             assert await b.work.stored(item.id)
-            shown = await b.work.fetch(item.id)
-            assert (0.5, ItemStatus.QUEUED) == (shown.time_limit, shown.status)
+            shown = await b.work.fetch(item.id)  # queued, or A took it already
+            assert 0.5 == shown.time_limit and shown.status in (
+                ItemStatus.QUEUED,
+                ItemStatus.ASSIGNED,
+            )
             assert 0.5 == shown.to_json()["time_limit"]
             timed = await wait_event(events, is_("work_timed_out"))
             assert (item.id, 0.5) == (timed.item_id, timed.time_limit)  # type: ignore[attr-defined]
