@@ -578,13 +578,18 @@ def _check_outcomes_at(
 # --- ordering (issue 21) ---
 
 
-def check_work_order(trace: Trace) -> None:
+def check_work_order(trace: Trace, *, written: float = 0.0, held_first: bool = False) -> None:
     """No item is handed out before its delay passed, and priorities are respected among
     ready items: when an item of a type is assigned, no item of that type that was
     submitted, never assigned yet and whose delay has passed has a higher priority
     (an item put back after an attempt may go first within its priority, and waits out
     a retry delay the trace does not know: it is only checked not to jump a higher
     priority either).
+
+    For a queue shared through a store (Redis): ``written``, the seconds a submitted
+    item takes to be in the store (before that no take can see it); ``held_first``: an
+    item put back after an attempt stays with the hub that held it and goes to its next
+    idle agent, so only assignments of items never assigned before are checked.
     """
     submitted: dict[str, SubmitApplied] = {}
     fresh: dict[str, SubmitApplied] = {}  # never assigned yet
@@ -606,14 +611,16 @@ def check_work_order(trace: Trace) -> None:
                     f"{r.item_id!r} was assigned at {r.at:g}, before its delay passed "
                     f"(submitted at {sub.at:g} with delay={sub.submit.delay:g})",
                 )
-            fresh.pop(r.item_id, None)
+            first = fresh.pop(r.item_id, None) is not None
+            if held_first and not first:
+                continue
             mine = sub.submit
             jumped = [
                 f.item_id
                 for f in fresh.values()
                 if f.submit.agent_type == mine.agent_type
                 and f.submit.priority > mine.priority
-                and f.at + (f.submit.delay or 0.0) < r.at - 1e-6
+                and f.at + written + (f.submit.delay or 0.0) < r.at - 1e-6
                 and all(completed.get(d, r.at) < r.at - 1e-6 for d in deps.get(f.item_id, ()))
             ]
             if jumped:

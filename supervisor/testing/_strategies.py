@@ -404,12 +404,14 @@ def submissions(
     ordering: bool = True,
     dependencies: bool = False,
     time_limits: bool = False,
+    delays: bool | None = None,
 ) -> tuple[Submit, ...]:
     """Work for the tree's agent types: up to ``max_items`` :class:`Submit` at times on a
     ``step`` grid up to ``max_at`` (so they meet the crashes of :func:`crash_schedules`),
     with :func:`work_payloads` and ``max_deliveries`` of 1 to 4 or the default, some of
     a priority other than 0 or with a delay (issue 21: :func:`check_work_order`; none with
-    ``ordering=False``, for a queue without priorities such as Redis's). With
+    ``ordering=False``; ``delays=False``: priorities without delays, for a queue whose
+    delays run on another clock than the run's, such as Redis's, by its server's). With
     ``dependencies=True`` (issue 21: :func:`check_work_dependencies`,
     :func:`check_work_keys`) some get a key of a few (so keys repeat) and some wait for
     earlier keyed ones (``after``); off by default, for queues without them. With
@@ -431,7 +433,9 @@ def submissions(
                     payload=_PAYLOADS,
                     max_deliveries=_MAX_DELIVERIES,
                     priority=st.sampled_from([0, 0, 0, 1, 5] if ordering else [0]),
-                    delay=st.sampled_from([None, None, None, 0.5, 2.0] if ordering else [None]),
+                    delay=st.sampled_from(
+                        [None, None, None, 0.5, 2.0] if ordering and delays is not False else [None]
+                    ),
                 ),
                 min_size=1,
                 max_size=max_items,
@@ -494,6 +498,7 @@ def work_schedules(
     ordering: bool = True,
     dependencies: bool = False,
     time_limits: bool = False,
+    delays: bool | None = None,
 ) -> Schedule:
     """A :class:`Schedule` with work: :func:`submissions` plus crashes (and hangs, with
     ``hang=True``) of the tree's agents in the same stretch of time, so agents often
@@ -506,6 +511,7 @@ def work_schedules(
             ordering=ordering,
             dependencies=dependencies,
             time_limits=time_limits,
+            delays=delays,
         )
     )
     return attrs.evolve(base, work=work)
@@ -519,6 +525,7 @@ def specs_and_work_schedules(
     ordering: bool = True,
     dependencies: bool = False,
     time_limits: bool = False,
+    delays: bool | None = None,
     **spec_options: Any,
 ) -> st.SearchStrategy[tuple[SupervisorSpec, Schedule]]:
     """A tree from :func:`agent_specs` (``spec_options`` go there) and a
@@ -537,6 +544,7 @@ def specs_and_work_schedules(
                 ordering=ordering,
                 dependencies=dependencies,
                 time_limits=time_limits,
+                delays=delays,
             ),
         )
     )

@@ -196,8 +196,8 @@ class WorkService:
         if self._types is not None:
             _check_type(self._types(), self.store, agent_type, source)
         _check_room(self, agent_type)
-        ordering = _ordering(priority, at)  # only when asked: a queue without them works
         limit = self._controls.check_submit(time_limit)
+        ordering = _ordering(priority, at, self.queue, limit)  # only when asked
         item = self.queue.submit(
             agent_type,
             payload,
@@ -474,12 +474,16 @@ class WorkService:
         self._send.send_nowait(msg)
 
 
-def _ordering(priority: int, at: float | None) -> dict[str, Any]:
+def _ordering(priority: int, at: float | None, queue: Any, limit: float | None) -> dict[str, Any]:
+    """The submit options a queue gets only when asked (a queue without them works); a
+    queue that writes the item at submit (Redis) gets its ``time_limit`` too."""
     ordering: dict[str, Any] = {}
     if priority:
         ordering["priority"] = priority
     if at is not None:
         ordering["not_before"] = at
+    if limit is not None and getattr(queue, "submit_takes_time_limit", False):
+        ordering["time_limit"] = limit
     return ordering
 
 

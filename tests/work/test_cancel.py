@@ -198,12 +198,10 @@ async def test_an_items_own_time_limit_wins_and_a_v1_agent_is_stopped(
     service = WorkService(make_queue(), time_limits={"w": 600}, max_deliveries=1)
     async with serve([agent("a1")], service) as (hub, events):
         await wait_event(events, is_("running", "a1"))
-        if is_redis(hub):
-            with pytest.raises(ControlError, match="time_limit is not supported"):
-                hub.work.submit("w", {"sleep": 60}, time_limit=0.5)
-            return
         item = hub.work.submit("w", {"sleep": 60}, time_limit=0.5)
         assert 0.5 == item.time_limit
+        assert await hub.work.stored(item.id)
+        assert 0.5 == (await hub.work.fetch(item.id)).time_limit  # on Redis: its hash
         await wait_event(events, is_("exited", "a1"))
         done = await ended(hub, item.id)
         assert (ItemStatus.DEAD, ["timed_out"]) == (
@@ -263,6 +261,56 @@ async def test_with_redis_a_hub_cancels_an_item_another_hub_holds(
                 client.close()
             with pytest.raises(ControlError, match="has ended"):
                 await b.work.cancel_any(item.id)
+        finally:
+            await b.stop()
+            await a.stop()
+
+
+@pytest.mark.slow
+async def test_with_redis_an_items_time_limit_travels_with_it_to_the_hub_that_takes_it(
+    redis_server_factory: Any,
+) -> None:
+    """Hub B (no agent of type w) submits an item with its own time limit; hub A, whose
+    per-type default is far longer, takes it from Redis and applies the item's limit: the
+    attempt ends timed_out, then the item dead. B's `work show` shows the limit."""
+    from supervisor.work.redis import RedisWorkQueue
+
+    server = redis_server_factory()
+    a = Hub(
+        [agent("a1", "--v2")],
+        work=WorkService(
+            RedisWorkQueue(server.url, lease=2), time_limits={"w": 600}, max_deliveries=1
+        ),
+        hub_id="A",
+    )
+    other = ChildSpec(id="o1", argv=[PY, "-c", raw_agent.PROGRAM], agent_type="o", shutdown=2.0)
+    b_work = WorkService(RedisWorkQueue(server.url, lease=2), max_deliveries=1)
+    b = Hub([other], work=b_work, hub_id="B")
+    events = a.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        try:
+            await wait_event(events, is_("running", "a1"))
+            item = b.work.submit("w", {"sleep": 60}, time_limit=0.5)
+            assert await b.work.stored(item.id)
+            shown = await b.work.fetch(item.id)  # queued, or A took it already
+            assert 0.5 == shown.time_limit and shown.status in (
+                ItemStatus.QUEUED,
+                ItemStatus.ASSIGNED,
+            )
+            assert 0.5 == shown.to_json()["time_limit"]
+            timed = await wait_event(events, is_("work_timed_out"))
+            assert (item.id, 0.5) == (timed.item_id, timed.time_limit)  # type: ignore[attr-defined]
+            done = await ended(a, item.id)
+            assert (ItemStatus.DEAD, ["timed_out"]) == (
+                done.status,
+                [h.outcome for h in done.history],
+            )
+            with trio.fail_after(TIMEOUT):  # A writes the end in its next round
+                while (again := await b.work.fetch(item.id)).status is not ItemStatus.DEAD:
+                    await trio.sleep(0.05)
+            assert 0.5 == again.time_limit
         finally:
             await b.stop()
             await a.stop()

@@ -51,20 +51,10 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
     pending: dict[str, dict[str, int]] = {}
     queues: dict[str, dict[str, int]] = {}
     for agent_type in types:
-        q = _type_key(prefix, agent_type, "q")
         waiting = in_flight = 0
-        try:
-            for group in client.xinfo_groups(q):
-                g = {_text(k): v for k, v in group.items()}
-                if _text(g.get("name")) == GROUP:
-                    waiting = int(g.get("lag") or 0)
-                    in_flight = int(g.get("pending") or 0)
-            summary = client.xpending(q, GROUP)
-            for row in summary.get("consumers") or []:
-                name = _text(row["name"])
-                pending.setdefault(name, {})[agent_type] = int(row["pending"])
-        except redis.ResponseError:  # no group yet (no hub took any): all of it waits
-            waiting = int(client.xlen(q))
+        for q in streams(client, prefix, agent_type):  # one per priority in use
+            w, f = _stream_counts(client, q, agent_type, pending)
+            waiting, in_flight = waiting + w, in_flight + f
         dead = int(client.xlen(_type_key(prefix, agent_type, "dead")))
         queues[agent_type] = {"waiting": waiting, "in_flight": in_flight, "dead": dead}
     hubs = []
@@ -85,6 +75,36 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
             }
         )
     return {"prefix": prefix, "hubs": hubs, "queues": queues}
+
+
+def streams(client: redis.Redis, prefix: str, agent_type: str) -> list[str]:
+    """The streams of ``agent_type``, highest priority first: ``P:work:{T}:q`` for
+    priority 0, ``P:work:{T}:q:<p>`` for each other level in ``P:work:{T}:prios``."""
+    q = _type_key(prefix, agent_type, "q")
+    levels = [
+        int(_text(p)) for p in client.zrevrange(_type_key(prefix, agent_type, "prios"), 0, -1)
+    ]
+    return [f"{q}:{p}" if p else q for p in sorted({0, *levels}, reverse=True)]
+
+
+def _stream_counts(
+    client: redis.Redis, q: str, agent_type: str, pending: dict[str, dict[str, int]]
+) -> tuple[int, int]:
+    """One stream's entries not taken yet and taken (adding each hub's to ``pending``)."""
+    waiting = in_flight = 0
+    try:
+        for group in client.xinfo_groups(q):
+            g = {_text(k): v for k, v in group.items()}
+            if _text(g.get("name")) == GROUP:
+                waiting = int(g.get("lag") or 0)
+                in_flight = int(g.get("pending") or 0)
+        summary = client.xpending(q, GROUP)
+        for row in summary.get("consumers") or []:
+            held = pending.setdefault(_text(row["name"]), {})
+            held[agent_type] = held.get(agent_type, 0) + int(row["pending"])
+    except redis.ResponseError:  # no group yet (no hub took any): all of it waits
+        waiting = int(client.xlen(q))
+    return waiting, in_flight
 
 
 def persistence_warning(client: redis.Redis) -> str | None:

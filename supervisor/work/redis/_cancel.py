@@ -24,9 +24,10 @@ __all__ = ["CancelParts"]
 class CancelParts:
     """Mixed into :class:`~supervisor.work.redis.RedisWorkQueue`."""
 
-    stores_time_limit = False
-    """An item's own ``time_limit`` is not written to Redis yet (a per-type default,
-    ``WorkService(time_limits=...)``, works): submit refuses it."""
+    stores_time_limit = True
+    submit_takes_time_limit = True
+    """An item's own ``time_limit`` is given to :meth:`submit`, written in the item's
+    hash (``tl``) with it: any hub that takes the item applies it."""
 
     def cancel(self, item_id: str, reason: str, now: float) -> WorkItem:
         """End an item this hub holds ``cancelled``, written (fenced) in the next round.

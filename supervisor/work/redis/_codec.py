@@ -35,6 +35,8 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         history=[AttemptRecord(**h) for h in hist],
         key=fields.get("key") or None,  # issue 21: an idempotency key
         not_before=int(fields["nb"]) / 1000 if fields.get("nb") else None,  # issue 21
+        time_limit=float(fields["tl"]) if fields.get("tl") else None,  # issue 21
+        priority=int(fields.get("pr") or 0),  # issue 21: its stream's level
     )
 
 

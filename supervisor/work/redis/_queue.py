@@ -19,7 +19,9 @@ that batches every write of a round into one pipeline:
 Key layout (``P`` is the prefix, ``T`` an agent type, ``H`` a hub id); keys of one agent
 type share the hash tag ``{T}``, so the scripts work on Redis Cluster:
 
-* ``P:work:{T}:q`` the stream, group ``hubs``; ``P:work:{T}:item:<id>`` one hash per item;
+* ``P:work:{T}:q`` the stream, group ``hubs`` (priority 0; ``P:work:{T}:q:<p>`` the
+  stream of priority ``p``, ``P:work:{T}:prios`` the levels in use: issue 21);
+  ``P:work:{T}:item:<id>`` one hash per item;
   ``P:work:{T}:dead`` dead letters with their history; ``P:work:{T}:log`` one entry per
   final outcome (the record).
 * ``P:work:hubs`` (sorted set of hub ids) and ``P:work:hub:{H}`` (hash with a TTL of one
@@ -240,11 +242,12 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet; a ``priority``, ``after`` or ``require`` (not
-                supported on Redis yet).
+                Redis has not taken yet; an ``after`` or ``require`` (not supported on
+                Redis yet).
         """
         _refuse_controls({k: kw.pop(k) for k in ("after", "require") if k in kw})
-        max_deliveries, source, not_before = _options(kw, self.url)
+        time_limit = kw.pop("time_limit", None)  # issue 21: written in the item's hash
+        max_deliveries, source, not_before, priority = _options(kw)
         if self.writes.full():
             raise ControlError(
                 f"the hub holds {len(self.writes.ops)} writes "
@@ -261,6 +264,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             created_at=time.time(),
             source=source,
             not_before=not_before,
+            time_limit=time_limit,
+            priority=priority,
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
@@ -271,7 +276,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             self.keys.of(agent_type, "q"),
             self.keys.items(agent_type) + item.id,
         )
-        if key is not None or not_before is not None:
+        if key is not None or not_before is not None or time_limit is not None or priority:
             item.key = key
             keys += (
                 self.keys.of(agent_type, "keys"),
@@ -279,7 +284,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 self.keys.of(agent_type, "delayed"),
             )
             nb = "" if not_before is None else int(not_before * 1000)
-            args += (key or "", self.keys.items(agent_type), item.created_at, nb)
+            tl = "" if time_limit is None else repr(float(time_limit))
+            args += (key or "", self.keys.items(agent_type), item.created_at, nb, tl, priority)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
@@ -522,16 +528,11 @@ def _check_replicas(replicas: Any, replicas_timeout: Any, timeout: float) -> flo
 # --- ordering (issue 21) ---
 
 
-def _options(kw: dict[str, Any], url: str) -> tuple[int, str, float | None]:
-    """``max_deliveries``, ``source`` and ``not_before`` of a submit; a ``priority`` is
-    refused, naming the option (never ignored): Redis's queue is FIFO for now."""
-    priority = kw.get("priority", 0)
-    if priority:
-        raise ControlError(
-            f"--priority (priority={priority}) is not supported with --redis yet (the queue "
-            f"at {url} is FIFO); submit without it, or use a hub with SQLite or --work memory"
-        )
-    return int(kw["max_deliveries"]), str(kw.get("source", "api")), kw.get("not_before")
+def _options(kw: dict[str, Any]) -> tuple[int, str, float | None, int]:
+    """``max_deliveries``, ``source``, ``not_before`` and ``priority`` of a submit (the
+    priority picks the item's stream in Redis: docs/work-redis.md)."""
+    source = str(kw.get("source", "api"))
+    return int(kw["max_deliveries"]), source, kw.get("not_before"), int(kw.get("priority", 0))
 
 
 # --- end ordering ---

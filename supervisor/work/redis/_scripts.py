@@ -13,25 +13,53 @@ import string
 GROUP = "hubs"
 
 
-# Shared by the scripts that take entries: adopt one entry for this hub, or drop a stale
-# one. ARGV: hub, token, count, item-key prefix, now, lease ms (claim only).
-_ADOPT = r"""
+# Priorities (issue 21): one stream per priority level in use. KEYS[1] is always the
+# type's stream of priority 0 (``P:work:{T}:q``); priority p's is ``P:work:{T}:q:<p>``,
+# and the sorted set ``P:work:{T}:prios`` (member and score: p) holds the levels other
+# than 0 that have a stream. All share the hash tag {T} (one slot on Redis Cluster). An
+# item's hash keeps its priority (``pr``) and its entry's id: ``stream(pr)`` is where it is.
+_STREAMS = r"""
+local function stream(pr)
+  if (not pr) or pr == '' or pr == '0' then return KEYS[1] end
+  return KEYS[1] .. ':' .. pr
+end
+local prios = string.sub(KEYS[1], 1, -2) .. 'prios'
+local function enlist(pr)  -- the level has a stream now
+  if pr and pr ~= '' and pr ~= '0' then redis.call('ZADD', prios, pr, pr) end
+end
+-- every level's stream, highest priority first ({pr, key})
+local function levels()
+  local out, zero = {}, false
+  for _, p in ipairs(redis.call('ZREVRANGE', prios, 0, -1)) do
+    if (not zero) and tonumber(p) < 0 then table.insert(out, {'0', KEYS[1]}); zero = true end
+    table.insert(out, {p, KEYS[1] .. ':' .. p})
+  end
+  if not zero then table.insert(out, {'0', KEYS[1]}) end
+  return out
+end
+"""
+
+# Shared by the scripts that take entries: adopt one entry of stream ``sq`` for this hub,
+# or drop a stale one. ARGV: hub, token, count, item-key prefix, now, lease ms (claim only).
+_ADOPT = (
+    _STREAMS
+    + r"""
 local q, dead, logk = KEYS[1], KEYS[2], KEYS[3]
 local hub, tok, prefix, now = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local out = {}
-local function adopt(eid, fields)
+local function adopt(sq, eid, fields)
   local iid = nil
   if fields then
     for i = 1, #fields, 2 do if fields[i] == 'item' then iid = fields[i + 1] end end
   end
-  if not iid then redis.call('XACK', q, 'hubs', eid); return end
+  if not iid then redis.call('XACK', sq, 'hubs', eid); return end
   local k = prefix .. iid
   local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'tok', 'agent', 'att', 'dlv', 'max',
-    'hist')
+    'hist', 'pr')
   local st = h[1]
-  if (not st) or h[2] ~= eid or st == 'completed' or st == 'failed' or st == 'dead'
-      or st == 'cancelled' then
-    redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid); return
+  if (not st) or h[2] ~= eid or stream(h[10]) ~= sq or st == 'completed' or st == 'failed'
+      or st == 'dead' or st == 'cancelled' then
+    redis.call('XACK', sq, 'hubs', eid); redis.call('XDEL', sq, eid); return
   end
   local prev = h[3] or ''
   if prev == hub and h[4] == tok then
@@ -49,7 +77,7 @@ local function adopt(eid, fields)
         ', which lost its lease'
       redis.call('HSET', k, 'st', 'dead', 'hist', enc, 'error', err, 'finished', now,
         'agent', '', 'hub', hub, 'tok', tok)
-      redis.call('XACK', q, 'hubs', eid); redis.call('XDEL', q, eid)
+      redis.call('XACK', sq, 'hubs', eid); redis.call('XDEL', sq, eid)
       local dl = redis.call('XADD', dead, '*', 'item', iid, 'error', err, 'history', enc)
       redis.call('HSET', k, 'dl', dl)
       redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', iid, 'attempt', h[6],
@@ -63,6 +91,7 @@ local function adopt(eid, fields)
 end
 redis.pcall('XGROUP', 'CREATE', q, 'hubs', '0', 'MKSTREAM')
 """
+)
 
 # Delayed items (issue 21): a submit with a not-before time waits in the sorted set
 # ``P:work:{T}:delayed`` (score: Unix ms) instead of the stream; a take first moves the
@@ -77,19 +106,35 @@ if KEYS[4] then
     redis.call('ZREM', KEYS[4], iid)
     local k = prefix .. iid
     if redis.call('HGET', k, 'st') == 'queued' and redis.call('HGET', k, 'entry') == '' then
-      local entry = redis.call('XADD', q, '*', 'item', iid)
+      local pr = redis.call('HGET', k, 'pr')  -- into its priority's stream
+      local entry = redis.call('XADD', stream(pr), '*', 'item', iid)
+      enlist(pr)
       redis.call('HSET', k, 'entry', entry, 'nb', '')
     end
   end
 end
 """
 
+# Read the levels' streams highest priority first (FIFO within one) until ``count``
+# entries were taken; ARGV[6] '>' new entries, '0' this hub's own pending ones. A level
+# whose stream is empty leaves the set (its stream is deleted: nothing is pending there).
 _TAKE = (
     _ADOPT
     + _DUE
     + r"""
-local r = redis.call('XREADGROUP', 'GROUP', 'hubs', hub, 'COUNT', ARGV[3], 'STREAMS', q, ARGV[6])
-if r and r[1] then for _, e in ipairs(r[1][2]) do adopt(e[1], e[2]) end end
+local want = tonumber(ARGV[3])
+for _, lv in ipairs(levels()) do
+  if #out >= want then break end
+  local sq = lv[2]
+  if lv[1] ~= '0' and redis.call('XLEN', sq) == 0 then
+    redis.call('ZREM', prios, lv[1]); redis.call('DEL', sq)
+  elseif redis.call('EXISTS', sq) == 1 then
+    if sq ~= q then redis.pcall('XGROUP', 'CREATE', sq, 'hubs', '0') end
+    local r = redis.call('XREADGROUP', 'GROUP', 'hubs', hub, 'COUNT', want - #out, 'STREAMS',
+      sq, ARGV[6])
+    if r and r[1] then for _, e in ipairs(r[1][2]) do adopt(sq, e[1], e[2]) end end
+  end
+end
 return out
 """
 )
@@ -132,20 +177,26 @@ local alive = KEYS[4]
 local now = tick(alive, lease)
 local resumed = tonumber(redis.call('HGET', alive, 'clock:resumed') or '0')
 if now - resumed < lease then return out end
-local start = '-'
-for _ = 1, 10 do
-  local rows = redis.call('XPENDING', q, 'hubs', 'IDLE', lease, start, '+', budget)
-  for _, row in ipairs(rows) do
-    local eid, owner = row[1], row[2]
-    local beat = tonumber(redis.call('HGET', alive, 'hub:' .. owner) or '0')
-    if owner == hub or now - beat > lease then
-      local got = redis.call('XCLAIM', q, 'hubs', hub, lease, eid)
-      if got[1] then adopt(got[1][1], got[1][2]) else redis.call('XACK', q, 'hubs', eid) end
+for _, lv in ipairs(levels()) do  -- highest priority first
+  local sq, start = lv[2], '-'
+  if sq == q or redis.call('EXISTS', sq) == 1 then
+    redis.pcall('XGROUP', 'CREATE', sq, 'hubs', '0')
+    for _ = 1, 10 do
+      local rows = redis.call('XPENDING', sq, 'hubs', 'IDLE', lease, start, '+', budget)
+      for _, row in ipairs(rows) do
+        local eid, owner = row[1], row[2]
+        local beat = tonumber(redis.call('HGET', alive, 'hub:' .. owner) or '0')
+        if owner == hub or now - beat > lease then
+          local got = redis.call('XCLAIM', sq, 'hubs', hub, lease, eid)
+          if got[1] then adopt(sq, got[1][1], got[1][2])
+          else redis.call('XACK', sq, 'hubs', eid) end
+        end
+        if #out >= budget then return out end
+      end
+      if #rows < budget then break end
+      start = '(' .. rows[#rows][1]
     end
-    if #out >= budget then return out end
   end
-  if #rows < budget then break end
-  start = '(' .. rows[#rows][1]
 end
 return out
 """
@@ -172,12 +223,18 @@ return 0
 """
 
 # KEYS: q, item[, keys, keyage, delayed]. ARGV: id, type, payload, max, source, created[,
-# key, item-hash prefix, now, not-before ms] ('' where not given): with a key, a kept item
-# of the type with that key is answered (its id) and nothing is created; with a not-before
-# time the item waits in the delayed set, not the stream (see _DUE).
-_SUBMIT = r"""
+# key, item-hash prefix, now, not-before ms, time limit s] ('' where not given): with a
+# key, a kept item of the type with that key is answered (its id) and nothing is created;
+# with a not-before time the item waits in the delayed set, not the stream (see _DUE); a
+# time limit is kept in the item's hash (``tl``), applied by whichever hub takes it; a
+# priority (ARGV[12], '' or '0': 0) picks the item's stream (see _STREAMS).
+_SUBMIT = (
+    _STREAMS
+    + r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local key, nb, entry = ARGV[7] or '', ARGV[10] or '', ''
+local pr = ARGV[12] or '0'
+if pr == '' then pr = '0' end
 if key ~= '' then
   -- an idempotency key (issue 21): KEYS[3] the type's key -> id hash, KEYS[4] the sorted
   -- set of its keys by age; ARGV[7] the key, ARGV[8] the item-hash prefix, ARGV[9] now.
@@ -201,21 +258,27 @@ if nb ~= '' then
   -- a not-before time (issue 21): the item waits in the delayed set KEYS[5] (see _DUE)
   redis.call('ZADD', KEYS[5], nb, ARGV[1])
 else
-  entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+  entry = redis.call('XADD', stream(pr), '*', 'item', ARGV[1])
+  enlist(pr)
 end
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
   'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',
-  'agent', '', 'entry', entry, 'hist', '[]', 'nb', nb)
+  'agent', '', 'entry', entry, 'hist', '[]', 'nb', nb, 'pr', pr)
+if (ARGV[11] or '') ~= '' then redis.call('HSET', KEYS[2], 'tl', ARGV[11]) end
 return 1
 """
+)
 
 # KEYS: q, dead, log, item. ARGV: op, hub, token, attempt, now, then per op.
-_FENCED = r"""
-local q, dead, logk, k = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+_FENCED = (
+    _STREAMS
+    + r"""
+local dead, logk, k = KEYS[2], KEYS[3], KEYS[4]
 local op, hub, tok, a, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local h = redis.call('HMGET', k, 'st', 'hub', 'tok', 'att', 'entry', 'id', 'agent')
+local h = redis.call('HMGET', k, 'st', 'hub', 'tok', 'att', 'entry', 'id', 'agent', 'pr')
 local st = h[1]
 if not st then return {0, 'no such item in Redis'} end
+local q = stream(h[8])  -- the item's stream (its priority's)
 if h[2] ~= hub or h[3] ~= tok then
   return {0, 'lease lost: the item is held by hub ' .. (h[2] ~= '' and h[2] or '(none)')}
 end
@@ -261,31 +324,38 @@ elseif op == 'release' then
   if final then return {1, 'finished'} end
   redis.call('XACK', q, 'hubs', h[5]); redis.call('XDEL', q, h[5])
   local entry = redis.call('XADD', q, '*', 'item', h[6])
+  enlist(h[8])
   redis.call('HSET', k, 'st', 'queued', 'hub', '', 'tok', '', 'agent', '', 'entry', entry,
     'dlv', ARGV[6], 'hist', ARGV[7])
   return {1, ''}
 elseif op == 'renew' then
   if st == 'cancelled' then return {0, 'cancelled', h[7] or ''} end
   if final then return {0, 'finished'} end
-  redis.call('XCLAIM', q, 'hubs', hub, 0, h[5], 'JUSTID')
+  redis.pcall('XCLAIM', q, 'hubs', hub, 0, h[5], 'JUSTID')
   return {1, ''}
 end
 return {0, 'unknown op ' .. op}
 """
+)
 
-_RETRY = r"""
+_RETRY = (
+    _STREAMS
+    + r"""
 local k = KEYS[4]
 local st = redis.call('HGET', k, 'st')
 if not st then return {0, 'no such item'} end
 if st ~= 'dead' and st ~= 'failed' then return {0, 'it is ' .. st} end
 local dl = redis.call('HGET', k, 'dl')
 if dl and dl ~= '' then redis.call('XDEL', KEYS[2], dl) end
-local entry = redis.call('XADD', KEYS[1], '*', 'item', ARGV[1])
+local pr = redis.call('HGET', k, 'pr')  -- back of its priority's stream
+local entry = redis.call('XADD', stream(pr), '*', 'item', ARGV[1])
+enlist(pr)
 redis.call('HSET', k, 'st', 'queued', 'dlv', 0, 'error', '', 'hub', '', 'tok', '', 'agent', '',
   'entry', entry, 'finished', '', 'dl', '')
 redis.call('PERSIST', k)
 return {1, ''}
 """
+)
 
 # -- cancel and time limits (issue 21) --
 # Cancel an item whatever hub holds it, at once and atomically: it ends cancelled in the
@@ -294,9 +364,12 @@ return {1, ''}
 # agent; its own later writes for the item are refused (the item has ended).
 # KEYS: q, dead, log, item. ARGV: item id, now, error, seconds kept.
 # Returns {1, hub holding it or ''} or {0, why}.
-_CANCEL = r"""
-local q, logk, k = KEYS[1], KEYS[3], KEYS[4]
-local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'att', 'agent')
+_CANCEL = (
+    _STREAMS
+    + r"""
+local logk, k = KEYS[3], KEYS[4]
+local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'att', 'agent', 'pr')
+local q = stream(h[6])
 local st = h[1]
 if not st then return {0, 'no such item'} end
 if st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled' then
@@ -319,10 +392,38 @@ redis.call('XADD', logk, 'MAXLEN', '~', 100000, '*', 'item', ARGV[1], 'attempt',
 redis.call('EXPIRE', k, ARGV[4])
 return {1, holder}
 """
+)
+
+# Entries no hub has taken yet, over every level's stream: each group's lag (0 when
+# Redis cannot tell, as before), or every entry of a stream no hub has read yet (no
+# group). KEYS: the type's stream of priority 0.
+_LAG = (
+    _STREAMS
+    + r"""
+local n = 0
+for _, lv in ipairs(levels()) do
+  if redis.call('EXISTS', lv[2]) == 1 then
+    local grouped = false
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', lv[2])) do
+      local name, lag = nil, nil
+      for i = 1, #g, 2 do
+        if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then lag = g[i + 1] end
+      end
+      if name == 'hubs' then
+        grouped = true
+        if lag then n = n + tonumber(lag) end
+      end
+    end
+    if not grouped then n = n + redis.call('XLEN', lv[2]) end
+  end
+end
+return n
+"""
+)
 
 _ID_CHARS = string.ascii_lowercase + string.digits
 # Rounds call the scripts by digest (EVALSHA): a few bytes per call instead of the body.
 _SHA = {
     script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY, _BEAT, _HUB, _UNHUB, _CANCEL)
+    for script in (_TAKE, _CLAIM, _SUBMIT, _FENCED, _RETRY, _BEAT, _HUB, _UNHUB, _CANCEL, _LAG)
 }

@@ -28,7 +28,7 @@ from ._admin import persistence_warning
 from ._codec import _item_from, _pairs, _text
 from ._outbox import _Op
 from ._parts import QueueParts
-from ._scripts import _BEAT, _CLAIM, _FENCED, _SHA, _TAKE, GROUP
+from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
 
 _log = logging.getLogger("hubvisor")
 
@@ -402,8 +402,8 @@ class StoreActor:
             q.claim.add_beat(pipe, r.beat)
         for agent_type in r.beats:
             pipe.evalsha(_SHA[_BEAT], 1, q.keys.of(agent_type, "alive"), q.claim.hub_id, lease_ms)
-        for agent_type in r.lag_types:
-            pipe.xinfo_groups(q.keys.of(agent_type, "q"))
+        for agent_type in r.lag_types:  # over every priority's stream
+            pipe.evalsha(_SHA[_LAG], 1, q.keys.of(agent_type, "q"))
         for item in r.checks:
             pipe.hget(q.keys.items(item.agent_type) + item.id, "st")
         for script, agent_type, args in r.reads:
@@ -465,13 +465,7 @@ class StoreActor:
 
     def _note_lag(self, types: list[str], replies: list[Any]) -> None:
         for agent_type, reply in zip(types, replies, strict=True):
-            lag = 0
-            if not isinstance(reply, Exception):  # no stream yet: nothing waits
-                for group in reply:
-                    g = {_text(k): v for k, v in group.items()}
-                    if _text(g.get("name")) == GROUP:
-                        lag = int(g.get("lag") or 0)
-            self.lag[agent_type] = lag
+            self.lag[agent_type] = 0 if isinstance(reply, Exception) else int(reply)
 
 
 def _add_wait(q: QueueParts, pipe: Any, r: _Round) -> bool:

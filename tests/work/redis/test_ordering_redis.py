@@ -1,12 +1,13 @@
-"""Issue 21's ordering on Redis: a delayed item waits in Redis (moved into the stream
-by a take once the server's clock passed its time), on whichever hub submitted it;
-``priority`` is not built yet and is refused with a ControlError naming the option and
-Redis (nothing is queued); retry delays are held by the hub that holds the item."""
+"""Issue 21's ordering on Redis: a delayed item waits in Redis (moved into its
+priority's stream by a take once the server's clock passed its time), on whichever hub
+submitted it; priorities are decided by the take script across hubs (one stream per
+level in use); retry delays are held by the hub that holds the item."""
 
 from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -16,14 +17,15 @@ from supervisor import Hub, ItemStatus, WorkService
 from supervisor._errors import ControlError
 from supervisor.work.redis import RedisWorkQueue
 
-from ...helpers import TIMEOUT
+from ...helpers import TIMEOUT, until
+from ...redis_hubs import record
 from ...redis_server import RedisServer
 from ..test_service import agent
 
 pytestmark = pytest.mark.slow
 
 
-async def test_priority_and_delays_are_refused_on_redis_and_retries_wait_their_delay(
+async def test_bad_delays_are_refused_on_redis_and_retries_wait_their_delay(
     redis_server: RedisServer,
 ) -> None:
     work = WorkService(RedisWorkQueue(redis_server.url), retry_backoff=FixedBackoff(0.3))
@@ -31,7 +33,7 @@ async def test_priority_and_delays_are_refused_on_redis_and_retries_wait_their_d
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.serve)
         for options, option in [
-            ({"priority": 5}, "--priority .* not supported with --redis yet"),
+            ({"priority": 10**7}, "priority"),
             ({"not_before": "2099-01-01T00:00:00Z"}, "more than a year ahead"),
         ]:
             with pytest.raises(ControlError, match=option):
@@ -78,3 +80,68 @@ async def test_a_delayed_item_waits_in_redis_until_its_time_on_any_hub(
         assert done.not_before is None
         await doer.stop()
         await other.stop()
+
+
+def _expected(items: list[tuple[str, int]]) -> list[str]:
+    """Ids in the order a take must give them: higher priority first, FIFO within one."""
+    order = sorted(range(len(items)), key=lambda n: (-items[n][1], n))
+    return [items[n][0] for n in order]
+
+
+def _is_subsequence(part: list[str], whole: list[str]) -> bool:
+    rest = iter(whole)
+    return all(x in rest for x in part)
+
+
+async def test_priorities_are_taken_highest_first_across_hubs(
+    redis_server: RedisServer, client: Any
+) -> None:
+    """B (no agents of w) submits items of mixed priorities (one delayed, due before any
+    hub takes); then A and C, one agent each, take them from Redis. Each take script
+    gives the highest priority first, FIFO within one: so each hub's sequence (one agent
+    does one item after another) is in the order of the whole, every item done once, and
+    each level's stream is gone once empty (the set of levels too)."""
+    b = Hub(
+        [agent("q1", agent_type="other")],
+        work=WorkService(RedisWorkQueue(redis_server.url)),
+        hub_id="B",
+    )
+    prios = [0, 5, 0, -3, 5, 10, 0, -3, 10, 1, 0, 5]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.serve)
+        late = b.work.submit("w", {"n": 99}, priority=7, delay=0.3)
+        submitted = [(late.id, 7)]
+        for n, p in enumerate(prios):
+            submitted.append((b.work.submit("w", {"n": n}, priority=p).id, p))
+        with trio.fail_after(TIMEOUT):
+            for item_id, _ in submitted:
+                assert await b.work.stored(item_id)
+        assert 5 == (await b.work.fetch(submitted[2][0])).priority  # in its hash (`pr`)
+        assert "5" == client.hget(f"hubvisor:work:{{w}}:item:{submitted[2][0]}", "pr")
+        assert {"10", "5", "1", "-3"} == set(client.zrange("hubvisor:work:{w}:prios", 0, -1))
+        assert 2 == client.xlen("hubvisor:work:{w}:q:10")
+        with trio.fail_after(TIMEOUT):  # the delayed one is due (by the server's clock)
+            while client.time()[0] * 1000 + client.time()[1] // 1000 < late.not_before * 1000:
+                await trio.sleep(0.05)
+        cluster = await b.work.queue.cluster()
+        assert 12 == cluster["queues"]["w"]["waiting"]  # the delayed one is not counted yet
+        hubs = [
+            Hub([agent(f"{h}1")], work=WorkService(RedisWorkQueue(redis_server.url)), hub_id=h)
+            for h in ("A", "C")
+        ]
+        for hub in hubs:
+            await nursery.start(hub.serve)
+        with trio.fail_after(TIMEOUT):
+            for item_id, _ in submitted:
+                assert (await b.work.wait(item_id)).status is ItemStatus.COMPLETED
+        rows = record(client)
+        assert sorted(i for i, _ in submitted) == sorted(r["item"] for r in rows)  # once each
+        whole = _expected(submitted)
+        for h in ("A", "C"):
+            mine = [r["item"] for r in rows if r["hub"] == h]
+            assert _is_subsequence(mine, whole), (h, mine, whole)
+        # emptied levels leave the set (at the next take of a hub with an idle agent)
+        await until(lambda: not client.exists("hubvisor:work:{w}:prios"))
+        assert [] == client.keys("hubvisor:work:{w}:q:*")
+        for hub in (*hubs, b):
+            await hub.stop()

@@ -55,6 +55,7 @@ from hypothesis.stateful import invariant, precondition, rule, run_state_machine
 from supervisor import ItemStatus, WorkItem
 from supervisor._errors import ControlError, ServiceFailed
 from supervisor.work.redis import RedisWorkQueue
+from supervisor.work.redis._admin import streams
 from supervisor.work.redis._codec import _item_from
 from supervisor.work.redis._store import _Clock
 
@@ -194,6 +195,7 @@ class RedisQueueMachine(WorkQueueMachine):
         self.pending: set[str] = set()  # submitted, not written yet
         self.adopted: set[str] = set()  # read back from Redis since their last assignment
         self.entry: dict[str, int] = {}  # item -> order of its stream entry
+        self.prio: dict[str, int] = {}  # item -> its priority (issue 21)
         self.unwritten: list[str] = []  # items whose entry the next round adds, in order
         self.entries = itertools.count(1)
         self.recovering: dict[str, int] | None = None  # a new incarnation's first round
@@ -222,6 +224,8 @@ class RedisQueueMachine(WorkQueueMachine):
         (its actor's demand), and Redis's record must agree with the model."""
         idle = self.host.idle_counts()
         before = dict(self.local_n)
+        for t in TYPES:
+            self.line_up(t)
         store_round(self.rq)
         self.pending.clear()
         for item_id in self.unwritten:
@@ -238,7 +242,9 @@ class RedisQueueMachine(WorkQueueMachine):
             taken = line[self.local_n[t] : self.local_n[t] + k]
             self.here.update(taken)
             self.adopted.update(taken)
-            self.local_n[t] += k
+            del line[self.local_n[t] : self.local_n[t] + k]
+            for item_id in taken:  # held here: at the back of its priority's lane
+                self.hold(t, item_id, front=False)
         self.recovering = None
         assert self.host.dead == self.dead_at_restart, "items dead-lettered at restart"
         self.dead_at_restart, self.host.dead = [], []
@@ -249,6 +255,36 @@ class RedisQueueMachine(WorkQueueMachine):
         """What Redis has now: what a hub killed before its next round leaves."""
         self.written = copy.deepcopy({name: getattr(self, name) for name in SAVED})
         self.written["holding"] = {name: a.holding for name, a in self.agents.items()}
+
+    def line_up(self, t: str) -> None:
+        """Order what waits in Redis as the take script reads it: highest priority first
+        (one stream per level), in the order of entries within one (those not written
+        yet get theirs at the next round, in order)."""
+        # (a new incarnation's first round reads back the items it held first)
+        n = self.local_n[t] + (self.recovering or {}).get(t, 0)
+        line = self.queues[t]
+
+        def order(item_id: str) -> tuple[int, int, int]:
+            if item_id in self.unwritten:
+                return (-self.prio.get(item_id, 0), 1, self.unwritten.index(item_id))
+            return (-self.prio.get(item_id, 0), 0, self.entry[item_id])
+
+        self.queues[t] = line[:n] + sorted(line[n:], key=order)
+
+    def hold(self, t: str, item_id: str, *, front: bool) -> None:
+        """The hub holds ``item_id`` (queued here): in its local queue's lane of its
+        priority, at the front (a requeue) or the back (taken from Redis)."""
+        line, n, p = self.queues[t], self.local_n[t], self.prio.get(item_id, 0)
+        at = next(
+            (
+                k
+                for k in range(n)
+                if (self.prio.get(line[k], 0) <= p if front else self.prio.get(line[k], 0) < p)
+            ),
+            n,
+        )
+        line.insert(at, item_id)
+        self.local_n[t] += 1
 
     @rule()
     def round(self) -> None:
@@ -267,25 +303,41 @@ class RedisQueueMachine(WorkQueueMachine):
             t = self.items[item_id].agent_type
             pipe.hgetall(key(t, f"item:{item_id}"))
             pipe.ttl(key(t, f"item:{item_id}"))
+        levels = {t: streams(self.client, "hubvisor", t) for t in TYPES}
         for t in TYPES:
-            pipe.xrange(key(t, "q"))
-            pipe.xpending_range(key(t, "q"), "hubs", "-", "+", 1000)
+            for sk in levels[t]:  # one stream per priority in use, highest first
+                pipe.xrange(sk)
+                pipe.xpending_range(sk, "hubs", "-", "+", 1000)
             pipe.xrange(key(t, "log"))
             pipe.xrange(key(t, "dead"))
-        replies = iter(pipe.execute())
+        # a level's stream has no group until a take read it: nothing pending there
+        replies = iter(
+            [] if isinstance(r, redis.ResponseError) and "NOGROUP" in str(r) else r
+            for r in pipe.execute(raise_on_error=False)
+        )
         entry_of: dict[str, str] = {}
         for item_id in ids:
             h, ttl = next(replies), next(replies)
             self.check_hash(self.items[item_id], h, ttl)
             entry_of[item_id] = h.get("entry", "")
         for t in TYPES:
-            stream, pel, log, dead = (next(replies) for _ in range(4))
+            # (entry ids are per stream: two levels' streams may both have one id)
+            stream: list[tuple[tuple[str, str], dict[str, str]]] = []
+            pel: list[dict[str, Any]] = []
+            for sk in levels[t]:
+                entries, pending_here = next(replies), next(replies)
+                level = int(sk.rsplit(":", 1)[1]) if sk != key(t, "q") else 0
+                for _eid, fields in entries:
+                    assert self.prio[fields["item"]] == level, "an entry in its priority's stream"
+                stream += [((sk, eid), fields) for eid, fields in entries]
+                pel += [{**p, "message_id": (sk, p["message_id"])} for p in pending_here]
+            log, dead = next(replies), next(replies)
             in_stream = [fields["item"] for _eid, fields in stream]
             live = {
                 m.id for m in self.items.values() if m.agent_type == t and m.status not in FINAL
             }
             assert sorted(in_stream) == sorted(live), "one entry per live item, no other"
-            for eid, fields in stream:
+            for (_sk, eid), fields in stream:
                 assert entry_of[fields["item"]] == eid, "the item's hash names its entry"
             pending = {p["message_id"] for p in pel}
             assert {p["consumer"] for p in pel} <= {HUB}
@@ -293,8 +345,9 @@ class RedisQueueMachine(WorkQueueMachine):
             want = {i for i in self.here if self.items[i].agent_type == t and i in live}
             assert sorted(held) == sorted(want), "the entries pending on the hub: what it holds"
             waiting = [f["item"] for eid, f in stream if eid not in pending]
-            # Redis: what waits in the stream is taken in the order of its entries
-            assert waiting == self.queues[t][self.local_n[t] :], "the line in the stream"
+            # Redis: what waits in the streams is taken highest priority first, in the
+            # order of entries within one (priorities respected among ready items)
+            assert waiting == self.queues[t][self.local_n[t] :], "the line in the streams"
             rows = [
                 (f["item"], int(f["attempt"]), f["hub"], f["agent"], f["outcome"]) for _, f in log
             ]
@@ -312,6 +365,7 @@ class RedisQueueMachine(WorkQueueMachine):
         else:
             status = STATUS[m.status]
         assert h["st"] == status, m.id
+        assert int(h.get("pr") or 0) == self.prio[m.id], f"{m.id}: its priority"
         assert (int(h["att"]), int(h["dlv"]), int(h["max"])) == (
             m.attempt,
             m.deliveries,
@@ -343,6 +397,7 @@ class RedisQueueMachine(WorkQueueMachine):
         ), m.id
         assert shown.agent == m.agent, f"{m.id}: shown with agent {shown.agent!r}"
         assert (shown.payload, shown.checkpoint) == (m.payload, m.checkpoint)
+        assert shown.priority == self.prio[m.id]
         if m.status is COMPLETED:
             assert shown.result == m.result
         if m.status in (FAILED, DEAD):
@@ -359,8 +414,9 @@ class RedisQueueMachine(WorkQueueMachine):
     # what differs from memory ----------------------------------------------------------
 
     def requeue_front(self, m: ModelItem) -> None:
-        super().requeue_front(m)  # a failure with retry, or a reclaim: still held here
-        self.local_n[m.agent_type] += 1
+        # a failure with retry, or a reclaim: still held here, at the front of its lane
+        m.status = QUEUED
+        self.hold(m.agent_type, m.id, front=True)
 
     def finish(self, m: ModelItem, status: ItemStatus, now: float) -> None:
         super().finish(m, status, now)
@@ -420,12 +476,20 @@ class RedisQueueMachine(WorkQueueMachine):
         agent_type=st.sampled_from(TYPES),
         max_deliveries=st.integers(1, 4),
         n=st.integers(0, 9),
+        priority=st.sampled_from([0, 0, 1, 2, -1]),
     )
-    def submit(self, agent_type: str, max_deliveries: int, n: int) -> None:
+    def submit(self, agent_type: str, max_deliveries: int, n: int, priority: int = 0) -> None:
         payload = {"n": n, "seq": next(self.tokens)}
         item = self.q.submit(
-            agent_type, payload, max_deliveries=max_deliveries, source="test", now=self.tick()
+            agent_type,
+            payload,
+            max_deliveries=max_deliveries,
+            source="test",
+            now=self.tick(),
+            priority=priority,
         )
+        assert item.priority == priority
+        self.prio[item.id] = priority
         assert item.id not in self.items, f"id {item.id} reused"
         assert item.id.startswith(f"{agent_type}-")  # Redis: <type>-<boot><n>
         assert (item.status, item.attempt, item.deliveries, item.agent) == (QUEUED, 0, 0, None)
@@ -617,9 +681,13 @@ class RedisQueueMachine(WorkQueueMachine):
         # the model: what the old incarnation held comes back, in the order of its entries
         now = self.tick()
         held: dict[str, list[str]] = {t: self.queues[t][: self.local_n[t]] for t in TYPES}
+
+        def read_back(item_id: str) -> tuple[int, int]:  # highest priority first
+            return (-self.prio[item_id], self.entry[item_id])
+
         running = sorted(
             (a for a in self.agents.values() if a.holding is not None),
-            key=lambda a: self.entry[a.holding or ""],
+            key=lambda a: read_back(a.holding or ""),
         )
         for a in self.agents.values():
             a.incarnation += 1
@@ -636,9 +704,9 @@ class RedisQueueMachine(WorkQueueMachine):
                 m.status = QUEUED
                 held[m.agent_type].append(m.id)
         # reported as the first round reads them: type by type, in the order of entries
-        self.dead_at_restart.sort(key=lambda i: (self.items[i].agent_type, self.entry[i]))
+        self.dead_at_restart.sort(key=lambda i: (self.items[i].agent_type, read_back(i)))
         for t in TYPES:
-            mine = sorted(held[t], key=self.entry.__getitem__)
+            mine = sorted(held[t], key=read_back)
             self.queues[t] = mine + self.queues[t][self.local_n[t] :]
             self.local_n[t] = 0
         self.recovering = {t: len(held[t]) for t in TYPES}
@@ -730,6 +798,7 @@ class RedisQueueMachine(WorkQueueMachine):
             assert item.attempt == m.attempt == len(m.holders), "attempt = assignments"
             assert item.deliveries == m.deliveries, m.id
             assert item.max_deliveries == m.max_deliveries
+            assert item.priority == self.prio[item_id]
             assert item.agent == m.agent
             assert item.payload == m.payload
             assert item.checkpoint == m.checkpoint

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 )
 
 from supervisor.work.redis import enqueue
-from supervisor.work.redis._scripts import _CLAIM, _FENCED, _RETRY, _TAKE
+from supervisor.work.redis._scripts import _CANCEL, _CLAIM, _FENCED, _LAG, _RETRY, _SUBMIT, _TAKE
 
 from ...redis_server import RedisServer
 
@@ -280,5 +280,71 @@ def test_a_dead_letter_keeps_its_history(server: RedisServer) -> None:
         assert "H1 lost its lease" in fields["error"] or "H1" in fields["error"]
         assert client.hget(ITEM + item_id, "st") == "dead"
         assert client.xlen(Q) == 0
+    finally:
+        client.close()
+
+
+def _submit(client: Any, item_id: str, priority: int, max_deliveries: int = 3) -> None:
+    """The submit script as a hub sends it with a priority (ARGV[12])."""
+    keys = (Q, ITEM + item_id, f"p:work:{{{T}}}:keys", f"p:work:{{{T}}}:keyage", DELAYED)
+    args = (item_id, T, "{}", max_deliveries, "t", time.time(), "", ITEM, time.time(), "", "")
+    client.eval(_SUBMIT, len(keys), *keys, *args, priority)
+
+
+DELAYED = f"p:work:{{{T}}}:delayed"
+PRIOS = f"p:work:{{{T}}}:prios"
+
+
+def test_every_script_finds_an_item_in_its_prioritys_stream(server: RedisServer) -> None:
+    """Priorities (issue 21): an item's entry lives in its level's stream
+    (``...:q:<p>``; 0 in ``...:q``). A take reads the highest level first; a hub that
+    died holding one has it claimed from that stream; a release, a retry and a cancel
+    act on that stream too; the lag counts every level; an emptied level leaves the set
+    at the next take."""
+    client = server.client()
+    try:
+        client.flushall()
+        _submit(client, "w-low", -2)
+        _submit(client, "w-zero", 0)
+        _submit(client, "w-high", 7, max_deliveries=1)
+        _submit(client, "w-high2", 7)
+        assert ["7", "-2"] == client.zrevrange(PRIOS, 0, -1)
+        assert (1, 2, 1) == tuple(client.xlen(k) for k in (Q, Q + ":7", Q + ":-2"))
+        assert 4 == client.eval(_LAG, 1, Q)  # before any group: every entry waits
+        take = (Q, DEAD, LOG, DELAYED)
+
+        def took(hub: str, tok: str, n: int) -> list[str]:
+            got = client.eval(_TAKE, 4, *take, hub, tok, n, ITEM, time.time(), ">")
+            return [dict(zip(f[::2], f[1::2], strict=True))["id"] for _, f, _ in got]
+
+        assert ["w-high"] == took("H1", "t1", 1)
+        assert 3 == client.eval(_LAG, 1, Q)
+        start = ("start", "H1", "t1", 1, 0, 1, "a")
+        assert 1 == client.eval(_FENCED, 4, Q, DEAD, LOG, ITEM + "w-high", *start)[0]
+        # H1 dies holding it: H2 claims it from the level-7 stream (its one delivery spent)
+        claimed = client.eval(_CLAIM, 4, Q, DEAD, LOG, ALIVE, "H2", "t2", 10, ITEM, time.time(), 0)
+        assert [("dead", "H1")] == [(kind, prev) for kind, _, prev in claimed]
+        assert 0 == len(client.xpending_range(Q + ":7", "hubs", "-", "+", 10))
+        assert ["w-high2", "w-zero"] == took("H2", "t2", 2)
+        # a release puts it back at the end of its own level's stream
+        release = ("release", "H2", "t2", 0, time.time(), 0, "[]")
+        assert 1 == client.eval(_FENCED, 4, Q, DEAD, LOG, ITEM + "w-high2", *release)[0]
+        assert ["w-high2"] == [f["item"] for _, f in client.xrange(Q + ":7")]
+        # a cancel acks and deletes the entry in its level's stream
+        assert (
+            1 == client.eval(_CANCEL, 4, Q, DEAD, LOG, ITEM + "w-high2", "w-high2", 0, "x", 60)[0]
+        )
+        assert 0 == client.xlen(Q + ":7")
+        # a retry of the dead one queues it again in its level's stream, first in line
+        assert 1 == client.eval(_RETRY, 4, Q, DEAD, LOG, ITEM + "w-high", "w-high")[0]
+        assert "7" in client.zrange(PRIOS, 0, -1)
+        assert ["w-high", "w-low"] == took("H2", "t2", 5)
+        fin = ("finish", "H2", "t2", 1, time.time(), "completed", 1, "[]", "1", "", "a", 60)
+        assert 1 == client.eval(_FENCED, 4, Q, DEAD, LOG, ITEM + "w-high", *fin)[0]
+        assert 0 == client.xlen(Q + ":7")
+        assert [] == took("H2", "t2", 1)
+        assert ["-2"] == client.zrevrange(PRIOS, 0, -1)  # level 7 was empty: it left
+        assert not client.exists(Q + ":7")
+        assert 0 == client.eval(_LAG, 1, Q)
     finally:
         client.close()
