@@ -75,11 +75,29 @@ _log = logging.getLogger("hubvisor")
 
 
 class _Counters(ActorCounters):
-    """What the store's actor and held writes count, read on the queue (tests, metrics),
-    and the kept items by key this hub knows (issue 21)."""
+    """What the store's actor, its claim and held writes count, read on the queue
+    (tests, metrics), and the kept items by key this hub knows (issue 21)."""
 
     _actor: StoreActor
     writes: Outbox
+    claim: HubClaim
+
+    # What the store's actor keeps, read here.
+
+    @property
+    def hub_id(self) -> str:
+        """The hub's id (its consumer name in Redis)."""
+        return self.claim.hub_id
+
+    @property
+    def token(self) -> str:
+        """This incarnation's fence: entries are leased to (hub id, token)."""
+        return self.claim.token
+
+    @property
+    def conflict(self) -> ServiceFailed | None:
+        """Set when another live hub holds this hub's id: the store stops."""
+        return self.claim.conflict
 
     def items(self) -> Iterable[WorkItem]:
         raise NotImplementedError
@@ -179,23 +197,6 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         heartbeat round (``None`` before one was answered)."""
         self._actor = StoreActor(self)
         self._queries = Queries(self)
-
-    # What the store's actor keeps, read here.
-
-    @property
-    def hub_id(self) -> str:
-        """The hub's id (its consumer name in Redis)."""
-        return self.claim.hub_id
-
-    @property
-    def token(self) -> str:
-        """This incarnation's fence: entries are leased to (hub id, token)."""
-        return self.claim.token
-
-    @property
-    def conflict(self) -> ServiceFailed | None:
-        """Set when another live hub holds this hub's id: the store stops."""
-        return self.claim.conflict
 
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
