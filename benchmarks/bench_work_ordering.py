@@ -1,5 +1,5 @@
-"""Work dispatch with priorities and delays in use (issue 21), beside the plain queue in
-the same run.
+"""Work dispatch with priorities, delays and keys in use (issue 21), beside the plain
+queue in the same run.
 
 Usage: python benchmarks/bench_work_ordering.py [--agents 100] [--items 20000]
 [--latency 500] [--delayed 10000]
@@ -7,11 +7,12 @@ Usage: python benchmarks/bench_work_ordering.py [--agents 100] [--items 20000]
 * Latency: one idle agent; submit an item and time it to the agent's receipt (as
   bench_work.py). Plain: priority 0, no delays. Ordered: the same, with ``--delayed``
   items of the same type waiting an hour (the heap dispatch checks) and each item of a
-  random priority from -5 to 5.
+  random priority from -5 to 5, submitted with an idempotency key of its own.
 * Throughput: ``--agents`` no-op agents; submit ``--items`` at once and wait for the last
   completion. Plain, then ordered: random priorities -5..5 and ``--delayed`` items
   waiting an hour, plus a tenth of the items with a 0.2 s delay (they go through the
-  delayed heap and the dispatch timer).
+  delayed heap and the dispatch timer), each with an idempotency key of its own (the key
+  index looked up and kept).
 
 The ratio ordered/plain is printed for each (1.0: no cost).
 """
@@ -54,10 +55,11 @@ async def latency(samples: int, delayed: int, ordered: bool) -> list[float]:
         if ordered:
             for _ in range(delayed):
                 hub.work.submit("noop", {}, delay=3600)
-        for _ in range(samples):
+        for n in range(samples):
             priority = rng.randint(-5, 5) if ordered else 0
+            key = {"key": f"lat-{n}"} if ordered else {}
             t0 = time.monotonic()
-            item = hub.work.submit("noop", {}, priority=priority)
+            item = hub.work.submit("noop", {}, priority=priority, **key)
             while hub.work.get(item.id).status != "completed":
                 await trio.sleep(0)
             lat.append(float(hub.work.get(item.id).result) - t0)
@@ -79,7 +81,8 @@ async def throughput(agents: int, items: int, delayed: int, ordered: bool) -> fl
         for n in range(items):
             if ordered:
                 delay = 0.2 if n % 10 == 0 else None
-                hub.work.submit("noop", {}, priority=rng.randint(-5, 5), delay=delay)
+                priority = rng.randint(-5, 5)
+                hub.work.submit("noop", {}, priority=priority, delay=delay, key=f"t-{n}")
             else:
                 hub.work.submit("noop", {})
         done = 0
