@@ -110,7 +110,7 @@ async def main() -> None:
     print(f"dispatch latency, submit -> agent receipt ({args.latency} samples)")
     print(f"  plain queue           : p50 {_p(plain, 0.5):.3f} ms  p99 {_p(plain, 0.99):.3f} ms")
     print(
-        f"  priorities + {args.delayed} delayed: p50 {_p(ordered, 0.5):.3f} ms  "
+        f"  priorities + keys + {args.delayed} delayed: p50 {_p(ordered, 0.5):.3f} ms  "
         f"p99 {_p(ordered, 0.99):.3f} ms  ({ratio_lat:.2f}x plain)"
     )
     rate_plain = await throughput(args.agents, args.items, args.delayed, ordered=False)
@@ -118,7 +118,7 @@ async def main() -> None:
     print(f"throughput, {args.items} no-op items through {args.agents} agents")
     print(f"  plain queue           : {rate_plain:,.0f} items/s")
     print(
-        f"  priorities + delays   : {rate_ordered:,.0f} items/s "
+        f"  priorities + delays + keys: {rate_ordered:,.0f} items/s "
         f"({rate_ordered / rate_plain:.2f}x plain)"
     )
     print(
