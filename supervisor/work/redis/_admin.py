@@ -29,13 +29,13 @@ def enqueue(
     boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
     q = _type_key(prefix, agent_type, "q")
     ids = []
-    pipe = client.pipeline(transaction=False)
+    pipe: Any = client.pipeline(transaction=False)  # EVAL by command: Cluster pipelines too
     for n, payload in enumerate(payloads, 1):
         item_id = f"{agent_type}-{boot}{n}"
         ids.append(item_id)
         key = _type_key(prefix, agent_type, f"item:{item_id}")
         args = (item_id, agent_type, _dumps(payload), max_deliveries, source, time.time())
-        pipe.eval(_SUBMIT, 2, q, key, *args)
+        pipe.execute_command("EVAL", _SUBMIT, 2, q, key, *args)
     pipe.sadd(f"{prefix}:work:types", agent_type)
     pipe.execute()
     return ids
