@@ -51,10 +51,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    # the hosts as written (several, comma-separated, in a redis+sentinel:// URL)
+    netloc = f"{user}:***@{parts.netloc.rpartition('@')[2]}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -87,6 +85,13 @@ def make_client(
     Raises:
         error: the URL is bad (the message shows it without its password).
     """
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):  # a Redis Cluster
+        from ._redis_cluster import cluster_client
+
+        return cluster_client(
+            url, timeout=timeout, connections=connections, client_name=client_name,
+            error=error, **options,
+        )  # fmt: skip
     import redis  # here, not at the top: a hub without --redis never pays its import
     from redis.backoff import NoBackoff
     from redis.retry import Retry
