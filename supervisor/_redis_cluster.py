@@ -276,3 +276,39 @@ def fold_cluster_option(options: dict[str, Any]) -> None:
         if options.get("redis") is not None:
             raise click.UsageError("--redis-cluster and --redis name two Redis: give one")
         options["redis"] = url
+
+
+# --- what ``status --cluster`` shows of a Cluster ---
+
+
+def topology(client: Any, types: list[str]) -> dict[str, Any] | None:
+    """The Cluster's nodes as one of them reports them (address, role, master, slots,
+    state) and each type's slot and master; None when ``client`` is no Cluster's."""
+    if not is_cluster(client):
+        return None
+    from redis.crc import key_slot
+
+    nodes = client.cluster_nodes()
+    by_id = {n["node_id"]: addr for addr, n in nodes.items()}
+    shown: list[dict[str, Any]] = []
+    owner: list[tuple[int, int, str]] = []
+    for addr, n in sorted(nodes.items()):
+        flags = set(str(n["flags"]).split(","))
+        master = "master" in flags
+        ranges = [(int(r[0]), int(r[-1])) for r in n.get("slots") or [] if str(r[0]).isdigit()]
+        owner += [(lo, hi, addr) for lo, hi in ranges] if master else []
+        shown.append(
+            {
+                "address": addr,
+                "role": "master" if master else "replica",
+                "master": None if master else by_id.get(n.get("master_id")),
+                "slots": ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in ranges),
+                "state": "fail" if flags & {"fail", "fail?"} or not n.get("connected") else "ok",
+            }
+        )
+    where = {}
+    for agent_type in types:
+        slot = key_slot(agent_type.encode())
+        serves = next((a for lo, hi, a in owner if lo <= slot <= hi), None)
+        where[agent_type] = {"slot": slot, "master": serves}
+    return {"nodes": shown, "types": where}

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from ..._redis_cluster import topology
 from ._codec import _decode_map, _dumps, _hub_key, _text, _type_key
 from ._scripts import _ID_CHARS, _SUBMIT, GROUP
 
@@ -84,7 +85,11 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
                 "holding": pending.get(hub_id, {}),
             }
         )
-    return {"prefix": prefix, "hubs": hubs, "queues": queues}
+    status = {"prefix": prefix, "hubs": hubs, "queues": queues}
+    redis_nodes = topology(client, types)  # on a Redis Cluster: its nodes, types' masters
+    if redis_nodes is not None:
+        status["redis"] = redis_nodes
+    return status
 
 
 def persistence_warning(client: redis.Redis) -> str | None:

@@ -4,12 +4,15 @@ cannot do (a database other than 0) refused by name."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
 from supervisor import ConfigError
 from supervisor._redis_cluster import cluster_seeds, cluster_url
@@ -18,7 +21,7 @@ from supervisor._registry_redis import RedisMirror
 
 from ... import raw_agent
 from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
-from ...redis_hubs import HubProc, wait_for
+from ...redis_hubs import HUBVISOR, HubProc, wait_for
 
 __all__ = ["redis_cluster"]
 
@@ -139,3 +142,43 @@ def test_two_hubs_share_work_of_types_on_different_masters(
     assert {r["hub"] for t in types for r in log_of(cluster_client, prefix, t)} == {"A", "B"}
     for hub in (a, b):
         assert "Traceback" not in hub.log.read_text(), hub.log.read_text()[-3000:]
+
+
+def test_status_cluster_shows_the_nodes_and_the_master_of_each_type(
+    redis_cluster: RedisClusterProcs, tmp_path: Path
+) -> None:
+    types = types_on_masters(redis_cluster, 3, stem="topo")
+    args = ("--redis-cluster", redis_cluster.seeds, "--redis-prefix", "topo")
+    hub = HubProc(tmp_path, "T", None, spec=spec(types), args=args)
+    try:
+        hub.start()
+        wait_for(
+            lambda: set(hub.call("status", cluster=True)["cluster"]["queues"]) == set(types),
+            30,
+            "the hub to announce its types",
+        )
+        topo = hub.call("status", cluster=True)["cluster"]["redis"]
+        shown = subprocess.run(
+            [HUBVISOR, "status", "--cluster", "--socket", str(hub.socket)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "COLUMNS": "160"},
+        )
+    finally:
+        hub.stop()
+    nodes = {n["address"]: n for n in topo["nodes"]}
+    assert set(nodes) == {f"127.0.0.1:{n.port}" for n in redis_cluster.nodes}
+    masters = {a for a, n in nodes.items() if n["role"] == "master"}
+    assert len(masters) == 3 and all(n["state"] == "ok" for n in nodes.values())
+    assert {n["master"] for n in nodes.values() if n["role"] == "replica"} == masters
+    assert sorted(nodes[m]["slots"] for m in masters) == ["0-5460", "10923-16383", "5461-10922"]
+    for t in types:
+        where = topo["types"][t]
+        assert where["slot"] == key_slot(t.encode())
+        assert where["master"] == f"127.0.0.1:{redis_cluster.master_of(where['slot']).port}"
+    assert len({topo["types"][t]["master"] for t in types}) == 3
+    assert shown.returncode == 0, shown.stderr
+    assert "Redis Cluster nodes" in shown.stdout and "replica" in shown.stdout
+    for t in types:
+        assert t in shown.stdout
