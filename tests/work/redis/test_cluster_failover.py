@@ -113,3 +113,63 @@ def test_sigkill_of_a_busy_types_master_loses_nothing_and_stops_no_agent(
     assert set(counts) == set(ids), set(ids) - set(counts)
     assert set(counts.values()) == {1}, {i: n for i, n in counts.items() if n > 1}
     assert {r["outcome"] for r in rows} == {"completed"}
+
+
+def type_on_a_replicated_master(redis_cluster: RedisClusterProcs, stem: str) -> str:
+    """The first ``stem<n>`` type whose slot's master has a live replica (after an earlier
+    failover one master has none)."""
+    with redis_cluster.client() as c:
+        nodes = c.cluster_nodes()
+    replicated = {
+        n["master_id"] for n in nodes.values() if "slave" in n["flags"] and "fail" not in n["flags"]
+    }
+    masters = {
+        int(addr.rsplit(":", 1)[1]) for addr, n in nodes.items() if n["node_id"] in replicated
+    }
+    n = 0
+    while redis_cluster.master_of(key_slot(f"{stem}{n}".encode())).port not in masters:
+        n += 1
+    return f"{stem}{n}"
+
+
+def test_a_hub_sigkilled_during_a_failover_loses_no_acknowledged_item(
+    redis_cluster: RedisClusterProcs, tmp_path: Path
+) -> None:
+    busy = type_on_a_replicated_master(redis_cluster, "hk")
+    args = ("--redis-cluster", redis_cluster.seeds, "--redis-prefix", PREFIX, "--lease", "8")
+    a, b = (HubProc(tmp_path, h, None, spec=spec([busy]), args=args) for h in ("A", "B"))
+    acknowledged: list[str] = []
+    try:
+        a.start()
+        b.start()
+        pids = sorted(b.agent_pids())
+        for n in range(30):
+            reply = (a, b)[n % 2].call("submit", type=busy, payload={"n": n, "sleep": 0.3})
+            assert reply["stored"], reply
+            acknowledged.append(reply["id"])
+        wait_for(
+            lambda: {r["hub"] for r in done(redis_cluster, busy) or []} == {"A", "B"},
+            60,
+            "work to flow through both hubs",
+        )
+        master = redis_cluster.master_of(key_slot(busy.encode()))
+        with master.client() as m:
+            assert m.execute_command("WAIT", 1, 5000) == 1
+        master.kill()
+        a.kill()  # a hub dies while the slot has no master: B takes its work after
+        wait_for(
+            lambda: {r["item"] for r in done(redis_cluster, busy) or []} >= set(acknowledged),
+            120,
+            "every acknowledged item to complete",
+        )
+        assert b.proc is not None and b.proc.poll() is None
+        assert sorted(b.agent_pids()) == pids, "an agent of B was restarted"
+    finally:
+        a.stop()
+        b.stop()
+    rows = done(redis_cluster, busy)
+    assert rows is not None
+    counts = Counter(r["item"] for r in rows)
+    assert set(counts) == set(acknowledged), set(acknowledged) - set(counts)
+    assert set(counts.values()) == {1}, {i: n for i, n in counts.items() if n > 1}
+    assert {r["hub"] for r in rows} == {"A", "B"}

@@ -182,3 +182,15 @@ def test_status_cluster_shows_the_nodes_and_the_master_of_each_type(
     assert "Redis Cluster nodes" in shown.stdout and "replica" in shown.stdout
     for t in types:
         assert t in shown.stdout
+
+
+def test_the_cli_option_is_checked_and_names_one_redis() -> None:
+    from click.testing import CliRunner
+
+    from supervisor._cli import main
+
+    bad = CliRunner().invoke(main, ["run", "x.py", "--redis-cluster", "h:7000/3"])
+    assert bad.exit_code == 2 and "database 0 only" in bad.output
+    both = ["run", "x.py", "--redis-cluster", "h:7000", "--redis", "redis://h"]
+    twice = CliRunner().invoke(main, both)
+    assert twice.exit_code == 2 and "give one" in twice.output
