@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ._errors import ConfigError, ControlError, InvalidSpec, MaxAgentsExceeded
+from ._redis_cluster import cluster_option, fold_cluster_option
 from .control.client import (
     ControlClientError,
     NoHubRunning,
@@ -169,6 +170,7 @@ _common = [
         "and mirror the agent registry there (redis://[:password@]host[:port][/db] or "
         "rediss:// for TLS; also $HUBVISOR_REDIS_URL, which keeps the password out of ps).",
     ),
+    cluster_option(),  # --redis-cluster SEEDS: --redis redis+cluster://SEEDS
     click.option(
         "--work",
         type=click.Choice(["sqlite", "memory"]),
@@ -312,6 +314,7 @@ def main() -> None:
 @_with_common
 def run(spec: str, **options: Any) -> None:
     """Run the supervision tree SPEC (path/to/file.py[:attr] or module[:attr])."""
+    fold_cluster_option(options)
     _setup_logging(options)
     _run_or_explain(lambda: load_spec(spec), options)
 
@@ -357,6 +360,7 @@ def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> N
     them; one worker crashes now and then, one hangs. Watch it with `hubvisor status`."""
     from ._demo import DemoFeeder, demo_spec
 
+    fold_cluster_option(options)
     _setup_logging(options)
     fresh = (
         options.get("redis") is None

@@ -86,6 +86,13 @@ def make_client(
     Raises:
         error: the URL is bad (the message shows it without its password).
     """
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):  # a Redis Cluster
+        from ._redis_cluster import cluster_client
+
+        return cluster_client(
+            url, timeout=timeout, connections=connections, client_name=client_name,
+            error=error, **options,
+        )  # fmt: skip
     import redis  # here, not at the top: a hub without --redis never pays its import
     from redis.backoff import NoBackoff
     from redis.retry import Retry

@@ -49,6 +49,7 @@ import trio
 
 from ._errors import InvalidMirrorConfig
 from ._extras import require
+from ._redis_cluster import SCHEMES as CLUSTER_SCHEMES
 from ._redis_link import Backoff, Outage, clean_error, in_thread, make_client, redact_url
 from ._registry import AgentRecord
 
@@ -154,7 +155,7 @@ class RedisMirror:
         timeout: float = 2.0,
         backoff_max: float = 5.0,
     ) -> None:
-        _check_options(
+        self._cluster = _check_options(  # a Redis Cluster: keys tagged (_tag)
             url,
             prefix,
             {
@@ -226,7 +227,7 @@ class RedisMirror:
 
     def hub_key(self, hub_id: str | None = None) -> str:
         """``<prefix>:hub:<hub_id>``: the hub's hash (and the stem of its other keys)."""
-        return f"{self.prefix}:hub:{hub_id or self._hub_id}"
+        return f"{self.prefix}:hub:{_tag(hub_id or self._hub_id, self._cluster)}"
 
     def agent_key(self, agent_id: str, hub_id: str | None = None) -> str:
         """``<prefix>:hub:<hub_id>:agent:<agent_id>``: one agent's hash."""
@@ -257,7 +258,7 @@ class RedisMirror:
     def events_seq_key(self, hub_id: str | None = None) -> str:
         """``<prefix>:events:seq:<hub_id>:<writer>``: the number of the last event this
         mirror appended (so a retried flush never appends one twice)."""
-        return f"{self.events_key}:seq:{hub_id or self._hub_id}:{self._writer}"
+        return f"{_tag(self.events_key, self._cluster)}:seq:{hub_id or self._hub_id}:{self._writer}"
 
     # ----------------------------------------------------------------------------------
     # Called by the registry actor: note only, never block
@@ -536,16 +537,23 @@ def _fields(rec: AgentRecord, offset: float) -> dict[str, str]:
     }
 
 
-def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str, Any]) -> None:
+def _tag(key: str, cluster: bool) -> str:
+    """On a Redis Cluster, ``{key}``: a hash tag, so each hub's keys share one slot (each
+    script and DEL stays in it) and the event numbers share the event stream's."""
+    return f"{{{key}}}" if cluster else key
+
+
+def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str, Any]) -> bool:
     """Refuse bad :class:`RedisMirror` arguments, naming the value and the fix, and a
-    missing redis-py now rather than at the first flush (MissingExtra names the extra)."""
+    missing redis-py now rather than at the first flush (MissingExtra names the extra).
+    Returns whether ``url`` names a Redis Cluster."""
     require("redis")
-    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", *CLUSTER_SCHEMES)
     if not isinstance(url, str) or not url.startswith(schemes):
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         raise InvalidMirrorConfig(
-            f"Redis URL must start with redis://, rediss:// or unix:// (got {shown}); "
-            "e.g. redis://localhost:6379/0"
+            f"Redis URL must start with redis://, rediss://, unix:// or redis+cluster:// "
+            f"(got {shown}); e.g. redis://localhost:6379/0"
         )
     if url.startswith("redis+sentinel://"):  # issue 23: checked now, not at the first flush
         from ._redis_sentinel import EXAMPLE, parse
@@ -564,18 +572,20 @@ def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str
     for name, ivalue in ints.items():
         if not isinstance(ivalue, int) or ivalue < 1:
             raise InvalidMirrorConfig(f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})")
+    return url.startswith(CLUSTER_SCHEMES)
 
 
 def _write(m: RedisMirror, client: redis.Redis, batch: _Batch) -> None:
-    """Write ``batch`` in one pipeline (a full resync in one MULTI/EXEC)."""
+    """Write ``batch`` in one pipeline (a full resync in one MULTI/EXEC, except on a Redis
+    Cluster: its keys span slots, so there the resync is not atomic)."""
     hub = m._hub_id
     lease_ms = int(m.lease * 1000)
     stale: Sequence[Any] = []
     if batch.full:
         stale = list(client.scan_iter(match=f"{m.hub_key(hub)}:*", count=1000))
-    pipe = client.pipeline(transaction=batch.full)
-    if batch.full:
-        pipe.delete(m.hub_key(hub), *stale)
+    pipe: Any = client.pipeline(transaction=batch.full and not m._cluster)
+    if batch.full:  # DEL and EVAL by command: a Cluster pipeline has neither method
+        pipe.execute_command("DEL", m.hub_key(hub), *stale)
     for agent_id, agent_type in batch.removes:
         pipe.delete(m.agent_key(agent_id, hub))
         pipe.srem(m.agents_key(hub), agent_id)
@@ -601,7 +611,7 @@ def _write(m: RedisMirror, client: redis.Redis, batch: _Batch) -> None:
         if hb is not None:
             beats[agent_id] = hb
     if batch.writes:
-        pipe.eval(_HSET_EXPIRE, len(keys), *keys, *values)
+        pipe.execute_command("EVAL", _HSET_EXPIRE, len(keys), *keys, *values)
         pipe.sadd(m.agents_key(hub), *(w[0] for w in batch.writes))
     for agent_type, ids in by_type.items():
         pipe.sadd(m.type_key(agent_type, hub), *ids)
@@ -614,7 +624,7 @@ def _write(m: RedisMirror, client: redis.Redis, batch: _Batch) -> None:
             args += [seq, len(fields)]
             for name, value in fields.items():
                 args += [name, value]
-        pipe.eval(_XADD_ONCE, 2, m.events_key, m.events_seq_key(hub), *args)
+        pipe.execute_command("EVAL", _XADD_ONCE, 2, m.events_key, m.events_seq_key(hub), *args)
     now = time.time()
     if batch.closing:
         pipe.delete(m.hub_key(hub))

@@ -151,6 +151,31 @@ def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
     for agent_type, q in sorted(cluster["queues"].items()):
         queues.add_row(Text(agent_type), str(q["waiting"]), str(q["in_flight"]), str(q["dead"]))
     console.print(queues)
+    if "redis" in cluster:
+        _show_redis_cluster(console, cluster["redis"])
+
+
+def _show_redis_cluster(console: Any, topology: Mapping[str, Any]) -> None:
+    """The Redis Cluster's nodes and where each type lives (``status --cluster``)."""
+    nodes = Table(box=box.SIMPLE_HEAD, title="Redis Cluster nodes (as this hub sees them)")
+    for col in ("node", "role", "master", "slots", "state"):
+        nodes.add_column(col)
+    for n in topology["nodes"]:
+        ok = n["state"] == "ok"
+        nodes.add_row(
+            Text(n["address"]),
+            Text(n["role"]),
+            Text(n["master"] or "-"),
+            Text(n["slots"] or "-"),
+            Text(n["state"], style="" if ok else "bold red"),
+        )
+    console.print(nodes)
+    types = Table(box=box.SIMPLE_HEAD, title="types on the Cluster")
+    for col in ("type", "slot", "master"):
+        types.add_column(col, justify="right" if col == "slot" else "left")
+    for agent_type, where in sorted(topology["types"].items()):
+        types.add_row(Text(agent_type), str(where["slot"]), Text(where["master"] or "-"))
+    console.print(types)
 
 
 def _short(value: Any, width: int = 60) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from ..._redis_cluster import topology
 from ._codec import _decode_map, _dumps, _hub_key, _text, _type_key
 from ._scripts import _ID_CHARS, _SUBMIT, GROUP
 
@@ -29,13 +30,13 @@ def enqueue(
     boot = "".join(secrets.choice(_ID_CHARS) for _ in range(6))
     q = _type_key(prefix, agent_type, "q")
     ids = []
-    pipe = client.pipeline(transaction=False)
+    pipe: Any = client.pipeline(transaction=False)  # EVAL by command: Cluster pipelines too
     for n, payload in enumerate(payloads, 1):
         item_id = f"{agent_type}-{boot}{n}"
         ids.append(item_id)
         key = _type_key(prefix, agent_type, f"item:{item_id}")
         args = (item_id, agent_type, _dumps(payload), max_deliveries, source, time.time())
-        pipe.eval(_SUBMIT, 2, q, key, *args)
+        pipe.execute_command("EVAL", _SUBMIT, 2, q, key, *args)
     pipe.sadd(f"{prefix}:work:types", agent_type)
     pipe.execute()
     return ids
@@ -74,7 +75,11 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
                 "holding": pending.get(hub_id, {}),
             }
         )
-    return {"prefix": prefix, "hubs": hubs, "queues": queues}
+    status = {"prefix": prefix, "hubs": hubs, "queues": queues}
+    redis_nodes = topology(client, types)  # on a Redis Cluster: its nodes, types' masters
+    if redis_nodes is not None:
+        status["redis"] = redis_nodes
+    return status
 
 
 def streams(client: redis.Redis, prefix: str, agent_type: str) -> list[str]:

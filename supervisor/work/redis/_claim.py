@@ -117,7 +117,7 @@ class HubClaim:
 
     def add_goodbye(self, pipe: Any) -> None:
         """Give the hub id up (a stop): the last commands of the final flush."""
-        pipe.eval(_UNHUB, 1, self.key(), self.token)
+        pipe.execute_command("EVAL", _UNHUB, 1, self.key(), self.token)
         pipe.zrem(self.hubs_key, self.hub_id)
 
     def on_reply(self, reply: Any) -> None:

@@ -168,7 +168,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 f"(got {prefix!r})"
             )
         self.replicas = replicas
-        self.replicas_timeout = _check_replicas(replicas, replicas_timeout, timeout)
+        self.replicas_timeout = _check_replicas(replicas, replicas_timeout, timeout, url)
         self.url = redact_url(url)
         self.prefix = prefix
         self.lease = float(lease)
@@ -512,8 +512,14 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         return await self._queries.cluster()
 
 
-def _check_replicas(replicas: Any, replicas_timeout: Any, timeout: float) -> float:
-    """WAIT's timeout; a bad ``replicas``/``replicas_timeout`` refused (issue 23)."""
+def _check_replicas(replicas: Any, replicas_timeout: Any, timeout: float, url: str) -> float:
+    """WAIT's timeout; a bad ``replicas``/``replicas_timeout`` refused (issue 23), and
+    replicas on a Cluster (WAIT has no key: it would ask a node the writes did not go to)."""
+    if replicas and "+cluster://" in url:
+        raise ConfigError(
+            f"--redis-replicas {replicas} is not supported on Redis Cluster yet (WAIT must go "
+            "to every master a round wrote to); drop it, or use Redis Sentinel"
+        )
     if replicas_timeout is None:
         replicas_timeout = min(1.0, timeout / 2)
     if not isinstance(replicas, int) or replicas < 0:

@@ -567,9 +567,9 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
     claimed = q.claim.claimed
 
     def final() -> None:
-        pipe = client.pipeline(transaction=False)
+        pipe: Any = client.pipeline(transaction=False)  # EVAL by command: Cluster too
         for op in ops:
-            pipe.eval(op.script, len(op.keys), *op.keys, *op.args)
+            pipe.execute_command("EVAL", op.script, len(op.keys), *op.keys, *op.args)
         if claimed:
             q.claim.add_goodbye(pipe)
         if q.replicas and ops:  # issue 23: say so when the replicas do not confirm them
