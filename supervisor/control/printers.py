@@ -103,7 +103,9 @@ def _show_status(result: Any, args: Args) -> None:
     delayed = sum(q.get("delayed", 0) for q in hub.get("queues", {}).values())
     if delayed:  # issue 21: queued, waiting for their time
         work += f" ({delayed} of the queued delayed)"
-    console.print(Text(f"hub {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}"))
+    console.print(
+        Text(f"hub: {hub['id']} (pid {hub['pid']}): {hub['agents']} agents; work: {work}")
+    )
     if hub.get("store"):
         console.print(Text(f"work {hub['store']}"))
     rows = [

@@ -511,7 +511,7 @@ async def test_fault5_a_real_hub_under_a_connection_flood_keeps_its_fds_and_answ
             status = await trio.to_thread.run_sync(hubvisor, "status", "--socket", str(path))
 
             assert 0 == status.returncode, status.stderr
-            assert "hub hub15" in status.stdout
+            assert "hub: hub15" in status.stdout
             assert highest <= base + 8
         finally:
             for s in flood:

@@ -185,7 +185,7 @@ async def test_status_table_and_json_schema(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert re.search(rf"{holder} +w +\d+ +\w+ .* {held.id}( |$)", table.output, re.M)
     assert re.search(r"exited with code 3", table.output)
-    assert table.output.startswith("hub hub (pid ")
+    assert table.output.startswith("hub: hub (pid ")
 
 
 NO_HUB_COMMANDS = [
