@@ -29,6 +29,7 @@ __all__ = [
     "SCHEME",
     "parse",
     "sentinel_client",
+    "sentinel_master",
     "sentinel_url",
     "with_sentinel",
 ]
@@ -202,3 +203,15 @@ def with_sentinel(options: dict[str, Any]) -> None:
         options["redis"] = sentinel_url(master, options["redis"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--redis-sentinel") from None
+
+
+def sentinel_master(client: Any) -> dict[str, Any] | None:
+    """Behind Sentinel, the master this client writes to as the Sentinels name it now
+    (``status --cluster``): ``{"sentinel": {"service": NAME, "master": "host:port"}}``;
+    ``None`` for a client that is not behind Sentinel."""
+    pool: Any = getattr(client, "connection_pool", None)
+    where = getattr(pool, "get_master_address", None)
+    if where is None:
+        return None
+    host, port = where()
+    return {"sentinel": {"service": str(pool.service_name), "master": f"{host}:{port}"}}

@@ -153,7 +153,10 @@ def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
     for agent_type, q in sorted(cluster["queues"].items()):
         queues.add_row(Text(agent_type), str(q["waiting"]), str(q["in_flight"]), str(q["dead"]))
     console.print(queues)
-    if "redis" in cluster:
+    if "sentinel" in cluster.get("redis", {}):
+        where = cluster["redis"]["sentinel"]
+        console.print(Text(f"Redis master behind Sentinel ({where['service']}): {where['master']}"))
+    elif "redis" in cluster:
         _show_redis_cluster(console, cluster["redis"])
 
 

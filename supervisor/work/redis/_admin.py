@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from ..._redis_cluster import topology
+from ..._redis_sentinel import sentinel_master
 from ._codec import _decode_map, _dumps, _hub_key, _text, _type_key
 from ._scripts import _ID_CHARS, _SUBMIT, GROUP
 
@@ -77,6 +78,8 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
         )
     status = {"prefix": prefix, "hubs": hubs, "queues": queues}
     redis_nodes = topology(client, types)  # on a Redis Cluster: its nodes, types' masters
+    if redis_nodes is None:  # behind Sentinel: the master it names now
+        redis_nodes = sentinel_master(client)
     if redis_nodes is not None:
         status["redis"] = redis_nodes
     return status

@@ -144,6 +144,8 @@ def test_two_hubs_share_work_through_the_master_the_sentinels_name(
         # the registry mirror writes there too
         wait_for(lambda: client.exists("hubvisor:hub:A", "hubvisor:hub:B") == 2, 30, "mirror")
     assert "redis+sentinel://127.0.0.1:" in a.log.read_text()
+    where = a.call("status", cluster=True)["cluster"]["redis"]["sentinel"]
+    assert where == {"service": MASTER, "master": f"127.0.0.1:{sentinel_env.master_port()}"}
 
 
 def test_redis_sentinel_without_redis_naming_the_sentinels_is_refused(tmp_path: Path) -> None:
