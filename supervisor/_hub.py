@@ -19,6 +19,7 @@ from ._context import OutputLine, RuntimeContext
 from ._errors import ChildNotFound, ConfigError, ControlError, MaxAgentsExceeded, ServiceFailed
 from ._events import EventBus
 from ._keeper import OrphanKeeper
+from ._limits import LimitsService
 from ._members import _check_spec_type, _count_workers
 from ._port import AgentPort
 from ._process import OSProcessBackend, ProcessBackend
@@ -118,6 +119,8 @@ class Hub:
             real OS processes (the default ``backend``), and not when ``services``
             holds one already. ``False``: none (the agents' process groups and the
             parent-death signal remain).
+        limits: start a :class:`LimitsService` as ``hubvisor run`` does (the default; as
+            for ``keeper``); ``False``: ``memory_limit``/``cpu_limit`` are not enforced.
 
     Example::
 
@@ -144,6 +147,7 @@ class Hub:
         service_backoff: BackoffPolicy = SERVICE_BACKOFF,
         service_intensity: IntensityPolicy = SERVICE_INTENSITY,
         keeper: bool = True,
+        limits: bool = True,
     ) -> None:
         if isinstance(spec, SupervisorSpec):
             root = spec
@@ -196,7 +200,8 @@ class Hub:
         """Resizes the pools that declare ``autoscale`` (idle when none does)."""
         self.keeper = _keeper(keeper, self.context.backend, services)
         """The orphan keeper the hub started itself (``None``: none, or one in ``services``)."""
-        own = (self.keeper,) if self.keeper is not None else ()
+        self.limits = _limits(limits, self.context.backend, services)  # as self.keeper
+        own = tuple(s for s in (self.keeper, self.limits) if s is not None)
         self.services = (self.work, self.autoscaler, *own, *services)
         self.failed_services: list[str] = []
         """Names of the services the hub gave up on (each was logged); supervision went on."""
@@ -499,6 +504,17 @@ def _keeper(
     if any(isinstance(s, OrphanKeeper) for s in services):
         return None
     return OrphanKeeper()
+
+
+def _limits(
+    wanted: bool, backend: ProcessBackend, services: Sequence[Service]
+) -> LimitsService | None:
+    """The limits service a hub starts itself: wanted, real processes, none given."""
+    if not wanted or not isinstance(backend, OSProcessBackend):
+        return None
+    if any(isinstance(s, LimitsService) for s in services):
+        return None
+    return LimitsService()
 
 
 def _find(exc: BaseException, kind: type[ServiceFailed]) -> ServiceFailed | None:

@@ -112,3 +112,40 @@ async def test_with_no_limit_in_the_tree_nothing_is_sampled() -> None:
         await trio.sleep(0.3)  # 30 intervals
         assert limits.checks == 0
         await hub.stop()
+
+
+async def test_a_python_hub_enforces_limits_without_being_given_the_service(
+    tmp_path: Path,
+) -> None:
+    """``Hub()`` starts a LimitsService as ``hubvisor run`` does: a ChildSpec's memory
+    limit holds with no service passed (before, it was silently not enforced)."""
+    spec = ChildSpec(
+        id="hog",
+        argv=[sys.executable, "-c", HOG, "64", str(tmp_path / "hogged")],
+        memory_limit=32 << 20,
+        shutdown=1.0,
+        env=NO_COVERAGE,
+    )
+    hub = Hub([spec])
+    assert isinstance(hub.limits, LimitsService) and hub.limits in hub.services
+    events = hub.bus.subscribe()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        with trio.fail_after(TIMEOUT):
+            over, _ = await _exit_of(events, "hog")
+        assert over.limit == "memory"
+        await hub.stop()
+    assert hub.limits.stopped == 1
+
+
+def test_limits_are_the_default_for_real_processes_only_and_never_twice() -> None:
+    from supervisor.testing import SimulatedProcessBackend
+
+    spec = ChildSpec(id="a", argv=["true"])
+    assert Hub([spec], limits=False).limits is None
+    simulated = Hub([ChildSpec(id="a", argv=["sim"])], backend=SimulatedProcessBackend({}))
+    assert simulated.limits is None  # no /proc group to sample
+    given = LimitsService(interval=0.5)
+    hub = Hub([spec], services=[given])
+    assert hub.limits is None
+    assert [given] == [s for s in hub.services if isinstance(s, LimitsService)]
