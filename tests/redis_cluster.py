@@ -212,6 +212,25 @@ def types_on_masters(cluster: RedisClusterProcs, count: int, stem: str = "t") ->
     return list(found)
 
 
+def types_spread(cluster: RedisClusterProcs, per_master: int, stem: str = "t") -> list[str]:
+    """``per_master`` agent types on each master (``stem0``, ``stem1``, ...: the first
+    names that fill each master's share), in turn by master: ``[m0, m1, m2, m0, ...]``."""
+    from redis.crc import key_slot
+
+    with cluster.client() as c:
+        owner = {s: c.nodes_manager.get_node_from_slot(s).name for s in range(16384)}
+    masters = sorted(set(owner.values()))
+    found: dict[str, list[str]] = {m: [] for m in masters}
+    n = 0
+    while any(len(names) < per_master for names in found.values()):
+        name = f"{stem}{n}"
+        names = found[owner[key_slot(name.encode())]]
+        if len(names) < per_master:
+            names.append(name)
+        n += 1
+    return [found[m][i] for i in range(per_master) for m in masters]
+
+
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[RedisClusterProcs]:
     """A running Redis Cluster of 3 masters with a replica each (shared by the module)."""
