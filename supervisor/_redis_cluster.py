@@ -156,9 +156,10 @@ def _iterate(items: Iterator[Any], shown: str) -> Iterator[Any]:
 class _Pipeline:
     """A cluster pipeline whose ``execute`` raises an outage as ``ConnectionError``."""
 
-    def __init__(self, pipe: Any, shown: str) -> None:
+    def __init__(self, pipe: Any, shown: str, client: RedisCluster) -> None:
         self._pipe = pipe
         self._shown = shown
+        self._client = client
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipe, name)
@@ -166,6 +167,74 @@ class _Pipeline:
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         with _as_outage(self._shown):
             return list(self._pipe.execute(raise_on_error=raise_on_error))
+
+    def execute_by_node(self, raise_on_error: bool = False) -> list[Any]:
+        """``execute(raise_on_error=False)`` (the only kind), except that a node that
+        does not answer (a master that died, its slots not yet promoted) holds back only
+        its own commands: the whole pipeline first (each node's part at once, as ``execute``);
+        when that fails as an outage, each node's part again on its own, and every
+        command of a node that does not answer gets a ``redis.ConnectionError`` as its
+        reply. Raises the outage when no node answers."""
+        import redis
+
+        down = _down_errors()
+        queued = self._pipe._execution_strategy.command_queue  # redis-py's, before it runs
+        stack = [(tuple(c.args), dict(c.options)) for c in queued]
+        try:
+            whole = self.execute(raise_on_error=False)
+        except down as exc:
+            if len(stack) == 0:
+                raise
+            outage = exc
+        else:
+            return [_unanswered(r) if isinstance(r, down) else r for r in whole]
+        groups: dict[str, list[int]] = {}
+        for n, (args, _options) in enumerate(stack):
+            groups.setdefault(_node_of(self._client, args), []).append(n)
+        replies: list[Any] = [None] * len(stack)
+        answered = False
+        for node, positions in groups.items():
+            sub = self._client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+            part = _Pipeline(sub, self._shown, self._client)
+            for n in positions:
+                part.execute_command(*stack[n][0], **stack[n][1])
+            try:
+                got = part.execute(raise_on_error=False)
+                answered = True
+            except down as exc:
+                got = [redis.ConnectionError(f"Redis Cluster node {node}: {exc}")] * len(positions)
+            for n, reply in zip(positions, got, strict=True):
+                replies[n] = reply
+        if not answered:
+            raise outage
+        return replies
+
+
+def _unanswered(error: Exception) -> Exception:
+    """A reply that says its node cannot take it now, as a ``redis.ConnectionError``."""
+    import redis
+
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+        return error
+    return redis.ConnectionError(str(error))
+
+
+def _node_of(client: RedisCluster, args: tuple[Any, ...]) -> str:
+    """The node that serves the keys of a command, as the client sees it now."""
+    try:
+        slot = client.determine_slot(*args)
+        assert slot is not None
+        return str(client.nodes_manager.get_node_from_slot(slot).name)
+    except Exception:  # no node known for it: one group of its own
+        return "?"
+
+
+def _down_errors() -> tuple[type[Exception], ...]:
+    """Errors that say a node cannot take commands now (down, a failover under way)."""
+    import redis
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    return (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError)
 
 
 class LazyCluster:
@@ -213,7 +282,7 @@ class LazyCluster:
             with _as_outage(self.shown):
                 result = attr(*args, **kwargs)
             if name == "pipeline":
-                return _Pipeline(result, self.shown)
+                return _Pipeline(result, self.shown, self.get())
             if isinstance(result, Iterator) and name.endswith("_iter"):
                 return _iterate(result, self.shown)
             return result

@@ -33,10 +33,13 @@ NODE_TIMEOUT_MS = 3000  # how long a silent master lasts before its replica take
 class ClusterNodeProc:
     """One node of the cluster: its port, its process and its directory."""
 
-    def __init__(self, port: int, data: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, port: int, data: str, env: dict[str, str], extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = port
         self.data = data
         self.env = env
+        self.extra = extra  # more redis-server arguments
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -47,7 +50,7 @@ class ClusterNodeProc:
             "--cluster-config-file", os.path.join(self.data, "nodes.conf"),
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
             "--dir", self.data, "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--loglevel", "warning",
+            "--daemonize", "no", "--loglevel", "warning", *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv,
@@ -83,7 +86,9 @@ class ClusterNodeProc:
 class RedisClusterProcs:
     """Six nodes formed into a cluster of 3 masters, one replica each."""
 
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, full_coverage: bool = True) -> None:
+        """``full_coverage=False``: ``cluster-require-full-coverage no`` (the masters
+        that are up serve their slots while another master's are unserved)."""
         for tool in (REDIS_SERVER, REDIS_CLI):
             if not os.path.exists(tool):
                 pytest.skip(f"{tool} is not installed (.ci/run installs redis-server)")
@@ -93,10 +98,12 @@ class RedisClusterProcs:
         env = {**os.environ}
         env["HUBVISOR_TEST_RUN"] = env.get("HUBVISOR_TEST_RUN", "") + "-cluster"
         self.nodes: list[ClusterNodeProc] = []
+        extra = () if full_coverage else ("--cluster-require-full-coverage", "no")
         for n in range(masters * (1 + replicas)):
             data = os.path.join(self._tmp.name, f"node{n}")
             os.mkdir(data)
-            self.nodes.append(ClusterNodeProc(_node_port({x.port for x in self.nodes}), data, env))
+            port = _node_port({x.port for x in self.nodes})
+            self.nodes.append(ClusterNodeProc(port, data, env, extra))
         self.replicas = replicas
 
     @property
@@ -162,6 +169,18 @@ class RedisClusterProcs:
         with self.client() as c:
             node = c.nodes_manager.get_node_from_slot(slot)
             port = int(node.port)
+        return next(n for n in self.nodes if n.port == port)
+
+    def replica_of(self, master: ClusterNodeProc) -> ClusterNodeProc:
+        """The node that replicates ``master`` now."""
+        with master.client() as c:
+            me = c.execute_command("CLUSTER", "MYID")
+            nodes = c.cluster("nodes")
+        port = next(
+            int(addr.split(":")[1].split("@")[0])
+            for addr, n in nodes.items()
+            if n.get("master_id") == me
+        )
         return next(n for n in self.nodes if n.port == port)
 
     def close(self) -> None:

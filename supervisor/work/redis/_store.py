@@ -21,11 +21,13 @@ import redis
 import trio
 
 from ..._errors import ControlError, ServiceFailed
+from ..._redis_cluster import is_cluster
 from ..._redis_link import Backoff, Outage, clean_error, config_problem, in_thread
 from .._item import ItemStatus, WorkItem
 from .._store import StoreHost
 from ._admin import persistence_warning
 from ._codec import _item_from, _pairs, _text
+from ._nodes import NodesDown, answered_part
 from ._outbox import _Op
 from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
@@ -104,6 +106,7 @@ class StoreActor:
         # back first: every type the first time it is seen, all of them after an outage.
         self.recover: set[str] = set()
         self.announced: set[str] = set()  # types the hub's heartbeat has told Redis of
+        self.nodes_down = NodesDown(queue.url)  # on a Cluster: masters that do not answer
 
     # ----------------------------------------------------------------------------------
     # life
@@ -183,7 +186,11 @@ class StoreActor:
                 self._failed(exc)
                 await trio.sleep(self.backoff.next())
                 continue
+            part = answered_part(r, replies)  # a Cluster's master may be down (_nodes)
+            if part is not None:
+                r, replies = part.round, part.replies
             taken = self._done(clock, now, r, replies)
+            await self.nodes_down.after(self, clock, now, part)
             if demand:
                 clock.last_take = now
                 clock.poll = 0.01 if taken else min(0.25, clock.poll * 2)
@@ -373,12 +380,14 @@ class StoreActor:
         client = self.client
         assert client is not None
         for _ in range(2):
-            pipe = client.pipeline(transaction=False)
+            pipe: Any = client.pipeline(transaction=False)
             self._fill(pipe, r)
             waits = _add_wait(self.q, pipe, r)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
+            by_node = is_cluster(client)  # a master that is down holds back only its part
+            run = pipe.execute_by_node if by_node else pipe.execute
+            replies: list[Any] = run(raise_on_error=False)
             for reply in replies:
-                if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
+                if isinstance(reply, redis.ConnectionError | redis.TimeoutError) and not by_node:
                     raise reply
             if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 if waits:
