@@ -174,7 +174,10 @@ class _Pipeline:
         its own commands: the whole pipeline first (each node's part at once, as ``execute``);
         when that fails as an outage, each node's part again on its own, and every
         command of a node that does not answer gets a ``redis.ConnectionError`` as its
-        reply. Raises the outage when no node answers."""
+        reply. Raises the outage unless some node answered and some did not: the whole
+        pipeline may have run in part (a node that failed while its reply was read), so
+        the caller must handle a split round as one whose first try may have run (every
+        write safe to run twice, the items a lost reply took read back)."""
         import redis
 
         down = _down_errors()
@@ -192,7 +195,7 @@ class _Pipeline:
         for n, (args, _options) in enumerate(stack):
             groups.setdefault(_node_of(self._client, args), []).append(n)
         replies: list[Any] = [None] * len(stack)
-        answered = False
+        answered = unanswered = False
         for node, positions in groups.items():
             sub = self._client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
             part = _Pipeline(sub, self._shown, self._client)
@@ -203,9 +206,10 @@ class _Pipeline:
                 answered = True
             except down as exc:
                 got = [redis.ConnectionError(f"Redis Cluster node {node}: {exc}")] * len(positions)
+                unanswered = True
             for n, reply in zip(positions, got, strict=True):
                 replies[n] = reply
-        if not answered:
+        if not (answered and unanswered):
             raise outage
         return replies
 

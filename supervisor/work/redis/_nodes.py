@@ -113,15 +113,27 @@ class NodesDown:
         self.url = url
         self.types: set[str] = set()
 
+    def cut(
+        self, actor: StoreActor, r: _Round, replies: list[Any]
+    ) -> tuple[_Round, list[Any], Part | None]:
+        """The round and replies to apply: on a Cluster whose master did not answer, the
+        answered part (:func:`answered_part`), the unanswered writes held again at once
+        (first, in order)."""
+        part = answered_part(r, replies)
+        if part is None:
+            return r, replies, None
+        actor.q.writes.put_back(part.held)
+        return part.round, part.replies, part
+
     async def after(self, actor: StoreActor, clock: _Clock, now: float, part: Part | None) -> None:
-        """After a round: when it was answered only in part (``part``), hold its
-        unanswered writes again (first, in order), read back and renew the types whose
-        master did not answer in the next rounds, and wait :data:`PACE`."""
+        """After a round: when it was answered only in part (``part``), read back what
+        this hub holds in Redis (the round's first, whole try may have taken items whose
+        replies were lost: as after an outage), renew the types whose master did not
+        answer, and wait :data:`PACE`."""
         if part is None:
             self._whole()
             return
-        actor.q.writes.put_back(part.held)
-        actor.recover |= part.types & actor.serves
+        actor.recover |= actor.serves
         clock.next_renew = now  # renew (and beat) at once when their master answers
         new = part.types - self.types
         self.types |= part.types

@@ -27,7 +27,7 @@ from .._item import ItemStatus, WorkItem
 from .._store import StoreHost
 from ._admin import persistence_warning
 from ._codec import _item_from, _pairs, _text
-from ._nodes import NodesDown, answered_part
+from ._nodes import NodesDown
 from ._outbox import _Op
 from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
@@ -186,9 +186,7 @@ class StoreActor:
                 self._failed(exc)
                 await trio.sleep(self.backoff.next())
                 continue
-            part = answered_part(r, replies)  # a Cluster's master may be down (_nodes)
-            if part is not None:
-                r, replies = part.round, part.replies
+            r, replies, part = self.nodes_down.cut(self, r, replies)  # a master may be down
             taken = self._done(clock, now, r, replies)
             await self.nodes_down.after(self, clock, now, part)
             if demand:

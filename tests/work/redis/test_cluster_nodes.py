@@ -8,6 +8,7 @@ command once it sees a slot without a live master, until the promotion)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections import Counter
@@ -109,3 +110,59 @@ def test_a_dead_master_holds_back_only_the_types_it_serves(
     assert f"the master of {down} does not answer" in log, log[-3000:]
     assert f"answers for {down} again" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+class _Recorder:
+    """A pipeline that records the key of each command (its slot) and runs none."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def evalsha(self, _sha: str, numkeys: int, *rest: Any) -> None:
+        self.keys.append(rest[0] if numkeys else "")
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda key, *_args, **_kwargs: self.keys.append(key)
+
+
+def test_the_answered_part_of_a_round_is_cut_in_the_rounds_own_layout() -> None:
+    """Every part of a round (writes, renewals, heartbeat, proofs of life, lag, checks,
+    takes) is cut by its reply: what is kept is exactly what the master of ``b``
+    answered, in the order ``_fill`` sends it, and ``a``'s writes are held in order."""
+    from supervisor.work._item import WorkItem
+    from supervisor.work.redis import RedisWorkQueue
+    from supervisor.work.redis._nodes import answered_part
+    from supervisor.work.redis._outbox import _Op
+    from supervisor.work.redis._scripts import _CLAIM, _FENCED, _TAKE
+    from supervisor.work.redis._store import _Round
+
+    q = RedisWorkQueue("redis+cluster://127.0.0.1:1", prefix="cut")
+    items = {t: WorkItem(f"{t}-1", t, None, 3, 0.0) for t in "ab"}
+    ops = [
+        _Op(_FENCED, q._keys(t, f"{t}-{n}"), ("result",), f"{t}-{n}", "result")
+        for t, n in (("a", 1), ("b", 1), ("a", 2), ("b", 2))
+    ]
+    r = _Round(
+        ops=ops,
+        renewals=[(items[t], q._keys(t, items[t].id), ("renew",)) for t in "ab"],
+        beat={"types": json.dumps(["a", "b"])},
+        beats=["a", "b"],
+        lag_types=["a", "b"],
+        checks=[items["b"], items["a"]],
+        reads=[(_TAKE, "a", ()), (_CLAIM, "b", ()), (_TAKE, "b", ())],
+        claimed=True,
+    )
+    sent = _Recorder()
+    q._actor._fill(sent, r)
+    replies: list[Any] = [
+        redis.ConnectionError("down") if "{a}" in key else f"reply to {key}" for key in sent.keys
+    ]
+    part = answered_part(r, replies)
+    assert part is not None
+    assert part.held == [ops[0], ops[2]] and part.types == {"a"}
+    assert [op.item_id for op in part.round.ops] == ["b-1", "b-2"]
+    again = _Recorder()
+    q._actor._fill(again, part.round)
+    assert part.replies == [f"reply to {key}" for key in again.keys]
+    assert again.keys == [key for key in sent.keys if "{a}" not in key]
+    assert answered_part(r, [f"reply to {key}" for key in sent.keys]) is None
