@@ -170,14 +170,14 @@ class _Pipeline:
 
     def execute_by_node(self, raise_on_error: bool = False) -> list[Any]:
         """``execute(raise_on_error=False)`` (the only kind), except that a node that
-        does not answer (a master that died, its slots not yet promoted) holds back only
-        its own commands: the whole pipeline first (each node's part at once, as ``execute``);
-        when that fails as an outage, each node's part again on its own, and every
-        command of a node that does not answer gets a ``redis.ConnectionError`` as its
-        reply. Raises the outage unless some node answered and some did not: the whole
-        pipeline may have run in part (a node that failed while its reply was read), so
-        the caller must handle a split round as one whose first try may have run (every
-        write safe to run twice, the items a lost reply took read back)."""
+        cannot take commands (a master that died, its slots not yet promoted; CLUSTERDOWN)
+        holds back only its own: each of their replies is a ``redis.ConnectionError``.
+        The whole pipeline goes first (each node's part at once, as ``execute``); when
+        that raises an outage, each node's part again on its own. Raises the outage when
+        no command was taken, and when that split found every node answering (the whole
+        try may have run in part: a node that failed while its reply was read). A caller
+        handles a round with unanswered parts as one whose first try may have run: every
+        write is safe to run twice, and what a lost reply took is read back."""
         import redis
 
         down = _down_errors()
@@ -189,13 +189,12 @@ class _Pipeline:
             if len(stack) == 0:
                 raise
             outage = exc
-        else:
-            return [_unanswered(r) if isinstance(r, down) else r for r in whole]
+        else:  # CLUSTERDOWN and TRYAGAIN come back as replies: no node took them
+            return _settled(whole, down, None)
         groups: dict[str, list[int]] = {}
         for n, (args, _options) in enumerate(stack):
             groups.setdefault(_node_of(self._client, args), []).append(n)
         replies: list[Any] = [None] * len(stack)
-        answered = unanswered = False
         for node, positions in groups.items():
             sub = self._client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
             part = _Pipeline(sub, self._shown, self._client)
@@ -203,15 +202,25 @@ class _Pipeline:
                 part.execute_command(*stack[n][0], **stack[n][1])
             try:
                 got = part.execute(raise_on_error=False)
-                answered = True
             except down as exc:
                 got = [redis.ConnectionError(f"Redis Cluster node {node}: {exc}")] * len(positions)
-                unanswered = True
             for n, reply in zip(positions, got, strict=True):
                 replies[n] = reply
-        if not (answered and unanswered):
-            raise outage
+        replies = _settled(replies, down, outage)
+        if not any(isinstance(r, redis.ConnectionError | redis.TimeoutError) for r in replies):
+            raise outage  # every node answered this time: the split round is an outage
         return replies
+
+
+def _settled(
+    replies: list[Any], down: tuple[type[Exception], ...], outage: Exception | None
+) -> list[Any]:
+    """``replies`` with every "cannot take it now" reply as a ``redis.ConnectionError``;
+    raises ``outage`` (or the first such reply) when no command was taken."""
+    settled = [_unanswered(r) if isinstance(r, down) else r for r in replies]
+    if settled and all(isinstance(r, down) for r in settled):
+        raise outage or settled[0]
+    return settled
 
 
 def _unanswered(error: Exception) -> Exception:

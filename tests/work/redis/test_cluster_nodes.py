@@ -166,3 +166,19 @@ def test_the_answered_part_of_a_round_is_cut_in_the_rounds_own_layout() -> None:
     assert part.replies == [f"reply to {key}" for key in again.keys]
     assert again.keys == [key for key in sent.keys if "{a}" not in key]
     assert answered_part(r, [f"reply to {key}" for key in sent.keys]) is None
+
+
+def test_clusterdown_and_tryagain_replies_are_unanswered_never_refusals() -> None:
+    """A pipeline's per-command CLUSTERDOWN (every master while it sees a slot without a
+    live master) is no refusal of the write, which the store would drop: it is held."""
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    from supervisor._redis_cluster import _down_errors, _settled
+
+    down = _down_errors()
+    got = _settled([ClusterDownError("The cluster is down"), "OK", TryAgainError("x")], down, None)
+    assert isinstance(got[0], redis.ConnectionError) and got[1] == "OK"
+    assert isinstance(got[2], redis.ConnectionError)
+    with pytest.raises(redis.ConnectionError, match="cluster is down"):
+        _settled([ClusterDownError("The cluster is down")] * 2, down, None)
+    assert _settled([], down, None) == []
