@@ -86,9 +86,16 @@ class ClusterNodeProc:
 class RedisClusterProcs:
     """Six nodes formed into a cluster of 3 masters, one replica each."""
 
-    def __init__(self, masters: int = 3, replicas: int = 1, full_coverage: bool = True) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 1,
+        full_coverage: bool = True,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         """``full_coverage=False``: ``cluster-require-full-coverage no`` (the masters
-        that are up serve their slots while another master's are unserved)."""
+        that are up serve their slots while another master's are unserved); ``extra``:
+        more ``redis-server`` arguments for every node."""
         for tool in (REDIS_SERVER, REDIS_CLI):
             if not os.path.exists(tool):
                 pytest.skip(f"{tool} is not installed (.ci/run installs redis-server)")
@@ -98,7 +105,8 @@ class RedisClusterProcs:
         env = {**os.environ}
         env["HUBVISOR_TEST_RUN"] = env.get("HUBVISOR_TEST_RUN", "") + "-cluster"
         self.nodes: list[ClusterNodeProc] = []
-        extra = () if full_coverage else ("--cluster-require-full-coverage", "no")
+        if not full_coverage:
+            extra = ("--cluster-require-full-coverage", "no", *extra)
         for n in range(masters * (1 + replicas)):
             data = os.path.join(self._tmp.name, f"node{n}")
             os.mkdir(data)

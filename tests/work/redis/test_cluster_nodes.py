@@ -33,7 +33,9 @@ PREFIX = "nd"
 def cluster() -> Iterator[RedisClusterProcs]:
     """A Cluster of 3 masters with a replica each, whose masters serve their slots while
     another master's slots have no live master."""
-    procs = RedisClusterProcs(full_coverage=False)
+    # A replica paused for long still fails over (the validity factor would refuse one
+    # whose data is older than 10 node timeouts, which a slow machine could reach).
+    procs = RedisClusterProcs(full_coverage=False, extra=("--cluster-replica-validity-factor", "0"))
     try:
         procs.start()
         yield procs
@@ -55,7 +57,7 @@ def test_a_dead_master_holds_back_only_the_types_it_serves(
 ) -> None:
     down, up = types_on_masters(cluster, 2, stem="nd")
     args = ("--redis-cluster", cluster.seeds, "--redis-prefix", PREFIX, "--lease", "10")
-    hub = HubProc(tmp_path, "N", None, spec=spec([down, up]), args=args)
+    hub = HubProc(tmp_path, "N", None, spec=spec([down, up]), args=args, call_timeout=30)
     ids: dict[str, list[str]] = {down: [], up: []}
     replica = None
     try:
