@@ -128,13 +128,14 @@ class NodesDown:
     async def after(self, actor: StoreActor, clock: _Clock, now: float, part: Part | None) -> None:
         """After a round: when it was answered only in part (``part``), read back what
         this hub holds in Redis (the round's first, whole try may have taken items whose
-        replies were lost: as after an outage), renew the types whose master did not
-        answer, and wait :data:`PACE`."""
+        replies were lost: as after an outage) and wait :data:`PACE`; when every master
+        answers again, renew (and beat) at once."""
         if part is None:
+            if self.types:  # renew (and beat) at once now that their master answers
+                clock.next_renew = now
             self._whole()
             return
         actor.recover |= actor.serves
-        clock.next_renew = now  # renew (and beat) at once when their master answers
         new = part.types - self.types
         self.types |= part.types
         if new:
