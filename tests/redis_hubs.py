@@ -34,7 +34,7 @@ tree = [
         size={{size}},
         template=ChildSpec(
             id="{{type}}", argv={raw_agent.argv("--who")!r}, agent_type="{{type}}",
-            heartbeat_timeout=2.0, shutdown=2.0,
+            heartbeat_timeout=10.0, shutdown=2.0,
         ),
         intensity=Intensity(max_restarts=1000, window=1.0),
     )

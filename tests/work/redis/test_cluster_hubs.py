@@ -32,7 +32,7 @@ POOL = """
         agent_type="{type}",
         size=2,
         template=ChildSpec(
-            id="{type}", argv={argv!r}, agent_type="{type}", heartbeat_timeout=2.0,
+            id="{type}", argv={argv!r}, agent_type="{type}", heartbeat_timeout=10.0,
             shutdown=2.0,
         ),
         intensity=Intensity(max_restarts=1000, window=1.0),
