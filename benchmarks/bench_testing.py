@@ -9,9 +9,12 @@ max_agents=5)`` then ``check_all``) and reports, per repeat:
   (no database, no deadline, no shrinking needed: the property holds), examples/s as a
   user's ``pytest`` run sees it, drawing included;
 * ``run+check``: the same number of schedules drawn first, then only ``run_schedule`` and
-  ``check_all`` timed: the simulator's own rate.
+  ``check_all`` timed: the simulator's own rate;
+* ``draw``: Hypothesis drawing ``schedules(TREE)`` with an empty property: the most
+  ``hypothesis`` could reach with a free simulator (``1/hypothesis`` is about
+  ``1/draw + 1/run+check``).
 
-The target (issue 10) is 300 examples/s for ``hypothesis``.
+The target (issues 10 and 24) is 300 examples/s for ``hypothesis``.
 """
 
 from __future__ import annotations
@@ -82,6 +85,21 @@ def run_and_check(tree: object, n: int) -> float:
     return len(drawn) / (time.perf_counter() - t0)
 
 
+def draw_only(tree: object, n: int) -> float:
+    """Examples/s of Hypothesis drawing ``schedules(tree)`` for a property that does nothing."""
+    count = 0
+
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(schedules(tree))  # type: ignore[arg-type]
+    def prop(schedule: Schedule) -> None:
+        nonlocal count
+        count += 1
+
+    t0 = time.perf_counter()
+    prop()
+    return count / (time.perf_counter() - t0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=300)
@@ -89,10 +107,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     tree = _example_tree()
-    rows: dict[str, list[float]] = {"hypothesis": [], "run+check": []}
+    rows: dict[str, list[float]] = {"hypothesis": [], "run+check": [], "draw": []}
     for _ in range(args.repeat):
         rows["hypothesis"].append(with_hypothesis(tree, args.examples))
         rows["run+check"].append(run_and_check(tree, args.examples))
+        rows["draw"].append(draw_only(tree, args.examples))
     print(f"supervisor.testing on docs/examples/test_my_tree.py, {args.examples} examples")
     print(f"{'':12} {'median/s':>9}   runs")
     for name, values in rows.items():

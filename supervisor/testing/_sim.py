@@ -213,12 +213,15 @@ class SimulatedProcess:
         """Sleep on the trio clock until it ends."""
         while self._status is None:
             pending = self._pending
-            deadline = pending[0] if pending is not None else math.inf
-            with trio.move_on_at(deadline):
+            if pending is None:
+                # Nothing due: no deadline, so no cancel scope (same schedule, cheaper).
                 await self._changed.wait()
                 self._changed = trio.Event()
                 continue
-            assert pending is not None
+            with trio.move_on_at(pending[0]):
+                await self._changed.wait()
+                self._changed = trio.Event()
+                continue
             self._status = pending[1]
         return self._status
 
@@ -444,6 +447,11 @@ class SimulatedNotify:
         """The next message, sleeping on the trio clock until it is due."""
         while not self._queue:
             when, what = self._next()
+            if when == math.inf:
+                # Nothing due: no deadline, so no cancel scope (same schedule, cheaper).
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
             with trio.move_on_at(when):
                 await self._wake.wait()
                 self._wake = trio.Event()
