@@ -29,6 +29,7 @@ from ._codec import _item_from, _pairs, _text
 from ._outbox import _Op
 from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
+from ._tiers import claim_spec, demand_of, served_labels, tier_demand
 
 _log = logging.getLogger("hubvisor")
 
@@ -154,7 +155,10 @@ class StoreActor:
 
     def _beat_fields(self) -> dict[str, Any]:
         agents = self.host.agent_counts() if self.host is not None else {}
-        return self.q.claim.fields(agents, self.q._types)
+        fields = self.q.claim.fields(agents, self.q._types)
+        # the label sets its pools serve per type (issue 21: status --cluster)
+        fields["tiers"] = json.dumps(served_labels(self.host), sort_keys=True)
+        return fields
 
     async def _loop(self) -> None:
         now = trio.current_time()
@@ -297,9 +301,7 @@ class StoreActor:
         """Items per type the idle agents could take beyond those held here."""
         if self.host is None:
             return {}
-        local = self.q._local
-        idle = self.host.idle_counts()
-        return {t: n - local.depth(t) for t, n in idle.items() if n > local.depth(t)}
+        return demand_of(self.host, self.q._local.items(), self.host.idle_counts())
 
     def _reads(
         self, demand: Mapping[str, int], renew: bool, claim: bool
@@ -312,12 +314,15 @@ class StoreActor:
             base = (q.claim.hub_id, q.claim.token)
             prefix = q.keys.items(agent_type)
             if agent_type in self.recover:
-                reads.append((_TAKE, agent_type, (*base, 1000, prefix, now, "0")))
-            if claim:
+                reads.append((_TAKE, agent_type, (*base, 1000, prefix, now, "0", "*")))
+            if claim:  # only the tiers this hub serves (issue 21)
                 lease_ms = int(q.lease * 1000)
-                reads.append((_CLAIM, agent_type, (*base, 100, prefix, now, lease_ms)))
-            if demand.get(agent_type):
-                reads.append((_TAKE, agent_type, (*base, demand[agent_type], prefix, now, ">")))
+                spec = claim_spec(self.host, agent_type)
+                reads.append((_CLAIM, agent_type, (*base, 100, prefix, now, lease_ms, spec)))
+            if demand.get(agent_type):  # one take per pool label set (issue 21)
+                idle = self.host.idle_counts().get(agent_type, 0) if self.host else 0
+                for spec, n in tier_demand(self.host, q._local.items(), agent_type, idle):
+                    reads.append((_TAKE, agent_type, (*base, n, prefix, now, ">", spec)))
         return reads
 
     def _beat_types(self) -> list[str]:
