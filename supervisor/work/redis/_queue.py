@@ -34,7 +34,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
@@ -244,9 +244,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet; an ``after`` (not supported on Redis yet). A
-                ``require`` no pool of this hub matches is accepted: another hub may
-                serve it (``status --cluster`` counts what no live hub can).
+                Redis has not taken yet; an ``after`` (not on Redis yet; a ``require``
+                no pool here matches is accepted: another hub may serve it).
         """
         _refuse_controls({k: kw.pop(k) for k in ("after",) if k in kw})
         require = dict(kw.pop("require", None) or {})  # issue 21: names the item's stream
@@ -281,13 +280,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             self.keys.of(agent_type, "q"),
             self.keys.items(agent_type) + item.id,
         )
-        if (
-            key is not None
-            or not_before is not None
-            or time_limit is not None
-            or priority
-            or require
-        ):
+        extended = key is not None or not_before is not None or time_limit is not None
+        if extended or priority or require:
             item.key = key
             keys += (
                 self.keys.of(agent_type, "keys"),
@@ -303,12 +297,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         return item
 
     def assign(
-        self,
-        agent_type: str,
-        agent: str,
-        now: float,
-        labels: Mapping[str, str] | None = None,
-        **_: Any,
+        self, agent_type: str, agent: str, now: float, labels: Any = None, **_: Any
     ) -> WorkItem | None:
         """Give the oldest item this hub holds to ``agent`` (whose pool has ``labels``:
         the oldest one whose ``require`` they match); the attempt is written."""

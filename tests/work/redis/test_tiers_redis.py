@@ -6,6 +6,8 @@ redis-server, real agent processes."""
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,14 +15,22 @@ import trio
 from redis.crc import key_slot
 
 from supervisor import Hub, ItemStatus, PoolSpec, WorkService
+from supervisor.work._item import WorkItem
 from supervisor.work.redis import RedisWorkQueue
-from supervisor.work.redis._scripts import _SHA, _TAKE
+from supervisor.work.redis._admin import cluster_status
+from supervisor.work.redis._codec import _pairs
+from supervisor.work.redis._scripts import _CANCEL, _RETRY, _SHA, _TAKE
+from supervisor.work.redis._store import _Round
 from supervisor.work.redis._tiers import requirement
 
 from ...control.test_commands import agent, tree
 from ...helpers import TIMEOUT, until
+from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
 from ...redis_hubs import record
 from ...redis_server import RedisServer
+from .test_cluster_slots import Recorder, keys_of
+
+__all__ = ["redis_cluster"]
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +74,8 @@ async def test_one_hub_with_two_pools_of_one_type_routes_each_item_to_its_tier(
         small = [hub.work.submit("w", {"n": n}, require={"tier": "small"}).id for n in range(4)]
         plain = [hub.work.submit("w", {"n": n}).id for n in range(4)]
         huge = hub.work.submit("w", {"n": 9}, require=["tier=huge"])  # accepted on Redis
+        # a delayed one is promoted into its priority's and tier's stream from its hash
+        later = hub.work.submit("w", {"n": 7}, require=["tier=large"], priority=3, delay=0.3)
         for ids, by in ((large, {"w-large-agent-1"}), (small, {"w-small-agent-1"})):
             for item_id in ids:
                 done = await ended(hub, item_id)
@@ -72,6 +84,9 @@ async def test_one_hub_with_two_pools_of_one_type_routes_each_item_to_its_tier(
         assert {"w-small-agent-1", "w-large-agent-1"} >= {
             (await ended(hub, i)).result["by"] for i in plain
         }
+        done = await ended(hub, later.id)
+        assert "w-large-agent-1" == done.result["by"]
+        assert (done.started_at or 0) >= (later.not_before or 0) - 0.01
         shown = await hub.work.fetch(large[0])
         assert {"tier": "large"} == shown.require
         rid, text = requirement({"tier": "large"})
@@ -217,6 +232,89 @@ async def test_a_dead_hubs_tiered_item_goes_back_to_its_own_stream_and_its_tier(
         assert "M" not in {r["hub"] for r in record(client)}
         for hub in (m, s):
             await hub.stop()
+
+
+class _Dispatch:
+    """What the store reads of a hub's dispatch: one idle agent of the large tier."""
+
+    def __init__(self, agent_type: str) -> None:
+        self.agents = {"a1": SimpleNamespace(agent_type=agent_type, labels={"tier": "large"})}
+        self.idle = {agent_type: {"a1": None}}
+
+
+class _Host:
+    def __init__(self, agent_type: str) -> None:
+        self._dispatch = _Dispatch(agent_type)
+        self._hub = None
+        self.agent_type = agent_type
+
+    def idle_counts(self) -> dict[str, int]:
+        return {self.agent_type: 1}
+
+
+def tiered_calls(agent_type: str, prefix: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """The script calls a hub makes for tiered items of ``agent_type``: submits (with a
+    priority, a delay), a round's takes by pool labels, claim, fenced ops, retry, cancel."""
+    q = RedisWorkQueue("redis://localhost", prefix=prefix, lease=2)
+    q.claim.hub_id = "hubA"
+    large: dict[str, Any] = {"require": {"tier": "large"}, "max_deliveries": 3}
+    q.submit(agent_type, {"n": 1}, **large)
+    q.submit(agent_type, {"n": 2}, priority=4, **large)
+    q.submit(agent_type, {"n": 3}, not_before=time.time() - 1, **large)
+    item = WorkItem(
+        id=f"{agent_type}-x1", agent_type=agent_type, payload={}, max_deliveries=3, created_at=0.0
+    )
+    for op, extra in (("start", (1, "a1")), ("release", (1, "[]"))):
+        q._fenced(item, op, *extra)
+    actor = q._actor
+    actor.host = _Host(agent_type)  # type: ignore[assignment]
+    actor.serves = {agent_type}
+    reads = actor._reads(actor.demand(), renew=True, claim=True)
+    assert len(reads) == 2 and '[{"tier":"large"}]' in reads[-1][2]
+    r = _Round(ops=q.writes.take(), renewals=[], beat=None, beats=[], lag_types=[agent_type],
+               checks=[], reads=reads, claimed=True)  # fmt: skip
+    pipe = Recorder()
+    actor._fill(pipe, r)
+    keys = q._keys(agent_type, item.id)
+    pipe.execute_command("EVAL", _RETRY, 4, *keys, item.id)
+    pipe.execute_command("EVAL", _CANCEL, 4, *keys, item.id, time.time(), "cancelled", 60)
+    return pipe.calls
+
+
+def test_the_tier_scripts_run_on_a_real_cluster_without_crossslot(
+    redis_cluster: RedisClusterProcs,
+) -> None:
+    """Every tiered call keeps to its type's slot (the keys the scripts derive from
+    KEYS[1] too: a real Cluster refuses a key of another slot), and status --cluster
+    reads the tiers on it."""
+    with redis_cluster.client() as c:
+        for script in _SHA:
+            c.script_load(script)
+        for agent_type in types_on_masters(redis_cluster, 3, stem="tier"):
+            prefix = f"tiers{time.monotonic_ns()}"
+            calls = tiered_calls(agent_type, prefix)
+            for method, args in calls:
+                assert {key_slot(k.encode()) for k in keys_of(method, args)} == {
+                    key_slot(agent_type.encode())
+                }
+            pipe = c.pipeline(transaction=False)
+            for method, args in calls:
+                getattr(pipe, method)(*args)
+            replies = pipe.execute(raise_on_error=False)
+            errors = [
+                (m, r) for (m, _), r in zip(calls, replies, strict=True) if isinstance(r, Exception)
+            ]
+            assert not errors, errors
+            taken = replies[-3]  # the take for the large pool: the priority 4 item first
+            assert ['{"n":2}'] == [_pairs(f)["payload"] for _, f, _ in taken]
+            c.sadd(f"{prefix}:work:types", agent_type)  # as a hub's heartbeat does
+            queues = cluster_status(c, prefix)["queues"][agent_type]
+            # the other two (one promoted from the delayed set): no live hub serves them
+            assert (2, 2, {"tier=large": 2}) == (
+                queues["waiting"],
+                queues["unserved"],
+                queues["require"],
+            )
 
 
 def test_the_tier_scripts_keep_to_the_types_slot() -> None:
