@@ -161,7 +161,8 @@ while i <= #all and #out < want do
       end
       if best == nil then break end
       local got = read(group[best], 1)
-      if got == nil then heads[best] = nil else heads[best] = after(group[best], got) end
+      if got == nil then heads[best] = nil
+      elseif #out < want then heads[best] = after(group[best], got) end
     end
   end
 end
