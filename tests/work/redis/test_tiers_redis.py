@@ -6,6 +6,7 @@ redis-server, real agent processes."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -326,3 +327,57 @@ def test_the_tier_scripts_keep_to_the_types_slot() -> None:
         derived = [f"{q}:0:{rid}", f"{q}:-3:{rid}", q[:-1] + "tiers", q[:-1] + "reqs"]
         assert {key_slot(k.encode()) for k in derived} == {key_slot(agent_type.encode())}
     assert _TAKE in _SHA
+
+
+REQS = [{}, {"tier": "small"}, {"tier": "large"}, {"tier": "large", "gpu": "yes"}]
+POOLS = [{}, {"tier": "small"}, {"tier": "large"}, {"tier": "large", "gpu": "yes", "zone": "b"}]
+
+
+def test_random_takes_give_each_pool_only_what_it_matches_in_order(client: Any) -> None:
+    """Seeded random submits (requirement, priority) and takes (a pool's labels, a count)
+    straight through the scripts: each take gives exactly the first items, in priority
+    order and first in, first out within one, among those the pool's labels match; none
+    twice, none a pool does not match."""
+    from supervisor.work._deps import _matches
+    from supervisor.work.redis._scripts import _SUBMIT
+
+    q = "hubvisor:work:{w}:q"
+    b = q[:-1]
+    submit, take = client.register_script(_SUBMIT), client.register_script(_TAKE)
+    for seed in range(25):
+        rng = random.Random(seed)
+        client.flushdb()
+        waiting: list[tuple[str, int, dict[str, str], int]] = []  # id, priority, require, n
+        for step in range(60):
+            if rng.random() < 0.6:
+                req, p = rng.choice(REQS), rng.choice([0, 0, 3, -1])
+                iid = f"w-s{seed}x{step}"
+                keys = [q, b + "item:" + iid, b + "keys", b + "keyage", b + "delayed"]
+                args = [iid, "w", "{}", 3, "t", 0, "", b + "item:", 0, "", "", p, *requirement(req)]
+                submit(keys=keys, args=args)
+                waiting.append((iid, p, req, step))
+                continue
+            labels, count = rng.choice(POOLS), rng.randint(1, 3)
+            spec = json.dumps([labels], separators=(",", ":"))
+            keys = [q, b + "dead", b + "log", b + "delayed"]
+            got = take(keys=keys, args=["A", "tok", count, b + "item:", 0, ">", spec])
+            ids = [_pairs(flat)["id"] for _kind, flat, _prev in got]
+            fits = sorted(
+                (w for w in waiting if _matches(w[2], labels)), key=lambda w: (-w[1], w[3])
+            )
+            assert [w[0] for w in fits[:count]] == ids, (seed, step, labels)
+            waiting = [w for w in waiting if w[0] not in ids]
+
+
+def test_status_cluster_prints_what_no_hub_serves_and_the_waiting_per_requirement() -> None:
+    from rich.console import Console
+
+    from supervisor.control.printers import _show_cluster
+
+    console = Console(record=True, width=120)
+    queue = {"waiting": 4, "in_flight": 1, "dead": 0, "unserved": 3, "require": {"tier=huge": 3}}
+    _show_cluster(console, {"prefix": "hubvisor", "hubs": [], "queues": {"w": queue}})
+    text = console.export_text()
+    assert "no hub serves" in text and "w --require tier=huge: 3 waiting" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("w "))
+    assert row.split() == ["w", "4", "1", "0", "3"]
