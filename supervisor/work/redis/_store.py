@@ -301,7 +301,7 @@ class StoreActor:
         """Items per type the idle agents could take beyond those held here."""
         if self.host is None:
             return {}
-        return demand_of(self.host, self.q._local.items(), self.host.idle_counts())
+        return demand_of(self.host, self.q._local, self.host.idle_counts())
 
     def _reads(
         self, demand: Mapping[str, int], renew: bool, claim: bool
@@ -321,7 +321,7 @@ class StoreActor:
                 reads.append((_CLAIM, agent_type, (*base, 100, prefix, now, lease_ms, spec)))
             if demand.get(agent_type):  # one take per pool label set (issue 21)
                 idle = self.host.idle_counts().get(agent_type, 0) if self.host else 0
-                for spec, n in tier_demand(self.host, q._local.items(), agent_type, idle):
+                for spec, n in tier_demand(self.host, q._local, agent_type, idle):
                     reads.append((_TAKE, agent_type, (*base, n, prefix, now, ">", spec)))
         return reads
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._deps import _matches
-from .._item import ItemStatus, WorkItem
+from .._queue import MemoryWorkQueue
 
 __all__ = ["requirement", "served_labels", "tier_demand", "tier_queues"]
 
@@ -202,34 +202,34 @@ def idle_labels(host: Any, agent_type: str) -> list[dict[str, str]]:
 
 
 def tier_demand(
-    host: Any, items: Iterable[WorkItem], agent_type: str, idle: int
+    host: Any, local: MemoryWorkQueue, agent_type: str, idle: int
 ) -> list[tuple[str, int]]:
     """How many items of ``agent_type`` to take per pool label set of the idle agents:
     ``(label sets as the take script's ARGV[7], count)``; each set's idle agents less
-    the queued items held here that they match."""
+    the ready items held here that they match (no labels anywhere: idle agents less the
+    ready items, as before tiers)."""
+    ready = local.depth(agent_type)  # (promotes the local items whose delay passed)
     labels = idle_labels(host, agent_type)
-    queued = [i for i in items if i.agent_type == agent_type and i.status is ItemStatus.QUEUED]
-    if not labels:  # a host that does not say: the plain streams only
-        return [(_label_json([{}]), idle - len(queued))] if idle > len(queued) else []
+    if not any(labels):  # a host that does not say, or agents without labels
+        return [(_label_json([{}]), idle - ready)] if idle > ready else []
     groups: dict[str, tuple[dict[str, str], int]] = {}
     for lab in labels:
         spec = _label_json([lab])
         groups[spec] = (lab, groups.get(spec, (lab, 0))[1] + 1)
     out = []
     for spec, (lab, n) in sorted(groups.items()):
-        want = n - sum(1 for i in queued if _matches(i.require, lab))
+        want = n - local.depth_for(agent_type, lab)
         if want > 0:
             out.append((spec, want))
     return out
 
 
-def demand_of(host: Any, items: Iterable[WorkItem], idle: Mapping[str, int]) -> dict[str, int]:
+def demand_of(host: Any, local: MemoryWorkQueue, idle: Mapping[str, int]) -> dict[str, int]:
     """Items per type the idle agents could take beyond those held here, counted per
     pool label set (a large agent is not fed by small items held here)."""
-    held = list(items)
     out = {}
     for agent_type, n in idle.items():
-        want = sum(k for _, k in tier_demand(host, held, agent_type, n))
+        want = sum(k for _, k in tier_demand(host, local, agent_type, n))
         if want > 0:
             out[agent_type] = want
     return out
