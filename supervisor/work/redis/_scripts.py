@@ -372,13 +372,15 @@ return {1, holder}
 
 # Entries no hub has taken yet, over every level's stream: each group's lag (0 when
 # Redis cannot tell, as before), or every entry of a stream no hub has read yet (no
-# group). KEYS: the type's stream of priority 0.
+# group). KEYS: the type's stream of priority 0. ARGV[1]: the label sets of this hub's
+# pools (as the take's ARGV[7]: only the streams they satisfy; absent: every stream).
 _LAG = (
     _STREAMS
     + r"""
 local n = 0
+local ok = fitting(ARGV[1] or '*')
 for _, lv in ipairs(levels()) do
-  if redis.call('EXISTS', lv[2]) == 1 then
+  if (ok == nil or ok[lv[3]]) and redis.call('EXISTS', lv[2]) == 1 then
     local grouped = false
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', lv[2])) do
       local name, lag = nil, nil

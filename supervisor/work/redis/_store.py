@@ -55,6 +55,7 @@ class _Round:
     checks: list[WorkItem]  # dead/failed items kept here, read back
     reads: list[tuple[str, str, tuple[Any, ...]]]
     claimed: bool  # the hub held its id when the round was built
+    lag_specs: dict[str, str] = attrs.field(factory=dict)  # type -> label sets (_tiers.py)
 
 
 @attrs.define
@@ -213,15 +214,17 @@ class StoreActor:
         beat = None
         if clock.renew or not claimed or self.q._types != self.announced:
             beat = self._beat_fields()
+        lag_types = [] if beat is None else self._lag_types()
         return _Round(
             ops=self.q.writes.take(),
             renewals=self._renewals() if clock.renew else [],
             beat=beat,
             beats=self._beat_types() if clock.renew or clock.claim else [],
-            lag_types=[] if beat is None else self._lag_types(),
+            lag_types=lag_types,
             checks=self._checks() if clock.renew else [],
             reads=self._reads(demand, clock.renew, clock.claim) if claimed else [],
             claimed=claimed,
+            lag_specs={t: claim_spec(self.host, t) for t in lag_types},  # issue 21: tiers
         )
 
     def _down(self, exc: BaseException) -> None:
@@ -407,8 +410,9 @@ class StoreActor:
             q.claim.add_beat(pipe, r.beat)
         for agent_type in r.beats:
             pipe.evalsha(_SHA[_BEAT], 1, q.keys.of(agent_type, "alive"), q.claim.hub_id, lease_ms)
-        for agent_type in r.lag_types:  # over every priority's stream
-            pipe.evalsha(_SHA[_LAG], 1, q.keys.of(agent_type, "q"))
+        for agent_type in r.lag_types:  # over every priority's stream of the tiers it serves
+            spec = r.lag_specs.get(agent_type, "*")
+            pipe.evalsha(_SHA[_LAG], 1, q.keys.of(agent_type, "q"), spec)
         for item in r.checks:
             pipe.hget(q.keys.items(item.agent_type) + item.id, "st")
         for script, agent_type, args in r.reads:

@@ -20,7 +20,7 @@ from supervisor.work._item import WorkItem
 from supervisor.work.redis import RedisWorkQueue
 from supervisor.work.redis._admin import cluster_status
 from supervisor.work.redis._codec import _pairs
-from supervisor.work.redis._scripts import _CANCEL, _RETRY, _SHA, _TAKE
+from supervisor.work.redis._scripts import _CANCEL, _LAG, _RETRY, _SHA, _TAKE
 from supervisor.work.redis._store import _Round
 from supervisor.work.redis._tiers import requirement
 
@@ -337,13 +337,15 @@ def test_random_takes_give_each_pool_only_what_it_matches_in_order(client: Any) 
     """Seeded random submits (requirement, priority) and takes (a pool's labels, a count)
     straight through the scripts: each take gives exactly the first items, in priority
     order and first in, first out within one, among those the pool's labels match; none
-    twice, none a pool does not match."""
+    twice, none a pool does not match. The lag a hub reads for its depth counts the
+    waiting items its pools' labels match."""
     from supervisor.work._deps import _matches
     from supervisor.work.redis._scripts import _SUBMIT
 
     q = "hubvisor:work:{w}:q"
     b = q[:-1]
     submit, take = client.register_script(_SUBMIT), client.register_script(_TAKE)
+    lag = client.register_script(_LAG)
     for seed in range(25):
         rng = random.Random(seed)
         client.flushdb()
@@ -367,6 +369,10 @@ def test_random_takes_give_each_pool_only_what_it_matches_in_order(client: Any) 
             )
             assert [w[0] for w in fits[:count]] == ids, (seed, step, labels)
             waiting = [w for w in waiting if w[0] not in ids]
+        for labels in POOLS:  # a hub's depth counts what its pools could take only
+            spec = json.dumps([labels], separators=(",", ":"))
+            assert sum(1 for w in waiting if _matches(w[2], labels)) == lag(keys=[q], args=[spec])
+        assert len(waiting) == lag(keys=[q])  # no labels given: every stream
 
 
 def test_status_cluster_prints_what_no_hub_serves_and_the_waiting_per_requirement() -> None:
