@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -387,3 +388,33 @@ def test_status_cluster_prints_what_no_hub_serves_and_the_waiting_per_requiremen
     assert "no hub serves" in text and "w --require tier=huge: 3 waiting" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("w "))
     assert row.split() == ["w", "4", "1", "0", "3"]
+
+
+async def test_the_cli_submits_a_tier_no_pool_here_has_and_status_cluster_shows_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``hubvisor submit --require tier=huge`` on a Redis hub with only a small pool is
+    accepted (memory and SQLite refuse it); ``status --cluster`` prints it as waiting for
+    a tier no live hub serves; ``work show`` names the requirement."""
+    from supervisor.control.server import serve_control
+
+    from ...control.test_commands import cli, cli_json
+
+    hub = hub_of(redis_server.url, "A", pool("small"))
+    path = tmp_path / "hub.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await nursery.start(serve_control, hub, path)
+        item = await cli_json(path, "submit", "w", '{"n": 1}', "--require", "tier=huge")
+        assert {"tier": "huge"} == (await cli_json(path, "work", "show", item["id"]))["require"]
+        with trio.fail_after(TIMEOUT):
+            while True:  # once the hub's heartbeat published its tiers and Redis has it
+                shown = await cli(path, "status", "--cluster")
+                if "w --require tier=huge: 1 waiting" in shown.output:
+                    break
+                await trio.sleep(0.05)
+        assert 0 == shown.exit_code
+        row = next(line for line in shown.output.splitlines() if line.strip().startswith("w "))
+        assert ["w", "1", "0", "0", "1"] == row.split()
+        await hub.stop()
+        nursery.cancel_scope.cancel()
