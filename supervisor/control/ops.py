@@ -340,7 +340,8 @@ OPS: dict[str, Op] = {
             "--json prints one object: schema_version, hub, and agents (id, type, "
             "supervisor, pid, status, uptime, restarts, heartbeat_age, assignment, "
             "last_exit); with --cluster also cluster: hubs (id, alive, host, pid, agents, "
-            "lease_age, holding) and queues (waiting, in_flight, dead per type).",
+            "lease_age, holding) and queues (waiting, in_flight, dead per type; require and "
+            "unserved when not empty).",
             fields=(
                 Field(
                     "cluster",

@@ -148,11 +148,21 @@ def _show_cluster(console: Any, cluster: Mapping[str, Any]) -> None:
         )
     console.print(hubs)
     queues = Table(box=box.SIMPLE_HEAD, title="durable queues")
-    for col in ("type", "waiting", "in flight", "dead"):
+    for col in ("type", "waiting", "in flight", "dead", "no hub serves"):
         queues.add_column(col, justify="left" if col == "type" else "right")
     for agent_type, q in sorted(cluster["queues"].items()):
-        queues.add_row(Text(agent_type), str(q["waiting"]), str(q["in_flight"]), str(q["dead"]))
+        unserved = int(q.get("unserved") or 0)  # issue 21: no live hub's pool matches
+        queues.add_row(
+            Text(agent_type),
+            str(q["waiting"]),
+            str(q["in_flight"]),
+            str(q["dead"]),
+            Text(str(unserved), style="bold red" if unserved else ""),
+        )
     console.print(queues)
+    for agent_type, q in sorted(cluster["queues"].items()):  # waiting per requirement
+        for need, n in sorted((q.get("require") or {}).items()):
+            console.print(Text(f"{agent_type} --require {need}: {n} waiting"))
     if "sentinel" in cluster.get("redis", {}):
         where = cluster["redis"]["sentinel"]
         console.print(Text(f"Redis master behind Sentinel ({where['service']}): {where['master']}"))

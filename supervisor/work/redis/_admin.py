@@ -15,6 +15,7 @@ from ..._redis_cluster import topology
 from ..._redis_sentinel import sentinel_master
 from ._codec import _decode_map, _dumps, _hub_key, _text, _type_key
 from ._scripts import _ID_CHARS, _SUBMIT, GROUP
+from ._tiers import published, tier_queues
 
 
 def enqueue(
@@ -59,7 +60,7 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
             waiting, in_flight = waiting + w, in_flight + f
         dead = int(client.xlen(_type_key(prefix, agent_type, "dead")))
         queues[agent_type] = {"waiting": waiting, "in_flight": in_flight, "dead": dead}
-    hubs = []
+    hubs, live = [], []
     for hub_id in sorted(set(hub_ids) | set(pending)):
         key = _hub_key(prefix, hub_id)
         info = _decode_map(client.hgetall(key))
@@ -76,6 +77,10 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
                 "holding": pending.get(hub_id, {}),
             }
         )
+        if info and ttl > 0:  # issue 21: the label sets its pools serve, per type
+            live.append(published(info))
+    for agent_type in types:  # waiting per requirement set, and what no live hub serves
+        queues[agent_type].update(tier_queues(client, prefix, agent_type, live))
     status = {"prefix": prefix, "hubs": hubs, "queues": queues}
     redis_nodes = topology(client, types)  # on a Redis Cluster: its nodes, types' masters
     if redis_nodes is None:  # behind Sentinel: the master it names now
@@ -87,12 +92,17 @@ def cluster_status(client: redis.Redis, prefix: str = "hubvisor") -> dict[str, A
 
 def streams(client: redis.Redis, prefix: str, agent_type: str) -> list[str]:
     """The streams of ``agent_type``, highest priority first: ``P:work:{T}:q`` for
-    priority 0, ``P:work:{T}:q:<p>`` for each other level in ``P:work:{T}:prios``."""
+    priority 0, ``P:work:{T}:q:<p>`` for each other level in ``P:work:{T}:prios``, and
+    ``P:work:{T}:q:<p>:<rid>`` for each requirement set's in ``P:work:{T}:tiers``."""
     q = _type_key(prefix, agent_type, "q")
     levels = [
-        int(_text(p)) for p in client.zrevrange(_type_key(prefix, agent_type, "prios"), 0, -1)
+        (int(_text(p)), "") for p in client.zrevrange(_type_key(prefix, agent_type, "prios"), 0, -1)
     ]
-    return [f"{q}:{p}" if p else q for p in sorted({0, *levels}, reverse=True)]
+    for member in client.zrange(_type_key(prefix, agent_type, "tiers"), 0, -1):
+        p, _, rid = _text(member).partition(":")
+        levels.append((int(p), rid))
+    order = sorted({(0, ""), *levels}, key=lambda lv: (-lv[0], lv[1]))
+    return [f"{q}:{p}:{rid}" if rid else f"{q}:{p}" if p else q for p, rid in order]
 
 
 def _stream_counts(

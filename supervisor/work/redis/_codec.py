@@ -37,6 +37,7 @@ def _item_from(fields: Mapping[str, str]) -> WorkItem:
         not_before=int(fields["nb"]) / 1000 if fields.get("nb") else None,  # issue 21
         time_limit=float(fields["tl"]) if fields.get("tl") else None,  # issue 21
         priority=int(fields.get("pr") or 0),  # issue 21: its stream's level
+        require=json.loads(fields["req"]) if fields.get("req") else {},  # issue 21: its tier
     )
 
 

@@ -54,14 +54,15 @@ from ._outbox import Outbox, _Op
 from ._query import Queries
 from ._scripts import _FENCED, _ID_CHARS, _RETRY, _SUBMIT
 from ._store import StoreActor
+from ._tiers import requirement
 
 __all__ = ["RedisWorkQueue"]
 
 
 def _refuse_controls(controls: dict[str, Any]) -> None:
-    """``after`` and ``require`` are not built on Redis: a :class:`ControlError` naming
-    the option and the backend (issue 21; docs/work-controls.md)."""
-    for name, option in (("after", "--after"), ("require", "--require")):
+    """``after`` is not built on Redis: a :class:`ControlError` naming the option and the
+    backend (issue 21; docs/work-controls.md)."""
+    for name, option in (("after", "--after"),):
         if controls.pop(name, None):
             raise ControlError(
                 f"{option}: RedisWorkQueue does not support dependencies or routing to "
@@ -243,10 +244,11 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet; an ``after`` or ``require`` (not supported on
-                Redis yet).
+                Redis has not taken yet; an ``after`` (not on Redis yet; a ``require``
+                no pool here matches is accepted: another hub may serve it).
         """
-        _refuse_controls({k: kw.pop(k) for k in ("after", "require") if k in kw})
+        _refuse_controls({k: kw.pop(k) for k in ("after",) if k in kw})
+        require = dict(kw.pop("require", None) or {})  # issue 21: names the item's stream
         time_limit = kw.pop("time_limit", None)  # issue 21: written in the item's hash
         max_deliveries, source, not_before, priority = _options(kw)
         if self.writes.full():
@@ -267,6 +269,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             not_before=not_before,
             time_limit=time_limit,
             priority=priority,
+            require=require,
         )
         self._pending[item.id] = item
         self._stored[item.id] = trio.Event()
@@ -277,7 +280,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             self.keys.of(agent_type, "q"),
             self.keys.items(agent_type) + item.id,
         )
-        if key is not None or not_before is not None or time_limit is not None or priority:
+        extended = key is not None or not_before is not None or time_limit is not None
+        if extended or priority or require:
             item.key = key
             keys += (
                 self.keys.of(agent_type, "keys"),
@@ -287,13 +291,17 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             nb = "" if not_before is None else int(not_before * 1000)
             tl = "" if time_limit is None else repr(float(time_limit))
             args += (key or "", self.keys.items(agent_type), item.created_at, nb, tl, priority)
+            args += requirement(require)  # issue 21: routing to tiers (_tiers.py)
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
 
-    def assign(self, agent_type: str, agent: str, now: float, **_: Any) -> WorkItem | None:
-        """Give the oldest item this hub holds to ``agent``; the attempt is written."""
-        item = self._local.assign(agent_type, agent, _wall(now))
+    def assign(
+        self, agent_type: str, agent: str, now: float, labels: Any = None, **_: Any
+    ) -> WorkItem | None:
+        """Give the oldest item this hub holds to ``agent`` (whose pool has ``labels``:
+        the oldest one whose ``require`` they match); the attempt is written."""
+        item = self._local.assign(agent_type, agent, _wall(now), labels)
         if item is not None:
             self._fenced(item, "start", item.deliveries, agent)
         return item

@@ -10,34 +10,19 @@ from __future__ import annotations
 import hashlib
 import string
 
+from ._tiers import _TAKE_LEVELS, _TIERS
+
 GROUP = "hubs"
 
 
-# Priorities (issue 21): one stream per priority level in use. KEYS[1] is always the
+# Priorities and tiers (issue 21): one stream per priority level and requirement set in
+# use (``_TIERS``, supervisor/work/redis/_tiers.py). KEYS[1] is always the
 # type's stream of priority 0 (``P:work:{T}:q``); priority p's is ``P:work:{T}:q:<p>``,
 # and the sorted set ``P:work:{T}:prios`` (member and score: p) holds the levels other
 # than 0 that have a stream. All share the hash tag {T} (one slot on Redis Cluster). An
-# item's hash keeps its priority (``pr``) and its entry's id: ``stream(pr)`` is where it is.
-_STREAMS = r"""
-local function stream(pr)
-  if (not pr) or pr == '' or pr == '0' then return KEYS[1] end
-  return KEYS[1] .. ':' .. pr
-end
-local prios = string.sub(KEYS[1], 1, -2) .. 'prios'
-local function enlist(pr)  -- the level has a stream now
-  if pr and pr ~= '' and pr ~= '0' then redis.call('ZADD', prios, pr, pr) end
-end
--- every level's stream, highest priority first ({pr, key})
-local function levels()
-  local out, zero = {}, false
-  for _, p in ipairs(redis.call('ZREVRANGE', prios, 0, -1)) do
-    if (not zero) and tonumber(p) < 0 then table.insert(out, {'0', KEYS[1]}); zero = true end
-    table.insert(out, {p, KEYS[1] .. ':' .. p})
-  end
-  if not zero then table.insert(out, {'0', KEYS[1]}) end
-  return out
-end
-"""
+# item's hash keeps its priority (``pr``), its requirement set (``rq``, ``req``) and its
+# entry's id: ``stream(pr, rq)`` is where it is.
+_STREAMS = _TIERS
 
 # Shared by the scripts that take entries: adopt one entry of stream ``sq`` for this hub,
 # or drop a stale one. ARGV: hub, token, count, item-key prefix, now, lease ms (claim only).
@@ -55,9 +40,9 @@ local function adopt(sq, eid, fields)
   if not iid then redis.call('XACK', sq, 'hubs', eid); return end
   local k = prefix .. iid
   local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'tok', 'agent', 'att', 'dlv', 'max',
-    'hist', 'pr')
+    'hist', 'pr', 'rq')
   local st = h[1]
-  if (not st) or h[2] ~= eid or stream(h[10]) ~= sq or st == 'completed' or st == 'failed'
+  if (not st) or h[2] ~= eid or stream(h[10], h[11]) ~= sq or st == 'completed' or st == 'failed'
       or st == 'dead' or st == 'cancelled' then
     redis.call('XACK', sq, 'hubs', eid); redis.call('XDEL', sq, eid); return
   end
@@ -106,9 +91,10 @@ if KEYS[4] then
     redis.call('ZREM', KEYS[4], iid)
     local k = prefix .. iid
     if redis.call('HGET', k, 'st') == 'queued' and redis.call('HGET', k, 'entry') == '' then
-      local pr = redis.call('HGET', k, 'pr')  -- into its priority's stream
-      local entry = redis.call('XADD', stream(pr), '*', 'item', iid)
-      enlist(pr)
+      local pr = redis.call('HGET', k, 'pr')  -- into its priority's (and tier's) stream
+      local rq = redis.call('HGET', k, 'rq')
+      local entry = push(stream(pr, rq), iid)
+      enlist(pr, rq)
       redis.call('HSET', k, 'entry', entry, 'nb', '')
     end
   end
@@ -116,28 +102,11 @@ end
 """
 
 # Read the levels' streams highest priority first (FIFO within one) until ``count``
-# entries were taken; ARGV[6] '>' new entries, '0' this hub's own pending ones. A level
-# whose stream is empty leaves the set (its stream is deleted: nothing is pending there).
-_TAKE = (
-    _ADOPT
-    + _DUE
-    + r"""
-local want = tonumber(ARGV[3])
-for _, lv in ipairs(levels()) do
-  if #out >= want then break end
-  local sq = lv[2]
-  if lv[1] ~= '0' and redis.call('XLEN', sq) == 0 then
-    redis.call('ZREM', prios, lv[1]); redis.call('DEL', sq)
-  elseif redis.call('EXISTS', sq) == 1 then
-    if sq ~= q then redis.pcall('XGROUP', 'CREATE', sq, 'hubs', '0') end
-    local r = redis.call('XREADGROUP', 'GROUP', 'hubs', hub, 'COUNT', want - #out, 'STREAMS',
-      sq, ARGV[6])
-    if r and r[1] then for _, e in ipairs(r[1][2]) do adopt(sq, e[1], e[2]) end end
-  end
-end
-return out
-"""
-)
+# entries were taken; ARGV[6] '>' new entries, '0' this hub's own pending ones; ARGV[7]
+# the label sets of the pool taking (JSON list; '*' every stream; absent: no labels), so
+# only streams whose requirement they satisfy are read (_tiers.py). A stream found empty
+# leaves its set (it is deleted: nothing is pending there).
+_TAKE = _ADOPT + _DUE + _TAKE_LEVELS
 
 # The server's clock of one type's hubs, in the hash KEYS[4] (``P:work:{T}:alive``):
 # ``hub:<id>`` is the server time (ms) of that hub's last proof of life, ``clock:last`` the
@@ -167,7 +136,8 @@ return now
 
 # Take the entries of hubs whose proof of life is older than the lease (never from the
 # idle time of an entry alone: a stalled server stalls every hub's renewals with it).
-# KEYS: q, dead, log, alive. ARGV: hub, token, count, item prefix, now, lease ms.
+# KEYS: q, dead, log, alive. ARGV: hub, token, count, item prefix, now, lease ms, the label
+# sets this hub serves (as the take's ARGV[7]: only streams they satisfy).
 _CLAIM = (
     _ADOPT
     + _CLOCK
@@ -177,9 +147,10 @@ local alive = KEYS[4]
 local now = tick(alive, lease)
 local resumed = tonumber(redis.call('HGET', alive, 'clock:resumed') or '0')
 if now - resumed < lease then return out end
+local ok = fitting(ARGV[7])
 for _, lv in ipairs(levels()) do  -- highest priority first
   local sq, start = lv[2], '-'
-  if sq == q or redis.call('EXISTS', sq) == 1 then
+  if (ok == nil or ok[lv[3]]) and (sq == q or redis.call('EXISTS', sq) == 1) then
     redis.pcall('XGROUP', 'CREATE', sq, 'hubs', '0')
     for _ = 1, 10 do
       local rows = redis.call('XPENDING', sq, 'hubs', 'IDLE', lease, start, '+', budget)
@@ -227,13 +198,14 @@ return 0
 # key, a kept item of the type with that key is answered (its id) and nothing is created;
 # with a not-before time the item waits in the delayed set, not the stream (see _DUE); a
 # time limit is kept in the item's hash (``tl``), applied by whichever hub takes it; a
-# priority (ARGV[12], '' or '0': 0) picks the item's stream (see _STREAMS).
+# priority (ARGV[12], '' or '0': 0) and a requirement set (ARGV[13] its id, ARGV[14] its
+# text, see _tiers.py) pick the item's stream (see _STREAMS).
 _SUBMIT = (
     _STREAMS
     + r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local key, nb, entry = ARGV[7] or '', ARGV[10] or '', ''
-local pr = ARGV[12] or '0'
+local pr, rq = ARGV[12] or '0', ARGV[13] or ''
 if pr == '' then pr = '0' end
 if key ~= '' then
   -- an idempotency key (issue 21): KEYS[3] the type's key -> id hash, KEYS[4] the sorted
@@ -258,13 +230,16 @@ if nb ~= '' then
   -- a not-before time (issue 21): the item waits in the delayed set KEYS[5] (see _DUE)
   redis.call('ZADD', KEYS[5], nb, ARGV[1])
 else
-  entry = redis.call('XADD', stream(pr), '*', 'item', ARGV[1])
-  enlist(pr)
+  entry = push(stream(pr, rq), ARGV[1])
+  enlist(pr, rq)
 end
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'type', ARGV[2], 'payload', ARGV[3], 'max', ARGV[4],
   'src', ARGV[5], 'created', ARGV[6], 'st', 'queued', 'att', 0, 'dlv', 0, 'hub', '', 'tok', '',
   'agent', '', 'entry', entry, 'hist', '[]', 'nb', nb, 'pr', pr)
 if (ARGV[11] or '') ~= '' then redis.call('HSET', KEYS[2], 'tl', ARGV[11]) end
+if rq ~= '' then  -- a requirement set (issue 21): its text kept for takes and status
+  redis.call('HSET', reqs, rq, ARGV[14]); redis.call('HSET', KEYS[2], 'rq', rq, 'req', ARGV[14])
+end
 return 1
 """
 )
@@ -275,10 +250,10 @@ _FENCED = (
     + r"""
 local dead, logk, k = KEYS[2], KEYS[3], KEYS[4]
 local op, hub, tok, a, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local h = redis.call('HMGET', k, 'st', 'hub', 'tok', 'att', 'entry', 'id', 'agent', 'pr')
+local h = redis.call('HMGET', k, 'st', 'hub', 'tok', 'att', 'entry', 'id', 'agent', 'pr', 'rq')
 local st = h[1]
 if not st then return {0, 'no such item in Redis'} end
-local q = stream(h[8])  -- the item's stream (its priority's)
+local q = stream(h[8], h[9])  -- the item's stream (its priority's and tier's)
 if h[2] ~= hub or h[3] ~= tok then
   return {0, 'lease lost: the item is held by hub ' .. (h[2] ~= '' and h[2] or '(none)')}
 end
@@ -323,8 +298,8 @@ elseif op == 'finish' then
 elseif op == 'release' then
   if final then return {1, 'finished'} end
   redis.call('XACK', q, 'hubs', h[5]); redis.call('XDEL', q, h[5])
-  local entry = redis.call('XADD', q, '*', 'item', h[6])
-  enlist(h[8])
+  local entry = push(q, h[6])
+  enlist(h[8], h[9])
   redis.call('HSET', k, 'st', 'queued', 'hub', '', 'tok', '', 'agent', '', 'entry', entry,
     'dlv', ARGV[6], 'hist', ARGV[7])
   return {1, ''}
@@ -347,9 +322,10 @@ if not st then return {0, 'no such item'} end
 if st ~= 'dead' and st ~= 'failed' then return {0, 'it is ' .. st} end
 local dl = redis.call('HGET', k, 'dl')
 if dl and dl ~= '' then redis.call('XDEL', KEYS[2], dl) end
-local pr = redis.call('HGET', k, 'pr')  -- back of its priority's stream
-local entry = redis.call('XADD', stream(pr), '*', 'item', ARGV[1])
-enlist(pr)
+local pr = redis.call('HGET', k, 'pr')  -- back of its priority's (and tier's) stream
+local rq = redis.call('HGET', k, 'rq')
+local entry = push(stream(pr, rq), ARGV[1])
+enlist(pr, rq)
 redis.call('HSET', k, 'st', 'queued', 'dlv', 0, 'error', '', 'hub', '', 'tok', '', 'agent', '',
   'entry', entry, 'finished', '', 'dl', '')
 redis.call('PERSIST', k)
@@ -368,8 +344,8 @@ _CANCEL = (
     _STREAMS
     + r"""
 local logk, k = KEYS[3], KEYS[4]
-local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'att', 'agent', 'pr')
-local q = stream(h[6])
+local h = redis.call('HMGET', k, 'st', 'entry', 'hub', 'att', 'agent', 'pr', 'rq')
+local q = stream(h[6], h[7])
 local st = h[1]
 if not st then return {0, 'no such item'} end
 if st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled' then
@@ -396,13 +372,15 @@ return {1, holder}
 
 # Entries no hub has taken yet, over every level's stream: each group's lag (0 when
 # Redis cannot tell, as before), or every entry of a stream no hub has read yet (no
-# group). KEYS: the type's stream of priority 0.
+# group). KEYS: the type's stream of priority 0. ARGV[1]: the label sets of this hub's
+# pools (as the take's ARGV[7]: only the streams they satisfy; absent: every stream).
 _LAG = (
     _STREAMS
     + r"""
 local n = 0
+local ok = fitting(ARGV[1] or '*')
 for _, lv in ipairs(levels()) do
-  if redis.call('EXISTS', lv[2]) == 1 then
+  if (ok == nil or ok[lv[3]]) and redis.call('EXISTS', lv[2]) == 1 then
     local grouped = false
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', lv[2])) do
       local name, lag = nil, nil

@@ -31,6 +31,7 @@ from ._nodes import NodesDown
 from ._outbox import _Op
 from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
+from ._tiers import claim_spec, demand_of, served_labels, tier_demand
 
 _log = logging.getLogger("hubvisor")
 
@@ -56,6 +57,7 @@ class _Round:
     checks: list[WorkItem]  # dead/failed items kept here, read back
     reads: list[tuple[str, str, tuple[Any, ...]]]
     claimed: bool  # the hub held its id when the round was built
+    lag_specs: dict[str, str] = attrs.field(factory=dict)  # type -> label sets (_tiers.py)
 
 
 @attrs.define
@@ -157,7 +159,10 @@ class StoreActor:
 
     def _beat_fields(self) -> dict[str, Any]:
         agents = self.host.agent_counts() if self.host is not None else {}
-        return self.q.claim.fields(agents, self.q._types)
+        fields = self.q.claim.fields(agents, self.q._types)
+        # the label sets its pools serve per type (issue 21: status --cluster)
+        fields["tiers"] = json.dumps(served_labels(self.host), sort_keys=True)
+        return fields
 
     async def _loop(self) -> None:
         now = trio.current_time()
@@ -214,15 +219,17 @@ class StoreActor:
         beat = None
         if clock.renew or not claimed or self.q._types != self.announced:
             beat = self._beat_fields()
+        lag_types = [] if beat is None else self._lag_types()
         return _Round(
             ops=self.q.writes.take(),
             renewals=self._renewals() if clock.renew else [],
             beat=beat,
             beats=self._beat_types() if clock.renew or clock.claim else [],
-            lag_types=[] if beat is None else self._lag_types(),
+            lag_types=lag_types,
             checks=self._checks() if clock.renew else [],
             reads=self._reads(demand, clock.renew, clock.claim) if claimed else [],
             claimed=claimed,
+            lag_specs={t: claim_spec(self.host, t) for t in lag_types},  # issue 21: tiers
         )
 
     def _down(self, exc: BaseException) -> None:
@@ -302,9 +309,7 @@ class StoreActor:
         """Items per type the idle agents could take beyond those held here."""
         if self.host is None:
             return {}
-        local = self.q._local
-        idle = self.host.idle_counts()
-        return {t: n - local.depth(t) for t, n in idle.items() if n > local.depth(t)}
+        return demand_of(self.host, self.q._local, self.host.idle_counts())
 
     def _reads(
         self, demand: Mapping[str, int], renew: bool, claim: bool
@@ -317,12 +322,15 @@ class StoreActor:
             base = (q.claim.hub_id, q.claim.token)
             prefix = q.keys.items(agent_type)
             if agent_type in self.recover:
-                reads.append((_TAKE, agent_type, (*base, 1000, prefix, now, "0")))
-            if claim:
+                reads.append((_TAKE, agent_type, (*base, 1000, prefix, now, "0", "*")))
+            if claim:  # only the tiers this hub serves (issue 21)
                 lease_ms = int(q.lease * 1000)
-                reads.append((_CLAIM, agent_type, (*base, 100, prefix, now, lease_ms)))
-            if demand.get(agent_type):
-                reads.append((_TAKE, agent_type, (*base, demand[agent_type], prefix, now, ">")))
+                spec = claim_spec(self.host, agent_type)
+                reads.append((_CLAIM, agent_type, (*base, 100, prefix, now, lease_ms, spec)))
+            if demand.get(agent_type):  # one take per pool label set (issue 21)
+                idle = self.host.idle_counts().get(agent_type, 0) if self.host else 0
+                for spec, n in tier_demand(self.host, q._local, agent_type, idle):
+                    reads.append((_TAKE, agent_type, (*base, n, prefix, now, ">", spec)))
         return reads
 
     def _beat_types(self) -> list[str]:
@@ -409,8 +417,9 @@ class StoreActor:
             q.claim.add_beat(pipe, r.beat)
         for agent_type in r.beats:
             pipe.evalsha(_SHA[_BEAT], 1, q.keys.of(agent_type, "alive"), q.claim.hub_id, lease_ms)
-        for agent_type in r.lag_types:  # over every priority's stream
-            pipe.evalsha(_SHA[_LAG], 1, q.keys.of(agent_type, "q"))
+        for agent_type in r.lag_types:  # over every priority's stream of the tiers it serves
+            spec = r.lag_specs.get(agent_type, "*")
+            pipe.evalsha(_SHA[_LAG], 1, q.keys.of(agent_type, "q"), spec)
         for item in r.checks:
             pipe.hget(q.keys.items(item.agent_type) + item.id, "st")
         for script, agent_type, args in r.reads:

@@ -67,7 +67,5 @@ async def test_dependencies_and_requirements_are_refused_on_redis(
         first = hub.work.submit("w", {"n": 1})
         with pytest.raises(ControlError, match="--after: RedisWorkQueue does not support"):
             hub.work.submit("w", {"n": 1}, after=[first.id])
-        with pytest.raises(ControlError, match="--require: RedisWorkQueue does not support"):
-            hub.work.submit("w", {"n": 1}, require=["tier=large"])
         assert [first.id] == [i.id for i in hub.work.items()]
         assert isinstance(hub, Hub)
