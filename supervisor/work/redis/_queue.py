@@ -50,6 +50,7 @@ from .._store import ActorCounters, StoreHost
 from ._cancel import CancelParts
 from ._claim import HubClaim
 from ._codec import Keys, _dumps, _safe, _text, _wall
+from ._deps import RedisDeps
 from ._outbox import Outbox, _Op
 from ._query import Queries
 from ._scripts import _FENCED, _ID_CHARS, _RETRY, _SUBMIT
@@ -59,9 +60,9 @@ __all__ = ["RedisWorkQueue"]
 
 
 def _refuse_controls(controls: dict[str, Any]) -> None:
-    """``after`` and ``require`` are not built on Redis: a :class:`ControlError` naming
-    the option and the backend (issue 21; docs/work-controls.md)."""
-    for name, option in (("after", "--after"), ("require", "--require")):
+    """``require`` is not built on Redis: a :class:`ControlError` naming the option and
+    the backend (issue 21; docs/work-controls.md). ``after``: see ``_deps.py``."""
+    for name, option in (("require", "--require"),):
         if controls.pop(name, None):
             raise ControlError(
                 f"{option}: RedisWorkQueue does not support dependencies or routing to "
@@ -197,6 +198,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         heartbeat round (``None`` before one was answered)."""
         self._actor = StoreActor(self)
         self._queries = Queries(self)
+        self._deps = RedisDeps(self)
+        """Dependent items (``submit --after``, issue 21)."""
 
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
@@ -229,6 +232,11 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         taken yet (as of this hub's last heartbeat round)."""
         return self._local.depth(agent_type) + self._actor.lag.get(agent_type, 0)
 
+    def blocked(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting for their dependencies in Redis, as this hub
+        last read (each third of a lease; issue 21)."""
+        return self._deps.blocked(agent_type)
+
     def has_work(self, agent_type: str) -> bool:
         """Whether this hub holds a queued item of ``agent_type`` (taken from Redis)."""
         return self._local.has_work(agent_type)
@@ -246,7 +254,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 Redis has not taken yet; an ``after`` or ``require`` (not supported on
                 Redis yet).
         """
-        _refuse_controls({k: kw.pop(k) for k in ("after", "require") if k in kw})
+        after = list(kw.pop("after", None) or ())  # issue 21: _deps.py
+        _refuse_controls({k: kw.pop(k) for k in ("require",) if k in kw})
         time_limit = kw.pop("time_limit", None)  # issue 21: written in the item's hash
         max_deliveries, source, not_before, priority = _options(kw)
         if self.writes.full():
@@ -287,6 +296,10 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             nb = "" if not_before is None else int(not_before * 1000)
             tl = "" if time_limit is None else repr(float(time_limit))
             args += (key or "", self.keys.items(agent_type), item.created_at, nb, tl, priority)
+        if after:  # dependencies (issue 21): parked in the blocked set, then linked
+            self._push(self._deps.submit_op(item, keys, args, after))
+            self._types.add(agent_type)
+            return item
         self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
         self._types.add(agent_type)
         return item
@@ -363,6 +376,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
     def _push(self, op: _Op) -> None:
         if self.writes.push(op):
             self._actor.wake.set()
+        if op.kind == "finish":  # issue 21: its dependents, if any, are settled
+            self._deps.finished(op.item_id)
 
     def _fenced(self, item: WorkItem, op: str, *extra: Any) -> None:
         args = (op, self.claim.hub_id, self.claim.token, item.attempt, time.time(), *extra)
@@ -443,9 +458,13 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         it is held here and written when Redis answers)."""
         event = self._stored.get(item_id)
         if event is None:
+            event = self._deps.waiting(item_id)  # issue 21: a dependent's links
+        if event is None:
+            self._deps.check(item_id)  # issue 21: an unknown dependency refuses it
             return item_id not in self._pending
         with trio.move_on_after(timeout):
             await event.wait()
+        self._deps.check(item_id)
         return event.is_set()
 
     def poke(self) -> None:
@@ -462,7 +481,10 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 or another live hub holds this hub's id (at start or when Redis returns).
         """
         try:
-            await self._actor.run(host, task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._deps.run)  # issue 21: counts, reconcile
+                await self._actor.run(host, task_status=task_status)
+                nursery.cancel_scope.cancel()
         finally:
             self._queries.close()
 

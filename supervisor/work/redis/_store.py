@@ -457,6 +457,8 @@ class StoreActor:
                 self.q.dupes[op.item_id] = _text(reply)
                 while len(self.q.dupes) > 10_000:  # the oldest answers are long read
                     del self.q.dupes[next(iter(self.q.dupes))]
+            if op.on_reply is not None:  # issue 21: a dependent item, its links follow
+                op.on_reply(reply)  # (they take its event: stored once they answer)
             event = self.q._stored.pop(op.item_id, None)
             if event is not None:
                 event.set()
@@ -536,6 +538,7 @@ def _adopt(
             if kind != "mine" and prev:
                 took[(prev, agent_type)] = took.get((prev, agent_type), 0) + 1
             if kind == "dead":
+                q._deps.finished(fields["id"])  # issue 21: its dependents are settled
                 if host is not None:
                     host.dead_elsewhere(_item_from(fields))
                 continue

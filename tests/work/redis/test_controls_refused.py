@@ -65,8 +65,6 @@ async def test_dependencies_and_requirements_are_refused_on_redis(
     service = WorkService(RedisWorkQueue(redis_server.url))
     async with running([agent("a1")], work=service, hub_id="A") as (hub, _):
         first = hub.work.submit("w", {"n": 1})
-        with pytest.raises(ControlError, match="--after: RedisWorkQueue does not support"):
-            hub.work.submit("w", {"n": 1}, after=[first.id])
         with pytest.raises(ControlError, match="--require: RedisWorkQueue does not support"):
             hub.work.submit("w", {"n": 1}, require=["tier=large"])
         assert [first.id] == [i.id for i in hub.work.items()]

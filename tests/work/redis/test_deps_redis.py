@@ -1,0 +1,168 @@
+"""Dependent items (``submit --after``) on Redis (issue 21): released when every
+dependency completed, cancelled naming the one that ended otherwise, across agent types
+(other hash slots) and hubs, repaired by any hub's reconcile when the hub that finished a
+dependency died before it settled the dependents (supervisor/work/redis/_deps.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from supervisor import ControlError, ItemStatus, MemoryWorkQueue, WorkService
+from supervisor.work._item import WorkItem, _dependency_ended
+from supervisor.work.redis import RedisWorkQueue
+from supervisor.work.redis._deps import RedisDeps, ended, unknown
+
+from ...helpers import TIMEOUT, running, until
+from ...redis_server import RedisServer, redis_server
+from ..test_service import agent
+
+__all__ = ["redis_server"]
+
+
+def blocked_ids(client: Any, agent_type: str) -> set[str]:
+    return set(client.smembers(f"hubvisor:work:{{{agent_type}}}:blocked"))
+
+
+async def test_an_item_waits_for_a_dependency_of_another_type_and_runs_after_it(
+    redis_server: RedisServer, client: Any
+) -> None:
+    """The dependent (type v) is parked in v's blocked set, counted ``blocked`` by status
+    and the metric, until its dependency (type w, another slot) completed; then it runs."""
+    from supervisor._metrics import _waiting_by_reason
+
+    service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
+    async with running([agent("a1"), agent("b1", agent_type="v")], work=service, hub_id="A") as (
+        hub,
+        _,
+    ):
+        dep = hub.work.submit("w", {"n": 1, "sleep": 1.0})
+        assert await hub.work.stored(dep.id)
+        then = hub.work.submit("v", {"n": 2}, after=[dep.id])
+        assert await hub.work.stored(then.id)
+        shown = await hub.work.fetch(then.id)
+        assert ItemStatus.QUEUED == shown.status
+        assert ([dep.id], [dep.id]) == (shown.after, shown.waiting_on)
+        assert then.id in blocked_ids(client, "v")
+        await until(lambda: hub.work.queue.blocked("v") == 1)  # type: ignore[attr-defined]
+        gauge = _waiting_by_reason(hub, {"v"})
+        assert 1 == {s.labels["reason"]: s.value for s in gauge.samples}["dependencies"]
+        with trio.fail_after(TIMEOUT):
+            done = await hub.work.wait(then.id)
+            first = await hub.work.wait(dep.id)
+        assert (ItemStatus.COMPLETED, ItemStatus.COMPLETED) == (done.status, first.status)
+        assert first.finished_at is not None and done.history[0].at >= first.finished_at - 0.01
+        assert not blocked_ids(client, "v")
+        await until(lambda: hub.work.queue.blocked("v") == 0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["failed", "cancelled"])
+async def test_a_dependency_that_ends_otherwise_cancels_the_item_naming_it(
+    redis_server: RedisServer, client: Any, how: str
+) -> None:
+    """A dependency that fails (or is cancelled while queued, on no agent) cancels its
+    dependents with the reason the memory queue gives, and theirs in turn (a chain)."""
+    service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
+    async with running([agent("a1"), agent("b1", agent_type="v")], work=service, hub_id="A") as (
+        hub,
+        _,
+    ):
+        if how == "failed":
+            dep = hub.work.submit("w", {"fail": "no luck", "sleep": 0.3})
+        else:
+            dep = hub.work.submit("z", {"n": 1})  # no agent of type z: stays queued
+        assert await hub.work.stored(dep.id)
+        then = hub.work.submit("v", {"n": 2}, after=[dep.id])
+        last = hub.work.submit("w", {"n": 3}, after=[then.id])
+        assert await hub.work.stored(then.id) and await hub.work.stored(last.id)
+        if how == "cancelled":
+            await hub.work.cancel_any(dep.id, "not needed")
+        with trio.fail_after(TIMEOUT):
+            first = await hub.work.wait(dep.id)
+            done = await hub.work.wait(then.id)
+            chained = await hub.work.wait(last.id)
+    assert ItemStatus.CANCELLED == done.status == chained.status
+    assert _dependency_ended(first) == done.error
+    assert f"dependency {then.id} ended cancelled: {done.error}"[:500] == chained.error
+    assert first.error and (how == "failed") == ("no luck" in first.error)
+    assert not blocked_ids(client, "v") and not blocked_ids(client, "w")
+
+
+async def test_an_unknown_dependency_is_refused_in_the_memory_queues_words(
+    redis_server: RedisServer, client: Any
+) -> None:
+    memory = MemoryWorkQueue()
+    service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
+    async with running([agent("a1")], work=service, hub_id="A") as (hub, _):
+        known = hub.work.submit("w", {"n": 1}, key="k1")
+        assert await hub.work.stored(known.id)
+        for ref in ("w-nosuch1", "w:nokey"):
+            with pytest.raises(ControlError) as mem:
+                memory.submit("w", {}, max_deliveries=1, source="t", now=0, after=[ref])
+            item = hub.work.submit("w", {"n": 2}, after=[known.id, ref])
+            with pytest.raises(ControlError) as red:
+                await hub.work.stored(item.id)
+            assert str(mem.value) == str(red.value) == unknown(ref)
+            await until(lambda i=item: not client.exists(f"hubvisor:work:{{w}}:item:{i.id}"))  # type: ignore[misc]
+        by_key = hub.work.submit("w", {"n": 3}, after=["w:k1"])  # TYPE:KEY names it
+        assert await hub.work.stored(by_key.id)
+        with trio.fail_after(TIMEOUT):
+            assert ItemStatus.COMPLETED == (await hub.work.wait(by_key.id)).status
+    assert not blocked_ids(client, "w")
+
+
+async def test_submitted_on_one_hub_released_by_the_hub_that_completed_the_dependency(
+    redis_server: RedisServer, client: Any
+) -> None:
+    """Hub B (agents of type v) submits an item after one of type w, which only hub A
+    runs: A completes the dependency and releases the item; B's agent runs it."""
+    a = WorkService(RedisWorkQueue(redis_server.url, lease=1))
+    b = WorkService(RedisWorkQueue(redis_server.url, lease=1))
+    async with (
+        running([agent("a1")], work=a, hub_id="A") as (hub_a, _),
+        running([agent("b1", agent_type="v")], work=b, hub_id="B") as (hub_b, _),
+    ):
+        dep = hub_b.work.submit("w", {"n": 1, "sleep": 0.5})
+        assert await hub_b.work.stored(dep.id)
+        then = hub_b.work.submit("v", {"n": 2}, after=[dep.id])
+        assert await hub_b.work.stored(then.id)
+        with trio.fail_after(TIMEOUT):
+            done = await hub_b.work.wait(then.id)
+        assert ItemStatus.COMPLETED == done.status
+        assert "A/" in (await hub_b.work.fetch(dep.id)).history[-1].agent
+        assert done.history[-1].agent in ("b1", "B/b1")  # only B runs type v
+        assert hub_a.work.queue._deps.settled >= 1  # type: ignore[attr-defined]
+
+
+async def test_a_hub_gone_between_the_finish_and_the_release_is_repaired_by_another(
+    redis_server: RedisServer, client: Any
+) -> None:
+    """Hub A completes the dependency but never settles its dependents (as when it dies
+    right after the finish's round): hub B's reconcile, within a lease, releases the item
+    it submitted, and B's agent runs it."""
+    qa = RedisWorkQueue(redis_server.url, lease=1)
+    qa._deps.finished = lambda item_id: None  # type: ignore[method-assign]
+    a = WorkService(qa)
+    b = WorkService(RedisWorkQueue(redis_server.url, lease=1))
+    async with running([agent("b1", agent_type="v")], work=b, hub_id="B") as (hub_b, _):
+        async with running([agent("a1")], work=a, hub_id="A") as (hub_a, _):
+            dep = hub_a.work.submit("w", {"n": 1})
+            assert await hub_a.work.stored(dep.id)
+            then = hub_b.work.submit("v", {"n": 2}, after=[dep.id])
+            assert await hub_b.work.stored(then.id)
+            with trio.fail_after(TIMEOUT):
+                await hub_a.work.wait(dep.id)
+        assert then.id in blocked_ids(client, "v")  # A is gone: nobody settled it
+        with trio.fail_after(TIMEOUT):
+            done = await hub_b.work.wait(then.id)
+        assert ItemStatus.COMPLETED == done.status
+        assert hub_b.work.queue._deps.repaired >= 1  # type: ignore[attr-defined]
+
+
+def test_the_reasons_are_those_of_the_memory_queue() -> None:
+    dep = WorkItem(id="w-1", agent_type="w", payload={}, max_deliveries=1, created_at=0.0)
+    dep.status, dep.error = ItemStatus.DEAD, "x" * 600
+    assert _dependency_ended(dep) == ended("w-1", "dead", "x" * 600)
+    assert isinstance(RedisDeps, type)
