@@ -48,7 +48,7 @@ from ._scripts import _SHA, _SUBMIT
 if TYPE_CHECKING:
     from ._queue import RedisWorkQueue
 
-__all__ = ["RECONCILE_BUDGET", "RedisDeps"]
+__all__ = ["RECONCILE_BUDGET", "DepsParts", "RedisDeps"]
 
 _log = logging.getLogger("hubvisor")
 
@@ -180,11 +180,16 @@ _SHA.update(
 _SHA[_DROP] = hashlib.sha1(_DROP.encode()).hexdigest()
 
 
-def type_of(ref: str) -> str:
-    """The agent type of a dependency reference (an id ``T-...`` or ``T:KEY``)."""
-    if ":" in ref:
-        return ref.partition(":")[0]
-    return ref.rsplit("-", 1)[0]
+def type_of(item_id: str) -> str:
+    """The agent type of an item id (``<type>-<chars>``)."""
+    return item_id.rsplit("-", 1)[0]
+
+
+def ref_type(ref: str) -> str:
+    """The agent type of a dependency reference: an id, or ``TYPE:KEY`` (as the memory
+    queue reads it: agent types have no ``:``)."""
+    agent_type, colon, _ = ref.partition(":")
+    return agent_type if colon else type_of(ref)
 
 
 def ended(dep_id: str, status: str, error: str) -> str:
@@ -214,6 +219,17 @@ class _Linking:
     refs: list[str]
     event: trio.Event | None
     replies: dict[str, Any] = attrs.field(factory=dict)
+
+
+class DepsParts:
+    """Mixed into :class:`~supervisor.work.redis.RedisWorkQueue`."""
+
+    _deps: RedisDeps
+
+    def blocked(self, agent_type: str) -> int:
+        """Items of ``agent_type`` waiting for their dependencies in Redis (every hub's),
+        as this hub last read them (each third of a lease)."""
+        return self._deps.blocked(agent_type)
 
 
 class RedisDeps:
@@ -275,7 +291,7 @@ class RedisDeps:
                 return
             self._linking[item.id] = _Linking(list(item.after), event)
             for ref in item.after:
-                t = type_of(ref)
+                t = ref_type(ref)
                 args = (item.id, ref, self.q.keys.items(t), self.q.keys.of(t, "dependents:"))
                 op = _Op(_LINK, (self.q.keys.of(t, "keys"),), args, item.id, "link")
                 op.on_reply = self._on_linked(item.id, ref)
@@ -315,16 +331,21 @@ class RedisDeps:
         if state.event is not None:
             state.event.set()
 
-    def waiting(self, item_id: str) -> trio.Event | None:
-        """The event set once the links of a submitted dependent item answered."""
-        state = self._linking.get(item_id)
-        return None if state is None else state.event
+    def event(self, item_id: str) -> trio.Event | None:
+        """The event set once the submit of ``item_id`` is in Redis (a dependent item's:
+        once its links answered too); ``None``: neither pending."""
+        event = self.q._stored.get(item_id)
+        if event is None and item_id in self._linking:
+            event = self._linking[item_id].event
+        return event
 
-    def check(self, item_id: str) -> None:
-        """Raise the refusal of ``item_id``'s submit (an unknown dependency), if any."""
+    def checked(self, item_id: str, stored: bool) -> bool:
+        """``stored``, unless ``item_id``'s submit was refused (an unknown dependency):
+        then a :class:`ControlError` saying why."""
         why = self.refused.pop(item_id, None)
         if why is not None:
             raise ControlError(why)
+        return stored
 
     # -- a dependency ended
 

@@ -50,7 +50,7 @@ from .._store import ActorCounters, StoreHost
 from ._cancel import CancelParts
 from ._claim import HubClaim
 from ._codec import Keys, _dumps, _safe, _text, _wall
-from ._deps import RedisDeps
+from ._deps import DepsParts, RedisDeps
 from ._outbox import Outbox, _Op
 from ._query import Queries
 from ._scripts import _FENCED, _ID_CHARS, _RETRY, _SUBMIT
@@ -124,7 +124,9 @@ class _Counters(ActorCounters):
         return next((i for i in self.items() if (i.agent_type, i.key) == (agent_type, key)), None)
 
 
-class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: held by this hub
+class RedisWorkQueue(
+    _Counters, LocalOrdering, CancelParts, DepsParts
+):  # retry delays: held by this hub
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 
@@ -198,8 +200,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         heartbeat round (``None`` before one was answered)."""
         self._actor = StoreActor(self)
         self._queries = Queries(self)
-        self._deps = RedisDeps(self)
-        """Dependent items (``submit --after``, issue 21)."""
+        self._deps = RedisDeps(self)  # dependent items (submit --after, issue 21)
 
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
@@ -231,11 +232,6 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         """Items of ``agent_type`` waiting: held here for an agent, plus those no hub has
         taken yet (as of this hub's last heartbeat round)."""
         return self._local.depth(agent_type) + self._actor.lag.get(agent_type, 0)
-
-    def blocked(self, agent_type: str) -> int:
-        """Items of ``agent_type`` waiting for their dependencies in Redis, as this hub
-        last read (each third of a lease; issue 21)."""
-        return self._deps.blocked(agent_type)
 
     def has_work(self, agent_type: str) -> bool:
         """Whether this hub holds a queued item of ``agent_type`` (taken from Redis)."""
@@ -296,11 +292,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             nb = "" if not_before is None else int(not_before * 1000)
             tl = "" if time_limit is None else repr(float(time_limit))
             args += (key or "", self.keys.items(agent_type), item.created_at, nb, tl, priority)
-        if after:  # dependencies (issue 21): parked in the blocked set, then linked
-            self._push(self._deps.submit_op(item, keys, args, after))
-            self._types.add(agent_type)
-            return item
-        self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
+        op = _Op(_SUBMIT, keys, args, item.id, "submit")
+        self._push(self._deps.submit_op(item, keys, args, after) if after else op)
         self._types.add(agent_type)
         return item
 
@@ -456,16 +449,12 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
     async def stored(self, item_id: str, timeout: float) -> bool:
         """Wait until the submitted item is in Redis (False after ``timeout`` seconds:
         it is held here and written when Redis answers)."""
-        event = self._stored.get(item_id)
+        event = self._deps.event(item_id)  # issue 21: a dependent item's, once linked
         if event is None:
-            event = self._deps.waiting(item_id)  # issue 21: a dependent's links
-        if event is None:
-            self._deps.check(item_id)  # issue 21: an unknown dependency refuses it
-            return item_id not in self._pending
+            return self._deps.checked(item_id, item_id not in self._pending)
         with trio.move_on_after(timeout):
             await event.wait()
-        self._deps.check(item_id)
-        return event.is_set()
+        return self._deps.checked(item_id, event.is_set())  # an unknown dependency raises
 
     def poke(self) -> None:
         """Something changed (idle agents, new writes): run a round soon."""

@@ -5,6 +5,7 @@ dependency died before it settled the dependents (supervisor/work/redis/_deps.py
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -16,10 +17,11 @@ from supervisor.work.redis import RedisWorkQueue
 from supervisor.work.redis._deps import RedisDeps, ended, unknown
 
 from ...helpers import TIMEOUT, running, until
+from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
 from ...redis_server import RedisServer, redis_server
 from ..test_service import agent
 
-__all__ = ["redis_server"]
+__all__ = ["redis_cluster", "redis_server"]
 
 
 def blocked_ids(client: Any, agent_type: str) -> set[str]:
@@ -166,3 +168,77 @@ def test_the_reasons_are_those_of_the_memory_queue() -> None:
     dep.status, dep.error = ItemStatus.DEAD, "x" * 600
     assert _dependency_ended(dep) == ended("w-1", "dead", "x" * 600)
     assert isinstance(RedisDeps, type)
+
+
+# -- Redis Cluster: every new script keeps to one slot -----------------------------------
+
+
+def dependency_ops(agent_type: str, dep_type: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(script, keys) of every write the dependencies make, built as the real code builds
+    them: a dependent's submit (plain and with a key and a delay), its links (by id and
+    by ``TYPE:KEY``), a drop, a notify, the settles (released, waiting, cancelled)."""
+    from supervisor.work.redis._deps import _LINK, _NOTIFY, _SETTLE
+
+    q = RedisWorkQueue("redis://localhost", prefix="hv", lease=2)
+    deps = q._deps
+    q.submit(agent_type, {}, max_deliveries=1, after=[f"{dep_type}-a1"])
+    q.submit(agent_type, {}, max_deliveries=1, key="k", not_before=1.0, after=[f"{dep_type}:k"])
+    ops = q.writes.take()
+    item = WorkItem(
+        id=f"{agent_type}-x1",
+        agent_type=agent_type,
+        payload={},
+        max_deliveries=1,
+        created_at=0.0,
+        after=[f"{dep_type}-a1", f"{dep_type}:k"],
+    )
+    for op in ops:
+        assert op.on_reply is not None
+        op.on_reply("1")  # in Redis: the links follow
+    deps._linking[item.id] = deps._linking.pop(ops[0].item_id)
+    deps._linking[item.id].refs = item.after
+    deps._on_linked(item.id, f"{dep_type}-a1")([1, f"{dep_type}-a1", "queued", ""])
+    deps._on_linked(item.id, f"{dep_type}:k")([0])  # unknown: dropped
+    deps.finished(f"{dep_type}-a1")
+    deps.settle(item.id, f"{dep_type}-a1", "", "completed", "")
+    deps.settle(item.id, f"{dep_type}-a1", f"{dep_type}:k", "waiting", "")
+    deps.settle(item.id, f"{dep_type}-a1", "", "dead", "why")
+    more = q.writes.take()
+    scripts = {op.script for op in more}
+    assert {_LINK, _NOTIFY, _SETTLE} <= scripts
+    return [(op.script, op.keys) for op in [*ops, *more]]
+
+
+@pytest.mark.parametrize("types", [("w", "v"), ("a.b-c_d", "t0"), ("naïve", "w")])
+def test_every_dependency_script_keeps_to_one_slot(types: tuple[str, str]) -> None:
+    from redis.crc import key_slot
+
+    calls = dependency_ops(*types)
+    assert len(calls) >= 9
+    for _script, keys in calls:
+        assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+
+
+async def test_dependencies_across_masters_of_a_real_cluster(
+    redis_cluster: RedisClusterProcs,
+) -> None:
+    """On a Redis Cluster, the dependency's type and the dependent's on two masters: the
+    item runs after its dependency completed; one after a failing one is cancelled."""
+    t0, t1 = types_on_masters(redis_cluster, 2, stem="dep")
+    url = redis_cluster.url
+    service = WorkService(RedisWorkQueue(url, lease=1, prefix=f"deps{time.monotonic_ns()}"))
+    async with running(
+        [agent("a1", agent_type=t0), agent("b1", agent_type=t1)], work=service, hub_id="A"
+    ) as (hub, _):
+        dep = hub.work.submit(t0, {"n": 1, "sleep": 0.3})
+        bad = hub.work.submit(t0, {"fail": "no"})
+        assert await hub.work.stored(dep.id) and await hub.work.stored(bad.id)
+        then = hub.work.submit(t1, {"n": 2}, after=[dep.id])
+        never = hub.work.submit(t1, {"n": 3}, after=[dep.id, bad.id])
+        assert await hub.work.stored(then.id) and await hub.work.stored(never.id)
+        with trio.fail_after(TIMEOUT):
+            done = await hub.work.wait(then.id)
+            cancelled = await hub.work.wait(never.id)
+        assert ItemStatus.COMPLETED == done.status
+        assert ItemStatus.CANCELLED == cancelled.status
+        assert cancelled.error is not None and cancelled.error.startswith(f"dependency {bad.id}")
