@@ -5,7 +5,9 @@ dependency died before it settled the dependents (supervisor/work/redis/_deps.py
 
 from __future__ import annotations
 
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from supervisor.work.redis._deps import RedisDeps, ended, unknown
 
 from ...helpers import TIMEOUT, running, until
 from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
+from ...redis_hubs import SPEC, HubProc, record, wait_for
 from ...redis_server import RedisServer, redis_server
 from ..test_service import agent
 
@@ -242,3 +245,45 @@ async def test_dependencies_across_masters_of_a_real_cluster(
         assert ItemStatus.COMPLETED == done.status
         assert ItemStatus.CANCELLED == cancelled.status
         assert cancelled.error is not None and cancelled.error.startswith(f"dependency {bad.id}")
+
+
+# -- real hub processes ------------------------------------------------------------------
+
+# Spec code run by hub A's process: the moment it would settle a dependent (the finish of
+# the dependency and its notify are written), the hub SIGKILLs itself.
+DIE_BEFORE_SETTLING = """
+import os, signal
+from supervisor.work.redis._deps import RedisDeps
+RedisDeps.settle = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_a_hub_sigkilled_between_the_finish_and_the_release(
+    tmp_path: Path, redis_server: RedisServer, client: Any
+) -> None:
+    """Hub A (a ``hubvisor run`` process) completes the dependency, writes the finish
+    and reads its dependents, and is SIGKILLed before it releases them; hub B, which
+    submitted the dependent item (type v), releases it from its reconcile within about
+    a lease and runs it."""
+    spec_a = SPEC.replace("{size}", "1").replace("{type}", "w") + DIE_BEFORE_SETTLING
+    a = HubProc(tmp_path, "A", redis_server.url, spec=spec_a, lease=1.5)
+    b = HubProc(tmp_path, "B", redis_server.url, agent_type="v", size=1, lease=1.5)
+    try:
+        a.start()
+        b.start()
+        dep = a.call("submit", type="w", payload={"n": 1, "sleep": 0.5})["id"]
+        then = b.call("submit", type="v", payload={"n": 2}, after=[dep])
+        assert then["status"] == "queued" and then["stored"] is True
+        assert [dep] == then["waiting_on"]
+        assert a.proc is not None
+        wait_for(lambda: a.proc is not None and a.proc.poll() is not None, 30, "A's SIGKILL")
+        assert -signal.SIGKILL == a.proc.returncode
+        assert "completed" == client.hget(f"hubvisor:work:{{w}}:item:{dep}", "st")
+        assert client.sismember("hubvisor:work:{v}:blocked", then["id"]), "A released nothing"
+        key = f"hubvisor:work:{{v}}:item:{then['id']}"
+        wait_for(lambda: client.hget(key, "st") == "completed", 30, "B's reconcile and agent")
+        assert [then["id"]] == [r["item"] for r in record(client, "v")]
+    finally:
+        a.kill()
+        b.stop()
