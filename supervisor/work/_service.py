@@ -393,7 +393,8 @@ class WorkService:
         return self._dispatch.idle_counts()
 
     def poke(self) -> None:
-        """New items were taken from the store: dispatch."""
+        """New items were taken from the store (or it cancelled dependents): dispatch."""
+        _publish_settled(self.queue, self._dispatch)  # issue 21: a store's cancels
         self._dispatch.poke()
 
     def lost(self, item: WorkItem, reason: str) -> None:

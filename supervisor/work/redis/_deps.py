@@ -40,7 +40,7 @@ import trio
 
 from ..._errors import ControlError
 from ..._redis_link import in_thread
-from .._item import WorkItem
+from .._item import ItemStatus, WorkItem
 from ._codec import _text
 from ._outbox import _Op
 from ._scripts import _SHA, _SUBMIT
@@ -231,6 +231,12 @@ class DepsParts:
         as this hub last read them (each third of a lease)."""
         return self._deps.blocked(agent_type)
 
+    @property
+    def settled(self) -> list[WorkItem]:
+        """The items this hub cancelled because a dependency ended otherwise than
+        completed, not yet reported (the service publishes ``work_dependency_ended``)."""
+        return self._deps.ended
+
 
 class RedisDeps:
     """The dependencies of one :class:`~supervisor.work.redis.RedisWorkQueue`."""
@@ -241,6 +247,7 @@ class RedisDeps:
         self.refused: dict[str, str] = {}  # item -> why its submit was refused
         self._linking: dict[str, _Linking] = {}
         self.settled = 0  # settle scripts that released or cancelled an item
+        self.ended: list[WorkItem] = []  # cancelled here, to report (``settled``)
         self.repaired = 0  # of those, by a reconcile pass
 
     # -- keys
@@ -317,6 +324,7 @@ class RedisDeps:
         missing = [ref for ref in state.refs if not int(state.replies[ref][0])]
         if missing:
             self.refused[item_id] = unknown(missing[0])
+            _log.warning("work %s: submit refused: %s", item_id, self.refused[item_id])
             while len(self.refused) > 10_000:  # nobody asked: the oldest go
                 del self.refused[next(iter(self.refused))]
             keys = (self._blocked_key(type_of(item_id)), self._settle_keys(item_id)[3])
@@ -381,20 +389,24 @@ class RedisDeps:
             int(self.q.keep_finished),
         )
         op = _Op(_SETTLE, self._settle_keys(item_id), args, item_id, "settle")
-        op.on_reply = self._on_settled(item_id)
+        op.on_reply = self._on_settled(item_id, reason)
         self.q._push(op)
 
-    def _on_settled(self, item_id: str) -> Any:
+    def _on_settled(self, item_id: str, reason: str) -> Any:
         def on_reply(reply: Any) -> None:
-            self._settled(item_id, reply)
+            self._settled(item_id, reason, reply)
 
         return on_reply
 
-    def _settled(self, item_id: str, reply: Any) -> None:
+    def _settled(self, item_id: str, reason: str, reply: Any) -> None:
         what = _text(reply[1]) if int(reply[0]) else ""
         if what == "cancelled":  # its own dependents in turn (a chain, one step a round)
             self.settled += 1
+            self.ended.append(_cancelled(item_id, reason))
+            del self.ended[:-10_000]  # nobody reads them (a queue alone): bounded
             self.finished(item_id)
+            if self.q._actor.host is not None:  # the service reports it
+                self.q._actor.host.poke()
         elif what == "released":
             self.settled += 1
             self.q.poke()
@@ -421,15 +433,15 @@ class RedisDeps:
                 finally:
                     tick += 1
                 self.counts = counts
-                for item_id, reply in results:
+                for item_id, reason, reply in results:
                     self.repaired += 1
-                    self._settled(item_id, reply)
+                    self._settled(item_id, reason, reply)
         finally:
             client.close()
 
     def _pass(
         self, client: redis.Redis, types: list[str], full: bool
-    ) -> tuple[dict[str, int], list[tuple[str, Any]]]:
+    ) -> tuple[dict[str, int], list[tuple[str, str, Any]]]:
         """In a worker thread: the blocked counts, and with ``full`` the settles the
         blocked items' dependencies call for (run here, each idempotent)."""
         pipe = client.pipeline(transaction=False)
@@ -438,13 +450,13 @@ class RedisDeps:
         counts = {t: int(n) for t, n in zip(types, pipe.execute(), strict=True)}
         if not full:
             return counts, []
-        results: list[tuple[str, Any]] = []
+        results: list[tuple[str, str, Any]] = []
         for t in types:
             if counts[t]:
                 results += self._reconcile(client, t)
         return counts, results
 
-    def _reconcile(self, client: redis.Redis, agent_type: str) -> list[tuple[str, Any]]:
+    def _reconcile(self, client: redis.Redis, agent_type: str) -> list[tuple[str, str, Any]]:
         """Settle the blocked items of ``agent_type`` whose dependencies ended (a hub
         that ended one died before it settled them)."""
         keys = self.q.keys
@@ -474,7 +486,7 @@ class RedisDeps:
                 reason = ended(dep_id, status, error) if status != "completed" else ""
             args = (item_id, dep_id, alias, status, reason, time.time(), int(self.q.keep_finished))
             reply = client.eval(_SETTLE, 4, *self._settle_keys(item_id), *args)
-            out.append((item_id, reply))
+            out.append((item_id, reason, reply))
         return out
 
     def _resolve(self, client: redis.Redis, refs: list[str]) -> list[tuple[str, str, str] | None]:
@@ -497,6 +509,15 @@ class RedisDeps:
             else:
                 out.append((dep_id, _text(st), _text(error or "")))
         return out
+
+
+def _cancelled(item_id: str, reason: str) -> WorkItem:
+    """What the service reports of an item a dependency's end cancelled."""
+    item = WorkItem(
+        id=item_id, agent_type=type_of(item_id), payload=None, max_deliveries=1, created_at=0.0
+    )
+    item.status, item.error = ItemStatus.CANCELLED, reason
+    return item
 
 
 def annotate(item: WorkItem, fields: dict[str, str]) -> None:

@@ -18,13 +18,18 @@ from supervisor.work._item import WorkItem, _dependency_ended
 from supervisor.work.redis import RedisWorkQueue
 from supervisor.work.redis._deps import RedisDeps, ended, unknown
 
-from ...helpers import TIMEOUT, running, until
+from ...helpers import TIMEOUT, is_, running, until, wait_event
 from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
 from ...redis_hubs import SPEC, HubProc, record, wait_for
 from ...redis_server import RedisServer, redis_server
 from ..test_service import agent
 
 __all__ = ["redis_cluster", "redis_server"]
+
+
+# The in-process hubs run without the orphan keeper (keeper=False): under load its
+# process was seen left unreaped at a hub's stop (a zombie the leak check catches), which
+# is no part of what these tests check.
 
 
 def blocked_ids(client: Any, agent_type: str) -> set[str]:
@@ -39,7 +44,9 @@ async def test_an_item_waits_for_a_dependency_of_another_type_and_runs_after_it(
     from supervisor._metrics import _waiting_by_reason
 
     service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
-    async with running([agent("a1"), agent("b1", agent_type="v")], work=service, hub_id="A") as (
+    async with running(
+        [agent("a1"), agent("b1", agent_type="v")], work=service, hub_id="A", keeper=False
+    ) as (
         hub,
         _,
     ):
@@ -71,9 +78,11 @@ async def test_a_dependency_that_ends_otherwise_cancels_the_item_naming_it(
     """A dependency that fails (or is cancelled while queued, on no agent) cancels its
     dependents with the reason the memory queue gives, and theirs in turn (a chain)."""
     service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
-    async with running([agent("a1"), agent("b1", agent_type="v")], work=service, hub_id="A") as (
+    async with running(
+        [agent("a1"), agent("b1", agent_type="v")], work=service, hub_id="A", keeper=False
+    ) as (
         hub,
-        _,
+        events,
     ):
         if how == "failed":
             dep = hub.work.submit("w", {"fail": "no luck", "sleep": 0.3})
@@ -89,8 +98,9 @@ async def test_a_dependency_that_ends_otherwise_cancels_the_item_naming_it(
             first = await hub.work.wait(dep.id)
             done = await hub.work.wait(then.id)
             chained = await hub.work.wait(last.id)
+            ended_event = await wait_event(events, is_("work_dependency_ended", item_id=then.id))
     assert ItemStatus.CANCELLED == done.status == chained.status
-    assert _dependency_ended(first) == done.error
+    assert _dependency_ended(first) == done.error == ended_event.reason  # type: ignore[attr-defined]
     assert f"dependency {then.id} ended cancelled: {done.error}"[:500] == chained.error
     assert first.error and (how == "failed") == ("no luck" in first.error)
     assert not blocked_ids(client, "v") and not blocked_ids(client, "w")
@@ -101,7 +111,7 @@ async def test_an_unknown_dependency_is_refused_in_the_memory_queues_words(
 ) -> None:
     memory = MemoryWorkQueue()
     service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
-    async with running([agent("a1")], work=service, hub_id="A") as (hub, _):
+    async with running([agent("a1")], work=service, hub_id="A", keeper=False) as (hub, _):
         known = hub.work.submit("w", {"n": 1}, key="k1")
         assert await hub.work.stored(known.id)
         for ref in ("w-nosuch1", "w:nokey"):
@@ -127,8 +137,8 @@ async def test_submitted_on_one_hub_released_by_the_hub_that_completed_the_depen
     a = WorkService(RedisWorkQueue(redis_server.url, lease=1))
     b = WorkService(RedisWorkQueue(redis_server.url, lease=1))
     async with (
-        running([agent("a1")], work=a, hub_id="A") as (hub_a, _),
-        running([agent("b1", agent_type="v")], work=b, hub_id="B") as (hub_b, _),
+        running([agent("a1")], work=a, hub_id="A", keeper=False) as (hub_a, _),
+        running([agent("b1", agent_type="v")], work=b, hub_id="B", keeper=False) as (hub_b, _),
     ):
         dep = hub_b.work.submit("w", {"n": 1, "sleep": 0.5})
         assert await hub_b.work.stored(dep.id)
@@ -146,25 +156,29 @@ async def test_a_hub_gone_between_the_finish_and_the_release_is_repaired_by_anot
     redis_server: RedisServer, client: Any
 ) -> None:
     """Hub A completes the dependency but never settles its dependents (as when it dies
-    right after the finish's round): hub B's reconcile, within a lease, releases the item
-    it submitted, and B's agent runs it."""
+    right after the finish's round), then stops: a reconcile (B's, or A's own before it
+    stopped), within about a lease, releases the item B submitted, and B's agent runs
+    it."""
     qa = RedisWorkQueue(redis_server.url, lease=1)
     qa._deps.finished = lambda item_id: None  # type: ignore[method-assign]
     a = WorkService(qa)
     b = WorkService(RedisWorkQueue(redis_server.url, lease=1))
-    async with running([agent("b1", agent_type="v")], work=b, hub_id="B") as (hub_b, _):
-        async with running([agent("a1")], work=a, hub_id="A") as (hub_a, _):
-            dep = hub_a.work.submit("w", {"n": 1})
-            assert await hub_a.work.stored(dep.id)
-            then = hub_b.work.submit("v", {"n": 2}, after=[dep.id])
-            assert await hub_b.work.stored(then.id)
+    async with running([agent("b1", agent_type="v")], work=b, hub_id="B", keeper=False) as (
+        hub_b,
+        _,
+    ):
+        dep = hub_b.work.submit("w", {"n": 1})  # no agent of type w yet: it waits
+        assert await hub_b.work.stored(dep.id)
+        then = hub_b.work.submit("v", {"n": 2}, after=[dep.id])
+        assert await hub_b.work.stored(then.id)  # linked
+        async with running([agent("a1")], work=a, hub_id="A", keeper=False) as (hub_a, _):
             with trio.fail_after(TIMEOUT):
                 await hub_a.work.wait(dep.id)
-        assert then.id in blocked_ids(client, "v")  # A is gone: nobody settled it
         with trio.fail_after(TIMEOUT):
             done = await hub_b.work.wait(then.id)
         assert ItemStatus.COMPLETED == done.status
-        assert hub_b.work.queue._deps.repaired >= 1  # type: ignore[attr-defined]
+        assert 0 == qa._deps.settled  # A never settled it: a reconcile did (B's, or A's own)
+        assert 1 == hub_b.work.queue._deps.repaired + qa._deps.repaired  # type: ignore[attr-defined]
 
 
 def test_the_reasons_are_those_of_the_memory_queue() -> None:
@@ -259,6 +273,14 @@ RedisDeps.settle = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+class DyingHub(HubProc):
+    """A hub process that may be gone (SIGKILLed by its spec) by the time it serves."""
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        return self.proc.poll() == -signal.SIGKILL or super()._ready()
+
+
 @pytest.mark.slow
 def test_a_hub_sigkilled_between_the_finish_and_the_release(
     tmp_path: Path, redis_server: RedisServer, client: Any
@@ -268,15 +290,15 @@ def test_a_hub_sigkilled_between_the_finish_and_the_release(
     submitted the dependent item (type v), releases it from its reconcile within about
     a lease and runs it."""
     spec_a = SPEC.replace("{size}", "1").replace("{type}", "w") + DIE_BEFORE_SETTLING
-    a = HubProc(tmp_path, "A", redis_server.url, spec=spec_a, lease=1.5)
+    a = DyingHub(tmp_path, "A", redis_server.url, spec=spec_a, lease=1.5)
     b = HubProc(tmp_path, "B", redis_server.url, agent_type="v", size=1, lease=1.5)
     try:
-        a.start()
         b.start()
-        dep = a.call("submit", type="w", payload={"n": 1, "sleep": 0.5})["id"]
+        dep = b.call("submit", type="w", payload={"n": 1})["id"]  # no agent of type w yet
         then = b.call("submit", type="v", payload={"n": 2}, after=[dep])
-        assert then["status"] == "queued" and then["stored"] is True
+        assert then["status"] == "queued" and then["stored"] is True  # linked
         assert [dep] == then["waiting_on"]
+        a.start()
         assert a.proc is not None
         wait_for(lambda: a.proc is not None and a.proc.poll() is not None, 30, "A's SIGKILL")
         assert -signal.SIGKILL == a.proc.returncode
@@ -307,7 +329,7 @@ async def test_the_demo_planners_review_waits_for_its_pieces_on_redis(
 
     children = [pool("planning", 1), pool("worker", 2), pool("qc", 1), pool("review", 2)]
     service = WorkService(RedisWorkQueue(redis_server.url, lease=1))
-    async with running(children, work=service, hub_id="A") as (hub, _):
+    async with running(children, work=service, hub_id="A", keeper=False) as (hub, _):
         plan = hub.work.submit("planning", {"task": "t", "seed": 3, "pieces": 3, "lines": 5})
         with trio.fail_after(TIMEOUT):
             assert ItemStatus.COMPLETED == (await hub.work.wait(plan.id)).status
