@@ -538,7 +538,6 @@ def _adopt(
             if kind != "mine" and prev:
                 took[(prev, agent_type)] = took.get((prev, agent_type), 0) + 1
             if kind == "dead":
-                q._deps.finished(fields["id"])  # issue 21: its dependents are settled
                 if host is not None:
                     host.dead_elsewhere(_item_from(fields))
                 continue
