@@ -345,3 +345,32 @@ async def test_the_demo_planners_review_waits_for_its_pieces_on_redis(
         assert all(p.status is ItemStatus.COMPLETED for p in pieces)
         assert done.started_at is not None
         assert all(done.started_at >= (p.finished_at or 0) - 0.01 for p in pieces)
+
+
+def test_one_reconcile_pass_settles_at_most_200_blocked_items_of_a_type(
+    redis_server: RedisServer, client: Any
+) -> None:
+    """250 items wait for one dependency that completed with nobody settling them: a
+    reconcile pass releases 200 (RECONCILE_BUDGET), the next one the other 50."""
+    from supervisor.work.redis._deps import RECONCILE_BUDGET
+
+    q = RedisWorkQueue(redis_server.url, lease=1)
+    client.hset("hubvisor:work:{w}:item:w-dep1", mapping={"id": "w-dep1", "st": "completed"})
+    for n in range(250):
+        q.submit("v", {"n": n}, max_deliveries=1, after=["w-dep1"])
+    for op in q.writes.take():  # written as a hub's round writes them
+        client.eval(op.script, len(op.keys), *op.keys, *op.args)
+    assert 250 == client.scard("hubvisor:work:{v}:blocked")
+    raw = redis_server.client()
+    try:
+        counts, results = q._deps._pass(raw, ["v"], True)
+        assert {"v": 250} == counts
+        assert RECONCILE_BUDGET == 200 == len(results)
+        assert all(reply[1] == "released" for _id, _reason, reply in results)
+        assert 50 == client.scard("hubvisor:work:{v}:blocked")
+        assert 200 == client.zcard("hubvisor:work:{v}:delayed")  # the takes' promotion next
+        counts, results = q._deps._pass(raw, ["v"], True)
+        assert ({"v": 50}, 50) == (counts, len(results))
+        assert 0 == client.scard("hubvisor:work:{v}:blocked")
+    finally:
+        raw.close()
