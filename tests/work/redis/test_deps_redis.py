@@ -298,6 +298,8 @@ def test_a_hub_sigkilled_between_the_finish_and_the_release(
         then = b.call("submit", type="v", payload={"n": 2}, after=[dep])
         assert then["status"] == "queued" and then["stored"] is True  # linked
         assert [dep] == then["waiting_on"]
+        with pytest.raises(Exception, match="'w-nosuch1', which is no work item kept here"):
+            b.call("submit", type="v", payload={"n": 3}, after=["w-nosuch1"])  # the socket
         a.start()
         assert a.proc is not None
         wait_for(lambda: a.proc is not None and a.proc.poll() is not None, 30, "A's SIGKILL")
