@@ -16,15 +16,16 @@ import trio
 from supervisor import ControlError, ItemStatus, MemoryWorkQueue, WorkService
 from supervisor.work._item import WorkItem, _dependency_ended
 from supervisor.work.redis import RedisWorkQueue
-from supervisor.work.redis._deps import RedisDeps, ended, unknown
+from supervisor.work.redis._deps import RedisDeps, annotate, ended, unknown
 
 from ...helpers import TIMEOUT, is_, running, until, wait_event
 from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
 from ...redis_hubs import SPEC, HubProc, record, wait_for
-from ...redis_server import RedisServer, redis_server
+from ...redis_server import RedisServer, redis_server, redis_server_factory
+from ...testing.test_work_backends import redis_queue
 from ..test_service import agent
 
-__all__ = ["redis_cluster", "redis_server"]
+__all__ = ["redis_cluster", "redis_queue", "redis_server", "redis_server_factory"]
 
 
 # The in-process hubs run without the orphan keeper (keeper=False): under load its
@@ -376,3 +377,46 @@ def test_one_reconcile_pass_settles_at_most_200_blocked_items_of_a_type(
         assert 0 == client.scard("hubvisor:work:{v}:blocked")
     finally:
         raw.close()
+
+
+# -- the work invariants of supervisor.testing, on Redis ---------------------------------
+
+
+def _deps_queue() -> type:
+    from tests.testing.test_work_backends import RecordedRedisQueue
+
+    class DepsQueue(RecordedRedisQueue):
+        """The whole record, with what each item waits for (its hash's ``wait``)."""
+
+        def items(self) -> list[WorkItem]:
+            out = super().items()
+            for i in out:
+                key = f"{self.prefix}:work:{{{i.agent_type}}}:item:{i.id}"
+                got = self.view.hmget(key, "after", "wait")
+                fields = dict(zip(("after", "wait"), got, strict=True))
+                annotate(i, {k: str(v) for k, v in fields.items() if v})
+            return out
+
+    return DepsQueue
+
+
+def test_the_work_invariants_hold_with_dependencies_and_keys_on_redis(
+    redis_queue: Any,
+) -> None:
+    """The schedule of tests/testing/test_work_dependencies.py (keys, an item after one
+    that completes, after one that fails, one submitted after its dependency failed) on
+    Redis in virtual time: every check of supervisor.testing passes, settling allowed a
+    few rounds (``written``), as Redis settles in the rounds after a finish or a submit;
+    never an item handed out before its dependencies completed."""
+    import functools
+
+    from supervisor.testing import _invariants_work
+    from tests.testing.test_work_backends import LATENCY, RESILIENT, final, run
+    from tests.testing.test_work_dependencies import SCHEDULE
+
+    check = functools.partial(_invariants_work.check_work_dependencies, written=8 * LATENCY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_invariants_work, "check_work_dependencies", check)
+        trace = run(RESILIENT, SCHEDULE, lambda: redis_queue(_deps_queue()))
+    statuses = sorted(s.status for s in final(trace).values())
+    assert ["cancelled", "cancelled", "completed", "completed", "completed", "failed"] == statuses
