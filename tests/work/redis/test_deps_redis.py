@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
 
 from supervisor import ControlError, ItemStatus, MemoryWorkQueue, WorkService
+from supervisor.testing import WorkSnapshot, work_schedules
 from supervisor.work._item import WorkItem, _dependency_ended
 from supervisor.work.redis import RedisWorkQueue
 from supervisor.work.redis._deps import RedisDeps, annotate, ended, unknown
@@ -22,7 +24,7 @@ from ...helpers import TIMEOUT, is_, running, until, wait_event
 from ...redis_cluster import RedisClusterProcs, redis_cluster, types_on_masters
 from ...redis_hubs import SPEC, HubProc, record, wait_for
 from ...redis_server import RedisServer, redis_server, redis_server_factory
-from ...testing.test_work_backends import redis_queue
+from ...testing.test_work_backends import ONE_SERVER, RESILIENT, examples, redis_queue
 from ..test_service import agent
 
 __all__ = ["redis_cluster", "redis_queue", "redis_server", "redis_server_factory"]
@@ -411,7 +413,7 @@ def test_the_work_invariants_hold_with_dependencies_and_keys_on_redis(
     import functools
 
     from supervisor.testing import _invariants_work
-    from tests.testing.test_work_backends import LATENCY, RESILIENT, final, run
+    from tests.testing.test_work_backends import LATENCY, final, run
     from tests.testing.test_work_dependencies import SCHEDULE
 
     check = functools.partial(_invariants_work.check_work_dependencies, written=8 * LATENCY)
@@ -420,3 +422,24 @@ def test_the_work_invariants_hold_with_dependencies_and_keys_on_redis(
         trace = run(RESILIENT, SCHEDULE, lambda: redis_queue(_deps_queue()))
     statuses = sorted(s.status for s in final(trace).values())
     assert ["cancelled", "cancelled", "completed", "completed", "completed", "failed"] == statuses
+
+
+@pytest.mark.slow
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=ONE_SERVER)
+@given(schedule=work_schedules(RESILIENT, hang=True, dependencies=True, delays=False))
+def test_dependencies_and_keys_hold_on_redis_while_agents_keep_being_restarted(
+    redis_queue: Any, schedule: Any
+) -> None:
+    """Random schedules with keys and dependencies (and crashes, hangs) on Redis: every
+    check passes (settling allowed a few rounds) and nothing is left waiting at the end."""
+    import functools
+
+    from supervisor.testing import _invariants_work
+    from tests.testing.test_work_backends import LATENCY, run
+
+    check = functools.partial(_invariants_work.check_work_dependencies, written=8 * LATENCY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_invariants_work, "check_work_dependencies", check)
+        trace = run(RESILIENT, schedule, lambda: redis_queue(_deps_queue()))
+    quiesced = [r for r in trace.log if isinstance(r, WorkSnapshot) and r.quiesced][-1]
+    assert [] == [(s.id, s.status) for s in quiesced.items if s.status in ("queued", "assigned")]
