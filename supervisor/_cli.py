@@ -368,10 +368,8 @@ def demo(crash_rate: float, hang_rate: float, every: float, **options: Any) -> N
         and options.get("state_dir") is None
     )
     if not fresh:
-        # Redis has no dependencies yet: the planner submits plainly.
-        plain = options.get("redis") is not None
-        _run_or_explain(
-            lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate, dependencies=not plain),
+        _run_or_explain(  # Redis too: its planner's review waits for the pieces (issue 21)
+            lambda: demo_spec(crash_rate=crash_rate, hang_rate=hang_rate),
             options,
             services=[DemoFeeder(every=every)],
         )

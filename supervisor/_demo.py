@@ -42,8 +42,8 @@ def demo_spec(
 ) -> SupervisorSpec:
     """The demo tree; ``crash_rate`` and ``hang_rate`` are the faulty workers' chances
     per item to crash or to hang. With ``dependencies`` the planner submits its pieces
-    with keys and a task review that waits for them (``after``); without (a Redis store,
-    which has no dependencies yet) it submits the pieces alone."""
+    with keys and a task review that waits for them (``after``; on every work store);
+    without, it submits the pieces alone."""
     planning_env = {} if dependencies else {"HUBVISOR_DEMO_DEPENDENCIES": "0"}
     faulty = SupervisorSpec(
         name="faulty-workers",

@@ -125,16 +125,20 @@ def _ended_badly(r: Record) -> str | None:
     return None
 
 
-def check_work_dependencies(trace: Trace) -> None:
+def check_work_dependencies(trace: Trace, *, written: float = 0.0) -> None:
     """No item is handed out before every item it waits for (``Submit(after=...)``)
     completed; an item one of whose dependencies ended dead, failed or cancelled is
     cancelled (``work_dependency_ended``, at the latest by the quiet moment before the
     stop; the queue has it ``cancelled`` from the next snapshot on) and never handed out.
     In every snapshot an item waiting for a dependency not completed is queued and
     ``blocked``, and one whose dependencies all completed is no longer blocked.
+
+    ``written``: seconds a shared store may take to settle an item after the step that
+    calls for it (Redis settles in the rounds after a finish or a submit): a snapshot
+    within that time may still show it waiting; never the quiet moment before the stop.
     """
     deps = dependencies_of(trace)
-    completed: set[str] = set()
+    completed: dict[str, float] = {}  # item -> when it completed
     bad: dict[str, str] = {}  # item -> what ended it otherwise than completed
     due: dict[str, tuple[int, str]] = {}  # item -> (index, dependency): must be cancelled
     made: set[str] = set()
@@ -156,9 +160,9 @@ def check_work_dependencies(trace: Trace) -> None:
                     f"{waiting[0]!r} had {how}",
                 )
         elif isinstance(r, WorkCompleted):
-            completed.add(r.item_id)
+            completed.setdefault(r.item_id, r.at)
         elif isinstance(r, WorkSnapshot):
-            _check_deps_at(trace, i, r, deps, completed, due)
+            _check_deps_at(trace, i, r, deps, completed, due, written)
         item = _ended_badly(r)
         if item is None:
             continue
@@ -182,14 +186,17 @@ def _check_deps_at(
     i: int,
     snap: WorkSnapshot,
     deps: dict[str, tuple[str, ...]],
-    completed: set[str],
+    completed: dict[str, float],
     due: dict[str, tuple[int, str]],
+    written: float = 0.0,
 ) -> None:
     """:func:`check_work_dependencies` at a snapshot."""
     states = {s.id: s for s in snap.items}
-    for item, (_, dep) in due.items():
+    late = snap.quiesced or snap.final
+    for item, (at, dep) in due.items():
         s = states.get(item)
-        if (snap.quiesced or snap.final) or (s is not None and s.status != "cancelled"):
+        settling = snap.at - getattr(trace.log[at], "at", snap.at) <= written
+        if late or (s is not None and s.status != "cancelled" and not settling):
             status = s.status if s is not None else "gone"
             raise _fail(
                 trace,
@@ -212,7 +219,8 @@ def _check_deps_at(
                 "work-dependencies",
                 f"{item!r} is queued ready while its dependency {waiting[0]!r} has not completed",
             )
-        if s.blocked and not waiting:
+        since = max((completed[d] for d in ds if d in completed), default=snap.at)
+        if s.blocked and not waiting and (late or snap.at - since > written):
             raise _fail(
                 trace,
                 i,

@@ -393,8 +393,8 @@ class WorkService:
         return self._dispatch.idle_counts()
 
     def poke(self) -> None:
-        """New items were taken from the store: dispatch."""
-        self._dispatch.poke()
+        """New items were taken from the store (or it cancelled dependents): dispatch."""
+        _report_then_poke(self.queue, self._dispatch)
 
     def lost(self, item: WorkItem, reason: str) -> None:
         """The store gave ``item`` to another hub (this one's lease ran out)."""
@@ -689,6 +689,12 @@ def _publish_settled(queue: WorkQueue, dispatch: Dispatch) -> None:
     while settled:
         item = settled.pop(0)
         dispatch.publish(WorkDependencyEnded, "", item_id=item.id, reason=item.error or "")
+
+
+def _report_then_poke(queue: WorkQueue, dispatch: Dispatch) -> None:
+    """A store's poke: report the dependents it cancelled (Redis), then dispatch."""
+    _publish_settled(queue, dispatch)
+    dispatch.poke()
 
 
 def _controls(

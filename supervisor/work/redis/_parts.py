@@ -16,6 +16,8 @@ from ._outbox import Outbox
 if TYPE_CHECKING:
     import redis
 
+    from ._deps import RedisDeps
+
 
 class QueueParts(Protocol):
     """The queue's settings, its local decisions and the writes it holds for Redis."""
@@ -37,6 +39,7 @@ class QueueParts(Protocol):
     dupes: dict[str, str]  # submitted with a key Redis had: -> the kept id (issue 21)
     _types: set[str]  # every type seen (submitted or served)
     known_types: set[str] | None  # every type the hubs announced (None: not read yet)
+    _deps: RedisDeps  # dependent items (issue 21)
 
     def _keys(self, agent_type: str, item_id: str = "") -> tuple[str, ...]: ...
 

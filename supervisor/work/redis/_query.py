@@ -13,6 +13,7 @@ from ..._redis_link import in_thread
 from .._item import ItemStatus, WorkItem
 from ._admin import cluster_status
 from ._codec import _decode_map, _item_from, _text
+from ._deps import annotate
 from ._parts import QueueParts
 from ._scripts import _CANCEL, _RETRY
 
@@ -55,6 +56,7 @@ class Queries:
                 return local
             raise ControlError(f"no work item {item_id!r}; `hubvisor work list` lists them")
         item = _item_from(fields)
+        annotate(item, fields)  # issue 21: after, waiting_on
         if local is not None and item.status != local.status:
             self.q._local.forget(item_id)  # another hub took it further: Redis has it
         return item
@@ -99,6 +101,7 @@ class Queries:
                 f"work item {item_id!r} cannot be cancelled: {why}; only queued or "
                 "assigned items can"
             )
+        self.q._deps.finished(item_id)  # issue 21: its dependents are settled
         return await self.fetch(item_id)
 
     async def cluster(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from .._store import ActorCounters, StoreHost
 from ._cancel import CancelParts
 from ._claim import HubClaim
 from ._codec import Keys, _dumps, _safe, _text, _wall
+from ._deps import DepsParts, RedisDeps
 from ._outbox import Outbox, _Op
 from ._query import Queries
 from ._scripts import _FENCED, _ID_CHARS, _RETRY, _SUBMIT
@@ -57,19 +58,6 @@ from ._store import StoreActor
 from ._tiers import requirement
 
 __all__ = ["RedisWorkQueue"]
-
-
-def _refuse_controls(controls: dict[str, Any]) -> None:
-    """``after`` is not built on Redis: a :class:`ControlError` naming the option and the
-    backend (issue 21; docs/work-controls.md)."""
-    for name, option in (("after", "--after"),):
-        if controls.pop(name, None):
-            raise ControlError(
-                f"{option}: RedisWorkQueue does not support dependencies or routing to "
-                "tiers yet (the memory and SQLite work stores do); submit without it"
-            )
-    if controls:
-        raise TypeError(f"unexpected submit options {sorted(controls)}")
 
 
 _log = logging.getLogger("hubvisor")
@@ -124,7 +112,9 @@ class _Counters(ActorCounters):
         return next((i for i in self.items() if (i.agent_type, i.key) == (agent_type, key)), None)
 
 
-class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: held by this hub
+class RedisWorkQueue(
+    _Counters, LocalOrdering, CancelParts, DepsParts
+):  # retry delays: held by this hub
     """A :class:`~supervisor.work.WorkQueue` whose record is Redis Streams, shared by
     every hub that uses the same Redis and prefix.
 
@@ -198,6 +188,7 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
         heartbeat round (``None`` before one was answered)."""
         self._actor = StoreActor(self)
         self._queries = Queries(self)
+        self._deps = RedisDeps(self)  # dependent items (submit --after, issue 21)
 
     def __repr__(self) -> str:
         return f"RedisWorkQueue({self.url!r}, prefix={self.prefix!r}, lease={self.lease})"
@@ -244,10 +235,11 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
 
         Raises:
             ControlError: the hub holds ``max_held`` writes (or ``max_held_bytes``) that
-                Redis has not taken yet; an ``after`` (not on Redis yet; a ``require``
-                no pool here matches is accepted: another hub may serve it).
+                Redis has not taken yet. An unknown ``after`` is refused once the
+                submit reaches Redis (:meth:`stored` raises it); a ``require`` no pool
+                here matches is accepted: another hub may serve it.
         """
-        _refuse_controls({k: kw.pop(k) for k in ("after",) if k in kw})
+        after = list(kw.pop("after", None) or ())  # issue 21: _deps.py
         require = dict(kw.pop("require", None) or {})  # issue 21: names the item's stream
         time_limit = kw.pop("time_limit", None)  # issue 21: written in the item's hash
         max_deliveries, source, not_before, priority = _options(kw)
@@ -292,7 +284,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
             tl = "" if time_limit is None else repr(float(time_limit))
             args += (key or "", self.keys.items(agent_type), item.created_at, nb, tl, priority)
             args += requirement(require)  # issue 21: routing to tiers (_tiers.py)
-        self._push(_Op(_SUBMIT, keys, args, item.id, "submit"))
+        op = _Op(_SUBMIT, keys, args, item.id, "submit")
+        self._push(self._deps.submit_op(item, keys, args, after) if after else op)
         self._types.add(agent_type)
         return item
 
@@ -371,6 +364,8 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
     def _push(self, op: _Op) -> None:
         if self.writes.push(op):
             self._actor.wake.set()
+        if op.kind == "finish":  # issue 21: its dependents, if any, are settled
+            self._deps.finished(op.item_id)
 
     def _fenced(self, item: WorkItem, op: str, *extra: Any) -> None:
         args = (op, self.claim.hub_id, self.claim.token, item.attempt, time.time(), *extra)
@@ -449,12 +444,12 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
     async def stored(self, item_id: str, timeout: float) -> bool:
         """Wait until the submitted item is in Redis (False after ``timeout`` seconds:
         it is held here and written when Redis answers)."""
-        event = self._stored.get(item_id)
+        event = self._deps.event(item_id)  # issue 21: a dependent item's, once linked
         if event is None:
-            return item_id not in self._pending
+            return self._deps.checked(item_id, item_id not in self._pending)
         with trio.move_on_after(timeout):
             await event.wait()
-        return event.is_set()
+        return self._deps.checked(item_id, event.is_set())  # an unknown dependency raises
 
     def poke(self) -> None:
         """Something changed (idle agents, new writes): run a round soon."""
@@ -470,7 +465,10 @@ class RedisWorkQueue(_Counters, LocalOrdering, CancelParts):  # retry delays: he
                 or another live hub holds this hub's id (at start or when Redis returns).
         """
         try:
-            await self._actor.run(host, task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._deps.run)  # issue 21: counts, reconcile
+                await self._actor.run(host, task_status=task_status)
+                nursery.cancel_scope.cancel()
         finally:
             self._queries.close()
 

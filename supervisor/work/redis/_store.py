@@ -473,6 +473,8 @@ class StoreActor:
                 self.q.dupes[op.item_id] = _text(reply)
                 while len(self.q.dupes) > 10_000:  # the oldest answers are long read
                     del self.q.dupes[next(iter(self.q.dupes))]
+            if op.on_reply is not None:  # issue 21: a dependent item, its links follow
+                op.on_reply(reply)  # (they take its event: stored once they answer)
             event = self.q._stored.pop(op.item_id, None)
             if event is not None:
                 event.set()

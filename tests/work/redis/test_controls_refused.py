@@ -1,15 +1,14 @@
-"""Idempotent submits on Redis (decided atomically by the submit script, across hubs),
-and ``--after``/``--require`` refused there, naming the option and the backend
-(docs/work-controls.md)."""
+"""Idempotent submits on Redis (decided atomically by the submit script, across hubs;
+docs/work-controls.md). ``--after`` and ``--require`` on Redis: test_deps_redis.py and
+test_tiers_redis.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 
-from supervisor import ControlError, Hub, ItemStatus, WorkService
+from supervisor import ItemStatus, WorkService
 from supervisor.work.redis import RedisWorkQueue
 
 from ...helpers import TIMEOUT, running, until
@@ -57,15 +56,3 @@ async def test_a_key_answers_the_kept_item_across_hubs_until_its_hash_expires(
             item = hub_b.work.submit("w", {"n": n}, key=f"other-{n}")
             assert await hub_b.work.stored(item.id)
         assert client.hlen("hubvisor:work:{w}:keys") <= 7
-
-
-async def test_dependencies_and_requirements_are_refused_on_redis(
-    redis_server: RedisServer,
-) -> None:
-    service = WorkService(RedisWorkQueue(redis_server.url))
-    async with running([agent("a1")], work=service, hub_id="A") as (hub, _):
-        first = hub.work.submit("w", {"n": 1})
-        with pytest.raises(ControlError, match="--after: RedisWorkQueue does not support"):
-            hub.work.submit("w", {"n": 1}, after=[first.id])
-        assert [first.id] == [i.id for i in hub.work.items()]
-        assert isinstance(hub, Hub)

@@ -78,7 +78,8 @@ async def test_a_result_written_after_the_lease_moved_on_is_refused_on_the_serve
         client.hset(key, mapping={"st": "assigned", "tok": "someone-else"})
         replies = []
         queue._fenced(done, "finish", "completed", 1, "[]", '"forged"', "", "a1", 60)
-        queue.writes.ops[-1] = attrs_evolve(queue.writes.ops[-1], replies.append)
+        at = next(i for i, op in enumerate(queue.writes.ops) if op.kind == "finish")
+        queue.writes.ops[at] = attrs_evolve(queue.writes.ops[at], replies.append)
         await until(lambda: bool(replies))
         await hub.stop()
     assert replies[0][0] == 0
