@@ -243,13 +243,7 @@ class RedisWorkQueue(
         require = dict(kw.pop("require", None) or {})  # issue 21: names the item's stream
         time_limit = kw.pop("time_limit", None)  # issue 21: written in the item's hash
         max_deliveries, source, not_before, priority = _options(kw)
-        if self.writes.full():
-            raise ControlError(
-                f"the hub holds {len(self.writes.ops)} writes "
-                f"({self.writes.held_bytes // 1024} KiB) "
-                f"that Redis at {self.url} has not taken (its cap: {self.max_held} writes, "
-                f"{self.max_held_bytes // 1024} KiB); submit again when Redis answers"
-            )
+        _check_room(self)
         self._ids += 1
         item = WorkItem(
             id=f"{agent_type}-{self._boot}{self._ids}",
@@ -539,6 +533,16 @@ def _check_replicas(replicas: Any, replicas_timeout: Any, timeout: float, url: s
 
 
 # --- ordering (issue 21) ---
+
+
+def _check_room(q: RedisWorkQueue) -> None:
+    """Refuse a submit while the hub holds ``max_held`` writes Redis has not taken."""
+    if q.writes.full():
+        raise ControlError(
+            f"the hub holds {len(q.writes.ops)} writes ({q.writes.held_bytes // 1024} KiB) "
+            f"that Redis at {q.url} has not taken (its cap: {q.max_held} writes, "
+            f"{q.max_held_bytes // 1024} KiB); submit again when Redis answers"
+        )
 
 
 def _options(kw: dict[str, Any]) -> tuple[int, str, float | None, int]:
