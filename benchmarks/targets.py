@@ -158,6 +158,8 @@ def extra_targets(run: bool, quick: bool) -> list[dict[str, Any]]:
         met = None if value is None else (value < bound if lower else value >= bound)
         print(note if value is None else f"{value:,.2f} {unit}")
         rows.append(_row(key, what, None, value, bound, unit, met, note))
+        if value is None:
+            rows[-1]["verdict"] = "failed"  # the benchmark could not run: the note says why
     return rows
 
 
