@@ -181,9 +181,7 @@ class ProcessActor(ChannelWatcher):
         self._stop_asked = False
         self._hung: str | None = None
         self._hang_killed = False  # the watchdog found it hung and killed it
-        self._condemned = False  # condemn() asked for a stop; served in a task of run()'s
-        self._condemned_scope = trio.CancelScope()
-        self._nursery: trio.Nursery | None = None  # run()'s, while the process runs
+        self._condemned = trio.Event()
         self._done = trio.Event()
         self._ready = trio.Event()
         self._rejected = 0
@@ -220,18 +218,14 @@ class ProcessActor(ChannelWatcher):
                 for stream, name in ((handle.stdout, "stdout"), (handle.stderr, "stderr")):
                     if stream is not None:
                         nursery.start_soon(self._pump, stream, name)
-                watchers = trio.CancelScope()
+                watchers, condemned = trio.CancelScope(), trio.CancelScope()
                 nursery.start_soon(self._watch, source, watchers)
-                # A condemned child gets its stopping task then, not one per child always.
-                self._nursery = nursery
-                if self._condemned:
-                    nursery.start_soon(self._serve_condemned)
+                nursery.start_soon(self._serve_condemned, condemned)
                 try:
                     status = await handle.wait()
                 finally:
-                    self._nursery = None
                     watchers.cancel()
-                    self._condemned_scope.cancel()
+                    condemned.cancel()
                 if source is not None:
                     self._drain(source)
                 # The group is dead; give the pipes a moment to drain, not forever (an
@@ -337,13 +331,12 @@ class ProcessActor(ChannelWatcher):
         if self._stop_asked or self.done or self._hung is not None:
             return False
         self._hung = why
-        self._condemned = True
-        if self._nursery is not None:
-            self._nursery.start_soon(self._serve_condemned)
+        self._condemned.set()
         return True
 
-    async def _serve_condemned(self) -> None:
-        with self._condemned_scope:
+    async def _serve_condemned(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._condemned.wait()
             if self._stop_asked:
                 return
             _log.warning(
