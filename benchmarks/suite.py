@@ -36,7 +36,8 @@ Rounds run the systems in a new random order each, so drift hits all alike. The 
 gives, per N and system, the median over the rounds with the min-max and the ratio to
 ``minimal`` of the same N. JSON results go to ``--out`` (``results.json``) with every
 raw value, and the chart (``chart.png``: start and restart latency per system, log
-scale) beside them.
+scale) beside them. Last, issue 24's targets, each met or missed (``targets.py``; the
+other benchmarks' ones are skipped with ``--no-extra-targets``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import targets
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -194,7 +197,9 @@ def launch_minimal(n: int, work: Path) -> subprocess.Popen[bytes]:
     return _popen([sys.executable, str(HERE / "minimal_daemon.py"), str(n), SLEEP, "100000"])
 
 
-def _hubvisor(n: int, work: Path, capture: bool) -> subprocess.Popen[bytes]:
+def _hubvisor(
+    n: int, work: Path, capture: bool, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     tree = work / "tree.py"
     tree.write_text(
         "from strategies import Intensity, NoBackoff\n"
@@ -202,12 +207,13 @@ def _hubvisor(n: int, work: Path, capture: bool) -> subprocess.Popen[bytes]:
         f"template = ChildSpec(id='t', argv=[{SLEEP!r}, '100000'], start_period=0,\n"
         f"                     shutdown=5, output=OutputSpec(capture={capture}))\n"
         "spec = SupervisorSpec(name='bench', intensity=Intensity(10**9, 1), children=[\n"
-        f"    PoolSpec(agent_type='sleep', template=template, size={n}, max_size={n},\n"
+        f"    PoolSpec(agent_type='sleep', template=template, size={n}, max_size={max(n, 1)},\n"
         "             intensity=Intensity(10**9, 1), backoff=NoBackoff())])\n"
     )
     return _popen(
         [sys.executable, "-m", "supervisor", "run", str(tree), "--control-socket", "none"],
         cwd=ROOT,
+        log=log,
     )
 
 
@@ -246,15 +252,24 @@ def launch_circus(n: int, work: Path) -> subprocess.Popen[bytes]:
     return _popen([str(PEER / "bin" / "circusd"), str(conf)])
 
 
-def _popen(argv: list[str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        cwd=cwd,
-    )
+def _popen(
+    argv: list[str], cwd: Path | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    with open(log or os.devnull, "wb") as err:  # the child keeps its own copy
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_env(),
+            cwd=cwd,
+        )
+
+
+def launch_hubvisor_empty(work: Path) -> subprocess.Popen[bytes]:
+    """hubvisor with capture on one pool of size 0, its log in ``work/hub.log``: the
+    import cost of ``targets.hub_import_rss``."""
+    return _hubvisor(0, work, capture=True, log=work / "hub.log")
 
 
 LAUNCHERS: dict[str, Callable[[int, Path], subprocess.Popen[bytes]]] = {
@@ -553,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: N=20, 1 round")
     parser.add_argument("--no-install", action="store_true", help="never pip-install peers")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
+    parser.add_argument(
+        "--no-extra-targets",
+        action="store_true",
+        help="skip the targets of the other benchmarks (heartbeat, registry, testing, Redis)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     ns = args.n or ([20] if quick else [200, 1000])
@@ -571,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
 
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {str(n): {} for n in ns}
     failures: list[str] = []
+    import_rss: list[float] = []
     for r in range(args.rounds):
+        if "hubvisor" in systems:
+            import_rss.append(targets.hub_import_rss(launch_hubvisor_empty))
+            print(f"round {r + 1}/{args.rounds} hubvisor, no child: RSS {import_rss[-1]:.1f} MiB")
         for n in ns:
             order = systems[:]
             random.shuffle(order)
@@ -587,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"start {res['start']:.3f} s, restart p50 {res['restart_p50'] * 1e3:.2f} ms")
 
     summary = summarize(raw)
+    verdicts = targets.daemon_targets(summary, import_rss)
+    verdicts += targets.extra_targets(not args.no_extra_targets, quick)
     command = "python benchmarks/suite.py" + (" " + " ".join(argv) if argv else "")
     if argv is None:
         command = "python benchmarks/suite.py " + " ".join(sys.argv[1:])
@@ -603,13 +629,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
-    results.write_text(json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=1))
+    everything: dict[str, Any] = {"meta": meta, "summary": summary, "raw": raw}
+    everything.update(targets=verdicts, import_rss=import_rss)
+    results.write_text(json.dumps(everything, indent=1))
     print()
     print(f"{meta['date']}; {meta['machine']}; Python {meta['python']}; {meta['command']}")
     print(f"median of {args.rounds} rounds (min-max), ratio to minimal of the same N")
     for n in summary:
         print()
         print(table(summary, n))
+    print()
+    print("targets (issue 24): median ratios to minimal of the same N, or values")
+    print(targets.report(verdicts))
     print()
     print(f"results: {results}")
     print(draw_chart(results, args.out / "chart.png"))

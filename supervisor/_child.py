@@ -78,11 +78,25 @@ class ChildExit:
     uptime: float = 0.0
 
 
+_INHERITED: list[Any] = [None, {}]  # os.environ's raw data when decoded, and the decoding
+
+
+def _inherited() -> dict[str, str]:
+    """A copy of ``os.environ``, decoded again only when it changed (comparing the raw
+    bytes is a C-level dict compare; decoding every variable cost each spawn more)."""
+    data = getattr(os.environ, "_data", None)
+    if data is None:  # pragma: no cover - not CPython's os._Environ
+        return dict(os.environ)
+    if _INHERITED[0] != data:
+        _INHERITED[:] = [dict(data), dict(os.environ)]
+    return dict(_INHERITED[1])
+
+
 def child_env(
     spec: ChildSpec, *, path: str, hub_id: str, extra: Mapping[str, str]
 ) -> dict[str, str]:
     """The environment of a worker child: inherited, the hub's, the spec's, HUBVISOR_*."""
-    env = dict(os.environ) if spec.inherit_env else {}
+    env = _inherited() if spec.inherit_env else {}
     env.update(extra)
     env.update(spec.env)
     env["HUBVISOR_AGENT_ID"] = spec.id

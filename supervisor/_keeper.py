@@ -6,7 +6,9 @@ What each layer covers:
 * **Process groups + parent-death signal** (the runtime): each agent runs in its own
   process group; stopping it signals the whole group, and when the hub dies, the kernel
   SIGKILLs each *direct* child. Grandchildren that stayed in the group die with a group
-  stop, but not with the hub.
+  stop, but not with the hub. While a keeper runs, the agents carrying its mark are
+  started without the parent-death signal (its ``setpriv`` exec cost every start about
+  1 ms): the keeper covers them, and more.
 * **The keeper** (this module): every agent is started with a mark in its environment
   (``HUBVISOR_KEEPER_MARK=<random>``), which its descendants inherit — whatever they do
   with sessions, process groups or double forks to daemonize. The keeper is a tiny
@@ -105,6 +107,9 @@ class OrphanKeeper:
         hub.agents.add_env({MARK_ENV: self.mark})
         env = {k: v for k, v in os.environ.items() if k != MARK_ENV}
         argv = [sys.executable, "-I", "-c", _KEEPER, self.mark, str(self.within), "report"]
+        from ._process import OSProcessBackend  # it imports this module
+
+        backend = hub.context.backend
         started = False
         try:
             while True:
@@ -116,12 +121,16 @@ class OrphanKeeper:
                 )
                 self.starts += 1
                 self.pid = proc.pid
+                if isinstance(backend, OSProcessBackend):  # it covers the hub's death now
+                    backend.keeper_mark = self.mark
                 if not started:
                     started = True
                     task_status.started()
                 try:
                     await proc.wait()
                 finally:
+                    if isinstance(backend, OSProcessBackend):  # parent-death signal again
+                        backend.keeper_mark = None
                     with trio.CancelScope(shield=True):
                         if proc.stdin is not None:
                             # The hub is stopping (this task is cancelled): the end of the

@@ -257,9 +257,22 @@ async def log_events(
         async for event in events:
             if event.kind in counts:
                 counts[event.kind] += 1
-            logger.log(event_level(event), "%s", format_event(event), extra=_fields(event))
+            _log_event(event)
         nursery.cancel_scope.cancel()
     summarise()
+
+
+def _log_event(event: Event) -> None:
+    """``logger.log(level, "%s", format_event(event), extra=...)`` without looking up the
+    caller's frame for every record (a burst of N exits logs N lines; the record's
+    ``pathname``/``lineno`` would name this module anyway)."""
+    level = event_level(event)
+    if logger.isEnabledFor(level):
+        record = logger.makeRecord(
+            logger.name, level, __file__, 0, "%s", (format_event(event),), None,
+            "log_events", _fields(event),
+        )  # fmt: skip
+        logger.handle(record)
 
 
 STOP_KINDS = frozenset({"stopped", "supervisor_stopped", "work_reclaimed"})
@@ -330,9 +343,24 @@ LOG_FORMATS = ("text", "json")
 """The values of ``--log-format``."""
 
 
+_ISO_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def _iso(created: float) -> str:
-    """``created`` (Unix time) in ISO 8601 with milliseconds and the local zone's offset."""
-    return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
+    """``created`` (Unix time) in ISO 8601 with milliseconds and the local zone's offset.
+
+    The text of a second (and its offset, which can change only between seconds) is
+    made once: a burst of records in one second formats only the milliseconds.
+    """
+    second = int(created // 1)
+    us = round((created - second) * 1e6)  # as datetime.fromtimestamp rounds
+    if us >= 1_000_000:
+        return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
+    if _ISO_SECOND[0] != second:
+        text = datetime.fromtimestamp(second).astimezone().isoformat(timespec="seconds")
+        _ISO_SECOND[:] = [second, text]
+    text = _ISO_SECOND[1]
+    return f"{text[:19]}.{us // 1000:03d}{text[19:]}"
 
 
 class TextFormatter(logging.Formatter):

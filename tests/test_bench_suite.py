@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
     env = {**os.environ, "HUBVISOR_PEER_VENV": str(out / "no-peer-venv")}
     proc = subprocess.run(
         [sys.executable, str(SUITE), "--quick", "--no-install", "-n", "8", "--kills", "3",
-         "--systems", "floor,minimal,hubvisor,supervisord", "--out", str(out)],
+         "--systems", "floor,minimal,hubvisor,supervisord", "--out", str(out),
+         "--no-extra-targets"],
         capture_output=True,
         text=True,
         env=env,
@@ -56,7 +58,8 @@ class TestQuickRun:
     ) -> None:
         """The printed table has a header with every metric and a row per system run."""
         stdout, _ = quick_run
-        lines = [line for line in stdout.splitlines() if line.startswith("|")]
+        tables = stdout[: stdout.index("targets (issue 24)")]
+        lines = [line for line in tables.splitlines() if line.startswith("|")]
 
         assert lines[0].startswith("| N = 8 | start all (s) | first child (s) | restart p50")
         assert "stop: exited (s)" in lines[0]
@@ -78,3 +81,26 @@ class TestQuickRun:
         assert hub["start"]["ratio"] > 0
         assert 3 == len(raw["8"]["hubvisor"][0]["restarts"])
         assert summary["8"]["floor"].get("rss") is None  # no daemon: no RSS to report
+
+    def test_targets_reported_met_or_missed(self, quick_run: tuple[str, dict[str, object]]) -> None:
+        """Every issue-24 target is in the JSON and the printed report: the daemon ones
+        at each N with a ratio (or MiB) and a verdict, the RSS one with the import cost
+        and per-child cost beside it, the other benchmarks' ones skipped as asked."""
+        stdout, results = quick_run
+        rows: list[dict[str, Any]] = results["targets"]  # type: ignore[assignment]
+        by_key = {(r["key"], r["n"]): r for r in rows}
+
+        for key in ("start", "restart_p50", "restart_p99", "dead", "exited", "rss"):
+            row = by_key[(key, "8")]
+            assert row["verdict"] in ("met", "missed"), row
+            assert row["value"] > 0 and row["bound"] > 0
+            assert row["verdict"] == "met" if row["value"] <= row["bound"] else "missed"
+        assert "import " in by_key[("rss", "8")]["note"]
+        assert "per child" in by_key[("rss", "8")]["note"]
+        assert 1 == len(results["import_rss"])  # type: ignore[arg-type]
+        for key in ("heartbeat_cpu", "registry", "testing", "work_redis"):
+            assert "skipped" == by_key[(key, None)]["verdict"]
+        report = stdout[stdout.index("targets (issue 24)") :].splitlines()
+        table = [line for line in report if line.startswith("| ")]
+        assert table[0] == "| target | N | measured | bound | verdict | note |"
+        assert len(rows) == len(table) - 1
