@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -67,7 +65,6 @@ __all__ = [
     "MessageKind",
     "MessageTable",
     "NotifyMessage",
-    "NotifyPoller",
     "NotifySource",
     "SocketNotifySource",
     "encode",
@@ -141,13 +138,6 @@ class SocketNotifySource:
             self._eof = True
         return got
 
-    def fileno(self) -> int | None:
-        """The descriptor of the hub's end (for :class:`NotifyPoller`), or ``None`` if
-        this end cannot be read without waiting or is closed."""
-        if self._raw is None or self._closed:
-            return None
-        return self._raw.fileno()
-
     def receive_nowait(self) -> bytes | None:
         """A record already queued, or ``None`` at end-of-channel.
 
@@ -220,68 +210,6 @@ class SocketNotifySource:
         """Close the hub's end; a task blocked in :meth:`receive` gets ClosedResourceError."""
         self._closed = True
         self._sock.close()
-
-
-class NotifyPoller:
-    """One task that reads every child's notify socket, not one task per child.
-
-    The descriptors sit in an epoll set of the poller's own (level-triggered); its task
-    waits until that set is readable, then calls the callback of each ready descriptor,
-    which reads what is queued without waiting (:meth:`SocketNotifySource.receive_nowait`).
-    A wake-up of the hub's loop then serves every channel that became readable meanwhile,
-    and a heartbeat costs no task switch, no cancel scope and no registration of its own.
-    One poller per trio run (:func:`notify_poller`), in a system task.
-    """
-
-    def __init__(self) -> None:
-        self._epoll = select.epoll()
-        self._readers: dict[int, Callable[[], None]] = {}
-
-    def add(self, fd: int, on_readable: Callable[[], None]) -> None:
-        """Call ``on_readable()`` whenever ``fd`` has something to read (until
-        :meth:`discard`); it must read without waiting and must not raise."""
-        self._epoll.register(fd, select.EPOLLIN)
-        self._readers[fd] = on_readable
-
-    def discard(self, fd: int, on_readable: Callable[[], None]) -> None:
-        """Stop watching ``fd`` (if ``on_readable`` is still its callback; idempotent).
-        Call it before closing ``fd``."""
-        if self._readers.get(fd) is on_readable:
-            del self._readers[fd]
-            with contextlib.suppress(OSError):  # already closed: epoll dropped it
-                self._epoll.unregister(fd)
-
-    def __len__(self) -> int:
-        return len(self._readers)
-
-    async def run(self) -> None:
-        """Serve the callbacks until cancelled; closes the epoll set at the end."""
-        try:
-            epfd = self._epoll.fileno()
-            readers = self._readers
-            while True:
-                await trio.lowlevel.wait_readable(epfd)
-                for fd, _ in self._epoll.poll(0):
-                    callback = readers.get(fd)
-                    if callback is not None:
-                        callback()
-        finally:
-            self._epoll.close()
-
-
-_POLLER: trio.lowlevel.RunVar[NotifyPoller] = trio.lowlevel.RunVar("hubvisor_notify_poller")
-
-
-def notify_poller() -> NotifyPoller:
-    """This trio run's :class:`NotifyPoller`, started on first use (a system task, so
-    it ends with the run and never holds a nursery open)."""
-    try:
-        return _POLLER.get()
-    except LookupError:
-        poller = NotifyPoller()
-        _POLLER.set(poller)
-        trio.lowlevel.spawn_system_task(poller.run, name="hubvisor notify poller")
-        return poller
 
 
 def open_notify_pair() -> tuple[SocketNotifySource, int]:

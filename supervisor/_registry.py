@@ -175,7 +175,6 @@ class Reclaimed:
 
 
 _log = logging.getLogger("hubvisor.registry")
-_APPLY_BATCH = 1000  # messages the actor applies between two checkpoints, at most
 
 
 class RegistryMirror(Protocol):
@@ -445,36 +444,19 @@ class Registry:
                 msg.done.set()
 
     async def _actor(self) -> None:
-        # What is queued is applied in one go (up to _APPLY_BATCH messages between two
-        # checkpoints): a wake-up per message, with 1,000 agents heartbeating, was most
-        # of the actor's cost.
-        inbox = self._inbox
-        async for msg in inbox:
-            if not self._handle(msg):
+        async for msg in self._inbox:
+            if isinstance(msg, _Stop):
                 return
-            for _ in range(_APPLY_BATCH - 1):
-                try:
-                    more = inbox.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if not self._handle(more):
-                    return
-
-    def _handle(self, msg: _Message) -> bool:
-        """Apply one message; ``False`` for the stop request."""
-        if isinstance(msg, _Stop):
-            return False
-        if isinstance(msg, _Barrier):
-            msg.done.set()
-        elif isinstance(msg, _Assign):
-            msg.ok = self._assign(msg.agent_id, msg.assignment)
-            msg.done.set()
-        elif isinstance(msg, _AssignMany):
-            for agent_id, assignment in msg.assignments.items():
-                self._assign(agent_id, assignment)
-        else:
-            self.apply(msg)
-        return True
+            if isinstance(msg, _Barrier):
+                msg.done.set()
+            elif isinstance(msg, _Assign):
+                msg.ok = self._assign(msg.agent_id, msg.assignment)
+                msg.done.set()
+            elif isinstance(msg, _AssignMany):
+                for agent_id, assignment in msg.assignments.items():
+                    self._assign(agent_id, assignment)
+            else:
+                self.apply(msg)
 
     def _assign(self, agent_id: str, assignment: str | None) -> bool:
         rec = self._agents.get(agent_id)

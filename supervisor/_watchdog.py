@@ -25,10 +25,7 @@ from ._notify import (
     PROTOCOL_VERSIONS,
     InvalidNotifyMessage,
     NotifyMessage,
-    NotifyPoller,
     NotifySource,
-    SocketNotifySource,
-    notify_poller,
     parse_notify,
 )
 from ._process import ProcessHandle
@@ -39,12 +36,6 @@ __all__ = ["ChannelWatcher", "ChildPhase"]
 _BAD_NOTIFY_LOG_EVERY = 60.0  # seconds between two log lines about one child's bad messages
 _DRAIN_LIMIT = 1000  # records read after the exit, at most (a flood must not stall us)
 _HEARTBEAT_EVENT_GAP = 0.1  # at most 10 ChildHeartbeat events/s per child, however fast it beats
-
-# The records most agents send all the time, parsed once (by parse_notify itself).
-_COMMON = {
-    raw: parse_notify(raw)
-    for raw in (b"HEARTBEAT", b"HEARTBEAT\n", b"WATCHDOG=1", b"WATCHDOG=1\n", b"READY", b"READY\n")
-}
 
 _log = logging.getLogger("hubvisor")
 _WARNED: set[str] = set()  # children already warned about (once per process each)
@@ -77,13 +68,6 @@ class ChannelWatcher:
     _logged_at: float
     _beat_at: float
     _bad_version: str | None
-    # The polled channel (a real socket: see _notify_polled); set there.
-    _last: float  # when the last valid record came (hub time)
-    _mark: float  # the stall meter then
-    _wake: trio.Event  # the actor has something to do: a kill, a deadline, a failure
-    _due: bool  # the sweeper found the deadline passed
-    _failure: BaseException | None  # raised while handling a record in the poller
-    _reader: Callable[[], None]  # this child's callback in the poller
 
     @property
     def pid(self) -> int:
@@ -159,11 +143,6 @@ class ChannelWatcher:
         are proof of life), then discounts the time the hub's own loop did not run since
         the last record (:class:`~supervisor._context.StallMeter`)."""
         timeout = self.spec.heartbeat_timeout
-        poller = _poller_for(source)
-        if poller is not None:
-            assert isinstance(source, SocketNotifySource)
-            await self._notify_polled(source, poller, timeout)
-            # It returned: the poller's epoll set refused the descriptor; read it here.
         if timeout is None:
             await self._read_notify(source, None)
             return
@@ -174,102 +153,6 @@ class ChannelWatcher:
         finally:
             stalls.unwatch()
         await self._kill_unresponsive(f"hung (no heartbeat for {timeout:g}s)", silence)
-
-    async def _notify_polled(
-        self, source: SocketNotifySource, poller: NotifyPoller, timeout: float | None
-    ) -> None:
-        """:meth:`_notify` for a real socket: the hub's :class:`NotifyPoller` reads it
-        (:meth:`_on_readable`) and only notes the time of each valid record; one sweeper
-        per run (:class:`_Sweeper`) wakes this task when that time is ``timeout`` old
-        (plus the hub's stalls since). Then, as in :meth:`_read_notify`, the records
-        already queued count before the child is found hung. Returns at once if the
-        poller cannot take the descriptor (the caller reads it itself); else only by
-        cancellation."""
-        fd = source.fileno()
-        assert fd is not None
-        stalls = self._ctx.stalls
-        self._wake = trio.Event()
-        self._due = False
-        self._failure = None
-        self._last = trio.current_time()
-        self._mark = stalls.stalled() if timeout is not None else 0.0
-        reader = self._reader = functools.partial(
-            self._on_readable, source, fd, poller, timeout is not None
-        )
-        try:
-            poller.add(fd, reader)
-        except OSError:
-            return
-        sweeper = _sweeper() if timeout is not None else None
-        if sweeper is not None:
-            stalls.watch()
-        try:
-            if sweeper is not None:
-                sweeper.add(self, timeout)  # type: ignore[arg-type]
-            why, silence, hung = await self._polled_until_kill(source, timeout, sweeper)
-        finally:
-            poller.discard(fd, reader)
-            if sweeper is not None:
-                sweeper.discard(self)
-                stalls.unwatch()
-        await self._kill_unresponsive(why, silence, hung=hung)
-
-    async def _polled_until_kill(
-        self, source: SocketNotifySource, timeout: float | None, sweeper: _Sweeper | None
-    ) -> tuple[str, float, bool]:
-        """Wait for what the poller or the sweeper found; return why to kill the child
-        (``why``, its silence, whether it is a hang)."""
-        stalls = self._ctx.stalls
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            if self._failure is not None:
-                raise self._failure
-            if self._bad_version is not None:
-                return self._bad_version, 0.0, False
-            if not self._due:
-                continue
-            assert timeout is not None and sweeper is not None
-            self._due = False
-            # The deadline passed. Records the child sent while we did not read count.
-            if self._drain(source):
-                self._last = trio.current_time()
-                self._mark = stalls.stalled()
-            if self._bad_version is not None:
-                return self._bad_version, 0.0, False
-            stalled = stalls.stalled() - self._mark
-            now = trio.current_time()
-            if self._last + timeout + stalled <= now:
-                return f"hung (no heartbeat for {timeout:g}s)", now - self._last - stalled, True
-            sweeper.add(self, timeout)
-
-    def _on_readable(
-        self, source: SocketNotifySource, fd: int, poller: NotifyPoller, watched: bool
-    ) -> None:
-        """The poller's callback: handle one record, without waiting. One only: the
-        epoll set is level-triggered, so a channel holding more is served again at the
-        next wake-up, and the common case (one heartbeat) costs no second read to learn
-        that nothing else is queued."""
-        try:
-            try:
-                data = source.receive_nowait()
-            except trio.WouldBlock:
-                return
-            except (OSError, trio.ClosedResourceError):
-                data = None
-            if data is None:  # every writer closed its end: no more heartbeats
-                poller.discard(fd, self._reader)
-                return
-            if self._on_record(data) and watched:
-                self._last = trio.current_time()
-                self._mark = self._ctx.stalls.stalled()
-            if self._bad_version is not None:
-                poller.discard(fd, self._reader)
-                self._wake.set()
-        except Exception as exc:  # the actor raises it, as when it read the channel itself
-            poller.discard(fd, self._reader)
-            self._failure = exc
-            self._wake.set()
 
     async def _read_notify(self, source: NotifySource, timeout: float | None) -> float:
         """Handle records until the child has been silent for ``timeout`` seconds of the
@@ -330,7 +213,7 @@ class ChannelWatcher:
         spec, pid = self.spec, self.pid
         now = trio.current_time()
         try:
-            msg = _COMMON.get(data) or parse_notify(data)
+            msg = parse_notify(data)
         except InvalidNotifyMessage as exc:
             self._rejected += 1
             self._ctx.reject_notify()
@@ -419,72 +302,3 @@ class ChannelWatcher:
     ) -> None:
         """The graceful-stop escalation (the subclass's)."""
         raise NotImplementedError
-
-
-def _poller_for(source: NotifySource | None) -> NotifyPoller | None:
-    """The run's poller if it can read ``source`` (a real socket), else ``None``: the
-    actor then reads the channel in its own task (simulated channels, or no descriptor
-    left for the poller's epoll set: a full fd table must not cost the child)."""
-    if not isinstance(source, SocketNotifySource) or source.fileno() is None:
-        return None
-    try:
-        return notify_poller()
-    except OSError:
-        return None
-
-
-class _Sweeper:
-    """The heartbeat deadlines of every polled child of one trio run, in one task.
-
-    Each child's deadline is the time of its last valid record plus its timeout plus
-    the hub's stalls since (read from its own hub's :class:`StallMeter`). The task
-    sleeps until the earliest deadline, then wakes the actor of every child whose
-    deadline passed (the actor decides, after reading what is queued) and sleeps
-    again: a heartbeat moves no timer, and with children beating well within their
-    timeout the sweep runs about once per ``timeout - interval`` for all of them.
-    """
-
-    def __init__(self) -> None:
-        self._watched: dict[ChannelWatcher, float] = {}  # watcher -> its timeout
-        self._scope: trio.CancelScope | None = None
-
-    def add(self, watcher: ChannelWatcher, timeout: float) -> None:
-        """Watch ``watcher``'s deadline (again, after it was found not due)."""
-        self._watched[watcher] = timeout
-        deadline = watcher._last + timeout + (watcher._ctx.stalls.stalled() - watcher._mark)
-        if self._scope is not None and deadline < self._scope.deadline:
-            self._scope.deadline = deadline
-
-    def discard(self, watcher: ChannelWatcher) -> None:
-        self._watched.pop(watcher, None)
-
-    async def run(self) -> None:
-        while True:
-            now = trio.current_time()
-            earliest = math.inf
-            for watcher, timeout in list(self._watched.items()):
-                stalls = watcher._ctx.stalls
-                deadline = watcher._last + timeout + (stalls.stalled() - watcher._mark)
-                if deadline <= now:
-                    del self._watched[watcher]
-                    watcher._due = True
-                    watcher._wake.set()
-                elif deadline < earliest:
-                    earliest = deadline
-            with trio.CancelScope(deadline=earliest) as self._scope:
-                await trio.sleep_forever()
-            self._scope = None
-
-
-_SWEEPER: trio.lowlevel.RunVar[_Sweeper] = trio.lowlevel.RunVar("hubvisor_heartbeat_sweeper")
-
-
-def _sweeper() -> _Sweeper:
-    """This trio run's :class:`_Sweeper`, started on first use (a system task)."""
-    try:
-        return _SWEEPER.get()
-    except LookupError:
-        sweeper = _Sweeper()
-        _SWEEPER.set(sweeper)
-        trio.lowlevel.spawn_system_task(sweeper.run, name="hubvisor heartbeat sweeper")
-        return sweeper

@@ -4,7 +4,6 @@ the hub does there is checked (refused with the reason, dropped and counted)."""
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import pytest
 import trio
@@ -165,88 +164,3 @@ async def test_records_read_after_an_agent_exited_stop_at_1000_while_a_writer_fl
     finally:
         source.close()
         thread.join(TIMEOUT)
-
-
-async def test_the_notify_poller_reads_one_record_per_channel_per_wake_up() -> None:
-    """One agent flooding its channel cannot starve another's heartbeat: each wake-up of
-    the hub's notify poller serves every ready channel once (docs/bounds.md, "records
-    read from one agent per wake-up of the notify poller")."""
-    import socket
-
-    from supervisor._notify import NotifyPoller, open_notify_pair
-
-    (flood, flood_fd), (beat, beat_fd) = open_notify_pair(), open_notify_pair()
-    writers = [socket.socket(fileno=flood_fd), socket.socket(fileno=beat_fd)]
-    served: list[str] = []
-    poller = NotifyPoller()
-
-    def reader(name: str, source: Any) -> Any:
-        def on_readable() -> None:
-            if source.receive_nowait() is not None:
-                served.append(name)
-
-        return on_readable
-
-    try:
-        for _ in range(100):
-            writers[0].send(b"HEARTBEAT")
-        writers[1].send(b"HEARTBEAT")
-        poller.add(flood.fileno(), reader("flood", flood))  # type: ignore[arg-type]
-        poller.add(beat.fileno(), reader("beat", beat))  # type: ignore[arg-type]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(poller.run)
-            with trio.fail_after(TIMEOUT):
-                while len(served) < 101:
-                    await trio.sleep(0.001)
-            nursery.cancel_scope.cancel()
-        assert served.index("beat") <= 1 and served.count("flood") == 100
-    finally:
-        for w in writers:
-            w.close()
-        flood.close()
-        beat.close()
-
-
-async def test_the_registry_applies_at_most_1000_queued_messages_between_checkpoints() -> None:
-    """A burst of events is applied in rounds of at most 1,000, with a checkpoint between
-    two rounds, so it cannot hold the hub's loop (docs/bounds.md)."""
-    from supervisor import ChildHeartbeat, ChildStarting, Registry
-    from supervisor._registry import _APPLY_BATCH
-
-    log: list[str] = []  # "yield" where the actor awaits its inbox, "msg" per message
-
-    class Inbox:
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def __aiter__(self) -> Inbox:
-            return self
-
-        async def __anext__(self) -> Any:
-            log.append("yield")
-            return await self.inner.__anext__()
-
-        def receive_nowait(self) -> Any:
-            return self.inner.receive_nowait()
-
-        def close(self) -> None:
-            self.inner.close()
-
-    class Logged(Registry):
-        def _handle(self, msg: Any) -> bool:
-            log.append("msg")
-            return super()._handle(msg)
-
-    registry = Logged()
-    registry._inbox = Inbox(registry._inbox)  # type: ignore[assignment]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(registry.run)
-        registry.submit(ChildStarting(at=0.0, supervisor="s", child_id="a", pid=1, incarnation=1))
-        await registry.sync()
-        log.clear()
-        for i in range(2500):
-            registry.submit(ChildHeartbeat(at=float(i), supervisor="s", child_id="a", pid=1))
-        await registry.sync()
-        registry.stop()
-    rounds = [len(r.split()) for r in " ".join(log).split("yield") if r.strip()]
-    assert _APPLY_BATCH == 1000 and max(rounds) == 1000 and sum(rounds) >= 2501

@@ -440,34 +440,3 @@ async def test_a_stalled_hub_does_not_fail_an_agent_that_became_ready_during_the
         bad = [e for e in seen if e.kind in ("hung", "exited", "restarting", "failed")]
         assert bad == []
         assert [r.info.restarts for r in hub.which_children()] == [0]
-
-
-@pytest.mark.parametrize("poller", ["epoll", "refused"])
-async def test_heartbeats_are_read_by_the_poller_or_by_the_actor_when_epoll_refuses(
-    monkeypatch: pytest.MonkeyPatch, poller: str
-) -> None:
-    """Real notify sockets are read by one poller per run (no task per child); when
-    its epoll set cannot take a descriptor (a full fd table), the child's actor reads
-    the channel itself: heartbeats keep a healthy agent alive and a silent one is
-    judged hung either way."""
-    from supervisor import _notify
-
-    if poller == "refused":
-
-        def refuse(self: Any, fd: int, on_readable: Any) -> None:
-            raise OSError(24, "Too many open files")
-
-        monkeypatch.setattr(_notify.NotifyPoller, "add", refuse)
-    timeout = 1.0  # as the stall tests: 10 beats of margin for a loaded machine
-    async with running(_pool(HEARTBEATER, 2, heartbeat_timeout=timeout)) as (hub, events):
-        seen: list[Event] = []
-        await _beats_after(events, {"hb-agent-1", "hb-agent-2"}, trio.current_time(), seen)
-        later = trio.current_time() + 2 * timeout
-        await _beats_after(events, {"hb-agent-1", "hb-agent-2"}, later, seen)
-        assert [e for e in seen if e.kind in ("hung", "exited")] == []
-        polled = len(_notify.notify_poller())
-        assert polled == (2 if poller == "epoll" else 0)
-    async with running(_pool(SILENT, 1, heartbeat_timeout=timeout)) as (hub, events):
-        up = await wait_event(events, is_("running", "hb-agent-1"))
-        hung = await wait_event(events, is_("hung", "hb-agent-1"))
-        assert hung.at - up.at >= timeout * 0.9
