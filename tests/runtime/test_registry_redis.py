@@ -438,3 +438,37 @@ def test_fault12_bad_options_raise_the_hierarchys_error() -> None:
     assert isinstance(err.value, HubvisorError) and isinstance(err.value, ValueError)
     with pytest.raises(InvalidMirrorConfig, match="batch_max"):
         RedisMirror("redis://h", batch_max=0)
+
+
+async def test_batched_scripts_write_every_field_exactly(redis_server: RedisServer) -> None:
+    """The batch scripts carry the fields as JSON: values with quotes, backslashes,
+    non-ASCII text and empty strings reach the hashes and the event stream unchanged."""
+    mirror = RedisMirror(redis_server.url, batch_interval=0.05)
+    reg = Registry(hub_id="exact", mirror=mirror)
+    odd = 'a"\\b é ✓ 😀'
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reg.run)
+        assert await mirror.drain()
+        reg.submit(
+            ChildStarting(
+                at=1.0, supervisor=odd, child_id=f"id-{odd}", pid=4242, incarnation=1,
+                agent_type="t",
+            )
+        )  # fmt: skip
+        reg.submit(_starting(7))
+        await reg.sync()
+        assert await mirror.drain()
+        rec = reg.get(f"id-{odd}")
+        assert rec is not None
+        reg.final_flush_timeout = 0
+        reg.stop()
+    with redis_server.client() as c:
+        h = c.hgetall(f"hubvisor:hub:exact:agent:id-{odd}")
+        plain = c.hgetall("hubvisor:hub:exact:agent:a7")
+        entries = [f for _, f in c.xrange("hubvisor:events") if f["hub"] == "exact"]
+    assert h["supervisor"] == odd and h["id"] == f"id-{odd}" and h["pid"] == "4242"
+    assert h["assignment"] == "" and h["last_heartbeat"] == "" and h["type"] == "t"
+    assert float(h["spawned_at"]) == pytest.approx(1.0 + mirror._offset)
+    assert plain["type"] == "" and plain["id"] == "a7"
+    assert [e["agent"] for e in entries] == [f"id-{odd}", "a7"]
+    assert entries[0]["detail"] == "pid 4242" and entries[0]["kind"] == "started"
