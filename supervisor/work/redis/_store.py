@@ -27,7 +27,7 @@ from .._item import ItemStatus, WorkItem
 from .._store import StoreHost
 from ._admin import persistence_warning
 from ._codec import _item_from, _pairs, _text
-from ._nodes import NodesDown, replicated
+from ._nodes import NodesDown, masters_before, replicated
 from ._outbox import _Op
 from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
@@ -390,6 +390,7 @@ class StoreActor:
             self._fill(pipe, r)
             by_node = is_cluster(client)  # a master that is down holds back only its part
             waits = not by_node and _add_wait(self.q, pipe, r)  # a Cluster's: below
+            before = masters_before(self.q, client, r) if by_node else None
             run = pipe.execute_by_node if by_node else pipe.execute
             replies: list[Any] = run(raise_on_error=False)
             for reply in replies:
@@ -399,7 +400,7 @@ class StoreActor:
                 if waits:
                     _confirmed(self.q, replies.pop())
                 elif by_node:  # issue 23: a WAIT to each master written to
-                    replies = replicated(self.q, client, r, replies)
+                    replies = replicated(self.q, client, r, replies, before)
                 break
             # A restarted (or flushed) server forgot the scripts: none of them ran, so
             # the round runs again once they are loaded (the other commands are
@@ -629,10 +630,9 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
 def _final_wait_by_master(q: QueueParts, client: Any, ops: list[_Op]) -> None:
     """On a Cluster: log the writes at stop whose master's WAIT fell short (issue 23)."""
     from ..._redis_cluster import wait_masters
-    from ._nodes import _type_of
+    from ._nodes import marks_of
 
-    marks: list[str | None] = [q.keys.of(_type_of(op.keys[0]), "replicated") for op in ops]
-    short = wait_masters(client, marks, q.replicas, int(q.replicas_timeout * 1000))
+    short = wait_masters(client, marks_of(q, ops), q.replicas, int(q.replicas_timeout * 1000))
     for why in sorted(set(short.values())):
         _log.warning(
             "work: writes at stop not confirmed by %d replica(s) (%s); a failover now "

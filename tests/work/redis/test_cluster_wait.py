@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ import trio
 from redis.crc import key_slot
 
 from supervisor import Hub, WorkService
-from supervisor._redis_cluster import wait_masters
+from supervisor._redis_cluster import masters_of, wait_masters
 from supervisor.work.redis import RedisWorkQueue
 
 from ...redis_cluster import ClusterNodeProc, RedisClusterProcs, redis_cluster, types_on_masters
@@ -73,6 +74,18 @@ def test_wait_goes_to_each_master_and_a_short_one_names_only_its_writes(
     marks: list[str | None] = [f"{PREFIX}:work:{{{t}}}:replicated" for t in (down, up, down)]
     with redis_cluster.client() as c:
         assert wait_masters(c, [*marks, None], 1, 2000) == {}
+        now = masters_of(c, marks)
+        assert now[0] == now[2] != now[1]
+        moved = wait_masters(c, marks, 1, 2000, before=[now[0], now[1], "127.0.0.1:1"])
+        assert list(moved) == [2] and "moved from 127.0.0.1:1" in moved[2], moved
+        wrong = SimpleNamespace(  # a stale slot map: the mark's SET is MOVED
+            nodes_manager=SimpleNamespace(
+                get_node_from_slot=lambda _slot: c.get_node(node_name=now[1])
+            ),
+            get_redis_connection=c.get_redis_connection,
+        )
+        refused = wait_masters(wrong, [marks[0]], 1, 2000)
+        assert "MovedError" in refused[0], refused  # never a WAIT that counts an older write
         replica = replica_for(redis_cluster, down)
         pause(replica, paused)
         short = wait_masters(c, [*marks, None], 1, 300)
