@@ -113,10 +113,13 @@ def marks_of(q: QueueParts, ops: list[_Op]) -> list[str | None]:
 
 
 def masters_before(q: QueueParts, client: Any, r: _Round) -> list[str | None] | None:
-    """With ``replicas`` on a Cluster: the masters of the round's writes before it runs."""
-    from ..._redis_cluster import masters_of
+    """With ``replicas`` on a Cluster: the masters of the round's writes before it runs
+    (None: no Cluster, no ``replicas`` or no write; no WAIT of its own then)."""
+    from ..._redis_cluster import is_cluster, masters_of
 
-    return masters_of(client, marks_of(q, r.ops)) if q.replicas and r.ops else None
+    if not (q.replicas and r.ops and is_cluster(client)):
+        return None
+    return masters_of(client, marks_of(q, r.ops))
 
 
 def replicated(

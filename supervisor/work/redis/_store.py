@@ -388,19 +388,16 @@ class StoreActor:
         for _ in range(2):
             pipe: Any = client.pipeline(transaction=False)
             self._fill(pipe, r)
+            waits = _add_wait(self.q, pipe, r)
             by_node = is_cluster(client)  # a master that is down holds back only its part
-            waits = not by_node and _add_wait(self.q, pipe, r)  # a Cluster's: below
-            before = masters_before(self.q, client, r) if by_node else None
+            before = masters_before(self.q, client, r)  # a Cluster's replicas: see _waited
             run = pipe.execute_by_node if by_node else pipe.execute
             replies: list[Any] = run(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, redis.ConnectionError | redis.TimeoutError) and not by_node:
                     raise reply
             if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                if waits:
-                    _confirmed(self.q, replies.pop())
-                elif by_node:  # issue 23: a WAIT to each master written to
-                    replies = replicated(self.q, client, r, replies, before)
+                replies = _waited(self.q, client, r, replies, waits, before)
                 break
             # A restarted (or flushed) server forgot the scripts: none of them ran, so
             # the round runs again once they are loaded (the other commands are
@@ -491,11 +488,28 @@ class StoreActor:
 
 def _add_wait(q: QueueParts, pipe: Any, r: _Round) -> bool:
     """With ``replicas``: one ``WAIT`` after a round that writes (its reply comes last);
-    whether it was added."""
-    if not (q.replicas and r.ops):
+    whether it was added. Never in a Cluster's pipeline (WAIT has no key): there a WAIT
+    goes to each master the round wrote to after it (:func:`_waited`)."""
+    if not (q.replicas and r.ops) or hasattr(pipe, "execute_by_node"):
         return False
     pipe.wait(q.replicas, int(q.replicas_timeout * 1000))
     return True
+
+
+def _waited(
+    q: QueueParts,
+    client: Any,
+    r: _Round,
+    replies: list[Any],
+    waits: bool,
+    before: list[str | None] | None,
+) -> list[Any]:
+    """The round's replies once its WAIT confirmed them: the pipeline's own (``waits``:
+    its last reply, :func:`_confirmed`), or on a Cluster one to each master written to
+    (``before``: their masters before the round; :func:`._nodes.replicated`)."""
+    if waits:
+        _confirmed(q, replies.pop())
+    return replicated(q, client, r, replies, before) if before is not None else replies
 
 
 def _confirmed(q: QueueParts, reply: Any) -> None:

@@ -143,6 +143,32 @@ async def test_a_submit_is_stored_once_its_own_masters_wait_confirmed(
             assert c.hget(key(t, it.id), "id") == it.id
 
 
+async def test_writes_at_stop_that_a_master_does_not_confirm_are_logged(
+    redis_cluster: RedisClusterProcs,
+    paused: list[ClusterNodeProc],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At stop the hub writes what it holds and WAITs on each master written to; one
+    whose replica does not confirm is named in a warning (a failover then could lose
+    those writes); written all the same."""
+    caplog.set_level(logging.WARNING, logger="hubvisor")
+    (down,) = types_on_masters(redis_cluster, 1, stem="cwf")
+    queue = RedisWorkQueue(
+        redis_cluster.url, prefix=PREFIX, lease=10, replicas=1, replicas_timeout=0.3
+    )
+    hub = Hub([agent("a1")], work=WorkService(queue), hub_id="F")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        pause(replica_for(redis_cluster, down), paused)
+        held = hub.work.submit(down, {"n": 1})
+        assert not await hub.work.stored(held.id, 1.0)
+        await hub.stop()
+    warned = [r.getMessage() for r in caplog.records if "writes at stop" in r.getMessage()]
+    assert len(warned) == 1 and "confirmed 0 of 1 replica(s) in 0.3 s" in warned[0], warned
+    with redis_cluster.client() as c:
+        assert c.hget(f"{PREFIX}:work:{{{down}}}:item:{held.id}", "id") == held.id
+
+
 def test_a_cluster_url_takes_replicas() -> None:
     """No refusal any more: ``replicas`` on a Cluster is WAIT per master."""
     assert RedisWorkQueue("redis+cluster://127.0.0.1:7000", replicas=1).replicas == 1
