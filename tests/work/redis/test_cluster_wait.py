@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,8 +24,9 @@ from supervisor._redis_cluster import masters_of, wait_masters
 from supervisor.work.redis import RedisWorkQueue
 
 from ...redis_cluster import ClusterNodeProc, RedisClusterProcs, redis_cluster, types_on_masters
-from ...redis_hubs import wait_for
+from ...redis_hubs import HubProc, wait_for
 from ..test_service import agent
+from .test_cluster_hubs import log_of, spec
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +170,51 @@ async def test_writes_at_stop_that_a_master_does_not_confirm_are_logged(
     assert len(warned) == 1 and "confirmed 0 of 1 replica(s) in 0.3 s" in warned[0], warned
     with redis_cluster.client() as c:
         assert c.hget(f"{PREFIX}:work:{{{down}}}:item:{held.id}", "id") == held.id
+
+
+def test_a_hub_with_redis_replicas_holds_only_the_type_whose_replica_lags(
+    redis_cluster: RedisClusterProcs, paused: list[ClusterNodeProc], tmp_path: Path
+) -> None:
+    """``hubvisor run --redis-cluster ... --redis-replicas 1`` with agents: one master's
+    replica paused, a submit of its type answers ``stored: false`` while a type on another
+    master is stored and done; resumed, the held item is done; each exactly once."""
+    down, up = types_on_masters(redis_cluster, 2, stem="cwh")
+    args = ["--redis-cluster", redis_cluster.seeds, "--redis-prefix", PREFIX + "h"]
+    args += ["--redis-replicas", "1", "--lease", "10"]
+    hub = HubProc(tmp_path, "H", None, spec=spec([down, up]), args=tuple(args), call_timeout=30)
+    ids: dict[str, list[str]] = {down: [], up: []}
+
+    def done(t: str) -> set[str]:
+        with redis_cluster.client() as c:
+            return {r["item"] for r in log_of(c, PREFIX + "h", t)}
+
+    try:
+        hub.start()
+        for t in (down, up):
+            reply = hub.call("submit", type=t, payload={"n": 0})
+            assert reply["stored"], reply
+            ids[t].append(reply["id"])
+        wait_for(lambda: done(down) | done(up) >= {*ids[down], *ids[up]}, 60, "first items")
+        pause(replica_for(redis_cluster, down), paused)
+        held = hub.call("submit", type=down, payload={"n": 1})
+        assert not held["stored"], held  # its master's WAIT comes back short
+        ids[down].append(held["id"])
+        for n in range(2):
+            reply = hub.call("submit", type=up, payload={"n": n + 1})
+            assert reply["stored"], f"a submit of {up} was held: {reply}"
+            ids[up].append(reply["id"])
+        wait_for(lambda: done(up) >= set(ids[up]), 60, f"the {up} items done")
+        resume(paused[0])
+        wait_for(lambda: done(down) >= set(ids[down]), 60, f"the held {down} item done")
+    finally:
+        hub.stop()
+    with redis_cluster.client() as c:
+        for t in (down, up):
+            counts = Counter(r["item"] for r in log_of(c, PREFIX + "h", t))
+            assert set(counts) == set(ids[t]) and set(counts.values()) == {1}, counts
+    log = hub.log.read_text()
+    assert f"the master of {down} does not answer (WAIT on" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_a_cluster_url_takes_replicas() -> None:
