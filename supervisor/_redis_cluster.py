@@ -22,7 +22,15 @@ if TYPE_CHECKING:
     import redis
     from redis.cluster import RedisCluster
 
-__all__ = ["SCHEMES", "cluster_client", "cluster_seeds", "cluster_url", "is_cluster"]
+__all__ = [
+    "SCHEMES",
+    "cluster_client",
+    "cluster_seeds",
+    "cluster_url",
+    "is_cluster",
+    "masters_of",
+    "wait_masters",
+]
 
 SCHEMES = ("redis+cluster://", "rediss+cluster://")
 """URL schemes of a Redis Cluster (``rediss+``: TLS)."""
@@ -315,6 +323,81 @@ class LazyCluster:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+# --- WAIT on a Cluster (--redis-replicas, issue 23) ---
+
+
+def masters_of(client: Any, marks: list[str | None]) -> list[str | None]:
+    """The master that serves each of ``marks`` as the client sees it now (None: no
+    mark, or no master known): :func:`wait_masters` compares them after the round."""
+    from redis.crc import key_slot
+
+    cluster = client.get() if isinstance(client, LazyCluster) else client
+    names: list[str | None] = []
+    for mark in marks:
+        try:
+            assert mark is not None
+            node = cluster.nodes_manager.get_node_from_slot(key_slot(mark.encode()))
+            names.append(str(node.name))
+        except Exception:  # no mark, or no master known for it now
+            names.append(None)
+    return names
+
+
+def wait_masters(
+    client: Any,
+    marks: list[str | None],
+    replicas: int,
+    ms: int,
+    before: list[str | None] | None = None,
+) -> dict[int, str]:
+    """``WAIT replicas ms`` on each master that serves one of ``marks`` (per write of a
+    round, a key of its slot that the store may set; None: a write not to ask for), one
+    master after another. WAIT has no key (sent to the Cluster it would ask other nodes)
+    and counts the replicas that have the last write *of its own connection*, so on each
+    master it goes in one pipeline after a ``SET mark`` of its own, on that master's
+    connection: it confirms everything that master wrote before, the round's writes
+    with it. A master that no longer serves the mark's slot (MOVED) confirms nothing.
+    ``before``: the masters of ``marks`` before the round (:func:`masters_of`); a write
+    whose slot moved since (a MOVED in the round) may have gone to the old master, so it
+    is not confirmed. Returns the positions whose master confirmed fewer than
+    ``replicas`` (or did not answer, or moved), each with why; empty when all confirmed."""
+    import redis
+    from redis.crc import key_slot
+    from redis.exceptions import RedisClusterException
+
+    cluster = client.get() if isinstance(client, LazyCluster) else client
+    short: dict[int, str] = {}
+    groups: dict[str, tuple[Any, str, list[int]]] = {}
+    for n, mark in enumerate(marks):
+        if mark is None:
+            continue
+        try:
+            node = cluster.nodes_manager.get_node_from_slot(key_slot(mark.encode()))
+        except (RedisClusterException, redis.RedisError) as exc:  # no master known now
+            short[n] = f"no master known for {mark!r} to WAIT on ({exc})"
+            continue
+        if before is not None and before[n] != node.name:
+            short[n] = f"the slot of {mark!r} moved from {before[n]} to {node.name} in the round"
+            continue
+        groups.setdefault(node.name, (node, mark, []))[2].append(n)
+    for name, (node, mark, positions) in groups.items():
+        try:
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            pipe.set(mark, 1, px=max(ms, 1000) * 10)
+            pipe.execute_command("WAIT", replicas, ms)
+            written, got = pipe.execute(raise_on_error=False)
+            if isinstance(written, Exception):  # MOVED: WAIT would count an older write
+                got = written
+        except (RedisClusterException, redis.RedisError) as exc:
+            got = exc
+        if isinstance(got, int) and got >= replicas:
+            continue
+        shown = got if isinstance(got, int) else f"an error ({type(got).__name__}: {got})"
+        why = f"WAIT on {name} confirmed {shown} of {replicas} replica(s) in {ms / 1000:g} s"
+        short.update((n, why) for n in positions)
+    return short
 
 
 # --- the CLI's --redis-cluster (here, not in _cli.py, which is at its size limit) ---

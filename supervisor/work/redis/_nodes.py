@@ -22,6 +22,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._outbox import _Op
+    from ._parts import QueueParts
     from ._store import StoreActor, _Clock, _Round
 
 _log = logging.getLogger("hubvisor")
@@ -30,7 +31,7 @@ PACE = 0.1
 """Seconds between rounds while a master does not answer (its writes are held, so the
 store never idles: this keeps it from asking the dead master in a busy loop)."""
 
-__all__ = ["PACE", "NodesDown", "answered_part"]
+__all__ = ["PACE", "NodesDown", "answered_part", "marks_of", "masters_before", "replicated"]
 
 
 def _unanswered(reply: Any) -> bool:
@@ -104,6 +105,46 @@ def answered_part(r: _Round, replies: list[Any]) -> Part | None:
         reads=reads,
     )
     return Part(cut, [replies[n] for n in keep], held, types, error)
+
+
+def marks_of(q: QueueParts, ops: list[_Op]) -> list[str | None]:
+    """Per write, the key its master's WAIT is preceded by (``P:work:{T}:replicated``)."""
+    return [q.keys.of(_type_of(op.keys[0]), "replicated") for op in ops]
+
+
+def masters_before(q: QueueParts, client: Any, r: _Round) -> list[str | None] | None:
+    """With ``replicas`` on a Cluster: the masters of the round's writes before it runs
+    (None: no Cluster, no ``replicas`` or no write; no WAIT of its own then)."""
+    from ..._redis_cluster import is_cluster, masters_of
+
+    if not (q.replicas and r.ops and is_cluster(client)):
+        return None
+    return masters_of(client, marks_of(q, r.ops))
+
+
+def replicated(
+    q: QueueParts, client: Any, r: _Round, replies: list[Any], before: list[str | None] | None
+) -> list[Any]:
+    """With ``replicas`` on a Cluster (issue 23): ``replies`` after a WAIT to each master
+    the round's writes went to (:func:`~supervisor._redis_cluster.wait_masters`); the
+    reply of each write whose master confirmed fewer replicas is a ``NotReplicated`` (a
+    ``redis.ConnectionError``), so :func:`answered_part` holds it again, as one that
+    master did not answer, while the writes other masters confirmed count."""
+    from ..._redis_cluster import wait_masters
+    from ._store import NotReplicated
+
+    if not (q.replicas and r.ops):
+        return replies
+    marks = [
+        None if _unanswered(x) else mark
+        for mark, x in zip(marks_of(q, r.ops), replies, strict=False)
+    ]
+    ms = int(q.replicas_timeout * 1000)
+    short = wait_masters(client, marks, q.replicas, ms, before)
+    replies = list(replies)
+    for n, why in short.items():
+        replies[n] = NotReplicated(why)
+    return replies
 
 
 class NodesDown:

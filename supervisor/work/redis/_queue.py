@@ -513,13 +513,8 @@ class RedisWorkQueue(
 
 
 def _check_replicas(replicas: Any, replicas_timeout: Any, timeout: float, url: str) -> float:
-    """WAIT's timeout; a bad ``replicas``/``replicas_timeout`` refused (issue 23), and
-    replicas on a Cluster (WAIT has no key: it would ask a node the writes did not go to)."""
-    if replicas and "+cluster://" in url:
-        raise ConfigError(
-            f"--redis-replicas {replicas} is not supported on Redis Cluster yet (WAIT must go "
-            "to every master a round wrote to); drop it, or use Redis Sentinel"
-        )
+    """WAIT's timeout; a bad ``replicas``/``replicas_timeout`` refused (issue 23). On a
+    Cluster the WAIT goes to each master a round wrote to (``_nodes.replicated``)."""
     if replicas_timeout is None:
         replicas_timeout = min(1.0, timeout / 2)
     if not isinstance(replicas, int) or replicas < 0:

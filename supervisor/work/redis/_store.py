@@ -27,7 +27,7 @@ from .._item import ItemStatus, WorkItem
 from .._store import StoreHost
 from ._admin import persistence_warning
 from ._codec import _item_from, _pairs, _text
-from ._nodes import NodesDown
+from ._nodes import NodesDown, masters_before, replicated
 from ._outbox import _Op
 from ._parts import QueueParts
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _SHA, _TAKE
@@ -390,14 +390,14 @@ class StoreActor:
             self._fill(pipe, r)
             waits = _add_wait(self.q, pipe, r)
             by_node = is_cluster(client)  # a master that is down holds back only its part
+            before = masters_before(self.q, client, r)  # a Cluster's replicas: see _waited
             run = pipe.execute_by_node if by_node else pipe.execute
             replies: list[Any] = run(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, redis.ConnectionError | redis.TimeoutError) and not by_node:
                     raise reply
             if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                if waits:
-                    _confirmed(self.q, replies.pop())
+                replies = _waited(self.q, client, r, replies, waits, before)
                 break
             # A restarted (or flushed) server forgot the scripts: none of them ran, so
             # the round runs again once they are loaded (the other commands are
@@ -488,11 +488,28 @@ class StoreActor:
 
 def _add_wait(q: QueueParts, pipe: Any, r: _Round) -> bool:
     """With ``replicas``: one ``WAIT`` after a round that writes (its reply comes last);
-    whether it was added."""
-    if not (q.replicas and r.ops):
+    whether it was added. Never in a Cluster's pipeline (WAIT has no key): there a WAIT
+    goes to each master the round wrote to after it (:func:`_waited`)."""
+    if not (q.replicas and r.ops) or hasattr(pipe, "execute_by_node"):
         return False
     pipe.wait(q.replicas, int(q.replicas_timeout * 1000))
     return True
+
+
+def _waited(
+    q: QueueParts,
+    client: Any,
+    r: _Round,
+    replies: list[Any],
+    waits: bool,
+    before: list[str | None] | None,
+) -> list[Any]:
+    """The round's replies once its WAIT confirmed them: the pipeline's own (``waits``:
+    its last reply, :func:`_confirmed`), or on a Cluster one to each master written to
+    (``before``: their masters before the round; :func:`._nodes.replicated`)."""
+    if waits:
+        _confirmed(q, replies.pop())
+    return replicated(q, client, r, replies, before) if before is not None else replies
 
 
 def _confirmed(q: QueueParts, reply: Any) -> None:
@@ -590,10 +607,14 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
             pipe.execute_command("EVAL", op.script, len(op.keys), *op.keys, *op.args)
         if claimed:
             q.claim.add_goodbye(pipe)
-        if q.replicas and ops:  # issue 23: say so when the replicas do not confirm them
-            pipe.wait(q.replicas, int(q.replicas_timeout * 1000))
+        if q.replicas and ops and not is_cluster(client):  # issue 23: say so when the
+            pipe.wait(q.replicas, int(q.replicas_timeout * 1000))  # replicas do not confirm
         replies = pipe.execute(raise_on_error=False)
-        if q.replicas and ops and not (isinstance(replies[-1], int) and replies[-1] >= q.replicas):
+        if q.replicas and ops and is_cluster(client):  # a WAIT to each master written to
+            _final_wait_by_master(q, client, ops)
+        elif (
+            q.replicas and ops and not (isinstance(replies[-1], int) and replies[-1] >= q.replicas)
+        ):
             _log.warning(
                 "work: the writes at stop were not confirmed by %d replica(s) (WAIT: %s); a "
                 "failover now could lose them",
@@ -618,6 +639,21 @@ async def _final_flush(q: QueueParts, client: redis.Redis | None) -> None:
         client.close()
     if not done and ops:
         _unwritten(ops, error or f"no answer in {q.timeout:g} s", q.url)
+
+
+def _final_wait_by_master(q: QueueParts, client: Any, ops: list[_Op]) -> None:
+    """On a Cluster: log the writes at stop whose master's WAIT fell short (issue 23)."""
+    from ..._redis_cluster import wait_masters
+    from ._nodes import marks_of
+
+    short = wait_masters(client, marks_of(q, ops), q.replicas, int(q.replicas_timeout * 1000))
+    for why in sorted(set(short.values())):
+        _log.warning(
+            "work: writes at stop not confirmed by %d replica(s) (%s); a failover now "
+            "could lose them",
+            q.replicas,
+            why,
+        )
 
 
 def _write_final_again(q: QueueParts, item_id: str) -> None:

@@ -196,11 +196,10 @@ def test_the_cli_option_is_checked_and_names_one_redis() -> None:
     assert twice.exit_code == 2 and "give one" in twice.output
 
 
-def test_replicated_acknowledgements_are_refused_on_a_cluster_by_name() -> None:
-    """``WAIT`` has no key: on a Cluster it would ask a node the writes did not go to, so
-    ``replicas`` is refused there, naming the option and the alternative."""
+def test_replicated_acknowledgements_are_taken_on_a_cluster() -> None:
+    """``replicas`` on a Cluster is a WAIT to each master a round wrote to
+    (tests/work/redis/test_cluster_wait.py); without it, none."""
     from supervisor.work.redis import RedisWorkQueue
 
-    with pytest.raises(ConfigError, match=r"--redis-replicas 1 is not supported on Redis Cluster"):
-        RedisWorkQueue("redis+cluster://127.0.0.1:7000", replicas=1)
+    assert RedisWorkQueue("redis+cluster://127.0.0.1:7000", replicas=1).replicas == 1
     assert RedisWorkQueue("redis+cluster://127.0.0.1:7000").replicas == 0
