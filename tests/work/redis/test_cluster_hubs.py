@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 POOL = """
     PoolSpec(
         agent_type="{type}",
-        size=2,
+        size={size},
         template=ChildSpec(
             id="{type}", argv={argv!r}, agent_type="{type}", heartbeat_timeout=10.0,
             shutdown=2.0,
@@ -39,9 +39,10 @@ POOL = """
     ),"""
 
 
-def spec(types: list[str]) -> str:
-    """A tree of one pool of 2 raw agents per type."""
-    pools = "".join(POOL.format(type=t, argv=raw_agent.argv("--who")) for t in types)
+def spec(types: list[str], size: int = 2) -> str:
+    """A tree of one pool of ``size`` raw agents per type."""
+    argv = raw_agent.argv("--who")
+    pools = "".join(POOL.format(type=t, argv=argv, size=size) for t in types)
     return (
         "from supervisor import ChildSpec, PoolSpec\n"
         "from strategies import Intensity\n"

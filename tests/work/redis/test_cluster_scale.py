@@ -27,7 +27,7 @@ from redis.crc import key_slot
 
 from ...redis_cluster import RedisClusterProcs, redis_cluster, types_spread
 from ...redis_hubs import HubProc, wait_for
-from .test_cluster_hubs import log_of
+from .test_cluster_hubs import log_of, spec
 
 __all__ = ["redis_cluster"]
 
@@ -39,28 +39,6 @@ HUBS = ("A", "B", "C", "D")
 PER_MASTER = 3  # types on each master: 9 types
 ITEMS = 16  # per type, before the chaos
 AGAIN = 4  # per type, after the failover
-POOL = """
-    PoolSpec(
-        agent_type="{type}",
-        size=1,
-        template=ChildSpec(
-            id="{type}", argv={argv!r}, agent_type="{type}", heartbeat_timeout=3.0,
-            shutdown=2.0,
-        ),
-        intensity=Intensity(max_restarts=1000, window=1.0),
-    ),"""
-
-
-def spec(types: list[str]) -> str:
-    """A tree of one raw agent per type."""
-    from ... import raw_agent
-
-    pools = "".join(POOL.format(type=t, argv=raw_agent.argv("--who")) for t in types)
-    return (
-        "from supervisor import ChildSpec, PoolSpec\n"
-        "from strategies import Intensity\n"
-        f"tree = [{pools}\n]\n"
-    )
 
 
 def record(cluster: RedisClusterProcs, types: list[str]) -> list[dict[str, str]] | None:
@@ -120,7 +98,7 @@ def test_four_hubs_on_a_cluster_lose_nothing_and_do_nothing_twice_through_chaos(
     mine = {h: [t for i, t in enumerate(types) if h in (i % 4, (i + 1) % 4)] for h in range(4)}
     args = ("--redis-cluster", redis_cluster.seeds, "--redis-prefix", PREFIX, "--lease", "10")
     hubs = [
-        HubProc(tmp_path, h, None, spec=spec(mine[n]), args=args, call_timeout=30)
+        HubProc(tmp_path, h, None, spec=spec(mine[n], size=1), args=args, call_timeout=30)
         for n, h in enumerate(HUBS)
     ]
     run = Run(redis_cluster, types, hubs)
