@@ -72,8 +72,15 @@ class Run:
         return len(record(self.cluster, self.types) or [])
 
     def progress(self, more: int) -> None:
-        """Wait until ``more`` more items are in the record than now."""
-        target = self.completed() + more
+        """Wait until ``more`` more items are in the record than now. When fewer than
+        twice that many are still to do, one more item per type is submitted first: on a
+        fast run the record could otherwise be complete before the chaos's next step,
+        which then waited for items that were never submitted and killed nothing."""
+        done = self.completed()
+        if len(self.ids) - done < 2 * more:
+            for t in self.types:
+                assert self.submit(t)["stored"]
+        target = done + more
         wait_for(lambda: self.completed() >= target, 120, f"{target} items completed")
 
     def kill_an_agent(self) -> None:
