@@ -140,6 +140,8 @@ class OrphanKeeper:
                             await proc.wait()
                     if proc.returncode is None:  # pragma: no cover - it exits at once
                         proc.kill()
+                        with trio.CancelScope(shield=True), trio.move_on_after(2):
+                            await proc.wait()  # reaped, not left a zombie of the hub
                 _log.warning(
                     "orphan keeper (pid %s) ended (%s) while the hub runs; starting another",
                     proc.pid,
