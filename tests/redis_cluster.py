@@ -24,13 +24,13 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from .redis_server import REDIS_SERVER
+from .redis_server import REDIS_SERVER, ServerProc
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 NODE_TIMEOUT_MS = 3000  # how long a silent master lasts before its replica takes over
 
 
-class ClusterNodeProc:
+class ClusterNodeProc(ServerProc):
     """One node of the cluster: its port, its process and its directory."""
 
     def __init__(
@@ -59,28 +59,6 @@ class ClusterNodeProc:
             stderr=subprocess.DEVNULL,
             env=self.env,
         )
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5
-        )
-
-    def kill(self) -> None:
-        """SIGKILL it and reap it (a master dies: its replica is promoted)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - redis stops on SIGTERM
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
 
 
 class RedisClusterProcs:

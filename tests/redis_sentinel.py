@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import redis
 
-from .redis_server import REDIS_SERVER, free_port
+from .redis_server import REDIS_SERVER, ServerProc, free_port
 
 MASTER = "mymaster"
 DOWN_AFTER_MS = 1000  # a master silent this long is down for a Sentinel
@@ -63,7 +63,7 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-class Node:
+class Node(ServerProc):
     """One ``redis-server`` process (a data node or a Sentinel) on a fixed port."""
 
     def __init__(self, directory: Path, name: str, sentinel: bool = False) -> None:
@@ -73,11 +73,6 @@ class Node:
         self.dir = directory / name
         self.dir.mkdir()
         self.proc: subprocess.Popen[bytes] | None = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5
-        )
 
     def start(self, argv: list[str]) -> None:
         assert self.proc is None, f"{self.name} is running"
@@ -107,24 +102,6 @@ class Node:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL it and reap it."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
 
 
 class SentinelTopology:

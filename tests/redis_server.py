@@ -33,7 +33,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RedisServer:
+class ServerProc:
+    """A ``redis-server`` process on a loopback port: a fresh client, SIGKILL, stop, each
+    reaping it. Subclasses set ``port`` and ``proc`` and start it their own way."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None
+
+    def client(self) -> redis.Redis:
+        """A fresh client (decoded strings), for checking what the hub wrote."""
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            decode_responses=True,
+            socket_timeout=5,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL it (an abrupt outage) and reap it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        """Stop it for good (SIGCONT first, in case it was paused) and reap it."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - redis stops on SIGTERM
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+class RedisServer(ServerProc):
     """One ``redis-server`` process that a test can stop, kill, pause and restart."""
 
     def __init__(
@@ -130,13 +168,6 @@ class RedisServer:
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.02)
 
-    def kill(self) -> None:
-        """SIGKILL it (an abrupt outage) and reap it."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
     def pause(self) -> None:
         """SIGSTOP it: connections stay open but nothing is answered (a hung server)."""
         assert self.proc is not None
@@ -146,18 +177,6 @@ class RedisServer:
         """SIGCONT it after :meth:`pause`."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """Stop it for good (SIGCONT first, in case it was paused) and reap it."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - redis stops on SIGTERM
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
 
     def close(self) -> None:
         """Stop it and delete its TLS files."""
