@@ -136,11 +136,11 @@ class OrphanKeeper:
                             # The hub is stopping (this task is cancelled): the end of the
                             # pipe is the keeper's cue to sweep what the agents left.
                             await proc.stdin.aclose()
-                        with trio.move_on_after(self.within + 2):
+                        with trio.move_on_after(self.within + 10):
                             await proc.wait()
                     if proc.returncode is None:  # pragma: no cover - it exits at once
                         proc.kill()
-                        with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        with trio.CancelScope(shield=True), trio.move_on_after(10):
                             await proc.wait()  # reaped, not left a zombie of the hub
                 _log.warning(
                     "orphan keeper (pid %s) ended (%s) while the hub runs; starting another",
