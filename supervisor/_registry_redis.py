@@ -101,7 +101,7 @@ class RedisMirror:
         max_pending_events: int = 10_000,
         timeout: float = 2.0,
         backoff_max: float = 5.0,
-        max_in_flight: int = 2,
+        max_in_flight: int = 4,
     ) -> None:
         self._cluster = _check_options(  # a Redis Cluster: keys tagged (_tag)
             url,
