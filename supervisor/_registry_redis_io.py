@@ -24,18 +24,26 @@ __all__ = ["Batch", "release", "step", "write"]
 
 # KEYS[1]: the stream, KEYS[2]: this mirror's last written event number.
 # ARGV[1]: lease in ms, ARGV[2]: maxlen, ARGV[3]: the events as one JSON array of
-# [number, [field, value, field, value, ...]]. Appends only the events past the last
-# number, atomically, and returns how many. One JSON argument for the whole batch, not
-# two per field: redis-py encodes every argument in Python, and that was most of the
-# mirror's cost (cjson decodes it in Redis, which has the CPU to spare).
+# [number, {field: value, ...}], ARGV[4]: the field names in their order (a JSON array).
+# Appends only the events past the last number, atomically, and returns how many. One
+# JSON argument for the whole batch, not two per field: redis-py encodes every argument
+# in Python, and that was most of the mirror's cost (cjson decodes it in Redis, which has
+# the CPU to spare).
 _XADD_ONCE = """
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local top = last
 local added = 0
+local names = cjson.decode(ARGV[4])
+local args = {}
 for _, event in ipairs(cjson.decode(ARGV[3])) do
   local seq = event[1]
   if seq > last then
-    redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(event[2]))
+    local fields = event[2]
+    for j = 1, #names do
+      args[2 * j - 1] = names[j]
+      args[2 * j] = fields[names[j]]
+    end
+    redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(args))
     added = added + 1
     if seq > top then
       top = seq
@@ -144,10 +152,10 @@ def pipeline(m: RedisMirror, client: redis.Redis, batch: Batch) -> Any:
         pipe.zadd(m.heartbeats_key(hub), beats)
     types = set(by_type)
     if batch.events:
-        events = _json([(seq, [x for kv in f.items() for x in kv]) for seq, f in batch.events])
+        names = _json(list(batch.events[0][1]))  # every entry has these fields (record)
         pipe.execute_command(
             "EVAL", _XADD_ONCE, 2, m.events_key, m.events_seq_key(hub), lease_ms,
-            m.events_maxlen, events,
+            m.events_maxlen, _json(batch.events), names,
         )  # fmt: skip
     now = time.time()
     if batch.closing:
