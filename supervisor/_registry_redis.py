@@ -276,8 +276,8 @@ class RedisMirror:
         backoff = Backoff(0.1, self.backoff_max, jitter=True)
         try:
             while not self._closing:
-                if self._in_flight:  # read their replies at once
-                    pass
+                if self._in_flight and trio.current_time() < next_refresh:
+                    pass  # read their replies at once (a backlog still refreshes the lease)
                 elif not await _wait(self, next_refresh):
                     # Refresh the lease of every key: rewrite every live agent (a full
                     # resync if there is none, which rewrites the hub's own keys).
