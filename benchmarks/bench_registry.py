@@ -1,6 +1,7 @@
 """Registry update throughput into Redis, batched and unbatched, against redis-benchmark.
 
 Usage: python benchmarks/bench_registry.py [-n 20000] [--unbatched-n 3000] [--repeat 3]
+       [--max-in-flight K]
 
 Starts a private ``redis-server`` on a free loopback port (``--save '' --appendonly
 no``), then measures, in the same run and against the same server:
@@ -8,7 +9,9 @@ no``), then measures, in the same run and against the same server:
 * ``registry batched``: N agent updates (each a new agent: a ``ChildStarting`` event, so
   nothing coalesces) submitted to a running :class:`~supervisor.Registry` with a
   :class:`~supervisor.RedisMirror` (``batch_max=500``, ``batch_interval=0.1``), timed
-  from the first submit until Redis holds all of them (``mirror.drain()``).
+  from the first submit until Redis holds all of them (``mirror.drain()``). With a
+  backlog up to ``max_in_flight`` batches are sent before the first's replies are read
+  (the mirror's default; ``--max-in-flight 1`` for one at a time).
 * ``registry unbatched``: the same with ``batch_max=1``: one pipeline, and one trip
   through ``trio.to_thread``, per update.
 * ``redis-benchmark``: ``-t set`` with one connection (``-c 1``), and with one
@@ -72,12 +75,16 @@ def commands(port: int) -> int:
     return int(redis.Redis(port=port).info("stats")["total_commands_processed"])
 
 
-async def registry_run(port: int, n: int, batch_max: int) -> tuple[float, int]:
+async def registry_run(
+    port: int, n: int, batch_max: int, max_in_flight: int | None = None
+) -> tuple[float, int]:
     """Seconds to get ``n`` new agents into Redis, and the Redis commands it took."""
     redis.Redis(port=port).flushdb()
     mirror = RedisMirror(
         f"redis://127.0.0.1:{port}/0", batch_max=batch_max, batch_interval=0.1, lease=300
     )
+    if max_in_flight is not None:
+        mirror.max_in_flight = max_in_flight
     registry = Registry(hub_id="bench", mirror=mirror)
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
@@ -125,6 +132,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000, help="updates, batched runs")
     parser.add_argument("--unbatched-n", type=int, default=3_000, help="updates, unbatched")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="batches in flight (default: the mirror's)"
+    )
     args = parser.parse_args()
     port = free_port()
     server = start_server(port)
@@ -136,7 +146,7 @@ def main() -> None:
                 ("registry batched", args.n, 500),
                 ("registry unbatched", args.unbatched_n, 1),
             ):
-                elapsed, used = trio.run(registry_run, port, n, batch)
+                elapsed, used = trio.run(registry_run, port, n, batch, args.max_in_flight)
                 rows.setdefault(name, []).append(n / elapsed)
                 cmds.setdefault(name, []).append(used / elapsed)
             rows.setdefault("redis-benchmark SET -c 1", []).append(

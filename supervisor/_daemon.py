@@ -22,7 +22,6 @@ from ._keeper import OrphanKeeper
 from ._limits import LimitsService
 from ._log import STOP_KINDS, log_events, log_kinds, log_stop_summary, logger
 from ._registry import Registry
-from ._registry_redis import RedisMirror
 from ._spec import AnySpec, SupervisorSpec
 from .control.events import EventRing
 from .control.ops import ControlLimits
@@ -203,7 +202,9 @@ def _work_and_registry(
             "one of them)"
         )
     if redis is not None:
-        from .work.redis import RedisWorkQueue  # redis-py is imported only when used
+        # Only with --redis: redis-py and the mirror's modules are not a plain run's cost.
+        from ._registry_redis import RedisMirror
+        from .work.redis import RedisWorkQueue
 
         mirror = RedisMirror(redis, prefix=redis_prefix)
         logger.info("registry: mirrored to Redis at %s, prefix %r", mirror.url, redis_prefix)

@@ -5,6 +5,8 @@ one agent coalesce) and appends to a bounded event log. The mirror's writer task
 that into one pipelined batch per flush (every ``batch_max`` changes or ``batch_interval``
 seconds, whichever comes first) and runs it with redis-py's *sync* client in a worker
 thread (``trio.to_thread.run_sync``, one thread at a time), on one dedicated connection.
+With a backlog, up to ``max_in_flight`` batches are sent before the replies of the first
+are read (Redis runs them in order on the one connection; see :func:`_pipelined`).
 Nothing here runs Redis I/O on the trio thread, and the supervisors never wait for it.
 
 When Redis is down or slow, each failed flush puts its agent ids back (the latest state
@@ -34,18 +36,13 @@ The key layout is in ``docs/registry.md``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import secrets
-import socket
 import time
 from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from ._errors import InvalidMirrorConfig
@@ -53,6 +50,7 @@ from ._extras import require
 from ._redis_cluster import SCHEMES as CLUSTER_SCHEMES
 from ._redis_link import Backoff, Outage, clean_error, in_thread, make_client, redact_url
 from ._registry import AgentRecord
+from ._registry_redis_io import Batch, release, step, write
 
 if TYPE_CHECKING:
     import redis
@@ -62,62 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisMirror"]
 
 _log = logging.getLogger("hubvisor.registry")
-
-# KEYS[1]: the stream, KEYS[2]: this mirror's last written event number.
-# ARGV[1]: lease in ms, ARGV[2]: maxlen, ARGV[3]: the events as one JSON array of
-# [number, [field, value, field, value, ...]]. Appends only the events past the last
-# number, atomically, and returns how many. One JSON argument for the whole batch, not
-# two per field: redis-py encodes every argument in Python, and that was most of the
-# mirror's cost (cjson decodes it in Redis, which has the CPU to spare).
-_XADD_ONCE = """
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local top = last
-local added = 0
-for _, event in ipairs(cjson.decode(ARGV[3])) do
-  local seq = event[1]
-  if seq > last then
-    redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(event[2]))
-    added = added + 1
-    if seq > top then
-      top = seq
-    end
-  end
-end
-redis.call('SET', KEYS[2], string.format('%d', top), 'PX', ARGV[1])
-return added
-"""
-
-# Write a batch of agent hashes and give each the lease as its TTL: KEYS are the agents'
-# hash keys; ARGV[1] is the lease in ms, ARGV[2] the field names (a JSON array), ARGV[3]
-# one JSON array of values per key, in the order of the names. One command and three
-# arguments for the whole batch instead of an HSET and a PEXPIRE per agent and two
-# arguments per field: the hub's cost is per command and per argument (packing).
-_HSET_EXPIRE = """
-local names = cjson.decode(ARGV[2])
-local rows = cjson.decode(ARGV[3])
-local args = {}
-for k = 1, #KEYS do
-  local row = rows[k]
-  for j = 1, #names do
-    args[2 * j - 1] = names[j]
-    args[2 * j] = row[j]
-  end
-  redis.call('HSET', KEYS[k], unpack(args))
-  redis.call('PEXPIRE', KEYS[k], ARGV[1])
-end
-return #KEYS
-"""
-
-
-@attrs.frozen
-class _Batch:
-    """What one flush writes; built on the trio thread, executed in a worker thread."""
-
-    full: bool
-    closing: bool
-    writes: tuple[tuple[str, dict[str, str], str | None, str | None, float | None], ...]
-    removes: tuple[tuple[str, str | None], ...]
-    events: tuple[tuple[int, dict[str, str]], ...]  # (sequence number, fields)
 
 
 class RedisMirror:
@@ -138,6 +80,8 @@ class RedisMirror:
         timeout: socket connect/read timeout in seconds; bounds how long one flush can
             hang on a stalled server.
         backoff_max: the longest wait between two retries during an outage.
+        max_in_flight: with a backlog, batches sent before the replies of the first are
+            read (``1``: each waits for the one before).
 
     Example::
 
@@ -157,6 +101,7 @@ class RedisMirror:
         max_pending_events: int = 10_000,
         timeout: float = 2.0,
         backoff_max: float = 5.0,
+        max_in_flight: int = 4,
     ) -> None:
         self._cluster = _check_options(  # a Redis Cluster: keys tagged (_tag)
             url,
@@ -171,6 +116,7 @@ class RedisMirror:
                 "batch_max": batch_max,
                 "events_maxlen": events_maxlen,
                 "max_pending_events": max_pending_events,
+                "max_in_flight": max_in_flight,
             },
         )
         self._url = url
@@ -181,6 +127,10 @@ class RedisMirror:
         self.events_maxlen = events_maxlen
         self.timeout = timeout
         self.backoff_max = backoff_max
+        self.max_in_flight = max_in_flight
+        self._in_flight: deque[tuple[Batch, int]] = deque()  # sent, replies unread
+        self._conn: Any = None  # the connection they were sent on
+        self._stale = False  # whether it may hold unread replies (a cancelled step)
         self._dirty: set[str] = set()
         self._events: deque[tuple[int, dict[str, str]]] = deque(maxlen=max_pending_events)
         self._seq = 0  # number of the last event recorded
@@ -326,17 +276,14 @@ class RedisMirror:
         backoff = Backoff(0.1, self.backoff_max, jitter=True)
         try:
             while not self._closing:
-                with trio.move_on_at(next_refresh):
-                    await self._work.wait()
-                if trio.current_time() >= next_refresh:
+                if self._in_flight and trio.current_time() < next_refresh:
+                    pass  # read their replies at once (a backlog still refreshes the lease)
+                elif not await _wait(self, next_refresh):
                     # Refresh the lease of every key: rewrite every live agent (a full
                     # resync if there is none, which rewrites the hub's own keys).
                     next_refresh = trio.current_time() + refresh_every
                     self._dirty.update(registry.snapshot())
                     self._need_resync = self._need_resync or not self._dirty
-                else:
-                    with trio.move_on_after(self.batch_interval):
-                        await self._full.wait()
                 if self._closing:
                     break
                 ok = await self._flush_once()
@@ -349,6 +296,7 @@ class RedisMirror:
                 self._close_client()
 
     def _close_client(self) -> None:
+        _forget_in_flight(self)
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):  # closing a broken connection
@@ -356,7 +304,7 @@ class RedisMirror:
 
     async def drain(self) -> bool:
         """Write everything pending now (tests, benchmarks); ``False`` if Redis failed."""
-        while self._dirty or self._events or self._need_resync:
+        while self._dirty or self._events or self._need_resync or self._in_flight:
             if not await self._flush_once():
                 return False
         async with self._limiter:  # and wait for a flush the writer has in flight
@@ -390,49 +338,6 @@ class RedisMirror:
         finally:
             self._close_client()
 
-    def _take(self, closing: bool) -> _Batch:
-        assert self._registry is not None
-        full = self._need_resync or closing
-        if full:
-            ids = sorted(self._registry.snapshot()) if not closing else []
-            self._dirty.clear()
-        else:
-            ids = []
-            while self._dirty and len(ids) < self.batch_max:
-                ids.append(self._dirty.pop())
-        writes = []
-        removes = []
-        for agent_id in ids:
-            rec = self._registry.get(agent_id)
-            if rec is None:
-                removes.append((agent_id, self._written.get(agent_id)))
-            else:
-                hb = self._wall(rec.last_heartbeat) if rec.last_heartbeat is not None else None
-                writes.append(
-                    (
-                        agent_id,
-                        _fields(rec, self._offset),
-                        rec.agent_type,
-                        self._written.get(agent_id),
-                        hb,
-                    )
-                )
-        n = max(0, self.batch_max - len(ids)) if not full else len(self._events)
-        events = tuple(self._events.popleft() for _ in range(min(n, len(self._events))))
-        return _Batch(full, closing, tuple(writes), tuple(removes), events)
-
-    def _put_back(self, batch: _Batch) -> None:
-        if batch.full:
-            self._need_resync = True
-        for agent_id, *_ in batch.writes:
-            self._dirty.add(agent_id)
-        for agent_id, _ in batch.removes:
-            self._dirty.add(agent_id)
-        room = (self._events.maxlen or 0) - len(self._events)
-        keep = batch.events[-room:] if room > 0 else ()
-        self.events_dropped += len(batch.events) - len(keep)
-        self._events.extendleft(reversed(keep))
-
     async def _flush_once(self, closing: bool = False) -> bool:
         """Write one batch; ``False`` (and everything put back) if Redis failed.
 
@@ -441,6 +346,11 @@ class RedisMirror:
         the append-once script relies on).
         """
         async with self._limiter:
+            if _pipelining(self, closing):
+                return await _pipelined(self)
+            while self._in_flight:  # read their replies first
+                if not await _pipelined(self, send=False):
+                    return False
             return await self._flush_locked(closing)
 
     async def _flush_locked(self, closing: bool) -> bool:
@@ -448,7 +358,7 @@ class RedisMirror:
 
         if self._client is None:  # closed (final flush cut short) or not yet running
             return False
-        batch = self._take(closing)
+        batch = _take(self, closing)
         if not (batch.full or batch.writes or batch.removes or batch.events):
             return True
         self._work = trio.Event()
@@ -458,41 +368,13 @@ class RedisMirror:
             # flush_final then shuts the connection down under the thread.
             await in_thread(self._execute, batch, abandon_on_cancel=True)
         except trio.Cancelled:
-            self._put_back(batch)  # maybe written anyway: a retry would not duplicate it
+            _put_back(self, batch)  # maybe written anyway: a retry would not duplicate it
             raise
         except (redis.RedisError, OSError) as exc:
-            self._put_back(batch)
-            self._work.set()
-            self.failures += 1
-            self.last_error = self._clean(exc)
-            if self._outage.down(trio.current_time()):
-                _log.warning(
-                    "registry: Redis at %s is unavailable (%s); keeping the latest state of "
-                    "each agent and retrying with backoff",
-                    self.url,
-                    self.last_error,
-                )
+            _put_back(self, batch)
+            _failed(self, exc)
             return False
-        self.flushes += 1
-        if batch.full:
-            self._need_resync = False
-            self._written = {}
-        for agent_id, _, agent_type, _, _ in batch.writes:
-            self._written[agent_id] = agent_type
-        for agent_id, _ in batch.removes:
-            self._written.pop(agent_id, None)
-        lasted = self._outage.up(trio.current_time())
-        if lasted is not None:
-            _log.warning(
-                "registry: Redis at %s is back after %.1fs; resynced %d agents",
-                self.url,
-                lasted,
-                len(batch.writes),
-            )
-        if self._dirty or self._events:
-            self._work.set()
-            if len(self._dirty) + len(self._events) >= self.batch_max:
-                self._full.set()
+        _done(self, batch)
         return True
 
     def _clean(self, exc: BaseException) -> str:
@@ -501,14 +383,14 @@ class RedisMirror:
     # ----------------------------------------------------------------------------------
     # In the worker thread
 
-    def _execute(self, batch: _Batch) -> None:
+    def _execute(self, batch: Batch) -> None:
         import redis
 
         client = self._client
         if client is None:  # closed while a flush was queued
             raise redis.ConnectionError("the mirror is closed")
         try:
-            _write(self, client, batch)
+            write(self, client, batch)
         except redis.TimeoutError:
             raise  # a stalled server: retrying now would only stall again
         except redis.ConnectionError:
@@ -518,7 +400,172 @@ class RedisMirror:
             # one fresh connection before calling it an outage. A dead server refuses
             # the new connection at once. Retrying is safe: the agent writes are
             # idempotent and the events are appended once (see _XADD_ONCE).
-            _write(self, client, batch)
+            write(self, client, batch)
+
+
+# --------------------------------------------------------------------------------------
+# The writer's steps (functions of the mirror, not methods: the class is at its size limit)
+
+
+async def _wait(m: RedisMirror, refresh_at: float) -> bool:
+    """Wait for changes, then up to ``batch_interval`` for a full batch; ``False`` if
+    ``refresh_at`` came first (time to refresh the lease)."""
+    with trio.move_on_at(refresh_at):
+        await m._work.wait()
+    if trio.current_time() >= refresh_at:
+        return False
+    with trio.move_on_after(m.batch_interval):
+        await m._full.wait()
+    return True
+
+
+def _take(m: RedisMirror, closing: bool, with_events: bool = True) -> Batch:
+    """The next batch: up to ``batch_max`` changed agents, then events (none with
+    ``with_events=False``); everything on a full resync."""
+    assert m._registry is not None
+    full = m._need_resync or closing
+    if full:
+        ids = sorted(m._registry.snapshot()) if not closing else []
+        m._dirty.clear()
+    else:
+        ids = []
+        while m._dirty and len(ids) < m.batch_max:
+            ids.append(m._dirty.pop())
+    writes = []
+    removes = []
+    for agent_id in ids:
+        rec = m._registry.get(agent_id)
+        if rec is None:
+            removes.append((agent_id, m._written.get(agent_id)))
+        else:
+            hb = m._wall(rec.last_heartbeat) if rec.last_heartbeat is not None else None
+            old_type = m._written.get(agent_id)
+            writes.append((agent_id, _fields(rec, m._offset), rec.agent_type, old_type, hb))
+    n = max(0, m.batch_max - len(ids)) if not full else len(m._events)
+    n = n if with_events else 0
+    events = tuple(m._events.popleft() for _ in range(min(n, len(m._events))))
+    return Batch(full, closing, tuple(writes), tuple(removes), events)
+
+
+def _put_back(m: RedisMirror, batch: Batch) -> None:
+    """A failed batch back to the front of what is pending."""
+    if batch.full:
+        m._need_resync = True
+    for agent_id, *_ in batch.writes:
+        m._dirty.add(agent_id)
+    for agent_id, _ in batch.removes:
+        m._dirty.add(agent_id)
+    room = (m._events.maxlen or 0) - len(m._events)
+    keep = batch.events[-room:] if room > 0 else ()
+    m.events_dropped += len(batch.events) - len(keep)
+    m._events.extendleft(reversed(keep))
+
+
+def _done(m: RedisMirror, batch: Batch) -> None:
+    """Note a batch Redis wrote."""
+    m.flushes += 1
+    if batch.full:
+        m._need_resync = False
+        m._written = {}
+    for agent_id, _, agent_type, _, _ in batch.writes:
+        m._written[agent_id] = agent_type
+    for agent_id, _ in batch.removes:
+        m._written.pop(agent_id, None)
+    lasted = m._outage.up(trio.current_time())
+    if lasted is not None:
+        _log.warning(
+            "registry: Redis at %s is back after %.1fs; resynced %d agents",
+            m.url,
+            lasted,
+            len(batch.writes),
+        )
+    if m._dirty or m._events:
+        m._work.set()
+        if len(m._dirty) + len(m._events) >= m.batch_max:
+            m._full.set()
+
+
+def _failed(m: RedisMirror, exc: BaseException) -> None:
+    """Note a failed flush (its batches are back in what is pending)."""
+    m._work.set()
+    m.failures += 1
+    m.last_error = m._clean(exc)
+    if m._outage.down(trio.current_time()):
+        _log.warning(
+            "registry: Redis at %s is unavailable (%s); keeping the latest state of "
+            "each agent and retrying with backoff",
+            m.url,
+            m.last_error,
+        )
+
+
+def _pipelining(m: RedisMirror, closing: bool) -> bool:
+    """Whether the next flush goes out without waiting for the one before: with a
+    backlog of at least ``batch_max`` changes (or batches already in flight), never for a
+    resync, the final flush or on a Redis Cluster (its pipelines span connections)."""
+    if closing or m._closing or m._need_resync or m._cluster or m.max_in_flight < 2:
+        return False
+    return bool(m._in_flight) or len(m._dirty) + len(m._events) >= m.batch_max
+
+
+async def _pipelined(m: RedisMirror, send: bool = True) -> bool:
+    """Send the next batch (with ``send``, while fewer than ``max_in_flight`` are in
+    flight), and read the replies of the oldest in flight when the bound is reached or
+    nothing was sent. ``False`` if Redis failed: every batch in flight is then put back.
+
+    All go out on one connection, so Redis runs them in the order sent; at most one batch
+    in flight carries events, so a failed one is retried before any later event is sent
+    (the append-once script keeps each event once, see ``_XADD_ONCE``).
+    """
+    import redis
+
+    if m._client is None:
+        return False
+    batch = None
+    if send and (m._dirty or m._events) and len(m._in_flight) < m.max_in_flight:
+        batch = _take(m, False, with_events=not any(b.events for b, _ in m._in_flight))
+        m._work = trio.Event()
+        m._full = trio.Event()
+        if not (batch.writes or batch.removes or batch.events):
+            batch = None
+    read = bool(m._in_flight) and (batch is None or len(m._in_flight) + 1 >= m.max_in_flight)
+    if batch is None and not read:
+        return True
+    flying = [b for b, _ in m._in_flight]
+    replies = m._in_flight[0][1] if read else 0
+    try:
+        sent, redone = await in_thread(step, m, flying, batch, replies, abandon_on_cancel=True)
+    except BaseException as exc:
+        m._in_flight.clear()
+        m._stale = True  # replies may be left unread on the connection: close it
+        for b in reversed([*flying, batch]):  # the oldest ends at the front
+            if b is not None:
+                _put_back(m, b)
+        if not isinstance(exc, redis.RedisError | OSError):
+            raise  # a cancel: maybe written anyway, a retry would not duplicate it
+        _failed(m, exc)
+        return False
+    if redone:  # rewritten one by one on a fresh connection
+        m._in_flight.clear()
+        for b in [*flying, batch]:
+            if b is not None:
+                _done(m, b)
+        return True
+    if batch is not None:
+        m._in_flight.append((batch, sent))
+    if read:
+        _done(m, m._in_flight.popleft()[0])
+        if not m._in_flight:
+            release(m)
+    return True
+
+
+def _forget_in_flight(m: RedisMirror) -> None:
+    """The client closes: batches in flight go back to what is pending (rewritten, or
+    reported as not written, by the final flush)."""
+    while m._in_flight:
+        _put_back(m, m._in_flight.pop()[0])  # the newest first: the oldest ends in front
+    m._conn = None
 
 
 def _fields(rec: AgentRecord, offset: float) -> dict[str, str]:
@@ -576,85 +623,3 @@ def _check_options(url: Any, prefix: str, floats: dict[str, Any], ints: dict[str
         if not isinstance(ivalue, int) or ivalue < 1:
             raise InvalidMirrorConfig(f"RedisMirror {name} must be an int >= 1 (got {ivalue!r})")
     return url.startswith(CLUSTER_SCHEMES)
-
-
-def _write(m: RedisMirror, client: redis.Redis, batch: _Batch) -> None:
-    """Write ``batch`` in one pipeline (a full resync in one MULTI/EXEC, except on a Redis
-    Cluster: its keys span slots, so there the resync is not atomic)."""
-    hub = m._hub_id
-    lease_ms = int(m.lease * 1000)
-    stale: Sequence[Any] = []
-    if batch.full:
-        stale = list(client.scan_iter(match=f"{m.hub_key(hub)}:*", count=1000))
-    pipe: Any = client.pipeline(transaction=batch.full and not m._cluster)
-    if batch.full:  # DEL and EVAL by command: a Cluster pipeline has neither method
-        pipe.execute_command("DEL", m.hub_key(hub), *stale)
-    for agent_id, agent_type in batch.removes:
-        pipe.delete(m.agent_key(agent_id, hub))
-        pipe.srem(m.agents_key(hub), agent_id)
-        pipe.zrem(m.heartbeats_key(hub), agent_id)
-        if agent_type is not None:
-            pipe.srem(m.type_key(agent_type, hub), agent_id)
-    # The set and heartbeat updates of a batch go out as one command per key, not
-    # one per agent: each command costs the hub packing and a reply to parse, and
-    # the Python side is what limits the mirror's rate.
-    by_type: dict[str, list[str]] = {}
-    beats: dict[str, float] = {}
-    keys: list[str] = []
-    rows: list[list[str]] = []
-    for agent_id, fields, agent_type, old_type, hb in batch.writes:
-        keys.append(m.agent_key(agent_id, hub))
-        rows.append(list(fields.values()))
-        if old_type is not None and old_type != agent_type and not batch.full:
-            pipe.srem(m.type_key(old_type, hub), agent_id)
-        if agent_type is not None:
-            by_type.setdefault(agent_type, []).append(agent_id)
-        if hb is not None:
-            beats[agent_id] = hb
-    if batch.writes:
-        names = _json(list(batch.writes[0][1]))  # every agent's hash has these fields
-        pipe.execute_command("EVAL", _HSET_EXPIRE, len(keys), *keys, lease_ms, names, _json(rows))
-        pipe.sadd(m.agents_key(hub), *(w[0] for w in batch.writes))
-    for agent_type, ids in by_type.items():
-        pipe.sadd(m.type_key(agent_type, hub), *ids)
-    if beats:
-        pipe.zadd(m.heartbeats_key(hub), beats)
-    types = set(by_type)
-    if batch.events:
-        events = _json([(seq, [x for kv in f.items() for x in kv]) for seq, f in batch.events])
-        pipe.execute_command(
-            "EVAL", _XADD_ONCE, 2, m.events_key, m.events_seq_key(hub), lease_ms,
-            m.events_maxlen, events,
-        )  # fmt: skip
-    now = time.time()
-    if batch.closing:
-        pipe.delete(m.hub_key(hub))
-        pipe.zrem(m.hubs_key, hub)
-        pipe.delete(m.events_seq_key(hub))
-    else:
-        pipe.hset(
-            m.hub_key(hub),
-            mapping={
-                "hub": hub,
-                "host": socket.gethostname(),
-                "pid": str(os.getpid()),
-                "lease_ms": str(lease_ms),
-                "updated_at": f"{now:.6f}",
-            },
-        )
-        for key in (
-            m.hub_key(hub),
-            m.agents_key(hub),
-            m.heartbeats_key(hub),
-            m.events_seq_key(hub),
-            *(m.type_key(t, hub) for t in types),
-        ):
-            pipe.pexpire(key, lease_ms)
-        pipe.zadd(m.hubs_key, {hub: now + m.lease})
-        pipe.zremrangebyscore(m.hubs_key, "-inf", now)
-    pipe.execute()
-
-
-def _json(value: Any) -> str:
-    """``value`` as the JSON a script argument carries (UTF-8 as is: cjson copies it)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
