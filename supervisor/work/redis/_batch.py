@@ -27,6 +27,7 @@ import redis
 
 from ._deps import _DROP, _LINK, _NOTIFY, _SETTLE, _SUBMIT_AFTER
 from ._scripts import _BEAT, _CLAIM, _FENCED, _LAG, _RETRY, _SHA, _SUBMIT, _TAKE
+from ._tiers import _TIERS
 
 __all__ = ["BATCHED", "Batcher"]
 
@@ -44,7 +45,14 @@ _FATAL = (
     "TRYAGAIN", "MOVED", "ASK", "NOSCRIPT", "NOPERM", "NOAUTH", "CROSSSLOT",
 )  # fmt: skip
 
-# KEYS[1]: a key of the type (its slot). ARGV[1]: JSON list of calls, each
+# The scripts that begin with the streams' helpers (_tiers.py), which derive every key
+# from KEYS[1], the type's stream: in a batch (KEYS[1] that same stream) the helpers are
+# made once, and a call whose KEYS[1] is the batch's runs its script's body alone, as
+# script HOISTED + n (about 5 us of the server's per call).
+HOISTED = 100
+_BODIES = {n: s[len(_TIERS) :] for n, s in enumerate(BATCHED, 1) if s.startswith(_TIERS)}
+
+# KEYS[1]: the type's stream (its slot). ARGV[1]: JSON list of calls, each
 # [script index, [keys], [args]] (every argument a string). Returns {replies, errors}:
 # a reply per call (false where it erred or answered nothing), and the calls that
 # erred as index, message pairs.
@@ -52,6 +60,10 @@ _BATCH = (
     "local F = {}\n"
     + "".join(
         f"F[{n}] = function(KEYS, ARGV)\n{script}\nend\n" for n, script in enumerate(BATCHED, 1)
+    )
+    + _TIERS
+    + "".join(
+        f"F[{HOISTED + n}] = function(KEYS, ARGV)\n{body}\nend\n" for n, body in _BODIES.items()
     )
     + "local FATAL = {"
     + ", ".join(f"{code}=true" for code in _FATAL)
@@ -136,7 +148,7 @@ class Batcher:
         open_: dict[str, int] = {}  # type -> its batch being filled
         for n, (name, args, _kwargs) in enumerate(self.calls):
             agent_type = self._type(name, args)
-            entry = self._entry(name, args) if agent_type is not None else None
+            entry = self._entry(name, args, agent_type) if agent_type is not None else None
             if entry is None or agent_type is None:
                 if agent_type is not None:  # the type's later calls go after this one
                     open_.pop(agent_type, None)
@@ -159,14 +171,16 @@ class Batcher:
             self.batches += 1
             pipe.evalsha(_SHA[_BATCH], 1, key, text.encode("utf-8", "hubvisor-json-surrogate"))
 
-    def _entry(self, name: str, args: tuple[Any, ...]) -> list[Any] | None:
+    def _entry(self, name: str, args: tuple[Any, ...], agent_type: str) -> list[Any] | None:
         """A script call as a batch entry (None: sent on its own)."""
         if name != "evalsha" or args[0] not in _INDEX:
             return None
-        numkeys = int(args[1])
+        numkeys, n = int(args[1]), _INDEX[args[0]]
+        if n in _BODIES and args[2] == f"{self._tag}{agent_type}}}:q":  # the batch's KEYS[1]
+            n += HOISTED
         try:
             return [
-                _INDEX[args[0]],
+                n,
                 [k if type(k) is str else _arg(k) for k in args[2 : 2 + numkeys]],
                 [a if type(a) is str else _arg(a) for a in args[2 + numkeys :]],
             ]

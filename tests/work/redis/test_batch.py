@@ -190,3 +190,28 @@ class _Recorder:
             self.calls.append((name, args + tuple(kw.values())))
 
         return record
+
+
+def test_priorities_and_tiers_read_through_the_batchs_stream_helpers(loaded: Any) -> None:
+    """Submits of two priorities and a tier, then takes, all batched (the streams'
+    helpers made once per batch): the higher priority first, the tier's item only to a
+    pool of its labels."""
+    from supervisor.work.redis import RedisWorkQueue
+
+    q = RedisWorkQueue("redis://localhost", prefix=P)
+    q.submit("a", {"n": 0}, max_deliveries=3)
+    q.submit("a", {"n": 4}, max_deliveries=3, priority=4)
+    q.submit("a", {"n": "large"}, max_deliveries=3, require={"tier": "large"})
+    b = Batcher(P)
+    for op in q.writes.take():
+        b.evalsha(_SHA[op.script], len(op.keys), *op.keys, *op.args)
+    keys = (q_key("a"), *(f"{P}:work:{{a}}:{name}" for name in ("dead", "log", "delayed")))
+    for labels in ("[{}]", '[{"tier":"large"}]'):
+        args = ("H", "tok", 5, f"{P}:work:{{a}}:item:", time.time(), ">", labels)
+        b.evalsha(_SHA[_TAKE], len(keys), *keys, *args)
+    replies = sent(loaded, b)
+    assert b.batches == 1 and replies[:3] == [1, 1, 1]
+    payloads = [
+        [dict(zip(f[::2], f[1::2], strict=True))["payload"] for _, f, _ in r] for r in replies[3:]
+    ]
+    assert payloads == [['{"n":4}', '{"n":0}'], ['{"n":"large"}']]
