@@ -4,6 +4,7 @@ redis-server SIGKILL loses under each persistence setting; baselines in the same
 Usage: python benchmarks/bench_work_redis.py [--agents 20] [--items 3000] [--reclaims 5]
                                              [--lease 1.0] [--loss] [--json FILE]
        python benchmarks/bench_work_redis.py --wait-cost [--json FILE]
+       python benchmarks/bench_work_redis.py --in-process N [--agents 20] [--items 3000]
 
 A private ``redis-server`` (``appendonly yes``, ``appendfsync everysec``) on a free
 loopback port serves every measurement; it is stopped at the end.
@@ -21,6 +22,9 @@ loopback port serves every measurement; it is stopped at the end.
 * ``--loss``: for no persistence, ``everysec`` and ``always``: submit 200 items through
   ``hubvisor submit``'s op, SIGKILL redis-server right after the last answer, restart
   it, count the items that survived.
+* ``--in-process N`` (alone): N runs of the memory queue and the Redis queue in turn,
+  one hub in this process each (as the suite's target, issue 24): items/s, the hub's and
+  redis-server's CPU per item in the timed window, and the ratio of each round.
 * ``--wait-cost`` (alone): a master and one replica; one hub in this process submits,
   awaiting each submit until stored, without and with ``WAIT 1`` (``--redis-replicas
   1``), alternating in the same run: ms per acknowledged submit, and a batch's rate.
@@ -135,6 +139,14 @@ def _pool(agent_type: str, size: int) -> PoolSpec:
 
 
 async def _in_process(queue: Any, agents: int, items: int) -> float:
+    """Items/s through one hub in this process: submit all, wait for the last completion."""
+    return (await _window(queue, agents, items))["rate"]
+
+
+async def _window(queue: Any, agents: int, items: int, server: Any = None) -> dict[str, float]:
+    """:func:`_in_process`'s run, with the CPU it cost per item in the timed window: this
+    process (the hub: its trio thread and the store's worker thread) and, given the
+    ``server`` (a redis client), redis-server (``INFO cpu``)."""
     hub = Hub([_pool("w", agents)], work=WorkService(queue), hub_id="bench")
     done = hub.bus.subscribe(kinds=("work_completed",))
     async with trio.open_nursery() as nursery:
@@ -143,7 +155,8 @@ async def _in_process(queue: Any, agents: int, items: int) -> float:
         while sum(1 for r in hub.which_children() if r.info.pid) < agents:
             await trio.sleep(0.01)
         await trio.sleep(0.5)
-        start = time.perf_counter()
+        server_cpu = _server_cpu(server)
+        cpu, start = time.process_time(), time.perf_counter()
         for n in range(items):
             hub.work.submit("w", n)
         count = 0
@@ -152,8 +165,58 @@ async def _in_process(queue: Any, agents: int, items: int) -> float:
             if count == items:
                 break
         took = time.perf_counter() - start
+        cpu, server_cpu = time.process_time() - cpu, _server_cpu(server) - server_cpu
         await hub.stop()
-    return items / took
+    return {
+        "rate": items / took,
+        "hub_us": cpu / items * 1e6,
+        "server_us": server_cpu / items * 1e6,
+    }
+
+
+def _server_cpu(client: Any) -> float:
+    """Seconds of CPU redis-server has used (0 without a client)."""
+    if client is None:
+        return 0.0
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def _alternating(rounds: int, agents: int, items: int) -> dict[str, Any]:
+    """``rounds`` runs of the memory queue and the Redis queue in turn (one hub in this
+    process, the same way, a private redis-server): each run's rate, CPU per item, and
+    the Redis queue's rate over the memory queue's of the same round."""
+    server = Server(fsync="everysec").start()
+    runs: dict[str, list[dict[str, float]]] = {"memory": [], "redis": []}
+    try:
+        client = server.client()
+        for _ in range(rounds):
+            runs["memory"].append(trio.run(_window, MemoryWorkQueue(), agents, items))
+            client.flushall()
+            runs["redis"].append(
+                trio.run(_window, RedisWorkQueue(server.url), agents, items, client)
+            )
+    finally:
+        server.close()
+    ratios = [r["rate"] / m["rate"] for r, m in zip(runs["redis"], runs["memory"], strict=True)]
+    return {"runs": runs, "ratios": ratios}
+
+
+def _print_alternating(result: dict[str, Any], agents: int, items: int) -> None:
+    def show(values: list[float], fmt: str) -> str:
+        return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+    runs = result["runs"]
+    print(f"items/s through {agents} no-op agents, {items} items, one hub in process, "
+          f"{len(runs['redis'])} alternating runs: median (min-max)")  # fmt: skip
+    for name in ("memory", "redis"):
+        rs = runs[name]
+        line = f"  {name:7s} {show([r['rate'] for r in rs], ',.0f')} items/s, hub CPU "
+        line += f"{show([r['hub_us'] for r in rs], '.0f')} us/item"
+        if name == "redis":
+            line += f", redis-server CPU {show([r['server_us'] for r in rs], '.0f')} us/item"
+        print(line)
+    print(f"  Redis / memory, same round: {show(result['ratios'], '.2f')}")
 
 
 class HubProc:
@@ -327,12 +390,26 @@ def main() -> None:
     parser.add_argument("--loss", action="store_true", help="also measure the loss windows")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only N alternating runs of the memory and Redis queues through one hub in "
+        "process, with CPU per item (issue 24's target)",
+    )
+    parser.add_argument(
         "--wait-cost",
         action="store_true",
         help="only measure the cost of --redis-replicas 1 (WAIT) per submit",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.in_process:
+        alternating = _alternating(args.in_process, args.agents, args.items)
+        _print_alternating(alternating, args.agents, args.items)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"in_process": alternating}, indent=2))
+        return
     if args.wait_cost:
         cost = _wait_cost(rounds=3, sequential=300, batch=2000)
         _print_wait_cost(cost, 300, 2000)

@@ -46,6 +46,7 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self._fenced: dict[str, tuple[str, str, str, str]] = {}  # type -> its keys
 
     def of(self, agent_type: str, name: str) -> str:
         """A key of ``agent_type``'s queue: ``P:work:{T}:name``."""
@@ -57,8 +58,12 @@ class Keys:
 
     def fenced(self, agent_type: str, item_id: str = "") -> tuple[str, ...]:
         """The keys a fenced script takes: stream, dead letters, log (and the item)."""
-        keys = (self.of(agent_type, "q"), self.of(agent_type, "dead"), self.of(agent_type, "log"))
-        return (*keys, self.items(agent_type) + item_id) if item_id else keys
+        keys = self._fenced.get(agent_type)
+        if keys is None:  # made once per type: every write of an item names them
+            of = self.of
+            keys = (of(agent_type, "q"), of(agent_type, "dead"), of(agent_type, "log"), "")
+            keys = self._fenced[agent_type] = (*keys[:3], self.items(agent_type))
+        return (*keys[:3], keys[3] + item_id) if item_id else keys[:3]
 
 
 def _type_key(prefix: str, agent_type: str, name: str) -> str:

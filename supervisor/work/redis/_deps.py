@@ -20,7 +20,8 @@ between two steps (a finished item's status never changes back):
 4. **notify** (the finished item's slot): after every final write this hub makes, read
    the item's dependents (one script call per finish), then settle each one.
 
-Cost: one ``notify`` call per finish, in the finish's round; per dependent item one
+Cost: one ``notify`` per finish, in the finish's batch call (``_batch.py``): one read
+when nothing depends on the item; per dependent item one
 link per dependency and one settle per dependency that ends; every ``lease`` each hub
 reads up to :data:`RECONCILE_BUDGET` blocked items per type it knows, and their
 dependencies' statuses.
@@ -109,16 +110,18 @@ return {1, id, h[1], h[2] or ''}
 """
 
 # KEYS: the finished item's dependents set, its hash. ARGV: seconds the set is kept.
-# Returns {} (not final) or {status, error, key, {dependent ids}}.
+# Returns {} (not final, or nothing depends on it: most items, one read) or {status,
+# error, key, {dependent ids}}.
 _NOTIFY = r"""
+local m = redis.call('SMEMBERS', KEYS[1])
+if #m == 0 then return {} end
 local h = redis.call('HMGET', KEYS[2], 'st', 'error', 'key')
 local st = h[1]
 if not st then return {} end
 if st ~= 'completed' and st ~= 'failed' and st ~= 'dead' and st ~= 'cancelled' then
   return {}
 end
-local m = redis.call('SMEMBERS', KEYS[1])
-if #m > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return {st, h[2] or '', h[3] or '', m}
 """
 

@@ -43,7 +43,7 @@ import trio
 
 from ..._errors import ConfigError, ControlError, ServiceFailed
 from ..._redis_link import make_client, redact_url
-from .._item import ItemStatus, Verdict, WorkItem
+from .._item import AttemptRecord, ItemStatus, Verdict, WorkItem
 from .._ordering import LocalOrdering
 from .._queue import MemoryWorkQueue
 from .._store import ActorCounters, StoreHost
@@ -61,6 +61,8 @@ __all__ = ["RedisWorkQueue"]
 
 
 _log = logging.getLogger("hubvisor")
+
+_RECORD_FIELDS = tuple(f.name for f in attrs.fields(AttemptRecord))  # scalars: see _hist
 
 
 class _Counters(ActorCounters):
@@ -371,7 +373,7 @@ class RedisWorkQueue(
         return _dumps(
             [
                 {
-                    **attrs.asdict(h),
+                    **{name: getattr(h, name) for name in _RECORD_FIELDS},  # attrs.asdict's
                     "agent": h.agent if "/" in h.agent else f"{self.hub_id}/{h.agent}",
                     "reason": _safe(h.reason),
                 }

@@ -2,7 +2,8 @@
 
 A round sends, in this order: the held writes, the renewals of this hub's leases, its
 heartbeat (the claim of its hub id) and its proof of life per type, the reads of the
-queues' lag, the read-back of finished items kept here, then the taking scripts. While
+queues' lag, the read-back of finished items kept here, then the taking scripts; the
+script calls on one agent type's keys go as one call (:mod:`._batch`). While
 Redis does not answer, the writes stay held (in order) and the round is retried with
 backoff; the hub goes on supervising and deciding meanwhile.
 """
@@ -26,6 +27,7 @@ from ..._redis_link import Backoff, Outage, clean_error, config_problem, in_thre
 from .._item import ItemStatus, WorkItem
 from .._store import StoreHost
 from ._admin import persistence_warning
+from ._batch import Batcher
 from ._codec import _item_from, _pairs, _text
 from ._nodes import NodesDown, masters_before, replicated
 from ._outbox import _Op
@@ -102,6 +104,7 @@ class StoreActor:
         self.failures = 0
         self.errors = 0
         self.rounds = 0
+        self.batches = 0  # batch script calls sent (one per type and round: _batch.py)
         self.lag: dict[str, int] = {}  # entries no hub has taken yet, per type
         self.serves: set[str] = set()  # types this hub has agents of: it takes only those
         # Types whose entries pending on this hub id (a restart, a lost reply) are read
@@ -387,12 +390,15 @@ class StoreActor:
         assert client is not None
         for _ in range(2):
             pipe: Any = client.pipeline(transaction=False)
-            self._fill(pipe, r)
+            batch = Batcher(self.q.prefix)  # one script call per type (_batch.py)
+            self._fill(batch, r)
+            batch.send(pipe)
             waits = _add_wait(self.q, pipe, r)
             by_node = is_cluster(client)  # a master that is down holds back only its part
             before = masters_before(self.q, client, r)  # a Cluster's replicas: see _waited
             run = pipe.execute_by_node if by_node else pipe.execute
-            replies: list[Any] = run(raise_on_error=False)
+            replies: list[Any] = batch.replies(run(raise_on_error=False))
+            self.batches += batch.batches
             for reply in replies:
                 if isinstance(reply, redis.ConnectionError | redis.TimeoutError) and not by_node:
                     raise reply
@@ -456,7 +462,7 @@ class StoreActor:
             if not isinstance(known, Exception):
                 q.known_types = {_text(t) for t in known}
         part(len(r.beats))
-        self._note_lag(r.lag_types, part(len(r.lag_types)))
+        _note_lag(self.lag, r.lag_types, part(len(r.lag_types)))
         for item, reply in zip(r.checks, part(len(r.checks)), strict=True):
             if not isinstance(reply, Exception) and _text(reply or "") != str(item.status):
                 q._local.forget(item.id)  # another hub retried it: Redis has it
@@ -481,9 +487,11 @@ class StoreActor:
         elif op.on_reply is not None:
             op.on_reply(reply)
 
-    def _note_lag(self, types: list[str], replies: list[Any]) -> None:
-        for agent_type, reply in zip(types, replies, strict=True):
-            self.lag[agent_type] = 0 if isinstance(reply, Exception) else int(reply)
+
+def _note_lag(lag: dict[str, int], types: list[str], replies: list[Any]) -> None:
+    """The entries no hub has taken yet, per type, from the round's lag reads."""
+    for agent_type, reply in zip(types, replies, strict=True):
+        lag[agent_type] = 0 if isinstance(reply, Exception) else int(reply)
 
 
 def _add_wait(q: QueueParts, pipe: Any, r: _Round) -> bool:
