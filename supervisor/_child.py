@@ -416,8 +416,14 @@ class ProcessActor(ChannelWatcher):
             if pending and not skipping:
                 self._emit_line(name, prefix, pending, False)
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            # A pipe closes at once (no checkpoint, no shielded scope: one scheduling round
+            # less per pump at every exit, 2,000 when a pool of 1,000 stops).
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            else:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     def _emit_line(self, name: str, prefix: str, raw: bytes, cut: bool) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
