@@ -274,7 +274,8 @@ class ProcessActor(ChannelWatcher):
         self._stop_asked = True
         if not self.done:
             await self._signal_then_kill(self._done.wait, warn=True)
-            await self._done.wait()
+            if not self.done:  # SIGKILLed (no patience left, or BRUTAL_KILL): wait for it
+                await self._done.wait()
 
     def _channel(self) -> Any:
         """The hub's end of the agent channel, if it can carry a message to the agent."""
