@@ -419,10 +419,9 @@ class ProcessActor(ChannelWatcher):
         finally:
             # A pipe closes at once (no checkpoint, no shielded scope: one scheduling round
             # less per pump at every exit, 2,000 when a pool of 1,000 stops).
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-            else:
+            if isinstance(stream, trio.lowlevel.FdStream):
+                stream.close()
+            else:  # another backend's stream: only aclose() is promised
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
 
