@@ -58,12 +58,6 @@ _PR_SET_PDEATHSIG = 1
 _SETPRIV = shutil.which("setpriv")
 _RESERVE_FDS = 10  # a spawn's peak: notify pair, two pipes, Popen's error pipe, pidfd
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
-_FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
-
-
-class _OutOfFds(Exception):
-    """A spawn ran out of descriptors before any process was started: try it again
-    with the reserve let go."""
 
 
 class SpawnResourceError(SpawnError):
@@ -74,9 +68,9 @@ class SpawnResourceError(SpawnError):
 
 @attrs.define(eq=False)
 class FdReserve:
-    """A few descriptors on ``/dev/null`` held while the hub runs and let go for a spawn
-    that ran out of them (the classic trick), so a hub whose fd table something else
-    filled (a flood of connections) can still restart its children.
+    """A few descriptors on ``/dev/null`` held while the hub runs and let go just for a
+    spawn (the classic trick), so a hub whose fd table something else filled (a flood of
+    connections) can still restart its children.
 
     The runtime opens it when the tree starts and closes it when the tree has ended.
     """
@@ -94,16 +88,6 @@ class FdReserve:
         """Let go of every descriptor held, for good."""
         self.active = False
         self._release()
-
-    @property
-    def holding(self) -> bool:
-        """Whether it holds any descriptor to let go."""
-        return bool(self._fds)
-
-    def top_up(self) -> None:
-        """Take back what a full table kept it from holding, if anything is missing."""
-        if self.active and len(self._fds) < self.size:
-            self._fill()
 
     def _fill(self) -> None:
         while self.active and len(self._fds) < self.size:
@@ -322,30 +306,11 @@ class OSProcessBackend:
 
     def spawn(self, request: SpawnRequest) -> ProcessHandle:
         """Start ``request.argv``; raise :class:`SpawnError` naming the cause if it can't
-        (:class:`SpawnResourceError` when the hub is out of fds, processes or memory).
+        (:class:`SpawnResourceError` when the hub is out of fds, processes or memory)."""
+        with self.reserve.released():
+            return self._spawn(request)
 
-        The reserve is let go only when the spawn runs out of descriptors, and the spawn
-        tried again then: closing and taking back its 10 descriptors around every spawn
-        cost 20 system calls each time."""
-        reserve = self.reserve
-        try:
-            return self._spawn(request, spare=reserve.holding)
-        except _OutOfFds:
-            with reserve.released():
-                return self._spawn(request, spare=False)
-        finally:
-            reserve.top_up()
-
-    def _pidfd_open(self, pid: int, spare: bool) -> int:
-        try:
-            return os.pidfd_open(pid)
-        except OSError as exc:
-            if not spare or exc.errno not in _FD_ERRNOS:
-                raise
-        with self.reserve.released():  # the process runs: watch it, do not start another
-            return os.pidfd_open(pid)
-
-    def _spawn(self, request: SpawnRequest, *, spare: bool) -> ProcessHandle:
+    def _spawn(self, request: SpawnRequest) -> ProcessHandle:
         executable = _resolve(request)
         argv: list[str] = [executable, *request.argv[1:]]
         preexec = None
@@ -385,7 +350,7 @@ class OSProcessBackend:
                 close_fds=True,
             )
             step = "watch it (pidfd_open)"
-            pidfd = self._pidfd_open(popen.pid, spare)
+            pidfd = os.pidfd_open(popen.pid)
         except BaseException as exc:
             for fd in (out_r, err_r):
                 if fd >= 0:
@@ -394,8 +359,6 @@ class OSProcessBackend:
                 notify.close()
             if popen is not None:
                 _kill_unwatched(popen)
-            elif spare and isinstance(exc, OSError) and exc.errno in _FD_ERRNOS:
-                raise _OutOfFds from exc  # nothing started: again with the reserve let go
             if isinstance(exc, OSError):
                 message = _os_error_message(request.child_id, step, exc)
                 if exc.errno in _RESOURCE_ERRNOS:
