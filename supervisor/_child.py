@@ -274,7 +274,8 @@ class ProcessActor(ChannelWatcher):
         self._stop_asked = True
         if not self.done:
             await self._signal_then_kill(self._done.wait, warn=True)
-            await self._done.wait()
+            if not self.done:  # SIGKILLed (no patience left, or BRUTAL_KILL): wait for it
+                await self._done.wait()
 
     def _channel(self) -> Any:
         """The hub's end of the agent channel, if it can carry a message to the agent."""
@@ -416,8 +417,13 @@ class ProcessActor(ChannelWatcher):
             if pending and not skipping:
                 self._emit_line(name, prefix, pending, False)
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            # A pipe closes at once (no checkpoint, no shielded scope: one scheduling round
+            # less per pump at every exit, 2,000 when a pool of 1,000 stops).
+            if isinstance(stream, trio.lowlevel.FdStream):
+                stream.close()
+            else:  # another backend's stream: only aclose() is promised
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     def _emit_line(self, name: str, prefix: str, raw: bytes, cut: bool) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r") + ("…" if cut else "")
