@@ -41,14 +41,18 @@ class ServerProc:
     proc: subprocess.Popen[bytes] | None = None
     password: str | None = None
 
+    ca: str | None = None  # a TLS server's certificate: clients then use TLS
+
     def client(self) -> redis.Redis:
         """A fresh client (decoded strings), for checking what the hub wrote."""
+        tls: dict[str, object] = {"ssl": True, "ssl_ca_certs": self.ca} if self.ca else {}
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
             password=self.password,
             decode_responses=True,
             socket_timeout=5,
+            **tls,  # type: ignore[arg-type]
         )
 
     def kill(self) -> None:
@@ -108,18 +112,6 @@ class RedisServer(ServerProc):
         if self.ca is not None:
             return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        """A fresh client (decoded strings), for checking what the hub wrote."""
-        tls: dict[str, object] = {"ssl": True, "ssl_ca_certs": self.ca} if self.ca else {}
-        return redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            password=self.password,
-            decode_responses=True,
-            socket_timeout=5,
-            **tls,  # type: ignore[arg-type]
-        )
 
     def start(self) -> None:
         """Start it (again, on the same port) and wait until it answers PING."""
