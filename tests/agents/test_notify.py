@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import attrs
 import pytest
 import trio
 
@@ -146,9 +147,15 @@ for _ in range(3):
     time.sleep(0.05)
 time.sleep(1000)  # hung: alive and silent
 """
+    # The heartbeat deadline runs from the spawn: a Python slower to start than the
+    # timeout (at load 20 in CI, 0.5 s was not enough) was found hung before it ignored
+    # SIGTERM, and died of it. So the child ignores SIGTERM from its first instruction (a
+    # shell's trap, inherited through exec) and the timeout leaves room for the start.
+    child = python_child("h", code, heartbeat_timeout=3.0, shutdown=0.3, ready="notify")
+    shell = ["/bin/sh", "-c", 'trap "" TERM; exec "$0" "$@"', *child.argv]
     spec = SupervisorSpec(
         name="root",
-        children=[python_child("h", code, heartbeat_timeout=0.5, shutdown=0.3, ready="notify")],
+        children=[attrs.evolve(child, argv=shell)],
         intensity=Intensity(10, 60),
     )
     hub = Hub(spec)
