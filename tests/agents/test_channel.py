@@ -81,19 +81,21 @@ import time
 from agents.notify import heartbeat, notify, ready
 ready()
 notify("")
-for _ in range(40):
+for _ in range(100):
     heartbeat()
     time.sleep(0.05)
 time.sleep(1000)
 """
-    spec = python_child("e", code, ready="notify", heartbeat_timeout=0.5)
+    # The deadline runs from the spawn: 1.5 s leaves a loaded machine room to start
+    # Python (0.5 s did not always), and the 3.5 s watched below are still longer than it.
+    spec = python_child("e", code, ready="notify", heartbeat_timeout=1.5)
     hub = Hub([spec])
     events = hub.bus.subscribe()
     seen: list[Any] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.serve)
         await wait_event(events, lambda e: e.kind == "running", seen)
-        with trio.move_on_after(1.5):
+        with trio.move_on_after(3.5):
             await wait_event(events, lambda e: isinstance(e, ChildHung), seen)
         assert not [e for e in seen if isinstance(e, ChildHung)]
         assert 1 == hub.context.notify_rejected

@@ -168,7 +168,7 @@ class TestScrape:
         program does not exist: a spawn failure of its type."""
         metrics = MetricsService("127.0.0.1:0")
         hangy = ChildSpec(
-            id="hangy", argv=AGENT_ARGV, agent_type="h", heartbeat_timeout=0.5,
+            id="hangy", argv=AGENT_ARGV, agent_type="h", heartbeat_timeout=2.0,
             shutdown=1.0, ready="notify",
         )  # fmt: skip
         ghost = ChildSpec(
