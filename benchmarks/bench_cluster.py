@@ -41,27 +41,12 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The same no-op agent, hubvisor and redis-server as the one-server benchmark.
+from bench_work_redis import AGENT, HUBVISOR, REDIS_SERVER  # noqa: E402
+
 from supervisor.control.client import request  # noqa: E402
 from supervisor.work.redis import enqueue  # noqa: E402
 from tests.redis_cluster import RedisClusterProcs, types_spread  # noqa: E402
-
-HUBVISOR = str(Path(sys.executable).with_name("hubvisor"))
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-# A no-op agent: answers every ASSIGN at once.
-AGENT = r"""
-import json, os, socket
-s = socket.socket(fileno=int(os.environ["HUBVISOR_NOTIFY_FD"]))
-s.send(b"HELLO=1"); s.send(b"READY")
-while True:
-    data = s.recv(65536)
-    if not data or data == b"STOP":
-        break
-    if data.startswith(b"ASSIGN="):
-        a = json.loads(data[7:])
-        s.send(b"RESULT=" + json.dumps({"item": a["item"], "attempt": a["attempt"],
-                                          "result": 1}, separators=(",", ":")).encode())
-"""
 
 POOL = """PoolSpec(agent_type={type!r}, size={size}, template=ChildSpec(
     id={type!r}, argv=[sys.executable, "-c", AGENT], agent_type={type!r}, shutdown=1.0)),
