@@ -53,9 +53,9 @@ class EventRing:
     name = "event-ring"
 
     def __init__(self, keep: int = EVENTS_KEPT) -> None:
-        self.kept: deque[dict[str, Any] | tuple[Event, float]] = deque(maxlen=keep)
+        self.kept: deque[tuple[Event, float]] = deque(maxlen=keep)
         """The last events: each ``(event, wall time)`` as it came, made JSON-ready
-        (:func:`event_json`) only when somebody reads it (events are frozen), or a dict."""
+        (:func:`event_json`) only when somebody reads it (events are frozen)."""
         self.running = False
         """Whether :meth:`run` is subscribed to a hub's events."""
         self._followers: list[tuple[Stream, frozenset[str] | None]] = []
@@ -110,11 +110,7 @@ class EventRing:
             kinds = check_kinds(args.get("kinds"))
         except HubvisorError as exc:
             raise ControlError(str(exc)) from None
-        kept = [
-            e if isinstance(e, dict) else event_json(*e)
-            for e in self.kept
-            if kinds is None or (e["kind"] if isinstance(e, dict) else e[0].kind) in kinds
-        ]
+        kept = [event_json(*e) for e in self.kept if kinds is None or e[0].kind in kinds]
         lines = args.get("lines")
         # The last ``lines`` of them, or all when fewer are kept (``kept[len(kept) - lines:]``
         # started at a negative index then, and kept too few: 2 of 4 for ``-n 6``).

@@ -26,7 +26,7 @@ import trio
 import trio.testing
 from click.testing import CliRunner
 
-from supervisor import ConfigError, Hub, PoolSpec, SupervisorSpec
+from supervisor import ChildRunning, ConfigError, Hub, PoolSpec, SupervisorSpec, WorkFailed
 from supervisor._cli import main
 from supervisor._metrics import MetricsService
 from supervisor.control.client import ControlClientError, request
@@ -71,7 +71,7 @@ async def test_fault14_events_n_gives_the_last_n_kept_or_all_of_them(
     hub = Hub(tree())
     ring = EventRing(keep=4)
     for n in range(4):
-        ring.kept.append({"kind": "running", "n": n})
+        ring.kept.append((ChildRunning(at=0.0, supervisor="hub", child_id=f"c{n}", pid=n), 0.0))
     path = tmp_path / "hub.sock"
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(serve_control, hub, path, events=ring))
@@ -81,7 +81,7 @@ async def test_fault14_events_n_gives_the_last_n_kept_or_all_of_them(
         )
 
         assert 0 == result.exit_code, result.output
-        assert shown == [json.loads(line)["n"] for line in result.stdout.splitlines()]
+        assert shown == [json.loads(line)["pid"] for line in result.stdout.splitlines()]
         nursery.cancel_scope.cancel()
 
 
@@ -381,7 +381,16 @@ async def test_fault1_printing_an_item_whose_error_holds_a_lone_surrogate(
         item = hub.work.submit("w", {"n": 1})
         item.error = LONE  # what an agent's FAIL left before the boundary was made safe
         item.progress = {"file": LONE}
-        ring.kept.append({"kind": "work_failed", "item_id": item.id, "error": LONE})
+        failed = WorkFailed(
+            at=0.0,
+            supervisor="hub",
+            child_id="w",
+            item_id=item.id,
+            attempt=1,
+            error=LONE,
+            final=True,
+        )
+        ring.kept.append((failed, time.time()))
         argv = [a.format(id=item.id) for a in args]
 
         result = await trio.to_thread.run_sync(lambda: hubvisor(*argv, "--socket", str(path)))
